@@ -1,0 +1,83 @@
+//! Admin HTTP (axum) on `--admin-listen`: `/health` and `/status`.
+
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::node::{Node, RaftStatus};
+
+/// What the handlers read; the node appears once it has started.
+#[derive(Clone, Default)]
+pub struct AdminState {
+    node: Arc<OnceLock<Arc<Node>>>,
+}
+
+impl AdminState {
+    /// Makes the started node visible to the handlers.
+    pub fn set_node(&self, node: Arc<Node>) {
+        let _ = self.node.set(node);
+    }
+}
+
+/// `/status` body.
+#[derive(Serialize)]
+pub struct Status {
+    pub node_id: String,
+    pub cluster_id: String,
+    pub role: &'static str,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub last_applied: u64,
+    pub views_digest: String,
+    pub raft: RaftStatus,
+}
+
+/// The admin router.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/status", get(status))
+        .with_state(state)
+}
+
+fn starting() -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "starting"}))).into_response()
+}
+
+async fn health(State(state): State<AdminState>) -> Response {
+    let Some(node) = state.node.get() else {
+        return starting();
+    };
+    let raft = node.raft_status();
+    if node.has_leader() {
+        Json(json!({"status": "ok", "node_id": node.identity().node_id, "leader": raft.leader})).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "no_leader", "node_id": node.identity().node_id})))
+            .into_response()
+    }
+}
+
+async fn status(State(state): State<AdminState>) -> Response {
+    let Some(node) = state.node.get() else {
+        return starting();
+    };
+    let applied = node.applied();
+    let raft = node.raft_status();
+    Json(Status {
+        node_id: node.identity().node_id.clone(),
+        cluster_id: node.identity().cluster_id.clone(),
+        role: raft.role,
+        term: raft.term,
+        leader: raft.leader,
+        last_applied: applied.last_applied_index(),
+        views_digest: applied.digest_hex(),
+        raft,
+    })
+    .into_response()
+}

@@ -1,0 +1,186 @@
+//! Daemon settings: defaults, an optional TOML file (`--config`), and flags,
+//! merged in that order (flags win).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Default client + peer listener.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:6666";
+/// Default admin HTTP listener.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:6670";
+/// Default cluster id of a node started without `--cluster-id`.
+pub const DEFAULT_CLUSTER_ID: &str = "local";
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Settings a config file may hold; every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub ready_file: Option<PathBuf>,
+    pub node_id: Option<String>,
+    pub cluster_id: Option<String>,
+    pub log: Option<String>,
+    pub log_format: Option<LogFormat>,
+    pub snapshot_interval: Option<u64>,
+    pub log_retention: Option<u64>,
+    pub election_timeout_ms: Option<u64>,
+}
+
+impl FileConfig {
+    /// Reads a TOML config file; unknown keys are an error.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ReadConfig {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| Error::BadConfig {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// The settings a node runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub ready_file: Option<PathBuf>,
+    /// Node id to use; a new dir without one gets a generated id.
+    pub node_id: Option<String>,
+    /// Cluster id to use; a new dir without one joins [`DEFAULT_CLUSTER_ID`].
+    pub cluster_id: Option<String>,
+    pub log: String,
+    pub log_format: LogFormat,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_interval: u64,
+    /// Entries kept in the log behind the last snapshot.
+    pub log_retention: u64,
+    /// Lower bound of the raft election timeout (upper bound is twice it).
+    pub election_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults for a node on `data_dir`.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Config {
+            data_dir,
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            admin_listen: DEFAULT_ADMIN_LISTEN.parse().expect("valid default address"),
+            ready_file: None,
+            node_id: None,
+            cluster_id: None,
+            log: "info".to_string(),
+            log_format: LogFormat::Text,
+            snapshot_interval: 10_000,
+            log_retention: 1_000,
+            election_timeout: Duration::from_millis(500),
+        }
+    }
+
+    /// Applies the settings a config file holds.
+    pub fn merge_file(&mut self, file: FileConfig) {
+        let FileConfig {
+            data_dir,
+            listen,
+            admin_listen,
+            ready_file,
+            node_id,
+            cluster_id,
+            log,
+            log_format,
+            snapshot_interval,
+            log_retention,
+            election_timeout_ms,
+        } = file;
+        if let Some(v) = data_dir {
+            self.data_dir = v;
+        }
+        if let Some(v) = listen {
+            self.listen = v;
+        }
+        if let Some(v) = admin_listen {
+            self.admin_listen = v;
+        }
+        self.ready_file = ready_file.or(self.ready_file.take());
+        self.node_id = node_id.or(self.node_id.take());
+        self.cluster_id = cluster_id.or(self.cluster_id.take());
+        if let Some(v) = log {
+            self.log = v;
+        }
+        if let Some(v) = log_format {
+            self.log_format = v;
+        }
+        if let Some(v) = snapshot_interval {
+            self.snapshot_interval = v;
+        }
+        if let Some(v) = log_retention {
+            self.log_retention = v;
+        }
+        if let Some(v) = election_timeout_ms {
+            self.election_timeout = Duration::from_millis(v);
+        }
+    }
+
+    /// Refuses settings that cannot work.
+    pub fn validate(&self) -> Result<()> {
+        if self.snapshot_interval == 0 {
+            return Err(Error::InvalidSetting("snapshot_interval must be at least 1".into()));
+        }
+        if self.election_timeout < Duration::from_millis(50) {
+            return Err(Error::InvalidSetting("election_timeout_ms must be at least 50".into()));
+        }
+        for (what, id) in [("node_id", &self.node_id), ("cluster_id", &self.cluster_id)] {
+            if let Some(id) = id {
+                if id.is_empty() || id.len() > 128 || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                    return Err(Error::InvalidSetting(format!(
+                        "{what} {id:?} must be 1-128 characters of letters, digits, '-', '_' or '.'"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn file_settings_apply_and_unknown_keys_fail() {
+        let file: FileConfig = toml::from_str("listen = \"127.0.0.1:7000\"\nsnapshot_interval = 5\nlog_format = \"json\"").unwrap();
+        let mut config = Config::new("d".into());
+        config.merge_file(file);
+        assert_eq!(config.listen.port(), 7000);
+        assert_eq!(config.snapshot_interval, 5);
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert!(toml::from_str::<FileConfig>("lisen = \"x\"").is_err());
+    }
+
+    #[test]
+    fn bad_ids_are_refused() {
+        let mut config = Config::new("d".into());
+        config.node_id = Some("a b".into());
+        assert!(config.validate().is_err());
+        config.node_id = Some("node-1".into());
+        assert!(config.validate().is_ok());
+    }
+}

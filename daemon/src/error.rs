@@ -1,0 +1,61 @@
+//! Errors of the daemon: one variant per failed operation, with the address,
+//! file or node a person needs to act on it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Result of daemon operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong in the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Storage(#[from] mpreg_storage::Error),
+
+    #[error("failed to read config file {path}")]
+    ReadConfig {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("config file {path} is invalid: {reason}")]
+    BadConfig { path: PathBuf, reason: String },
+
+    #[error("invalid setting: {0}")]
+    InvalidSetting(String),
+
+    #[error("failed to bind {what} listener on {addr}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("failed to write ready file {path}")]
+    ReadyFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("failed to start raft: {0}")]
+    RaftStart(String),
+
+    #[error("no leader elected within {0:?}")]
+    NoLeader(std::time::Duration),
+
+    #[error("failed to commit event {kind}: {reason}")]
+    Propose { kind: &'static str, reason: String },
+
+    #[error("event {kind} was refused: {reason}")]
+    Rejected { kind: &'static str, reason: String },
+
+    #[error("admin HTTP server failed")]
+    Admin(#[source] std::io::Error),
+
+    #[error("failed to install the signal handler")]
+    Signal(#[source] std::io::Error),
+}

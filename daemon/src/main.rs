@@ -1,0 +1,141 @@
+//! The `mpreg-daemon` binary: flags, logging, then the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use mpreg_daemon::config::{Config, FileConfig, LogFormat};
+use mpreg_daemon::{Listeners, logging, run};
+use tokio_util::sync::CancellationToken;
+
+/// Run an mpreg node, or inspect a stopped node's data dir.
+#[derive(Parser)]
+#[command(name = "mpreg-daemon", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Rebuild every view from the log and print {"last_applied","events","views_digest"}.
+    Replay {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Data dir of the node (created on first start).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Client + peer listener, default 127.0.0.1:6666 (port 0 = pick one).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Admin HTTP listener, default 127.0.0.1:6670 (port 0 = pick one).
+    #[arg(long)]
+    admin_listen: Option<std::net::SocketAddr>,
+    /// When serving, atomically write JSON with the bound addresses here.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    /// TOML config file; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Node id (fixed at first start; a new dir without one gets a generated id).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Cluster id (fixed at first start, default "local").
+    #[arg(long)]
+    cluster_id: Option<String>,
+    /// Log directives, RUST_LOG style, e.g. "info,mpreg_daemon::node=debug".
+    #[arg(long)]
+    log: Option<String>,
+    /// Log line format.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+fn config_from(args: RunArgs) -> mpreg_daemon::Result<Config> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or(file.data_dir.clone())
+        .ok_or_else(|| mpreg_daemon::Error::InvalidSetting("--data-dir is required".into()))?;
+    let mut config = Config::new(data_dir);
+    config.merge_file(file);
+    config.merge_file(FileConfig {
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+        ready_file: args.ready_file,
+        node_id: args.node_id,
+        cluster_id: args.cluster_id,
+        log: args.log.or_else(|| std::env::var("RUST_LOG").ok()),
+        log_format: args.log_format,
+        ..FileConfig::default()
+    });
+    config.validate()?;
+    Ok(config)
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) -> mpreg_daemon::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(mpreg_daemon::Error::Signal)?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    shutdown.cancel();
+    Ok(())
+}
+
+async fn serve(args: RunArgs) -> mpreg_daemon::Result<()> {
+    let config = config_from(args)?;
+    logging::init(&config.log, config.log_format)?;
+    let listeners = Listeners::bind(&config).await?;
+    let shutdown = CancellationToken::new();
+    let signals = tokio::spawn(wait_for_signal(shutdown.clone()));
+    let result = run(config, listeners, shutdown).await;
+    signals.abort();
+    result
+}
+
+fn report(err: &dyn std::error::Error) -> ExitCode {
+    let mut message = format!("error: {err}");
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    eprintln!("{message}");
+    ExitCode::FAILURE
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Replay { data_dir }) => match mpreg_storage::replay(&data_dir) {
+            Ok(report) => {
+                println!("{}", serde_json::to_string(&report).expect("report serializes"));
+                ExitCode::SUCCESS
+            }
+            Err(e) => report(&e),
+        },
+        None => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => return report(&e),
+            };
+            match runtime.block_on(serve(cli.run)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => report(&e),
+            }
+        }
+    }
+}

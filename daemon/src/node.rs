@@ -1,0 +1,219 @@
+//! A node: the data dir, the raft instance over it, and the one way to
+//! change shared state, [`Node::propose`].
+//!
+//! `propose` stamps the event with the leader's clock (this node is the
+//! leader of its single-member cluster) and returns once the entry is
+//! committed, fsynced and applied.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mpreg_storage::typ::{Node as RaftNode, Raft};
+use mpreg_storage::{AppliedState, DataDir, Event, EventKind, Identity, OpenMode, Outcome, Views};
+use openraft::{ServerState, SnapshotPolicy};
+use serde::Serialize;
+
+use crate::config::{Config, DEFAULT_CLUSTER_ID};
+use crate::error::{Error, Result};
+use crate::raft_network::SingleNodeNetwork;
+
+/// How long a starting node waits to become leader of its own cluster.
+const LEADER_WAIT: Duration = Duration::from_secs(30);
+
+/// A running node.
+pub struct Node {
+    raft: Raft,
+    views: Arc<Views>,
+    identity: Identity,
+    raft_id: u64,
+    /// Holds the data dir lock for as long as the node runs.
+    data_dir: DataDir,
+}
+
+/// Raft's view of this node, as `/status` reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RaftStatus {
+    pub role: &'static str,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub last_log_index: u64,
+    pub snapshot_index: u64,
+    pub purged_index: u64,
+}
+
+/// The numeric raft id of a node id: stable, non-zero.
+pub fn raft_id(node_id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(node_id.as_bytes()).max(1)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn generated_node_id() -> String {
+    let seed = format!("{}-{}", now_ms(), std::process::id());
+    format!("node-{:012x}", xxhash_rust::xxh3::xxh3_64(seed.as_bytes()) & 0xffff_ffff_ffff)
+}
+
+/// The identity of the dir: stored at first start, checked afterwards.
+fn resolve_identity(dir: &DataDir, config: &Config) -> Result<Identity> {
+    match dir.identity()? {
+        Some(stored) => {
+            if let Some(requested) = config.node_id.as_ref().filter(|id| **id != stored.node_id) {
+                return Err(mpreg_storage::Error::NodeIdMismatch {
+                    stored: stored.node_id,
+                    requested: requested.clone(),
+                }
+                .into());
+            }
+            if let Some(requested) = config.cluster_id.as_ref().filter(|id| **id != stored.cluster_id) {
+                return Err(mpreg_storage::Error::ClusterIdMismatch {
+                    stored: stored.cluster_id,
+                    requested: requested.clone(),
+                }
+                .into());
+            }
+            Ok(stored)
+        }
+        None => {
+            let identity = Identity {
+                node_id: config.node_id.clone().unwrap_or_else(generated_node_id),
+                cluster_id: config.cluster_id.clone().unwrap_or_else(|| DEFAULT_CLUSTER_ID.to_string()),
+            };
+            dir.set_identity(&identity)?;
+            Ok(identity)
+        }
+    }
+}
+
+fn raft_config(config: &Config, cluster_id: &str) -> Result<openraft::Config> {
+    let election_ms = config.election_timeout.as_millis() as u64;
+    openraft::Config {
+        cluster_name: cluster_id.to_string(),
+        election_timeout_min: election_ms,
+        election_timeout_max: election_ms * 2,
+        heartbeat_interval: (election_ms / 3).max(10),
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_interval),
+        max_in_snapshot_log_to_keep: config.log_retention,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| Error::InvalidSetting(format!("raft: {e}")))
+}
+
+impl Node {
+    /// Opens the data dir, starts raft, becomes leader of the single-member
+    /// cluster (initializing it on first start) and records `NodeJoined`.
+    pub async fn start(config: &Config, addresses: Vec<String>) -> Result<Node> {
+        let path = config.data_dir.clone();
+        let data_dir = tokio::task::spawn_blocking(move || DataDir::open(&path, OpenMode::ReadWrite))
+            .await
+            .map_err(|e| Error::RaftStart(e.to_string()))??;
+        let identity = resolve_identity(&data_dir, config)?;
+        let raft_id = raft_id(&identity.node_id);
+        let (log_store, state_machine) = mpreg_storage::open_raft_storage(&data_dir)?;
+        let views = state_machine.views();
+        let raft_config = Arc::new(raft_config(config, &identity.cluster_id)?);
+        let raft = Raft::new(raft_id, raft_config, SingleNodeNetwork, log_store, state_machine)
+            .await
+            .map_err(|e| Error::RaftStart(e.to_string()))?;
+        if !raft.is_initialized().await.map_err(|e| Error::RaftStart(e.to_string()))? {
+            let client_url = addresses.first().cloned().unwrap_or_default();
+            let members = BTreeMap::from([(raft_id, RaftNode { addr: client_url })]);
+            raft.initialize(members).await.map_err(|e| Error::RaftStart(e.to_string()))?;
+        }
+        raft.wait(Some(LEADER_WAIT))
+            .metrics(|m| m.current_leader == Some(raft_id), "become leader")
+            .await
+            .map_err(|_| Error::NoLeader(LEADER_WAIT))?;
+        let node = Node {
+            raft,
+            views,
+            identity,
+            raft_id,
+            data_dir,
+        };
+        node.propose_ok(EventKind::NodeJoined {
+            node_id: node.identity.node_id.clone(),
+            cluster_id: node.identity.cluster_id.clone(),
+            addresses,
+            resources: Vec::new(),
+        })
+        .await?;
+        tracing::info!(node_id = %node.identity.node_id, cluster_id = %node.identity.cluster_id, "node serving");
+        Ok(node)
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The read side of the views.
+    pub fn views(&self) -> &Arc<Views> {
+        &self.views
+    }
+
+    /// Appends an event and waits until it is committed, fsynced and applied.
+    pub async fn propose(&self, kind: EventKind) -> Result<Outcome> {
+        let name = kind.name();
+        let event = Event { time_ms: now_ms(), kind };
+        let written = self.raft.client_write(event).await.map_err(|e| Error::Propose {
+            kind: name,
+            reason: e.to_string(),
+        })?;
+        Ok(written.data)
+    }
+
+    /// Like [`Node::propose`], but a refused event is an error.
+    pub async fn propose_ok(&self, kind: EventKind) -> Result<()> {
+        let name = kind.name();
+        match self.propose(kind).await? {
+            Outcome::Rejected { reason } => Err(Error::Rejected { kind: name, reason }),
+            Outcome::Applied | Outcome::Internal => Ok(()),
+        }
+    }
+
+    /// What the state machine has applied (last_applied, digest).
+    pub fn applied(&self) -> AppliedState {
+        self.views.applied()
+    }
+
+    /// Raft role, term, leader and log positions.
+    pub fn raft_status(&self) -> RaftStatus {
+        let m = self.raft.metrics().borrow().clone();
+        RaftStatus {
+            role: match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            },
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            snapshot_index: m.snapshot.map_or(0, |id| id.index),
+            purged_index: m.purged.map_or(0, |id| id.index),
+        }
+    }
+
+    /// Whether this node has a leader (itself, in a single-member cluster).
+    pub fn has_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader.is_some()
+    }
+
+    pub fn raft_id(&self) -> u64 {
+        self.raft_id
+    }
+
+    /// Stops raft and syncs the WAL; the data dir is released on drop.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown failed");
+        }
+        if let Err(e) = self.data_dir.db().flush_wal(true) {
+            tracing::warn!(error = %e, "failed to sync the WAL at shutdown");
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Runs a node: binds nothing itself (it takes listeners, so tests can bind
+//! port 0), serves admin HTTP, starts the node, writes the ready file, and
+//! shuts everything down in order when the token is cancelled.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::node::Node;
+
+/// The sockets a node serves on.
+pub struct Listeners {
+    /// Client + peer transport (`--listen`).
+    pub client: TcpListener,
+    /// Admin HTTP (`--admin-listen`).
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses of `config` (port 0 picks a free port).
+    pub async fn bind(config: &Config) -> Result<Listeners> {
+        let bind = |what, addr| async move {
+            TcpListener::bind(addr).await.map_err(|source| Error::Bind { what, addr, source })
+        };
+        Ok(Listeners {
+            client: bind("client", config.listen).await?,
+            admin: bind("admin", config.admin_listen).await?,
+        })
+    }
+}
+
+/// Contents of `--ready-file`.
+#[derive(Serialize)]
+struct Ready<'a> {
+    node_id: &'a str,
+    cluster_id: &'a str,
+    client_url: &'a str,
+    admin_url: &'a str,
+}
+
+/// Writes the ready file atomically (temp file + rename).
+fn write_ready_file(path: &Path, ready: &Ready<'_>) -> Result<()> {
+    let err = |source| Error::ReadyFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let body = serde_json::to_vec(ready).map_err(|e| err(e.into()))?;
+    std::fs::write(&tmp, body).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+fn local_addr(listener: &TcpListener, what: &'static str, config_addr: std::net::SocketAddr) -> Result<std::net::SocketAddr> {
+    listener.local_addr().map_err(|source| Error::Bind {
+        what,
+        addr: config_addr,
+        source,
+    })
+}
+
+/// Serves until `shutdown` is cancelled, then stops accepting, finishes
+/// in-flight work, syncs storage and returns.
+pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationToken) -> Result<()> {
+    let client_addr = local_addr(&listeners.client, "client", config.listen)?;
+    let admin_addr = local_addr(&listeners.admin, "admin", config.admin_listen)?;
+    let client_url = format!("ws://{client_addr}");
+    let admin_url = format!("http://{admin_addr}");
+    let tasks = TaskTracker::new();
+
+    let admin_state = AdminState::default();
+    let admin_shutdown = shutdown.clone();
+    let admin_server = axum::serve(listeners.admin, admin::router(admin_state.clone()))
+        .with_graceful_shutdown(async move { admin_shutdown.cancelled().await });
+    let admin_task = tasks.spawn(async move { admin_server.await.map_err(Error::Admin) });
+
+    let node = tokio::select! {
+        node = Node::start(&config, vec![client_url.clone(), admin_url.clone()]) => Arc::new(node?),
+        () = shutdown.cancelled() => {
+            tasks.close();
+            tasks.wait().await;
+            return Ok(());
+        }
+    };
+    admin_state.set_node(node.clone());
+
+    tasks.spawn(crate::transport::serve(listeners.client, shutdown.child_token()));
+
+    if let Some(path) = &config.ready_file {
+        let identity = node.identity();
+        write_ready_file(
+            path,
+            &Ready {
+                node_id: &identity.node_id,
+                cluster_id: &identity.cluster_id,
+                client_url: &client_url,
+                admin_url: &admin_url,
+            },
+        )?;
+    }
+    tracing::info!(%client_url, %admin_url, "ready");
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    tasks.close();
+    tasks.wait().await;
+    let admin_result = admin_task.await.map_err(|e| Error::Admin(std::io::Error::other(e)))?;
+    node.shutdown().await;
+    admin_result
+}

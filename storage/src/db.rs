@@ -1,0 +1,311 @@
+//! The data dir: its lock, its RocksDB database, column families, schema
+//! version and node identity.
+//!
+//! Layout of a data dir:
+//! - `mpreg.lock`: held (flock) by the one daemon that owns the dir;
+//! - `db/`: RocksDB with the column families in [`ColumnFamilies`];
+//! - `snapshots/`: raft snapshot files (see [`crate::snapshot`]).
+//!
+//! Opening refuses a dir in use, a non-empty dir that is not ours, a damaged
+//! database and one written by a newer on-disk format, each with a message
+//! that names the problem.
+
+use std::fs::{File, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::views::View;
+
+/// On-disk schema version written by this binary. Bump it (and add a step in
+/// `migrations/`) for any change older binaries could misread.
+pub const SCHEMA_VERSION: u32 = 1;
+
+pub(crate) const CF_LOG: &str = "log";
+pub(crate) const CF_META: &str = "meta";
+pub(crate) const CF_SNAPSHOT: &str = "snapshot";
+
+/// Keys of the `meta` column family.
+pub(crate) mod meta_key {
+    pub const SCHEMA_VERSION: &[u8] = b"schema_version";
+    pub const IDENTITY: &[u8] = b"identity";
+    pub const VOTE: &[u8] = b"vote";
+    pub const COMMITTED: &[u8] = b"committed";
+    pub const PURGED: &[u8] = b"purged";
+    pub const APPLIED: &[u8] = b"applied";
+}
+
+/// Key of the current snapshot record in the `snapshot` column family.
+pub(crate) const SNAPSHOT_CURRENT: &[u8] = b"current";
+
+/// Names of every column family this binary uses.
+pub struct ColumnFamilies;
+
+impl ColumnFamilies {
+    pub fn names() -> Vec<&'static str> {
+        let mut names = vec![CF_LOG, CF_META, CF_SNAPSHOT];
+        names.extend(View::ALL.iter().map(|v| v.cf_name()));
+        names
+    }
+}
+
+/// Who this data dir belongs to; fixed at first start.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub node_id: String,
+    pub cluster_id: String,
+}
+
+/// How to open a data dir.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Exclusive owner: takes the lock, creates a new dir, writes.
+    ReadWrite,
+    /// Inspection of a (usually stopped) node: no lock, never writes.
+    ReadOnly,
+}
+
+/// An open data dir. Dropping it releases the lock.
+pub struct DataDir {
+    path: PathBuf,
+    db: Arc<DB>,
+    /// Held for the life of the process that owns the dir.
+    _lock: Option<File>,
+}
+
+const LOCK_FILE: &str = "mpreg.lock";
+const DB_DIR: &str = "db";
+const SNAPSHOT_DIR: &str = "snapshots";
+
+fn io_err<'a>(verb: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::DataDirIo {
+        verb,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn take_lock(dir: &Path) -> Result<File> {
+    let lock_path = dir.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_err("create the lock file in", dir))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(Error::DataDirInUse {
+            path: dir.to_path_buf(),
+            lock: lock_path,
+        }),
+        Err(TryLockError::Error(e)) => Err(io_err("lock", dir)(e)),
+    }
+}
+
+/// Names of entries in `dir` that are not part of an mpreg data dir.
+fn foreign_entries(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let name = entry.map_err(io_err("list", dir))?.file_name().to_string_lossy().into_owned();
+        if ![LOCK_FILE, DB_DIR, SNAPSHOT_DIR].contains(&name.as_str()) {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn db_options(create: bool) -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(create);
+    opts.create_missing_column_families(create);
+    opts.set_keep_log_file_num(4);
+    opts
+}
+
+impl DataDir {
+    /// Opens (or, in read-write mode, creates) the data dir at `path`.
+    pub fn open(path: &Path, mode: OpenMode) -> Result<DataDir> {
+        if mode == OpenMode::ReadWrite {
+            std::fs::create_dir_all(path).map_err(io_err("create", path))?;
+        }
+        if !path.is_dir() {
+            return Err(Error::NotADataDir {
+                path: path.to_path_buf(),
+                found: "no such directory".to_string(),
+            });
+        }
+        let lock = match mode {
+            OpenMode::ReadWrite => Some(take_lock(path)?),
+            OpenMode::ReadOnly => None,
+        };
+        let db_path = path.join(DB_DIR);
+        let exists = db_path.exists();
+        if !exists {
+            let foreign = foreign_entries(path)?;
+            if !foreign.is_empty() || mode == OpenMode::ReadOnly {
+                let found = if foreign.is_empty() {
+                    "empty directory".to_string()
+                } else {
+                    format!("found {}", foreign.iter().take(5).cloned().collect::<Vec<_>>().join(", "))
+                };
+                return Err(Error::NotADataDir {
+                    path: path.to_path_buf(),
+                    found,
+                });
+            }
+        }
+        let db = open_db(&db_path, mode, !exists)?;
+        let dir = DataDir {
+            path: path.to_path_buf(),
+            db: Arc::new(db),
+            _lock: lock,
+        };
+        if exists {
+            dir.check_schema()?;
+        } else {
+            dir.put_meta_synced(meta_key::SCHEMA_VERSION, &SCHEMA_VERSION)?;
+        }
+        if mode == OpenMode::ReadWrite {
+            std::fs::create_dir_all(dir.snapshot_dir()).map_err(io_err("create the snapshot folder of", path))?;
+        }
+        Ok(dir)
+    }
+
+    fn check_schema(&self) -> Result<()> {
+        let found: Option<u32> = self.get_meta(meta_key::SCHEMA_VERSION)?;
+        match found {
+            None => Err(Error::MissingSchema {
+                path: self.path.clone(),
+            }),
+            Some(v) if v > SCHEMA_VERSION => Err(Error::NewerSchema {
+                path: self.path.clone(),
+                found: v,
+                supported: SCHEMA_VERSION,
+            }),
+            Some(_) => Ok(()),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn db(&self) -> &Arc<DB> {
+        &self.db
+    }
+
+    pub(crate) fn snapshot_dir(&self) -> PathBuf {
+        self.path.join(SNAPSHOT_DIR)
+    }
+
+    /// The identity stored at first start, if any.
+    pub fn identity(&self) -> Result<Option<Identity>> {
+        self.get_meta(meta_key::IDENTITY)
+    }
+
+    /// Records the identity of a new data dir.
+    pub fn set_identity(&self, identity: &Identity) -> Result<()> {
+        self.put_meta_synced(meta_key::IDENTITY, identity)
+    }
+
+    /// The schema version recorded in the dir.
+    pub fn schema_version(&self) -> Result<Option<u32>> {
+        self.get_meta(meta_key::SCHEMA_VERSION)
+    }
+
+    /// Overwrites the recorded schema version. Only migrations and tests that
+    /// prove version checks use this.
+    pub fn set_schema_version(&self, version: u32) -> Result<()> {
+        self.put_meta_synced(meta_key::SCHEMA_VERSION, &version)
+    }
+
+    pub(crate) fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {
+        get_decoded(&self.db, CF_META, key)
+    }
+
+    fn put_meta_synced<T: Serialize>(&self, key: &[u8], value: &T) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf(&self.db, CF_META)?, key, codec::encode(&String::from_utf8_lossy(key), value)?);
+        write_synced(&self.db, batch, "meta")
+    }
+}
+
+fn open_db(db_path: &Path, mode: OpenMode, create: bool) -> Result<DB> {
+    let open_err = |source| Error::Open {
+        path: db_path.to_path_buf(),
+        source,
+    };
+    let opts = db_options(create);
+    // Open every family the dir has, known or not, so a newer dir is
+    // reported by its schema version instead of a RocksDB family error.
+    let mut names: Vec<String> = if create {
+        Vec::new()
+    } else {
+        DB::list_cf(&opts, db_path).map_err(open_err)?
+    };
+    for name in ColumnFamilies::names() {
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    }
+    match mode {
+        OpenMode::ReadWrite => {
+            let descriptors = names.iter().map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+            DB::open_cf_descriptors(&opts, db_path, descriptors).map_err(open_err)
+        }
+        OpenMode::ReadOnly => {
+            let existing = DB::list_cf(&opts, db_path).map_err(open_err)?;
+            let missing: Vec<&String> = names.iter().filter(|n| !existing.contains(n)).collect();
+            if let Some(name) = missing.first() {
+                return Err(Error::MissingSchema {
+                    path: db_path.join(name.as_str()),
+                });
+            }
+            DB::open_cf_for_read_only(&opts, db_path, &names, false).map_err(open_err)
+        }
+    }
+}
+
+/// The handle of a column family this binary always opens.
+pub(crate) fn cf<'a>(db: &'a DB, name: &'static str) -> Result<&'a ColumnFamily> {
+    db.cf_handle(name).ok_or_else(|| Error::Decode {
+        what: "column family list".to_string(),
+        reason: format!("column family {name} is not open"),
+    })
+}
+
+pub(crate) fn get_decoded<T: DeserializeOwned>(db: &DB, family: &'static str, key: &[u8]) -> Result<Option<T>> {
+    let what = || format!("{family}/{}", String::from_utf8_lossy(key));
+    match db.get_cf(cf(db, family)?, key).map_err(|e| Error::rocks("read", what(), e))? {
+        Some(bytes) => Ok(Some(codec::decode(&what(), &bytes)?)),
+        None => Ok(None),
+    }
+}
+
+/// Writes a batch and syncs the WAL before returning.
+pub(crate) fn write_synced(db: &DB, batch: WriteBatch, what: &str) -> Result<()> {
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    db.write_opt(batch, &opts).map_err(|e| Error::rocks("write synced", what, e))
+}
+
+/// Rows of one view whose key starts with `prefix`, in key order.
+pub(crate) fn scan_prefix(db: &DB, view: View, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let family = cf(db, view.cf_name())?;
+    let mut rows = Vec::new();
+    for item in db.iterator_cf(family, IteratorMode::From(prefix, Direction::Forward)) {
+        let (key, value) = item.map_err(|e| Error::rocks("scan", view.cf_name(), e))?;
+        if !key.starts_with(prefix) {
+            break;
+        }
+        rows.push((key.to_vec(), value.to_vec()));
+    }
+    Ok(rows)
+}

@@ -1,0 +1,47 @@
+//! mpreg-storage: the durable core of mpreg.
+//!
+//! Every change of shared state is an [`Event`] appended to a raft log on
+//! RocksDB; committed events are applied deterministically to materialized
+//! views; replay rebuilds the same views from the log.
+//!
+//! # Layout
+//! - [`codec`]: the versioned encoding of every stored value;
+//! - [`event`]: events and apply outcomes;
+//! - [`raft_types`]: the openraft type configuration;
+//! - [`db`]: the data dir (lock, RocksDB, schema version, identity);
+//! - [`log_store`]: the raft log (`RaftLogStorage`);
+//! - [`state_machine`]: apply, snapshots (`RaftStateMachine`) and [`Views`];
+//! - [`views`]: rows, the apply function, the digest, the in-memory catalog;
+//! - [`snapshot`]: snapshot files;
+//! - [`replay`]: offline rebuild of the views.
+
+pub mod codec;
+pub mod db;
+pub mod error;
+pub mod event;
+pub mod log_store;
+pub mod raft_types;
+pub mod replay;
+pub mod snapshot;
+pub mod state_machine;
+pub mod views;
+
+pub use db::{DataDir, Identity, OpenMode, SCHEMA_VERSION};
+pub use error::{Error, Result};
+pub use event::{Event, EventKind, Outcome};
+pub use log_store::LogStore;
+pub use raft_types::{TypeConfig, typ};
+pub use replay::{ReplayReport, replay};
+pub use state_machine::{AppliedState, StateMachine, Views};
+
+/// Opens the raft log and state machine of an open data dir.
+pub fn open_raft_storage(dir: &DataDir) -> Result<(LogStore, StateMachine)> {
+    let log = LogStore::new(dir.db().clone());
+    let sm = StateMachine::open(dir.db().clone(), dir.snapshot_dir())?;
+    Ok((log, sm))
+}
+
+#[cfg(test)]
+mod determinism_test;
+#[cfg(test)]
+mod raft_suite_test;

@@ -1,0 +1,218 @@
+//! The raft log on RocksDB: openraft's `RaftLogStorage` over the `log` and
+//! `meta` column families.
+//!
+//! Durability: `append`, `save_vote`, `truncate` and `purge` write with a
+//! synced WAL on a blocking thread before they return (or before the
+//! `LogFlushed` callback fires), so nothing is acknowledged before it is on
+//! disk. openraft hands every batch of concurrent proposals to one `append`,
+//! so one fsync covers the whole batch: that is the group commit.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, RaftLogId, StorageIOError};
+use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
+
+use crate::codec;
+use crate::db::{CF_LOG, CF_META, cf, get_decoded, meta_key, write_synced};
+use crate::error::{Error, Result};
+use crate::raft_types::TypeConfig;
+use crate::raft_types::typ::{Entry, LogId, StorageError, Vote};
+
+/// Log keys are big-endian indexes, so key order is log order.
+pub(crate) fn log_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+/// The raft log store; cheap to clone (all clones share the database).
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+}
+
+pub(crate) fn to_raft(subject: ErrorSubject<u64>, verb: ErrorVerb) -> impl FnOnce(Error) -> StorageError {
+    move |e| StorageIOError::new(subject, verb, openraft::AnyError::new(&e)).into()
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+}
+
+/// Reads the entries with index in `[start, end)` from the log.
+pub(crate) fn read_entries(db: &DB, start: u64, end: u64) -> Result<Vec<Entry>> {
+    let family = cf(db, CF_LOG)?;
+    let mut entries = Vec::new();
+    for item in db.iterator_cf(family, IteratorMode::From(&log_key(start), Direction::Forward)) {
+        let (key, value) = item.map_err(|e| Error::rocks("read", "log", e))?;
+        let index = u64::from_be_bytes(key.as_ref().try_into().map_err(|_| Error::Decode {
+            what: "log key".to_string(),
+            reason: format!("{} bytes, expected 8", key.len()),
+        })?);
+        if index >= end {
+            break;
+        }
+        entries.push(codec::decode(&format!("log entry {index}"), &value)?);
+    }
+    Ok(entries)
+}
+
+/// The id of the last entry in the log, if any.
+pub(crate) fn last_log_id(db: &DB) -> Result<Option<LogId>> {
+    let family = cf(db, CF_LOG)?;
+    match db.iterator_cf(family, IteratorMode::End).next() {
+        None => Ok(None),
+        Some(item) => {
+            let (_, value) = item.map_err(|e| Error::rocks("read", "last log entry", e))?;
+            let entry: Entry = codec::decode("last log entry", &value)?;
+            Ok(Some(*entry.get_log_id()))
+        }
+    }
+}
+
+fn bounds(range: impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => e.saturating_add(1),
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl LogStore {
+    pub fn new(db: Arc<DB>) -> Self {
+        LogStore { db }
+    }
+
+    fn put_meta_synced<T: serde::Serialize>(&self, key: &'static [u8], value: &T, sync: bool) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf(&self.db, CF_META)?, key, codec::encode("meta", value)?);
+        if sync {
+            write_synced(&self.db, batch, "meta")
+        } else {
+            self.db.write(batch).map_err(|e| Error::rocks("write", "meta", e))
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (start, end) = bounds(range);
+        let db = self.db.clone();
+        blocking(move || read_entries(&db, start, end))
+            .await
+            .map_err(to_raft(ErrorSubject::Logs, ErrorVerb::Read))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let db = self.db.clone();
+        blocking(move || {
+            let last_purged_log_id: Option<LogId> = get_decoded(&db, CF_META, meta_key::PURGED)?;
+            let last_log_id = last_log_id(&db)?.or(last_purged_log_id);
+            Ok(LogState {
+                last_purged_log_id,
+                last_log_id,
+            })
+        })
+        .await
+        .map_err(to_raft(ErrorSubject::Logs, ErrorVerb::Read))
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let store = self.clone();
+        let vote = *vote;
+        blocking(move || store.put_meta_synced(meta_key::VOTE, &vote, true))
+            .await
+            .map_err(to_raft(ErrorSubject::Vote, ErrorVerb::Write))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        get_decoded(&self.db, CF_META, meta_key::VOTE).map_err(to_raft(ErrorSubject::Vote, ErrorVerb::Read))
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not synced: after a crash openraft re-derives commitment from the
+        // durable log; this record only lets a restart re-apply sooner.
+        let store = self.clone();
+        blocking(move || store.put_meta_synced(meta_key::COMMITTED, &committed, false))
+            .await
+            .map_err(to_raft(ErrorSubject::Store, ErrorVerb::Write))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let committed: Option<Option<LogId>> = get_decoded(&self.db, CF_META, meta_key::COMMITTED)
+            .map_err(to_raft(ErrorSubject::Store, ErrorVerb::Read))?;
+        Ok(committed.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let db = self.db.clone();
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let written = blocking(move || {
+            let family = cf(&db, CF_LOG)?;
+            let mut batch = WriteBatch::default();
+            for entry in &entries {
+                let index = entry.get_log_id().index;
+                batch.put_cf(family, log_key(index), codec::encode("log entry", entry)?);
+            }
+            write_synced(&db, batch, "log append")
+        })
+        .await;
+        match written {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(to_raft(ErrorSubject::Logs, ErrorVerb::Write)(e))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let db = self.db.clone();
+        blocking(move || {
+            let mut batch = WriteBatch::default();
+            batch.delete_range_cf(cf(&db, CF_LOG)?, log_key(log_id.index), log_key(u64::MAX));
+            write_synced(&db, batch, "log truncate")
+        })
+        .await
+        .map_err(to_raft(ErrorSubject::Logs, ErrorVerb::Delete))
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let db = self.db.clone();
+        blocking(move || {
+            let mut batch = WriteBatch::default();
+            batch.put_cf(cf(&db, CF_META)?, meta_key::PURGED, codec::encode("purged log id", &log_id)?);
+            batch.delete_range_cf(cf(&db, CF_LOG)?, log_key(0), log_key(log_id.index.saturating_add(1)));
+            write_synced(&db, batch, "log purge")
+        })
+        .await
+        .map_err(to_raft(ErrorSubject::Logs, ErrorVerb::Delete))
+    }
+}

@@ -1,0 +1,471 @@
+//! The raft state machine: applies committed entries to the views on
+//! RocksDB, builds and installs snapshots, and publishes what it applied to
+//! readers through [`Views`].
+//!
+//! Each apply batch writes its row changes, `last_applied`, the last
+//! membership and the digest in one RocksDB `WriteBatch`, so a crash never
+//! leaves rows and `last_applied` out of step. The batch is not synced on
+//! its own: the entries it applies are already synced in the log (same WAL),
+//! and a lost apply batch is re-applied from the log at restart.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, RaftLogId, StoredMembership};
+use rocksdb::{DB, IteratorMode, WriteBatch};
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::db::{CF_META, CF_SNAPSHOT, SNAPSHOT_CURRENT, cf, get_decoded, meta_key, scan_prefix, write_synced};
+use crate::error::{Error, Result};
+use crate::event::Outcome;
+use crate::log_store::to_raft;
+use crate::raft_types::TypeConfig;
+use crate::raft_types::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError};
+use crate::snapshot::{self, SnapshotHeader, SnapshotWriter};
+use crate::views::{Catalog, Digest, RowStore, View, ViewTxn, apply};
+
+/// What the state machine has applied, stored with every apply batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedState {
+    pub last_applied: Option<LogId>,
+    pub membership: crate::raft_types::typ::StoredMembership,
+    /// `views_digest` at `last_applied`, kept incrementally by apply.
+    pub digest: u128,
+}
+
+impl AppliedState {
+    /// Index of the last applied entry (0 before the first).
+    pub fn last_applied_index(&self) -> u64 {
+        self.last_applied.map_or(0, |id| id.index)
+    }
+
+    pub fn digest_hex(&self) -> String {
+        Digest::from_u128(self.digest).to_hex()
+    }
+}
+
+/// The read side of the views: what routing, `/status` and SQL see.
+#[derive(Default)]
+pub struct Views {
+    applied: RwLock<AppliedState>,
+    catalog: RwLock<Catalog>,
+}
+
+impl Views {
+    /// `last_applied`, membership and digest, as of the last apply batch.
+    pub fn applied(&self) -> AppliedState {
+        self.applied.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The in-memory index of the views at `last_applied`.
+    pub fn catalog(&self) -> RwLockReadGuard<'_, Catalog> {
+        self.catalog.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish(&self, applied: AppliedState, changes: &BTreeMap<(View, Vec<u8>), Option<Vec<u8>>>) -> Result<()> {
+        let mut catalog = self.catalog.write().unwrap_or_else(|e| e.into_inner());
+        for ((view, key), value) in changes {
+            catalog.apply_change(*view, key, value.as_deref())?;
+        }
+        *self.applied.write().unwrap_or_else(|e| e.into_inner()) = applied;
+        Ok(())
+    }
+
+    fn replace(&self, applied: AppliedState, catalog: Catalog) {
+        *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = catalog;
+        *self.applied.write().unwrap_or_else(|e| e.into_inner()) = applied;
+    }
+}
+
+/// Row changes of one apply batch, on top of the database.
+struct BatchStore<'a> {
+    db: &'a DB,
+    overlay: BTreeMap<(View, Vec<u8>), Option<Vec<u8>>>,
+}
+
+impl RowStore for BatchStore<'_> {
+    fn get(&self, view: View, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(value) = self.overlay.get(&(view, key.to_vec())) {
+            return Ok(value.clone());
+        }
+        self.db
+            .get_cf(cf(self.db, view.cf_name())?, key)
+            .map_err(|e| Error::rocks("read", view.cf_name(), e))
+    }
+
+    fn scan_prefix(&self, view: View, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut rows: BTreeMap<Vec<u8>, Vec<u8>> = scan_prefix(self.db, view, prefix)?.into_iter().collect();
+        let pending = self
+            .overlay
+            .range((view, prefix.to_vec())..)
+            .take_while(|((v, k), _)| *v == view && k.starts_with(prefix));
+        for ((_, key), value) in pending {
+            match value {
+                Some(value) => rows.insert(key.clone(), value.clone()),
+                None => rows.remove(key),
+            };
+        }
+        Ok(rows.into_iter().collect())
+    }
+
+    fn put(&mut self, view: View, key: Vec<u8>, value: Vec<u8>) {
+        self.overlay.insert((view, key), Some(value));
+    }
+
+    fn delete(&mut self, view: View, key: Vec<u8>) {
+        self.overlay.insert((view, key), None);
+    }
+}
+
+/// Where the current snapshot lives.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SnapshotRecord {
+    meta: SnapshotMeta,
+    /// File name inside the snapshot folder.
+    file: String,
+}
+
+/// Loads the in-memory catalog from the view column families.
+fn load_catalog(db: &DB) -> Result<Catalog> {
+    let mut catalog = Catalog::default();
+    for view in View::ALL {
+        for item in db.iterator_cf(cf(db, view.cf_name())?, IteratorMode::Start) {
+            let (key, value) = item.map_err(|e| Error::rocks("scan", view.cf_name(), e))?;
+            catalog.apply_change(view, &key, Some(&value))?;
+        }
+    }
+    Ok(catalog)
+}
+
+fn apply_entries(db: &DB, mut applied: AppliedState, entries: Vec<Entry>) -> Result<(AppliedState, Vec<Outcome>, BatchStore<'_>)> {
+    let mut store = BatchStore {
+        db,
+        overlay: BTreeMap::new(),
+    };
+    let mut digest = Digest::from_u128(applied.digest);
+    let mut outcomes = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let log_id = *entry.get_log_id();
+        applied.last_applied = Some(log_id);
+        let outcome = match entry.payload {
+            EntryPayload::Blank => Outcome::Internal,
+            EntryPayload::Normal(event) => apply(&mut ViewTxn::new(&mut store, &mut digest), &event)?,
+            EntryPayload::Membership(membership) => {
+                applied.membership = StoredMembership::new(Some(log_id), membership);
+                Outcome::Internal
+            }
+        };
+        outcomes.push(outcome);
+    }
+    applied.digest = digest.value();
+    Ok((applied, outcomes, store))
+}
+
+fn write_applied(db: &DB, batch: &mut WriteBatch, applied: &AppliedState) -> Result<()> {
+    batch.put_cf(cf(db, CF_META)?, meta_key::APPLIED, codec::encode("applied state", applied)?);
+    Ok(())
+}
+
+fn unix_nanos() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| Error::SnapshotIo {
+            verb: "sync the folder of",
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// Makes `file` (inside `dir`) the current snapshot and deletes the old one.
+fn record_snapshot(db: &DB, dir: &Path, record: &SnapshotRecord) -> Result<()> {
+    sync_dir(dir)?;
+    let old: Option<SnapshotRecord> = get_decoded(db, CF_SNAPSHOT, SNAPSHOT_CURRENT)?;
+    let mut batch = WriteBatch::default();
+    batch.put_cf(cf(db, CF_SNAPSHOT)?, SNAPSHOT_CURRENT, codec::encode("snapshot record", record)?);
+    write_synced(db, batch, "snapshot record")?;
+    if let Some(old) = old.filter(|o| o.file != record.file) {
+        let _ = std::fs::remove_file(dir.join(old.file));
+    }
+    Ok(())
+}
+
+/// Path of the current snapshot file and its header, if a snapshot exists.
+pub(crate) fn current_snapshot(db: &DB, dir: &Path) -> Result<Option<(SnapshotMeta, PathBuf)>> {
+    let record: Option<SnapshotRecord> = get_decoded(db, CF_SNAPSHOT, SNAPSHOT_CURRENT)?;
+    Ok(record.map(|r| (r.meta, dir.join(r.file))))
+}
+
+fn build_snapshot_file(db: &DB, dir: &Path) -> Result<SnapshotRecord> {
+    let snap = db.snapshot();
+    let applied: AppliedState = match snap
+        .get_cf(cf(db, CF_META)?, meta_key::APPLIED)
+        .map_err(|e| Error::rocks("read", "applied state", e))?
+    {
+        Some(bytes) => codec::decode("applied state", &bytes)?,
+        None => AppliedState::default(),
+    };
+    let snapshot_id = match applied.last_applied {
+        Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, unix_nanos()),
+        None => format!("0-0-{}", unix_nanos()),
+    };
+    let file = format!("{snapshot_id}.snap");
+    let tmp = dir.join(format!("{file}.tmp"));
+    let header = SnapshotHeader {
+        last_applied: applied.last_applied,
+        membership: applied.membership.clone(),
+        digest: applied.digest,
+    };
+    let mut writer = SnapshotWriter::create(&tmp, &header)?;
+    for view in View::ALL {
+        for item in snap.iterator_cf(cf(db, view.cf_name())?, IteratorMode::Start) {
+            let (key, value) = item.map_err(|e| Error::rocks("scan", view.cf_name(), e))?;
+            writer.row(view, &key, &value)?;
+        }
+    }
+    writer.finish()?;
+    std::fs::rename(&tmp, dir.join(&file)).map_err(|source| Error::SnapshotIo {
+        verb: "rename",
+        path: tmp.clone(),
+        source,
+    })?;
+    let record = SnapshotRecord {
+        meta: SnapshotMeta {
+            last_log_id: applied.last_applied,
+            last_membership: applied.membership,
+            snapshot_id,
+        },
+        file,
+    };
+    record_snapshot(db, dir, &record)?;
+    Ok(record)
+}
+
+/// Replaces every view with the rows of a verified snapshot file.
+fn install_snapshot_file(db: &DB, dir: &Path, meta: &SnapshotMeta, received: &Path) -> Result<AppliedState> {
+    let mut batch = WriteBatch::default();
+    for view in View::ALL {
+        let family = cf(db, view.cf_name())?;
+        for item in db.iterator_cf(family, IteratorMode::Start) {
+            let (key, _) = item.map_err(|e| Error::rocks("scan", view.cf_name(), e))?;
+            batch.delete_cf(family, key);
+        }
+    }
+    let header = snapshot::read(received, |view, key, value| {
+        batch.put_cf(cf(db, view.cf_name())?, key, value);
+        Ok(())
+    })?;
+    if header.last_applied != meta.last_log_id {
+        return Err(Error::BadSnapshot {
+            path: received.to_path_buf(),
+            reason: format!(
+                "it covers up to {:?}, the leader announced {:?}",
+                header.last_applied, meta.last_log_id
+            ),
+        });
+    }
+    let applied = AppliedState {
+        last_applied: header.last_applied,
+        membership: header.membership,
+        digest: header.digest,
+    };
+    write_applied(db, &mut batch, &applied)?;
+    write_synced(db, batch, "snapshot install")?;
+    let file = format!("{}.snap", meta.snapshot_id);
+    std::fs::rename(received, dir.join(&file)).map_err(|source| Error::SnapshotIo {
+        verb: "rename",
+        path: received.to_path_buf(),
+        source,
+    })?;
+    record_snapshot(
+        db,
+        dir,
+        &SnapshotRecord {
+            meta: meta.clone(),
+            file,
+        },
+    )?;
+    Ok(applied)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+}
+
+/// The state machine over the view column families.
+pub struct StateMachine {
+    db: Arc<DB>,
+    views: Arc<Views>,
+    snapshot_dir: PathBuf,
+    /// The file a snapshot is being received into, between
+    /// `begin_receiving_snapshot` and `install_snapshot`.
+    receiving: Option<PathBuf>,
+}
+
+impl StateMachine {
+    /// Opens the state machine of a data dir and loads its in-memory views.
+    pub fn open(db: Arc<DB>, snapshot_dir: PathBuf) -> Result<Self> {
+        let applied: AppliedState = get_decoded(&db, CF_META, meta_key::APPLIED)?.unwrap_or_default();
+        let catalog = load_catalog(&db)?;
+        let views = Arc::new(Views::default());
+        views.replace(applied, catalog);
+        Ok(StateMachine {
+            db,
+            views,
+            snapshot_dir,
+            receiving: None,
+        })
+    }
+
+    /// The read side shared with routing, `/status` and SQL.
+    pub fn views(&self) -> Arc<Views> {
+        self.views.clone()
+    }
+}
+
+/// Builds snapshots from a consistent RocksDB snapshot of the views.
+pub struct SnapshotBuilder {
+    db: Arc<DB>,
+    snapshot_dir: PathBuf,
+}
+
+async fn open_snapshot(path: PathBuf) -> Result<tokio::fs::File> {
+    tokio::fs::File::open(&path)
+        .await
+        .map_err(|source| Error::SnapshotIo {
+            verb: "open",
+            path,
+            source,
+        })
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let db = self.db.clone();
+        let dir = self.snapshot_dir.clone();
+        let err = to_raft(ErrorSubject::Snapshot(None), ErrorVerb::Write);
+        let record = blocking(move || build_snapshot_file(&db, &dir)).await.map_err(err)?;
+        let file = open_snapshot(self.snapshot_dir.join(&record.file))
+            .await
+            .map_err(to_raft(ErrorSubject::Snapshot(None), ErrorVerb::Read))?;
+        tracing::info!(snapshot_id = %record.meta.snapshot_id, "built snapshot");
+        Ok(Snapshot {
+            meta: record.meta,
+            snapshot: Box::new(file),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, crate::raft_types::typ::StoredMembership), StorageError> {
+        let applied = self.views.applied();
+        Ok((applied.last_applied, applied.membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let db = self.db.clone();
+        let views = self.views.clone();
+        blocking(move || {
+            let (applied, outcomes, store) = apply_entries(&db, views.applied(), entries)?;
+            let mut batch = WriteBatch::default();
+            for ((view, key), value) in &store.overlay {
+                let family = cf(&db, view.cf_name())?;
+                match value {
+                    Some(value) => batch.put_cf(family, key, value),
+                    None => batch.delete_cf(family, key),
+                }
+            }
+            write_applied(&db, &mut batch, &applied)?;
+            db.write(batch).map_err(|e| Error::rocks("write", "apply batch", e))?;
+            views.publish(applied, &store.overlay)?;
+            Ok(outcomes)
+        })
+        .await
+        .map_err(to_raft(ErrorSubject::StateMachine, ErrorVerb::Write))
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            db: self.db.clone(),
+            snapshot_dir: self.snapshot_dir.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self.snapshot_dir.join(format!("receiving-{}.tmp", unix_nanos()));
+        let file = tokio::fs::File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(|source| Error::SnapshotIo {
+                verb: "create",
+                path: path.clone(),
+                source,
+            })
+            .map_err(to_raft(ErrorSubject::Snapshot(None), ErrorVerb::Write))?;
+        if let Some(stale) = self.receiving.replace(path) {
+            let _ = std::fs::remove_file(stale);
+        }
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<tokio::fs::File>) -> Result<(), StorageError> {
+        let err = || to_raft(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write);
+        snapshot
+            .sync_all()
+            .await
+            .map_err(|source| Error::SnapshotIo {
+                verb: "sync",
+                path: self.snapshot_dir.clone(),
+                source,
+            })
+            .map_err(err())?;
+        drop(snapshot);
+        let received = self
+            .receiving
+            .take()
+            .ok_or_else(|| Error::Task("install_snapshot without begin_receiving_snapshot".to_string()))
+            .map_err(err())?;
+        let db = self.db.clone();
+        let dir = self.snapshot_dir.clone();
+        let views = self.views.clone();
+        let meta = meta.clone();
+        blocking(move || {
+            let applied = install_snapshot_file(&db, &dir, &meta, &received)?;
+            views.replace(applied, load_catalog(&db)?);
+            Ok(())
+        })
+        .await
+        .map_err(err())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let err = || to_raft(ErrorSubject::Snapshot(None), ErrorVerb::Read);
+        let Some((meta, path)) = current_snapshot(&self.db, &self.snapshot_dir).map_err(err())? else {
+            return Ok(None);
+        };
+        let file = open_snapshot(path).await.map_err(err())?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        }))
+    }
+}

@@ -1,0 +1,233 @@
+//! The deterministic apply function: one event in, row changes out.
+//!
+//! [`apply`] reads and writes rows only through a [`ViewTxn`] and takes time
+//! only from the event, so the same events give the same rows (and the same
+//! digest) on the live node, in replay and after a snapshot install.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Digest, FunctionRow, NodeRow, NodeStatus, RouteRow, SubscriptionRow, View};
+use crate::codec;
+use crate::error::Result;
+use crate::event::{Event, EventKind, Outcome};
+
+/// Raw row storage that apply writes through: the RocksDB batch on a live
+/// node, in-memory maps in replay.
+pub trait RowStore {
+    /// The current value of a row, including changes not yet committed.
+    fn get(&self, view: View, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Every row whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, view: View, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    fn put(&mut self, view: View, key: Vec<u8>, value: Vec<u8>);
+    fn delete(&mut self, view: View, key: Vec<u8>);
+}
+
+/// Typed row access over a [`RowStore`] that keeps the digest current.
+pub struct ViewTxn<'a, S: RowStore> {
+    store: &'a mut S,
+    digest: &'a mut Digest,
+}
+
+impl<'a, S: RowStore> ViewTxn<'a, S> {
+    pub fn new(store: &'a mut S, digest: &'a mut Digest) -> Self {
+        ViewTxn { store, digest }
+    }
+
+    fn get<T: DeserializeOwned>(&self, view: View, key: &[u8]) -> Result<Option<T>> {
+        match self.store.get(view, key)? {
+            Some(bytes) => Ok(Some(codec::decode(view.cf_name(), &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn scan<T: DeserializeOwned>(&self, view: View, prefix: &[u8]) -> Result<Vec<T>> {
+        self.store
+            .scan_prefix(view, prefix)?
+            .iter()
+            .map(|(_, bytes)| codec::decode(view.cf_name(), bytes))
+            .collect()
+    }
+
+    fn put<T: Serialize>(&mut self, view: View, key: Vec<u8>, row: &T) -> Result<()> {
+        let value = codec::encode(view.cf_name(), row)?;
+        if let Some(old) = self.store.get(view, &key)? {
+            self.digest.remove(view, &key, &old);
+        }
+        self.digest.add(view, &key, &value);
+        self.store.put(view, key, value);
+        Ok(())
+    }
+
+    /// Deletes a row; returns whether it existed.
+    fn delete(&mut self, view: View, key: Vec<u8>) -> Result<bool> {
+        match self.store.get(view, &key)? {
+            Some(old) => {
+                self.digest.remove(view, &key, &old);
+                self.store.delete(view, key);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+fn rejected(reason: impl Into<String>) -> Outcome {
+    Outcome::Rejected {
+        reason: reason.into(),
+    }
+}
+
+/// Refuses identifiers that would break key encoding: empty or holding NUL.
+fn check_ids(ids: &[(&str, &str)]) -> Option<Outcome> {
+    ids.iter().find_map(|(field, value)| {
+        if value.is_empty() {
+            Some(rejected(format!("{field} must not be empty")))
+        } else if value.contains('\0') {
+            Some(rejected(format!("{field} must not contain NUL")))
+        } else {
+            None
+        }
+    })
+}
+
+/// Applies one event to the views. `Err` means storage failed (the entry is
+/// not applied); a refused event is `Ok(Outcome::Rejected)` and changes nothing.
+pub fn apply<S: RowStore>(txn: &mut ViewTxn<'_, S>, event: &Event) -> Result<Outcome> {
+    let now = event.time_ms;
+    match &event.kind {
+        EventKind::NodeJoined {
+            node_id,
+            cluster_id,
+            addresses,
+            resources,
+        } => {
+            if let Some(refused) = check_ids(&[("node_id", node_id), ("cluster_id", cluster_id)]) {
+                return Ok(refused);
+            }
+            let row = NodeRow {
+                node_id: node_id.clone(),
+                cluster_id: cluster_id.clone(),
+                addresses: addresses.clone(),
+                resources: resources.clone(),
+                joined_at_ms: now,
+                status: NodeStatus::Up,
+                left_at_ms: None,
+            };
+            txn.put(View::Nodes, NodeRow::key(node_id), &row)?;
+        }
+        EventKind::NodeLeft { node_id } => {
+            let key = NodeRow::key(node_id);
+            let Some(mut row) = txn.get::<NodeRow>(View::Nodes, &key)? else {
+                return Ok(rejected(format!("unknown node {node_id}")));
+            };
+            row.status = NodeStatus::Left;
+            row.left_at_ms = Some(now);
+            txn.put(View::Nodes, key, &row)?;
+        }
+        EventKind::FunctionRegistered {
+            name,
+            function_id,
+            version,
+            resources,
+            provider,
+            node_id,
+            cluster_id,
+        } => {
+            if let Some(refused) = check_ids(&[
+                ("name", name),
+                ("function_id", function_id),
+                ("version", version),
+                ("provider", provider),
+            ]) {
+                return Ok(refused);
+            }
+            let existing: Vec<FunctionRow> = txn.scan(View::Functions, &FunctionRow::name_prefix(name))?;
+            if let Some(other) = existing.iter().find(|f| &f.function_id != function_id) {
+                return Ok(rejected(format!(
+                    "function {name} is registered with function_id {}, not {function_id}",
+                    other.function_id
+                )));
+            }
+            let row = FunctionRow {
+                name: name.clone(),
+                function_id: function_id.clone(),
+                version: version.clone(),
+                resources: resources.clone(),
+                provider: provider.clone(),
+                node_id: node_id.clone(),
+                cluster_id: cluster_id.clone(),
+                registered_at_ms: now,
+            };
+            txn.put(View::Functions, FunctionRow::key(name, version, provider), &row)?;
+        }
+        EventKind::FunctionWithdrawn {
+            name,
+            version,
+            provider,
+        } => {
+            if !txn.delete(View::Functions, FunctionRow::key(name, version, provider))? {
+                return Ok(rejected(format!(
+                    "function {name} {version} is not registered by {provider}"
+                )));
+            }
+        }
+        EventKind::SubscriptionAdded {
+            subscription_id,
+            patterns,
+            subscriber,
+            node_id,
+            durable,
+        } => {
+            if let Some(refused) = check_ids(&[("subscription_id", subscription_id)]) {
+                return Ok(refused);
+            }
+            let key = SubscriptionRow::key(subscription_id);
+            if txn.get::<SubscriptionRow>(View::Subscriptions, &key)?.is_some() {
+                return Ok(rejected(format!("subscription {subscription_id} already exists")));
+            }
+            let row = SubscriptionRow {
+                subscription_id: subscription_id.clone(),
+                patterns: patterns.clone(),
+                subscriber: subscriber.clone(),
+                node_id: node_id.clone(),
+                durable: *durable,
+                created_at_ms: now,
+            };
+            txn.put(View::Subscriptions, key, &row)?;
+        }
+        EventKind::SubscriptionRemoved { subscription_id } => {
+            if !txn.delete(View::Subscriptions, SubscriptionRow::key(subscription_id))? {
+                return Ok(rejected(format!("unknown subscription {subscription_id}")));
+            }
+        }
+        EventKind::RouteAnnounced {
+            dest,
+            next_hop,
+            path,
+            cost,
+            advertiser,
+            expires_at_ms,
+        } => {
+            if let Some(refused) = check_ids(&[("dest", dest), ("advertiser", advertiser)]) {
+                return Ok(refused);
+            }
+            let row = RouteRow {
+                dest: dest.clone(),
+                next_hop: next_hop.clone(),
+                path: path.clone(),
+                cost: *cost,
+                advertiser: advertiser.clone(),
+                learned_at_ms: now,
+                expires_at_ms: *expires_at_ms,
+            };
+            txn.put(View::Routes, RouteRow::key(dest, advertiser), &row)?;
+        }
+        EventKind::RouteWithdrawn { dest, advertiser } => {
+            if !txn.delete(View::Routes, RouteRow::key(dest, advertiser))? {
+                return Ok(rejected(format!("no route to {dest} from {advertiser}")));
+            }
+        }
+    }
+    Ok(Outcome::Applied)
+}

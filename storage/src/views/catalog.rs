@@ -1,0 +1,85 @@
+//! The in-memory index of the views that routing reads on every call.
+//!
+//! It is rebuilt from the view column families when the store opens and
+//! updated with each committed apply batch, so it always equals the views
+//! at `last_applied`.
+
+use std::collections::BTreeMap;
+
+use super::{FunctionRow, NodeRow, RouteRow, SubscriptionRow, View};
+use crate::codec;
+use crate::error::Result;
+
+/// Decoded rows of every view, keyed as in RocksDB.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    nodes: BTreeMap<Vec<u8>, NodeRow>,
+    functions: BTreeMap<Vec<u8>, FunctionRow>,
+    subscriptions: BTreeMap<Vec<u8>, SubscriptionRow>,
+    routes: BTreeMap<Vec<u8>, RouteRow>,
+}
+
+fn change<T: serde::de::DeserializeOwned>(
+    map: &mut BTreeMap<Vec<u8>, T>,
+    view: View,
+    key: &[u8],
+    value: Option<&[u8]>,
+) -> Result<()> {
+    match value {
+        Some(bytes) => {
+            map.insert(key.to_vec(), codec::decode(view.cf_name(), bytes)?);
+        }
+        None => {
+            map.remove(key);
+        }
+    }
+    Ok(())
+}
+
+fn with_prefix<'a, T>(map: &'a BTreeMap<Vec<u8>, T>, prefix: Vec<u8>) -> impl Iterator<Item = &'a T> {
+    map.range(prefix.clone()..)
+        .take_while(move |(k, _)| k.starts_with(&prefix))
+        .map(|(_, v)| v)
+}
+
+impl Catalog {
+    /// Records one committed row change (`None` = deleted).
+    pub fn apply_change(&mut self, view: View, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        match view {
+            View::Nodes => change(&mut self.nodes, view, key, value),
+            View::Functions => change(&mut self.functions, view, key, value),
+            View::Subscriptions => change(&mut self.subscriptions, view, key, value),
+            View::Routes => change(&mut self.routes, view, key, value),
+        }
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeRow> {
+        self.nodes.values()
+    }
+
+    pub fn node(&self, node_id: &str) -> Option<&NodeRow> {
+        self.nodes.get(&NodeRow::key(node_id))
+    }
+
+    pub fn functions(&self) -> impl Iterator<Item = &FunctionRow> {
+        self.functions.values()
+    }
+
+    /// Every registration of function `name` (all versions and providers).
+    pub fn functions_named(&self, name: &str) -> impl Iterator<Item = &FunctionRow> {
+        with_prefix(&self.functions, FunctionRow::name_prefix(name))
+    }
+
+    pub fn subscriptions(&self) -> impl Iterator<Item = &SubscriptionRow> {
+        self.subscriptions.values()
+    }
+
+    pub fn routes(&self) -> impl Iterator<Item = &RouteRow> {
+        self.routes.values()
+    }
+
+    /// Every known route to cluster `dest`.
+    pub fn routes_to(&self, dest: &str) -> impl Iterator<Item = &RouteRow> {
+        with_prefix(&self.routes, RouteRow::dest_prefix(dest))
+    }
+}

@@ -1,0 +1,61 @@
+//! Materialized views: the rows that committed events produce.
+//!
+//! Each [`View`] is one RocksDB column family of versioned rows. [`apply`]
+//! turns one event into row changes through a [`ViewTxn`], which keeps the
+//! order-independent [`Digest`] of all rows current. [`Catalog`] is the
+//! in-memory index of the rows that routing reads on every call.
+
+mod apply;
+mod catalog;
+mod digest;
+mod rows;
+
+pub use apply::{RowStore, ViewTxn, apply};
+pub use catalog::Catalog;
+pub use digest::Digest;
+pub use rows::{FunctionRow, NodeRow, NodeStatus, RouteRow, SubscriptionRow};
+
+/// One materialized view; each is stored in its own column family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum View {
+    Nodes,
+    Functions,
+    Subscriptions,
+    Routes,
+}
+
+impl View {
+    /// Every view, in a fixed order (snapshot files and digests rely on it).
+    pub const ALL: [View; 4] = [View::Nodes, View::Functions, View::Subscriptions, View::Routes];
+
+    /// The RocksDB column family holding this view.
+    pub fn cf_name(self) -> &'static str {
+        match self {
+            View::Nodes => "view_nodes",
+            View::Functions => "view_functions",
+            View::Subscriptions => "view_subscriptions",
+            View::Routes => "view_routes",
+        }
+    }
+
+    /// Stable one-byte tag of the view in snapshot files and digests.
+    pub fn tag(self) -> u8 {
+        match self {
+            View::Nodes => 1,
+            View::Functions => 2,
+            View::Subscriptions => 3,
+            View::Routes => 4,
+        }
+    }
+
+    /// The view with the given tag, if any.
+    pub fn from_tag(tag: u8) -> Option<View> {
+        View::ALL.into_iter().find(|v| v.tag() == tag)
+    }
+}
+
+/// Joins key parts with a NUL separator, so a prefix scan on the first part
+/// finds exactly its rows. Apply refuses identifiers that contain NUL.
+pub fn row_key(parts: &[&str]) -> Vec<u8> {
+    parts.join("\0").into_bytes()
+}

@@ -1,0 +1,118 @@
+//! The row types of each view and the keys they are stored under.
+//!
+//! Rows are plain structs (no flatten, no untagged enums) so bincode encodes
+//! them exactly; they are stored with [`crate::codec`].
+
+use serde::{Deserialize, Serialize};
+
+use super::row_key;
+
+/// Whether a node is serving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeStatus {
+    Up,
+    Left,
+}
+
+impl NodeStatus {
+    /// Lowercase name, as SQL shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Up => "up",
+            NodeStatus::Left => "left",
+        }
+    }
+}
+
+/// `nodes` view: one row per node ever seen, keyed by node id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRow {
+    pub node_id: String,
+    pub cluster_id: String,
+    pub addresses: Vec<String>,
+    pub resources: Vec<String>,
+    /// When the node last joined (unix ms).
+    pub joined_at_ms: u64,
+    pub status: NodeStatus,
+    /// When the node left, if it did (unix ms).
+    pub left_at_ms: Option<u64>,
+}
+
+impl NodeRow {
+    pub fn key(node_id: &str) -> Vec<u8> {
+        row_key(&[node_id])
+    }
+}
+
+/// `functions` view: one row per (name, version, provider).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionRow {
+    pub name: String,
+    pub function_id: String,
+    pub version: String,
+    pub resources: Vec<String>,
+    pub provider: String,
+    pub node_id: String,
+    pub cluster_id: String,
+    pub registered_at_ms: u64,
+}
+
+impl FunctionRow {
+    pub fn key(name: &str, version: &str, provider: &str) -> Vec<u8> {
+        row_key(&[name, version, provider])
+    }
+
+    /// Key prefix of every row of function `name`.
+    pub fn name_prefix(name: &str) -> Vec<u8> {
+        let mut prefix = row_key(&[name]);
+        prefix.push(0);
+        prefix
+    }
+}
+
+/// `subscriptions` view: one row per subscription id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionRow {
+    pub subscription_id: String,
+    pub patterns: Vec<String>,
+    pub subscriber: String,
+    pub node_id: String,
+    pub durable: bool,
+    pub created_at_ms: u64,
+}
+
+impl SubscriptionRow {
+    pub fn key(subscription_id: &str) -> Vec<u8> {
+        row_key(&[subscription_id])
+    }
+}
+
+/// `routes` view: one row per (dest, advertiser), the path-vector table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteRow {
+    pub dest: String,
+    pub next_hop: String,
+    pub path: Vec<String>,
+    pub cost: u32,
+    pub advertiser: String,
+    pub learned_at_ms: u64,
+    pub expires_at_ms: Option<u64>,
+}
+
+impl RouteRow {
+    pub fn key(dest: &str, advertiser: &str) -> Vec<u8> {
+        row_key(&[dest, advertiser])
+    }
+
+    /// Key prefix of every route to `dest`.
+    pub fn dest_prefix(dest: &str) -> Vec<u8> {
+        let mut prefix = row_key(&[dest]);
+        prefix.push(0);
+        prefix
+    }
+
+    /// Number of cluster hops of the path.
+    pub fn hops(&self) -> usize {
+        self.path.len()
+    }
+}

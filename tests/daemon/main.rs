@@ -1,0 +1,6 @@
+//! Integration tests against real `mpreg-daemon` processes and in-process
+//! nodes: durability across kill -9, replay, refused data dirs.
+
+mod bad_data_dir;
+mod durability;
+mod migrations;

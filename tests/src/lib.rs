@@ -1,0 +1,238 @@
+//! Test harness: real `mpreg-daemon` processes on port 0 with temporary
+//! data dirs, and in-process nodes, for the integration tests in `daemon/`.
+//!
+//! The binary is found next to the test executable (`target/<profile>/`);
+//! `scripts/test` builds it first. `MPREG_DAEMON_BIN` overrides the path.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// How long a daemon may take to write its ready file.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Path of the `mpreg-daemon` binary under test.
+pub fn daemon_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("MPREG_DAEMON_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    let bin = profile_dir.join("mpreg-daemon");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p mpreg-daemon` first (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A temporary data dir, removed on drop.
+pub struct TestDir {
+    tmp: TempDir,
+}
+
+impl TestDir {
+    pub fn new() -> Self {
+        TestDir {
+            tmp: tempfile::Builder::new().prefix("mpreg-test-").tempdir().expect("temp dir"),
+        }
+    }
+
+    /// The data dir itself (created by the daemon on first start).
+    pub fn data(&self) -> PathBuf {
+        self.tmp.path().join("data")
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+}
+
+impl Default for TestDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What the daemon wrote to its ready file.
+#[derive(Clone, Debug)]
+pub struct Ready {
+    pub node_id: String,
+    pub cluster_id: String,
+    pub client_url: String,
+    pub admin_url: String,
+}
+
+/// A running `mpreg-daemon` process; killed (SIGKILL) on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    pub ready: Ready,
+    log_path: PathBuf,
+}
+
+fn daemon_command(data_dir: &Path, ready_file: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(daemon_bin());
+    cmd.arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .arg("--ready-file")
+        .arg(ready_file)
+        .args(extra);
+    cmd
+}
+
+impl Daemon {
+    /// Starts a daemon on `dir` (port 0) and waits for its ready file.
+    pub fn start(dir: &TestDir, extra: &[&str]) -> Result<Daemon> {
+        let ready_file = dir.path().join("ready.json");
+        let _ = std::fs::remove_file(&ready_file);
+        let log_path = dir.path().join(format!("daemon-{}.log", Instant::now().elapsed().as_nanos()));
+        let log = std::fs::File::create(&log_path)?;
+        let child = daemon_command(&dir.data(), &ready_file, extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("spawn mpreg-daemon")?;
+        let mut daemon = Daemon {
+            child: Some(child),
+            ready: Ready {
+                node_id: String::new(),
+                cluster_id: String::new(),
+                client_url: String::new(),
+                admin_url: String::new(),
+            },
+            log_path,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&ready_file) {
+                let v: Value = serde_json::from_str(&text).context("ready file is JSON")?;
+                let field = |k: &str| v[k].as_str().map(str::to_string).with_context(|| format!("ready file field {k}"));
+                daemon.ready = Ready {
+                    node_id: field("node_id")?,
+                    cluster_id: field("cluster_id")?,
+                    client_url: field("client_url")?,
+                    admin_url: field("admin_url")?,
+                };
+                return Ok(daemon);
+            }
+            if let Some(status) = daemon.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("daemon exited with {status} before ready: {}", daemon.log());
+            }
+            if Instant::now() > deadline {
+                bail!("daemon not ready after {START_TIMEOUT:?}: {}", daemon.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the daemon wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// `kill -9`: no shutdown, no flush.
+    pub fn kill9(mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn stop(mut self) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("daemon already stopped")?;
+        let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+        if !sent.success() {
+            bail!("kill -TERM failed");
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                child.kill()?;
+                bail!("daemon ignored SIGTERM for 30s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// GET an admin endpoint; returns status code and parsed JSON body.
+    pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
+        let url = format!("{}{path}", self.ready.admin_url);
+        let resp = reqwest::get(&url).await.with_context(|| format!("GET {url}"))?;
+        let code = resp.status().as_u16();
+        let body = resp.json().await.with_context(|| format!("JSON body of {url}"))?;
+        Ok((code, body))
+    }
+
+    /// `/status` as JSON.
+    pub async fn status(&self) -> Result<Value> {
+        let (code, body) = self.get("/status").await?;
+        if code != 200 {
+            bail!("/status answered {code}: {body}");
+        }
+        Ok(body)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs the daemon binary to completion (for refusals and subcommands).
+pub fn run_daemon(args: &[&std::ffi::OsStr]) -> Result<Output> {
+    Command::new(daemon_bin())
+        .args(args)
+        .output()
+        .context("run mpreg-daemon")
+}
+
+/// Starts a daemon on `dir` expecting it to exit; returns its output.
+pub fn start_expecting_exit(dir: &TestDir) -> Result<Output> {
+    let ready_file = dir.path().join("refused-ready.json");
+    let mut child = daemon_command(&dir.data(), &ready_file, &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            child.kill()?;
+            bail!("daemon kept running on a dir it should refuse");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child.wait_with_output()?)
+}
+
+/// `mpreg-daemon replay --data-dir D`, parsed.
+pub fn replay(data_dir: &Path) -> Result<Value> {
+    let out = run_daemon(&["replay".as_ref(), "--data-dir".as_ref(), data_dir.as_os_str()])?;
+    if !out.status.success() {
+        bail!("replay failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
