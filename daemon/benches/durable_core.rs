@@ -63,7 +63,12 @@ fn config(dir: &std::path::Path) -> Config {
     config
 }
 
-async fn proposers(node: Arc<Node>, concurrency: u64, total: u64, offset: u64) -> (Duration, Vec<Duration>) {
+async fn proposers(
+    node: Arc<Node>,
+    concurrency: u64,
+    total: u64,
+    offset: u64,
+) -> (Duration, Vec<Duration>) {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..concurrency {

@@ -2,11 +2,11 @@
 
 use std::sync::{Arc, OnceLock};
 
+use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
-use axum::Router;
 use serde::Serialize;
 use serde_json::json;
 
@@ -47,7 +47,11 @@ pub fn router(state: AdminState) -> Router {
 }
 
 fn starting() -> Response {
-    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "starting"}))).into_response()
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"status": "starting"})),
+    )
+        .into_response()
 }
 
 async fn health(State(state): State<AdminState>) -> Response {
@@ -56,9 +60,13 @@ async fn health(State(state): State<AdminState>) -> Response {
     };
     let raft = node.raft_status();
     if node.has_leader() {
-        Json(json!({"status": "ok", "node_id": node.identity().node_id, "leader": raft.leader})).into_response()
+        Json(json!({"status": "ok", "node_id": node.identity().node_id, "leader": raft.leader}))
+            .into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "no_leader", "node_id": node.identity().node_id})))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "no_leader", "node_id": node.identity().node_id})),
+        )
             .into_response()
     }
 }

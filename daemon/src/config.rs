@@ -87,7 +87,7 @@ impl Config {
             ready_file: None,
             node_id: None,
             cluster_id: None,
-            log: "info".to_string(),
+            log: "info,openraft=warn".to_string(),
             log_format: LogFormat::Text,
             snapshot_interval: 10_000,
             log_retention: 1_000,
@@ -142,18 +142,27 @@ impl Config {
     /// Refuses settings that cannot work.
     pub fn validate(&self) -> Result<()> {
         if self.snapshot_interval == 0 {
-            return Err(Error::InvalidSetting("snapshot_interval must be at least 1".into()));
+            return Err(Error::InvalidSetting(
+                "snapshot_interval must be at least 1".into(),
+            ));
         }
         if self.election_timeout < Duration::from_millis(50) {
-            return Err(Error::InvalidSetting("election_timeout_ms must be at least 50".into()));
+            return Err(Error::InvalidSetting(
+                "election_timeout_ms must be at least 50".into(),
+            ));
         }
+        let valid = |id: &str| {
+            !id.is_empty()
+                && id.len() <= 128
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        };
         for (what, id) in [("node_id", &self.node_id), ("cluster_id", &self.cluster_id)] {
-            if let Some(id) = id {
-                if id.is_empty() || id.len() > 128 || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-                    return Err(Error::InvalidSetting(format!(
-                        "{what} {id:?} must be 1-128 characters of letters, digits, '-', '_' or '.'"
-                    )));
-                }
+            if let Some(id) = id.as_deref().filter(|id| !valid(id)) {
+                return Err(Error::InvalidSetting(format!(
+                    "{what} {id:?} must be 1-128 characters of letters, digits, '-', '_' or '.'"
+                )));
             }
         }
         Ok(())
@@ -166,7 +175,10 @@ mod test {
 
     #[test]
     fn file_settings_apply_and_unknown_keys_fail() {
-        let file: FileConfig = toml::from_str("listen = \"127.0.0.1:7000\"\nsnapshot_interval = 5\nlog_format = \"json\"").unwrap();
+        let file: FileConfig = toml::from_str(
+            "listen = \"127.0.0.1:7000\"\nsnapshot_interval = 5\nlog_format = \"json\"",
+        )
+        .unwrap();
         let mut config = Config::new("d".into());
         config.merge_file(file);
         assert_eq!(config.listen.port(), 7000);

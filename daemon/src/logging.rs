@@ -10,7 +10,9 @@ use crate::error::{Error, Result};
 pub fn init(directives: &str, format: LogFormat) -> Result<()> {
     let filter = EnvFilter::try_new(directives)
         .map_err(|e| Error::InvalidSetting(format!("--log {directives:?}: {e}")))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let installed = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -122,7 +122,10 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Replay { data_dir }) => match mpreg_storage::replay(&data_dir) {
             Ok(report) => {
-                println!("{}", serde_json::to_string(&report).expect("report serializes"));
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).expect("report serializes")
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => report(&e),

@@ -48,12 +48,17 @@ pub fn raft_id(node_id: &str) -> u64 {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn generated_node_id() -> String {
     let seed = format!("{}-{}", now_ms(), std::process::id());
-    format!("node-{:012x}", xxhash_rust::xxh3::xxh3_64(seed.as_bytes()) & 0xffff_ffff_ffff)
+    format!(
+        "node-{:012x}",
+        xxhash_rust::xxh3::xxh3_64(seed.as_bytes()) & 0xffff_ffff_ffff
+    )
 }
 
 /// The identity of the dir: stored at first start, checked afterwards.
@@ -67,7 +72,11 @@ fn resolve_identity(dir: &DataDir, config: &Config) -> Result<Identity> {
                 }
                 .into());
             }
-            if let Some(requested) = config.cluster_id.as_ref().filter(|id| **id != stored.cluster_id) {
+            if let Some(requested) = config
+                .cluster_id
+                .as_ref()
+                .filter(|id| **id != stored.cluster_id)
+            {
                 return Err(mpreg_storage::Error::ClusterIdMismatch {
                     stored: stored.cluster_id,
                     requested: requested.clone(),
@@ -79,7 +88,10 @@ fn resolve_identity(dir: &DataDir, config: &Config) -> Result<Identity> {
         None => {
             let identity = Identity {
                 node_id: config.node_id.clone().unwrap_or_else(generated_node_id),
-                cluster_id: config.cluster_id.clone().unwrap_or_else(|| DEFAULT_CLUSTER_ID.to_string()),
+                cluster_id: config
+                    .cluster_id
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_CLUSTER_ID.to_string()),
             };
             dir.set_identity(&identity)?;
             Ok(identity)
@@ -107,21 +119,34 @@ impl Node {
     /// cluster (initializing it on first start) and records `NodeJoined`.
     pub async fn start(config: &Config, addresses: Vec<String>) -> Result<Node> {
         let path = config.data_dir.clone();
-        let data_dir = tokio::task::spawn_blocking(move || DataDir::open(&path, OpenMode::ReadWrite))
-            .await
-            .map_err(|e| Error::RaftStart(e.to_string()))??;
+        let data_dir =
+            tokio::task::spawn_blocking(move || DataDir::open(&path, OpenMode::ReadWrite))
+                .await
+                .map_err(|e| Error::RaftStart(e.to_string()))??;
         let identity = resolve_identity(&data_dir, config)?;
         let raft_id = raft_id(&identity.node_id);
         let (log_store, state_machine) = mpreg_storage::open_raft_storage(&data_dir)?;
         let views = state_machine.views();
         let raft_config = Arc::new(raft_config(config, &identity.cluster_id)?);
-        let raft = Raft::new(raft_id, raft_config, SingleNodeNetwork, log_store, state_machine)
+        let raft = Raft::new(
+            raft_id,
+            raft_config,
+            SingleNodeNetwork,
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| Error::RaftStart(e.to_string()))?;
+        if !raft
+            .is_initialized()
             .await
-            .map_err(|e| Error::RaftStart(e.to_string()))?;
-        if !raft.is_initialized().await.map_err(|e| Error::RaftStart(e.to_string()))? {
+            .map_err(|e| Error::RaftStart(e.to_string()))?
+        {
             let client_url = addresses.first().cloned().unwrap_or_default();
             let members = BTreeMap::from([(raft_id, RaftNode { addr: client_url })]);
-            raft.initialize(members).await.map_err(|e| Error::RaftStart(e.to_string()))?;
+            raft.initialize(members)
+                .await
+                .map_err(|e| Error::RaftStart(e.to_string()))?;
         }
         raft.wait(Some(LEADER_WAIT))
             .metrics(|m| m.current_leader == Some(raft_id), "become leader")
@@ -157,11 +182,18 @@ impl Node {
     /// Appends an event and waits until it is committed, fsynced and applied.
     pub async fn propose(&self, kind: EventKind) -> Result<Outcome> {
         let name = kind.name();
-        let event = Event { time_ms: now_ms(), kind };
-        let written = self.raft.client_write(event).await.map_err(|e| Error::Propose {
-            kind: name,
-            reason: e.to_string(),
-        })?;
+        let event = Event {
+            time_ms: now_ms(),
+            kind,
+        };
+        let written = self
+            .raft
+            .client_write(event)
+            .await
+            .map_err(|e| Error::Propose {
+                kind: name,
+                reason: e.to_string(),
+            })?;
         Ok(written.data)
     }
 

@@ -4,14 +4,14 @@
 //! `Unreachable`. Replication over the node transport replaces this module
 //! without touching storage or the node.
 
+use mpreg_storage::TypeConfig;
+use mpreg_storage::typ::{Node, NodeId};
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
-use mpreg_storage::TypeConfig;
-use mpreg_storage::typ::{Node, NodeId};
 
 /// Creates [`NoPeers`] clients.
 #[derive(Clone, Default)]
@@ -51,7 +51,10 @@ impl RaftNetwork<TypeConfig> for NoPeers {
         &mut self,
         _rpc: InstallSnapshotRequest<TypeConfig>,
         _option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>> {
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
+    > {
         Err(unreachable(self.target))
     }
 

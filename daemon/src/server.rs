@@ -27,7 +27,9 @@ impl Listeners {
     /// Binds the addresses of `config` (port 0 picks a free port).
     pub async fn bind(config: &Config) -> Result<Listeners> {
         let bind = |what, addr| async move {
-            TcpListener::bind(addr).await.map_err(|source| Error::Bind { what, addr, source })
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind { what, addr, source })
         };
         Ok(Listeners {
             client: bind("client", config.listen).await?,
@@ -58,7 +60,11 @@ fn write_ready_file(path: &Path, ready: &Ready<'_>) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
-fn local_addr(listener: &TcpListener, what: &'static str, config_addr: std::net::SocketAddr) -> Result<std::net::SocketAddr> {
+fn local_addr(
+    listener: &TcpListener,
+    what: &'static str,
+    config_addr: std::net::SocketAddr,
+) -> Result<std::net::SocketAddr> {
     listener.local_addr().map_err(|source| Error::Bind {
         what,
         addr: config_addr,
@@ -91,7 +97,10 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     };
     admin_state.set_node(node.clone());
 
-    tasks.spawn(crate::transport::serve(listeners.client, shutdown.child_token()));
+    tasks.spawn(crate::transport::serve(
+        listeners.client,
+        shutdown.child_token(),
+    ));
 
     if let Some(path) = &config.ready_file {
         let identity = node.identity();
@@ -111,7 +120,9 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     tracing::info!("shutting down");
     tasks.close();
     tasks.wait().await;
-    let admin_result = admin_task.await.map_err(|e| Error::Admin(std::io::Error::other(e)))?;
+    let admin_result = admin_task
+        .await
+        .map_err(|e| Error::Admin(std::io::Error::other(e)))?;
     node.shutdown().await;
     admin_result
 }

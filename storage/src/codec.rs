@@ -19,9 +19,11 @@ fn config() -> bincode::config::Configuration {
 /// Encodes `value` behind the current format version byte.
 pub fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
     let mut out = vec![FORMAT_VERSION];
-    bincode::serde::encode_into_std_write(value, &mut out, config()).map_err(|e| Error::Encode {
-        what: what.to_string(),
-        reason: e.to_string(),
+    bincode::serde::encode_into_std_write(value, &mut out, config()).map_err(|e| {
+        Error::Encode {
+            what: what.to_string(),
+            reason: e.to_string(),
+        }
     })?;
     Ok(out)
 }
@@ -41,10 +43,11 @@ pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
             known: FORMAT_VERSION,
         });
     }
-    let (value, used) = bincode::serde::decode_from_slice(body, config()).map_err(|e| Error::Decode {
-        what: what.to_string(),
-        reason: e.to_string(),
-    })?;
+    let (value, used) =
+        bincode::serde::decode_from_slice(body, config()).map_err(|e| Error::Decode {
+            what: what.to_string(),
+            reason: e.to_string(),
+        })?;
     if used != body.len() {
         return Err(Error::Decode {
             what: what.to_string(),
@@ -71,7 +74,10 @@ mod test {
         let mut bytes = encode("n", &5u32).unwrap();
         bytes[0] = 9;
         let err = decode::<u32>("n", &bytes).unwrap_err();
-        assert!(err.to_string().contains("unknown format version 9"), "{err}");
+        assert!(
+            err.to_string().contains("unknown format version 9"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -14,9 +14,12 @@ use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
-use serde::{Deserialize, Serialize};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch,
+    WriteOptions,
+};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::error::{Error, Result};
@@ -112,7 +115,11 @@ fn take_lock(dir: &Path) -> Result<File> {
 fn foreign_entries(dir: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_err("list", dir))? {
-        let name = entry.map_err(io_err("list", dir))?.file_name().to_string_lossy().into_owned();
+        let name = entry
+            .map_err(io_err("list", dir))?
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
         if ![LOCK_FILE, DB_DIR, SNAPSHOT_DIR].contains(&name.as_str()) {
             names.push(name);
         }
@@ -153,7 +160,15 @@ impl DataDir {
                 let found = if foreign.is_empty() {
                     "empty directory".to_string()
                 } else {
-                    format!("found {}", foreign.iter().take(5).cloned().collect::<Vec<_>>().join(", "))
+                    format!(
+                        "found {}",
+                        foreign
+                            .iter()
+                            .take(5)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
                 };
                 return Err(Error::NotADataDir {
                     path: path.to_path_buf(),
@@ -173,7 +188,8 @@ impl DataDir {
             dir.put_meta_synced(meta_key::SCHEMA_VERSION, &SCHEMA_VERSION)?;
         }
         if mode == OpenMode::ReadWrite {
-            std::fs::create_dir_all(dir.snapshot_dir()).map_err(io_err("create the snapshot folder of", path))?;
+            std::fs::create_dir_all(dir.snapshot_dir())
+                .map_err(io_err("create the snapshot folder of", path))?;
         }
         Ok(dir)
     }
@@ -232,7 +248,11 @@ impl DataDir {
 
     fn put_meta_synced<T: Serialize>(&self, key: &[u8], value: &T) -> Result<()> {
         let mut batch = WriteBatch::default();
-        batch.put_cf(cf(&self.db, CF_META)?, key, codec::encode(&String::from_utf8_lossy(key), value)?);
+        batch.put_cf(
+            cf(&self.db, CF_META)?,
+            key,
+            codec::encode(&String::from_utf8_lossy(key), value)?,
+        );
         write_synced(&self.db, batch, "meta")
     }
 }
@@ -257,7 +277,9 @@ fn open_db(db_path: &Path, mode: OpenMode, create: bool) -> Result<DB> {
     }
     match mode {
         OpenMode::ReadWrite => {
-            let descriptors = names.iter().map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+            let descriptors = names
+                .iter()
+                .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
             DB::open_cf_descriptors(&opts, db_path, descriptors).map_err(open_err)
         }
         OpenMode::ReadOnly => {
@@ -281,9 +303,16 @@ pub(crate) fn cf<'a>(db: &'a DB, name: &'static str) -> Result<&'a ColumnFamily>
     })
 }
 
-pub(crate) fn get_decoded<T: DeserializeOwned>(db: &DB, family: &'static str, key: &[u8]) -> Result<Option<T>> {
+pub(crate) fn get_decoded<T: DeserializeOwned>(
+    db: &DB,
+    family: &'static str,
+    key: &[u8],
+) -> Result<Option<T>> {
     let what = || format!("{family}/{}", String::from_utf8_lossy(key));
-    match db.get_cf(cf(db, family)?, key).map_err(|e| Error::rocks("read", what(), e))? {
+    match db
+        .get_cf(cf(db, family)?, key)
+        .map_err(|e| Error::rocks("read", what(), e))?
+    {
         Some(bytes) => Ok(Some(codec::decode(&what(), &bytes)?)),
         None => Ok(None),
     }
@@ -293,7 +322,8 @@ pub(crate) fn get_decoded<T: DeserializeOwned>(db: &DB, family: &'static str, ke
 pub(crate) fn write_synced(db: &DB, batch: WriteBatch, what: &str) -> Result<()> {
     let mut opts = WriteOptions::default();
     opts.set_sync(true);
-    db.write_opt(batch, &opts).map_err(|e| Error::rocks("write synced", what, e))
+    db.write_opt(batch, &opts)
+        .map_err(|e| Error::rocks("write synced", what, e))
 }
 
 /// Rows of one view whose key starts with `prefix`, in key order.

@@ -19,40 +19,51 @@ fn id(prefix: &'static str) -> impl Strategy<Value = String> {
 
 fn event_kind() -> impl Strategy<Value = EventKind> {
     prop_oneof![
-        (id("n"), id("c"), proptest::collection::vec(id("r"), 0..3)).prop_map(|(node_id, cluster_id, resources)| {
-            EventKind::NodeJoined {
-                node_id,
-                cluster_id,
-                addresses: vec!["ws://127.0.0.1:1".into()],
-                resources,
-            }
-        }),
-        id("n").prop_map(|node_id| EventKind::NodeLeft { node_id }),
-        (id("f"), id("id"), id("1.0."), id("p")).prop_map(|(name, function_id, version, provider)| {
-            EventKind::FunctionRegistered {
-                name,
-                function_id,
-                version,
-                resources: vec![],
-                provider,
-                node_id: "n0".into(),
-                cluster_id: "c0".into(),
-            }
-        }),
-        (id("f"), id("1.0."), id("p")).prop_map(|(name, version, provider)| EventKind::FunctionWithdrawn {
-            name,
-            version,
-            provider
-        }),
-        (id("s"), proptest::collection::vec(id("t."), 1..3), any::<bool>()).prop_map(
-            |(subscription_id, patterns, durable)| EventKind::SubscriptionAdded {
-                subscription_id,
-                patterns,
-                subscriber: "client".into(),
-                node_id: "n0".into(),
-                durable,
+        (id("n"), id("c"), proptest::collection::vec(id("r"), 0..3)).prop_map(
+            |(node_id, cluster_id, resources)| {
+                EventKind::NodeJoined {
+                    node_id,
+                    cluster_id,
+                    addresses: vec!["ws://127.0.0.1:1".into()],
+                    resources,
+                }
             }
         ),
+        id("n").prop_map(|node_id| EventKind::NodeLeft { node_id }),
+        (id("f"), id("id"), id("1.0."), id("p")).prop_map(
+            |(name, function_id, version, provider)| {
+                EventKind::FunctionRegistered {
+                    name,
+                    function_id,
+                    version,
+                    resources: vec![],
+                    provider,
+                    node_id: "n0".into(),
+                    cluster_id: "c0".into(),
+                }
+            }
+        ),
+        (id("f"), id("1.0."), id("p")).prop_map(|(name, version, provider)| {
+            EventKind::FunctionWithdrawn {
+                name,
+                version,
+                provider,
+            }
+        }),
+        (
+            id("s"),
+            proptest::collection::vec(id("t."), 1..3),
+            any::<bool>()
+        )
+            .prop_map(|(subscription_id, patterns, durable)| {
+                EventKind::SubscriptionAdded {
+                    subscription_id,
+                    patterns,
+                    subscriber: "client".into(),
+                    node_id: "n0".into(),
+                    durable,
+                }
+            }),
         id("s").prop_map(|subscription_id| EventKind::SubscriptionRemoved { subscription_id }),
         (id("c"), id("c"), 0u32..10, proptest::option::of(0u64..1000)).prop_map(
             |(dest, advertiser, cost, expires_at_ms)| EventKind::RouteAnnounced {
@@ -64,7 +75,8 @@ fn event_kind() -> impl Strategy<Value = EventKind> {
                 expires_at_ms,
             }
         ),
-        (id("c"), id("c")).prop_map(|(dest, advertiser)| EventKind::RouteWithdrawn { dest, advertiser }),
+        (id("c"), id("c"))
+            .prop_map(|(dest, advertiser)| EventKind::RouteWithdrawn { dest, advertiser }),
     ]
 }
 
@@ -102,7 +114,8 @@ fn write_log(dir: &DataDir, entries: &[Entry<TypeConfig>]) {
     let family = crate::db::cf(db, crate::db::CF_LOG).unwrap();
     for entry in entries {
         let value = crate::codec::encode("log entry", entry).unwrap();
-        db.put_cf(family, crate::log_store::log_key(entry.log_id.index), value).unwrap();
+        db.put_cf(family, crate::log_store::log_key(entry.log_id.index), value)
+            .unwrap();
     }
 }
 
@@ -118,8 +131,15 @@ async fn live_then_snapshot(events: Vec<Event>, split: usize) -> (u128, u128, u1
     let (dir_a, mut full) = open_sm(a.path());
     write_log(&dir_a, &entries(&events, 1));
     full.apply(entries(&events[..split], 1)).await.unwrap();
-    let mut snapshot = full.get_snapshot_builder().await.build_snapshot().await.unwrap();
-    full.apply(entries(&events[split..], split as u64 + 1)).await.unwrap();
+    let mut snapshot = full
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    full.apply(entries(&events[split..], split as u64 + 1))
+        .await
+        .unwrap();
     let full_digest = full.views().applied().digest;
 
     let b = tempfile::tempdir().unwrap();
@@ -128,8 +148,14 @@ async fn live_then_snapshot(events: Vec<Event>, split: usize) -> (u128, u128, u1
     snapshot.snapshot.read_to_end(&mut bytes).await.unwrap();
     let mut receiving = restored.begin_receiving_snapshot().await.unwrap();
     receiving.write_all(&bytes).await.unwrap();
-    restored.install_snapshot(&snapshot.meta, receiving).await.unwrap();
-    restored.apply(entries(&events[split..], split as u64 + 1)).await.unwrap();
+    restored
+        .install_snapshot(&snapshot.meta, receiving)
+        .await
+        .unwrap();
+    restored
+        .apply(entries(&events[split..], split as u64 + 1))
+        .await
+        .unwrap();
     let restored_digest = restored.views().applied().digest;
 
     let replayed = crate::replay(a.path()).unwrap();

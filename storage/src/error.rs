@@ -54,7 +54,9 @@ pub enum Error {
         source: rocksdb::Error,
     },
 
-    #[error("failed to decode {what}: unknown format version {version} (this binary knows {known})")]
+    #[error(
+        "failed to decode {what}: unknown format version {version} (this binary knows {known})"
+    )]
     UnknownFormat {
         what: String,
         version: u8,
@@ -92,7 +94,11 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn rocks(verb: &'static str, what: impl Into<String>, source: rocksdb::Error) -> Self {
+    pub(crate) fn rocks(
+        verb: &'static str,
+        what: impl Into<String>,
+        source: rocksdb::Error,
+    ) -> Self {
         Error::Rocks {
             verb,
             what: what.into(),

@@ -12,7 +12,7 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, RaftLogId, StorageIOError};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftLogReader, StorageIOError};
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 
 use crate::codec;
@@ -32,7 +32,10 @@ pub struct LogStore {
     db: Arc<DB>,
 }
 
-pub(crate) fn to_raft(subject: ErrorSubject<u64>, verb: ErrorVerb) -> impl FnOnce(Error) -> StorageError {
+pub(crate) fn to_raft(
+    subject: ErrorSubject<u64>,
+    verb: ErrorVerb,
+) -> impl FnOnce(Error) -> StorageError {
     move |e| StorageIOError::new(subject, verb, openraft::AnyError::new(&e)).into()
 }
 
@@ -46,7 +49,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 pub(crate) fn read_entries(db: &DB, start: u64, end: u64) -> Result<Vec<Entry>> {
     let family = cf(db, CF_LOG)?;
     let mut entries = Vec::new();
-    for item in db.iterator_cf(family, IteratorMode::From(&log_key(start), Direction::Forward)) {
+    for item in db.iterator_cf(
+        family,
+        IteratorMode::From(&log_key(start), Direction::Forward),
+    ) {
         let (key, value) = item.map_err(|e| Error::rocks("read", "log", e))?;
         let index = u64::from_be_bytes(key.as_ref().try_into().map_err(|_| Error::Decode {
             what: "log key".to_string(),
@@ -92,13 +98,20 @@ impl LogStore {
         LogStore { db }
     }
 
-    fn put_meta_synced<T: serde::Serialize>(&self, key: &'static [u8], value: &T, sync: bool) -> Result<()> {
+    fn put_meta_synced<T: serde::Serialize>(
+        &self,
+        key: &'static [u8],
+        value: &T,
+        sync: bool,
+    ) -> Result<()> {
         let mut batch = WriteBatch::default();
         batch.put_cf(cf(&self.db, CF_META)?, key, codec::encode("meta", value)?);
         if sync {
             write_synced(&self.db, batch, "meta")
         } else {
-            self.db.write(batch).map_err(|e| Error::rocks("write", "meta", e))
+            self.db
+                .write(batch)
+                .map_err(|e| Error::rocks("write", "meta", e))
         }
     }
 }
@@ -146,7 +159,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        get_decoded(&self.db, CF_META, meta_key::VOTE).map_err(to_raft(ErrorSubject::Vote, ErrorVerb::Read))
+        get_decoded(&self.db, CF_META, meta_key::VOTE)
+            .map_err(to_raft(ErrorSubject::Vote, ErrorVerb::Read))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
@@ -164,7 +178,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(committed.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -208,8 +226,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db.clone();
         blocking(move || {
             let mut batch = WriteBatch::default();
-            batch.put_cf(cf(&db, CF_META)?, meta_key::PURGED, codec::encode("purged log id", &log_id)?);
-            batch.delete_range_cf(cf(&db, CF_LOG)?, log_key(0), log_key(log_id.index.saturating_add(1)));
+            batch.put_cf(
+                cf(&db, CF_META)?,
+                meta_key::PURGED,
+                codec::encode("purged log id", &log_id)?,
+            );
+            batch.delete_range_cf(
+                cf(&db, CF_LOG)?,
+                log_key(0),
+                log_key(log_id.index.saturating_add(1)),
+            );
             write_synced(&db, batch, "log purge")
         })
         .await

@@ -11,7 +11,9 @@ use crate::{LogStore, StateMachine, open_raft_storage};
 struct Builder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, (TempDir, DataDir)> for Builder {
-    async fn build(&self) -> Result<((TempDir, DataDir), LogStore, StateMachine), StorageError<u64>> {
+    async fn build(
+        &self,
+    ) -> Result<((TempDir, DataDir), LogStore, StateMachine), StorageError<u64>> {
         let tmp = TempDir::new().expect("temp dir");
         let dir = DataDir::open(tmp.path(), OpenMode::ReadWrite).expect("open data dir");
         let (log, sm) = open_raft_storage(&dir).expect("open raft storage");
@@ -20,6 +22,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, (TempDir, DataDir)> for Bu
 }
 
 #[test]
-fn openraft_storage_suite() -> Result<(), StorageError<u64>> {
-    Suite::test_all(Builder)
+fn openraft_storage_suite() {
+    if let Err(e) = Suite::test_all(Builder) {
+        panic!("openraft storage suite failed: {e}");
+    }
 }

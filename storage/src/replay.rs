@@ -77,7 +77,10 @@ impl RowStore for MemViews {
 }
 
 /// Applies events to in-memory views, as the live state machine does.
-pub fn apply_events<'a>(views: &mut MemViews, events: impl IntoIterator<Item = &'a crate::event::Event>) -> Result<()> {
+pub fn apply_events<'a>(
+    views: &mut MemViews,
+    events: impl IntoIterator<Item = &'a crate::event::Event>,
+) -> Result<()> {
     let mut digest = Digest::default();
     for event in events {
         apply(&mut ViewTxn::new(views, &mut digest), event)?;

@@ -96,8 +96,13 @@ impl SnapshotWriter {
         let rows = self.rows;
         self.write(&rows.to_be_bytes())?;
         let sum = self.hash.digest();
-        self.out.write_all(&sum.to_be_bytes()).map_err(io("write", &self.path))?;
-        let file = self.out.into_inner().map_err(|e| io("flush", &self.path)(e.into_error()))?;
+        self.out
+            .write_all(&sum.to_be_bytes())
+            .map_err(io("write", &self.path))?;
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| io("flush", &self.path)(e.into_error()))?;
         file.sync_all().map_err(io("sync", &self.path))
     }
 }
@@ -136,7 +141,10 @@ impl HashingReader<'_> {
 
 /// Reads and verifies a snapshot file, handing every row to `on_row`.
 /// Rows are only trustworthy once this returns `Ok`.
-pub fn read(path: &Path, mut on_row: impl FnMut(View, Vec<u8>, Vec<u8>) -> Result<()>) -> Result<SnapshotHeader> {
+pub fn read(
+    path: &Path,
+    mut on_row: impl FnMut(View, Vec<u8>, Vec<u8>) -> Result<()>,
+) -> Result<SnapshotHeader> {
     let file = File::open(path).map_err(io("open", path))?;
     let mut r = HashingReader {
         inner: BufReader::new(file),
@@ -159,11 +167,15 @@ pub fn read(path: &Path, mut on_row: impl FnMut(View, Vec<u8>, Vec<u8>) -> Resul
             let mut count = [0u8; 8];
             r.exact(&mut count)?;
             if u64::from_be_bytes(count) != rows {
-                return Err(bad(path, format!("{rows} rows, the file says {}", u64::from_be_bytes(count))));
+                return Err(bad(
+                    path,
+                    format!("{rows} rows, the file says {}", u64::from_be_bytes(count)),
+                ));
             }
             break;
         }
-        let view = View::from_tag(tag[0]).ok_or_else(|| bad(path, format!("unknown view tag {}", tag[0])))?;
+        let view = View::from_tag(tag[0])
+            .ok_or_else(|| bad(path, format!("unknown view tag {}", tag[0])))?;
         let key = r.field("key")?;
         let value = r.field("value")?;
         digest.add(view, &key, &value);
@@ -240,7 +252,10 @@ mod test {
             let mut bytes = good.clone();
             bytes[i] ^= 0x40;
             std::fs::write(&path, &bytes).unwrap();
-            assert!(read(&path, |_, _, _| Ok(())).is_err(), "flip at byte {i} not detected");
+            assert!(
+                read(&path, |_, _, _| Ok(())).is_err(),
+                "flip at byte {i} not detected"
+            );
         }
         std::fs::write(&path, &good[..good.len() - 3]).unwrap();
         assert!(read(&path, |_, _, _| Ok(())).is_err());

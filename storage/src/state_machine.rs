@@ -14,12 +14,17 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::storage::RaftStateMachine;
-use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, RaftLogId, StoredMembership};
+use openraft::{
+    EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftSnapshotBuilder,
+    StoredMembership,
+};
 use rocksdb::{DB, IteratorMode, WriteBatch};
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
-use crate::db::{CF_META, CF_SNAPSHOT, SNAPSHOT_CURRENT, cf, get_decoded, meta_key, scan_prefix, write_synced};
+use crate::db::{
+    CF_META, CF_SNAPSHOT, SNAPSHOT_CURRENT, cf, get_decoded, meta_key, scan_prefix, write_synced,
+};
 use crate::error::{Error, Result};
 use crate::event::Outcome;
 use crate::log_store::to_raft;
@@ -58,7 +63,10 @@ pub struct Views {
 impl Views {
     /// `last_applied`, membership and digest, as of the last apply batch.
     pub fn applied(&self) -> AppliedState {
-        self.applied.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.applied
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The in-memory index of the views at `last_applied`.
@@ -66,7 +74,11 @@ impl Views {
         self.catalog.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn publish(&self, applied: AppliedState, changes: &BTreeMap<(View, Vec<u8>), Option<Vec<u8>>>) -> Result<()> {
+    fn publish(
+        &self,
+        applied: AppliedState,
+        changes: &BTreeMap<(View, Vec<u8>), Option<Vec<u8>>>,
+    ) -> Result<()> {
         let mut catalog = self.catalog.write().unwrap_or_else(|e| e.into_inner());
         for ((view, key), value) in changes {
             catalog.apply_change(*view, key, value.as_deref())?;
@@ -98,7 +110,8 @@ impl RowStore for BatchStore<'_> {
     }
 
     fn scan_prefix(&self, view: View, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut rows: BTreeMap<Vec<u8>, Vec<u8>> = scan_prefix(self.db, view, prefix)?.into_iter().collect();
+        let mut rows: BTreeMap<Vec<u8>, Vec<u8>> =
+            scan_prefix(self.db, view, prefix)?.into_iter().collect();
         let pending = self
             .overlay
             .range((view, prefix.to_vec())..)
@@ -141,7 +154,11 @@ fn load_catalog(db: &DB) -> Result<Catalog> {
     Ok(catalog)
 }
 
-fn apply_entries(db: &DB, mut applied: AppliedState, entries: Vec<Entry>) -> Result<(AppliedState, Vec<Outcome>, BatchStore<'_>)> {
+fn apply_entries(
+    db: &DB,
+    mut applied: AppliedState,
+    entries: Vec<Entry>,
+) -> Result<(AppliedState, Vec<Outcome>, BatchStore<'_>)> {
     let mut store = BatchStore {
         db,
         overlay: BTreeMap::new(),
@@ -153,7 +170,9 @@ fn apply_entries(db: &DB, mut applied: AppliedState, entries: Vec<Entry>) -> Res
         applied.last_applied = Some(log_id);
         let outcome = match entry.payload {
             EntryPayload::Blank => Outcome::Internal,
-            EntryPayload::Normal(event) => apply(&mut ViewTxn::new(&mut store, &mut digest), &event)?,
+            EntryPayload::Normal(event) => {
+                apply(&mut ViewTxn::new(&mut store, &mut digest), &event)?
+            }
             EntryPayload::Membership(membership) => {
                 applied.membership = StoredMembership::new(Some(log_id), membership);
                 Outcome::Internal
@@ -166,12 +185,18 @@ fn apply_entries(db: &DB, mut applied: AppliedState, entries: Vec<Entry>) -> Res
 }
 
 fn write_applied(db: &DB, batch: &mut WriteBatch, applied: &AppliedState) -> Result<()> {
-    batch.put_cf(cf(db, CF_META)?, meta_key::APPLIED, codec::encode("applied state", applied)?);
+    batch.put_cf(
+        cf(db, CF_META)?,
+        meta_key::APPLIED,
+        codec::encode("applied state", applied)?,
+    );
     Ok(())
 }
 
 fn unix_nanos() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -189,7 +214,11 @@ fn record_snapshot(db: &DB, dir: &Path, record: &SnapshotRecord) -> Result<()> {
     sync_dir(dir)?;
     let old: Option<SnapshotRecord> = get_decoded(db, CF_SNAPSHOT, SNAPSHOT_CURRENT)?;
     let mut batch = WriteBatch::default();
-    batch.put_cf(cf(db, CF_SNAPSHOT)?, SNAPSHOT_CURRENT, codec::encode("snapshot record", record)?);
+    batch.put_cf(
+        cf(db, CF_SNAPSHOT)?,
+        SNAPSHOT_CURRENT,
+        codec::encode("snapshot record", record)?,
+    );
     write_synced(db, batch, "snapshot record")?;
     if let Some(old) = old.filter(|o| o.file != record.file) {
         let _ = std::fs::remove_file(dir.join(old.file));
@@ -249,7 +278,12 @@ fn build_snapshot_file(db: &DB, dir: &Path) -> Result<SnapshotRecord> {
 }
 
 /// Replaces every view with the rows of a verified snapshot file.
-fn install_snapshot_file(db: &DB, dir: &Path, meta: &SnapshotMeta, received: &Path) -> Result<AppliedState> {
+fn install_snapshot_file(
+    db: &DB,
+    dir: &Path,
+    meta: &SnapshotMeta,
+    received: &Path,
+) -> Result<AppliedState> {
     let mut batch = WriteBatch::default();
     for view in View::ALL {
         let family = cf(db, view.cf_name())?;
@@ -306,15 +340,13 @@ pub struct StateMachine {
     db: Arc<DB>,
     views: Arc<Views>,
     snapshot_dir: PathBuf,
-    /// The file a snapshot is being received into, between
-    /// `begin_receiving_snapshot` and `install_snapshot`.
-    receiving: Option<PathBuf>,
 }
 
 impl StateMachine {
     /// Opens the state machine of a data dir and loads its in-memory views.
     pub fn open(db: Arc<DB>, snapshot_dir: PathBuf) -> Result<Self> {
-        let applied: AppliedState = get_decoded(&db, CF_META, meta_key::APPLIED)?.unwrap_or_default();
+        let applied: AppliedState =
+            get_decoded(&db, CF_META, meta_key::APPLIED)?.unwrap_or_default();
         let catalog = load_catalog(&db)?;
         let views = Arc::new(Views::default());
         views.replace(applied, catalog);
@@ -322,7 +354,6 @@ impl StateMachine {
             db,
             views,
             snapshot_dir,
-            receiving: None,
         })
     }
 
@@ -336,6 +367,26 @@ impl StateMachine {
 pub struct SnapshotBuilder {
     db: Arc<DB>,
     snapshot_dir: PathBuf,
+}
+
+/// Copies received snapshot data, from its start, into a synced file.
+async fn copy_to_file(data: &mut tokio::fs::File, path: &Path) -> Result<()> {
+    use tokio::io::AsyncSeekExt;
+    let err = |verb| {
+        move |source| Error::SnapshotIo {
+            verb,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    data.seek(std::io::SeekFrom::Start(0))
+        .await
+        .map_err(err("rewind"))?;
+    let mut out = tokio::fs::File::create(path).await.map_err(err("create"))?;
+    tokio::io::copy(data, &mut out)
+        .await
+        .map_err(err("write"))?;
+    out.sync_all().await.map_err(err("sync"))
 }
 
 async fn open_snapshot(path: PathBuf) -> Result<tokio::fs::File> {
@@ -353,7 +404,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let db = self.db.clone();
         let dir = self.snapshot_dir.clone();
         let err = to_raft(ErrorSubject::Snapshot(None), ErrorVerb::Write);
-        let record = blocking(move || build_snapshot_file(&db, &dir)).await.map_err(err)?;
+        let record = blocking(move || build_snapshot_file(&db, &dir))
+            .await
+            .map_err(err)?;
         let file = open_snapshot(self.snapshot_dir.join(&record.file))
             .await
             .map_err(to_raft(ErrorSubject::Snapshot(None), ErrorVerb::Read))?;
@@ -368,7 +421,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, crate::raft_types::typ::StoredMembership), StorageError> {
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, crate::raft_types::typ::StoredMembership), StorageError> {
         let applied = self.views.applied();
         Ok((applied.last_applied, applied.membership))
     }
@@ -392,7 +447,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
             write_applied(&db, &mut batch, &applied)?;
-            db.write(batch).map_err(|e| Error::rocks("write", "apply batch", e))?;
+            db.write(batch)
+                .map_err(|e| Error::rocks("write", "apply batch", e))?;
             views.publish(applied, &store.overlay)?;
             Ok(outcomes)
         })
@@ -408,58 +464,69 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let path = self.snapshot_dir.join(format!("receiving-{}.tmp", unix_nanos()));
+        // An unlinked scratch file: it vanishes with the handle, so an
+        // interrupted transfer leaves nothing behind.
+        let path = self
+            .snapshot_dir
+            .join(format!("receiving-{}.tmp", unix_nanos()));
+        let err = |source| Error::SnapshotIo {
+            verb: "create",
+            path: path.clone(),
+            source,
+        };
         let file = tokio::fs::File::options()
             .read(true)
             .write(true)
             .create_new(true)
             .open(&path)
             .await
-            .map_err(|source| Error::SnapshotIo {
-                verb: "create",
-                path: path.clone(),
-                source,
-            })
+            .map_err(err)
             .map_err(to_raft(ErrorSubject::Snapshot(None), ErrorVerb::Write))?;
-        if let Some(stale) = self.receiving.replace(path) {
-            let _ = std::fs::remove_file(stale);
-        }
+        tokio::fs::remove_file(&path)
+            .await
+            .map_err(err)
+            .map_err(to_raft(ErrorSubject::Snapshot(None), ErrorVerb::Write))?;
         Ok(Box::new(file))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<tokio::fs::File>) -> Result<(), StorageError> {
-        let err = || to_raft(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write);
-        snapshot
-            .sync_all()
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        mut snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let err = || {
+            to_raft(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Write,
+            )
+        };
+        let received = self
+            .snapshot_dir
+            .join(format!("installing-{}.tmp", unix_nanos()));
+        copy_to_file(&mut snapshot, &received)
             .await
-            .map_err(|source| Error::SnapshotIo {
-                verb: "sync",
-                path: self.snapshot_dir.clone(),
-                source,
-            })
             .map_err(err())?;
         drop(snapshot);
-        let received = self
-            .receiving
-            .take()
-            .ok_or_else(|| Error::Task("install_snapshot without begin_receiving_snapshot".to_string()))
-            .map_err(err())?;
         let db = self.db.clone();
         let dir = self.snapshot_dir.clone();
         let views = self.views.clone();
         let meta = meta.clone();
-        blocking(move || {
-            let applied = install_snapshot_file(&db, &dir, &meta, &received)?;
-            views.replace(applied, load_catalog(&db)?);
+        let installed = blocking(move || {
+            let applied = install_snapshot_file(&db, &dir, &meta, &received);
+            if applied.is_err() {
+                let _ = std::fs::remove_file(&received);
+            }
+            views.replace(applied?, load_catalog(&db)?);
             Ok(())
         })
-        .await
-        .map_err(err())
+        .await;
+        installed.map_err(err())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let err = || to_raft(ErrorSubject::Snapshot(None), ErrorVerb::Read);
-        let Some((meta, path)) = current_snapshot(&self.db, &self.snapshot_dir).map_err(err())? else {
+        let Some((meta, path)) = current_snapshot(&self.db, &self.snapshot_dir).map_err(err())?
+        else {
             return Ok(None);
         };
         let file = open_snapshot(path).await.map_err(err())?;

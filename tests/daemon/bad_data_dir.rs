@@ -29,8 +29,15 @@ fn foreign_files_are_refused() {
     let out = start_expecting_exit(&dir).unwrap();
     assert!(!out.status.success());
     let msg = stderr(&out);
-    assert!(msg.contains("is not an mpreg data dir") && msg.contains("notes.txt"), "{msg}");
-    assert_eq!(std::fs::read(dir.data().join("notes.txt")).unwrap(), b"\x00\xffgarbage", "nothing overwritten");
+    assert!(
+        msg.contains("is not an mpreg data dir") && msg.contains("notes.txt"),
+        "{msg}"
+    );
+    assert_eq!(
+        std::fs::read(dir.data().join("notes.txt")).unwrap(),
+        b"\x00\xffgarbage",
+        "nothing overwritten"
+    );
 }
 
 #[test]
@@ -78,17 +85,43 @@ fn newer_schema_is_refused_and_left_untouched() {
     assert!(!out.status.success());
     let msg = stderr(&out);
     assert!(
-        msg.contains("newer mpreg on-disk format") && msg.contains(&format!("version {}", SCHEMA_VERSION + 1)),
+        msg.contains("newer mpreg on-disk format")
+            && msg.contains(&format!("version {}", SCHEMA_VERSION + 1)),
         "{msg}"
     );
-    let data = DataDir::open(&dir.data(), OpenMode::ReadOnly).unwrap();
-    assert_eq!(data.schema_version().unwrap(), Some(SCHEMA_VERSION + 1));
+    // Untouched: a second start and replay still see the newer version.
+    let again = stderr(&start_expecting_exit(&dir).unwrap());
+    assert!(
+        again.contains(&format!("version {}", SCHEMA_VERSION + 1)),
+        "{again}"
+    );
+    let out = mpreg_tests::run_daemon(&[
+        "replay".as_ref(),
+        "--data-dir".as_ref(),
+        dir.data().as_os_str(),
+    ])
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("newer mpreg on-disk format"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn replay_of_a_missing_dir_is_a_clear_error() {
     let dir = TestDir::new();
-    let out = mpreg_tests::run_daemon(&["replay".as_ref(), "--data-dir".as_ref(), dir.data().as_os_str()]).unwrap();
+    let out = mpreg_tests::run_daemon(&[
+        "replay".as_ref(),
+        "--data-dir".as_ref(),
+        dir.data().as_os_str(),
+    ])
+    .unwrap();
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("is not an mpreg data dir"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not an mpreg data dir"),
+        "{}",
+        stderr(&out)
+    );
 }

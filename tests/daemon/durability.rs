@@ -18,21 +18,33 @@ async fn kill9_restart_keeps_identity_and_replay_matches_status() {
     assert_eq!(before["node_id"], first.ready.node_id.as_str());
     assert_eq!(before["role"], "leader");
     let applied_before = before["last_applied"].as_u64().unwrap();
-    assert!(applied_before >= 2, "initial membership + node_joined: {before}");
+    assert!(
+        applied_before >= 2,
+        "initial membership + node_joined: {before}"
+    );
     first.kill9().unwrap();
 
     let second = Daemon::start(&dir, &[]).unwrap();
     let after = second.status().await.unwrap();
     assert_eq!(after["node_id"], before["node_id"]);
     assert_eq!(after["cluster_id"], before["cluster_id"]);
-    assert!(after["last_applied"].as_u64().unwrap() > applied_before, "restart appends node_joined: {after}");
+    assert!(
+        after["last_applied"].as_u64().unwrap() > applied_before,
+        "restart appends node_joined: {after}"
+    );
     let status = second.status().await.unwrap();
     let exit = second.stop().unwrap();
     assert!(exit.success(), "clean stop exits 0: {exit}");
 
     let replayed = replay(&dir.data()).unwrap();
-    assert_eq!(replayed["last_applied"], status["last_applied"], "{replayed} vs {status}");
-    assert_eq!(replayed["views_digest"], status["views_digest"], "{replayed} vs {status}");
+    assert_eq!(
+        replayed["last_applied"], status["last_applied"],
+        "{replayed} vs {status}"
+    );
+    assert_eq!(
+        replayed["views_digest"], status["views_digest"],
+        "{replayed} vs {status}"
+    );
     // Two node_joined events: one per start.
     assert_eq!(replayed["events"], 2, "{replayed}");
 }
@@ -46,11 +58,24 @@ async fn health_and_status_shapes() {
     assert!(daemon.ready.client_url.starts_with("ws://127.0.0.1:"));
     assert!(daemon.ready.admin_url.starts_with("http://127.0.0.1:"));
     let status = daemon.status().await.unwrap();
-    for field in ["node_id", "cluster_id", "role", "term", "leader", "last_applied", "views_digest", "raft"] {
-        assert!(status.get(field).is_some(), "/status lacks {field}: {status}");
+    for field in [
+        "node_id",
+        "cluster_id",
+        "role",
+        "term",
+        "leader",
+        "last_applied",
+        "views_digest",
+        "raft",
+    ] {
+        assert!(
+            status.get(field).is_some(),
+            "/status lacks {field}: {status}"
+        );
     }
     assert_eq!(status["views_digest"].as_str().unwrap().len(), 32);
-    let client = tokio::net::TcpStream::connect(daemon.ready.client_url.trim_start_matches("ws://")).await;
+    let client =
+        tokio::net::TcpStream::connect(daemon.ready.client_url.trim_start_matches("ws://")).await;
     assert!(client.is_ok(), "client listener accepts connections");
 }
 
@@ -107,7 +132,11 @@ fn acknowledged_concurrent_proposals_survive_an_unclean_drop() {
         {
             let catalog = node.views().catalog();
             for dest in &acknowledged {
-                assert_eq!(catalog.routes_to(dest).count(), 1, "acknowledged route to {dest} lost");
+                assert_eq!(
+                    catalog.routes_to(dest).count(),
+                    1,
+                    "acknowledged route to {dest} lost"
+                );
             }
         }
         let applied = node.applied();
@@ -144,7 +173,11 @@ fn snapshot_and_purge_keep_replay_equal() {
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while node.raft_status().purged_index == 0 {
-            assert!(std::time::Instant::now() < deadline, "no purge: {:?}", node.raft_status());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no purge: {:?}",
+                node.raft_status()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let applied = node.applied();
@@ -153,6 +186,9 @@ fn snapshot_and_purge_keep_replay_equal() {
         let replayed = mpreg_storage::replay(&dir.data()).unwrap();
         assert_eq!(replayed.last_applied, applied.last_applied_index());
         assert_eq!(replayed.views_digest, applied.digest_hex());
-        assert!(replayed.events < 100, "replay started from the snapshot: {replayed:?}");
+        assert!(
+            replayed.events < 100,
+            "replay started from the snapshot: {replayed:?}"
+        );
     });
 }

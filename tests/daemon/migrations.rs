@@ -34,16 +34,25 @@ async fn every_fixture_version_opens_replays_and_serves() {
         }
         seen += 1;
         let expected: Value =
-            serde_json::from_str(&std::fs::read_to_string(fixture.join("expected.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(fixture.join("expected.json")).unwrap())
+                .unwrap();
         let dir = TestDir::new();
         copy_dir(&fixture.join("data"), &dir.data());
         let replayed = replay(&dir.data()).unwrap();
-        assert_eq!(replayed, expected["replay"], "fixture {}", fixture.display());
+        assert_eq!(
+            replayed,
+            expected["replay"],
+            "fixture {}",
+            fixture.display()
+        );
 
         let daemon = Daemon::start(&dir, &[]).unwrap();
         assert_eq!(daemon.ready.node_id, expected["node_id"].as_str().unwrap());
         let status = daemon.status().await.unwrap();
-        assert!(status["last_applied"].as_u64().unwrap() > expected["replay"]["last_applied"].as_u64().unwrap());
+        assert!(
+            status["last_applied"].as_u64().unwrap()
+                > expected["replay"]["last_applied"].as_u64().unwrap()
+        );
     }
     assert!(seen >= 1, "no fixtures in {}", fixtures().display());
 }

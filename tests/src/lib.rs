@@ -21,7 +21,10 @@ pub fn daemon_bin() -> PathBuf {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
     let bin = profile_dir.join("mpreg-daemon");
     assert!(
         bin.exists(),
@@ -39,7 +42,10 @@ pub struct TestDir {
 impl TestDir {
     pub fn new() -> Self {
         TestDir {
-            tmp: tempfile::Builder::new().prefix("mpreg-test-").tempdir().expect("temp dir"),
+            tmp: tempfile::Builder::new()
+                .prefix("mpreg-test-")
+                .tempdir()
+                .expect("temp dir"),
         }
     }
 
@@ -91,7 +97,10 @@ impl Daemon {
     pub fn start(dir: &TestDir, extra: &[&str]) -> Result<Daemon> {
         let ready_file = dir.path().join("ready.json");
         let _ = std::fs::remove_file(&ready_file);
-        let log_path = dir.path().join(format!("daemon-{}.log", Instant::now().elapsed().as_nanos()));
+        let log_path = dir.path().join(format!(
+            "daemon-{}.log",
+            Instant::now().elapsed().as_nanos()
+        ));
         let log = std::fs::File::create(&log_path)?;
         let child = daemon_command(&dir.data(), &ready_file, extra)
             .stdout(Stdio::null())
@@ -112,7 +121,11 @@ impl Daemon {
         loop {
             if let Ok(text) = std::fs::read_to_string(&ready_file) {
                 let v: Value = serde_json::from_str(&text).context("ready file is JSON")?;
-                let field = |k: &str| v[k].as_str().map(str::to_string).with_context(|| format!("ready file field {k}"));
+                let field = |k: &str| {
+                    v[k].as_str()
+                        .map(str::to_string)
+                        .with_context(|| format!("ready file field {k}"))
+                };
                 daemon.ready = Ready {
                     node_id: field("node_id")?,
                     cluster_id: field("cluster_id")?,
@@ -121,7 +134,11 @@ impl Daemon {
                 };
                 return Ok(daemon);
             }
-            if let Some(status) = daemon.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = daemon
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 bail!("daemon exited with {status} before ready: {}", daemon.log());
             }
             if Instant::now() > deadline {
@@ -152,7 +169,9 @@ impl Daemon {
     /// SIGTERM, then waits for the exit status.
     pub fn stop(mut self) -> Result<ExitStatus> {
         let mut child = self.child.take().context("daemon already stopped")?;
-        let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
         if !sent.success() {
             bail!("kill -TERM failed");
         }
@@ -171,15 +190,22 @@ impl Daemon {
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// GET an admin endpoint; returns status code and parsed JSON body.
     pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
         let url = format!("{}{path}", self.ready.admin_url);
-        let resp = reqwest::get(&url).await.with_context(|| format!("GET {url}"))?;
+        let resp = reqwest::get(&url)
+            .await
+            .with_context(|| format!("GET {url}"))?;
         let code = resp.status().as_u16();
-        let body = resp.json().await.with_context(|| format!("JSON body of {url}"))?;
+        let body = resp
+            .json()
+            .await
+            .with_context(|| format!("JSON body of {url}"))?;
         Ok((code, body))
     }
 
@@ -230,7 +256,11 @@ pub fn start_expecting_exit(dir: &TestDir) -> Result<Output> {
 
 /// `mpreg-daemon replay --data-dir D`, parsed.
 pub fn replay(data_dir: &Path) -> Result<Value> {
-    let out = run_daemon(&["replay".as_ref(), "--data-dir".as_ref(), data_dir.as_os_str()])?;
+    let out = run_daemon(&[
+        "replay".as_ref(),
+        "--data-dir".as_ref(),
+        data_dir.as_os_str(),
+    ])?;
     if !out.status.success() {
         bail!("replay failed: {}", String::from_utf8_lossy(&out.stderr));
     }

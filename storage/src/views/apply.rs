@@ -142,7 +142,8 @@ pub fn apply<S: RowStore>(txn: &mut ViewTxn<'_, S>, event: &Event) -> Result<Out
             ]) {
                 return Ok(refused);
             }
-            let existing: Vec<FunctionRow> = txn.scan(View::Functions, &FunctionRow::name_prefix(name))?;
+            let existing: Vec<FunctionRow> =
+                txn.scan(View::Functions, &FunctionRow::name_prefix(name))?;
             if let Some(other) = existing.iter().find(|f| &f.function_id != function_id) {
                 return Ok(rejected(format!(
                     "function {name} is registered with function_id {}, not {function_id}",
@@ -159,7 +160,11 @@ pub fn apply<S: RowStore>(txn: &mut ViewTxn<'_, S>, event: &Event) -> Result<Out
                 cluster_id: cluster_id.clone(),
                 registered_at_ms: now,
             };
-            txn.put(View::Functions, FunctionRow::key(name, version, provider), &row)?;
+            txn.put(
+                View::Functions,
+                FunctionRow::key(name, version, provider),
+                &row,
+            )?;
         }
         EventKind::FunctionWithdrawn {
             name,
@@ -183,8 +188,13 @@ pub fn apply<S: RowStore>(txn: &mut ViewTxn<'_, S>, event: &Event) -> Result<Out
                 return Ok(refused);
             }
             let key = SubscriptionRow::key(subscription_id);
-            if txn.get::<SubscriptionRow>(View::Subscriptions, &key)?.is_some() {
-                return Ok(rejected(format!("subscription {subscription_id} already exists")));
+            if txn
+                .get::<SubscriptionRow>(View::Subscriptions, &key)?
+                .is_some()
+            {
+                return Ok(rejected(format!(
+                    "subscription {subscription_id} already exists"
+                )));
             }
             let row = SubscriptionRow {
                 subscription_id: subscription_id.clone(),

@@ -36,7 +36,7 @@ fn change<T: serde::de::DeserializeOwned>(
     Ok(())
 }
 
-fn with_prefix<'a, T>(map: &'a BTreeMap<Vec<u8>, T>, prefix: Vec<u8>) -> impl Iterator<Item = &'a T> {
+fn with_prefix<T>(map: &BTreeMap<Vec<u8>, T>, prefix: Vec<u8>) -> impl Iterator<Item = &T> {
     map.range(prefix.clone()..)
         .take_while(move |(k, _)| k.starts_with(&prefix))
         .map(|(_, v)| v)

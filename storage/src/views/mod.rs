@@ -26,7 +26,12 @@ pub enum View {
 
 impl View {
     /// Every view, in a fixed order (snapshot files and digests rely on it).
-    pub const ALL: [View; 4] = [View::Nodes, View::Functions, View::Subscriptions, View::Routes];
+    pub const ALL: [View; 4] = [
+        View::Nodes,
+        View::Functions,
+        View::Subscriptions,
+        View::Routes,
+    ];
 
     /// The RocksDB column family holding this view.
     pub fn cf_name(self) -> &'static str {
