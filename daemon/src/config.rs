@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::rpc::RpcLimits;
+use crate::transport::TransportLimits;
 
 /// Default client + peer listener.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6666";
@@ -40,6 +42,10 @@ pub struct FileConfig {
     pub snapshot_interval: Option<u64>,
     pub log_retention: Option<u64>,
     pub election_timeout_ms: Option<u64>,
+    pub max_frame_bytes: Option<usize>,
+    pub max_in_flight_per_connection: Option<usize>,
+    pub request_timeout_ms: Option<u64>,
+    pub max_commands_per_request: Option<usize>,
 }
 
 impl FileConfig {
@@ -75,6 +81,10 @@ pub struct Config {
     pub log_retention: u64,
     /// Lower bound of the raft election timeout (upper bound is twice it).
     pub election_timeout: Duration,
+    /// Client connection limits.
+    pub transport: TransportLimits,
+    /// RPC engine limits.
+    pub rpc: RpcLimits,
 }
 
 impl Config {
@@ -92,6 +102,8 @@ impl Config {
             snapshot_interval: 10_000,
             log_retention: 1_000,
             election_timeout: Duration::from_millis(500),
+            transport: TransportLimits::default(),
+            rpc: RpcLimits::default(),
         }
     }
 
@@ -109,6 +121,10 @@ impl Config {
             snapshot_interval,
             log_retention,
             election_timeout_ms,
+            max_frame_bytes,
+            max_in_flight_per_connection,
+            request_timeout_ms,
+            max_commands_per_request,
         } = file;
         if let Some(v) = data_dir {
             self.data_dir = v;
@@ -137,6 +153,18 @@ impl Config {
         if let Some(v) = election_timeout_ms {
             self.election_timeout = Duration::from_millis(v);
         }
+        if let Some(v) = max_frame_bytes {
+            self.transport.max_frame_bytes = v;
+        }
+        if let Some(v) = max_in_flight_per_connection {
+            self.transport.max_in_flight = v;
+        }
+        if let Some(v) = request_timeout_ms {
+            self.rpc.request_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = max_commands_per_request {
+            self.rpc.max_commands = v;
+        }
     }
 
     /// Refuses settings that cannot work.
@@ -144,6 +172,15 @@ impl Config {
         if self.snapshot_interval == 0 {
             return Err(Error::InvalidSetting(
                 "snapshot_interval must be at least 1".into(),
+            ));
+        }
+        if self.transport.max_frame_bytes < 1024
+            || self.transport.max_in_flight == 0
+            || self.rpc.max_commands == 0
+        {
+            return Err(Error::InvalidSetting(
+                "max_frame_bytes must be at least 1024, max_in_flight_per_connection and max_commands_per_request at least 1"
+                    .into(),
             ));
         }
         if self.election_timeout < Duration::from_millis(50) {

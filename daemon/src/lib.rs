@@ -7,15 +7,21 @@
 //!   way to change shared state;
 //! - [`raft_network`]: the raft network of a single-member cluster;
 //! - [`admin`]: admin HTTP (`/health`, `/status`);
-//! - [`transport`]: the client + peer listener;
+//! - [`protocol`]: MPREG JSON messages (parse, replies, error codes);
+//! - [`rpc`]: dependency-resolving RPC over built-ins and workers;
+//! - [`transport`]: WebSocket sessions on the client + peer listener;
+//! - [`client`]: the Rust client library (`Client`, `Worker`);
 //! - [`server`]: runs all of the above until shutdown.
 
 pub mod admin;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod logging;
 pub mod node;
+pub mod protocol;
 pub mod raft_network;
+pub mod rpc;
 pub mod server;
 pub mod transport;
 

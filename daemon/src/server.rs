@@ -14,6 +14,8 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::node::Node;
+use crate::rpc::Rpc;
+use crate::transport;
 
 /// The sockets a node serves on.
 pub struct Listeners {
@@ -97,9 +99,13 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     };
     admin_state.set_node(node.clone());
 
-    tasks.spawn(crate::transport::serve(
+    let rpc = Arc::new(Rpc::start(node.clone(), config.rpc.clone()).await?);
+    tasks.spawn(transport::serve(
         listeners.client,
+        rpc,
+        config.transport.clone(),
         shutdown.child_token(),
+        tasks.clone(),
     ));
 
     if let Some(path) = &config.ready_file {

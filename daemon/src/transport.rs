@@ -1,24 +1,297 @@
-//! The client + peer listener on `--listen`.
+//! The client + peer listener on `--listen`: WebSocket connections carrying
+//! MPREG JSON frames, one session per connection.
 //!
-//! The listener is bound (so the ready file can report it) and accepts
-//! connections; the MPREG protocol on it is not served by this build yet,
-//! so each connection is closed at once.
+//! Each session has a reader (parses frames, dispatches them), a writer
+//! (drains a bounded outbound queue, sends pings), a limit on requests in
+//! flight and an idle timeout. Replies use the frame type of the request.
+//! One slow or hostile connection only ever waits on its own queue.
 
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-/// Accepts connections until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
+use crate::protocol::{self, ErrorCode, Inbound, RpcError, RpcResponse};
+use crate::rpc::Rpc;
+
+/// A frame queued for a connection.
+pub type Outbound = Message;
+
+/// Whether a connection speaks text or binary frames (replies match).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameKind {
+    Text,
+    Binary,
+}
+
+impl FrameKind {
+    pub fn message(self, json: String) -> Outbound {
+        match self {
+            FrameKind::Text => Message::text(json),
+            FrameKind::Binary => Message::binary(json.into_bytes()),
+        }
+    }
+}
+
+/// Per-connection limits.
+#[derive(Clone, Debug)]
+pub struct TransportLimits {
+    /// Largest frame (and message) accepted.
+    pub max_frame_bytes: usize,
+    /// Requests one connection may have in flight.
+    pub max_in_flight: usize,
+    /// Frames queued for a connection before senders wait.
+    pub outbound_queue: usize,
+    /// Interval of server pings.
+    pub ping_interval: Duration,
+    /// A connection that sends nothing (not even pongs) this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+}
+
+impl Default for TransportLimits {
+    fn default() -> Self {
+        TransportLimits {
+            max_frame_bytes: 20 * 1024 * 1024,
+            max_in_flight: 1024,
+            outbound_queue: 1024,
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(120),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// Accepts connections until `shutdown` is cancelled; sessions and their
+/// requests run on `tasks` so shutdown can wait for them.
+pub async fn serve(
+    listener: TcpListener,
+    rpc: Arc<Rpc>,
+    limits: TransportLimits,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let next_id = AtomicU64::new(1);
     loop {
-        tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    tracing::debug!(%peer, "closing client connection: protocol not served yet");
-                    drop(stream);
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
                 }
-                Err(e) => tracing::warn!(error = %e, "accept failed"),
             },
             () = shutdown.cancelled() => return,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached; closing new connection");
+            continue;
+        };
+        let session = Session {
+            id: next_id.fetch_add(1, Ordering::Relaxed),
+            peer,
+            rpc: rpc.clone(),
+            limits: limits.clone(),
+            tasks: tasks.clone(),
+        };
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            session.run(stream, shutdown).await;
+            drop(slot);
+        });
+    }
+}
+
+struct Session {
+    id: u64,
+    peer: SocketAddr,
+    rpc: Arc<Rpc>,
+    limits: TransportLimits,
+    tasks: TaskTracker,
+}
+
+fn reply(kind: FrameKind, response: &RpcResponse) -> Outbound {
+    kind.message(serde_json::to_string(response).unwrap_or_else(|e| {
+        format!(r#"{{"u":null,"r":null,"error":{{"code":1003,"message":"RPC execution failed","details":"reply did not serialize: {e}"}}}}"#)
+    }))
+}
+
+impl Session {
+    fn provider_id(&self) -> String {
+        format!("{}/conn-{}", self.rpc_node_id(), self.id)
+    }
+
+    fn rpc_node_id(&self) -> &str {
+        self.rpc.node_id()
+    }
+
+    #[tracing::instrument(name = "session", skip_all, fields(conn_id = self.id, peer = %self.peer))]
+    async fn run(self, stream: TcpStream, shutdown: CancellationToken) {
+        // Frames up to twice the limit are read whole and refused with the
+        // connection kept; only larger ones break the stream and close it.
+        let hard_cap = self.limits.max_frame_bytes.saturating_mul(2);
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(hard_cap))
+            .max_frame_size(Some(hard_cap));
+        let ws = match tokio_tungstenite::accept_async_with_config(stream, Some(config)).await {
+            Ok(ws) => ws,
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket handshake failed");
+                return;
+            }
+        };
+        let (mut sink, mut frames) = ws.split();
+        let (outbound, mut queue) = mpsc::channel::<Outbound>(self.limits.outbound_queue);
+        let ping_interval = self.limits.ping_interval;
+        let writer = tokio::spawn(async move {
+            let mut ping = tokio::time::interval(ping_interval);
+            ping.tick().await;
+            loop {
+                let message = tokio::select! {
+                    next = queue.recv() => match next {
+                        Some(message) => message,
+                        None => break,
+                    },
+                    _ = ping.tick() => Message::Ping(Vec::new().into()),
+                };
+                let closing = matches!(message, Message::Close(_));
+                if sink.send(message).await.is_err() || closing {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+
+        let in_flight = Arc::new(Semaphore::new(self.limits.max_in_flight));
+        let mut worker = false;
+        let mut last_seen = Instant::now();
+        loop {
+            let idle_deadline =
+                tokio::time::Instant::from_std(last_seen + self.limits.idle_timeout);
+            let frame = tokio::select! {
+                frame = frames.next() => frame,
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep_until(idle_deadline) => {
+                    tracing::debug!("closing idle connection");
+                    let _ = outbound.send(Message::Close(None)).await;
+                    break;
+                }
+            };
+            last_seen = Instant::now();
+            let (bytes, kind) = match frame {
+                Some(Ok(Message::Text(text))) => (text.as_bytes().to_vec(), FrameKind::Text),
+                Some(Ok(Message::Binary(bytes))) => (bytes.to_vec(), FrameKind::Binary),
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(_)) => continue,
+                Some(Err(WsError::Capacity(e))) => {
+                    let error = RpcError::new(
+                        ErrorCode::FrameTooLarge,
+                        format!("{e}; the limit is {} bytes", self.limits.max_frame_bytes),
+                    );
+                    let _ = outbound
+                        .send(reply(FrameKind::Text, &RpcResponse::error(None, error)))
+                        .await;
+                    let close = CloseFrame {
+                        code: CloseCode::Size,
+                        reason: "frame too large".into(),
+                    };
+                    let _ = outbound.send(Message::Close(Some(close))).await;
+                    break;
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "connection failed");
+                    break;
+                }
+            };
+            if bytes.len() > self.limits.max_frame_bytes {
+                let details = format!(
+                    "frame of {} bytes; the limit is {} bytes",
+                    bytes.len(),
+                    self.limits.max_frame_bytes
+                );
+                let response =
+                    RpcResponse::error(None, RpcError::new(ErrorCode::FrameTooLarge, details));
+                if outbound.send(reply(kind, &response)).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            match protocol::parse(&bytes) {
+                Err(refused) => {
+                    let response = RpcResponse::error(refused.u, refused.error);
+                    if outbound.send(reply(kind, &response)).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Inbound::Rpc(request)) => {
+                    let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                        let details = format!(
+                            "{} requests in flight on this connection",
+                            self.limits.max_in_flight
+                        );
+                        let response = RpcResponse::error(
+                            Some(request.u),
+                            RpcError::new(ErrorCode::Busy, details),
+                        );
+                        let _ = outbound.send(reply(kind, &response)).await;
+                        continue;
+                    };
+                    let rpc = self.rpc.clone();
+                    let outbound = outbound.clone();
+                    self.tasks.spawn(async move {
+                        let response = rpc.handle(request).await;
+                        let _ = outbound.send(reply(kind, &response)).await;
+                        drop(permit);
+                    });
+                }
+                Ok(Inbound::WorkerRegister(register)) => {
+                    let provider = self.provider_id();
+                    self.rpc
+                        .workers()
+                        .connect(&provider, outbound.clone(), kind);
+                    worker = true;
+                    let rpc = self.rpc.clone();
+                    let outbound = outbound.clone();
+                    self.tasks.spawn(async move {
+                        let response = match rpc.register(&provider, register.functions).await {
+                            Ok(r) => RpcResponse::ok(register.u, r),
+                            Err(e) => RpcResponse::error(Some(register.u), e),
+                        };
+                        let _ = outbound.send(reply(kind, &response)).await;
+                    });
+                }
+                Ok(Inbound::WorkerWithdraw(withdraw)) => {
+                    let provider = self.provider_id();
+                    let rpc = self.rpc.clone();
+                    let outbound = outbound.clone();
+                    self.tasks.spawn(async move {
+                        let response = match rpc.withdraw(&provider, &withdraw.functions).await {
+                            Ok(r) => RpcResponse::ok(withdraw.u, r),
+                            Err(e) => RpcResponse::error(Some(withdraw.u), e),
+                        };
+                        let _ = outbound.send(reply(kind, &response)).await;
+                    });
+                }
+                Ok(Inbound::InternalAnswer(answer)) => {
+                    self.rpc.workers().answer(&self.provider_id(), answer)
+                }
+            }
         }
+        if worker {
+            self.rpc.worker_gone(&self.provider_id()).await;
+        }
+        drop(outbound);
+        let _ = writer.await;
     }
 }

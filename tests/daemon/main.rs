@@ -4,3 +4,4 @@
 mod bad_data_dir;
 mod durability;
 mod migrations;
+mod rpc;

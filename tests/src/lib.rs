@@ -266,3 +266,76 @@ pub fn replay(data_dir: &Path) -> Result<Value> {
     }
     Ok(serde_json::from_slice(&out.stdout)?)
 }
+
+impl TestDir {
+    /// Writes a TOML config file into the test dir and returns the flags
+    /// that pass it to the daemon.
+    pub fn config(&self, toml: &str) -> Vec<String> {
+        let path = self.path().join("mpreg.toml");
+        std::fs::write(&path, toml).expect("write config");
+        vec!["--config".to_string(), path.display().to_string()]
+    }
+}
+
+/// A raw WebSocket connection for sending hand-made (and malformed) frames.
+pub struct RawClient {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl RawClient {
+    pub async fn connect(url: &str) -> Result<RawClient> {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .context("connect")?;
+        Ok(RawClient { ws })
+    }
+
+    pub async fn send_text(&mut self, text: impl Into<String>) -> Result<()> {
+        use futures_util::SinkExt;
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::text(text.into()))
+            .await
+            .context("send text frame")
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) -> Result<()> {
+        use futures_util::SinkExt;
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::binary(bytes))
+            .await
+            .context("send binary frame")
+    }
+
+    /// The next text or binary frame: (is_binary, parsed JSON).
+    pub async fn recv(&mut self) -> Result<(bool, Value)> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(30), self.ws.next())
+                .await
+                .context("no frame within 30s")?
+                .context("connection closed")??;
+            match frame {
+                Message::Text(t) => return Ok((false, serde_json::from_str(t.as_str())?)),
+                Message::Binary(b) => return Ok((true, serde_json::from_slice(&b)?)),
+                Message::Close(c) => bail!("closed: {c:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Whether the server closed the connection (next read is a close or EOF).
+    pub async fn closed(&mut self) -> bool {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), self.ws.next()).await {
+                Err(_) => return false,
+                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return true,
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+}

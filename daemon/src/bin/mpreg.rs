@@ -1,0 +1,121 @@
+//! `mpreg`: the command-line client.
+//!
+//! `mpreg call FUN [JSON_ARG...]` calls one function; `mpreg rpc FILE.json`
+//! runs a multi-command request (a request object with `cmds`, or just the
+//! array of commands). Results print as JSON; errors go to stderr with a
+//! non-zero exit.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mpreg_daemon::client::{Client, Request};
+use mpreg_daemon::protocol::RpcCommand;
+use serde_json::Value;
+
+#[derive(Parser)]
+#[command(name = "mpreg", version, about = "mpreg command-line client")]
+struct Cli {
+    /// Client URL of a daemon.
+    #[arg(long, global = true, default_value = "ws://127.0.0.1:6666")]
+    url: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Call one function; each argument is JSON (or else taken as a string).
+    Call { fun: String, args: Vec<String> },
+    /// Run a multi-command request from a JSON file.
+    Rpc { file: PathBuf },
+}
+
+fn parse_arg(arg: &str) -> Value {
+    serde_json::from_str(arg).unwrap_or_else(|_| Value::String(arg.to_string()))
+}
+
+fn request_from(text: &str) -> Result<Request, String> {
+    let value: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let (cmds, object) = match value {
+        Value::Array(cmds) => (cmds, None),
+        Value::Object(object) => (
+            object
+                .get("cmds")
+                .and_then(Value::as_array)
+                .cloned()
+                .ok_or("the request has no cmds array")?,
+            Some(object),
+        ),
+        _ => return Err("expected a request object or an array of commands".into()),
+    };
+    let flag = |k: &str| {
+        object
+            .as_ref()
+            .and_then(|o| o.get(k))
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    };
+    let mut request = Request::new()
+        .intermediate_results(flag("return_intermediate_results"))
+        .execution_summary(flag("include_execution_summary"));
+    for cmd in cmds {
+        let cmd: RpcCommand =
+            serde_json::from_value(cmd).map_err(|e| format!("bad command: {e}"))?;
+        request = request.command(cmd);
+    }
+    Ok(request)
+}
+
+async fn run(cli: Cli) -> Result<String, String> {
+    let client = Client::connect(&cli.url).await.map_err(|e| e.to_string())?;
+    let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    match cli.command {
+        Command::Call { fun, args } => {
+            let result = client
+                .call(&fun, args.iter().map(|a| parse_arg(a)).collect())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(pretty(&result))
+        }
+        Command::Rpc { file } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| format!("failed to read {}: {e}", file.display()))?;
+            let request = request_from(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+            let response = client.send(request).await.map_err(|e| e.to_string())?;
+            let mut out = serde_json::json!({"r": response.r});
+            if !response.intermediate_results.is_empty() {
+                out["intermediate_results"] =
+                    serde_json::to_value(&response.intermediate_results).unwrap_or_default();
+            }
+            if let Some(summary) = response.execution_summary {
+                out["execution_summary"] = serde_json::to_value(summary).unwrap_or_default();
+            }
+            Ok(pretty(&out))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

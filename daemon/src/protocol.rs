@@ -1,0 +1,386 @@
+//! The client wire protocol: MPREG JSON messages, parsed from frames and
+//! written back.
+//!
+//! Every inbound frame is one JSON object with a `role` and a `u`. Parsing
+//! never panics: a frame that is not JSON, too deep, missing `u` or `role`,
+//! or of the wrong shape becomes a [`RpcError`] reply that names the
+//! problem. Replies to `rpc` have no `role` (as upstream MPREG sends them).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Error codes sent to clients (see docs/protocol.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// 1001: no function of that name anywhere.
+    UnknownFunction,
+    /// 1002: the function exists, but no provider matches version, id or locs.
+    NoMatchingProvider,
+    /// 1003: the provider failed (raised, disconnected, bad arguments).
+    ExecutionFailed,
+    /// 1004: the role is unknown.
+    InvalidRole,
+    /// 1004: the request did not finish within the request timeout.
+    Timeout,
+    /// 1005: commands reference each other in a cycle (or themselves).
+    DependencyCycle,
+    /// 1006: the frame is not a valid request.
+    BadRequest,
+    /// 1007: the frame is larger than the frame size limit.
+    FrameTooLarge,
+    /// 1008: the connection has too many requests in flight.
+    Busy,
+}
+
+impl ErrorCode {
+    pub fn code(self) -> i64 {
+        match self {
+            ErrorCode::UnknownFunction => 1001,
+            ErrorCode::NoMatchingProvider => 1002,
+            ErrorCode::ExecutionFailed => 1003,
+            ErrorCode::InvalidRole | ErrorCode::Timeout => 1004,
+            ErrorCode::DependencyCycle => 1005,
+            ErrorCode::BadRequest => 1006,
+            ErrorCode::FrameTooLarge => 1007,
+            ErrorCode::Busy => 1008,
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            ErrorCode::UnknownFunction => "Command not found",
+            ErrorCode::NoMatchingProvider => "No matching provider",
+            ErrorCode::ExecutionFailed => "RPC execution failed",
+            ErrorCode::InvalidRole => "Invalid RPC request role",
+            ErrorCode::Timeout => "RPC execution timed out",
+            ErrorCode::DependencyCycle => "Dependency cycle",
+            ErrorCode::BadRequest => "Bad request",
+            ErrorCode::FrameTooLarge => "Frame too large",
+            ErrorCode::Busy => "Too many requests in flight",
+        }
+    }
+}
+
+/// The `error` object of a reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RpcError {
+    pub code: i64,
+    pub message: String,
+    pub details: Option<String>,
+}
+
+impl RpcError {
+    pub fn new(code: ErrorCode, details: impl Into<String>) -> Self {
+        RpcError {
+            code: code.code(),
+            message: code.message().to_string(),
+            details: Some(details.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for RpcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)?;
+        if let Some(details) = &self.details {
+            write!(f, ": {details}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One command of an `rpc` request.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RpcCommand {
+    /// Unique within the request; other commands reference its result by it.
+    pub name: String,
+    /// Function to call.
+    pub fun: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub args: Vec<Value>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub kwargs: Map<String, Value>,
+    /// Resource tags the provider must offer.
+    #[serde(default, deserialize_with = "null_default")]
+    pub locs: Vec<String>,
+    #[serde(default)]
+    pub function_id: Option<String>,
+    /// Semver requirement, e.g. `>=1.0.0,<2.0.0`.
+    #[serde(default)]
+    pub version_constraint: Option<String>,
+    #[serde(default)]
+    pub target_cluster: Option<String>,
+    #[serde(default)]
+    pub routing_topic: Option<String>,
+}
+
+fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// An `rpc` request.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RpcRequest {
+    pub u: String,
+    pub cmds: Vec<RpcCommand>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub return_intermediate_results: bool,
+    #[serde(default, deserialize_with = "null_default")]
+    pub include_execution_summary: bool,
+    #[serde(default, deserialize_with = "null_default")]
+    pub debug_mode: bool,
+}
+
+/// Results of one dependency level (upstream `RPCIntermediateResult`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IntermediateResult {
+    pub request_id: String,
+    pub level_index: usize,
+    pub level_results: Map<String, Value>,
+    pub accumulated_results: Map<String, Value>,
+    pub total_levels: usize,
+    pub completed_levels: usize,
+    pub timestamp: f64,
+    pub execution_time_ms: f64,
+}
+
+/// Timing of a whole request (upstream `RPCExecutionSummary`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExecutionSummary {
+    pub request_id: String,
+    pub total_execution_time_ms: f64,
+    pub total_levels: usize,
+    pub level_execution_times: Vec<f64>,
+    pub bottleneck_level_index: usize,
+    pub average_level_time_ms: f64,
+    pub parallel_commands_executed: usize,
+    pub cross_cluster_hops: usize,
+}
+
+/// The reply to an `rpc` request (and to worker registration).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RpcResponse {
+    pub u: Option<String>,
+    pub r: Option<Value>,
+    pub error: Option<RpcError>,
+    #[serde(default)]
+    pub intermediate_results: Vec<IntermediateResult>,
+    #[serde(default)]
+    pub execution_summary: Option<ExecutionSummary>,
+}
+
+impl RpcResponse {
+    pub fn ok(u: impl Into<String>, r: Value) -> Self {
+        RpcResponse {
+            u: Some(u.into()),
+            r: Some(r),
+            error: None,
+            intermediate_results: Vec::new(),
+            execution_summary: None,
+        }
+    }
+
+    pub fn error(u: Option<String>, error: RpcError) -> Self {
+        RpcResponse {
+            u,
+            r: None,
+            error: Some(error),
+            intermediate_results: Vec::new(),
+            execution_summary: None,
+        }
+    }
+}
+
+/// A function a worker offers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkerFunction {
+    pub name: String,
+    /// Defaults to `name`.
+    #[serde(default)]
+    pub function_id: Option<String>,
+    /// Semver; defaults to `1.0.0`.
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub resources: Vec<String>,
+}
+
+/// `worker-register`: the connection serves these functions from now on.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkerRegister {
+    pub u: String,
+    pub functions: Vec<WorkerFunction>,
+}
+
+/// A function a worker stops serving.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkerWithdrawal {
+    pub name: String,
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// `worker-withdraw`: the connection stops serving these functions.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkerWithdraw {
+    pub u: String,
+    pub functions: Vec<WorkerWithdrawal>,
+}
+
+/// `internal-rpc`: the daemon asks a worker to run a function.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InternalRpc {
+    pub role: String,
+    pub u: String,
+    pub command: String,
+    pub function_id: String,
+    pub version: String,
+    pub args: Vec<Value>,
+    pub kwargs: Map<String, Value>,
+}
+
+/// `internal-answer`: a worker's result (or error) for an `internal-rpc`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InternalAnswer {
+    pub u: String,
+    #[serde(default)]
+    pub answer: Value,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// A parsed inbound frame.
+#[derive(Debug)]
+pub enum Inbound {
+    Rpc(RpcRequest),
+    WorkerRegister(WorkerRegister),
+    WorkerWithdraw(WorkerWithdraw),
+    InternalAnswer(InternalAnswer),
+}
+
+/// Why a frame could not be parsed, with the `u` to answer if it had one.
+#[derive(Debug)]
+pub struct Refused {
+    pub u: Option<String>,
+    pub error: RpcError,
+}
+
+fn typed<T: serde::de::DeserializeOwned>(value: Value, role: &str, u: &str) -> Result<T, Refused> {
+    serde_json::from_value(value).map_err(|e| Refused {
+        u: Some(u.to_string()),
+        error: RpcError::new(
+            ErrorCode::BadRequest,
+            format!("invalid {role} message: {e}"),
+        ),
+    })
+}
+
+/// Parses one frame; `Err` carries the reply to send.
+pub fn parse(bytes: &[u8]) -> Result<Inbound, Refused> {
+    let refuse = |u: Option<String>, details: String| Refused {
+        u,
+        error: RpcError::new(ErrorCode::BadRequest, details),
+    };
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| refuse(None, format!("frame is not valid JSON: {e}")))?;
+    let Value::Object(object) = &value else {
+        return Err(refuse(None, "frame must be a JSON object".to_string()));
+    };
+    let u = match object.get("u") {
+        Some(Value::String(u)) => u.clone(),
+        Some(other) => {
+            return Err(refuse(
+                None,
+                format!("field u must be a string, got {other}"),
+            ));
+        }
+        None => return Err(refuse(None, "missing field u".to_string())),
+    };
+    let role = match object.get("role") {
+        Some(Value::String(role)) => role.clone(),
+        Some(other) => {
+            return Err(refuse(
+                Some(u),
+                format!("field role must be a string, got {other}"),
+            ));
+        }
+        None => return Err(refuse(Some(u), "missing field role".to_string())),
+    };
+    match role.as_str() {
+        "rpc" => Ok(Inbound::Rpc(typed(value, &role, &u)?)),
+        "worker-register" => Ok(Inbound::WorkerRegister(typed(value, &role, &u)?)),
+        "worker-withdraw" => Ok(Inbound::WorkerWithdraw(typed(value, &role, &u)?)),
+        "internal-answer" => Ok(Inbound::InternalAnswer(typed(value, &role, &u)?)),
+        other => Err(Refused {
+            u: Some(u),
+            error: RpcError::new(
+                ErrorCode::InvalidRole,
+                format!("Invalid RPC request role: {other}"),
+            ),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    fn refused(bytes: &[u8]) -> Refused {
+        match parse(bytes) {
+            Err(r) => r,
+            Ok(m) => panic!("parsed {m:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_and_full_rpc_parse() {
+        let Inbound::Rpc(req) =
+            parse(br#"{"role":"rpc","u":"t1","cmds":[{"name":"x","fun":"echo","args":[5]}]}"#)
+                .unwrap()
+        else {
+            panic!("not rpc")
+        };
+        assert_eq!(req.cmds[0].args, vec![Value::from(5)]);
+        let full = br#"{"role":"rpc","u":"u","cmds":[{"name":"s1","fun":"add","args":[1,2],"kwargs":{},"locs":[],
+            "function_id":null,"version_constraint":null,"target_cluster":null,"routing_topic":null}],
+            "return_intermediate_results":false,"include_execution_summary":false,"debug_mode":false,
+            "intermediate_result_callback_topic":null,"headers":{}}"#;
+        assert!(matches!(parse(full).unwrap(), Inbound::Rpc(_)));
+    }
+
+    #[test]
+    fn malformed_frames_name_the_problem() {
+        assert!(
+            refused(b"not json")
+                .error
+                .details
+                .unwrap()
+                .contains("not valid JSON")
+        );
+        assert!(
+            refused(b"[1]")
+                .error
+                .details
+                .unwrap()
+                .contains("JSON object")
+        );
+        assert!(
+            refused(br#"{"role":"rpc"}"#)
+                .error
+                .details
+                .unwrap()
+                .contains("missing field u")
+        );
+        let r = refused(br#"{"role":"rpc","u":"a","cmds":"x"}"#);
+        assert_eq!(r.u.as_deref(), Some("a"));
+        assert!(r.error.details.unwrap().contains("invalid rpc message"));
+        let r = refused(br#"{"role":"nope","u":"a"}"#);
+        assert_eq!(r.error.code, 1004);
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(refused(deep.as_bytes()).error.code, 1006);
+    }
+}

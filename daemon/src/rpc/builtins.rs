@@ -1,0 +1,112 @@
+//! Functions every node serves itself: `echo`, `echos`, `ping`,
+//! `list_peers`, `cluster_map`, `catalog_query` (upstream MPREG shapes,
+//! restricted to what exists in a single-node cluster).
+
+use serde_json::{Map, Value, json};
+
+use crate::node::Node;
+
+/// Provider id of built-in functions in the `functions` view.
+pub const PROVIDER: &str = "builtin";
+/// Version every built-in is registered with.
+pub const VERSION: &str = "1.0.0";
+/// Names of the built-ins.
+pub const NAMES: [&str; 6] = [
+    "echo",
+    "echos",
+    "ping",
+    "list_peers",
+    "cluster_map",
+    "catalog_query",
+];
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Runs built-in `name`; `Err` is the failure text sent to the client.
+pub fn call(
+    node: &Node,
+    name: &str,
+    args: &[Value],
+    kwargs: &Map<String, Value>,
+) -> Result<Value, String> {
+    match name {
+        "echo" => match args {
+            [one] => Ok(one.clone()),
+            _ => Err(format!(
+                "echo takes exactly one argument, got {}",
+                args.len()
+            )),
+        },
+        "echos" => Ok(Value::Array(args.to_vec())),
+        "ping" => Ok(json!({"pong": true, "node_id": node.identity().node_id})),
+        "list_peers" => Ok(json!([])),
+        "cluster_map" => Ok(cluster_map(node)),
+        "catalog_query" => {
+            catalog_query(node, args.first().or(Some(&Value::Object(kwargs.clone()))))
+        }
+        other => Err(format!("no built-in function {other}")),
+    }
+}
+
+fn cluster_map(node: &Node) -> Value {
+    let catalog = node.views().catalog();
+    let nodes: Vec<Value> = catalog
+        .nodes()
+        .filter(|n| n.status == mpreg_storage::views::NodeStatus::Up)
+        .map(|n| {
+            json!({
+                "node_id": n.node_id,
+                "cluster_id": n.cluster_id,
+                "resources": n.resources,
+                "advertised_urls": n.addresses,
+                "advertised_at": n.joined_at_ms as f64 / 1000.0,
+            })
+        })
+        .collect();
+    json!({"cluster_id": node.identity().cluster_id, "generated_at": now_secs(), "nodes": nodes})
+}
+
+fn catalog_query(node: &Node, payload: Option<&Value>) -> Result<Value, String> {
+    let empty = Map::new();
+    let query = payload.and_then(Value::as_object).unwrap_or(&empty);
+    let field = |k: &str| query.get(k).and_then(Value::as_str);
+    let entry_type = field("entry_type").unwrap_or("functions");
+    let catalog = node.views().catalog();
+    let items: Vec<Value> = match entry_type {
+        "functions" | "function" => catalog
+            .functions()
+            .filter(|f| field("function_name").is_none_or(|n| n == f.name))
+            .filter(|f| field("function_id").is_none_or(|n| n == f.function_id))
+            .filter(|f| field("node_id").is_none_or(|n| n == f.node_id))
+            .map(|f| {
+                json!({
+                    "identity": {"name": f.name, "function_id": f.function_id, "version": f.version},
+                    "resources": f.resources,
+                    "node_id": f.node_id,
+                    "cluster_id": f.cluster_id,
+                    "provider": f.provider,
+                    "advertised_at": f.registered_at_ms as f64 / 1000.0,
+                })
+            })
+            .collect(),
+        "nodes" | "node" => catalog
+            .nodes()
+            .filter(|n| field("node_id").is_none_or(|id| id == n.node_id))
+            .map(|n| {
+                json!({
+                    "node_id": n.node_id,
+                    "cluster_id": n.cluster_id,
+                    "resources": n.resources,
+                    "advertised_urls": n.addresses,
+                    "status": n.status.as_str(),
+                })
+            })
+            .collect(),
+        other => return Err(format!("catalog_query: unknown entry_type {other:?} (functions, nodes)")),
+    };
+    Ok(json!({"entry_type": entry_type, "generated_at": now_secs(), "items": items}))
+}

@@ -1,0 +1,373 @@
+//! RPC: runs multi-command requests in dependency order against built-in
+//! functions and worker-provided functions.
+//!
+//! [`Rpc`] is the entry type: [`Rpc::handle`] plans the request (refusing
+//! cycles before anything runs), checks that every function exists, then
+//! runs level by level with all commands of a level in parallel, under one
+//! whole-request timeout.
+
+mod builtins;
+mod plan;
+mod select;
+mod workers;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use mpreg_storage::EventKind;
+use mpreg_storage::views::FunctionRow;
+use serde_json::{Map, Value};
+
+use crate::node::Node;
+use crate::protocol::{
+    ErrorCode, ExecutionSummary, IntermediateResult, RpcCommand, RpcError, RpcRequest, RpcResponse,
+    WorkerFunction, WorkerWithdrawal,
+};
+pub use plan::{Plan, plan, substitute};
+use select::Selector;
+pub use workers::Workers;
+
+/// Limits of the RPC engine.
+#[derive(Clone, Debug)]
+pub struct RpcLimits {
+    /// Whole-request timeout.
+    pub request_timeout: Duration,
+    /// Most commands one request may hold.
+    pub max_commands: usize,
+}
+
+impl Default for RpcLimits {
+    fn default() -> Self {
+        RpcLimits {
+            request_timeout: Duration::from_secs(30),
+            max_commands: 10_000,
+        }
+    }
+}
+
+/// The RPC engine of a node.
+pub struct Rpc {
+    node: Arc<Node>,
+    workers: Workers,
+    selector: Selector,
+    limits: RpcLimits,
+}
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// What running the levels produced.
+struct Run {
+    last_level: Map<String, Value>,
+    intermediate: Vec<IntermediateResult>,
+    level_times: Vec<f64>,
+}
+
+impl Rpc {
+    /// Starts the engine: registers the built-ins that are missing and
+    /// withdraws worker registrations left by connections of a previous run.
+    pub async fn start(node: Arc<Node>, limits: RpcLimits) -> crate::Result<Rpc> {
+        let (stale, missing) = {
+            let catalog = node.views().catalog();
+            let me = &node.identity().node_id;
+            let stale: Vec<FunctionRow> = catalog
+                .functions()
+                .filter(|f| &f.node_id == me && f.provider != builtins::PROVIDER)
+                .cloned()
+                .collect();
+            let missing: Vec<&str> = builtins::NAMES
+                .into_iter()
+                .filter(|name| {
+                    !catalog
+                        .functions_named(name)
+                        .any(|f| f.provider == builtins::PROVIDER)
+                })
+                .collect();
+            (stale, missing)
+        };
+        for f in stale {
+            node.propose_ok(EventKind::FunctionWithdrawn {
+                name: f.name,
+                version: f.version,
+                provider: f.provider,
+            })
+            .await?;
+        }
+        for name in missing {
+            node.propose_ok(EventKind::FunctionRegistered {
+                name: name.to_string(),
+                function_id: format!("mpreg.system.{name}"),
+                version: builtins::VERSION.to_string(),
+                resources: Vec::new(),
+                provider: builtins::PROVIDER.to_string(),
+                node_id: node.identity().node_id.clone(),
+                cluster_id: node.identity().cluster_id.clone(),
+            })
+            .await?;
+        }
+        Ok(Rpc {
+            node,
+            workers: Workers::default(),
+            selector: Selector::default(),
+            limits,
+        })
+    }
+
+    pub fn workers(&self) -> &Workers {
+        &self.workers
+    }
+
+    /// Id of the node this engine runs on.
+    pub fn node_id(&self) -> &str {
+        &self.node.identity().node_id
+    }
+
+    fn is_live(&self, provider: &str) -> bool {
+        provider == builtins::PROVIDER || self.workers.is_live(provider)
+    }
+
+    /// Answers one `rpc` request; never fails, errors are in the response.
+    pub async fn handle(&self, request: RpcRequest) -> RpcResponse {
+        let u = request.u.clone();
+        if request.cmds.len() > self.limits.max_commands {
+            let details = format!(
+                "{} commands in one request; the limit is {}",
+                request.cmds.len(),
+                self.limits.max_commands
+            );
+            return RpcResponse::error(Some(u), RpcError::new(ErrorCode::BadRequest, details));
+        }
+        let plan = match plan(&request.cmds) {
+            Ok(plan) => plan,
+            Err(e) => return RpcResponse::error(Some(u), e),
+        };
+        if let Err(e) = self.check_functions(&request.cmds) {
+            return RpcResponse::error(Some(u), e);
+        }
+        let start = Instant::now();
+        let run = match tokio::time::timeout(self.limits.request_timeout, self.run(&request, &plan))
+            .await
+        {
+            Ok(Ok(run)) => run,
+            Ok(Err(e)) => return RpcResponse::error(Some(u), e),
+            Err(_) => {
+                let details = format!(
+                    "RPC execution timed out after {:.1} seconds",
+                    self.limits.request_timeout.as_secs_f64()
+                );
+                return RpcResponse::error(Some(u), RpcError::new(ErrorCode::Timeout, details));
+            }
+        };
+        let mut response = RpcResponse::ok(u.clone(), Value::Object(run.last_level));
+        if request.return_intermediate_results {
+            response.intermediate_results = run.intermediate;
+        }
+        if request.include_execution_summary {
+            let (bottleneck, _) =
+                run.level_times
+                    .iter()
+                    .enumerate()
+                    .fold(
+                        (0, f64::MIN),
+                        |best, (i, &t)| if t > best.1 { (i, t) } else { best },
+                    );
+            response.execution_summary = Some(ExecutionSummary {
+                request_id: u,
+                total_execution_time_ms: ms(start.elapsed()),
+                total_levels: plan.levels.len(),
+                bottleneck_level_index: bottleneck,
+                average_level_time_ms: run.level_times.iter().sum::<f64>()
+                    / run.level_times.len().max(1) as f64,
+                level_execution_times: run.level_times,
+                parallel_commands_executed: request.cmds.len(),
+                cross_cluster_hops: 0,
+            });
+        }
+        response
+    }
+
+    /// Refuses the request before anything runs if a function is unknown.
+    fn check_functions(&self, cmds: &[RpcCommand]) -> Result<(), RpcError> {
+        let catalog = self.node.views().catalog();
+        for cmd in cmds {
+            select::providers(&catalog, cmd, |p| self.is_live(p))?;
+        }
+        Ok(())
+    }
+
+    async fn run(&self, request: &RpcRequest, plan: &Plan) -> Result<Run, RpcError> {
+        let mut results: HashMap<String, Value> = HashMap::new();
+        let mut accumulated = Map::new();
+        let mut intermediate = Vec::new();
+        let mut level_times = Vec::new();
+        let mut last_level = Map::new();
+        for (level_index, level) in plan.levels.iter().enumerate() {
+            let started = Instant::now();
+            let calls = level
+                .iter()
+                .map(|&i| self.run_command(&request.cmds[i], &results));
+            let outputs = join_all(calls).await;
+            last_level = Map::new();
+            for (&i, output) in level.iter().zip(outputs) {
+                let name = request.cmds[i].name.clone();
+                let value = output?;
+                results.insert(name.clone(), value.clone());
+                accumulated.insert(name.clone(), value.clone());
+                last_level.insert(name, value);
+            }
+            let elapsed = ms(started.elapsed());
+            level_times.push(elapsed);
+            if request.return_intermediate_results {
+                intermediate.push(IntermediateResult {
+                    request_id: request.u.clone(),
+                    level_index,
+                    level_results: last_level.clone(),
+                    accumulated_results: accumulated.clone(),
+                    total_levels: plan.levels.len(),
+                    completed_levels: level_index + 1,
+                    timestamp: now_secs(),
+                    execution_time_ms: elapsed,
+                });
+            }
+        }
+        Ok(Run {
+            last_level,
+            intermediate,
+            level_times,
+        })
+    }
+
+    async fn run_command(
+        &self,
+        cmd: &RpcCommand,
+        results: &HashMap<String, Value>,
+    ) -> Result<Value, RpcError> {
+        let args: Vec<Value> = cmd.args.iter().map(|a| substitute(a, results)).collect();
+        let kwargs: Map<String, Value> = cmd
+            .kwargs
+            .iter()
+            .map(|(k, v)| (k.clone(), substitute(v, results)))
+            .collect();
+        let function = {
+            let catalog = self.node.views().catalog();
+            self.selector.select(&catalog, cmd, |p| self.is_live(p))?
+        };
+        let failed = |e: String| {
+            RpcError::new(
+                ErrorCode::ExecutionFailed,
+                format!("{} ({}): {e}", cmd.name, cmd.fun),
+            )
+        };
+        if function.provider == builtins::PROVIDER {
+            builtins::call(&self.node, &function.name, &args, &kwargs).map_err(failed)
+        } else {
+            self.workers
+                .call(&function.provider, &function, args, kwargs)
+                .await
+                .map_err(|e| failed(e.details.unwrap_or(e.message)))
+        }
+    }
+
+    /// Registers functions served by worker `provider`; returns what was registered.
+    pub async fn register(
+        &self,
+        provider: &str,
+        functions: Vec<WorkerFunction>,
+    ) -> Result<Value, RpcError> {
+        let mut registered = Vec::new();
+        for f in functions {
+            let version = f.version.unwrap_or_else(|| "1.0.0".to_string());
+            if let Err(e) = semver::Version::parse(&version) {
+                return Err(RpcError::new(
+                    ErrorCode::BadRequest,
+                    format!("function {} has invalid version {version:?}: {e}", f.name),
+                ));
+            }
+            if builtins::NAMES.contains(&f.name.as_str()) {
+                return Err(RpcError::new(
+                    ErrorCode::BadRequest,
+                    format!("{} is a built-in function and cannot be registered", f.name),
+                ));
+            }
+            let function_id = f.function_id.unwrap_or_else(|| f.name.clone());
+            self.node
+                .propose_ok(EventKind::FunctionRegistered {
+                    name: f.name.clone(),
+                    function_id: function_id.clone(),
+                    version: version.clone(),
+                    resources: f.resources.clone(),
+                    provider: provider.to_string(),
+                    node_id: self.node.identity().node_id.clone(),
+                    cluster_id: self.node.identity().cluster_id.clone(),
+                })
+                .await
+                .map_err(|e| RpcError::new(ErrorCode::BadRequest, e.to_string()))?;
+            registered.push(serde_json::json!({
+                "name": f.name, "function_id": function_id, "version": version, "resources": f.resources,
+            }));
+        }
+        Ok(serde_json::json!({"provider": provider, "registered": registered}))
+    }
+
+    /// Withdraws functions of `provider`; `None` version = every version.
+    pub async fn withdraw(
+        &self,
+        provider: &str,
+        functions: &[WorkerWithdrawal],
+    ) -> Result<Value, RpcError> {
+        let rows: Vec<FunctionRow> = {
+            let catalog = self.node.views().catalog();
+            catalog
+                .functions()
+                .filter(|r| r.provider == provider)
+                .filter(|r| {
+                    functions.iter().any(|w| {
+                        w.name == r.name && w.version.as_ref().is_none_or(|v| *v == r.version)
+                    })
+                })
+                .cloned()
+                .collect()
+        };
+        let mut withdrawn = Vec::new();
+        for row in rows {
+            self.node
+                .propose_ok(EventKind::FunctionWithdrawn {
+                    name: row.name.clone(),
+                    version: row.version.clone(),
+                    provider: row.provider,
+                })
+                .await
+                .map_err(|e| RpcError::new(ErrorCode::ExecutionFailed, e.to_string()))?;
+            withdrawn.push(serde_json::json!({"name": row.name, "version": row.version}));
+        }
+        Ok(serde_json::json!({"withdrawn": withdrawn}))
+    }
+
+    /// A worker connection closed: its calls fail now, its functions go.
+    pub async fn worker_gone(&self, provider: &str) {
+        self.workers.disconnect(provider);
+        let all: Vec<WorkerWithdrawal> = {
+            let catalog = self.node.views().catalog();
+            catalog
+                .functions()
+                .filter(|r| r.provider == provider)
+                .map(|r| WorkerWithdrawal {
+                    name: r.name.clone(),
+                    version: Some(r.version.clone()),
+                })
+                .collect()
+        };
+        if let Err(e) = self.withdraw(provider, &all).await {
+            tracing::warn!(provider, error = %e, "failed to withdraw functions of a closed worker");
+        }
+    }
+}
