@@ -2,6 +2,7 @@
 //! nodes: durability across kill -9, replay, refused data dirs.
 
 mod bad_data_dir;
+mod cli;
 mod durability;
 mod migrations;
 mod rpc;

@@ -2,7 +2,8 @@
 //! data dirs, and in-process nodes, for the integration tests in `daemon/`.
 //!
 //! The binary is found next to the test executable (`target/<profile>/`);
-//! `scripts/test` builds it first. `MPREG_DAEMON_BIN` overrides the path.
+//! `scripts/test` builds it first (`cargo build --workspace --all-targets`).
+//! `MPREG_DAEMON_BIN` overrides the path.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -17,18 +18,24 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Path of the `mpreg-daemon` binary under test.
 pub fn daemon_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("MPREG_DAEMON_BIN") {
-        return PathBuf::from(path);
+    match std::env::var_os("MPREG_DAEMON_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => built_bin("mpreg-daemon"),
     }
+}
+
+/// Path of the `mpreg` client binary under test.
+pub fn cli_bin() -> PathBuf {
+    built_bin("mpreg")
+}
+
+fn built_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps");
-    let bin = profile_dir.join("mpreg-daemon");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    let bin = profile_dir.join(name);
     assert!(
         bin.exists(),
-        "{} is missing: run `cargo build -p mpreg-daemon` first (scripts/test does)",
+        "{} is missing: run `cargo build --workspace --all-targets` first (scripts/test does)",
         bin.display()
     );
     bin

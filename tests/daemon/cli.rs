@@ -1,0 +1,49 @@
+//! The `mpreg` command-line client against a real daemon.
+
+use std::process::Command;
+
+use mpreg_tests::{Daemon, TestDir, cli_bin};
+use serde_json::{Value, json};
+
+fn mpreg(url: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(cli_bin()).args(["--url", url]).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn call_and_rpc_print_json_and_fail_loudly() {
+    let dir = TestDir::new();
+    let daemon = Daemon::start(&dir, &[]).unwrap();
+    let url = daemon.ready.client_url.as_str();
+
+    let (ok, out, _) = mpreg(url, &["call", "echos", "1", r#"{"a":[2]}"#, "plain text"]);
+    assert!(ok);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!([1, {"a": [2]}, "plain text"]));
+
+    let file = dir.path().join("request.json");
+    std::fs::write(
+        &file,
+        r#"{"cmds":[{"name":"a","fun":"echo","args":[{"n":3}]},{"name":"b","fun":"echos","args":["a.n","a"]}]}"#,
+    )
+    .unwrap();
+    let (ok, out, _) = mpreg(url, &["rpc", file.to_str().unwrap()]);
+    assert!(ok);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"r": {"b": [3, {"n": 3}]}}));
+
+    let (ok, _, err) = mpreg(url, &["call", "nope_fn"]);
+    assert!(!ok);
+    assert!(err.contains("Command not found: nope_fn"), "{err}");
+
+    std::fs::write(&file, "[{\"name\":\"x\"").unwrap();
+    let (ok, _, err) = mpreg(url, &["rpc", file.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("not JSON"), "{err}");
+
+    let (ok, _, err) = mpreg("ws://127.0.0.1:1", &["call", "echo", "1"]);
+    assert!(!ok);
+    assert!(err.contains("failed to connect"), "{err}");
+}
