@@ -75,7 +75,10 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let worker = Worker::connect(&url).await.expect("worker");
-        worker.register("wecho", "1.0.0", &[], |args, _| Ok(args[0].clone())).await.expect("register");
+        worker
+            .register("wecho", "1.0.0", &[], |args, _| Ok(args[0].clone()))
+            .await
+            .expect("register");
         for fun in ["echo", "wecho"] {
             for (connections, in_flight) in [(1, 1), (1, 64), (8, 1), (8, 64)] {
                 case(&url, fun, connections, in_flight, seconds).await;

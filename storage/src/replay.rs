@@ -76,18 +76,6 @@ impl RowStore for MemViews {
     }
 }
 
-/// Applies events to in-memory views, as the live state machine does.
-pub fn apply_events<'a>(
-    views: &mut MemViews,
-    events: impl IntoIterator<Item = &'a crate::event::Event>,
-) -> Result<()> {
-    let mut digest = Digest::default();
-    for event in events {
-        apply(&mut ViewTxn::new(views, &mut digest), event)?;
-    }
-    Ok(())
-}
-
 /// Rebuilds the views of the data dir at `path` without modifying it.
 pub fn replay(path: &Path) -> Result<ReplayReport> {
     let dir = DataDir::open(path, OpenMode::ReadOnly)?;

@@ -8,13 +8,21 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Starts a daemon on `dir`, expects it to exit non-zero without a panic,
+/// and returns what it printed.
+fn refused(dir: &TestDir) -> String {
+    let out = start_expecting_exit(dir).unwrap();
+    assert!(!out.status.success());
+    let msg = stderr(&out);
+    assert!(!msg.contains("panicked"), "{msg}");
+    msg
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_daemon_on_the_same_dir_is_refused() {
     let dir = TestDir::new();
     let mut first = Daemon::start(&dir, &[]).unwrap();
-    let out = start_expecting_exit(&dir).unwrap();
-    assert!(!out.status.success());
-    let msg = stderr(&out);
+    let msg = refused(&dir);
     assert!(msg.contains("is in use by another mpreg-daemon"), "{msg}");
     assert!(first.is_running(), "the first daemon keeps running");
     let (code, _) = first.get("/health").await.unwrap();
@@ -26,9 +34,7 @@ fn foreign_files_are_refused() {
     let dir = TestDir::new();
     std::fs::create_dir_all(dir.data()).unwrap();
     std::fs::write(dir.data().join("notes.txt"), b"\x00\xffgarbage").unwrap();
-    let out = start_expecting_exit(&dir).unwrap();
-    assert!(!out.status.success());
-    let msg = stderr(&out);
+    let msg = refused(&dir);
     assert!(
         msg.contains("is not an mpreg data dir") && msg.contains("notes.txt"),
         "{msg}"
@@ -47,11 +53,8 @@ fn garbage_database_is_refused() {
     std::fs::create_dir_all(&db).unwrap();
     std::fs::write(db.join("CURRENT"), b"MANIFEST-garbage\n").unwrap();
     std::fs::write(db.join("MANIFEST-garbage"), vec![0xa5u8; 4096]).unwrap();
-    let out = start_expecting_exit(&dir).unwrap();
-    assert!(!out.status.success());
-    let msg = stderr(&out);
+    let msg = refused(&dir);
     assert!(msg.contains("failed to open the RocksDB database"), "{msg}");
-    assert!(!msg.contains("panicked"), "{msg}");
 }
 
 #[test]
@@ -66,11 +69,8 @@ fn damaged_files_of_a_real_dir_are_refused() {
             std::fs::write(&path, vec![0x5au8; 512]).unwrap();
         }
     }
-    let out = start_expecting_exit(&dir).unwrap();
-    assert!(!out.status.success());
-    let msg = stderr(&out);
+    let msg = refused(&dir);
     assert!(msg.contains("failed to open the RocksDB database"), "{msg}");
-    assert!(!msg.contains("panicked"), "{msg}");
 }
 
 #[test]
@@ -81,16 +81,14 @@ fn newer_schema_is_refused_and_left_untouched() {
         let data = DataDir::open(&dir.data(), OpenMode::ReadWrite).unwrap();
         data.set_schema_version(SCHEMA_VERSION + 1).unwrap();
     }
-    let out = start_expecting_exit(&dir).unwrap();
-    assert!(!out.status.success());
-    let msg = stderr(&out);
+    let msg = refused(&dir);
     assert!(
         msg.contains("newer mpreg on-disk format")
             && msg.contains(&format!("version {}", SCHEMA_VERSION + 1)),
         "{msg}"
     );
     // Untouched: a second start and replay still see the newer version.
-    let again = stderr(&start_expecting_exit(&dir).unwrap());
+    let again = refused(&dir);
     assert!(
         again.contains(&format!("version {}", SCHEMA_VERSION + 1)),
         "{again}"

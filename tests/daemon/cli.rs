@@ -6,7 +6,11 @@ use mpreg_tests::{Daemon, TestDir, cli_bin};
 use serde_json::{Value, json};
 
 fn mpreg(url: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(cli_bin()).args(["--url", url]).args(args).output().unwrap();
+    let out = Command::new(cli_bin())
+        .args(["--url", url])
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -22,7 +26,10 @@ fn call_and_rpc_print_json_and_fail_loudly() {
 
     let (ok, out, _) = mpreg(url, &["call", "echos", "1", r#"{"a":[2]}"#, "plain text"]);
     assert!(ok);
-    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!([1, {"a": [2]}, "plain text"]));
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!([1, {"a": [2]}, "plain text"])
+    );
 
     let file = dir.path().join("request.json");
     std::fs::write(
@@ -32,7 +39,10 @@ fn call_and_rpc_print_json_and_fail_loudly() {
     .unwrap();
     let (ok, out, _) = mpreg(url, &["rpc", file.to_str().unwrap()]);
     assert!(ok);
-    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"r": {"b": [3, {"n": 3}]}}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!({"r": {"b": [3, {"n": 3}]}})
+    );
 
     let (ok, _, err) = mpreg(url, &["call", "nope_fn"]);
     assert!(!ok);

@@ -79,6 +79,18 @@ async fn health_and_status_shapes() {
     assert!(client.is_ok(), "client listener accepts connections");
 }
 
+/// Stops a node cleanly, replays its dir, and checks replay rebuilt what
+/// the node served.
+async fn stop_and_replay(node: Node, dir: &TestDir) -> mpreg_storage::ReplayReport {
+    let applied = node.applied();
+    node.shutdown().await;
+    drop(node);
+    let replayed = mpreg_storage::replay(&dir.data()).unwrap();
+    assert_eq!(replayed.last_applied, applied.last_applied_index());
+    assert_eq!(replayed.views_digest, applied.digest_hex());
+    replayed
+}
+
 fn node_config(dir: &TestDir) -> Config {
     let mut config = Config::new(dir.data());
     config.node_id = Some("inproc".into());
@@ -139,12 +151,7 @@ fn acknowledged_concurrent_proposals_survive_an_unclean_drop() {
                 );
             }
         }
-        let applied = node.applied();
-        node.shutdown().await;
-        drop(node);
-        let replayed = mpreg_storage::replay(&dir.data()).unwrap();
-        assert_eq!(replayed.last_applied, applied.last_applied_index());
-        assert_eq!(replayed.views_digest, applied.digest_hex());
+        stop_and_replay(node, &dir).await;
     });
 }
 
@@ -180,12 +187,7 @@ fn snapshot_and_purge_keep_replay_equal() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let applied = node.applied();
-        node.shutdown().await;
-        drop(node);
-        let replayed = mpreg_storage::replay(&dir.data()).unwrap();
-        assert_eq!(replayed.last_applied, applied.last_applied_index());
-        assert_eq!(replayed.views_digest, applied.digest_hex());
+        let replayed = stop_and_replay(node, &dir).await;
         assert!(
             replayed.events < 100,
             "replay started from the snapshot: {replayed:?}"

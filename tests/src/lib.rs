@@ -31,7 +31,10 @@ pub fn cli_bin() -> PathBuf {
 
 fn built_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
     let bin = profile_dir.join(name);
     assert!(
         bin.exists(),
