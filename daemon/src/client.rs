@@ -13,7 +13,10 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::protocol::{InternalAnswer, RpcCommand, RpcError, RpcRequest, RpcResponse};
+use crate::protocol::{
+    InternalAnswer, PubSubAck, PubSubMessage, PubSubSubscription, RpcCommand, RpcError, RpcRequest,
+    RpcResponse, TopicPattern,
+};
 
 /// What a client call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +29,8 @@ pub enum ClientError {
     Rpc(RpcError),
     #[error("unexpected reply: {0}")]
     Protocol(String),
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 /// A function served by a [`Worker`]: positional and keyword arguments in,
@@ -33,8 +38,30 @@ pub enum ClientError {
 pub type Handler =
     Arc<dyn Fn(Vec<Value>, Map<String, Value>) -> Result<Value, String> + Send + Sync>;
 
-type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<RpcResponse>>>>;
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>>;
 type Handlers = Arc<Mutex<HashMap<String, Handler>>>;
+type Subscriptions = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Notification>>>>;
+
+/// A message delivered to a subscription.
+#[derive(Clone, Debug)]
+pub struct Notification {
+    pub message: PubSubMessage,
+    /// Messages dropped for this subscriber just before this one (slow consumer).
+    pub dropped: u64,
+}
+
+/// The messages of one subscription, in delivery order.
+pub struct Subscription {
+    pub id: String,
+    messages: mpsc::UnboundedReceiver<Notification>,
+}
+
+impl Subscription {
+    /// The next message; `None` once the connection is gone.
+    pub async fn next(&mut self) -> Option<Notification> {
+        self.messages.recv().await
+    }
+}
 
 /// A multi-command request.
 #[derive(Clone, Debug, Default)]
@@ -85,6 +112,7 @@ pub struct Client {
     outbound: mpsc::Sender<Message>,
     pending: Pending,
     handlers: Handlers,
+    subscriptions: Subscriptions,
     next_u: AtomicU64,
     prefix: String,
     /// Reader and writer tasks; aborted on drop, which closes the socket.
@@ -145,6 +173,10 @@ async fn serve_call(handlers: Handlers, outbound: mpsc::Sender<Message>, frame: 
         .await;
 }
 
+fn rpc_response(frame: Value) -> Result<RpcResponse, ClientError> {
+    serde_json::from_value(frame).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
 impl Client {
     /// Connects to a daemon's client URL (`ws://127.0.0.1:6666`).
     pub async fn connect(url: &str) -> Result<Client, ClientError> {
@@ -166,8 +198,10 @@ impl Client {
         });
         let pending: Pending = Arc::default();
         let handlers: Handlers = Arc::default();
+        let subscriptions: Subscriptions = Arc::default();
         let (reader_pending, reader_handlers, reader_out) =
             (pending.clone(), handlers.clone(), outbound.clone());
+        let reader_subscriptions = subscriptions.clone();
         let reader = tokio::spawn(async move {
             while let Some(Ok(message)) = stream.next().await {
                 let bytes = match message {
@@ -179,25 +213,43 @@ impl Client {
                 let Ok(frame) = serde_json::from_slice::<Value>(&bytes) else {
                     continue;
                 };
-                if frame["role"] == "internal-rpc" {
-                    tokio::spawn(serve_call(
-                        reader_handlers.clone(),
-                        reader_out.clone(),
-                        frame,
-                    ));
-                    continue;
-                }
-                let Ok(response) = serde_json::from_value::<RpcResponse>(frame) else {
-                    continue;
+                let key = match frame["role"].as_str() {
+                    Some("internal-rpc") => {
+                        tokio::spawn(serve_call(
+                            reader_handlers.clone(),
+                            reader_out.clone(),
+                            frame,
+                        ));
+                        continue;
+                    }
+                    Some("pubsub-notification") => {
+                        let id = frame["subscription_id"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string();
+                        let dropped = frame["dropped"].as_u64().unwrap_or(0);
+                        let Ok(message) = serde_json::from_value(frame["message"].clone()) else {
+                            continue;
+                        };
+                        let subscriptions = reader_subscriptions
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner());
+                        if let Some(tx) = subscriptions.get(&id) {
+                            let _ = tx.send(Notification { message, dropped });
+                        }
+                        continue;
+                    }
+                    Some("pubsub-ack") => frame["operation_id"].as_str().map(str::to_string),
+                    _ => frame["u"].as_str().map(str::to_string),
                 };
-                let waiter = response.u.as_ref().and_then(|u| {
+                let waiter = key.and_then(|k| {
                     reader_pending
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .remove(u)
+                        .remove(&k)
                 });
                 if let Some(waiter) = waiter {
-                    let _ = waiter.send(response);
+                    let _ = waiter.send(frame);
                 }
             }
             reader_pending
@@ -209,6 +261,7 @@ impl Client {
             outbound,
             pending,
             handlers,
+            subscriptions,
             next_u: AtomicU64::new(1),
             prefix: new_prefix(),
             io: vec![reader, writer],
@@ -223,8 +276,8 @@ impl Client {
         )
     }
 
-    /// Sends one frame (which must carry `u`) and waits for its reply.
-    async fn exchange(&self, u: String, frame: Value) -> Result<RpcResponse, ClientError> {
+    /// Sends one frame (which must carry `u`) and waits for the reply to it.
+    async fn exchange(&self, u: String, frame: Value) -> Result<Value, ClientError> {
         let (tx, rx) = oneshot::channel();
         self.pending
             .lock()
@@ -250,11 +303,110 @@ impl Client {
         let mut frame =
             serde_json::to_value(&wire).map_err(|e| ClientError::Protocol(e.to_string()))?;
         frame["role"] = json!("rpc");
-        let response = self.exchange(u, frame).await?;
+        let response = rpc_response(self.exchange(u, frame).await?)?;
         match response.error {
             Some(error) => Err(ClientError::Rpc(error)),
             None => Ok(response),
         }
+    }
+
+    /// Sends a pub/sub request and checks its ack.
+    async fn pubsub(&self, u: String, frame: Value) -> Result<(), ClientError> {
+        let ack: PubSubAck = serde_json::from_value(self.exchange(u, frame).await?)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        match ack.success {
+            true => Ok(()),
+            false => Err(ClientError::Refused(ack.error.unwrap_or_default())),
+        }
+    }
+
+    /// Publishes `payload` on `topic`; returns once it is fanned out.
+    pub async fn publish(&self, topic: &str, payload: Value) -> Result<(), ClientError> {
+        let u = self.next_u();
+        let message = PubSubMessage {
+            topic: topic.to_string(),
+            payload,
+            timestamp: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            message_id: format!("m-{u}"),
+            publisher: self.prefix.clone(),
+            headers: Map::new(),
+            routing_path: None,
+            current_hop: None,
+        };
+        self.pubsub(
+            u.clone(),
+            json!({"role": "pubsub-publish", "u": u, "message": message}),
+        )
+        .await
+    }
+
+    /// Subscribes to `patterns` (`*` = one level, `#` = zero or more);
+    /// `backlog_seconds` > 0 also delivers retained messages that recent.
+    pub async fn subscribe(
+        &self,
+        patterns: &[&str],
+        backlog_seconds: u64,
+    ) -> Result<Subscription, ClientError> {
+        self.subscribe_with(patterns, backlog_seconds, false).await
+    }
+
+    /// Like [`Client::subscribe`]; a durable subscription keeps buffering
+    /// while its connection is away.
+    pub async fn subscribe_with(
+        &self,
+        patterns: &[&str],
+        backlog_seconds: u64,
+        durable: bool,
+    ) -> Result<Subscription, ClientError> {
+        let u = self.next_u();
+        let id = format!("s-{u}");
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), tx);
+        let subscription = PubSubSubscription {
+            subscription_id: id.clone(),
+            patterns: patterns
+                .iter()
+                .map(|p| TopicPattern {
+                    pattern: p.to_string(),
+                    exact_match: !p.contains('*') && !p.contains('#'),
+                })
+                .collect(),
+            subscriber: self.prefix.clone(),
+            created_at: 0.0,
+            get_backlog: backlog_seconds > 0,
+            backlog_seconds,
+            durable,
+        };
+        let frame = json!({"role": "pubsub-subscribe", "u": u, "subscription": subscription});
+        if let Err(e) = self.pubsub(u, frame).await {
+            self.subscriptions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            return Err(e);
+        }
+        Ok(Subscription { id, messages: rx })
+    }
+
+    /// Ends a subscription.
+    pub async fn unsubscribe(&self, id: &str) -> Result<(), ClientError> {
+        let u = self.next_u();
+        let result = self
+            .pubsub(
+                u.clone(),
+                json!({"role": "pubsub-unsubscribe", "u": u, "subscription_id": id}),
+            )
+            .await;
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        result
     }
 
     /// Runs a multi-command request; returns the last level's results.
@@ -311,7 +463,7 @@ impl Worker {
             "u": u,
             "functions": [{"name": name, "version": version, "resources": resources}],
         });
-        let response = self.client.exchange(u, frame).await?;
+        let response = rpc_response(self.client.exchange(u, frame).await?)?;
         match response.error {
             Some(error) => Err(ClientError::Rpc(error)),
             None => Ok(()),

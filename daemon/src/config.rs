@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::pubsub::{PubSubLimits, SlowConsumerPolicy};
 use crate::rpc::RpcLimits;
 use crate::transport::TransportLimits;
 
@@ -46,6 +47,11 @@ pub struct FileConfig {
     pub max_in_flight_per_connection: Option<usize>,
     pub request_timeout_ms: Option<u64>,
     pub max_commands_per_request: Option<usize>,
+    pub subscriber_buffer: Option<usize>,
+    pub slow_consumer_policy: Option<SlowConsumerPolicy>,
+    pub max_payload_bytes: Option<usize>,
+    pub backlog_seconds: Option<u64>,
+    pub backlog_bytes: Option<usize>,
 }
 
 impl FileConfig {
@@ -85,6 +91,8 @@ pub struct Config {
     pub transport: TransportLimits,
     /// RPC engine limits.
     pub rpc: RpcLimits,
+    /// Pub/sub limits.
+    pub pubsub: PubSubLimits,
 }
 
 impl Config {
@@ -104,6 +112,7 @@ impl Config {
             election_timeout: Duration::from_millis(500),
             transport: TransportLimits::default(),
             rpc: RpcLimits::default(),
+            pubsub: PubSubLimits::default(),
         }
     }
 
@@ -125,6 +134,11 @@ impl Config {
             max_in_flight_per_connection,
             request_timeout_ms,
             max_commands_per_request,
+            subscriber_buffer,
+            slow_consumer_policy,
+            max_payload_bytes,
+            backlog_seconds,
+            backlog_bytes,
         } = file;
         if let Some(v) = data_dir {
             self.data_dir = v;
@@ -165,6 +179,21 @@ impl Config {
         if let Some(v) = max_commands_per_request {
             self.rpc.max_commands = v;
         }
+        if let Some(v) = subscriber_buffer {
+            self.pubsub.subscriber_buffer = v;
+        }
+        if let Some(v) = slow_consumer_policy {
+            self.pubsub.slow_consumer = v;
+        }
+        if let Some(v) = max_payload_bytes {
+            self.pubsub.max_payload_bytes = v;
+        }
+        if let Some(v) = backlog_seconds {
+            self.pubsub.backlog_window = Duration::from_secs(v);
+        }
+        if let Some(v) = backlog_bytes {
+            self.pubsub.backlog_bytes = v;
+        }
     }
 
     /// Refuses settings that cannot work.
@@ -172,6 +201,11 @@ impl Config {
         if self.snapshot_interval == 0 {
             return Err(Error::InvalidSetting(
                 "snapshot_interval must be at least 1".into(),
+            ));
+        }
+        if self.pubsub.subscriber_buffer == 0 {
+            return Err(Error::InvalidSetting(
+                "subscriber_buffer must be at least 1".into(),
             ));
         }
         if self.transport.max_frame_bytes < 1024

@@ -9,6 +9,7 @@
 //! - [`admin`]: admin HTTP (`/health`, `/status`);
 //! - [`protocol`]: MPREG JSON messages (parse, replies, error codes);
 //! - [`rpc`]: dependency-resolving RPC over built-ins and workers;
+//! - [`pubsub`]: topic fan-out with AMQP wildcards, backlog, slow consumers;
 //! - [`transport`]: WebSocket sessions on the client + peer listener;
 //! - [`client`]: the Rust client library (`Client`, `Worker`);
 //! - [`server`]: runs all of the above until shutdown.
@@ -20,6 +21,7 @@ pub mod error;
 pub mod logging;
 pub mod node;
 pub mod protocol;
+pub mod pubsub;
 pub mod raft_network;
 pub mod rpc;
 pub mod server;

@@ -253,10 +253,112 @@ pub struct InternalAnswer {
     pub error: Option<String>,
 }
 
+/// A pub/sub message (upstream `PubSubMessage`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PubSubMessage {
+    pub topic: String,
+    pub payload: Value,
+    #[serde(default)]
+    pub timestamp: f64,
+    pub message_id: String,
+    #[serde(default)]
+    pub publisher: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub headers: Map<String, Value>,
+    #[serde(default)]
+    pub routing_path: Option<Vec<String>>,
+    #[serde(default)]
+    pub current_hop: Option<i64>,
+}
+
+/// One pattern of a subscription.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TopicPattern {
+    pub pattern: String,
+    /// Accepted for compatibility; matching follows the pattern itself.
+    #[serde(default)]
+    pub exact_match: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn five_minutes() -> u64 {
+    300
+}
+
+/// A subscription (upstream `PubSubSubscription`, plus `durable`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PubSubSubscription {
+    pub subscription_id: String,
+    pub patterns: Vec<TopicPattern>,
+    #[serde(default)]
+    pub subscriber: String,
+    #[serde(default)]
+    pub created_at: f64,
+    /// Deliver retained messages that match, before live ones.
+    #[serde(default = "yes")]
+    pub get_backlog: bool,
+    /// How far back the backlog goes.
+    #[serde(default = "five_minutes")]
+    pub backlog_seconds: u64,
+    /// Keep the subscription (buffering) when the connection closes.
+    #[serde(default)]
+    pub durable: bool,
+}
+
+/// `pubsub-publish`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Publish {
+    pub u: String,
+    pub message: PubSubMessage,
+}
+
+/// `pubsub-subscribe`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Subscribe {
+    pub u: String,
+    pub subscription: PubSubSubscription,
+}
+
+/// `pubsub-unsubscribe`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Unsubscribe {
+    pub u: String,
+    pub subscription_id: String,
+}
+
+/// The answer to every pub/sub request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PubSubAck {
+    pub role: String,
+    /// The `u` of the request.
+    pub operation_id: String,
+    pub success: bool,
+    pub error: Option<String>,
+    pub u: String,
+}
+
+impl PubSubAck {
+    pub fn new(u: &str, result: Result<(), String>) -> Self {
+        PubSubAck {
+            role: "pubsub-ack".into(),
+            operation_id: u.to_string(),
+            success: result.is_ok(),
+            error: result.err(),
+            u: format!("ack_{u}"),
+        }
+    }
+}
+
 /// A parsed inbound frame.
 #[derive(Debug)]
 pub enum Inbound {
     Rpc(RpcRequest),
+    Publish(Publish),
+    Subscribe(Subscribe),
+    Unsubscribe(Unsubscribe),
     WorkerRegister(WorkerRegister),
     WorkerWithdraw(WorkerWithdraw),
     InternalAnswer(InternalAnswer),
@@ -315,6 +417,9 @@ pub fn parse(bytes: &[u8]) -> Result<Inbound, Refused> {
         "worker-register" => Ok(Inbound::WorkerRegister(typed(value, &role, &u)?)),
         "worker-withdraw" => Ok(Inbound::WorkerWithdraw(typed(value, &role, &u)?)),
         "internal-answer" => Ok(Inbound::InternalAnswer(typed(value, &role, &u)?)),
+        "pubsub-publish" => Ok(Inbound::Publish(typed(value, &role, &u)?)),
+        "pubsub-subscribe" => Ok(Inbound::Subscribe(typed(value, &role, &u)?)),
+        "pubsub-unsubscribe" => Ok(Inbound::Unsubscribe(typed(value, &role, &u)?)),
         other => Err(Refused {
             u: Some(u),
             error: RpcError::new(

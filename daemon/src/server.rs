@@ -14,8 +14,9 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::node::Node;
+use crate::pubsub::PubSub;
 use crate::rpc::Rpc;
-use crate::transport;
+use crate::transport::{self, Services};
 
 /// The sockets a node serves on.
 pub struct Listeners {
@@ -99,10 +100,13 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     };
     admin_state.set_node(node.clone());
 
-    let rpc = Arc::new(Rpc::start(node.clone(), config.rpc.clone()).await?);
+    let services = Arc::new(Services {
+        rpc: Arc::new(Rpc::start(node.clone(), config.rpc.clone()).await?),
+        pubsub: Arc::new(PubSub::start(node.clone(), config.pubsub.clone()).await?),
+    });
     tasks.spawn(transport::serve(
         listeners.client,
-        rpc,
+        services,
         config.transport.clone(),
         shutdown.child_token(),
         tasks.clone(),

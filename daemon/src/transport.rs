@@ -20,8 +20,15 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::protocol::{self, ErrorCode, Inbound, RpcError, RpcResponse};
+use crate::protocol::{self, ErrorCode, Inbound, PubSubAck, RpcError, RpcResponse};
+use crate::pubsub::PubSub;
 use crate::rpc::Rpc;
+
+/// The systems a session dispatches frames to.
+pub struct Services {
+    pub rpc: Arc<Rpc>,
+    pub pubsub: Arc<PubSub>,
+}
 
 /// A frame queued for a connection.
 pub type Outbound = Message;
@@ -76,7 +83,7 @@ impl Default for TransportLimits {
 /// requests run on `tasks` so shutdown can wait for them.
 pub async fn serve(
     listener: TcpListener,
-    rpc: Arc<Rpc>,
+    services: Arc<Services>,
     limits: TransportLimits,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -101,7 +108,8 @@ pub async fn serve(
         let session = Session {
             id: next_id.fetch_add(1, Ordering::Relaxed),
             peer,
-            rpc: rpc.clone(),
+            rpc: services.rpc.clone(),
+            pubsub: services.pubsub.clone(),
             limits: limits.clone(),
             tasks: tasks.clone(),
         };
@@ -117,8 +125,13 @@ struct Session {
     id: u64,
     peer: SocketAddr,
     rpc: Arc<Rpc>,
+    pubsub: Arc<PubSub>,
     limits: TransportLimits,
     tasks: TaskTracker,
+}
+
+fn ack(kind: FrameKind, u: &str, result: Result<(), String>) -> Outbound {
+    kind.message(serde_json::to_string(&PubSubAck::new(u, result)).unwrap_or_default())
 }
 
 fn reply(kind: FrameKind, response: &RpcResponse) -> Outbound {
@@ -286,8 +299,49 @@ impl Session {
                 Ok(Inbound::InternalAnswer(answer)) => {
                     self.rpc.workers().answer(&self.provider_id(), answer)
                 }
+                Ok(Inbound::Publish(publish)) => {
+                    let result = self.pubsub.publish(&publish.message);
+                    if outbound.send(ack(kind, &publish.u, result)).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Inbound::Subscribe(subscribe)) => {
+                    let pubsub = self.pubsub.clone();
+                    let outbound = outbound.clone();
+                    let conn_id = self.id;
+                    self.tasks.spawn(async move {
+                        let u = subscribe.u;
+                        let ack_ok = {
+                            let (outbound, u) = (outbound.clone(), u.clone());
+                            async move {
+                                let _ = outbound.send(ack(kind, &u, Ok(()))).await;
+                            }
+                        };
+                        let subscribed = pubsub
+                            .subscribe(
+                                subscribe.subscription,
+                                conn_id,
+                                outbound.clone(),
+                                kind,
+                                ack_ok,
+                            )
+                            .await;
+                        if let Err(e) = subscribed {
+                            let _ = outbound.send(ack(kind, &u, Err(e))).await;
+                        }
+                    });
+                }
+                Ok(Inbound::Unsubscribe(unsubscribe)) => {
+                    let pubsub = self.pubsub.clone();
+                    let outbound = outbound.clone();
+                    self.tasks.spawn(async move {
+                        let result = pubsub.unsubscribe(&unsubscribe.subscription_id).await;
+                        let _ = outbound.send(ack(kind, &unsubscribe.u, result)).await;
+                    });
+                }
             }
         }
+        self.pubsub.disconnected(self.id).await;
         if worker {
             self.rpc.worker_gone(&self.provider_id()).await;
         }

@@ -5,4 +5,5 @@ mod bad_data_dir;
 mod cli;
 mod durability;
 mod migrations;
+mod pubsub;
 mod rpc;

@@ -2,8 +2,9 @@
 //!
 //! `mpreg call FUN [JSON_ARG...]` calls one function; `mpreg rpc FILE.json`
 //! runs a multi-command request (a request object with `cmds`, or just the
-//! array of commands). Results print as JSON; errors go to stderr with a
-//! non-zero exit.
+//! array of commands). `mpreg publish TOPIC JSON` publishes; `mpreg
+//! subscribe PATTERN...` prints one JSON line per message until Ctrl-C.
+//! Results print as JSON; errors go to stderr with a non-zero exit.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +30,16 @@ enum Command {
     Call { fun: String, args: Vec<String> },
     /// Run a multi-command request from a JSON file.
     Rpc { file: PathBuf },
+    /// Publish a JSON payload (or a string) on a topic.
+    Publish { topic: String, payload: String },
+    /// Print messages matching the patterns as JSON lines until Ctrl-C.
+    Subscribe {
+        #[arg(required = true)]
+        patterns: Vec<String>,
+        /// Also deliver messages retained this many seconds back.
+        #[arg(long, default_value_t = 0)]
+        backlog_seconds: u64,
+    },
 }
 
 fn parse_arg(arg: &str) -> Value {
@@ -77,6 +88,37 @@ async fn run(cli: Cli) -> Result<String, String> {
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(pretty(&result))
+        }
+        Command::Publish { topic, payload } => {
+            client
+                .publish(&topic, parse_arg(&payload))
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok("published".to_string())
+        }
+        Command::Subscribe {
+            patterns,
+            backlog_seconds,
+        } => {
+            let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
+            let mut subscription = client
+                .subscribe(&patterns, backlog_seconds)
+                .await
+                .map_err(|e| e.to_string())?;
+            loop {
+                let next = tokio::select! {
+                    next = subscription.next() => next,
+                    _ = tokio::signal::ctrl_c() => return Ok(String::new()),
+                };
+                let Some(note) = next else {
+                    return Err("the connection closed".into());
+                };
+                let mut line = serde_json::json!({"topic": note.message.topic, "payload": note.message.payload});
+                if note.dropped > 0 {
+                    line["dropped"] = note.dropped.into();
+                }
+                println!("{line}");
+            }
         }
         Command::Rpc { file } => {
             let text = std::fs::read_to_string(&file)

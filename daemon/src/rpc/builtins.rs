@@ -106,7 +106,25 @@ fn catalog_query(node: &Node, payload: Option<&Value>) -> Result<Value, String> 
                 })
             })
             .collect(),
-        other => return Err(format!("catalog_query: unknown entry_type {other:?} (functions, nodes)")),
+        "subscriptions" | "subscription" => catalog
+            .subscriptions()
+            .filter(|s| field("node_id").is_none_or(|id| id == s.node_id))
+            .map(|s| {
+                json!({
+                    "subscription_id": s.subscription_id,
+                    "patterns": s.patterns,
+                    "subscriber": s.subscriber,
+                    "node_id": s.node_id,
+                    "durable": s.durable,
+                    "created_at": s.created_at_ms as f64 / 1000.0,
+                })
+            })
+            .collect(),
+        other => {
+            return Err(format!(
+                "catalog_query: unknown entry_type {other:?} (functions, nodes, subscriptions)"
+            ));
+        }
     };
     Ok(json!({"entry_type": entry_type, "generated_at": now_secs(), "items": items}))
 }

@@ -1,0 +1,431 @@
+//! Pub/sub: topic fan-out to subscriptions, with backlogs and per-subscriber
+//! buffers.
+//!
+//! [`PubSub`] is the entry type. Publishing changes no shared state, so it
+//! does not touch the log: a message is matched against the topic trie and
+//! queued on every matching subscription. Subscribing and unsubscribing are
+//! catalog events (`subscription_added` / `subscription_removed`), so the
+//! `subscriptions` view shows what is live and a restart knows which
+//! durable subscriptions to keep.
+//!
+//! Every subscription has its own bounded buffer and delivery task: a
+//! publisher never waits for a subscriber. When a buffer is full the oldest
+//! message is dropped and the next notification carries `"dropped": N`
+//! (or, with the `disconnect` policy, the subscriber is disconnected).
+
+mod backlog;
+pub mod topic;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mpreg_storage::{EventKind, Outcome};
+use serde_json::Value;
+use tokio::sync::{Notify, mpsc};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::node::Node;
+use crate::protocol::{PubSubMessage, PubSubSubscription};
+use crate::transport::{FrameKind, Outbound};
+use backlog::Backlog;
+use topic::TopicTrie;
+
+/// What happens when a subscriber's buffer is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowConsumerPolicy {
+    /// Drop the oldest buffered message and report the count.
+    #[default]
+    DropOldest,
+    /// Close the subscriber's connection.
+    Disconnect,
+}
+
+/// Pub/sub limits.
+#[derive(Clone, Debug)]
+pub struct PubSubLimits {
+    /// Messages buffered per subscription.
+    pub subscriber_buffer: usize,
+    pub slow_consumer: SlowConsumerPolicy,
+    /// Largest payload (serialized message) accepted.
+    pub max_payload_bytes: usize,
+    /// Longest backlog window.
+    pub backlog_window: Duration,
+    /// Bytes the backlog may hold.
+    pub backlog_bytes: usize,
+}
+
+impl Default for PubSubLimits {
+    fn default() -> Self {
+        PubSubLimits {
+            subscriber_buffer: 10_000,
+            slow_consumer: SlowConsumerPolicy::DropOldest,
+            max_payload_bytes: 1024 * 1024,
+            backlog_window: Duration::from_secs(300),
+            backlog_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// A message as queued: its JSON, serialized once for every subscriber.
+type Queued = Arc<str>;
+
+/// Where a subscription's notifications go.
+struct Sink {
+    outbound: mpsc::Sender<Outbound>,
+    frame: FrameKind,
+    conn_id: u64,
+}
+
+#[derive(Default)]
+struct Buffer {
+    items: VecDeque<(String, Queued)>,
+    dropped: u64,
+    sink: Option<Sink>,
+    closed: bool,
+}
+
+/// One subscription's buffer and its delivery task's wake-up.
+struct SubQueue {
+    id: String,
+    buffer: Mutex<Buffer>,
+    wake: Notify,
+}
+
+impl SubQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Buffer> {
+        self.buffer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, message_id: String, message: Queued, limits: &PubSubLimits) {
+        let mut buffer = self.lock();
+        if buffer.items.len() >= limits.subscriber_buffer {
+            match limits.slow_consumer {
+                SlowConsumerPolicy::DropOldest => {
+                    buffer.items.pop_front();
+                    buffer.dropped += 1;
+                }
+                SlowConsumerPolicy::Disconnect => {
+                    buffer.items.clear();
+                    if let Some(sink) = buffer.sink.take() {
+                        let _ = sink.outbound.try_send(Message::Close(None));
+                    }
+                    return;
+                }
+            }
+        }
+        buffer.items.push_back((message_id, message));
+        drop(buffer);
+        self.wake.notify_one();
+    }
+
+    /// Sends buffered notifications while a sink is attached.
+    async fn deliver(self: Arc<Self>) {
+        loop {
+            let next = {
+                let mut buffer = self.lock();
+                if buffer.closed {
+                    return;
+                }
+                match &buffer.sink {
+                    Some(sink) if !buffer.items.is_empty() => {
+                        let (outbound, frame) = (sink.outbound.clone(), sink.frame);
+                        let (message_id, message) = buffer.items.pop_front().unwrap_or_default();
+                        let dropped = std::mem::take(&mut buffer.dropped);
+                        Some((outbound, frame, message_id, message, dropped))
+                    }
+                    _ => None,
+                }
+            };
+            let Some((outbound, frame, message_id, message, dropped)) = next else {
+                self.wake.notified().await;
+                continue;
+            };
+            let id = Value::String(self.id.clone());
+            let u = Value::String(format!("notification_{message_id}_{}", self.id));
+            let dropped_field = if dropped > 0 {
+                format!(",\"dropped\":{dropped}")
+            } else {
+                String::new()
+            };
+            let json = format!(
+                r#"{{"role":"pubsub-notification","message":{message},"subscription_id":{id},"u":{u}{dropped_field}}}"#
+            );
+            if outbound.send(frame.message(json)).await.is_err() {
+                // The subscriber is gone: keep the message for a durable
+                // subscription's return.
+                let mut buffer = self.lock();
+                buffer.sink = None;
+                buffer.items.push_front((message_id, message));
+                buffer.dropped += dropped;
+            }
+        }
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_one();
+    }
+}
+
+struct Subscription {
+    patterns: Vec<String>,
+    durable: bool,
+    queue: Arc<SubQueue>,
+}
+
+#[derive(Default)]
+struct State {
+    trie: TopicTrie<String>,
+    subs: HashMap<String, Subscription>,
+    backlog: Backlog,
+}
+
+/// The pub/sub system of a node.
+pub struct PubSub {
+    node: Arc<Node>,
+    limits: PubSubLimits,
+    state: Mutex<State>,
+}
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl PubSub {
+    /// Starts pub/sub: durable subscriptions of this node are kept (waiting
+    /// for their subscriber), the others are removed (their connections are
+    /// gone).
+    pub async fn start(node: Arc<Node>, limits: PubSubLimits) -> crate::Result<PubSub> {
+        let rows: Vec<_> = {
+            let catalog = node.views().catalog();
+            catalog
+                .subscriptions()
+                .filter(|s| s.node_id == node.identity().node_id)
+                .cloned()
+                .collect()
+        };
+        let pubsub = PubSub {
+            node,
+            state: Mutex::new(State {
+                backlog: Backlog::new(limits.backlog_window, limits.backlog_bytes),
+                ..State::default()
+            }),
+            limits,
+        };
+        for row in rows {
+            if row.durable {
+                pubsub.register(&row.subscription_id, row.patterns.clone(), true, None, 0);
+            } else {
+                pubsub
+                    .node
+                    .propose(EventKind::SubscriptionRemoved {
+                        subscription_id: row.subscription_id,
+                    })
+                    .await?;
+            }
+        }
+        Ok(pubsub)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fans a message out to every matching subscription.
+    pub fn publish(&self, message: &PubSubMessage) -> Result<(), String> {
+        topic::check_topic(&message.topic)?;
+        if message.message_id.is_empty() {
+            return Err("message_id must not be empty".into());
+        }
+        let json = serde_json::to_string(message).map_err(|e| e.to_string())?;
+        if json.len() > self.limits.max_payload_bytes {
+            return Err(format!(
+                "message of {} bytes is larger than the limit of {} bytes",
+                json.len(),
+                self.limits.max_payload_bytes
+            ));
+        }
+        let json: Queued = json.into();
+        let mut state = self.lock();
+        state.backlog.push(
+            now_secs(),
+            &message.topic,
+            &message.message_id,
+            json.clone(),
+        );
+        for id in state.trie.matches(&message.topic) {
+            if let Some(sub) = state.subs.get(&id) {
+                sub.queue
+                    .push(message.message_id.clone(), json.clone(), &self.limits);
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers a subscription in memory, with its backlog queued first.
+    fn register(
+        &self,
+        id: &str,
+        patterns: Vec<String>,
+        durable: bool,
+        sink: Option<Sink>,
+        backlog_seconds: u64,
+    ) {
+        let queue = Arc::new(SubQueue {
+            id: id.to_string(),
+            buffer: Mutex::new(Buffer {
+                sink,
+                ..Buffer::default()
+            }),
+            wake: Notify::new(),
+        });
+        let mut state = self.lock();
+        if backlog_seconds > 0 {
+            let since = now_secs() - backlog_seconds as f64;
+            for (message_id, json) in state.backlog.matching(since, &patterns) {
+                queue.push(message_id, json, &self.limits);
+            }
+        }
+        for pattern in &patterns {
+            state.trie.insert(pattern, id.to_string());
+        }
+        state.subs.insert(
+            id.to_string(),
+            Subscription {
+                patterns,
+                durable,
+                queue: queue.clone(),
+            },
+        );
+        drop(state);
+        tokio::spawn(queue.deliver());
+    }
+
+    /// Handles `pubsub-subscribe` from connection `conn_id`; `ack` sends the
+    /// success answer, before any notification of the subscription.
+    pub async fn subscribe(
+        &self,
+        sub: PubSubSubscription,
+        conn_id: u64,
+        outbound: mpsc::Sender<Outbound>,
+        frame: FrameKind,
+        ack: impl std::future::Future<Output = ()>,
+    ) -> Result<(), String> {
+        if sub.subscription_id.is_empty() {
+            return Err("subscription_id must not be empty".into());
+        }
+        if sub.patterns.is_empty() {
+            return Err("a subscription needs at least one pattern".into());
+        }
+        let patterns: Vec<String> = sub.patterns.iter().map(|p| p.pattern.clone()).collect();
+        for pattern in &patterns {
+            topic::check_pattern(pattern)?;
+        }
+        let mut sink = Some(Sink {
+            outbound,
+            frame,
+            conn_id,
+        });
+        // A durable subscription whose subscriber is away: resume it.
+        let resumed = {
+            let state = self.lock();
+            match state.subs.get(&sub.subscription_id) {
+                None => None,
+                Some(existing) => {
+                    let mut buffer = existing.queue.lock();
+                    if !existing.durable || buffer.sink.is_some() {
+                        return Err(format!(
+                            "subscription {} already exists",
+                            sub.subscription_id
+                        ));
+                    }
+                    buffer.sink = sink.take();
+                    Some(existing.queue.clone())
+                }
+            }
+        };
+        if let Some(queue) = resumed {
+            ack.await;
+            queue.wake.notify_one();
+            return Ok(());
+        }
+        let outcome = self
+            .node
+            .propose(EventKind::SubscriptionAdded {
+                subscription_id: sub.subscription_id.clone(),
+                patterns: patterns.clone(),
+                subscriber: sub.subscriber.clone(),
+                node_id: self.node.identity().node_id.clone(),
+                durable: sub.durable,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Outcome::Rejected { reason } = outcome {
+            return Err(reason);
+        }
+        ack.await;
+        let backlog = if sub.get_backlog {
+            sub.backlog_seconds.max(1)
+        } else {
+            0
+        };
+        self.register(&sub.subscription_id, patterns, sub.durable, sink, backlog);
+        Ok(())
+    }
+
+    fn forget(&self, id: &str) -> Option<Subscription> {
+        let mut state = self.lock();
+        let sub = state.subs.remove(id)?;
+        for pattern in &sub.patterns {
+            state.trie.remove(pattern, &id.to_string());
+        }
+        sub.queue.close();
+        Some(sub)
+    }
+
+    /// Handles `pubsub-unsubscribe`.
+    pub async fn unsubscribe(&self, id: &str) -> Result<(), String> {
+        if self.forget(id).is_none() {
+            return Err(format!("unknown subscription {id}"));
+        }
+        self.node
+            .propose_ok(EventKind::SubscriptionRemoved {
+                subscription_id: id.to_string(),
+            })
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Connection `conn_id` closed: its subscriptions go, except durable
+    /// ones, which keep buffering until their subscriber returns.
+    pub async fn disconnected(&self, conn_id: u64) {
+        let owned: Vec<(String, bool)> = {
+            let state = self.lock();
+            state
+                .subs
+                .iter()
+                .filter(|(_, s)| {
+                    s.queue
+                        .lock()
+                        .sink
+                        .as_ref()
+                        .is_some_and(|k| k.conn_id == conn_id)
+                })
+                .map(|(id, s)| (id.clone(), s.durable))
+                .collect()
+        };
+        for (id, durable) in owned {
+            if durable {
+                if let Some(sub) = self.lock().subs.get(&id) {
+                    sub.queue.lock().sink = None;
+                }
+            } else if let Err(e) = self.unsubscribe(&id).await {
+                tracing::warn!(subscription_id = %id, error = %e, "failed to remove subscription");
+            }
+        }
+    }
+}

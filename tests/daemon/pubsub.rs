@@ -1,0 +1,373 @@
+//! Pub/sub against a real daemon: wildcard semantics, subscriptions on the
+//! catalog, backlog, slow consumers, ordering under load, bad input.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use mpreg_daemon::client::{Client, ClientError, Subscription};
+use mpreg_daemon::pubsub::topic::pattern_matches;
+use mpreg_tests::{Daemon, RawClient, TestDir};
+use serde_json::{Value, json};
+
+fn start(config: &str) -> (TestDir, Daemon) {
+    let dir = TestDir::new();
+    let flags = dir.config(config);
+    let daemon =
+        Daemon::start(&dir, &flags.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    (dir, daemon)
+}
+
+/// Topics received until the `end` sentinel (every test subscription also
+/// listens on `end`; per-publisher order puts it last).
+async fn until_end(sub: &mut Subscription) -> Vec<String> {
+    let mut topics = Vec::new();
+    loop {
+        let note = tokio::time::timeout(Duration::from_secs(30), sub.next())
+            .await
+            .expect("sentinel within 30s")
+            .expect("subscription open");
+        if note.message.topic == "end" {
+            return topics;
+        }
+        topics.push(note.message.topic);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn star_hash_and_several_patterns() {
+    let (_dir, daemon) = start("");
+    let client = Client::connect(&daemon.ready.client_url).await.unwrap();
+    let patterns = [
+        vec!["a.*", "end"],
+        vec!["a.#", "end"],
+        vec!["#.z", "end"],
+        vec!["a.#.z", "end"],
+        vec!["a.*", "a.#", "x.y", "end"],
+    ];
+    let mut subs = Vec::new();
+    for p in &patterns {
+        subs.push(client.subscribe(p, 0).await.unwrap());
+    }
+    let topics = [
+        "a", "a.b", "a.b.c", "z", "a.z", "a.b.z", "x.y", "x.y.z", "b",
+    ];
+    let publisher = Client::connect(&daemon.ready.client_url).await.unwrap();
+    for t in topics {
+        publisher.publish(t, json!({"t": t})).await.unwrap();
+    }
+    publisher.publish("end", json!(null)).await.unwrap();
+    for (p, sub) in patterns.iter().zip(subs.iter_mut()) {
+        let expected: Vec<String> = topics
+            .iter()
+            .filter(|t| p.iter().any(|p| pattern_matches(p, t)))
+            .map(|t| t.to_string())
+            .collect();
+        assert_eq!(until_end(sub).await, expected, "patterns {p:?}");
+    }
+    // `#` matched zero levels: "a.#" got "a", "#.z" got "z".
+    assert!(pattern_matches("a.#", "a") && pattern_matches("#.z", "z"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wire_shapes_match_upstream_and_unsubscribe_stops_delivery() {
+    let (_dir, daemon) = start("");
+    let mut raw = RawClient::connect(&daemon.ready.client_url).await.unwrap();
+    raw.send_binary(
+        json!({"role":"pubsub-subscribe","u":"s1","subscription":{"subscription_id":"sub-1",
+            "patterns":[{"pattern":"t.*.x","exact_match":false}],"subscriber":"py","created_at":1795619004.85,
+            "get_backlog":false,"backlog_seconds":300}})
+        .to_string()
+        .into_bytes(),
+    )
+    .await
+    .unwrap();
+    let (binary, ack) = raw.recv().await.unwrap();
+    assert!(binary);
+    assert_eq!(
+        ack,
+        json!({"role":"pubsub-ack","operation_id":"s1","success":true,"error":null,"u":"ack_s1"})
+    );
+    let message = json!({"topic":"t.1.x","payload":{"n":1},"timestamp":1795619005.0,"message_id":"m1",
+        "publisher":"p","headers":{},"routing_path":null,"current_hop":null});
+    let publisher = Client::connect(&daemon.ready.client_url).await.unwrap();
+    let mut raw_pub = RawClient::connect(&daemon.ready.client_url).await.unwrap();
+    raw_pub
+        .send_text(json!({"role":"pubsub-publish","u":"p1","message":message}).to_string())
+        .await
+        .unwrap();
+    assert_eq!(raw_pub.recv().await.unwrap().1["success"], true);
+    let (_, note) = raw.recv().await.unwrap();
+    assert_eq!(
+        note,
+        json!({"role":"pubsub-notification","message":message,"subscription_id":"sub-1","u":"notification_m1_sub-1"})
+    );
+    raw.send_text(r#"{"role":"pubsub-unsubscribe","u":"s2","subscription_id":"sub-1"}"#)
+        .await
+        .unwrap();
+    assert_eq!(raw.recv().await.unwrap().1["success"], true);
+    raw.send_text(r#"{"role":"pubsub-unsubscribe","u":"s3","subscription_id":"sub-1"}"#)
+        .await
+        .unwrap();
+    let (_, ack) = raw.recv().await.unwrap();
+    assert_eq!(
+        (ack["success"].as_bool(), ack["operation_id"].as_str()),
+        (Some(false), Some("s3"))
+    );
+    assert!(
+        ack["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown subscription sub-1")
+    );
+    // After unsubscribing only the sentinel subscription delivers.
+    raw.send_text(
+        r#"{"role":"pubsub-subscribe","u":"s4","subscription":{"subscription_id":"sub-2","patterns":[{"pattern":"end"}],"subscriber":"py"}}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(raw.recv().await.unwrap().1["success"], true);
+    publisher.publish("t.2.x", json!(2)).await.unwrap();
+    publisher.publish("end", json!(null)).await.unwrap();
+    let (_, note) = raw.recv().await.unwrap();
+    assert_eq!(note["subscription_id"], "sub-2", "{note}");
+}
+
+async fn subscription_ids(client: &Client) -> Vec<String> {
+    let r = client
+        .call(
+            "catalog_query",
+            vec![json!({"entry_type": "subscriptions"})],
+        )
+        .await
+        .unwrap();
+    r["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["subscription_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_are_catalog_entries_removed_on_disconnect() {
+    let (_dir, daemon) = start("");
+    let observer = Client::connect(&daemon.ready.client_url).await.unwrap();
+    let subscriber = Client::connect(&daemon.ready.client_url).await.unwrap();
+    let sub = subscriber.subscribe(&["orders.#"], 0).await.unwrap();
+    assert!(subscription_ids(&observer).await.contains(&sub.id));
+    drop(subscriber);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while subscription_ids(&observer).await.contains(&sub.id) {
+        assert!(
+            Instant::now() < deadline,
+            "subscription {} outlived its connection",
+            sub.id
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_subscriber_gets_the_backlog_first() {
+    let (_dir, daemon) = start("");
+    let publisher = Client::connect(&daemon.ready.client_url).await.unwrap();
+    for i in 0..3 {
+        publisher
+            .publish(&format!("news.item{i}"), json!(i))
+            .await
+            .unwrap();
+    }
+    publisher.publish("other.topic", json!("no")).await.unwrap();
+    let late = Client::connect(&daemon.ready.client_url).await.unwrap();
+    let mut with_backlog = late.subscribe(&["news.*", "end"], 60).await.unwrap();
+    let mut without = late.subscribe(&["news.*", "end"], 0).await.unwrap();
+    publisher.publish("news.live", json!("live")).await.unwrap();
+    publisher.publish("end", json!(null)).await.unwrap();
+    assert_eq!(
+        until_end(&mut with_backlog).await,
+        vec!["news.item0", "news.item1", "news.item2", "news.live"]
+    );
+    assert_eq!(until_end(&mut without).await, vec!["news.live"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_does_not_slow_a_fast_one() {
+    let (_dir, daemon) = start("subscriber_buffer = 500\n");
+    let url = daemon.ready.client_url.clone();
+    let mut stalled = RawClient::connect(&url).await.unwrap();
+    stalled
+        .send_text(
+            r#"{"role":"pubsub-subscribe","u":"s","subscription":{"subscription_id":"slow","patterns":[{"pattern":"flood.#"}],"subscriber":"slow","get_backlog":false}}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stalled.recv().await.unwrap().1["success"], true);
+    let fast_client = Client::connect(&url).await.unwrap();
+    let mut fast = fast_client.subscribe(&["flood.#"], 0).await.unwrap();
+    let total = 20_000u64;
+    let receiver = tokio::spawn(async move {
+        let start = Instant::now();
+        for i in 0..total {
+            let note = tokio::time::timeout(Duration::from_secs(60), fast.next())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                note.message.payload,
+                json!(i),
+                "fast subscriber: in order, nothing dropped"
+            );
+            assert_eq!(note.dropped, 0);
+        }
+        start.elapsed()
+    });
+    let publisher = Client::connect(&url).await.unwrap();
+    let start = Instant::now();
+    for i in 0..total {
+        publisher.publish("flood.x", json!(i)).await.unwrap();
+    }
+    let published_in = start.elapsed();
+    let delivered_in = receiver.await.unwrap();
+    println!(
+        "stalled-subscriber test: published {total} in {published_in:?} ({:.0}/s), fast subscriber got all in {delivered_in:?}",
+        total as f64 / published_in.as_secs_f64()
+    );
+    // The stalled subscriber now reads: what it got plus what it was told
+    // was dropped is everything, and it was told about drops.
+    publisher.publish("flood.end", json!("end")).await.unwrap();
+    let (mut received, mut dropped) = (0u64, 0u64);
+    loop {
+        let (_, note) = stalled.recv().await.unwrap();
+        dropped += note["dropped"].as_u64().unwrap_or(0);
+        if note["message"]["payload"] == "end" {
+            break;
+        }
+        received += 1;
+    }
+    assert!(dropped > 0, "the stalled subscriber overflowed");
+    assert_eq!(
+        received + dropped,
+        total,
+        "every message delivered or counted as dropped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_publishers_ten_subscribers_per_publisher_order() {
+    let (_dir, daemon) = start("");
+    let url = daemon.ready.client_url.clone();
+    let per_publisher = 1000u64;
+    let sub_patterns: Vec<String> = (0..10)
+        .map(|j| match j % 3 {
+            0 => format!("load.*.k{}", j % 4),
+            1 => "load.#".to_string(),
+            _ => format!("load.p{}.*", j % 10),
+        })
+        .collect();
+    let topic = |p: u64, i: u64| format!("load.p{p}.k{}", i % 4);
+    let mut receivers = Vec::new();
+    for pattern in &sub_patterns {
+        let client = Client::connect(&url).await.unwrap();
+        let mut sub = client.subscribe(&[pattern.as_str()], 0).await.unwrap();
+        let expected: u64 = (0..10)
+            .flat_map(|p| (0..per_publisher).map(move |i| (p, i)))
+            .filter(|&(p, i)| pattern_matches(pattern, &topic(p, i)))
+            .count() as u64;
+        let pattern = pattern.clone();
+        receivers.push(tokio::spawn(async move {
+            let _client = client;
+            let mut last: HashMap<u64, i64> = HashMap::new();
+            for _ in 0..expected {
+                let note = tokio::time::timeout(Duration::from_secs(60), sub.next())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert!(pattern_matches(&pattern, &note.message.topic));
+                let p = note.message.payload["p"].as_u64().unwrap();
+                let i = note.message.payload["i"].as_i64().unwrap();
+                let prev = last.insert(p, i).unwrap_or(-1);
+                assert!(i > prev, "publisher {p}: {i} after {prev} on {pattern}");
+            }
+            expected
+        }));
+    }
+    let mut publishers = Vec::new();
+    for p in 0..10u64 {
+        let client = Client::connect(&url).await.unwrap();
+        publishers.push(tokio::spawn(async move {
+            for i in 0..per_publisher {
+                client
+                    .publish(&topic(p, i), json!({"p": p, "i": i}))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for p in publishers {
+        p.await.unwrap();
+    }
+    for r in receivers {
+        assert!(r.await.unwrap() > 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_patterns_and_payloads_are_refused_clearly() {
+    let (_dir, daemon) = start("max_payload_bytes = 4096\n");
+    let client = Client::connect(&daemon.ready.client_url).await.unwrap();
+    for (pattern, needle) in [
+        ("a..b", "empty level"),
+        ("a.**", "whole level"),
+        ("a*", "whole level"),
+        ("", "empty"),
+    ] {
+        match client.subscribe(&[pattern], 0).await {
+            Err(ClientError::Refused(e)) => assert!(e.contains(needle), "{pattern:?}: {e}"),
+            Err(e) => panic!("{pattern:?}: {e}"),
+            Ok(_) => panic!("{pattern:?} accepted"),
+        }
+    }
+    match client
+        .publish("big", Value::String("x".repeat(10_000)))
+        .await
+    {
+        Err(ClientError::Refused(e)) => assert!(e.contains("larger than the limit"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    match client.publish("a.*", json!(1)).await {
+        Err(ClientError::Refused(e)) => assert!(e.contains("wildcards"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    // Nothing else was disturbed.
+    let mut sub = client.subscribe(&["ok", "end"], 0).await.unwrap();
+    client.publish("ok", json!(1)).await.unwrap();
+    client.publish("end", json!(null)).await.unwrap();
+    assert_eq!(until_end(&mut sub).await, vec!["ok"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_subscription_buffers_while_its_subscriber_is_away() {
+    let (_dir, daemon) = start("");
+    let url = daemon.ready.client_url.clone();
+    let subscribe = r#"{"role":"pubsub-subscribe","u":"s","subscription":{"subscription_id":"keep","patterns":[{"pattern":"jobs.#"}],"subscriber":"w","get_backlog":false,"durable":true}}"#;
+    let mut first = RawClient::connect(&url).await.unwrap();
+    first.send_text(subscribe).await.unwrap();
+    assert_eq!(first.recv().await.unwrap().1["success"], true);
+    drop(first);
+    let publisher = Client::connect(&url).await.unwrap();
+    // The subscription stays in the catalog while its subscriber is away.
+    assert!(
+        subscription_ids(&publisher)
+            .await
+            .contains(&"keep".to_string())
+    );
+    for i in 0..3 {
+        publisher.publish("jobs.new", json!(i)).await.unwrap();
+    }
+    let mut second = RawClient::connect(&url).await.unwrap();
+    second.send_text(subscribe).await.unwrap();
+    assert_eq!(second.recv().await.unwrap().1["success"], true);
+    for i in 0..3 {
+        assert_eq!(second.recv().await.unwrap().1["message"]["payload"], i);
+    }
+}
