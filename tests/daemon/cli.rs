@@ -57,3 +57,39 @@ fn call_and_rpc_print_json_and_fail_loudly() {
     assert!(!ok);
     assert!(err.contains("failed to connect"), "{err}");
 }
+
+#[test]
+fn subscribe_prints_json_lines_of_published_messages() {
+    use std::io::BufRead;
+    let dir = TestDir::new();
+    let daemon = Daemon::start(&dir, &[]).unwrap();
+    let url = daemon.ready.client_url.as_str();
+    let (ok, out, _) = mpreg(url, &["publish", "orders.eu.created", r#"{"id":7}"#]);
+    assert!(ok, "{out}");
+    let mut subscriber = Command::new(cli_bin())
+        .args([
+            "--url",
+            url,
+            "subscribe",
+            "orders.#",
+            "--backlog-seconds",
+            "60",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(subscriber.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(
+        first,
+        json!({"topic": "orders.eu.created", "payload": {"id": 7}})
+    );
+    assert!(mpreg(url, &["publish", "orders.us.created", "8"]).0);
+    let second: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(second, json!({"topic": "orders.us.created", "payload": 8}));
+    subscriber.kill().unwrap();
+    subscriber.wait().unwrap();
+    let (ok, _, err) = mpreg(url, &["subscribe", "a*"]);
+    assert!(!ok);
+    assert!(err.contains("wildcards must be a whole level"), "{err}");
+}
