@@ -1,11 +1,13 @@
 //! The raft log on RocksDB: openraft's `RaftLogStorage` over the `log` and
 //! `meta` column families.
 //!
-//! Durability: `append`, `save_vote`, `truncate` and `purge` write with a
-//! synced WAL on a blocking thread before they return (or before the
-//! `LogFlushed` callback fires), so nothing is acknowledged before it is on
-//! disk. openraft hands every batch of concurrent proposals to one `append`,
-//! so one fsync covers the whole batch: that is the group commit.
+//! Durability: `save_vote`, `truncate` and `purge` write with a synced WAL
+//! before they return. `append` writes its entries (visible at once) and
+//! hands the `LogFlushed` callback to the flusher: a dedicated blocking task
+//! that takes every callback waiting, syncs the WAL once, and only then
+//! fires them. So nothing is acknowledged before it is on disk, and all
+//! appends that arrive while one sync runs share the next one: that is the
+//! group commit.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -30,6 +32,24 @@ pub(crate) fn log_key(index: u64) -> [u8; 8] {
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    /// Callbacks of appended entries waiting for the next WAL sync.
+    flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+/// Syncs the WAL for every group of waiting appends, then acknowledges them.
+fn flush_loop(db: Arc<DB>, waiting: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = waiting.recv() {
+        let mut group = vec![first];
+        group.extend(waiting.try_iter());
+        let synced = db.flush_wal(true);
+        for callback in group {
+            let result = match &synced {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::other(format!("failed to sync the WAL: {e}"))),
+            };
+            callback.log_io_completed(result);
+        }
+    }
 }
 
 pub(crate) fn to_raft(
@@ -94,8 +114,16 @@ fn bounds(range: impl RangeBounds<u64>) -> (u64, u64) {
 }
 
 impl LogStore {
+    /// Opens the log store and starts its flusher (on the tokio blocking
+    /// pool when in a runtime, so the runtime's shutdown waits for it).
     pub fn new(db: Arc<DB>) -> Self {
-        LogStore { db }
+        let (flusher, waiting) = std::sync::mpsc::channel();
+        let flush_db = db.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || flush_loop(flush_db, waiting))),
+            Err(_) => drop(std::thread::spawn(move || flush_loop(flush_db, waiting))),
+        }
+        LogStore { db, flusher }
     }
 
     fn put_meta_synced<T: serde::Serialize>(
@@ -187,21 +215,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let db = self.db.clone();
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        let written = blocking(move || {
-            let family = cf(&db, CF_LOG)?;
+        // The entries are written (unsynced, but readable at once) here;
+        // the flusher syncs the WAL and fires the callback.
+        let written = (|| {
+            let family = cf(&self.db, CF_LOG)?;
             let mut batch = WriteBatch::default();
-            for entry in &entries {
+            for entry in entries {
                 let index = entry.get_log_id().index;
-                batch.put_cf(family, log_key(index), codec::encode("log entry", entry)?);
+                batch.put_cf(family, log_key(index), codec::encode("log entry", &entry)?);
             }
-            write_synced(&db, batch, "log append")
-        })
-        .await;
+            self.db
+                .write(batch)
+                .map_err(|e| Error::rocks("write", "log append", e))
+        })();
         match written {
             Ok(()) => {
-                callback.log_io_completed(Ok(()));
+                if let Err(unsent) = self.flusher.send(callback) {
+                    unsent.0.log_io_completed(Err(std::io::Error::other("the log flusher stopped")));
+                }
                 Ok(())
             }
             Err(e) => {
