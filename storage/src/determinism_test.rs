@@ -103,7 +103,9 @@ fn entries(events: &[Event], first_index: u64) -> Vec<Entry<TypeConfig>> {
         .enumerate()
         .map(|(i, e)| Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), first_index + i as u64),
-            payload: EntryPayload::Normal(e.clone()),
+            payload: EntryPayload::Normal(crate::EventBatch {
+                events: vec![e.clone()],
+            }),
         })
         .collect()
 }

@@ -1,7 +1,7 @@
 //! The events that change shared state, and what apply answers for each.
 //!
 //! An [`Event`] is what a node proposes to the log: an [`EventKind`] plus the
-//! time the leader stamped on it. Apply reads time only from here, never from
+//! time the leader stamped on it; a log entry holds an [`EventBatch`]. Apply reads time only from here, never from
 //! a clock. New kinds (queues, cache) are appended at the end of
 //! [`EventKind`]: bincode encodes the variant index, so existing logs stay
 //! readable; a change that breaks that bumps [`crate::codec::FORMAT_VERSION`].
@@ -92,13 +92,19 @@ impl EventKind {
     }
 }
 
-/// What apply decided for one log entry.
+/// The payload of one log entry: the events proposed together (group
+/// commit), applied in order. openraft 0.9 syncs each entry on its own, so
+/// the node batches concurrent proposals into one entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventBatch {
+    pub events: Vec<Event>,
+}
+
+/// What apply decided for one event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// The event changed the views (or was a no-op that is still valid).
     Applied,
     /// The event was refused deterministically; the views are unchanged.
     Rejected { reason: String },
-    /// A raft-internal entry (blank or membership) with no event.
-    Internal,
 }

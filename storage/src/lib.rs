@@ -28,7 +28,7 @@ pub mod views;
 
 pub use db::{DataDir, Identity, OpenMode, SCHEMA_VERSION};
 pub use error::{Error, Result};
-pub use event::{Event, EventKind, Outcome};
+pub use event::{Event, EventBatch, EventKind, Outcome};
 pub use log_store::LogStore;
 pub use raft_types::{TypeConfig, typ};
 pub use replay::{ReplayReport, replay};

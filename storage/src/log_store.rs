@@ -45,7 +45,9 @@ fn flush_loop(db: Arc<DB>, waiting: std::sync::mpsc::Receiver<LogFlushed<TypeCon
         for callback in group {
             let result = match &synced {
                 Ok(()) => Ok(()),
-                Err(e) => Err(std::io::Error::other(format!("failed to sync the WAL: {e}"))),
+                Err(e) => Err(std::io::Error::other(format!(
+                    "failed to sync the WAL: {e}"
+                ))),
             };
             callback.log_io_completed(result);
         }
@@ -231,7 +233,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         match written {
             Ok(()) => {
                 if let Err(unsent) = self.flusher.send(callback) {
-                    unsent.0.log_io_completed(Err(std::io::Error::other("the log flusher stopped")));
+                    unsent
+                        .0
+                        .log_io_completed(Err(std::io::Error::other("the log flusher stopped")));
                 }
                 Ok(())
             }

@@ -1,14 +1,14 @@
 //! The one openraft type configuration of mpreg, and short aliases for the
 //! openraft types used with it.
 
-use crate::event::{Event, Outcome};
+use crate::event::{EventBatch, Outcome};
 
 openraft::declare_raft_types!(
-    /// Raft types: events in, outcomes out, snapshots as files on disk
+    /// Raft types: event batches in, one outcome per event out, snapshots as files on disk
     /// (streamed in chunks by openraft, never one giant value).
     pub TypeConfig:
-        D = Event,
-        R = Outcome,
+        D = EventBatch,
+        R = Vec<Outcome>,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,

@@ -117,9 +117,11 @@ pub fn replay(path: &Path) -> Result<ReplayReport> {
                 });
             }
             expected += 1;
-            if let EntryPayload::Normal(event) = &entry.payload {
-                apply(&mut ViewTxn::new(&mut views, &mut digest), event)?;
-                events += 1;
+            if let EntryPayload::Normal(batch) = &entry.payload {
+                for event in &batch.events {
+                    apply(&mut ViewTxn::new(&mut views, &mut digest), event)?;
+                    events += 1;
+                }
             }
             last_applied = Some(*entry.get_log_id());
         }

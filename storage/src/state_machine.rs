@@ -158,7 +158,7 @@ fn apply_entries(
     db: &DB,
     mut applied: AppliedState,
     entries: Vec<Entry>,
-) -> Result<(AppliedState, Vec<Outcome>, BatchStore<'_>)> {
+) -> Result<(AppliedState, Vec<Vec<Outcome>>, BatchStore<'_>)> {
     let mut store = BatchStore {
         db,
         overlay: BTreeMap::new(),
@@ -169,13 +169,15 @@ fn apply_entries(
         let log_id = *entry.get_log_id();
         applied.last_applied = Some(log_id);
         let outcome = match entry.payload {
-            EntryPayload::Blank => Outcome::Internal,
-            EntryPayload::Normal(event) => {
-                apply(&mut ViewTxn::new(&mut store, &mut digest), &event)?
-            }
+            EntryPayload::Blank => Vec::new(),
+            EntryPayload::Normal(batch) => batch
+                .events
+                .iter()
+                .map(|event| apply(&mut ViewTxn::new(&mut store, &mut digest), event))
+                .collect::<Result<Vec<Outcome>>>()?,
             EntryPayload::Membership(membership) => {
                 applied.membership = StoredMembership::new(Some(log_id), membership);
-                Outcome::Internal
+                Vec::new()
             }
         };
         outcomes.push(outcome);
@@ -428,7 +430,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((applied.last_applied, applied.membership))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Outcome>>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
