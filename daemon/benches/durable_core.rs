@@ -5,19 +5,15 @@
 //!
 //! Run: `cargo bench -p mpreg-daemon --bench durable_core`.
 
+mod common;
+
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::percentile;
 use mpreg_daemon::{Config, Node};
 use mpreg_storage::EventKind;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
 fn fmt_ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)

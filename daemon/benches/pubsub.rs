@@ -9,14 +9,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mpreg_daemon::client::Client;
-use mpreg_daemon::{Config, Listeners, run};
-use serde_json::json;
-use tokio_util::sync::CancellationToken;
+mod common;
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
+use common::percentile;
+use mpreg_daemon::client::Client;
+use serde_json::json;
 
 /// Publishes `messages` on `topic`; `readers` subscriptions receive them.
 async fn case(name: &str, url: &str, topic: &str, pattern: &str, readers: usize, messages: u64) {
@@ -74,19 +71,8 @@ fn main() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let mut config = Config::new(tmp.path().join("data"));
-        config.listen = "127.0.0.1:0".parse().expect("addr");
-        config.admin_listen = "127.0.0.1:0".parse().expect("addr");
-        config.pubsub.backlog_bytes = 0;
-        let ready = tmp.path().join("ready.json");
-        config.ready_file = Some(ready.clone());
-        let listeners = Listeners::bind(&config).await.expect("bind");
-        let url = format!("ws://{}", listeners.client.local_addr().expect("addr"));
-        let shutdown = CancellationToken::new();
-        let server = tokio::spawn(run(config, listeners, shutdown.clone()));
-        while !ready.exists() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let daemon = common::start(tmp.path(), |config| config.pubsub.backlog_bytes = 0).await;
+        let url = daemon.url.clone();
         case("1 -> 1", &url, "one.x", "one.*", 1, messages).await;
         case(
             "1 -> 100",
@@ -139,7 +125,6 @@ fn main() {
         )
         .await;
         drop(keep);
-        shutdown.cancel();
-        server.await.expect("server task").expect("server");
+        daemon.stop().await;
     });
 }

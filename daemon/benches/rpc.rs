@@ -8,14 +8,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mpreg_daemon::client::{Client, Worker};
-use mpreg_daemon::{Config, Listeners, run};
-use serde_json::json;
-use tokio_util::sync::CancellationToken;
+mod common;
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
+use common::percentile;
+use mpreg_daemon::client::{Client, Worker};
+use serde_json::json;
 
 async fn case(url: &str, fun: &str, connections: usize, in_flight: usize, seconds: f64) {
     let mut clients = Vec::new();
@@ -62,18 +59,8 @@ fn main() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let mut config = Config::new(tmp.path().join("data"));
-        config.listen = "127.0.0.1:0".parse().expect("addr");
-        config.admin_listen = "127.0.0.1:0".parse().expect("addr");
-        let ready = tmp.path().join("ready.json");
-        config.ready_file = Some(ready.clone());
-        let listeners = Listeners::bind(&config).await.expect("bind");
-        let url = format!("ws://{}", listeners.client.local_addr().expect("addr"));
-        let shutdown = CancellationToken::new();
-        let server = tokio::spawn(run(config, listeners, shutdown.clone()));
-        while !ready.exists() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let daemon = common::start(tmp.path(), |_| {}).await;
+        let url = daemon.url.clone();
         let worker = Worker::connect(&url).await.expect("worker");
         worker
             .register("wecho", "1.0.0", &[], |args, _| Ok(args[0].clone()))
@@ -85,7 +72,6 @@ fn main() {
             }
         }
         drop(worker);
-        shutdown.cancel();
-        server.await.expect("server task").expect("server");
+        daemon.stop().await;
     });
 }

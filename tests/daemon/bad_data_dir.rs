@@ -8,6 +8,18 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Runs `replay` on `dir`, expects it to fail, and returns what it printed.
+fn replay_refused(dir: &TestDir) -> String {
+    let out = mpreg_tests::run_daemon(&[
+        "replay".as_ref(),
+        "--data-dir".as_ref(),
+        dir.data().as_os_str(),
+    ])
+    .unwrap();
+    assert!(!out.status.success());
+    stderr(&out)
+}
+
 /// Starts a daemon on `dir`, expects it to exit non-zero without a panic,
 /// and returns what it printed.
 fn refused(dir: &TestDir) -> String {
@@ -93,33 +105,13 @@ fn newer_schema_is_refused_and_left_untouched() {
         again.contains(&format!("version {}", SCHEMA_VERSION + 1)),
         "{again}"
     );
-    let out = mpreg_tests::run_daemon(&[
-        "replay".as_ref(),
-        "--data-dir".as_ref(),
-        dir.data().as_os_str(),
-    ])
-    .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("newer mpreg on-disk format"),
-        "{}",
-        stderr(&out)
-    );
+    let msg = replay_refused(&dir);
+    assert!(msg.contains("newer mpreg on-disk format"), "{msg}");
 }
 
 #[test]
 fn replay_of_a_missing_dir_is_a_clear_error() {
     let dir = TestDir::new();
-    let out = mpreg_tests::run_daemon(&[
-        "replay".as_ref(),
-        "--data-dir".as_ref(),
-        dir.data().as_os_str(),
-    ])
-    .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("is not an mpreg data dir"),
-        "{}",
-        stderr(&out)
-    );
+    let msg = replay_refused(&dir);
+    assert!(msg.contains("is not an mpreg data dir"), "{msg}");
 }
