@@ -23,6 +23,21 @@ struct Worker {
     pending: HashMap<String, oneshot::Sender<Reply>>,
 }
 
+/// A call waiting for its worker; removes itself from the worker on drop.
+struct PendingCall<'a> {
+    workers: &'a Workers,
+    provider: &'a str,
+    u: String,
+}
+
+impl Drop for PendingCall<'_> {
+    fn drop(&mut self) {
+        if let Some(worker) = self.workers.lock().get_mut(self.provider) {
+            worker.pending.remove(&self.u);
+        }
+    }
+}
+
 /// The workers connected to this node, by provider id.
 #[derive(Default)]
 pub struct Workers {
@@ -84,6 +99,13 @@ impl Workers {
             worker.pending.insert(u.clone(), tx);
             (worker.outbound.clone(), worker.frame)
         };
+        // Forgets the call however this future ends (answer, error, or
+        // dropped by the request timeout), so no entry outlives it.
+        let _pending = PendingCall {
+            workers: self,
+            provider,
+            u: u.clone(),
+        };
         let message = InternalRpc {
             role: "internal-rpc".into(),
             u: u.clone(),
@@ -98,11 +120,7 @@ impl Workers {
         if outbound.send(frame.message(json)).await.is_err() {
             self.disconnect(provider);
         }
-        let reply = rx.await.unwrap_or_else(|_| Err(worker_gone(provider)));
-        if let Some(worker) = self.lock().get_mut(provider) {
-            worker.pending.remove(&u);
-        }
-        reply
+        rx.await.unwrap_or_else(|_| Err(worker_gone(provider)))
     }
 
     /// Delivers a worker's answer to the call waiting for it.
@@ -120,5 +138,36 @@ impl Workers {
             None => Ok(answer.answer),
         };
         let _ = waiter.send(reply);
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    fn row() -> mpreg_storage::views::FunctionRow {
+        mpreg_storage::views::FunctionRow {
+            name: "slow".into(),
+            function_id: "slow".into(),
+            version: "1.0.0".into(),
+            resources: vec![],
+            provider: "w".into(),
+            node_id: "n".into(),
+            cluster_id: "c".into(),
+            registered_at_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_call_leaves_nothing_pending() {
+        let workers = Workers::default();
+        let (outbound, mut frames) = mpsc::channel(8);
+        workers.connect("w", outbound, FrameKind::Text);
+        let function = row();
+        let call = workers.call("w", &function, vec![], Map::new());
+        let abandoned = tokio::time::timeout(std::time::Duration::from_millis(20), call).await;
+        assert!(abandoned.is_err(), "the worker never answered");
+        assert!(frames.recv().await.is_some(), "the call was sent");
+        assert!(workers.lock()["w"].pending.is_empty());
     }
 }
