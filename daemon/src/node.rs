@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use mpreg_storage::typ::{Node as RaftNode, Raft};
 use mpreg_storage::{
@@ -19,6 +19,7 @@ use openraft::{ServerState, SnapshotPolicy};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::clock::now_ms;
 use crate::config::{Config, DEFAULT_CLUSTER_ID};
 use crate::error::{Error, Result};
 use crate::raft_network::SingleNodeNetwork;
@@ -92,12 +93,6 @@ pub struct RaftStatus {
 /// The numeric raft id of a node id: stable, non-zero.
 pub fn raft_id(node_id: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(node_id.as_bytes()).max(1)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn generated_node_id() -> String {

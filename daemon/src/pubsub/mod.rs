@@ -25,6 +25,7 @@ use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::clock::now_secs;
 use crate::node::Node;
 use crate::protocol::{PubSubMessage, PubSubSubscription};
 use crate::transport::{FrameKind, Outbound};
@@ -187,12 +188,6 @@ pub struct PubSub {
     node: Arc<Node>,
     limits: PubSubLimits,
     state: Mutex<State>,
-}
-
-fn now_secs() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl PubSub {

@@ -4,6 +4,7 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::clock::now_secs;
 use crate::node::Node;
 
 /// Provider id of built-in functions in the `functions` view.
@@ -19,12 +20,6 @@ pub const NAMES: [&str; 6] = [
     "cluster_map",
     "catalog_query",
 ];
-
-fn now_secs() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
 
 /// Runs built-in `name`; `Err` is the failure text sent to the client.
 pub fn call(

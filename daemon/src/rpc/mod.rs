@@ -20,6 +20,7 @@ use mpreg_storage::EventKind;
 use mpreg_storage::views::FunctionRow;
 use serde_json::{Map, Value};
 
+use crate::clock::now_secs;
 use crate::node::Node;
 use crate::protocol::{
     ErrorCode, ExecutionSummary, IntermediateResult, RpcCommand, RpcError, RpcRequest, RpcResponse,
@@ -53,12 +54,6 @@ pub struct Rpc {
     workers: Workers,
     selector: Selector,
     limits: RpcLimits,
-}
-
-fn now_secs() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn ms(d: Duration) -> f64 {
