@@ -1,4 +1,4 @@
-//! Admin HTTP (axum) on `--admin-listen`: `/health` and `/status`.
+//! Admin HTTP (axum) on `--admin-listen`: `/health`, `/status` and `/sql`.
 
 use std::sync::{Arc, OnceLock};
 
@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
+use mpreg_query::SqlEngine;
 use serde::Serialize;
 use serde_json::json;
 
@@ -16,12 +17,19 @@ use crate::node::{Node, RaftStatus};
 #[derive(Clone, Default)]
 pub struct AdminState {
     node: Arc<OnceLock<Arc<Node>>>,
+    sql: Arc<OnceLock<Arc<SqlEngine>>>,
 }
 
 impl AdminState {
-    /// Makes the started node visible to the handlers.
-    pub fn set_node(&self, node: Arc<Node>) {
+    /// Makes the started node and its SQL engine visible to the handlers.
+    pub fn set_node(&self, node: Arc<Node>, sql: Arc<SqlEngine>) {
         let _ = self.node.set(node);
+        let _ = self.sql.set(sql);
+    }
+
+    /// The SQL engine, once the node has started.
+    pub fn sql(&self) -> Option<&Arc<SqlEngine>> {
+        self.sql.get()
     }
 }
 
@@ -43,6 +51,7 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/status", get(status))
+        .route("/sql", get(crate::sql::get).post(crate::sql::post))
         .with_state(state)
 }
 

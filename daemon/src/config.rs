@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use mpreg_query::SqlLimits;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -52,6 +53,9 @@ pub struct FileConfig {
     pub max_payload_bytes: Option<usize>,
     pub backlog_seconds: Option<u64>,
     pub backlog_bytes: Option<usize>,
+    pub sql_timeout_ms: Option<u64>,
+    pub sql_memory_limit_bytes: Option<usize>,
+    pub sql_max_rows: Option<usize>,
 }
 
 impl FileConfig {
@@ -93,6 +97,8 @@ pub struct Config {
     pub rpc: RpcLimits,
     /// Pub/sub limits.
     pub pubsub: PubSubLimits,
+    /// Limits of each SQL query.
+    pub sql: SqlLimits,
 }
 
 impl Config {
@@ -113,6 +119,7 @@ impl Config {
             transport: TransportLimits::default(),
             rpc: RpcLimits::default(),
             pubsub: PubSubLimits::default(),
+            sql: SqlLimits::default(),
         }
     }
 
@@ -139,6 +146,9 @@ impl Config {
             max_payload_bytes,
             backlog_seconds,
             backlog_bytes,
+            sql_timeout_ms,
+            sql_memory_limit_bytes,
+            sql_max_rows,
         } = file;
         if let Some(v) = data_dir {
             self.data_dir = v;
@@ -194,6 +204,15 @@ impl Config {
         if let Some(v) = backlog_bytes {
             self.pubsub.backlog_bytes = v;
         }
+        if let Some(v) = sql_timeout_ms {
+            self.sql.timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = sql_memory_limit_bytes {
+            self.sql.memory_limit_bytes = v;
+        }
+        if let Some(v) = sql_max_rows {
+            self.sql.max_rows = v;
+        }
     }
 
     /// Refuses settings that cannot work.
@@ -214,6 +233,15 @@ impl Config {
         {
             return Err(Error::InvalidSetting(
                 "max_frame_bytes must be at least 1024, max_in_flight_per_connection and max_commands_per_request at least 1"
+                    .into(),
+            ));
+        }
+        if self.sql.timeout.is_zero()
+            || self.sql.memory_limit_bytes < 1 << 20
+            || self.sql.max_rows == 0
+        {
+            return Err(Error::InvalidSetting(
+                "sql_timeout_ms and sql_max_rows must be at least 1, sql_memory_limit_bytes at least 1048576"
                     .into(),
             ));
         }

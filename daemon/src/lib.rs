@@ -6,7 +6,8 @@
 //! - [`node`]: the data dir + raft; [`node::Node::propose`] is the one
 //!   way to change shared state;
 //! - [`raft_network`]: the raft network of a single-member cluster;
-//! - [`admin`]: admin HTTP (`/health`, `/status`);
+//! - [`admin`]: admin HTTP (`/health`, `/status`, `/sql`);
+//! - [`sql`]: the SQL engine of a live node and the `/sql` handlers;
 //! - [`protocol`]: MPREG JSON messages (parse, replies, error codes);
 //! - [`rpc`]: dependency-resolving RPC over built-ins and workers;
 //! - [`pubsub`]: topic fan-out with AMQP wildcards, backlog, slow consumers;
@@ -26,6 +27,7 @@ pub mod pubsub;
 pub mod raft_network;
 pub mod rpc;
 pub mod server;
+pub mod sql;
 pub mod transport;
 
 pub use config::Config;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use mpreg_daemon::config::{Config, FileConfig, LogFormat};
 use mpreg_daemon::{Listeners, logging, run};
+use mpreg_query::{Format, SqlLimits};
 use tokio_util::sync::CancellationToken;
 
 /// Run an mpreg node, or inspect a stopped node's data dir.
@@ -24,6 +25,16 @@ enum Command {
     Replay {
         #[arg(long)]
         data_dir: PathBuf,
+    },
+    /// Run read-only SQL on a stopped node's data dir (same tables as /sql).
+    Sql {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The query, e.g. "SELECT * FROM routes".
+        sql: String,
+        /// Output: table (aligned text), json, csv or arrow (IPC stream).
+        #[arg(long, default_value = "table")]
+        format: Format,
     },
 }
 
@@ -117,9 +128,42 @@ fn report(err: &dyn std::error::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Runs one query on a stopped node's dir and writes the result to stdout.
+fn offline_sql(data_dir: &std::path::Path, sql: &str, format: Format) -> ExitCode {
+    use std::io::Write;
+    let engine = match mpreg_query::open_offline(data_dir, SqlLimits::default()) {
+        Ok(engine) => engine,
+        Err(e) => return report(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return report(&e),
+    };
+    let output = match runtime.block_on(engine.query(sql)) {
+        Ok(output) => output,
+        Err(e) => return report(&e),
+    };
+    let body = match mpreg_query::format::encode(format, &output) {
+        Ok(body) => body,
+        Err(e) => return report(&e),
+    };
+    match std::io::stdout().lock().write_all(&body) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(&e),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Some(Command::Sql {
+            data_dir,
+            sql,
+            format,
+        }) => offline_sql(&data_dir, &sql, format),
         Some(Command::Replay { data_dir }) => match mpreg_storage::replay(&data_dir) {
             Ok(report) => {
                 println!(

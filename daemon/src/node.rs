@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use mpreg_storage::typ::{Node as RaftNode, Raft};
 use mpreg_storage::{
-    AppliedState, DataDir, Event, EventBatch, EventKind, Identity, OpenMode, Outcome, Views,
+    AppliedState, DataDir, Event, EventBatch, EventKind, Identity, Inspector, OpenMode, Outcome,
+    Views,
 };
 use openraft::{ServerState, SnapshotPolicy};
 use serde::Serialize;
@@ -158,7 +159,8 @@ fn raft_config(config: &Config, cluster_id: &str) -> Result<openraft::Config> {
 
 impl Node {
     /// Opens the data dir, starts raft, becomes leader of the single-member
-    /// cluster (initializing it on first start) and records `NodeJoined`.
+    /// cluster (initializing it on first start) and records `NodeJoined`
+    /// and the route to its own cluster.
     pub async fn start(config: &Config, addresses: Vec<String>) -> Result<Node> {
         let path = config.data_dir.clone();
         let data_dir =
@@ -211,12 +213,26 @@ impl Node {
             resources: Vec::new(),
         })
         .await?;
+        node.propose_ok(EventKind::RouteAnnounced {
+            dest: node.identity.cluster_id.clone(),
+            next_hop: node.identity.cluster_id.clone(),
+            path: Vec::new(),
+            cost: 0,
+            advertiser: node.identity.cluster_id.clone(),
+            expires_at_ms: None,
+        })
+        .await?;
         tracing::info!(node_id = %node.identity.node_id, cluster_id = %node.identity.cluster_id, "node serving");
         Ok(node)
     }
 
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// Read-only scans of the views and the log (SQL).
+    pub fn inspector(&self) -> Inspector {
+        Inspector::new(&self.data_dir)
     }
 
     /// The read side of the views.

@@ -75,9 +75,23 @@ fn local_addr(
     })
 }
 
-/// Serves until `shutdown` is cancelled, then stops accepting, finishes
-/// in-flight work, syncs storage and returns.
-pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationToken) -> Result<()> {
+/// A started node and everything serving it.
+pub struct Running {
+    node: Arc<Node>,
+    client_url: String,
+    admin_url: String,
+    tasks: TaskTracker,
+    admin_task: tokio::task::JoinHandle<Result<()>>,
+    shutdown: CancellationToken,
+}
+
+/// Starts the node and its listeners and writes the ready file; `None` when
+/// `shutdown` is cancelled before the node has started.
+pub async fn start(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<Option<Running>> {
     let client_addr = local_addr(&listeners.client, "client", config.listen)?;
     let admin_addr = local_addr(&listeners.admin, "admin", config.admin_listen)?;
     let client_url = format!("ws://{client_addr}");
@@ -95,10 +109,11 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         () = shutdown.cancelled() => {
             tasks.close();
             tasks.wait().await;
-            return Ok(());
+            return Ok(None);
         }
     };
-    admin_state.set_node(node.clone());
+    let sql = crate::sql::engine(node.clone(), config.sql.clone()).map_err(Error::SqlRuntime)?;
+    admin_state.set_node(node.clone(), Arc::new(sql));
 
     let services = Arc::new(Services {
         rpc: Arc::new(Rpc::start(node.clone(), config.rpc.clone()).await?),
@@ -125,14 +140,53 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         )?;
     }
     tracing::info!(%client_url, %admin_url, "ready");
+    Ok(Some(Running {
+        node,
+        client_url,
+        admin_url,
+        tasks,
+        admin_task,
+        shutdown,
+    }))
+}
 
-    shutdown.cancelled().await;
-    tracing::info!("shutting down");
-    tasks.close();
-    tasks.wait().await;
-    let admin_result = admin_task
-        .await
-        .map_err(|e| Error::Admin(std::io::Error::other(e)))?;
-    node.shutdown().await;
-    admin_result
+impl Running {
+    /// The node, for in-process tests and benchmarks.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// `ws://` URL of the client listener.
+    pub fn client_url(&self) -> &str {
+        &self.client_url
+    }
+
+    /// `http://` URL of admin HTTP.
+    pub fn admin_url(&self) -> &str {
+        &self.admin_url
+    }
+
+    /// Waits for `shutdown`, then stops accepting, finishes in-flight work,
+    /// syncs storage and returns.
+    pub async fn wait(self) -> Result<()> {
+        self.shutdown.cancelled().await;
+        tracing::info!("shutting down");
+        self.tasks.close();
+        self.tasks.wait().await;
+        let admin_result = self
+            .admin_task
+            .await
+            .map_err(|e| Error::Admin(std::io::Error::other(e)))?;
+        self.node.shutdown().await;
+        admin_result
+    }
+}
+
+/// Serves until `shutdown` is cancelled, then stops accepting, finishes
+/// in-flight work, syncs storage and returns.
+pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationToken) -> Result<()> {
+    match start(config, listeners, shutdown).await? {
+        Some(running) => running.wait().await,
+        None => Ok(()),
+    }
 }

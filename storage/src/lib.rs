@@ -13,12 +13,14 @@
 //! - [`state_machine`]: apply, snapshots (`RaftStateMachine`) and [`Views`];
 //! - [`views`]: rows, the apply function, the digest, the in-memory catalog;
 //! - [`snapshot`]: snapshot files;
-//! - [`replay`]: offline rebuild of the views.
+//! - [`replay`]: offline rebuild of the views;
+//! - [`inspect`]: read-only scans of the views and the log (for SQL).
 
 pub mod codec;
 pub mod db;
 pub mod error;
 pub mod event;
+pub mod inspect;
 pub mod log_store;
 pub mod raft_types;
 pub mod replay;
@@ -29,6 +31,7 @@ pub mod views;
 pub use db::{DataDir, Identity, OpenMode, SCHEMA_VERSION};
 pub use error::{Error, Result};
 pub use event::{Event, EventBatch, EventKind, Outcome};
+pub use inspect::{Flow, Inspector, StoredRaft};
 pub use log_store::LogStore;
 pub use raft_types::{TypeConfig, typ};
 pub use replay::{ReplayReport, replay};

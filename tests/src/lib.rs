@@ -7,11 +7,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
 
 /// How long a daemon may take to write its ready file.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -221,11 +223,7 @@ impl Daemon {
 
     /// `/status` as JSON.
     pub async fn status(&self) -> Result<Value> {
-        let (code, body) = self.get("/status").await?;
-        if code != 200 {
-            bail!("/status answered {code}: {body}");
-        }
-        Ok(body)
+        status_of(&self.ready.admin_url).await
     }
 }
 
@@ -236,6 +234,23 @@ impl Drop for Daemon {
             let _ = child.wait();
         }
     }
+}
+
+/// `/status` of the daemon whose admin HTTP is at `admin_url`.
+pub async fn status_of(admin_url: &str) -> Result<Value> {
+    let url = format!("{admin_url}/status");
+    let resp = reqwest::get(&url)
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let code = resp.status().as_u16();
+    let body: Value = resp
+        .json()
+        .await
+        .with_context(|| format!("JSON body of {url}"))?;
+    if code != 200 {
+        bail!("/status answered {code}: {body}");
+    }
+    Ok(body)
 }
 
 /// Runs the daemon binary to completion (for refusals and subcommands).
@@ -348,4 +363,121 @@ impl RawClient {
             }
         }
     }
+}
+
+/// A daemon running inside the test process, for tests that propose events
+/// through the node directly (what federation will do from the network).
+pub struct InProcess {
+    pub node: Arc<mpreg_daemon::Node>,
+    pub client_url: String,
+    pub admin_url: String,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<mpreg_daemon::Result<()>>,
+}
+
+impl InProcess {
+    /// Starts a node on `dir` (ports picked by the OS); `tune` adjusts the
+    /// config first.
+    pub async fn start(
+        dir: &TestDir,
+        tune: impl FnOnce(&mut mpreg_daemon::Config),
+    ) -> Result<InProcess> {
+        let mut config = mpreg_daemon::Config::new(dir.data());
+        config.listen = "127.0.0.1:0".parse()?;
+        config.admin_listen = "127.0.0.1:0".parse()?;
+        tune(&mut config);
+        let listeners = mpreg_daemon::Listeners::bind(&config).await?;
+        let shutdown = CancellationToken::new();
+        let running = mpreg_daemon::server::start(config, listeners, shutdown.clone())
+            .await?
+            .context("node stopped while starting")?;
+        Ok(InProcess {
+            node: running.node().clone(),
+            client_url: running.client_url().to_string(),
+            admin_url: running.admin_url().to_string(),
+            shutdown,
+            server: tokio::spawn(running.wait()),
+        })
+    }
+
+    /// Clean shutdown; the data dir is released when this returns.
+    pub async fn stop(self) -> Result<()> {
+        self.shutdown.cancel();
+        drop(self.node);
+        self.server.await??;
+        Ok(())
+    }
+}
+
+/// The answer of `/sql`: status, content type and body.
+pub struct SqlAnswer {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+impl SqlAnswer {
+    /// The body as JSON (rows, or `{"error","kind"}`).
+    pub fn json(&self) -> Result<Value> {
+        serde_json::from_slice(&self.body)
+            .with_context(|| format!("JSON body: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The rows of a successful JSON answer.
+    pub fn rows(&self) -> Result<Vec<Value>> {
+        if self.status != 200 {
+            bail!(
+                "/sql answered {}: {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            );
+        }
+        match self.json()? {
+            Value::Array(rows) => Ok(rows),
+            other => bail!("expected an array of rows, got {other}"),
+        }
+    }
+}
+
+/// `GET {admin_url}/sql?q=...&format=...`.
+pub async fn sql_get(admin_url: &str, sql: &str, format: &str) -> Result<SqlAnswer> {
+    let response = reqwest::Client::new()
+        .get(format!("{admin_url}/sql"))
+        .query(&[("q", sql), ("format", format)])
+        .send()
+        .await
+        .context("GET /sql")?;
+    sql_answer(response).await
+}
+
+/// `POST {admin_url}/sql` with the SQL as the body.
+pub async fn sql_post(admin_url: &str, sql: &str) -> Result<SqlAnswer> {
+    let response = reqwest::Client::new()
+        .post(format!("{admin_url}/sql"))
+        .body(sql.to_string())
+        .send()
+        .await
+        .context("POST /sql")?;
+    sql_answer(response).await
+}
+
+async fn sql_answer(response: reqwest::Response) -> Result<SqlAnswer> {
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = response.bytes().await.context("/sql body")?.to_vec();
+    Ok(SqlAnswer {
+        status,
+        content_type,
+        body,
+    })
+}
+
+/// The JSON rows of `sql` on the daemon at `admin_url`.
+pub async fn sql_rows(admin_url: &str, sql: &str) -> Result<Vec<Value>> {
+    sql_get(admin_url, sql, "json").await?.rows()
 }

@@ -4,9 +4,10 @@
 #![allow(dead_code)]
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use mpreg_daemon::{Config, Listeners, run};
+use mpreg_daemon::{Config, Listeners, Node};
 use tokio_util::sync::CancellationToken;
 
 /// The `p` quantile (0..=1) of sorted samples.
@@ -20,6 +21,8 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// A daemon running in this process.
 pub struct InProcess {
     pub url: String,
+    pub admin_url: String,
+    pub node: Arc<Node>,
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<mpreg_daemon::Result<()>>,
 }
@@ -30,20 +33,19 @@ pub async fn start(dir: &Path, tune: impl FnOnce(&mut Config)) -> InProcess {
     let mut config = Config::new(dir.join("data"));
     config.listen = "127.0.0.1:0".parse().expect("addr");
     config.admin_listen = "127.0.0.1:0".parse().expect("addr");
-    let ready = dir.join("ready.json");
-    config.ready_file = Some(ready.clone());
     tune(&mut config);
     let listeners = Listeners::bind(&config).await.expect("bind");
-    let url = format!("ws://{}", listeners.client.local_addr().expect("addr"));
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(run(config, listeners, shutdown.clone()));
-    while !ready.exists() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let running = mpreg_daemon::server::start(config, listeners, shutdown.clone())
+        .await
+        .expect("start")
+        .expect("not cancelled");
     InProcess {
-        url,
+        url: running.client_url().to_string(),
+        admin_url: running.admin_url().to_string(),
+        node: running.node().clone(),
         shutdown,
-        server,
+        server: tokio::spawn(running.wait()),
     }
 }
 
@@ -51,6 +53,7 @@ impl InProcess {
     /// Shuts the daemon down and waits for it.
     pub async fn stop(self) {
         self.shutdown.cancel();
+        drop(self.node);
         self.server.await.expect("server task").expect("server");
     }
 }

@@ -4,6 +4,8 @@
 //! runs a multi-command request (a request object with `cmds`, or just the
 //! array of commands). `mpreg publish TOPIC JSON` publishes; `mpreg
 //! subscribe PATTERN...` prints one JSON line per message until Ctrl-C.
+//! `mpreg sql "SQL"` runs read-only SQL on a daemon's admin HTTP and prints
+//! an aligned table.
 //! Results print as JSON; errors go to stderr with a non-zero exit.
 
 use std::path::PathBuf;
@@ -12,6 +14,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use mpreg_daemon::client::{Client, Request};
 use mpreg_daemon::protocol::RpcCommand;
+use mpreg_query::Format;
 use serde_json::Value;
 
 #[derive(Parser)]
@@ -40,6 +43,56 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         backlog_seconds: u64,
     },
+    /// Run read-only SQL on the daemon (admin HTTP /sql) and print a table.
+    Sql {
+        sql: String,
+        /// Admin URL of the daemon.
+        #[arg(long, default_value = "http://127.0.0.1:6670")]
+        admin: String,
+        /// Output: table (aligned text), json or csv.
+        #[arg(long, default_value = "table")]
+        format: Format,
+    },
+}
+
+/// Runs `sql` on the daemon at `admin` and renders the rows.
+async fn sql(admin: &str, sql: &str, format: Format) -> Result<String, String> {
+    let wire = match format {
+        Format::Table => Format::Arrow,
+        other => other,
+    };
+    let wire_name = match wire {
+        Format::Json => "json",
+        Format::Csv => "csv",
+        Format::Arrow | Format::Table => "arrow",
+    };
+    let url = format!("{}/sql", admin.trim_end_matches('/'));
+    let response = reqwest::Client::new()
+        .post(&url)
+        .query(&[("format", wire_name)])
+        .body(sql.to_string())
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach {url}: {e}"))?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| format!("cannot read the answer of {url}: {e}"))?;
+    if !status.is_success() {
+        let message = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        return Err(format!("{status}: {message}"));
+    }
+    if format != Format::Table {
+        return Ok(String::from_utf8_lossy(&body).trim_end().to_string());
+    }
+    let output = mpreg_query::format::read_arrow_ipc(&body).map_err(|e| e.to_string())?;
+    mpreg_query::format::table(&output.schema, &output.batches)
+        .map(|t| t.trim_end().to_string())
+        .map_err(|e| e.to_string())
 }
 
 fn parse_arg(arg: &str) -> Value {
@@ -79,6 +132,14 @@ fn request_from(text: &str) -> Result<Request, String> {
 }
 
 async fn run(cli: Cli) -> Result<String, String> {
+    if let Command::Sql {
+        sql: query,
+        admin,
+        format,
+    } = &cli.command
+    {
+        return sql(admin, query, *format).await;
+    }
     let client = Client::connect(&cli.url).await.map_err(|e| e.to_string())?;
     let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
     match cli.command {
@@ -135,6 +196,7 @@ async fn run(cli: Cli) -> Result<String, String> {
             }
             Ok(pretty(&out))
         }
+        Command::Sql { .. } => Err("sql runs without a client connection".into()),
     }
 }
 

@@ -1,0 +1,120 @@
+//! SQL on a live node: the engine over the node's data dir, the `raft` row
+//! from the running raft, and the `/sql` HTTP handlers.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use mpreg_query::{Format, RaftRow, RaftSource, SqlEngine, SqlError, SqlLimits, format};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::admin::AdminState;
+use crate::node::{Node, raft_id};
+
+/// The `raft` row of the running node.
+struct LiveRaft(Arc<Node>);
+
+impl RaftSource for LiveRaft {
+    fn raft_row(&self) -> mpreg_storage::Result<RaftRow> {
+        let node = &self.0;
+        let status = node.raft_status();
+        let last_applied = node.applied().last_applied_index();
+        let stored = node.inspector().stored_raft()?;
+        let leader = status.leader.map(|leader| {
+            node.views()
+                .catalog()
+                .nodes()
+                .find(|n| raft_id(&n.node_id) == leader)
+                .map_or_else(|| leader.to_string(), |n| n.node_id.clone())
+        });
+        Ok(RaftRow {
+            node_id: node.identity().node_id.clone(),
+            role: status.role.to_string(),
+            term: status.term,
+            leader,
+            last_log_index: status.last_log_index,
+            committed: stored.committed.max(last_applied),
+            last_applied,
+            snapshot_index: Some(status.snapshot_index).filter(|&i| i > 0),
+        })
+    }
+}
+
+/// The SQL engine of a running node.
+pub fn engine(node: Arc<Node>, limits: SqlLimits) -> std::io::Result<SqlEngine> {
+    SqlEngine::new(node.inspector(), Arc::new(LiveRaft(node)), limits)
+}
+
+/// Query string of `/sql`.
+#[derive(Deserialize)]
+pub struct SqlParams {
+    q: Option<String>,
+    format: Option<String>,
+}
+
+fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into(), "kind": kind}))).into_response()
+}
+
+async fn answer(state: &AdminState, sql: Option<String>, format: Option<String>) -> Response {
+    let Some(engine) = state.sql() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting",
+            "the node is starting",
+        );
+    };
+    let format: Format = match format.as_deref().map(str::parse).transpose() {
+        Ok(format) => format.unwrap_or_default(),
+        Err(message) => return error(StatusCode::BAD_REQUEST, "bad_request", message),
+    };
+    let Some(sql) = sql.filter(|q| !q.trim().is_empty()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "no SQL: pass it as ?q= or as the POST body",
+        );
+    };
+    match engine.query(&sql).await {
+        Ok(output) => match format::encode(format, &output) {
+            Ok(body) => (
+                [(header::CONTENT_TYPE, format.content_type())],
+                Body::from(body),
+            )
+                .into_response(),
+            Err(e) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("cannot encode the result as {format:?}: {e}"),
+            ),
+        },
+        Err(e) => {
+            let status = if e.is_client_error() {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            if matches!(e, SqlError::Internal(_)) {
+                tracing::warn!(error = %e, "SQL query failed");
+            }
+            error(status, e.kind(), e.to_string())
+        }
+    }
+}
+
+/// `GET /sql?q=SQL&format=json|csv|arrow`.
+pub async fn get(State(state): State<AdminState>, Query(params): Query<SqlParams>) -> Response {
+    answer(&state, params.q, params.format).await
+}
+
+/// `POST /sql?format=...` with the SQL as the body.
+pub async fn post(
+    State(state): State<AdminState>,
+    Query(params): Query<SqlParams>,
+    body: String,
+) -> Response {
+    answer(&state, Some(body), params.format).await
+}

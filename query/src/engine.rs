@@ -1,0 +1,252 @@
+//! The SQL session: registers the tables, refuses everything that is not a
+//! read, and runs each query on a runtime of its own under a timeout, a
+//! memory pool and a row limit.
+//!
+//! Queries run on a dedicated tokio runtime so a heavy query competes with
+//! other queries, not with raft, RPC and pub/sub on the node's runtime.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use futures_util::StreamExt;
+use mpreg_storage::Inspector;
+
+use crate::raft::RaftSource;
+use crate::tables::{InspectTable, Sources, TableId};
+
+/// Limits every query runs under; each is a config key of the daemon.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SqlLimits {
+    /// `sql_timeout_ms`: a query running longer is cancelled.
+    pub timeout: Duration,
+    /// `sql_memory_limit_bytes`: memory one query's operators may hold
+    /// (sorts, aggregations, joins); nothing spills to disk.
+    pub memory_limit_bytes: usize,
+    /// `sql_max_rows`: a result with more rows is refused.
+    pub max_rows: usize,
+}
+
+impl Default for SqlLimits {
+    fn default() -> Self {
+        SqlLimits {
+            timeout: Duration::from_secs(10),
+            memory_limit_bytes: 256 << 20,
+            max_rows: 100_000,
+        }
+    }
+}
+
+/// Why a query gave no result.
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    /// A statement that is not a read (DDL, DML, COPY, SET, ...).
+    #[error("refused: the SQL surface is read-only ({0})")]
+    Refused(String),
+    /// Bad SQL, an unknown table or column, a type error: DataFusion's message.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("query cancelled: it ran longer than the timeout of {0} ms (sql_timeout_ms)")]
+    Timeout(u128),
+    #[error(
+        "query cancelled: it needed more than the memory limit of {limit} bytes (sql_memory_limit_bytes): {detail}"
+    )]
+    MemoryLimit { limit: usize, detail: String },
+    #[error(
+        "query cancelled: the result has more than {0} rows (sql_max_rows); add a LIMIT or aggregate"
+    )]
+    RowLimit(usize),
+    #[error("internal error while running the query: {0}")]
+    Internal(String),
+}
+
+impl SqlError {
+    /// Short machine-readable name of the error class.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SqlError::Refused(_) => "refused",
+            SqlError::Invalid(_) => "invalid",
+            SqlError::Timeout(_) => "timeout",
+            SqlError::MemoryLimit { .. } => "memory_limit",
+            SqlError::RowLimit(_) => "row_limit",
+            SqlError::Internal(_) => "internal",
+        }
+    }
+
+    /// Whether the query (not the node) is at fault.
+    pub fn is_client_error(&self) -> bool {
+        !matches!(self, SqlError::Internal(_))
+    }
+}
+
+/// The rows of one query.
+#[derive(Clone, Debug)]
+pub struct QueryOutput {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+impl QueryOutput {
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+/// Shuts its runtime down without blocking, wherever it is dropped.
+struct QueryRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for QueryRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Aborts a spawned query when the caller stops waiting for it.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs read-only SQL over one node's tables.
+pub struct SqlEngine {
+    sources: Arc<Sources>,
+    limits: SqlLimits,
+    runtime: QueryRuntime,
+}
+
+fn message(e: &DataFusionError) -> String {
+    e.to_string()
+}
+
+impl SqlEngine {
+    /// An engine over `inspector`'s database, with `raft` answering the
+    /// `raft` table.
+    pub fn new(
+        inspector: Inspector,
+        raft: Arc<dyn RaftSource>,
+        limits: SqlLimits,
+    ) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("mpreg-sql")
+            .enable_time()
+            .build()?;
+        Ok(SqlEngine {
+            sources: Arc::new(Sources { inspector, raft }),
+            limits,
+            runtime: QueryRuntime(Some(runtime)),
+        })
+    }
+
+    pub fn limits(&self) -> &SqlLimits {
+        &self.limits
+    }
+
+    /// Names of the tables, in the order `SHOW TABLES` lists ours.
+    pub fn table_names() -> impl Iterator<Item = &'static str> {
+        TableId::ALL.into_iter().map(TableId::name)
+    }
+
+    fn context(&self) -> Result<SessionContext, SqlError> {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(self.limits.memory_limit_bytes, 1.0)
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
+            .build_arc()
+            .map_err(|e| SqlError::Internal(message(&e)))?;
+        let config = SessionConfig::new().with_information_schema(true);
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        for id in TableId::ALL {
+            ctx.register_table(
+                id.name(),
+                Arc::new(InspectTable::new(id, self.sources.clone())),
+            )
+            .map_err(|e| SqlError::Internal(message(&e)))?;
+        }
+        Ok(ctx)
+    }
+
+    /// Runs one SQL statement and returns all its rows.
+    pub async fn query(&self, sql: &str) -> Result<QueryOutput, SqlError> {
+        let ctx = self.context()?;
+        let sql = sql.to_string();
+        let limits = self.limits.clone();
+        let runtime = self
+            .runtime
+            .0
+            .as_ref()
+            .ok_or_else(|| SqlError::Internal("the SQL runtime is shut down".to_string()))?;
+        let task = runtime.spawn(async move {
+            tokio::time::timeout(limits.timeout, run(ctx, &sql, &limits))
+                .await
+                .unwrap_or(Err(SqlError::Timeout(limits.timeout.as_millis())))
+        });
+        let _abort = AbortOnDrop(task.abort_handle());
+        task.await
+            .map_err(|e| SqlError::Internal(format!("query task failed: {e}")))?
+    }
+}
+
+fn classify(e: DataFusionError, limits: &SqlLimits) -> SqlError {
+    match e.find_root() {
+        DataFusionError::ResourcesExhausted(detail) => SqlError::MemoryLimit {
+            limit: limits.memory_limit_bytes,
+            detail: detail.clone(),
+        },
+        DataFusionError::Internal(_)
+        | DataFusionError::External(_)
+        | DataFusionError::IoError(_) => SqlError::Internal(message(&e)),
+        _ => SqlError::Invalid(message(&e)),
+    }
+}
+
+async fn run(ctx: SessionContext, sql: &str, limits: &SqlLimits) -> Result<QueryOutput, SqlError> {
+    let plan = ctx
+        .state()
+        .create_logical_plan(sql)
+        .await
+        .map_err(|e| classify(e, limits))?;
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)
+        .map_err(|e| SqlError::Refused(message(&e)))?;
+    let frame = ctx
+        .execute_logical_plan(plan)
+        .await
+        .map_err(|e| classify(e, limits))?;
+    let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+    let mut stream = frame
+        .execute_stream()
+        .await
+        .map_err(|e| classify(e, limits))?;
+    let mut batches = Vec::new();
+    let mut rows = 0usize;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| classify(e, limits))?;
+        rows += batch.num_rows();
+        if rows > limits.max_rows {
+            return Err(SqlError::RowLimit(limits.max_rows));
+        }
+        batches.push(batch);
+    }
+    Ok(QueryOutput { schema, batches })
+}

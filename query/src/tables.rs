@@ -1,0 +1,448 @@
+//! The SQL tables: their columns, their pushdown keys, and how each reads
+//! its rows from the views, the log or the raft state.
+//!
+//! Every table is an [`InspectTable`]; a scan reads one RocksDB snapshot
+//! (see [`mpreg_storage::inspect`]), so each table in a query is consistent
+//! with itself. Tables in one query may be read at different snapshots.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::TableType;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::streaming::StreamingTableExec;
+use mpreg_storage::views::{FunctionRow, NodeRow, RouteRow, SubscriptionRow, View};
+use mpreg_storage::{EventKind, Flow, Inspector};
+use openraft::{EntryPayload, RaftLogId};
+use serde::de::DeserializeOwned;
+
+use crate::columns::{Column, Kind, RowWriter, Value, schema};
+use crate::pushdown::{Bounds, text_equality};
+use crate::raft::RaftSource;
+use crate::scan::{BlockingScan, RowSink};
+
+/// Every table of the SQL surface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableId {
+    Nodes,
+    Functions,
+    Subscriptions,
+    Routes,
+    Events,
+    Raft,
+}
+
+const NODES: &[Column] = &[
+    Column::new("node_id", Kind::Text),
+    Column::new("cluster_id", Kind::Text),
+    Column::new("addresses", Kind::TextList),
+    Column::new("resources", Kind::TextList),
+    Column::new("joined_at", Kind::Time),
+    Column::new("status", Kind::Text),
+];
+
+const FUNCTIONS: &[Column] = &[
+    Column::new("name", Kind::Text),
+    Column::new("function_id", Kind::Text),
+    Column::new("version", Kind::Text),
+    Column::new("resources", Kind::TextList),
+    Column::new("provider", Kind::Text),
+    Column::new("node_id", Kind::Text),
+    Column::new("cluster_id", Kind::Text),
+    Column::new("registered_at", Kind::Time),
+];
+
+const SUBSCRIPTIONS: &[Column] = &[
+    Column::new("subscription_id", Kind::Text),
+    Column::new("pattern", Kind::Text),
+    Column::new("subscriber", Kind::Text),
+    Column::new("node_id", Kind::Text),
+    Column::new("durable", Kind::Bool),
+    Column::new("created_at", Kind::Time),
+];
+
+const ROUTES: &[Column] = &[
+    Column::new("dest", Kind::Text),
+    Column::new("next_hop", Kind::Text),
+    Column::new("path", Kind::TextList),
+    Column::new("hops", Kind::U32),
+    Column::new("cost", Kind::U32),
+    Column::new("advertiser", Kind::Text),
+    Column::new("learned_at", Kind::Time),
+    Column::nullable("expires_at", Kind::Time),
+    Column::new("state", Kind::Text),
+];
+
+const EVENTS: &[Column] = &[
+    Column::new("index", Kind::U64),
+    Column::new("term", Kind::U64),
+    Column::new("time", Kind::Time),
+    Column::new("kind", Kind::Text),
+    Column::new("summary", Kind::Text),
+];
+
+const RAFT: &[Column] = &[
+    Column::new("node_id", Kind::Text),
+    Column::new("role", Kind::Text),
+    Column::new("term", Kind::U64),
+    Column::nullable("leader", Kind::Text),
+    Column::new("last_log_index", Kind::U64),
+    Column::new("committed", Kind::U64),
+    Column::new("last_applied", Kind::U64),
+    Column::nullable("snapshot_index", Kind::U64),
+];
+
+impl TableId {
+    pub const ALL: [TableId; 6] = [
+        TableId::Nodes,
+        TableId::Functions,
+        TableId::Subscriptions,
+        TableId::Routes,
+        TableId::Events,
+        TableId::Raft,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TableId::Nodes => "nodes",
+            TableId::Functions => "functions",
+            TableId::Subscriptions => "subscriptions",
+            TableId::Routes => "routes",
+            TableId::Events => "events",
+            TableId::Raft => "raft",
+        }
+    }
+
+    fn columns(self) -> &'static [Column] {
+        match self {
+            TableId::Nodes => NODES,
+            TableId::Functions => FUNCTIONS,
+            TableId::Subscriptions => SUBSCRIPTIONS,
+            TableId::Routes => ROUTES,
+            TableId::Events => EVENTS,
+            TableId::Raft => RAFT,
+        }
+    }
+
+    /// The column whose filters narrow a scan, if any.
+    fn key(self) -> Option<&'static str> {
+        match self {
+            TableId::Functions => Some("name"),
+            TableId::Routes => Some("dest"),
+            TableId::Events => Some("index"),
+            TableId::Nodes | TableId::Subscriptions | TableId::Raft => None,
+        }
+    }
+}
+
+/// What the pushed filters leave of a table's key space.
+#[derive(Clone, Debug, Default)]
+struct Narrowing {
+    /// The key column must equal this.
+    equals: Option<String>,
+    /// The index column must lie within these.
+    bounds: Bounds,
+}
+
+impl Narrowing {
+    fn from_filters(table: TableId, filters: &[Expr]) -> Self {
+        let mut narrowing = Narrowing::default();
+        let Some(key) = table.key() else {
+            return narrowing;
+        };
+        for filter in filters {
+            if table == TableId::Events {
+                narrowing.bounds.narrow(filter, key);
+            } else if narrowing.equals.is_none() {
+                narrowing.equals = text_equality(filter, key);
+            }
+        }
+        narrowing
+    }
+
+    fn narrows(table: TableId, filter: &Expr) -> bool {
+        match table.key() {
+            Some(key) if table == TableId::Events => Bounds::default().narrow(filter, key),
+            Some(key) => text_equality(filter, key).is_some(),
+            None => false,
+        }
+    }
+}
+
+/// Where the tables read from.
+pub struct Sources {
+    pub inspector: Inspector,
+    pub raft: Arc<dyn RaftSource>,
+}
+
+/// One SQL table over the node's state.
+pub struct InspectTable {
+    id: TableId,
+    schema: SchemaRef,
+    sources: Arc<Sources>,
+}
+
+impl fmt::Debug for InspectTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "InspectTable({})", self.id.name())
+    }
+}
+
+impl InspectTable {
+    pub fn new(id: TableId, sources: Arc<Sources>) -> Self {
+        InspectTable {
+            id,
+            schema: schema(id.columns()),
+            sources,
+        }
+    }
+}
+
+fn storage(e: mpreg_storage::Error) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+/// Scans rows of `view` under `prefix` into `sink` through `row`.
+fn scan_view<T: DeserializeOwned>(
+    inspector: &Inspector,
+    view: View,
+    prefix: &[u8],
+    sink: &mut RowSink,
+    mut row: impl FnMut(&mut RowSink, T) -> Result<Flow>,
+) -> Result<()> {
+    let mut failed = None;
+    inspector
+        .scan_view(view, prefix, |decoded| {
+            row(sink, decoded).unwrap_or_else(|e| {
+                failed = Some(e);
+                Flow::Stop
+            })
+        })
+        .map_err(storage)?;
+    failed.map_or(Ok(()), Err)
+}
+
+fn produce_nodes(inspector: &Inspector, sink: &mut RowSink) -> Result<()> {
+    scan_view(inspector, View::Nodes, b"", sink, |sink, r: NodeRow| {
+        sink.push(&[
+            Value::Text(&r.node_id),
+            Value::Text(&r.cluster_id),
+            Value::TextList(&r.addresses),
+            Value::TextList(&r.resources),
+            Value::Time(r.joined_at_ms),
+            Value::Text(r.status.as_str()),
+        ])
+    })
+}
+
+fn produce_functions(inspector: &Inspector, name: Option<&str>, sink: &mut RowSink) -> Result<()> {
+    let prefix = name.map(FunctionRow::name_prefix).unwrap_or_default();
+    scan_view(
+        inspector,
+        View::Functions,
+        &prefix,
+        sink,
+        |sink, r: FunctionRow| {
+            sink.push(&[
+                Value::Text(&r.name),
+                Value::Text(&r.function_id),
+                Value::Text(&r.version),
+                Value::TextList(&r.resources),
+                Value::Text(&r.provider),
+                Value::Text(&r.node_id),
+                Value::Text(&r.cluster_id),
+                Value::Time(r.registered_at_ms),
+            ])
+        },
+    )
+}
+
+fn produce_subscriptions(inspector: &Inspector, sink: &mut RowSink) -> Result<()> {
+    scan_view(
+        inspector,
+        View::Subscriptions,
+        b"",
+        sink,
+        |sink, r: SubscriptionRow| {
+            for pattern in &r.patterns {
+                let flow = sink.push(&[
+                    Value::Text(&r.subscription_id),
+                    Value::Text(pattern),
+                    Value::Text(&r.subscriber),
+                    Value::Text(&r.node_id),
+                    Value::Bool(r.durable),
+                    Value::Time(r.created_at_ms),
+                ])?;
+                if flow == Flow::Stop {
+                    return Ok(Flow::Stop);
+                }
+            }
+            Ok(Flow::Continue)
+        },
+    )
+}
+
+fn produce_routes(inspector: &Inspector, dest: Option<&str>, sink: &mut RowSink) -> Result<()> {
+    let prefix = dest.map(RouteRow::dest_prefix).unwrap_or_default();
+    let now = crate::now_ms();
+    scan_view(
+        inspector,
+        View::Routes,
+        &prefix,
+        sink,
+        |sink, r: RouteRow| {
+            let state = match r.expires_at_ms {
+                Some(at) if at <= now => "expired",
+                _ => "active",
+            };
+            sink.push(&[
+                Value::Text(&r.dest),
+                Value::Text(&r.next_hop),
+                Value::TextList(&r.path),
+                Value::U32(u32::try_from(r.hops()).unwrap_or(u32::MAX)),
+                Value::U32(r.cost),
+                Value::Text(&r.advertiser),
+                Value::Time(r.learned_at_ms),
+                r.expires_at_ms.map_or(Value::Null, Value::Time),
+                Value::Text(state),
+            ])
+        },
+    )
+}
+
+/// The fields of an event as one JSON object (the kind is its own column).
+fn summary(kind: &EventKind) -> String {
+    match serde_json::to_value(kind) {
+        Ok(serde_json::Value::Object(tagged)) => tagged
+            .into_iter()
+            .next()
+            .map_or_else(String::new, |(_, fields)| fields.to_string()),
+        Ok(other) => other.to_string(),
+        Err(e) => format!("{{\"error\":\"{e}\"}}"),
+    }
+}
+
+fn produce_events(inspector: &Inspector, bounds: Bounds, sink: &mut RowSink) -> Result<()> {
+    if bounds.is_empty() {
+        return Ok(());
+    }
+    let mut failed = None;
+    inspector
+        .scan_log(bounds.low, bounds.high, |entry| {
+            let EntryPayload::Normal(batch) = &entry.payload else {
+                return Flow::Continue;
+            };
+            let log_id = entry.get_log_id();
+            for event in &batch.events {
+                let summary_of = || summary(&event.kind);
+                match sink.push(&[
+                    Value::U64(log_id.index),
+                    Value::U64(log_id.leader_id.term),
+                    Value::Time(event.time_ms),
+                    Value::Text(event.kind.name()),
+                    Value::LazyText(&summary_of),
+                ]) {
+                    Ok(Flow::Continue) => {}
+                    Ok(Flow::Stop) => return Flow::Stop,
+                    Err(e) => {
+                        failed = Some(e);
+                        return Flow::Stop;
+                    }
+                }
+            }
+            Flow::Continue
+        })
+        .map_err(storage)?;
+    failed.map_or(Ok(()), Err)
+}
+
+fn produce_raft(raft: &dyn RaftSource, sink: &mut RowSink) -> Result<()> {
+    let row = raft.raft_row().map_err(storage)?;
+    sink.push(&[
+        Value::Text(&row.node_id),
+        Value::Text(&row.role),
+        Value::U64(row.term),
+        row.leader.as_deref().map_or(Value::Null, Value::Text),
+        Value::U64(row.last_log_index),
+        Value::U64(row.committed),
+        Value::U64(row.last_applied),
+        row.snapshot_index.map_or(Value::Null, Value::U64),
+    ])?;
+    Ok(())
+}
+
+impl InspectTable {
+    fn produce(&self, narrowing: &Narrowing, sink: &mut RowSink) -> Result<()> {
+        let inspector = &self.sources.inspector;
+        let equals = narrowing.equals.as_deref();
+        match self.id {
+            TableId::Nodes => produce_nodes(inspector, sink),
+            TableId::Functions => produce_functions(inspector, equals, sink),
+            TableId::Subscriptions => produce_subscriptions(inspector, sink),
+            TableId::Routes => produce_routes(inspector, equals, sink),
+            TableId::Events => produce_events(inspector, narrowing.bounds, sink),
+            TableId::Raft => produce_raft(self.sources.raft.as_ref(), sink),
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for InspectTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|filter| {
+                if Narrowing::narrows(self.id, filter) {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let narrowing = Narrowing::from_filters(self.id, filters);
+        let columns = self.id.columns();
+        let projection = projection.cloned();
+        let make_writer = Arc::new(move || RowWriter::new(columns, projection.as_deref()));
+        let table = InspectTable {
+            id: self.id,
+            schema: self.schema.clone(),
+            sources: self.sources.clone(),
+        };
+        let producer = Arc::new(move |sink: &mut RowSink| table.produce(&narrowing, sink));
+        let scan = BlockingScan::new(self.id.name(), make_writer, producer, limit)?;
+        let schema = datafusion::physical_plan::streaming::PartitionStream::schema(&scan).clone();
+        Ok(Arc::new(StreamingTableExec::try_new(
+            schema,
+            vec![Arc::new(scan)],
+            None,
+            [],
+            false,
+            limit,
+        )?))
+    }
+}

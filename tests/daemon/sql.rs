@@ -1,0 +1,691 @@
+//! SQL over HTTP and offline: every table after known events, pushdown in
+//! `EXPLAIN`, the three formats, refusals, limits, offline equals live, and
+//! queries while writes commit.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use mpreg_storage::EventKind;
+use mpreg_tests::{Daemon, InProcess, TestDir, run_daemon, sql_get, sql_post, sql_rows};
+use serde_json::{Value, json};
+
+fn route(dest: &str, advertiser: &str, path: &[&str], cost: u32) -> EventKind {
+    EventKind::RouteAnnounced {
+        dest: dest.to_string(),
+        next_hop: advertiser.to_string(),
+        path: path.iter().map(|s| s.to_string()).collect(),
+        cost,
+        advertiser: advertiser.to_string(),
+        expires_at_ms: None,
+    }
+}
+
+/// Known events on top of what the node records itself at start.
+async fn seed(node: &mpreg_daemon::Node) -> Result<()> {
+    let events = [
+        EventKind::NodeJoined {
+            node_id: "n2".into(),
+            cluster_id: "local".into(),
+            addresses: vec!["ws://127.0.0.1:1".into()],
+            resources: vec!["gpu".into()],
+        },
+        EventKind::NodeLeft {
+            node_id: "n2".into(),
+        },
+        EventKind::FunctionRegistered {
+            name: "resize".into(),
+            function_id: "resize-v2".into(),
+            version: "2.1.0".into(),
+            resources: vec!["gpu".into()],
+            provider: "conn-7".into(),
+            node_id: "n2".into(),
+            cluster_id: "local".into(),
+        },
+        EventKind::SubscriptionAdded {
+            subscription_id: "audit".into(),
+            patterns: vec!["orders.#".into(), "users.*.created".into()],
+            subscriber: "conn-9".into(),
+            node_id: "n2".into(),
+            durable: true,
+        },
+        route("c2", "c9", &["c9", "c2"], 20),
+        route("c2", "c3", &["c3", "c2"], 10),
+        EventKind::RouteAnnounced {
+            dest: "c4".into(),
+            next_hop: "c3".into(),
+            path: vec!["c3".into(), "c4".into()],
+            cost: 5,
+            advertiser: "c3".into(),
+            expires_at_ms: Some(1_000),
+        },
+    ];
+    for event in events {
+        node.propose_ok(event).await?;
+    }
+    Ok(())
+}
+
+fn column<'a>(rows: &'a [Value], name: &str) -> Vec<&'a Value> {
+    rows.iter().map(|r| &r[name]).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_table_returns_what_the_views_hold() -> Result<()> {
+    let dir = TestDir::new();
+    let daemon = InProcess::start(&dir, |_| {}).await?;
+    let before_seed = daemon.node.applied().last_applied_index();
+    seed(&daemon.node).await?;
+    let admin = daemon.admin_url.as_str();
+    let me = daemon.node.identity().node_id.clone();
+
+    let nodes = sql_rows(admin, "SELECT * FROM nodes ORDER BY node_id").await?;
+    let n2 = nodes
+        .iter()
+        .find(|r| r["node_id"] == "n2")
+        .context("n2 row")?;
+    assert_eq!(n2["status"], "left");
+    assert_eq!(n2["resources"], json!(["gpu"]));
+    assert_eq!(n2["addresses"], json!(["ws://127.0.0.1:1"]));
+    let this = nodes
+        .iter()
+        .find(|r| r["node_id"] == me)
+        .context("own row")?;
+    assert_eq!(this["status"], "up");
+    assert_eq!(this["cluster_id"], "local");
+    assert_eq!(nodes.len(), 2);
+
+    let functions = sql_rows(admin, "SELECT * FROM functions WHERE name = 'resize'").await?;
+    assert_eq!(functions.len(), 1);
+    let f = &functions[0];
+    assert_eq!(
+        (
+            &f["function_id"],
+            &f["version"],
+            &f["provider"],
+            &f["node_id"]
+        ),
+        (
+            &json!("resize-v2"),
+            &json!("2.1.0"),
+            &json!("conn-7"),
+            &json!("n2")
+        )
+    );
+    assert!(
+        f["registered_at"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("20"))
+    );
+
+    let subscriptions = sql_rows(admin, "SELECT * FROM subscriptions ORDER BY pattern").await?;
+    assert_eq!(
+        column(&subscriptions, "pattern"),
+        [&json!("orders.#"), &json!("users.*.created")]
+    );
+    assert!(
+        subscriptions
+            .iter()
+            .all(|r| r["subscription_id"] == "audit" && r["durable"] == true)
+    );
+
+    let routes = sql_rows(admin, "SELECT * FROM routes ORDER BY dest, cost").await?;
+    let dests: Vec<&Value> = column(&routes, "dest");
+    assert_eq!(
+        dests,
+        [&json!("c2"), &json!("c2"), &json!("c4"), &json!("local")]
+    );
+    let own = &routes[3];
+    assert_eq!(
+        (&own["hops"], &own["cost"], &own["state"]),
+        (&json!(0), &json!(0), &json!("active"))
+    );
+    assert_eq!(routes[0]["path"], json!(["c3", "c2"]));
+    assert_eq!(routes[0]["hops"], 2);
+    assert_eq!(routes[0]["expires_at"], Value::Null);
+    assert_eq!(routes[2]["state"], "expired");
+    assert_eq!(routes[2]["expires_at"], "1970-01-01T00:00:01Z");
+
+    let status = mpreg_tests::status_of(admin).await?;
+    let last_applied = status["last_applied"].as_u64().context("last_applied")?;
+    let all_events = sql_rows(admin, "SELECT * FROM events").await?;
+    assert_eq!(all_events[0]["kind"], "node_joined");
+    assert_eq!(all_events[1]["kind"], "route_announced");
+    let events = sql_rows(
+        admin,
+        &format!("SELECT * FROM events WHERE index > {before_seed}"),
+    )
+    .await?;
+    let kinds: Vec<&str> = events.iter().filter_map(|r| r["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "node_joined",
+            "node_left",
+            "function_registered",
+            "subscription_added",
+            "route_announced",
+            "route_announced",
+            "route_announced"
+        ]
+    );
+    let indexes: Vec<u64> = events.iter().filter_map(|r| r["index"].as_u64()).collect();
+    assert!(indexes.windows(2).all(|w| w[0] < w[1]), "{indexes:?}");
+    assert!(*indexes.last().context("events")? <= last_applied);
+    let summary: Value = serde_json::from_str(events[2]["summary"].as_str().context("summary")?)?;
+    assert_eq!(summary["name"], "resize");
+    assert_eq!(summary["version"], "2.1.0");
+    let tail = sql_rows(
+        admin,
+        &format!("SELECT kind FROM events WHERE index > {}", indexes[3]),
+    )
+    .await?;
+    assert_eq!(tail.len(), 3);
+
+    let raft = sql_rows(admin, "SELECT * FROM raft").await?;
+    assert_eq!(raft.len(), 1);
+    let raft = &raft[0];
+    assert_eq!(raft["node_id"], json!(me));
+    assert_eq!(raft["role"], "leader");
+    assert_eq!(raft["leader"], json!(me));
+    assert_eq!(raft["last_applied"], json!(last_applied));
+    assert!(raft["committed"].as_u64() >= Some(last_applied));
+    assert!(raft["last_log_index"].as_u64() >= Some(last_applied));
+    assert_eq!(raft["term"], status["term"]);
+
+    let tables = sql_rows(admin, "SHOW TABLES").await?;
+    let public: Vec<&str> = tables
+        .iter()
+        .filter(|r| r["table_schema"] == "public")
+        .filter_map(|r| r["table_name"].as_str())
+        .collect();
+    for table in mpreg_query::SqlEngine::table_names() {
+        assert!(
+            public.contains(&table),
+            "SHOW TABLES lacks {table}: {public:?}"
+        );
+    }
+    let columns = sql_rows(admin, "DESCRIBE routes").await?;
+    assert_eq!(columns.len(), 9);
+    daemon.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_to_c2_and_explain_shows_the_pushed_filter() -> Result<()> {
+    let dir = TestDir::new();
+    let daemon = InProcess::start(&dir, |_| {}).await?;
+    seed(&daemon.node).await?;
+    let admin = daemon.admin_url.as_str();
+
+    let rows = sql_rows(admin, "SELECT * FROM routes WHERE dest='c2'").await?;
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r["dest"] == "c2"));
+    let mut advertisers: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r["advertiser"].as_str())
+        .collect();
+    advertisers.sort();
+    assert_eq!(advertisers, ["c3", "c9"]);
+
+    for (sql, pushed) in [
+        (
+            "EXPLAIN SELECT * FROM routes WHERE dest='c2'",
+            "routes.dest = Utf8(\"c2\")",
+        ),
+        (
+            "EXPLAIN SELECT * FROM functions WHERE name='resize'",
+            "functions.name = Utf8(\"resize\")",
+        ),
+        (
+            "EXPLAIN SELECT * FROM events WHERE index > 3",
+            "events.index > UInt64(3)",
+        ),
+    ] {
+        let plan = sql_rows(admin, sql).await?;
+        let logical = plan
+            .iter()
+            .find(|r| r["plan_type"] == "logical_plan")
+            .and_then(|r| r["plan"].as_str())
+            .context("logical plan row")?;
+        assert!(
+            logical.contains("partial_filters=[") && logical.contains(pushed),
+            "{sql}: {logical}"
+        );
+    }
+    daemon.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_csv_and_arrow_answers_parse() -> Result<()> {
+    let dir = TestDir::new();
+    let daemon = InProcess::start(&dir, |_| {}).await?;
+    seed(&daemon.node).await?;
+    let admin = daemon.admin_url.as_str();
+    let sql = "SELECT dest, path, cost, expires_at FROM routes WHERE dest = 'c2' ORDER BY cost";
+
+    let json = sql_get(admin, sql, "json").await?;
+    assert_eq!(json.content_type, "application/json");
+    let rows = json.rows()?;
+    assert_eq!(
+        rows[0],
+        json!({"dest": "c2", "path": ["c3", "c2"], "cost": 10, "expires_at": null})
+    );
+
+    let csv = sql_get(admin, sql, "csv").await?;
+    assert_eq!(csv.status, 200);
+    assert!(
+        csv.content_type.starts_with("text/csv"),
+        "{}",
+        csv.content_type
+    );
+    let text = String::from_utf8(csv.body)?;
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "dest,path,cost,expires_at",
+            "c2,\"[c3, c2]\",10,",
+            "c2,\"[c9, c2]\",20,"
+        ]
+    );
+
+    let arrow = sql_get(admin, sql, "arrow").await?;
+    assert_eq!(arrow.content_type, "application/vnd.apache.arrow.stream");
+    let output = mpreg_query::format::read_arrow_ipc(&arrow.body)?;
+    assert_eq!(output.num_rows(), 2);
+    let names: Vec<&str> = output
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
+    assert_eq!(names, ["dest", "path", "cost", "expires_at"]);
+
+    let empty = sql_get(admin, "SELECT * FROM routes WHERE dest = 'nowhere'", "json").await?;
+    assert_eq!(empty.rows()?.len(), 0);
+    let empty_csv = sql_get(
+        admin,
+        "SELECT dest FROM routes WHERE dest = 'nowhere'",
+        "csv",
+    )
+    .await?;
+    assert_eq!(String::from_utf8(empty_csv.body)?, "dest\n");
+
+    let posted = sql_post(admin, "SELECT count(*) AS n FROM routes")
+        .await?
+        .rows()?;
+    assert_eq!(posted, [json!({"n": 4})]);
+
+    let bad_format = sql_get(admin, "SELECT 1", "xml").await?;
+    assert_eq!(bad_format.status, 400);
+    assert!(
+        bad_format.json()?["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("xml"))
+    );
+    daemon.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_and_file_access_are_refused_and_bad_sql_is_named() -> Result<()> {
+    let dir = TestDir::new();
+    let daemon = Daemon::start(&dir, &[])?;
+    let admin = daemon.ready.admin_url.clone();
+    let refused = [
+        "CREATE TABLE t (a INT)",
+        "CREATE TABLE t AS SELECT * FROM routes",
+        "CREATE VIEW v AS SELECT * FROM routes",
+        "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'",
+        "DROP TABLE routes",
+        "INSERT INTO routes (dest) VALUES ('x')",
+        "DELETE FROM routes",
+        "UPDATE routes SET cost = 1",
+        "COPY routes TO '/tmp/mpreg-copy.csv'",
+        "SET datafusion.execution.batch_size = 1",
+        "CREATE FUNCTION f(a INT) RETURNS INT RETURN a",
+    ];
+    for sql in refused {
+        let answer = sql_get(&admin, sql, "json").await?;
+        let body = answer.json()?;
+        assert_eq!(answer.status, 400, "{sql}: {body}");
+        assert!(
+            body["kind"] == "refused" || body["kind"] == "invalid",
+            "{sql}: {body}"
+        );
+        if !sql.starts_with("CREATE FUNCTION") {
+            assert_eq!(body["kind"], "refused", "{sql}: {body}");
+            assert!(
+                body["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("read-only")),
+                "{body}"
+            );
+        }
+    }
+    assert!(!std::path::Path::new("/tmp/mpreg-copy.csv").exists());
+
+    let file = sql_get(&admin, "SELECT * FROM '/etc/passwd'", "json").await?;
+    assert_eq!(file.status, 400);
+    assert!(
+        file.json()?["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("/etc/passwd"))
+    );
+
+    let unknown = sql_get(&admin, "SELECT * FROM no_such_table", "json").await?;
+    assert_eq!(unknown.status, 400);
+    let unknown = unknown.json()?;
+    assert_eq!(unknown["kind"], "invalid");
+    assert!(
+        unknown["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no_such_table")),
+        "{unknown}"
+    );
+
+    let bad = sql_get(&admin, "SELEC * FROM routes", "json").await?;
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.json()?["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("SELEC"))
+    );
+
+    let column = sql_get(&admin, "SELECT no_such_column FROM routes", "json").await?;
+    assert_eq!(column.status, 400);
+    assert!(
+        column.json()?["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no_such_column"))
+    );
+
+    let empty = sql_get(&admin, "  ", "json").await?;
+    assert_eq!(empty.status, 400);
+
+    let (code, _) = daemon.get("/health").await?;
+    assert_eq!(code, 200);
+    assert!(!sql_rows(&admin, "SELECT * FROM routes").await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_memory_and_row_limits_cancel_cleanly() -> Result<()> {
+    let dir = TestDir::new();
+    let flags =
+        dir.config("sql_timeout_ms = 500\nsql_memory_limit_bytes = 4194304\nsql_max_rows = 1000\n");
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let daemon = Daemon::start(&dir, &flags)?;
+    let admin = daemon.ready.admin_url.clone();
+
+    let started = std::time::Instant::now();
+    let slow = sql_get(
+        &admin,
+        "SELECT count(*) FROM generate_series(1, 100000000000)",
+        "json",
+    )
+    .await?;
+    let body = slow.json()?;
+    assert_eq!(
+        (slow.status, &body["kind"]),
+        (400, &json!("timeout")),
+        "{body}"
+    );
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains("500 ms")),
+        "{body}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+
+    let hungry = sql_get(
+        &admin,
+        "SELECT value % 3000000 AS k, count(*) FROM generate_series(1, 3000000) GROUP BY k",
+        "json",
+    )
+    .await?;
+    let body = hungry.json()?;
+    assert_eq!(
+        (hungry.status, &body["kind"]),
+        (400, &json!("memory_limit")),
+        "{body}"
+    );
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("4194304")),
+        "{body}"
+    );
+
+    let many = sql_get(&admin, "SELECT * FROM generate_series(1, 5000)", "json").await?;
+    let body = many.json()?;
+    assert_eq!(
+        (many.status, &body["kind"]),
+        (400, &json!("row_limit")),
+        "{body}"
+    );
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains("1000")),
+        "{body}"
+    );
+
+    let fits = sql_rows(&admin, "SELECT * FROM generate_series(1, 1000)").await?;
+    assert_eq!(fits.len(), 1000);
+    let (code, _) = daemon.get("/health").await?;
+    assert_eq!(code, 200);
+    Ok(())
+}
+
+const COMPARED: [&str; 5] = [
+    "SELECT * FROM nodes ORDER BY node_id",
+    "SELECT * FROM functions ORDER BY name, version, provider",
+    "SELECT * FROM subscriptions ORDER BY subscription_id, pattern",
+    "SELECT * FROM routes ORDER BY dest, advertiser",
+    "SELECT * FROM events",
+];
+
+fn offline_json(data: &std::path::Path, sql: &str) -> Result<Value> {
+    let out = run_daemon(&[
+        "sql".as_ref(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+        sql.as_ref(),
+        "--format".as_ref(),
+        "json".as_ref(),
+    ])?;
+    ensure!(
+        out.status.success(),
+        "offline sql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_sql_on_a_stopped_dir_equals_live_sql_before_the_stop() -> Result<()> {
+    let dir = TestDir::new();
+    let daemon = Daemon::start(&dir, &[])?;
+    let admin = daemon.ready.admin_url.clone();
+    let client = mpreg_daemon::client::Client::connect(&daemon.ready.client_url).await?;
+    let _sub = client.subscribe_with(&["orders.#"], 0, true).await?;
+    let mut live = BTreeMap::new();
+    for sql in COMPARED {
+        live.insert(sql, Value::Array(sql_rows(&admin, sql).await?));
+    }
+    let raft = sql_rows(
+        &admin,
+        "SELECT term, last_log_index, last_applied FROM raft",
+    )
+    .await?;
+    drop(client);
+    let status = daemon.stop()?;
+    assert!(status.success());
+
+    let before = dir_listing(&dir.data())?;
+    for sql in COMPARED {
+        assert_eq!(offline_json(&dir.data(), sql)?, live[sql], "{sql}");
+    }
+    let offline_raft = offline_json(
+        &dir.data(),
+        "SELECT term, last_log_index, last_applied FROM raft",
+    )?;
+    assert_eq!(offline_raft, Value::Array(raft));
+    let role = offline_json(&dir.data(), "SELECT role, leader FROM raft")?;
+    assert_eq!(role, json!([{"role": "stopped", "leader": null}]));
+    assert_eq!(
+        dir_listing(&dir.data())?,
+        before,
+        "offline SQL changed the dir"
+    );
+
+    let table = run_daemon(&[
+        "sql".as_ref(),
+        "--data-dir".as_ref(),
+        dir.data().as_os_str(),
+        "SELECT dest, hops FROM routes".as_ref(),
+    ])?;
+    let text = String::from_utf8(table.stdout)?;
+    assert!(
+        text.contains("| dest") && text.contains("| local"),
+        "{text}"
+    );
+
+    let refused = run_daemon(&[
+        "sql".as_ref(),
+        "--data-dir".as_ref(),
+        dir.data().as_os_str(),
+        "DROP TABLE routes".as_ref(),
+    ])?;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("read-only"));
+    Ok(())
+}
+
+/// Names, sizes and modification times of every file under `dir`.
+fn dir_listing(dir: &std::path::Path) -> Result<Vec<(String, u64, std::time::SystemTime)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        for entry in std::fs::read_dir(&path)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                out.push((
+                    entry.path().display().to_string(),
+                    meta.len(),
+                    meta.modified()?,
+                ));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_stay_consistent_while_a_thousand_writes_commit() -> Result<()> {
+    const WRITERS: usize = 10;
+    const PER_WRITER: usize = 100;
+    let dir = TestDir::new();
+    let daemon = InProcess::start(&dir, |_| {}).await?;
+    let node = daemon.node.clone();
+    let admin = daemon.admin_url.clone();
+
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let node = node.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..PER_WRITER {
+                node.propose_ok(EventKind::FunctionRegistered {
+                    name: format!("w{w}"),
+                    function_id: format!("w{w}"),
+                    version: format!("1.0.{i}"),
+                    resources: Vec::new(),
+                    provider: "load".into(),
+                    node_id: "n".into(),
+                    cluster_id: "local".into(),
+                })
+                .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let mut readers = Vec::new();
+    for _ in 0..20 {
+        let admin = admin.clone();
+        readers.push(tokio::spawn(async move {
+            let mut seen = 0usize;
+            let mut queries = 0usize;
+            while seen < WRITERS * PER_WRITER {
+                let rows = sql_rows(
+                    &admin,
+                    "SELECT name, version FROM functions WHERE provider = 'load'",
+                )
+                .await?;
+                let mut per_writer: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+                for row in &rows {
+                    let patch = row["version"]
+                        .as_str()
+                        .and_then(|v| v.rsplit('.').next())
+                        .and_then(|p| p.parse().ok())
+                        .context("version")?;
+                    per_writer
+                        .entry(row["name"].as_str().unwrap_or_default().to_string())
+                        .or_default()
+                        .push(patch);
+                }
+                for (writer, mut patches) in per_writer {
+                    patches.sort_unstable();
+                    let expected: Vec<u64> = (0..patches.len() as u64).collect();
+                    ensure!(patches == expected, "{writer} is not a prefix: {patches:?}");
+                }
+                ensure!(
+                    rows.len() >= seen,
+                    "went back from {seen} to {} rows",
+                    rows.len()
+                );
+                seen = rows.len();
+                queries += 1;
+            }
+            anyhow::Ok(queries)
+        }));
+    }
+    for writer in writers {
+        writer.await??;
+    }
+    let mut total_queries = 0;
+    for reader in readers {
+        total_queries += tokio::time::timeout(Duration::from_secs(60), reader).await???;
+    }
+    assert!(total_queries >= 20);
+    let count = sql_rows(
+        &admin,
+        "SELECT count(*) AS n FROM functions WHERE provider = 'load'",
+    )
+    .await?;
+    assert_eq!(count, [json!({"n": WRITERS * PER_WRITER})]);
+    daemon.stop().await
+}
+
+/// Every `sql` block of docs/sql.md runs against a real daemon and returns rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_example_in_the_sql_docs_runs() -> Result<()> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/sql.md"))?;
+    let examples: Vec<&str> = doc
+        .split("```sql\n")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .map(str::trim)
+        .collect();
+    assert!(examples.len() >= 9, "found {} examples", examples.len());
+    let dir = TestDir::new();
+    let daemon = InProcess::start(&dir, |_| {}).await?;
+    seed(&daemon.node).await?;
+    for sql in examples {
+        let rows = sql_rows(&daemon.admin_url, sql)
+            .await
+            .with_context(|| format!("docs example: {sql}"))?;
+        assert!(!rows.is_empty(), "docs example returned no rows: {sql}");
+    }
+    daemon.stop().await
+}
