@@ -93,3 +93,39 @@ fn subscribe_prints_json_lines_of_published_messages() {
     assert!(!ok);
     assert!(err.contains("wildcards must be a whole level"), "{err}");
 }
+
+#[test]
+fn sql_prints_an_aligned_table_and_reports_errors() {
+    let dir = TestDir::new();
+    let daemon = Daemon::start(&dir, &[]).unwrap();
+    let admin = daemon.ready.admin_url.as_str();
+    let url = daemon.ready.client_url.as_str();
+    let sql = |args: &[&str]| {
+        let mut all = vec!["sql", "--admin", admin];
+        all.extend_from_slice(args);
+        mpreg(url, &all)
+    };
+
+    let (ok, out, err) = sql(&["SELECT dest, hops, cost FROM routes"]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    assert!(lines[0].starts_with('+') && lines[0] == lines[2] && lines[0] == lines[4]);
+    let header: Vec<&str> = lines[1].split('|').map(str::trim).collect();
+    assert_eq!(header, ["", "dest", "hops", "cost", ""]);
+    let row: Vec<&str> = lines[3].split('|').map(str::trim).collect();
+    assert_eq!(row, ["", "local", "0", "0", ""]);
+    assert!(lines.iter().all(|l| l.len() == lines[0].len()), "not aligned:\n{out}");
+
+    let (ok, out, _) = sql(&["SELECT dest FROM routes", "--format", "csv"]);
+    assert!(ok);
+    assert_eq!(out, "dest\nlocal\n");
+
+    let (ok, _, err) = sql(&["SELECT * FROM nowhere"]);
+    assert!(!ok);
+    assert!(err.contains("400") && err.contains("nowhere"), "{err}");
+
+    let (ok, _, err) = mpreg(url, &["sql", "--admin", "http://127.0.0.1:1", "SELECT 1"]);
+    assert!(!ok);
+    assert!(err.contains("cannot reach"), "{err}");
+}
