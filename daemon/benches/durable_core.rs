@@ -99,7 +99,7 @@ fn main() {
     let data = tmp.path().join("data");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let node = Arc::new(Node::start(&config(&data), vec![]).await.expect("node"));
+        let node = Arc::new(Node::start(&config(&data), vec![], Default::default()).await.expect("node"));
         let mut written = 0;
         for (concurrency, total) in [(1u64, 2_000u64), (16, 20_000), (256, 100_000)] {
             let (elapsed, lat) = proposers(node.clone(), concurrency, total, written).await;

@@ -1,4 +1,5 @@
-//! Admin HTTP (axum) on `--admin-listen`: `/health`, `/status` and `/sql`.
+//! Admin HTTP (axum) on `--admin-listen`: `/health`, `/status`, `/sql`
+//! and `/metrics`.
 
 use std::sync::{Arc, OnceLock};
 
@@ -11,16 +12,30 @@ use mpreg_query::SqlEngine;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::metrics::Metrics;
 use crate::node::{Node, RaftStatus};
 
 /// What the handlers read; the node appears once it has started.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct AdminState {
     node: Arc<OnceLock<Arc<Node>>>,
     sql: Arc<OnceLock<Arc<SqlEngine>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl AdminState {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        AdminState {
+            node: Arc::default(),
+            sql: Arc::default(),
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Makes the started node and its SQL engine visible to the handlers.
     pub fn set_node(&self, node: Arc<Node>, sql: Arc<SqlEngine>) {
         let _ = self.node.set(node);
@@ -52,6 +67,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/health", get(health))
         .route("/status", get(status))
         .route("/sql", get(crate::sql::get).post(crate::sql::post))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -97,4 +113,20 @@ async fn status(State(state): State<AdminState>) -> Response {
         raft,
     })
     .into_response()
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(state): State<AdminState>) -> Response {
+    match state.metrics.render(state.node.get().map(Arc::as_ref)) {
+        Ok(text) => (
+            [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+            text,
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("failed to render metrics: {e}\n"),
+        )
+            .into_response(),
+    }
 }

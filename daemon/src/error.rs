@@ -56,6 +56,9 @@ pub enum Error {
     #[error("admin HTTP server failed")]
     Admin(#[source] std::io::Error),
 
+    #[error("failed to set up metrics")]
+    Metrics(#[source] prometheus::Error),
+
     #[error("failed to start the SQL runtime")]
     SqlRuntime(#[source] std::io::Error),
 

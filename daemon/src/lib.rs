@@ -3,10 +3,11 @@
 //! # Layout
 //! - [`config`]: settings from defaults, a TOML file and flags;
 //! - [`logging`]: `tracing` setup;
+//! - [`metrics`]: the node's Prometheus registry and `/metrics` text;
 //! - [`node`]: the data dir + raft; [`node::Node::propose`] is the one
 //!   way to change shared state;
 //! - [`raft_network`]: the raft network of a single-member cluster;
-//! - [`admin`]: admin HTTP (`/health`, `/status`, `/sql`);
+//! - [`admin`]: admin HTTP (`/health`, `/status`, `/sql`, `/metrics`);
 //! - [`sql`]: the SQL engine of a live node and the `/sql` handlers;
 //! - [`protocol`]: MPREG JSON messages (parse, replies, error codes);
 //! - [`rpc`]: dependency-resolving RPC over built-ins and workers;
@@ -21,6 +22,7 @@ mod clock;
 pub mod config;
 pub mod error;
 pub mod logging;
+pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod pubsub;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use mpreg_storage::typ::{Node as RaftNode, Raft};
 use mpreg_storage::{
     AppliedState, DataDir, Event, EventBatch, EventKind, Identity, Inspector, OpenMode, Outcome,
-    Views,
+    StorageMetrics, Views,
 };
 use openraft::{ServerState, SnapshotPolicy};
 use serde::Serialize;
@@ -161,7 +161,11 @@ impl Node {
     /// Opens the data dir, starts raft, becomes leader of the single-member
     /// cluster (initializing it on first start) and records `NodeJoined`
     /// and the route to its own cluster.
-    pub async fn start(config: &Config, addresses: Vec<String>) -> Result<Node> {
+    pub async fn start(
+        config: &Config,
+        addresses: Vec<String>,
+        metrics: Arc<StorageMetrics>,
+    ) -> Result<Node> {
         let path = config.data_dir.clone();
         let data_dir =
             tokio::task::spawn_blocking(move || DataDir::open(&path, OpenMode::ReadWrite))
@@ -169,7 +173,7 @@ impl Node {
                 .map_err(|e| Error::RaftStart(e.to_string()))??;
         let identity = resolve_identity(&data_dir, config)?;
         let raft_id = raft_id(&identity.node_id);
-        let (log_store, state_machine) = mpreg_storage::open_raft_storage(&data_dir)?;
+        let (log_store, state_machine) = mpreg_storage::open_raft_storage(&data_dir, metrics)?;
         let views = state_machine.views();
         let raft_config = Arc::new(raft_config(config, &identity.cluster_id)?);
         let raft = Raft::new(

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::pubsub::PubSub;
 use crate::rpc::Rpc;
@@ -98,14 +99,19 @@ pub async fn start(
     let admin_url = format!("http://{admin_addr}");
     let tasks = TaskTracker::new();
 
-    let admin_state = AdminState::default();
+    let metrics = Arc::new(Metrics::new().map_err(Error::Metrics)?);
+    let admin_state = AdminState::new(metrics.clone());
     let admin_shutdown = shutdown.clone();
     let admin_server = axum::serve(listeners.admin, admin::router(admin_state.clone()))
         .with_graceful_shutdown(async move { admin_shutdown.cancelled().await });
     let admin_task = tasks.spawn(async move { admin_server.await.map_err(Error::Admin) });
 
     let node = tokio::select! {
-        node = Node::start(&config, vec![client_url.clone(), admin_url.clone()]) => Arc::new(node?),
+        node = Node::start(
+            &config,
+            vec![client_url.clone(), admin_url.clone()],
+            metrics.storage.clone(),
+        ) => Arc::new(node?),
         () = shutdown.cancelled() => {
             tasks.close();
             tasks.wait().await;
@@ -116,13 +122,16 @@ pub async fn start(
     admin_state.set_node(node.clone(), Arc::new(sql));
 
     let services = Arc::new(Services {
-        rpc: Arc::new(Rpc::start(node.clone(), config.rpc.clone()).await?),
-        pubsub: Arc::new(PubSub::start(node.clone(), config.pubsub.clone()).await?),
+        rpc: Arc::new(Rpc::start(node.clone(), config.rpc.clone(), metrics.rpc.clone()).await?),
+        pubsub: Arc::new(
+            PubSub::start(node.clone(), config.pubsub.clone(), metrics.pubsub.clone()).await?,
+        ),
     });
     tasks.spawn(transport::serve(
         listeners.client,
         services,
         config.transport.clone(),
+        metrics.transport.clone(),
         shutdown.child_token(),
         tasks.clone(),
     ));

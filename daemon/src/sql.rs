@@ -78,13 +78,22 @@ async fn answer(state: &AdminState, sql: Option<String>, format: Option<String>)
             "no SQL: pass it as ?q= or as the POST body",
         );
     };
-    match engine.query(&sql).await {
+    let metrics = &state.metrics().sql;
+    let timer = metrics.query_seconds.start_timer();
+    let result = engine.query(&sql).await;
+    timer.observe_duration();
+    let outcome = result.as_ref().map_or_else(SqlError::kind, |_| "ok");
+    metrics.queries.with_label_values(&[outcome]).inc();
+    match result {
         Ok(output) => match format::encode(format, &output) {
-            Ok(body) => (
-                [(header::CONTENT_TYPE, format.content_type())],
-                Body::from(body),
-            )
-                .into_response(),
+            Ok(body) => {
+                metrics.rows_returned.inc_by(output.num_rows() as u64);
+                (
+                    [(header::CONTENT_TYPE, format.content_type())],
+                    Body::from(body),
+                )
+                    .into_response()
+            }
             Err(e) => error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::metrics::TransportMetrics;
 use crate::protocol::{self, ErrorCode, Inbound, PubSubAck, RpcError, RpcResponse};
 use crate::pubsub::PubSub;
 use crate::rpc::Rpc;
@@ -85,6 +86,7 @@ pub async fn serve(
     listener: TcpListener,
     services: Arc<Services>,
     limits: TransportLimits,
+    metrics: TransportMetrics,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -111,11 +113,17 @@ pub async fn serve(
             rpc: services.rpc.clone(),
             pubsub: services.pubsub.clone(),
             limits: limits.clone(),
+            metrics: metrics.clone(),
             tasks: tasks.clone(),
         };
         let shutdown = shutdown.clone();
+        metrics.connections_accepted.inc();
+        metrics.connections_open.inc();
+        let closed = metrics.clone();
         tasks.spawn(async move {
             session.run(stream, shutdown).await;
+            closed.connections_open.dec();
+            closed.connections_closed.inc();
             drop(slot);
         });
     }
@@ -127,7 +135,21 @@ struct Session {
     rpc: Arc<Rpc>,
     pubsub: Arc<PubSub>,
     limits: TransportLimits,
+    metrics: TransportMetrics,
     tasks: TaskTracker,
+}
+
+/// The `kind` label of a refused frame, from its error code.
+fn frame_error_kind(code: i64) -> &'static str {
+    if code == ErrorCode::FrameTooLarge.code() {
+        "too_large"
+    } else if code == ErrorCode::InvalidRole.code() {
+        "unknown_role"
+    } else if code == ErrorCode::Busy.code() {
+        "busy"
+    } else {
+        "malformed"
+    }
 }
 
 fn ack(kind: FrameKind, u: &str, result: Result<(), String>) -> Outbound {
@@ -167,9 +189,12 @@ impl Session {
         let (mut sink, mut frames) = ws.split();
         let (outbound, mut queue) = mpsc::channel::<Outbound>(self.limits.outbound_queue);
         let ping_interval = self.limits.ping_interval;
+        let metrics = self.metrics.clone();
         let writer = tokio::spawn(async move {
             let mut ping = tokio::time::interval(ping_interval);
             ping.tick().await;
+            // This connection's share of the outbound queue gauge.
+            let mut queued = 0i64;
             loop {
                 let message = tokio::select! {
                     next = queue.recv() => match next {
@@ -178,11 +203,24 @@ impl Session {
                     },
                     _ = ping.tick() => Message::Ping(Vec::new().into()),
                 };
+                let waiting = i64::try_from(queue.len()).unwrap_or(i64::MAX);
+                metrics.outbound_queue_frames.add(waiting - queued);
+                queued = waiting;
                 let closing = matches!(message, Message::Close(_));
+                let payload = match &message {
+                    Message::Text(text) => Some(text.len()),
+                    Message::Binary(bytes) => Some(bytes.len()),
+                    _ => None,
+                };
                 if sink.send(message).await.is_err() || closing {
                     break;
                 }
+                if let Some(bytes) = payload {
+                    metrics.frames_sent.inc();
+                    metrics.bytes_sent.inc_by(bytes as u64);
+                }
             }
+            metrics.outbound_queue_frames.sub(queued);
             let _ = sink.close().await;
         });
 
@@ -208,6 +246,10 @@ impl Session {
                 Some(Ok(Message::Close(_))) | None => break,
                 Some(Ok(_)) => continue,
                 Some(Err(WsError::Capacity(e))) => {
+                    self.metrics
+                        .frame_errors
+                        .with_label_values(&[frame_error_kind(ErrorCode::FrameTooLarge.code())])
+                        .inc();
                     let error = RpcError::new(
                         ErrorCode::FrameTooLarge,
                         format!("{e}; the limit is {} bytes", self.limits.max_frame_bytes),
@@ -227,7 +269,13 @@ impl Session {
                     break;
                 }
             };
+            self.metrics.frames_received.inc();
+            self.metrics.bytes_received.inc_by(bytes.len() as u64);
             if bytes.len() > self.limits.max_frame_bytes {
+                self.metrics
+                    .frame_errors
+                    .with_label_values(&[frame_error_kind(ErrorCode::FrameTooLarge.code())])
+                    .inc();
                 let details = format!(
                     "frame of {} bytes; the limit is {} bytes",
                     bytes.len(),
@@ -242,6 +290,10 @@ impl Session {
             }
             match protocol::parse(&bytes) {
                 Err(refused) => {
+                    self.metrics
+                        .frame_errors
+                        .with_label_values(&[frame_error_kind(refused.error.code)])
+                        .inc();
                     let response = RpcResponse::error(refused.u, refused.error);
                     if outbound.send(reply(kind, &response)).await.is_err() {
                         break;
@@ -249,6 +301,10 @@ impl Session {
                 }
                 Ok(Inbound::Rpc(request)) => {
                     let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                        self.metrics
+                            .frame_errors
+                            .with_label_values(&[frame_error_kind(ErrorCode::Busy.code())])
+                            .inc();
                         let details = format!(
                             "{} requests in flight on this connection",
                             self.limits.max_in_flight

@@ -123,7 +123,7 @@ fn write_log(dir: &DataDir, entries: &[Entry<TypeConfig>]) {
 
 fn open_sm(path: &std::path::Path) -> (DataDir, StateMachine) {
     let dir = DataDir::open(path, OpenMode::ReadWrite).unwrap();
-    let (_, sm) = open_raft_storage(&dir).unwrap();
+    let (_, sm) = open_raft_storage(&dir, Default::default()).unwrap();
     (dir, sm)
 }
 

@@ -101,6 +101,24 @@ impl Inspector {
         Ok(())
     }
 
+    /// Bytes of the raft log in SST files and memtables (RocksDB's figures;
+    /// the WAL, shared by every family, is not counted).
+    pub fn log_bytes(&self) -> Result<u64> {
+        let family = cf(&self.db, CF_LOG)?;
+        let mut total = 0u64;
+        for property in [
+            "rocksdb.total-sst-files-size",
+            "rocksdb.size-all-mem-tables",
+        ] {
+            let value = self
+                .db
+                .property_int_value_cf(family, property)
+                .map_err(|e| Error::rocks("read property", property, e))?;
+            total = total.saturating_add(value.unwrap_or(0));
+        }
+        Ok(total)
+    }
+
     /// The raft positions stored on disk.
     pub fn stored_raft(&self) -> Result<StoredRaft> {
         let db = &self.db;

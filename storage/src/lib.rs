@@ -14,7 +14,8 @@
 //! - [`views`]: rows, the apply function, the digest, the in-memory catalog;
 //! - [`snapshot`]: snapshot files;
 //! - [`replay`]: offline rebuild of the views;
-//! - [`inspect`]: read-only scans of the views and the log (for SQL).
+//! - [`inspect`]: read-only scans of the views and the log (for SQL);
+//! - [`metrics`]: Prometheus metrics of the log, apply and snapshots.
 
 pub mod codec;
 pub mod db;
@@ -22,6 +23,7 @@ pub mod error;
 pub mod event;
 pub mod inspect;
 pub mod log_store;
+pub mod metrics;
 pub mod raft_types;
 pub mod replay;
 pub mod snapshot;
@@ -33,14 +35,18 @@ pub use error::{Error, Result};
 pub use event::{Event, EventBatch, EventKind, Outcome};
 pub use inspect::{Flow, Inspector, StoredRaft};
 pub use log_store::LogStore;
+pub use metrics::StorageMetrics;
 pub use raft_types::{TypeConfig, typ};
 pub use replay::{ReplayReport, replay};
 pub use state_machine::{AppliedState, StateMachine, Views};
 
 /// Opens the raft log and state machine of an open data dir.
-pub fn open_raft_storage(dir: &DataDir) -> Result<(LogStore, StateMachine)> {
-    let log = LogStore::new(dir.db().clone());
-    let sm = StateMachine::open(dir.db().clone(), dir.snapshot_dir())?;
+pub fn open_raft_storage(
+    dir: &DataDir,
+    metrics: std::sync::Arc<StorageMetrics>,
+) -> Result<(LogStore, StateMachine)> {
+    let log = LogStore::new(dir.db().clone(), metrics.clone());
+    let sm = StateMachine::open(dir.db().clone(), dir.snapshot_dir(), metrics)?;
     Ok((log, sm))
 }
 

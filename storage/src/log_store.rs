@@ -20,6 +20,7 @@ use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 use crate::codec;
 use crate::db::{CF_LOG, CF_META, cf, get_decoded, meta_key, write_synced};
 use crate::error::{Error, Result};
+use crate::metrics::StorageMetrics;
 use crate::raft_types::TypeConfig;
 use crate::raft_types::typ::{Entry, LogId, StorageError, Vote};
 
@@ -34,14 +35,21 @@ pub struct LogStore {
     db: Arc<DB>,
     /// Callbacks of appended entries waiting for the next WAL sync.
     flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+    metrics: Arc<StorageMetrics>,
 }
 
 /// Syncs the WAL for every group of waiting appends, then acknowledges them.
-fn flush_loop(db: Arc<DB>, waiting: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+fn flush_loop(
+    db: Arc<DB>,
+    waiting: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>,
+    metrics: Arc<StorageMetrics>,
+) {
     while let Ok(first) = waiting.recv() {
         let mut group = vec![first];
         group.extend(waiting.try_iter());
+        let timer = metrics.wal_fsync_seconds.start_timer();
         let synced = db.flush_wal(true);
+        timer.observe_duration();
         for callback in group {
             let result = match &synced {
                 Ok(()) => Ok(()),
@@ -118,14 +126,20 @@ fn bounds(range: impl RangeBounds<u64>) -> (u64, u64) {
 impl LogStore {
     /// Opens the log store and starts its flusher (on the tokio blocking
     /// pool when in a runtime, so the runtime's shutdown waits for it).
-    pub fn new(db: Arc<DB>) -> Self {
+    pub fn new(db: Arc<DB>, metrics: Arc<StorageMetrics>) -> Self {
         let (flusher, waiting) = std::sync::mpsc::channel();
         let flush_db = db.clone();
+        let flush_metrics = metrics.clone();
+        let flush = move || flush_loop(flush_db, waiting, flush_metrics);
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(move || flush_loop(flush_db, waiting))),
-            Err(_) => drop(std::thread::spawn(move || flush_loop(flush_db, waiting))),
+            Ok(runtime) => drop(runtime.spawn_blocking(flush)),
+            Err(_) => drop(std::thread::spawn(flush)),
         }
-        LogStore { db, flusher }
+        LogStore {
+            db,
+            flusher,
+            metrics,
+        }
     }
 
     fn put_meta_synced<T: serde::Serialize>(
@@ -219,17 +233,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         // The entries are written (unsynced, but readable at once) here;
         // the flusher syncs the WAL and fires the callback.
-        let written = (|| {
+        let timer = self.metrics.log_append_seconds.start_timer();
+        let written = (|| -> Result<()> {
             let family = cf(&self.db, CF_LOG)?;
             let mut batch = WriteBatch::default();
             for entry in entries {
                 let index = entry.get_log_id().index;
                 batch.put_cf(family, log_key(index), codec::encode("log entry", &entry)?);
             }
+            let appended = batch.len() as u64;
             self.db
                 .write(batch)
-                .map_err(|e| Error::rocks("write", "log append", e))
+                .map_err(|e| Error::rocks("write", "log append", e))?;
+            self.metrics.log_entries_appended.inc_by(appended);
+            Ok(())
         })();
+        timer.observe_duration();
         match written {
             Ok(()) => {
                 if let Err(unsent) = self.flusher.send(callback) {

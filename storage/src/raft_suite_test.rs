@@ -16,7 +16,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, (TempDir, DataDir)> for Bu
     ) -> Result<((TempDir, DataDir), LogStore, StateMachine), StorageError<u64>> {
         let tmp = TempDir::new().expect("temp dir");
         let dir = DataDir::open(tmp.path(), OpenMode::ReadWrite).expect("open data dir");
-        let (log, sm) = open_raft_storage(&dir).expect("open raft storage");
+        let (log, sm) = open_raft_storage(&dir, Default::default()).expect("open raft storage");
         Ok(((tmp, dir), log, sm))
     }
 }

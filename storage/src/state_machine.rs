@@ -28,6 +28,7 @@ use crate::db::{
 use crate::error::{Error, Result};
 use crate::event::Outcome;
 use crate::log_store::to_raft;
+use crate::metrics::StorageMetrics;
 use crate::raft_types::TypeConfig;
 use crate::raft_types::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError};
 use crate::snapshot::{self, SnapshotHeader, SnapshotWriter};
@@ -342,11 +343,12 @@ pub struct StateMachine {
     db: Arc<DB>,
     views: Arc<Views>,
     snapshot_dir: PathBuf,
+    metrics: Arc<StorageMetrics>,
 }
 
 impl StateMachine {
     /// Opens the state machine of a data dir and loads its in-memory views.
-    pub fn open(db: Arc<DB>, snapshot_dir: PathBuf) -> Result<Self> {
+    pub fn open(db: Arc<DB>, snapshot_dir: PathBuf, metrics: Arc<StorageMetrics>) -> Result<Self> {
         let applied: AppliedState =
             get_decoded(&db, CF_META, meta_key::APPLIED)?.unwrap_or_default();
         let catalog = load_catalog(&db)?;
@@ -356,6 +358,7 @@ impl StateMachine {
             db,
             views,
             snapshot_dir,
+            metrics,
         })
     }
 
@@ -369,6 +372,7 @@ impl StateMachine {
 pub struct SnapshotBuilder {
     db: Arc<DB>,
     snapshot_dir: PathBuf,
+    metrics: Arc<StorageMetrics>,
 }
 
 /// Copies received snapshot data, from its start, into a synced file.
@@ -406,12 +410,20 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let db = self.db.clone();
         let dir = self.snapshot_dir.clone();
         let err = to_raft(ErrorSubject::Snapshot(None), ErrorVerb::Write);
+        let timer = self.metrics.snapshot_build_seconds.start_timer();
         let record = blocking(move || build_snapshot_file(&db, &dir))
             .await
             .map_err(err)?;
+        timer.observe_duration();
         let file = open_snapshot(self.snapshot_dir.join(&record.file))
             .await
             .map_err(to_raft(ErrorSubject::Snapshot(None), ErrorVerb::Read))?;
+        self.metrics.snapshots.inc();
+        if let Ok(meta) = file.metadata().await {
+            self.metrics
+                .snapshot_size_bytes
+                .set(i64::try_from(meta.len()).unwrap_or(i64::MAX));
+        }
         tracing::info!(snapshot_id = %record.meta.snapshot_id, "built snapshot");
         Ok(Snapshot {
             meta: record.meta,
@@ -438,7 +450,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let db = self.db.clone();
         let views = self.views.clone();
+        let metrics = self.metrics.clone();
         blocking(move || {
+            let timer = metrics.apply_seconds.start_timer();
+            for entry in &entries {
+                if let EntryPayload::Normal(batch) = &entry.payload {
+                    metrics.entry_events.observe(batch.events.len() as f64);
+                    metrics.events_applied.inc_by(batch.events.len() as u64);
+                }
+            }
             let (applied, outcomes, store) = apply_entries(&db, views.applied(), entries)?;
             let mut batch = WriteBatch::default();
             for ((view, key), value) in &store.overlay {
@@ -452,6 +472,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             db.write(batch)
                 .map_err(|e| Error::rocks("write", "apply batch", e))?;
             views.publish(applied, &store.overlay)?;
+            timer.observe_duration();
             Ok(outcomes)
         })
         .await
@@ -462,6 +483,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder {
             db: self.db.clone(),
             snapshot_dir: self.snapshot_dir.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 

@@ -115,7 +115,10 @@ fn sql_prints_an_aligned_table_and_reports_errors() {
     assert_eq!(header, ["", "dest", "hops", "cost", ""]);
     let row: Vec<&str> = lines[3].split('|').map(str::trim).collect();
     assert_eq!(row, ["", "local", "0", "0", ""]);
-    assert!(lines.iter().all(|l| l.len() == lines[0].len()), "not aligned:\n{out}");
+    assert!(
+        lines.iter().all(|l| l.len() == lines[0].len()),
+        "not aligned:\n{out}"
+    );
 
     let (ok, out, _) = sql(&["SELECT dest FROM routes", "--format", "csv"]);
     assert!(ok);

@@ -108,7 +108,11 @@ fn acknowledged_concurrent_proposals_survive_an_unclean_drop() {
     let acknowledged: Vec<String> = {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let acked = rt.block_on(async {
-            let node = Arc::new(Node::start(&node_config(&dir), vec![]).await.unwrap());
+            let node = Arc::new(
+                Node::start(&node_config(&dir), vec![], Default::default())
+                    .await
+                    .unwrap(),
+            );
             let mut tasks = Vec::new();
             for i in 0..proposers {
                 let node = node.clone();
@@ -140,7 +144,9 @@ fn acknowledged_concurrent_proposals_survive_an_unclean_drop() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let node = Node::start(&node_config(&dir), vec![]).await.unwrap();
+        let node = Node::start(&node_config(&dir), vec![], Default::default())
+            .await
+            .unwrap();
         {
             let catalog = node.views().catalog();
             for dest in &acknowledged {
@@ -165,7 +171,9 @@ fn snapshot_and_purge_keep_replay_equal() {
         let mut config = node_config(&dir);
         config.snapshot_interval = 20;
         config.log_retention = 5;
-        let node = Node::start(&config, vec![]).await.unwrap();
+        let node = Node::start(&config, vec![], Default::default())
+            .await
+            .unwrap();
         for i in 0..100 {
             node.propose_ok(EventKind::RouteAnnounced {
                 dest: format!("c{}", i % 7),

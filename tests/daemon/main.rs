@@ -1,9 +1,11 @@
 //! Integration tests against real `mpreg-daemon` processes and in-process
-//! nodes: durability across kill -9, replay, refused data dirs, SQL.
+//! nodes: durability across kill -9, replay, refused data dirs, SQL,
+//! metrics and logs.
 
 mod bad_data_dir;
 mod cli;
 mod durability;
+mod metrics;
 mod migrations;
 mod pubsub;
 mod rpc;

@@ -15,6 +15,8 @@ use serde_json::Value;
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
+pub mod prom;
+
 /// How long a daemon may take to write its ready file.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -251,6 +253,18 @@ pub async fn status_of(admin_url: &str) -> Result<Value> {
         bail!("/status answered {code}: {body}");
     }
     Ok(body)
+}
+
+/// The `/metrics` text of the daemon whose admin HTTP is at `admin_url`.
+pub async fn metrics_of(admin_url: &str) -> Result<String> {
+    let url = format!("{admin_url}/metrics");
+    let resp = reqwest::get(&url)
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    if !resp.status().is_success() {
+        bail!("/metrics answered {}", resp.status());
+    }
+    resp.text().await.context("/metrics body")
 }
 
 /// Runs the daemon binary to completion (for refusals and subcommands).

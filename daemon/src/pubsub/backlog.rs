@@ -33,6 +33,11 @@ impl Backlog {
         }
     }
 
+    /// Bytes of the retained messages.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Retains a message published at `at` (unix seconds).
     pub fn push(&mut self, at: f64, topic: &str, message_id: &str, json: Queued) {
         if self.max_bytes == 0 {

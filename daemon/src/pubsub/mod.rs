@@ -26,6 +26,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::clock::now_secs;
+use crate::metrics::PubSubMetrics;
 use crate::node::Node;
 use crate::protocol::{PubSubMessage, PubSubSubscription};
 use crate::transport::{FrameKind, Outbound};
@@ -92,6 +93,7 @@ struct SubQueue {
     id: String,
     buffer: Mutex<Buffer>,
     wake: Notify,
+    metrics: PubSubMetrics,
 }
 
 impl SubQueue {
@@ -106,8 +108,10 @@ impl SubQueue {
                 SlowConsumerPolicy::DropOldest => {
                     buffer.items.pop_front();
                     buffer.dropped += 1;
+                    self.metrics.dropped.inc();
                 }
                 SlowConsumerPolicy::Disconnect => {
+                    self.metrics.dropped.inc_by(buffer.items.len() as u64 + 1);
                     buffer.items.clear();
                     if let Some(sink) = buffer.sink.take() {
                         let _ = sink.outbound.try_send(Message::Close(None));
@@ -153,7 +157,9 @@ impl SubQueue {
             let json = format!(
                 r#"{{"role":"pubsub-notification","message":{message},"subscription_id":{id},"u":{u}{dropped_field}}}"#
             );
-            if outbound.send(frame.message(json)).await.is_err() {
+            if outbound.send(frame.message(json)).await.is_ok() {
+                self.metrics.delivered.inc();
+            } else {
                 // The subscriber is gone: keep the message for a durable
                 // subscription's return.
                 let mut buffer = self.lock();
@@ -188,13 +194,18 @@ pub struct PubSub {
     node: Arc<Node>,
     limits: PubSubLimits,
     state: Mutex<State>,
+    metrics: PubSubMetrics,
 }
 
 impl PubSub {
     /// Starts pub/sub: durable subscriptions of this node are kept (waiting
     /// for their subscriber), the others are removed (their connections are
     /// gone).
-    pub async fn start(node: Arc<Node>, limits: PubSubLimits) -> crate::Result<PubSub> {
+    pub async fn start(
+        node: Arc<Node>,
+        limits: PubSubLimits,
+        metrics: PubSubMetrics,
+    ) -> crate::Result<PubSub> {
         let rows: Vec<_> = {
             let catalog = node.views().catalog();
             catalog
@@ -210,6 +221,7 @@ impl PubSub {
                 ..State::default()
             }),
             limits,
+            metrics,
         };
         for row in rows {
             if row.durable {
@@ -252,6 +264,10 @@ impl PubSub {
             &message.message_id,
             json.clone(),
         );
+        self.metrics.published.inc();
+        self.metrics
+            .backlog_bytes
+            .set(i64::try_from(state.backlog.bytes()).unwrap_or(i64::MAX));
         for id in state.trie.matches(&message.topic) {
             if let Some(sub) = state.subs.get(&id) {
                 sub.queue
@@ -277,6 +293,7 @@ impl PubSub {
                 ..Buffer::default()
             }),
             wake: Notify::new(),
+            metrics: self.metrics.clone(),
         });
         let mut state = self.lock();
         if backlog_seconds > 0 {
@@ -296,6 +313,7 @@ impl PubSub {
                 queue: queue.clone(),
             },
         );
+        self.metrics.subscriptions.set(state.subs.len() as i64);
         drop(state);
         tokio::spawn(queue.deliver());
     }
@@ -375,6 +393,7 @@ impl PubSub {
     fn forget(&self, id: &str) -> Option<Subscription> {
         let mut state = self.lock();
         let sub = state.subs.remove(id)?;
+        self.metrics.subscriptions.set(state.subs.len() as i64);
         for pattern in &sub.patterns {
             state.trie.remove(pattern, &id.to_string());
         }

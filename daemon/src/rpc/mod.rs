@@ -21,6 +21,7 @@ use mpreg_storage::views::FunctionRow;
 use serde_json::{Map, Value};
 
 use crate::clock::now_secs;
+use crate::metrics::RpcMetrics;
 use crate::node::Node;
 use crate::protocol::{
     ErrorCode, ExecutionSummary, IntermediateResult, RpcCommand, RpcError, RpcRequest, RpcResponse,
@@ -54,6 +55,33 @@ pub struct Rpc {
     workers: Workers,
     selector: Selector,
     limits: RpcLimits,
+    metrics: RpcMetrics,
+}
+
+/// Counts a request in flight for as long as it lives.
+struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    fn new(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        InFlight(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The `outcome` label of an answered request.
+fn request_outcome(response: &RpcResponse) -> &'static str {
+    match &response.error {
+        None => "ok",
+        Some(e) if e.code == ErrorCode::Timeout.code() => "timeout",
+        Some(e) if e.code == ErrorCode::ExecutionFailed.code() => "error",
+        Some(_) => "refused",
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -70,7 +98,11 @@ struct Run {
 impl Rpc {
     /// Starts the engine: registers the built-ins that are missing and
     /// withdraws worker registrations left by connections of a previous run.
-    pub async fn start(node: Arc<Node>, limits: RpcLimits) -> crate::Result<Rpc> {
+    pub async fn start(
+        node: Arc<Node>,
+        limits: RpcLimits,
+        metrics: RpcMetrics,
+    ) -> crate::Result<Rpc> {
         let (stale, missing) = {
             let catalog = node.views().catalog();
             let me = &node.identity().node_id;
@@ -114,6 +146,7 @@ impl Rpc {
             workers: Workers::default(),
             selector: Selector::default(),
             limits,
+            metrics,
         })
     }
 
@@ -131,7 +164,20 @@ impl Rpc {
     }
 
     /// Answers one `rpc` request; never fails, errors are in the response.
+    #[tracing::instrument(level = "debug", name = "request", skip_all, fields(u = %request.u))]
     pub async fn handle(&self, request: RpcRequest) -> RpcResponse {
+        let _in_flight = InFlight::new(&self.metrics.requests_in_flight);
+        let timer = self.metrics.request_seconds.start_timer();
+        let response = self.answer(request).await;
+        timer.observe_duration();
+        self.metrics
+            .requests
+            .with_label_values(&[request_outcome(&response)])
+            .inc();
+        response
+    }
+
+    async fn answer(&self, request: RpcRequest) -> RpcResponse {
         let u = request.u.clone();
         if request.cmds.len() > self.limits.max_commands {
             let details = format!(
@@ -148,6 +194,9 @@ impl Rpc {
         if let Err(e) = self.check_functions(&request.cmds) {
             return RpcResponse::error(Some(u), e);
         }
+        self.metrics
+            .request_levels
+            .observe(plan.levels.len() as f64);
         let start = Instant::now();
         let run = match tokio::time::timeout(self.limits.request_timeout, self.run(&request, &plan))
             .await
@@ -252,6 +301,22 @@ impl Rpc {
             .iter()
             .map(|(k, v)| (k.clone(), substitute(v, results)))
             .collect();
+        let result = self.call(cmd, args, kwargs).await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .calls
+            .with_label_values(&[cmd.fun.as_str(), outcome])
+            .inc();
+        result
+    }
+
+    /// Runs one function call on the provider the selector picks.
+    async fn call(
+        &self,
+        cmd: &RpcCommand,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+    ) -> Result<Value, RpcError> {
         let function = {
             let catalog = self.node.views().catalog();
             self.selector.select(&catalog, cmd, |p| self.is_live(p))?

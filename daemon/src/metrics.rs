@@ -1,0 +1,474 @@
+//! The node's Prometheus metrics: one registry per node (so nodes sharing a
+//! process keep their own counts), the metrics of each system, and the
+//! `/metrics` text.
+//!
+//! Names are `mpreg_<system>_<what>_<unit>`; labels are low-cardinality
+//! only (outcomes, error kinds, registered function names), never a request
+//! id, a topic or a client. Raft positions, subscription counts and process
+//! figures are read when scraped; everything else is counted where it
+//! happens. The list with meanings is docs/metrics.md.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use mpreg_storage::StorageMetrics;
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+use crate::node::Node;
+
+/// Latency buckets, 50 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+/// `kind` values of `mpreg_transport_frame_errors_total`.
+pub const FRAME_ERROR_KINDS: [&str; 4] = ["too_large", "malformed", "unknown_role", "busy"];
+
+/// `outcome` values of `mpreg_rpc_requests_total`.
+pub const RPC_REQUEST_OUTCOMES: [&str; 4] = ["ok", "error", "timeout", "refused"];
+
+/// `outcome` values of `mpreg_sql_queries_total`.
+pub const SQL_OUTCOMES: [&str; 7] = [
+    "ok",
+    "invalid",
+    "refused",
+    "timeout",
+    "memory_limit",
+    "row_limit",
+    "internal",
+];
+
+/// Dependency levels per RPC request.
+const LEVEL_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0];
+
+fn register<C: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: C,
+) -> prometheus::Result<C> {
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+    register(registry, IntCounter::new(name, help)?)
+}
+
+fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    register(registry, IntGauge::new(name, help)?)
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+) -> prometheus::Result<Histogram> {
+    register(
+        registry,
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?,
+    )
+}
+
+/// Client + peer connections and frames.
+#[derive(Clone)]
+pub struct TransportMetrics {
+    pub connections_open: IntGauge,
+    pub connections_accepted: IntCounter,
+    pub connections_closed: IntCounter,
+    pub frames_received: IntCounter,
+    pub frames_sent: IntCounter,
+    pub bytes_received: IntCounter,
+    pub bytes_sent: IntCounter,
+    /// By `kind`: `too_large`, `malformed`, `unknown_role`, `busy`.
+    pub frame_errors: IntCounterVec,
+    /// Frames waiting in outbound queues, summed over connections.
+    pub outbound_queue_frames: IntGauge,
+}
+
+impl TransportMetrics {
+    fn new(r: &Registry) -> prometheus::Result<Self> {
+        Ok(TransportMetrics {
+            connections_open: gauge(
+                r,
+                "mpreg_transport_connections_open",
+                "Client and peer connections open.",
+            )?,
+            connections_accepted: counter(
+                r,
+                "mpreg_transport_connections_accepted_total",
+                "Connections accepted.",
+            )?,
+            connections_closed: counter(
+                r,
+                "mpreg_transport_connections_closed_total",
+                "Connections closed, for any reason.",
+            )?,
+            frames_received: counter(
+                r,
+                "mpreg_transport_frames_received_total",
+                "Text and binary frames received.",
+            )?,
+            frames_sent: counter(
+                r,
+                "mpreg_transport_frames_sent_total",
+                "Frames sent (pings excluded).",
+            )?,
+            bytes_received: counter(
+                r,
+                "mpreg_transport_received_bytes_total",
+                "Payload bytes of the frames received.",
+            )?,
+            bytes_sent: counter(
+                r,
+                "mpreg_transport_sent_bytes_total",
+                "Payload bytes of the frames sent.",
+            )?,
+            frame_errors: counter_vec(
+                r,
+                "mpreg_transport_frame_errors_total",
+                "Frames refused, by kind: too_large, malformed, unknown_role, busy.",
+                &["kind"],
+            )?,
+            outbound_queue_frames: gauge(
+                r,
+                "mpreg_transport_outbound_queue_frames",
+                "Frames waiting in connections' outbound queues, summed (sampled as each writer sends).",
+            )?,
+        })
+    }
+}
+
+/// The RPC engine.
+#[derive(Clone)]
+pub struct RpcMetrics {
+    /// By `function` (a registered name) and `outcome` (`ok`, `error`).
+    pub calls: IntCounterVec,
+    /// By `outcome`: `ok`, `error`, `timeout`, `refused`.
+    pub requests: IntCounterVec,
+    pub request_seconds: Histogram,
+    pub requests_in_flight: IntGauge,
+    pub request_levels: Histogram,
+}
+
+impl RpcMetrics {
+    fn new(r: &Registry) -> prometheus::Result<Self> {
+        Ok(RpcMetrics {
+            calls: counter_vec(
+                r,
+                "mpreg_rpc_calls_total",
+                "Function calls run, by function and outcome (ok, error).",
+                &["function", "outcome"],
+            )?,
+            requests: counter_vec(
+                r,
+                "mpreg_rpc_requests_total",
+                "RPC requests answered, by outcome (ok, error, timeout, refused).",
+                &["outcome"],
+            )?,
+            request_seconds: histogram(
+                r,
+                "mpreg_rpc_request_seconds",
+                "Time to answer one RPC request, all its commands.",
+                LATENCY_BUCKETS,
+            )?,
+            requests_in_flight: gauge(
+                r,
+                "mpreg_rpc_requests_in_flight",
+                "RPC requests being answered.",
+            )?,
+            request_levels: histogram(
+                r,
+                "mpreg_rpc_request_levels",
+                "Dependency levels per RPC request.",
+                LEVEL_BUCKETS,
+            )?,
+        })
+    }
+}
+
+/// Pub/sub.
+#[derive(Clone)]
+pub struct PubSubMetrics {
+    pub published: IntCounter,
+    pub delivered: IntCounter,
+    /// Messages discarded because a subscriber was too slow.
+    pub dropped: IntCounter,
+    pub subscriptions: IntGauge,
+    pub backlog_bytes: IntGauge,
+}
+
+impl PubSubMetrics {
+    fn new(r: &Registry) -> prometheus::Result<Self> {
+        Ok(PubSubMetrics {
+            published: counter(
+                r,
+                "mpreg_pubsub_messages_published_total",
+                "Messages published.",
+            )?,
+            delivered: counter(
+                r,
+                "mpreg_pubsub_messages_delivered_total",
+                "Notifications sent to subscribers.",
+            )?,
+            dropped: counter(
+                r,
+                "mpreg_pubsub_messages_dropped_total",
+                "Messages discarded for slow subscribers (drop_oldest, or the buffer of a disconnected one).",
+            )?,
+            subscriptions: gauge(
+                r,
+                "mpreg_pubsub_subscriptions",
+                "Subscriptions on this node.",
+            )?,
+            backlog_bytes: gauge(
+                r,
+                "mpreg_pubsub_backlog_bytes",
+                "Bytes held in the replay backlog.",
+            )?,
+        })
+    }
+}
+
+/// SQL queries.
+#[derive(Clone)]
+pub struct SqlMetrics {
+    /// By `outcome`: `ok` or the error kind (`invalid`, `refused`, ...).
+    pub queries: IntCounterVec,
+    pub query_seconds: Histogram,
+    pub rows_returned: IntCounter,
+}
+
+impl SqlMetrics {
+    fn new(r: &Registry) -> prometheus::Result<Self> {
+        Ok(SqlMetrics {
+            queries: counter_vec(
+                r,
+                "mpreg_sql_queries_total",
+                "SQL queries, by outcome (ok, invalid, refused, timeout, memory_limit, row_limit, internal).",
+                &["outcome"],
+            )?,
+            query_seconds: histogram(
+                r,
+                "mpreg_sql_query_seconds",
+                "Time to run one SQL query.",
+                LATENCY_BUCKETS,
+            )?,
+            rows_returned: counter(
+                r,
+                "mpreg_sql_rows_returned_total",
+                "Rows returned by SQL queries.",
+            )?,
+        })
+    }
+}
+
+/// Raft positions, read when scraped.
+struct RaftGauges {
+    term: IntGauge,
+    is_leader: IntGauge,
+    last_log_index: IntGauge,
+    commit_index: IntGauge,
+    last_applied_index: IntGauge,
+    apply_lag: IntGauge,
+    log_bytes: IntGauge,
+}
+
+impl RaftGauges {
+    fn new(r: &Registry) -> prometheus::Result<Self> {
+        Ok(RaftGauges {
+            term: gauge(r, "mpreg_raft_term", "Current raft term.")?,
+            is_leader: gauge(
+                r,
+                "mpreg_raft_is_leader",
+                "1 when this node is the raft leader.",
+            )?,
+            last_log_index: gauge(
+                r,
+                "mpreg_raft_last_log_index",
+                "Index of the last entry in the log.",
+            )?,
+            commit_index: gauge(
+                r,
+                "mpreg_raft_commit_index",
+                "Highest index known committed.",
+            )?,
+            last_applied_index: gauge(
+                r,
+                "mpreg_raft_last_applied_index",
+                "Highest index applied to the views.",
+            )?,
+            apply_lag: gauge(
+                r,
+                "mpreg_raft_apply_lag_entries",
+                "Committed entries not yet applied.",
+            )?,
+            log_bytes: gauge(
+                r,
+                "mpreg_storage_log_bytes",
+                "Bytes of the raft log in RocksDB (SST files and memtables).",
+            )?,
+        })
+    }
+}
+
+/// Every metric of one node.
+pub struct Metrics {
+    registry: Registry,
+    pub storage: Arc<StorageMetrics>,
+    pub transport: TransportMetrics,
+    pub rpc: RpcMetrics,
+    pub pubsub: PubSubMetrics,
+    pub sql: SqlMetrics,
+    raft: RaftGauges,
+    uptime: Gauge,
+    started: Instant,
+}
+
+impl Metrics {
+    /// A registry with every metric of a node, process metrics and build info.
+    pub fn new() -> prometheus::Result<Metrics> {
+        let registry = Registry::new();
+        let storage = Arc::new(StorageMetrics::default());
+        storage.register(&registry)?;
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        let build = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "mpreg_build_info",
+                    "Version and git commit of this binary; always 1.",
+                ),
+                &["version", "git_sha"],
+            )?,
+        )?;
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("MPREG_GIT_SHA")])
+            .set(1);
+        let transport = TransportMetrics::new(&registry)?;
+        let rpc = RpcMetrics::new(&registry)?;
+        let sql = SqlMetrics::new(&registry)?;
+        // Every known label value is exported from the start, so dashboards
+        // and alerts see zeros rather than missing series.
+        for kind in FRAME_ERROR_KINDS {
+            transport.frame_errors.with_label_values(&[kind]);
+        }
+        for outcome in RPC_REQUEST_OUTCOMES {
+            rpc.requests.with_label_values(&[outcome]);
+        }
+        for outcome in SQL_OUTCOMES {
+            sql.queries.with_label_values(&[outcome]);
+        }
+        Ok(Metrics {
+            transport,
+            rpc,
+            pubsub: PubSubMetrics::new(&registry)?,
+            sql,
+            raft: RaftGauges::new(&registry)?,
+            uptime: register(
+                &registry,
+                Gauge::new(
+                    "mpreg_process_uptime_seconds",
+                    "Seconds since the daemon started.",
+                )?,
+            )?,
+            storage,
+            registry,
+            started: Instant::now(),
+        })
+    }
+
+    /// Reads the figures kept elsewhere (raft, log size) from `node`.
+    fn refresh(&self, node: &Node) {
+        let status = node.raft_status();
+        let applied = node.applied().last_applied_index();
+        let inspector = node.inspector();
+        let committed = inspector
+            .stored_raft()
+            .map_or(applied, |stored| stored.committed.max(applied));
+        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.raft.term.set(as_i64(status.term));
+        self.raft.is_leader.set(i64::from(status.role == "leader"));
+        self.raft.last_log_index.set(as_i64(status.last_log_index));
+        self.raft.commit_index.set(as_i64(committed));
+        self.raft.last_applied_index.set(as_i64(applied));
+        self.raft
+            .apply_lag
+            .set(as_i64(committed.saturating_sub(applied)));
+        if let Ok(bytes) = inspector.log_bytes() {
+            self.raft.log_bytes.set(as_i64(bytes));
+        }
+    }
+
+    /// The Prometheus text of every metric, with `node`'s figures read now.
+    pub fn render(&self, node: Option<&Node>) -> prometheus::Result<String> {
+        if let Some(node) = node {
+            self.refresh(node);
+        }
+        self.uptime.set(self.started.elapsed().as_secs_f64());
+        let mut text = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut text)?;
+        String::from_utf8(text).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mpreg_query::SqlError;
+
+    use super::*;
+
+    #[test]
+    fn every_known_label_value_is_exported_from_the_start() {
+        let metrics = Metrics::new().expect("metrics");
+        let text = metrics.render(None).expect("text");
+        for kind in FRAME_ERROR_KINDS {
+            let series = format!("mpreg_transport_frame_errors_total{{kind=\"{kind}\"}} 0");
+            assert!(text.contains(&series), "{series}");
+        }
+        for outcome in RPC_REQUEST_OUTCOMES {
+            let series = format!("mpreg_rpc_requests_total{{outcome=\"{outcome}\"}} 0");
+            assert!(text.contains(&series), "{series}");
+        }
+        let errors = [
+            SqlError::Refused(String::new()),
+            SqlError::Invalid(String::new()),
+            SqlError::Timeout(0),
+            SqlError::MemoryLimit {
+                limit: 0,
+                detail: String::new(),
+            },
+            SqlError::RowLimit(0),
+            SqlError::Internal(String::new()),
+        ];
+        for kind in errors.iter().map(SqlError::kind).chain(["ok"]) {
+            assert!(SQL_OUTCOMES.contains(&kind), "{kind}");
+            let series = format!("mpreg_sql_queries_total{{outcome=\"{kind}\"}} 0");
+            assert!(text.contains(&series), "{series}");
+        }
+    }
+
+    #[test]
+    fn nodes_in_one_process_keep_their_own_counts() {
+        let a = Metrics::new().expect("metrics");
+        let b = Metrics::new().expect("metrics");
+        a.pubsub.published.inc();
+        assert_eq!(a.pubsub.published.get(), 1);
+        assert_eq!(b.pubsub.published.get(), 0);
+    }
+}
