@@ -1,5 +1,5 @@
 //! Log setup: `tracing` with `RUST_LOG`-style directives (`--log`) and text
-//! or JSON lines (`--log-format`) on stderr.
+//! or JSON lines (`--log-format`) on stderr; colours only on a terminal.
 
 use tracing_subscriber::EnvFilter;
 
@@ -12,6 +12,7 @@ pub fn init(directives: &str, format: LogFormat) -> Result<()> {
         .map_err(|e| Error::InvalidSetting(format!("--log {directives:?}: {e}")))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let installed = match format {
         LogFormat::Text => builder.try_init(),
