@@ -397,10 +397,7 @@ impl Metrics {
     fn refresh(&self, node: &Node) {
         let status = node.raft_status();
         let applied = node.applied().last_applied_index();
-        let inspector = node.inspector();
-        let committed = inspector
-            .stored_raft()
-            .map_or(applied, |stored| stored.committed.max(applied));
+        let committed = node.commit_index();
         let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         self.raft.term.set(as_i64(status.term));
         self.raft.is_leader.set(i64::from(status.role == "leader"));
@@ -410,7 +407,7 @@ impl Metrics {
         self.raft
             .apply_lag
             .set(as_i64(committed.saturating_sub(applied)));
-        if let Ok(bytes) = inspector.log_bytes() {
+        if let Ok(bytes) = node.inspector().log_bytes() {
             self.raft.log_bytes.set(as_i64(bytes));
         }
     }

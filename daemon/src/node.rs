@@ -276,6 +276,15 @@ impl Node {
         self.views.applied()
     }
 
+    /// Highest index known committed: the stored commit record, never below
+    /// what is applied.
+    pub fn commit_index(&self) -> u64 {
+        let applied = self.applied().last_applied_index();
+        self.inspector()
+            .stored_raft()
+            .map_or(applied, |stored| stored.committed.max(applied))
+    }
+
     /// Raft role, term, leader and log positions.
     pub fn raft_status(&self) -> RaftStatus {
         let m = self.raft.metrics().borrow().clone();

@@ -22,7 +22,6 @@ impl RaftSource for LiveRaft {
         let node = &self.0;
         let status = node.raft_status();
         let last_applied = node.applied().last_applied_index();
-        let stored = node.inspector().stored_raft()?;
         let leader = status.leader.map(|leader| {
             node.views()
                 .catalog()
@@ -36,7 +35,7 @@ impl RaftSource for LiveRaft {
             term: status.term,
             leader,
             last_log_index: status.last_log_index,
-            committed: stored.committed.max(last_applied),
+            committed: node.commit_index(),
             last_applied,
             snapshot_index: Some(status.snapshot_index).filter(|&i| i > 0),
         })

@@ -125,10 +125,6 @@ pub struct SqlEngine {
     runtime: QueryRuntime,
 }
 
-fn message(e: &DataFusionError) -> String {
-    e.to_string()
-}
-
 impl SqlEngine {
     /// An engine over `inspector`'s database, with `raft` answering the
     /// `raft` table.
@@ -165,7 +161,7 @@ impl SqlEngine {
                 DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
             )
             .build_arc()
-            .map_err(|e| SqlError::Internal(message(&e)))?;
+            .map_err(|e| SqlError::Internal(e.to_string()))?;
         let config = SessionConfig::new().with_information_schema(true);
         let state = SessionStateBuilder::new()
             .with_config(config)
@@ -178,7 +174,7 @@ impl SqlEngine {
                 id.name(),
                 Arc::new(InspectTable::new(id, self.sources.clone())),
             )
-            .map_err(|e| SqlError::Internal(message(&e)))?;
+            .map_err(|e| SqlError::Internal(e.to_string()))?;
         }
         Ok(ctx)
     }
@@ -212,8 +208,8 @@ fn classify(e: DataFusionError, limits: &SqlLimits) -> SqlError {
         },
         DataFusionError::Internal(_)
         | DataFusionError::External(_)
-        | DataFusionError::IoError(_) => SqlError::Internal(message(&e)),
-        _ => SqlError::Invalid(message(&e)),
+        | DataFusionError::IoError(_) => SqlError::Internal(e.to_string()),
+        _ => SqlError::Invalid(e.to_string()),
     }
 }
 
@@ -228,7 +224,7 @@ async fn run(ctx: SessionContext, sql: &str, limits: &SqlLimits) -> Result<Query
         .with_allow_dml(false)
         .with_allow_statements(false)
         .verify_plan(&plan)
-        .map_err(|e| SqlError::Refused(message(&e)))?;
+        .map_err(|e| SqlError::Refused(e.to_string()))?;
     let frame = ctx
         .execute_logical_plan(plan)
         .await

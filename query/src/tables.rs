@@ -181,6 +181,7 @@ pub struct Sources {
 }
 
 /// One SQL table over the node's state.
+#[derive(Clone)]
 pub struct InspectTable {
     id: TableId,
     schema: SchemaRef,
@@ -428,11 +429,7 @@ impl TableProvider for InspectTable {
         let columns = self.id.columns();
         let projection = projection.cloned();
         let make_writer = Arc::new(move || RowWriter::new(columns, projection.as_deref()));
-        let table = InspectTable {
-            id: self.id,
-            schema: self.schema.clone(),
-            sources: self.sources.clone(),
-        };
+        let table = self.clone();
         let producer = Arc::new(move |sink: &mut RowSink| table.produce(&narrowing, sink));
         let scan = BlockingScan::new(self.id.name(), make_writer, producer, limit)?;
         let schema = datafusion::physical_plan::streaming::PartitionStream::schema(&scan).clone();
