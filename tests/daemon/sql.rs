@@ -408,6 +408,22 @@ async fn writes_and_file_access_are_refused_and_bad_sql_is_named() -> Result<()>
     Ok(())
 }
 
+/// Runs `sql` and checks it answers 400 with `kind`, naming `limit`.
+async fn expect_cancelled(admin: &str, sql: &str, kind: &str, limit: &str) -> Result<()> {
+    let answer = sql_get(admin, sql, "json").await?;
+    let body = answer.json()?;
+    assert_eq!(
+        (answer.status, &body["kind"]),
+        (400, &json!(kind)),
+        "{sql}: {body}"
+    );
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains(limit)),
+        "{sql}: {body}"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_memory_and_row_limits_cancel_cleanly() -> Result<()> {
     let dir = TestDir::new();
@@ -418,54 +434,28 @@ async fn timeout_memory_and_row_limits_cancel_cleanly() -> Result<()> {
     let admin = daemon.ready.admin_url.clone();
 
     let started = std::time::Instant::now();
-    let slow = sql_get(
+    expect_cancelled(
         &admin,
         "SELECT count(*) FROM generate_series(1, 100000000000)",
-        "json",
+        "timeout",
+        "500 ms",
     )
     .await?;
-    let body = slow.json()?;
-    assert_eq!(
-        (slow.status, &body["kind"]),
-        (400, &json!("timeout")),
-        "{body}"
-    );
-    assert!(
-        body["error"].as_str().is_some_and(|e| e.contains("500 ms")),
-        "{body}"
-    );
     assert!(started.elapsed() < Duration::from_secs(30));
-
-    let hungry = sql_get(
+    expect_cancelled(
         &admin,
         "SELECT value % 3000000 AS k, count(*) FROM generate_series(1, 3000000) GROUP BY k",
-        "json",
+        "memory_limit",
+        "4194304",
     )
     .await?;
-    let body = hungry.json()?;
-    assert_eq!(
-        (hungry.status, &body["kind"]),
-        (400, &json!("memory_limit")),
-        "{body}"
-    );
-    assert!(
-        body["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("4194304")),
-        "{body}"
-    );
-
-    let many = sql_get(&admin, "SELECT * FROM generate_series(1, 5000)", "json").await?;
-    let body = many.json()?;
-    assert_eq!(
-        (many.status, &body["kind"]),
-        (400, &json!("row_limit")),
-        "{body}"
-    );
-    assert!(
-        body["error"].as_str().is_some_and(|e| e.contains("1000")),
-        "{body}"
-    );
+    expect_cancelled(
+        &admin,
+        "SELECT * FROM generate_series(1, 5000)",
+        "row_limit",
+        "1000",
+    )
+    .await?;
 
     let fits = sql_rows(&admin, "SELECT * FROM generate_series(1, 1000)").await?;
     assert_eq!(fits.len(), 1000);
