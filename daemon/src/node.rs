@@ -263,11 +263,11 @@ impl Node {
     }
 
     /// Like [`Node::propose`], but a refused event is an error.
-    pub async fn propose_ok(&self, kind: EventKind) -> Result<()> {
+    pub async fn propose_ok(&self, kind: EventKind) -> Result<Outcome> {
         let name = kind.name();
         match self.propose(kind).await? {
             Outcome::Rejected { reason } => Err(Error::Rejected { kind: name, reason }),
-            Outcome::Applied => Ok(()),
+            accepted => Ok(accepted),
         }
     }
 

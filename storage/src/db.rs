@@ -131,7 +131,9 @@ fn foreign_entries(dir: &Path) -> Result<Vec<String>> {
 fn db_options(create: bool) -> Options {
     let mut opts = Options::default();
     opts.create_if_missing(create);
-    opts.create_missing_column_families(create);
+    // Views added by a newer binary (e.g. the queue views) are created when
+    // an older dir is opened for writing.
+    opts.create_missing_column_families(true);
     opts.set_keep_log_file_num(4);
     opts
 }
@@ -283,14 +285,17 @@ fn open_db(db_path: &Path, mode: OpenMode, create: bool) -> Result<DB> {
             DB::open_cf_descriptors(&opts, db_path, descriptors).map_err(open_err)
         }
         OpenMode::ReadOnly => {
+            // A view this dir's binary did not have yet is simply empty.
             let existing = DB::list_cf(&opts, db_path).map_err(open_err)?;
-            let missing: Vec<&String> = names.iter().filter(|n| !existing.contains(n)).collect();
-            if let Some(name) = missing.first() {
+            if let Some(name) = [CF_LOG, CF_META, CF_SNAPSHOT]
+                .into_iter()
+                .find(|n| !existing.iter().any(|e| e == n))
+            {
                 return Err(Error::MissingSchema {
-                    path: db_path.join(name.as_str()),
+                    path: db_path.join(name),
                 });
             }
-            DB::open_cf_for_read_only(&opts, db_path, &names, false).map_err(open_err)
+            DB::open_cf_for_read_only(&opts, db_path, &existing, false).map_err(open_err)
         }
     }
 }
@@ -326,11 +331,21 @@ pub(crate) fn write_synced(db: &DB, batch: WriteBatch, what: &str) -> Result<()>
         .map_err(|e| Error::rocks("write synced", what, e))
 }
 
-/// Rows of one view whose key starts with `prefix`, in key order.
-pub(crate) fn scan_prefix(db: &DB, view: View, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+/// Up to `limit` rows of one view whose key starts with `prefix` and is not
+/// below `from`, in key order.
+pub(crate) fn scan_from(
+    db: &DB,
+    view: View,
+    prefix: &[u8],
+    from: &[u8],
+    limit: usize,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let family = cf(db, view.cf_name())?;
     let mut rows = Vec::new();
-    for item in db.iterator_cf(family, IteratorMode::From(prefix, Direction::Forward)) {
+    for item in db.iterator_cf(family, IteratorMode::From(from, Direction::Forward)) {
+        if rows.len() >= limit {
+            break;
+        }
         let (key, value) = item.map_err(|e| Error::rocks("scan", view.cf_name(), e))?;
         if !key.starts_with(prefix) {
             break;

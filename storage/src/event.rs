@@ -74,6 +74,56 @@ pub enum EventKind {
     },
     /// The advertiser no longer offers a path to `dest`.
     RouteWithdrawn { dest: String, advertiser: String },
+    /// A queue was declared (again, with the same settings, is a no-op).
+    /// Declaring a dead-letter queue that does not exist declares it too.
+    QueueDeclared {
+        name: String,
+        settings: QueueSettings,
+    },
+    /// A queue and all its messages went away.
+    QueueDeleted { name: String },
+    /// Every message of a queue went away; the queue stays.
+    QueuePurged { name: String },
+    /// Messages were sent to a queue, in order.
+    MessagesSent {
+        queue: String,
+        messages: Vec<NewMessage>,
+    },
+    /// `consumer` leased up to `max` ready messages, in delivery order.
+    MessagesLeased {
+        queue: String,
+        consumer: String,
+        max: u32,
+        /// How long an at-least-once lease lasts before the message is
+        /// delivered again.
+        lease_ms: u64,
+        /// Only messages whose topic matches (AMQP wildcards); `None` = all.
+        topic_pattern: Option<String>,
+    },
+    /// The lease holder processed a message; it goes away.
+    MessageAcked {
+        queue: String,
+        message_id: String,
+        consumer: String,
+    },
+    /// The lease holder gave a message back, to be delivered again after
+    /// `delay_ms` (or dead-lettered when out of retries).
+    MessageNacked {
+        queue: String,
+        message_id: String,
+        consumer: String,
+        delay_ms: u64,
+    },
+    /// A consumer went away: its leases among `message_ids` end now.
+    LeasesReleased {
+        queue: String,
+        consumer: String,
+        message_ids: Vec<String>,
+    },
+    /// Proposed by the leader when queue timers are due: up to `max` timers
+    /// due at the event's time fire (delays end, leases expire, TTLs and
+    /// dedup windows run out).
+    QueueTimersFired { max: u32 },
 }
 
 impl EventKind {
@@ -88,6 +138,15 @@ impl EventKind {
             EventKind::SubscriptionRemoved { .. } => "subscription_removed",
             EventKind::RouteAnnounced { .. } => "route_announced",
             EventKind::RouteWithdrawn { .. } => "route_withdrawn",
+            EventKind::QueueDeclared { .. } => "queue_declared",
+            EventKind::QueueDeleted { .. } => "queue_deleted",
+            EventKind::QueuePurged { .. } => "queue_purged",
+            EventKind::MessagesSent { .. } => "messages_sent",
+            EventKind::MessagesLeased { .. } => "messages_leased",
+            EventKind::MessageAcked { .. } => "message_acked",
+            EventKind::MessageNacked { .. } => "message_nacked",
+            EventKind::LeasesReleased { .. } => "leases_released",
+            EventKind::QueueTimersFired { .. } => "queue_timers_fired",
         }
     }
 }
@@ -107,4 +166,137 @@ pub enum Outcome {
     Applied,
     /// The event was refused deterministically; the views are unchanged.
     Rejected { reason: String },
+    /// `MessagesSent`: one entry per message, in order.
+    Sent { messages: Vec<SentMessage> },
+    /// `MessagesLeased`: the messages delivered to the consumer.
+    Delivered { messages: Vec<DeliveredMessage> },
+    /// `MessageAcked`: when the acked message was first enqueued.
+    Acked { enqueued_at_ms: u64 },
+    /// `MessageNacked`, `LeasesReleased`: where the released messages went.
+    Released { requeued: u64, dead_lettered: u64 },
+    /// `QueueTimersFired`: what the due timers did.
+    TimersFired(FiredTimers),
+}
+
+/// How a queue orders its ready messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueueType {
+    /// In send order; priorities are ignored.
+    Fifo,
+    /// Highest priority first, then send order.
+    Priority,
+    /// Like FIFO; meant for messages sent with a delay (every type honours
+    /// delays).
+    Delay,
+}
+
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Fifo => "fifo",
+            QueueType::Priority => "priority",
+            QueueType::Delay => "delay",
+        }
+    }
+}
+
+/// The settings a queue is declared with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSettings {
+    pub queue_type: QueueType,
+    /// Most messages (ready, delayed and leased) the queue holds.
+    pub max_size: u64,
+    /// Lease length of a pull `receive`.
+    pub visibility_timeout_ms: u64,
+    /// Lease length of a pushed (subscribed) delivery.
+    pub ack_timeout_ms: u64,
+    /// Messages not acked this long after sending go away.
+    pub message_ttl_ms: Option<u64>,
+    /// Deliveries after the first before a message is dead-lettered.
+    pub max_retries: u32,
+    /// Where messages out of retries go; `None` drops them.
+    pub dead_letter_queue: Option<String>,
+    /// How long a client message id keeps refusing duplicates; `None` =
+    /// only ids still in the queue are refused.
+    pub dedup_window_ms: Option<u64>,
+}
+
+/// How a message is delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Delivery {
+    /// Leased; delivered again until acked.
+    AtLeastOnce,
+    /// Removed when delivered (fire and forget).
+    AtMostOnce,
+    /// Removed when delivered; pushed to every current subscriber.
+    Broadcast,
+}
+
+impl Delivery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::AtLeastOnce => "at_least_once",
+            Delivery::AtMostOnce => "at_most_once",
+            Delivery::Broadcast => "broadcast",
+        }
+    }
+}
+
+/// One message of a `MessagesSent` event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewMessage {
+    pub message_id: String,
+    /// Whether the client chose the id (only those enter the dedup window).
+    pub client_id: bool,
+    pub topic: String,
+    /// The payload as JSON text.
+    pub payload: String,
+    /// 0..=255, higher first (priority queues only).
+    pub priority: u8,
+    pub delay_ms: u64,
+    /// Overrides the queue's message TTL.
+    pub ttl_ms: Option<u64>,
+    pub delivery: Delivery,
+}
+
+/// What happened to one sent message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentMessage {
+    pub message_id: String,
+    /// The id was already in the queue or its dedup window: nothing was added.
+    pub duplicate: bool,
+}
+
+/// A message handed to a consumer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveredMessage {
+    pub message_id: String,
+    pub topic: String,
+    pub payload: String,
+    pub priority: u8,
+    /// Deliveries so far, this one included.
+    pub attempts: u32,
+    pub delivery: Delivery,
+    pub enqueued_at_ms: u64,
+    /// When the lease ends (at-least-once only).
+    pub lease_deadline_ms: Option<u64>,
+}
+
+/// Counts of what one `QueueTimersFired` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FiredTimers {
+    /// Delayed messages that became ready.
+    pub delays_ended: u64,
+    /// Leases that ran out (their messages are ready again or dead-lettered).
+    pub leases_expired: u64,
+    /// Messages whose TTL ran out.
+    pub messages_expired: u64,
+    /// Messages moved to a dead-letter queue (or dropped without one).
+    pub dead_lettered: u64,
+    /// Dedup windows that closed.
+    pub dedup_ended: u64,
+    /// More timers were already due than `max`.
+    pub more_due: bool,
+    /// Queues whose ready messages changed.
+    pub queues: Vec<String>,
 }

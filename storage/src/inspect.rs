@@ -67,8 +67,11 @@ impl Inspector {
         prefix: &[u8],
         mut row: impl FnMut(T) -> Flow,
     ) -> Result<()> {
+        // A dir written before this view existed, opened read-only, lacks it.
+        let Some(family) = self.db.cf_handle(view.cf_name()) else {
+            return Ok(());
+        };
         let snapshot = self.db.snapshot();
-        let family = cf(&self.db, view.cf_name())?;
         let iter = snapshot.iterator_cf(family, IteratorMode::From(prefix, Direction::Forward));
         for item in iter {
             let (key, value) = item.map_err(|e| Error::rocks("scan", view.cf_name(), e))?;

@@ -14,6 +14,7 @@
 //! - [`views`]: rows, the apply function, the digest, the in-memory catalog;
 //! - [`snapshot`]: snapshot files;
 //! - [`replay`]: offline rebuild of the views;
+//! - [`topic`]: AMQP-style topic patterns (queue delivery filters);
 //! - [`inspect`]: read-only scans of the views and the log (for SQL);
 //! - [`metrics`]: Prometheus metrics of the log, apply and snapshots.
 
@@ -28,6 +29,7 @@ pub mod raft_types;
 pub mod replay;
 pub mod snapshot;
 pub mod state_machine;
+pub mod topic;
 pub mod views;
 
 pub use db::{DataDir, Identity, OpenMode, SCHEMA_VERSION};

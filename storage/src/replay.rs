@@ -54,13 +54,20 @@ impl RowStore for MemViews {
         Ok(self.rows.get(&view).and_then(|rows| rows.get(key)).cloned())
     }
 
-    fn scan_prefix(&self, view: View, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn scan(
+        &self,
+        view: View,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let Some(rows) = self.rows.get(&view) else {
             return Ok(Vec::new());
         };
         Ok(rows
-            .range(prefix.to_vec()..)
+            .range(from.to_vec()..)
             .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
     }

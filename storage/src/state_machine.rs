@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::db::{
-    CF_META, CF_SNAPSHOT, SNAPSHOT_CURRENT, cf, get_decoded, meta_key, scan_prefix, write_synced,
+    CF_META, CF_SNAPSHOT, SNAPSHOT_CURRENT, cf, get_decoded, meta_key, scan_from, write_synced,
 };
 use crate::error::{Error, Result};
 use crate::event::Outcome;
@@ -81,7 +81,7 @@ impl Views {
         changes: &BTreeMap<(View, Vec<u8>), Option<Vec<u8>>>,
     ) -> Result<()> {
         let mut catalog = self.catalog.write().unwrap_or_else(|e| e.into_inner());
-        for ((view, key), value) in changes {
+        for ((view, key), value) in changes.iter().filter(|((v, _), _)| v.in_catalog()) {
             catalog.apply_change(*view, key, value.as_deref())?;
         }
         *self.applied.write().unwrap_or_else(|e| e.into_inner()) = applied;
@@ -110,20 +110,30 @@ impl RowStore for BatchStore<'_> {
             .map_err(|e| Error::rocks("read", view.cf_name(), e))
     }
 
-    fn scan_prefix(&self, view: View, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut rows: BTreeMap<Vec<u8>, Vec<u8>> =
-            scan_prefix(self.db, view, prefix)?.into_iter().collect();
-        let pending = self
+    fn scan(
+        &self,
+        view: View,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let pending: Vec<_> = self
             .overlay
-            .range((view, prefix.to_vec())..)
-            .take_while(|((v, k), _)| *v == view && k.starts_with(prefix));
+            .range((view, from.to_vec())..)
+            .take_while(|((v, k), _)| *v == view && k.starts_with(prefix))
+            .collect();
+        // Each pending change can hide at most one stored row, so this many
+        // stored rows always hold the first `limit` of the merged result.
+        let wanted = limit.saturating_add(pending.len());
+        let mut rows: BTreeMap<Vec<u8>, Vec<u8>> =
+            scan_from(self.db, view, prefix, from, wanted)?.into_iter().collect();
         for ((_, key), value) in pending {
             match value {
                 Some(value) => rows.insert(key.clone(), value.clone()),
                 None => rows.remove(key),
             };
         }
-        Ok(rows.into_iter().collect())
+        Ok(rows.into_iter().take(limit).collect())
     }
 
     fn put(&mut self, view: View, key: Vec<u8>, value: Vec<u8>) {
@@ -146,7 +156,7 @@ struct SnapshotRecord {
 /// Loads the in-memory catalog from the view column families.
 fn load_catalog(db: &DB) -> Result<Catalog> {
     let mut catalog = Catalog::default();
-    for view in View::ALL {
+    for view in View::ALL.into_iter().filter(|v| v.in_catalog()) {
         for item in db.iterator_cf(cf(db, view.cf_name())?, IteratorMode::Start) {
             let (key, value) = item.map_err(|e| Error::rocks("scan", view.cf_name(), e))?;
             catalog.apply_change(view, &key, Some(&value))?;

@@ -127,7 +127,7 @@ fn acknowledged_concurrent_proposals_survive_an_unclean_drop() {
                         expires_at_ms: None,
                     })
                     .await
-                    .map(|()| dest)
+                    .map(|_| dest)
                 }));
             }
             let mut acked = Vec::new();

@@ -411,6 +411,7 @@ impl PubSub {
                 subscription_id: id.to_string(),
             })
             .await
+            .map(drop)
             .map_err(|e| e.to_string())
     }
 

@@ -10,6 +10,9 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
+pub use mpreg_storage::topic::pattern_matches;
+use mpreg_storage::topic::pattern_levels as levels;
+
 /// Most levels a topic or pattern may have.
 pub const MAX_LEVELS: usize = 64;
 
@@ -46,18 +49,6 @@ fn check(text: &str, what: &str, wildcards: bool) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// The levels of a pattern with runs of `#` collapsed to one (`#.#` means
-/// the same as `#`, and each extra `#` would multiply matching work).
-fn levels(pattern: &str) -> Vec<&str> {
-    let mut out: Vec<&str> = Vec::new();
-    for level in pattern.split('.') {
-        if !(level == "#" && out.last() == Some(&"#")) {
-            out.push(level);
-        }
-    }
-    out
 }
 
 fn is_exact(pattern: &str) -> bool {
@@ -174,21 +165,6 @@ impl<K: Clone + Eq + Hash> TopicTrie<K> {
         }
         out
     }
-}
-
-/// Whether one pattern matches one topic (used for backlogs and as the
-/// reference the trie is tested against).
-pub fn pattern_matches(pattern: &str, topic: &str) -> bool {
-    fn go(p: &[&str], t: &[&str]) -> bool {
-        match p.split_first() {
-            None => t.is_empty(),
-            Some((&"#", rest)) => (0..=t.len()).any(|skip| go(rest, &t[skip..])),
-            Some((&"*", rest)) => !t.is_empty() && go(rest, &t[1..]),
-            Some((level, rest)) => t.first() == Some(level) && go(rest, &t[1..]),
-        }
-    }
-    let t: Vec<&str> = topic.split('.').collect();
-    go(&levels(pattern), &t)
 }
 
 #[cfg(test)]

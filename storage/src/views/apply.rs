@@ -7,6 +7,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::queue_apply;
 use super::{Digest, FunctionRow, NodeRow, NodeStatus, RouteRow, SubscriptionRow, View};
 use crate::codec;
 use crate::error::Result;
@@ -17,8 +18,15 @@ use crate::event::{Event, EventKind, Outcome};
 pub trait RowStore {
     /// The current value of a row, including changes not yet committed.
     fn get(&self, view: View, key: &[u8]) -> Result<Option<Vec<u8>>>;
-    /// Every row whose key starts with `prefix`, in key order.
-    fn scan_prefix(&self, view: View, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Up to `limit` rows whose key starts with `prefix` and is not below
+    /// `from`, in key order.
+    fn scan(
+        &self,
+        view: View,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
     fn put(&mut self, view: View, key: Vec<u8>, value: Vec<u8>);
     fn delete(&mut self, view: View, key: Vec<u8>);
 }
@@ -34,7 +42,7 @@ impl<'a, S: RowStore> ViewTxn<'a, S> {
         ViewTxn { store, digest }
     }
 
-    fn get<T: DeserializeOwned>(&self, view: View, key: &[u8]) -> Result<Option<T>> {
+    pub(super) fn get<T: DeserializeOwned>(&self, view: View, key: &[u8]) -> Result<Option<T>> {
         match self.store.get(view, key)? {
             Some(bytes) => Ok(Some(codec::decode(view.cf_name(), &bytes)?)),
             None => Ok(None),
@@ -43,13 +51,45 @@ impl<'a, S: RowStore> ViewTxn<'a, S> {
 
     fn scan<T: DeserializeOwned>(&self, view: View, prefix: &[u8]) -> Result<Vec<T>> {
         self.store
-            .scan_prefix(view, prefix)?
+            .scan(view, prefix, prefix, usize::MAX)?
             .iter()
             .map(|(_, bytes)| codec::decode(view.cf_name(), bytes))
             .collect()
     }
 
-    fn put<T: Serialize>(&mut self, view: View, key: Vec<u8>, row: &T) -> Result<()> {
+    /// Up to `limit` decoded rows of `view` starting with `prefix`, from
+    /// `from` on, with their keys.
+    pub(super) fn rows<T: DeserializeOwned>(
+        &self,
+        view: View,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, T)>> {
+        self.store
+            .scan(view, prefix, from, limit)?
+            .into_iter()
+            .map(|(key, bytes)| Ok((key, codec::decode(view.cf_name(), &bytes)?)))
+            .collect()
+    }
+
+    /// Up to `limit` keys of `view` starting with `prefix`, from `from` on.
+    pub(super) fn keys(
+        &self,
+        view: View,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>> {
+        Ok(self
+            .store
+            .scan(view, prefix, from, limit)?
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect())
+    }
+
+    pub(super) fn put<T: Serialize>(&mut self, view: View, key: Vec<u8>, row: &T) -> Result<()> {
         let value = codec::encode(view.cf_name(), row)?;
         if let Some(old) = self.store.get(view, &key)? {
             self.digest.remove(view, &key, &old);
@@ -60,7 +100,7 @@ impl<'a, S: RowStore> ViewTxn<'a, S> {
     }
 
     /// Deletes a row; returns whether it existed.
-    fn delete(&mut self, view: View, key: Vec<u8>) -> Result<bool> {
+    pub(super) fn delete(&mut self, view: View, key: Vec<u8>) -> Result<bool> {
         match self.store.get(view, &key)? {
             Some(old) => {
                 self.digest.remove(view, &key, &old);
@@ -72,14 +112,14 @@ impl<'a, S: RowStore> ViewTxn<'a, S> {
     }
 }
 
-fn rejected(reason: impl Into<String>) -> Outcome {
+pub(super) fn rejected(reason: impl Into<String>) -> Outcome {
     Outcome::Rejected {
         reason: reason.into(),
     }
 }
 
 /// Refuses identifiers that would break key encoding: empty or holding NUL.
-fn check_ids(ids: &[(&str, &str)]) -> Option<Outcome> {
+pub(super) fn check_ids(ids: &[(&str, &str)]) -> Option<Outcome> {
     ids.iter().find_map(|(field, value)| {
         if value.is_empty() {
             Some(rejected(format!("{field} must not be empty")))
@@ -238,6 +278,47 @@ pub fn apply<S: RowStore>(txn: &mut ViewTxn<'_, S>, event: &Event) -> Result<Out
                 return Ok(rejected(format!("no route to {dest} from {advertiser}")));
             }
         }
+        EventKind::QueueDeclared { name, settings } => {
+            return queue_apply::declare(txn, now, name, settings);
+        }
+        EventKind::QueueDeleted { name } => return queue_apply::delete(txn, name),
+        EventKind::QueuePurged { name } => return queue_apply::purge(txn, name),
+        EventKind::MessagesSent { queue, messages } => {
+            return queue_apply::send(txn, now, queue, messages);
+        }
+        EventKind::MessagesLeased {
+            queue,
+            consumer,
+            max,
+            lease_ms,
+            topic_pattern,
+        } => {
+            let lease = queue_apply::Lease {
+                queue,
+                consumer,
+                max: *max,
+                lease_ms: *lease_ms,
+                topic_pattern: topic_pattern.as_deref(),
+            };
+            return queue_apply::lease(txn, now, lease);
+        }
+        EventKind::MessageAcked {
+            queue,
+            message_id,
+            consumer,
+        } => return queue_apply::ack(txn, queue, message_id, consumer),
+        EventKind::MessageNacked {
+            queue,
+            message_id,
+            consumer,
+            delay_ms,
+        } => return queue_apply::nack(txn, now, queue, message_id, consumer, *delay_ms),
+        EventKind::LeasesReleased {
+            queue,
+            consumer,
+            message_ids,
+        } => return queue_apply::release_leases(txn, now, queue, consumer, message_ids),
+        EventKind::QueueTimersFired { max } => return queue_apply::fire_timers(txn, now, *max),
     }
     Ok(Outcome::Applied)
 }

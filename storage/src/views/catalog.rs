@@ -50,6 +50,12 @@ impl Catalog {
             View::Functions => change(&mut self.functions, view, key, value),
             View::Subscriptions => change(&mut self.subscriptions, view, key, value),
             View::Routes => change(&mut self.routes, view, key, value),
+            View::Queues
+            | View::QueueMessages
+            | View::QueueReady
+            | View::QueueMessageIds
+            | View::QueueDedup
+            | View::QueueTimers => Ok(()),
         }
     }
 

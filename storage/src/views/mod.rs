@@ -8,11 +8,17 @@
 mod apply;
 mod catalog;
 mod digest;
+mod queue_apply;
+mod queue_rows;
 mod rows;
 
 pub use apply::{RowStore, ViewTxn, apply};
 pub use catalog::Catalog;
 pub use digest::Digest;
+pub use queue_rows::{
+    DedupRow, MessageRow, MessageState, QueueRow, Timer, TimerKind, queue_prefix,
+    seq_of_ready_key,
+};
 pub use rows::{FunctionRow, NodeRow, NodeStatus, RouteRow, SubscriptionRow};
 
 /// One materialized view; each is stored in its own column family.
@@ -22,16 +28,37 @@ pub enum View {
     Functions,
     Subscriptions,
     Routes,
+    Queues,
+    QueueMessages,
+    QueueReady,
+    QueueMessageIds,
+    QueueDedup,
+    QueueTimers,
 }
 
 impl View {
     /// Every view, in a fixed order (snapshot files and digests rely on it).
-    pub const ALL: [View; 4] = [
+    pub const ALL: [View; 10] = [
         View::Nodes,
         View::Functions,
         View::Subscriptions,
         View::Routes,
+        View::Queues,
+        View::QueueMessages,
+        View::QueueReady,
+        View::QueueMessageIds,
+        View::QueueDedup,
+        View::QueueTimers,
     ];
+
+    /// Whether the in-memory [`Catalog`] holds this view's rows (queue
+    /// views stay on disk only: a queue may hold millions of messages).
+    pub fn in_catalog(self) -> bool {
+        matches!(
+            self,
+            View::Nodes | View::Functions | View::Subscriptions | View::Routes
+        )
+    }
 
     /// The RocksDB column family holding this view.
     pub fn cf_name(self) -> &'static str {
@@ -40,6 +67,12 @@ impl View {
             View::Functions => "view_functions",
             View::Subscriptions => "view_subscriptions",
             View::Routes => "view_routes",
+            View::Queues => "view_queues",
+            View::QueueMessages => "view_queue_messages",
+            View::QueueReady => "view_queue_ready",
+            View::QueueMessageIds => "view_queue_message_ids",
+            View::QueueDedup => "view_queue_dedup",
+            View::QueueTimers => "view_queue_timers",
         }
     }
 
@@ -50,6 +83,12 @@ impl View {
             View::Functions => 2,
             View::Subscriptions => 3,
             View::Routes => 4,
+            View::Queues => 5,
+            View::QueueMessages => 6,
+            View::QueueReady => 7,
+            View::QueueMessageIds => 8,
+            View::QueueDedup => 9,
+            View::QueueTimers => 10,
         }
     }
 

@@ -1,0 +1,751 @@
+//! Apply for queue events: declare, send, lease, ack, nack, release, timers,
+//! purge and delete.
+//!
+//! Every message is in exactly one state and has exactly the index rows of
+//! that state: ready → a `queue_ready` key; delayed → a delay timer; leased →
+//! a lease timer. [`unplace`] and [`place`] move a message between states
+//! and keep the queue's counters equal to those rows. Time is the event's:
+//! a timer fires only through `QueueTimersFired`, which the leader proposes.
+
+use super::apply::{check_ids, rejected};
+use super::{
+    DedupRow, MessageRow, MessageState, QueueRow, RowStore, Timer, TimerKind, View, ViewTxn,
+    queue_prefix, seq_of_ready_key,
+};
+use crate::error::Result;
+use crate::event::{
+    DeliveredMessage, Delivery, FiredTimers, NewMessage, Outcome, QueueSettings, QueueType,
+    SentMessage,
+};
+use crate::topic::pattern_matches;
+
+/// Rows read per scan step.
+const SCAN_CHUNK: usize = 256;
+/// Most ready messages one lease looks at when a topic pattern filters them.
+const MAX_LEASE_SCAN: usize = 10_000;
+
+fn unknown_queue(name: &str) -> Outcome {
+    rejected(format!("unknown queue {name}"))
+}
+
+fn load_queue<S: RowStore>(txn: &ViewTxn<'_, S>, name: &str) -> Result<Option<QueueRow>> {
+    txn.get(View::Queues, &QueueRow::key(name))
+}
+
+fn save_queue<S: RowStore>(txn: &mut ViewTxn<'_, S>, queue: &QueueRow) -> Result<()> {
+    txn.put(View::Queues, QueueRow::key(&queue.name), queue)
+}
+
+fn message_by_id<S: RowStore>(
+    txn: &ViewTxn<'_, S>,
+    queue: &str,
+    message_id: &str,
+) -> Result<Option<MessageRow>> {
+    match txn.get::<u64>(View::QueueMessageIds, &MessageRow::id_key(queue, message_id))? {
+        Some(seq) => txn.get(View::QueueMessages, &MessageRow::key(queue, seq)),
+        None => Ok(None),
+    }
+}
+
+/// Puts a message in the state its `ready_at_ms` calls for at `now`.
+fn place<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    queue: &mut QueueRow,
+    mut message: MessageRow,
+    now: u64,
+) -> Result<()> {
+    if message.ready_at_ms <= now {
+        message.state = MessageState::Ready;
+        txn.put(View::QueueReady, message.ready_key(), &())?;
+        queue.ready += 1;
+    } else {
+        message.state = MessageState::Delayed;
+        let timer = Timer::message(
+            message.ready_at_ms,
+            TimerKind::DelayEnds,
+            &queue.name,
+            message.seq,
+        );
+        txn.put(View::QueueTimers, timer.key(), &())?;
+        queue.delayed += 1;
+    }
+    txn.put(
+        View::QueueMessages,
+        MessageRow::key(&queue.name, message.seq),
+        &message,
+    )
+}
+
+/// Removes the index row of the message's current state.
+fn unplace<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    queue: &mut QueueRow,
+    message: &MessageRow,
+) -> Result<()> {
+    match &message.state {
+        MessageState::Ready => {
+            txn.delete(View::QueueReady, message.ready_key())?;
+            queue.ready = queue.ready.saturating_sub(1);
+        }
+        MessageState::Delayed => {
+            let timer = Timer::message(
+                message.ready_at_ms,
+                TimerKind::DelayEnds,
+                &queue.name,
+                message.seq,
+            );
+            txn.delete(View::QueueTimers, timer.key())?;
+            queue.delayed = queue.delayed.saturating_sub(1);
+        }
+        MessageState::Leased { deadline_ms, .. } => {
+            let timer = Timer::message(
+                *deadline_ms,
+                TimerKind::LeaseExpires,
+                &queue.name,
+                message.seq,
+            );
+            txn.delete(View::QueueTimers, timer.key())?;
+            queue.in_flight = queue.in_flight.saturating_sub(1);
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the message row, its id and its TTL timer (not its state index).
+fn forget<S: RowStore>(txn: &mut ViewTxn<'_, S>, message: &MessageRow) -> Result<()> {
+    txn.delete(
+        View::QueueMessages,
+        MessageRow::key(&message.queue, message.seq),
+    )?;
+    txn.delete(
+        View::QueueMessageIds,
+        MessageRow::id_key(&message.queue, &message.message_id),
+    )?;
+    if let Some(expires_at_ms) = message.expires_at_ms {
+        let timer = Timer::message(
+            expires_at_ms,
+            TimerKind::MessageExpires,
+            &message.queue,
+            message.seq,
+        );
+        txn.delete(View::QueueTimers, timer.key())?;
+    }
+    Ok(())
+}
+
+fn remove<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    queue: &mut QueueRow,
+    message: &MessageRow,
+) -> Result<()> {
+    unplace(txn, queue, message)?;
+    forget(txn, message)
+}
+
+/// Adds a new message to `queue` (id, TTL timer, state index, row).
+fn insert<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    queue: &mut QueueRow,
+    message: MessageRow,
+    now: u64,
+) -> Result<()> {
+    txn.put(
+        View::QueueMessageIds,
+        MessageRow::id_key(&queue.name, &message.message_id),
+        &message.seq,
+    )?;
+    if let Some(expires_at_ms) = message.expires_at_ms {
+        let timer = Timer::message(
+            expires_at_ms,
+            TimerKind::MessageExpires,
+            &queue.name,
+            message.seq,
+        );
+        txn.put(View::QueueTimers, timer.key(), &())?;
+    }
+    place(txn, queue, message, now)
+}
+
+/// Moves a message that ran out of retries (already removed from its
+/// queue) to the dead-letter queue, if there is one with room for it.
+fn dead_letter<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    from: &QueueRow,
+    message: MessageRow,
+    now: u64,
+) -> Result<()> {
+    let Some(name) = &from.settings.dead_letter_queue else {
+        return Ok(());
+    };
+    let Some(mut dlq) = load_queue(txn, name)? else {
+        return Ok(());
+    };
+    let taken = txn
+        .get::<u64>(
+            View::QueueMessageIds,
+            &MessageRow::id_key(name, &message.message_id),
+        )?
+        .is_some();
+    if taken || dlq.size() >= dlq.settings.max_size {
+        return Ok(());
+    }
+    let moved = MessageRow {
+        queue: dlq.name.clone(),
+        seq: dlq.next_seq,
+        priority: 0,
+        delivery: Delivery::AtLeastOnce,
+        ready_at_ms: now,
+        expires_at_ms: None,
+        attempts: 0,
+        state: MessageState::Ready,
+        ..message
+    };
+    dlq.next_seq += 1;
+    insert(txn, &mut dlq, moved, now)?;
+    save_queue(txn, &dlq)
+}
+
+/// Ends a message's lease: ready again after `delay_ms`, or dead-lettered
+/// when it has been delivered more than `max_retries` times after the first.
+/// Returns whether it was dead-lettered.
+fn release<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    queue: &mut QueueRow,
+    mut message: MessageRow,
+    now: u64,
+    delay_ms: u64,
+) -> Result<bool> {
+    unplace(txn, queue, &message)?;
+    if message.attempts > queue.settings.max_retries {
+        forget(txn, &message)?;
+        dead_letter(txn, queue, message, now)?;
+        return Ok(true);
+    }
+    message.ready_at_ms = now.saturating_add(delay_ms);
+    place(txn, queue, message, now)?;
+    Ok(false)
+}
+
+/// The differences between two settings, `field: old -> new`.
+fn settings_diff(old: &QueueSettings, new: &QueueSettings) -> Vec<String> {
+    let mut diff = Vec::new();
+    let mut field = |name: &str, a: String, b: String| {
+        if a != b {
+            diff.push(format!("{name}: {a} -> {b}"));
+        }
+    };
+    field(
+        "queue_type",
+        old.queue_type.as_str().into(),
+        new.queue_type.as_str().into(),
+    );
+    field("max_size", old.max_size.to_string(), new.max_size.to_string());
+    field(
+        "visibility_timeout_ms",
+        old.visibility_timeout_ms.to_string(),
+        new.visibility_timeout_ms.to_string(),
+    );
+    field(
+        "ack_timeout_ms",
+        old.ack_timeout_ms.to_string(),
+        new.ack_timeout_ms.to_string(),
+    );
+    field(
+        "message_ttl_ms",
+        format!("{:?}", old.message_ttl_ms),
+        format!("{:?}", new.message_ttl_ms),
+    );
+    field(
+        "max_retries",
+        old.max_retries.to_string(),
+        new.max_retries.to_string(),
+    );
+    field(
+        "dead_letter_queue",
+        format!("{:?}", old.dead_letter_queue),
+        format!("{:?}", new.dead_letter_queue),
+    );
+    field(
+        "dedup_window_ms",
+        format!("{:?}", old.dedup_window_ms),
+        format!("{:?}", new.dedup_window_ms),
+    );
+    diff
+}
+
+pub(super) fn declare<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    now: u64,
+    name: &str,
+    settings: &QueueSettings,
+) -> Result<Outcome> {
+    if let Some(refused) = check_ids(&[("queue name", name)]) {
+        return Ok(refused);
+    }
+    if settings.max_size == 0 {
+        return Ok(rejected(format!("queue {name}: max_size must be at least 1")));
+    }
+    if let Some(dlq) = &settings.dead_letter_queue {
+        if let Some(refused) = check_ids(&[("dead_letter_queue", dlq)]) {
+            return Ok(refused);
+        }
+        if dlq == name {
+            return Ok(rejected(format!(
+                "queue {name} cannot be its own dead-letter queue"
+            )));
+        }
+    }
+    if let Some(existing) = load_queue(txn, name)? {
+        let diff = settings_diff(&existing.settings, settings);
+        if diff.is_empty() {
+            return Ok(Outcome::Applied);
+        }
+        return Ok(rejected(format!(
+            "queue {name} already exists with other settings ({})",
+            diff.join(", ")
+        )));
+    }
+    let new_queue = |name: &str, settings: QueueSettings| QueueRow {
+        name: name.to_string(),
+        settings,
+        created_at_ms: now,
+        next_seq: 1,
+        ready: 0,
+        delayed: 0,
+        in_flight: 0,
+    };
+    if let Some(dlq) = &settings.dead_letter_queue
+        && load_queue(txn, dlq)?.is_none()
+    {
+        let dlq_settings = QueueSettings {
+            queue_type: QueueType::Fifo,
+            message_ttl_ms: None,
+            dead_letter_queue: None,
+            dedup_window_ms: None,
+            ..settings.clone()
+        };
+        save_queue(txn, &new_queue(dlq, dlq_settings))?;
+    }
+    save_queue(txn, &new_queue(name, settings.clone()))?;
+    Ok(Outcome::Applied)
+}
+
+/// Removes every message of `queue` (counters included).
+fn remove_all_messages<S: RowStore>(txn: &mut ViewTxn<'_, S>, queue: &mut QueueRow) -> Result<()> {
+    let prefix = queue_prefix(&queue.name);
+    loop {
+        let rows = txn.rows::<MessageRow>(View::QueueMessages, &prefix, &prefix, SCAN_CHUNK)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        for (_, message) in rows {
+            remove(txn, queue, &message)?;
+        }
+    }
+}
+
+pub(super) fn purge<S: RowStore>(txn: &mut ViewTxn<'_, S>, name: &str) -> Result<Outcome> {
+    let Some(mut queue) = load_queue(txn, name)? else {
+        return Ok(unknown_queue(name));
+    };
+    remove_all_messages(txn, &mut queue)?;
+    save_queue(txn, &queue)?;
+    Ok(Outcome::Applied)
+}
+
+pub(super) fn delete<S: RowStore>(txn: &mut ViewTxn<'_, S>, name: &str) -> Result<Outcome> {
+    let Some(mut queue) = load_queue(txn, name)? else {
+        return Ok(unknown_queue(name));
+    };
+    remove_all_messages(txn, &mut queue)?;
+    let prefix = queue_prefix(name);
+    loop {
+        let windows = txn.rows::<DedupRow>(View::QueueDedup, &prefix, &prefix, SCAN_CHUNK)?;
+        if windows.is_empty() {
+            break;
+        }
+        for (key, window) in windows {
+            let timer = Timer {
+                due_ms: window.expires_at_ms,
+                kind: TimerKind::DedupEnds,
+                queue: name.to_string(),
+                target: key[prefix.len()..].to_vec(),
+            };
+            txn.delete(View::QueueTimers, timer.key())?;
+            txn.delete(View::QueueDedup, key)?;
+        }
+    }
+    txn.delete(View::Queues, QueueRow::key(name))?;
+    Ok(Outcome::Applied)
+}
+
+/// Whether `message_id` is in the queue or inside its dedup window.
+fn is_duplicate<S: RowStore>(
+    txn: &ViewTxn<'_, S>,
+    queue: &QueueRow,
+    message: &NewMessage,
+    now: u64,
+) -> Result<bool> {
+    let key = MessageRow::id_key(&queue.name, &message.message_id);
+    if txn.get::<u64>(View::QueueMessageIds, &key)?.is_some() {
+        return Ok(true);
+    }
+    if !message.client_id || queue.settings.dedup_window_ms.is_none() {
+        return Ok(false);
+    }
+    let window: Option<DedupRow> = txn.get(View::QueueDedup, &key)?;
+    Ok(window.is_some_and(|w| w.expires_at_ms > now))
+}
+
+/// Opens (or reopens) the dedup window of a client message id.
+fn open_dedup_window<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    queue: &QueueRow,
+    message_id: &str,
+    until_ms: u64,
+) -> Result<()> {
+    let key = MessageRow::id_key(&queue.name, message_id);
+    let timer = |due_ms| Timer {
+        due_ms,
+        kind: TimerKind::DedupEnds,
+        queue: queue.name.clone(),
+        target: message_id.as_bytes().to_vec(),
+    };
+    if let Some(old) = txn.get::<DedupRow>(View::QueueDedup, &key)? {
+        txn.delete(View::QueueTimers, timer(old.expires_at_ms).key())?;
+    }
+    txn.put(
+        View::QueueDedup,
+        key,
+        &DedupRow {
+            expires_at_ms: until_ms,
+        },
+    )?;
+    txn.put(View::QueueTimers, timer(until_ms).key(), &())
+}
+
+pub(super) fn send<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    now: u64,
+    name: &str,
+    messages: &[NewMessage],
+) -> Result<Outcome> {
+    let Some(mut queue) = load_queue(txn, name)? else {
+        return Ok(unknown_queue(name));
+    };
+    for message in messages {
+        if let Some(refused) = check_ids(&[
+            ("message_id", &message.message_id),
+            ("topic", &message.topic),
+        ]) {
+            return Ok(refused);
+        }
+    }
+    let room = queue.settings.max_size.saturating_sub(queue.size());
+    if messages.len() as u64 > room {
+        return Ok(rejected(format!(
+            "queue {name} is full: it holds {} of at most {} messages, {} more were sent",
+            queue.size(),
+            queue.settings.max_size,
+            messages.len()
+        )));
+    }
+    let mut sent = Vec::with_capacity(messages.len());
+    for message in messages {
+        let duplicate = is_duplicate(txn, &queue, message, now)?;
+        sent.push(SentMessage {
+            message_id: message.message_id.clone(),
+            duplicate,
+        });
+        if duplicate {
+            continue;
+        }
+        if let (true, Some(window)) = (message.client_id, queue.settings.dedup_window_ms) {
+            open_dedup_window(txn, &queue, &message.message_id, now.saturating_add(window))?;
+        }
+        let row = MessageRow {
+            queue: queue.name.clone(),
+            seq: queue.next_seq,
+            message_id: message.message_id.clone(),
+            topic: message.topic.clone(),
+            payload: message.payload.clone(),
+            priority: match queue.settings.queue_type {
+                QueueType::Priority => message.priority,
+                QueueType::Fifo | QueueType::Delay => 0,
+            },
+            delivery: message.delivery,
+            enqueued_at_ms: now,
+            ready_at_ms: now.saturating_add(message.delay_ms),
+            expires_at_ms: message
+                .ttl_ms
+                .or(queue.settings.message_ttl_ms)
+                .map(|ttl| now.saturating_add(ttl)),
+            attempts: 0,
+            state: MessageState::Ready,
+        };
+        queue.next_seq += 1;
+        insert(txn, &mut queue, row, now)?;
+    }
+    save_queue(txn, &queue)?;
+    Ok(Outcome::Sent { messages: sent })
+}
+
+/// The key right after `key` in key order.
+fn after(key: &[u8]) -> Vec<u8> {
+    let mut next = key.to_vec();
+    next.push(0);
+    next
+}
+
+pub(super) struct Lease<'a> {
+    pub queue: &'a str,
+    pub consumer: &'a str,
+    pub max: u32,
+    pub lease_ms: u64,
+    pub topic_pattern: Option<&'a str>,
+}
+
+pub(super) fn lease<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    now: u64,
+    lease: Lease<'_>,
+) -> Result<Outcome> {
+    if let Some(refused) = check_ids(&[("consumer", lease.consumer)]) {
+        return Ok(refused);
+    }
+    let Some(mut queue) = load_queue(txn, lease.queue)? else {
+        return Ok(unknown_queue(lease.queue));
+    };
+    let max = lease.max as usize;
+    let prefix = queue_prefix(lease.queue);
+    let mut from = prefix.clone();
+    let mut delivered = Vec::new();
+    let mut examined = 0;
+    while delivered.len() < max && examined < MAX_LEASE_SCAN {
+        let keys = txn.keys(View::QueueReady, &prefix, &from, SCAN_CHUNK)?;
+        let Some(last) = keys.last() else { break };
+        from = after(last);
+        for key in keys {
+            examined += 1;
+            let Some(seq) = seq_of_ready_key(&key) else {
+                continue;
+            };
+            let Some(mut message) =
+                txn.get::<MessageRow>(View::QueueMessages, &MessageRow::key(lease.queue, seq))?
+            else {
+                continue;
+            };
+            if lease
+                .topic_pattern
+                .is_some_and(|p| !pattern_matches(p, &message.topic))
+            {
+                continue;
+            }
+            unplace(txn, &mut queue, &message)?;
+            message.attempts += 1;
+            let mut lease_deadline_ms = None;
+            if message.delivery == Delivery::AtLeastOnce {
+                let deadline_ms = now.saturating_add(lease.lease_ms);
+                lease_deadline_ms = Some(deadline_ms);
+                message.state = MessageState::Leased {
+                    consumer: lease.consumer.to_string(),
+                    deadline_ms,
+                };
+                let timer = Timer::message(deadline_ms, TimerKind::LeaseExpires, lease.queue, seq);
+                txn.put(View::QueueTimers, timer.key(), &())?;
+                queue.in_flight += 1;
+                txn.put(View::QueueMessages, MessageRow::key(lease.queue, seq), &message)?;
+            } else {
+                forget(txn, &message)?;
+            }
+            delivered.push(DeliveredMessage {
+                message_id: message.message_id,
+                topic: message.topic,
+                payload: message.payload,
+                priority: message.priority,
+                attempts: message.attempts,
+                delivery: message.delivery,
+                enqueued_at_ms: message.enqueued_at_ms,
+                lease_deadline_ms,
+            });
+            if delivered.len() >= max {
+                break;
+            }
+        }
+    }
+    save_queue(txn, &queue)?;
+    Ok(Outcome::Delivered {
+        messages: delivered,
+    })
+}
+
+/// The message `message_id` if `consumer` holds its lease; else why not.
+fn leased_to<S: RowStore>(
+    txn: &ViewTxn<'_, S>,
+    queue: &str,
+    message_id: &str,
+    consumer: &str,
+) -> Result<std::result::Result<MessageRow, Outcome>> {
+    let Some(message) = message_by_id(txn, queue, message_id)? else {
+        return Ok(Err(rejected(format!(
+            "message {message_id} is not in queue {queue} (acked, expired, dead-lettered or never sent)"
+        ))));
+    };
+    match &message.state {
+        MessageState::Leased { consumer: holder, .. } if holder == consumer => Ok(Ok(message)),
+        MessageState::Leased { consumer: holder, .. } => Ok(Err(rejected(format!(
+            "message {message_id} of queue {queue} is leased to {holder}, not {consumer}"
+        )))),
+        _ => Ok(Err(rejected(format!(
+            "message {message_id} of queue {queue} is not leased (its lease ran out)"
+        )))),
+    }
+}
+
+pub(super) fn ack<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    name: &str,
+    message_id: &str,
+    consumer: &str,
+) -> Result<Outcome> {
+    let Some(mut queue) = load_queue(txn, name)? else {
+        return Ok(unknown_queue(name));
+    };
+    let message = match leased_to(txn, name, message_id, consumer)? {
+        Ok(message) => message,
+        Err(refused) => return Ok(refused),
+    };
+    remove(txn, &mut queue, &message)?;
+    save_queue(txn, &queue)?;
+    Ok(Outcome::Acked {
+        enqueued_at_ms: message.enqueued_at_ms,
+    })
+}
+
+pub(super) fn nack<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    now: u64,
+    name: &str,
+    message_id: &str,
+    consumer: &str,
+    delay_ms: u64,
+) -> Result<Outcome> {
+    let Some(mut queue) = load_queue(txn, name)? else {
+        return Ok(unknown_queue(name));
+    };
+    let message = match leased_to(txn, name, message_id, consumer)? {
+        Ok(message) => message,
+        Err(refused) => return Ok(refused),
+    };
+    let dead = release(txn, &mut queue, message, now, delay_ms)?;
+    save_queue(txn, &queue)?;
+    Ok(Outcome::Released {
+        requeued: u64::from(!dead),
+        dead_lettered: u64::from(dead),
+    })
+}
+
+pub(super) fn release_leases<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    now: u64,
+    name: &str,
+    consumer: &str,
+    message_ids: &[String],
+) -> Result<Outcome> {
+    let Some(mut queue) = load_queue(txn, name)? else {
+        return Ok(unknown_queue(name));
+    };
+    let (mut requeued, mut dead_lettered) = (0, 0);
+    for message_id in message_ids {
+        if let Ok(message) = leased_to(txn, name, message_id, consumer)? {
+            if release(txn, &mut queue, message, now, 0)? {
+                dead_lettered += 1;
+            } else {
+                requeued += 1;
+            }
+        }
+    }
+    save_queue(txn, &queue)?;
+    Ok(Outcome::Released {
+        requeued,
+        dead_lettered,
+    })
+}
+
+/// Fires one due timer; the timer row is already deleted.
+fn fire_one<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    now: u64,
+    timer: &Timer,
+    fired: &mut FiredTimers,
+) -> Result<()> {
+    let Some(mut queue) = load_queue(txn, &timer.queue)? else {
+        return Ok(());
+    };
+    if timer.kind == TimerKind::DedupEnds {
+        let key = MessageRow::id_key(&timer.queue, &String::from_utf8_lossy(&timer.target));
+        let window: Option<DedupRow> = txn.get(View::QueueDedup, &key)?;
+        if window.is_some_and(|w| w.expires_at_ms == timer.due_ms) {
+            txn.delete(View::QueueDedup, key)?;
+            fired.dedup_ended += 1;
+        }
+        return Ok(());
+    }
+    let Some(seq) = timer.seq() else {
+        return Ok(());
+    };
+    let Some(message) =
+        txn.get::<MessageRow>(View::QueueMessages, &MessageRow::key(&timer.queue, seq))?
+    else {
+        return Ok(());
+    };
+    match (timer.kind, &message.state) {
+        (TimerKind::DelayEnds, MessageState::Delayed) if message.ready_at_ms == timer.due_ms => {
+            unplace(txn, &mut queue, &message)?;
+            place(txn, &mut queue, message, now)?;
+            fired.delays_ended += 1;
+        }
+        (TimerKind::LeaseExpires, MessageState::Leased { deadline_ms, .. })
+            if *deadline_ms == timer.due_ms =>
+        {
+            fired.leases_expired += 1;
+            if release(txn, &mut queue, message, now, 0)? {
+                fired.dead_lettered += 1;
+            }
+        }
+        (TimerKind::MessageExpires, _) if message.expires_at_ms == Some(timer.due_ms) => {
+            remove(txn, &mut queue, &message)?;
+            fired.messages_expired += 1;
+        }
+        _ => return Ok(()),
+    }
+    if !fired.queues.contains(&queue.name) {
+        fired.queues.push(queue.name.clone());
+    }
+    save_queue(txn, &queue)
+}
+
+pub(super) fn fire_timers<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    now: u64,
+    max: u32,
+) -> Result<Outcome> {
+    let mut fired = FiredTimers::default();
+    let keys = txn.keys(View::QueueTimers, &[], &[], max as usize + 1)?;
+    for (i, key) in keys.into_iter().enumerate() {
+        let Some(timer) = Timer::from_key(&key) else {
+            txn.delete(View::QueueTimers, key)?;
+            continue;
+        };
+        if timer.due_ms > now {
+            break;
+        }
+        if i == max as usize {
+            fired.more_due = true;
+            break;
+        }
+        txn.delete(View::QueueTimers, key)?;
+        fire_one(txn, now, &timer, &mut fired)?;
+    }
+    Ok(Outcome::TimersFired(fired))
+}
