@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod pubsub;
+pub mod queue;
 pub mod raft_network;
 pub mod rpc;
 pub mod server;

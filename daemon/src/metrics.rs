@@ -4,14 +4,16 @@
 //!
 //! Names are `mpreg_<system>_<what>_<unit>`; labels are low-cardinality
 //! only (outcomes, error kinds, registered function names), never a request
-//! id, a topic or a client. Raft positions, subscription counts and process
+//! id, a topic or a client; queue gauges carry the queue name (queues are
+//! declared by operators, like function names). Raft positions, subscription counts and process
 //! figures are read when scraped; everything else is counted where it
 //! happens. The list with meanings is docs/metrics.md.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use mpreg_storage::StorageMetrics;
+use mpreg_storage::views::{QueueRow, View};
+use mpreg_storage::{Flow, StorageMetrics};
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
@@ -243,6 +245,99 @@ impl PubSubMetrics {
     }
 }
 
+/// Durable queues.
+#[derive(Clone)]
+pub struct QueueMetrics {
+    pub enqueued: IntCounter,
+    /// Sends refused as duplicates of a message id.
+    pub duplicates: IntCounter,
+    pub delivered: IntCounter,
+    /// Deliveries of a message delivered before.
+    pub redelivered: IntCounter,
+    pub acked: IntCounter,
+    pub nacked: IntCounter,
+    pub dead_lettered: IntCounter,
+    pub lease_expiries: IntCounter,
+    /// Messages removed because their TTL ran out.
+    pub expired: IntCounter,
+    /// From send to ack.
+    pub end_to_end_seconds: Histogram,
+    /// By `queue`, refreshed when metrics are read.
+    depth: IntGaugeVec,
+    in_flight: IntGaugeVec,
+}
+
+impl QueueMetrics {
+    fn new(r: &Registry) -> prometheus::Result<Self> {
+        let by_queue = |name: &str, help: &str| {
+            register(r, IntGaugeVec::new(Opts::new(name, help), &["queue"])?)
+        };
+        Ok(QueueMetrics {
+            enqueued: counter(
+                r,
+                "mpreg_queue_messages_enqueued_total",
+                "Messages added to queues.",
+            )?,
+            duplicates: counter(
+                r,
+                "mpreg_queue_messages_duplicate_total",
+                "Sends refused as duplicates of a message id in the queue or its dedup window.",
+            )?,
+            delivered: counter(
+                r,
+                "mpreg_queue_messages_delivered_total",
+                "Messages leased (or handed over, at-most-once) to consumers.",
+            )?,
+            redelivered: counter(
+                r,
+                "mpreg_queue_messages_redelivered_total",
+                "Deliveries of messages that were delivered before.",
+            )?,
+            acked: counter(
+                r,
+                "mpreg_queue_messages_acked_total",
+                "Messages acknowledged.",
+            )?,
+            nacked: counter(
+                r,
+                "mpreg_queue_messages_nacked_total",
+                "Messages given back by consumers (nack, disconnect releases count separately).",
+            )?,
+            dead_lettered: counter(
+                r,
+                "mpreg_queue_messages_dead_lettered_total",
+                "Messages out of retries, moved to a dead-letter queue or dropped.",
+            )?,
+            lease_expiries: counter(
+                r,
+                "mpreg_queue_lease_expiries_total",
+                "Leases that ran out before an ack.",
+            )?,
+            expired: counter(
+                r,
+                "mpreg_queue_messages_expired_total",
+                "Messages removed when their TTL ran out.",
+            )?,
+            end_to_end_seconds: histogram(
+                r,
+                "mpreg_queue_end_to_end_seconds",
+                "Time from send to ack of a message.",
+                &[
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0,
+                ],
+            )?,
+            depth: by_queue(
+                "mpreg_queue_depth",
+                "Messages waiting in a queue (ready and delayed).",
+            )?,
+            in_flight: by_queue(
+                "mpreg_queue_in_flight",
+                "Messages of a queue leased to consumers.",
+            )?,
+        })
+    }
+}
+
 /// SQL queries.
 #[derive(Clone)]
 pub struct SqlMetrics {
@@ -332,6 +427,7 @@ pub struct Metrics {
     pub transport: TransportMetrics,
     pub rpc: RpcMetrics,
     pub pubsub: PubSubMetrics,
+    pub queue: QueueMetrics,
     pub sql: SqlMetrics,
     raft: RaftGauges,
     uptime: Gauge,
@@ -378,6 +474,7 @@ impl Metrics {
             transport,
             rpc,
             pubsub: PubSubMetrics::new(&registry)?,
+            queue: QueueMetrics::new(&registry)?,
             sql,
             raft: RaftGauges::new(&registry)?,
             uptime: register(
@@ -410,6 +507,22 @@ impl Metrics {
         if let Ok(bytes) = node.inspector().log_bytes() {
             self.raft.log_bytes.set(as_i64(bytes));
         }
+        self.queue.depth.reset();
+        self.queue.in_flight.reset();
+        let _ = node
+            .inspector()
+            .scan_view(View::Queues, &[], |q: QueueRow| {
+                let name = [q.name.as_str()];
+                self.queue
+                    .depth
+                    .with_label_values(&name)
+                    .set(as_i64(q.ready + q.delayed));
+                self.queue
+                    .in_flight
+                    .with_label_values(&name)
+                    .set(as_i64(q.in_flight));
+                Flow::Continue
+            });
     }
 
     /// The Prometheus text of every metric, with `node`'s figures read now.

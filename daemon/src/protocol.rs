@@ -362,6 +362,15 @@ pub enum Inbound {
     WorkerRegister(WorkerRegister),
     WorkerWithdraw(WorkerWithdraw),
     InternalAnswer(InternalAnswer),
+    QueueSubscribe(crate::queue::QueueSubscribe),
+    QueueUnsubscribe(QueueUnsubscribe),
+}
+
+/// A `queue-unsubscribe` request.
+#[derive(Clone, Debug, Deserialize)]
+pub struct QueueUnsubscribe {
+    pub u: String,
+    pub subscriber_id: String,
 }
 
 /// Why a frame could not be parsed, with the `u` to answer if it had one.
@@ -420,6 +429,8 @@ pub fn parse(bytes: &[u8]) -> Result<Inbound, Refused> {
         "pubsub-publish" => Ok(Inbound::Publish(typed(value, &role, &u)?)),
         "pubsub-subscribe" => Ok(Inbound::Subscribe(typed(value, &role, &u)?)),
         "pubsub-unsubscribe" => Ok(Inbound::Unsubscribe(typed(value, &role, &u)?)),
+        "queue-subscribe" => Ok(Inbound::QueueSubscribe(typed(value, &role, &u)?)),
+        "queue-unsubscribe" => Ok(Inbound::QueueUnsubscribe(typed(value, &role, &u)?)),
         other => Err(Refused {
             u: Some(u),
             error: RpcError::new(

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::pubsub::PubSub;
+use crate::queue::Queues;
 use crate::rpc::Rpc;
 use crate::transport::{self, Services};
 
@@ -121,8 +122,17 @@ pub async fn start(
     let sql = crate::sql::engine(node.clone(), config.sql.clone()).map_err(Error::SqlRuntime)?;
     admin_state.set_node(node.clone(), Arc::new(sql));
 
+    let queues = Queues::start(node.clone(), metrics.queue.clone(), shutdown.child_token());
+    let rpc = Rpc::start(
+        node.clone(),
+        config.rpc.clone(),
+        metrics.rpc.clone(),
+        queues.clone(),
+    )
+    .await?;
     let services = Arc::new(Services {
-        rpc: Arc::new(Rpc::start(node.clone(), config.rpc.clone(), metrics.rpc.clone()).await?),
+        rpc: Arc::new(rpc),
+        queues,
         pubsub: Arc::new(
             PubSub::start(node.clone(), config.pubsub.clone(), metrics.pubsub.clone()).await?,
         ),

@@ -23,12 +23,14 @@ use tokio_util::task::TaskTracker;
 use crate::metrics::TransportMetrics;
 use crate::protocol::{self, ErrorCode, Inbound, PubSubAck, RpcError, RpcResponse};
 use crate::pubsub::PubSub;
+use crate::queue::{Queues, subscribe_ack};
 use crate::rpc::Rpc;
 
 /// The systems a session dispatches frames to.
 pub struct Services {
     pub rpc: Arc<Rpc>,
     pub pubsub: Arc<PubSub>,
+    pub queues: Arc<Queues>,
 }
 
 /// A frame queued for a connection.
@@ -112,6 +114,7 @@ pub async fn serve(
             peer,
             rpc: services.rpc.clone(),
             pubsub: services.pubsub.clone(),
+            queues: services.queues.clone(),
             limits: limits.clone(),
             metrics: metrics.clone(),
             tasks: tasks.clone(),
@@ -134,6 +137,7 @@ struct Session {
     peer: SocketAddr,
     rpc: Arc<Rpc>,
     pubsub: Arc<PubSub>,
+    queues: Arc<Queues>,
     limits: TransportLimits,
     metrics: TransportMetrics,
     tasks: TaskTracker,
@@ -387,6 +391,28 @@ impl Session {
                         }
                     });
                 }
+                Ok(Inbound::QueueSubscribe(subscribe)) => {
+                    let u = subscribe.u.clone();
+                    let result = self
+                        .queues
+                        .subscribe(subscribe, self.id, outbound.clone(), kind);
+                    let reply = kind.message(subscribe_ack(&u, &result).to_string());
+                    if outbound.send(reply).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Inbound::QueueUnsubscribe(unsubscribe)) => {
+                    let queues = self.queues.clone();
+                    let outbound = outbound.clone();
+                    self.tasks.spawn(async move {
+                        let u = unsubscribe.u;
+                        let id = unsubscribe.subscriber_id;
+                        let result = queues.unsubscribe(&id).await.map(|()| id);
+                        let _ = outbound
+                            .send(kind.message(subscribe_ack(&u, &result).to_string()))
+                            .await;
+                    });
+                }
                 Ok(Inbound::Unsubscribe(unsubscribe)) => {
                     let pubsub = self.pubsub.clone();
                     let outbound = outbound.clone();
@@ -398,6 +424,7 @@ impl Session {
             }
         }
         self.pubsub.disconnected(self.id).await;
+        self.queues.disconnected(self.id).await;
         if worker {
             self.rpc.worker_gone(&self.provider_id()).await;
         }

@@ -85,6 +85,35 @@ impl Inspector {
         Ok(())
     }
 
+    /// One row of `view`, as last applied (`None` if absent).
+    pub fn get<T: DeserializeOwned>(&self, view: View, key: &[u8]) -> Result<Option<T>> {
+        let Some(family) = self.db.cf_handle(view.cf_name()) else {
+            return Ok(None);
+        };
+        match self
+            .db
+            .get_cf(family, key)
+            .map_err(|e| Error::rocks("read", view.cf_name(), e))?
+        {
+            Some(bytes) => Ok(Some(codec::decode(view.cf_name(), &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The first key of `view` in key order, if it has rows.
+    pub fn first_key(&self, view: View) -> Result<Option<Vec<u8>>> {
+        let Some(family) = self.db.cf_handle(view.cf_name()) else {
+            return Ok(None);
+        };
+        match self.db.iterator_cf(family, IteratorMode::Start).next() {
+            Some(item) => {
+                let (key, _) = item.map_err(|e| Error::rocks("scan", view.cf_name(), e))?;
+                Ok(Some(key.to_vec()))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// Calls `entry` for each log entry with index in `[from, to]`, in order,
     /// all from one snapshot, until it answers [`Flow::Stop`].
     pub fn scan_log(&self, from: u64, to: u64, mut entry: impl FnMut(Entry) -> Flow) -> Result<()> {

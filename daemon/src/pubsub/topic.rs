@@ -10,8 +10,8 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
-pub use mpreg_storage::topic::pattern_matches;
 use mpreg_storage::topic::pattern_levels as levels;
+pub use mpreg_storage::topic::pattern_matches;
 
 /// Most levels a topic or pattern may have.
 pub const MAX_LEVELS: usize = 64;

@@ -27,6 +27,7 @@ use crate::protocol::{
     ErrorCode, ExecutionSummary, IntermediateResult, RpcCommand, RpcError, RpcRequest, RpcResponse,
     WorkerFunction, WorkerWithdrawal,
 };
+use crate::queue::{self, Queues};
 pub use plan::{Plan, plan, substitute};
 use select::Selector;
 pub use workers::Workers;
@@ -56,6 +57,8 @@ pub struct Rpc {
     selector: Selector,
     limits: RpcLimits,
     metrics: RpcMetrics,
+    /// Serves the `mpreg.queue.*` built-ins.
+    queues: Arc<Queues>,
 }
 
 /// Counts a request in flight for as long as it lives.
@@ -102,6 +105,7 @@ impl Rpc {
         node: Arc<Node>,
         limits: RpcLimits,
         metrics: RpcMetrics,
+        queues: Arc<Queues>,
     ) -> crate::Result<Rpc> {
         let (stale, missing) = {
             let catalog = node.views().catalog();
@@ -113,6 +117,7 @@ impl Rpc {
                 .collect();
             let missing: Vec<&str> = builtins::NAMES
                 .into_iter()
+                .chain(queue::FUNCTIONS)
                 .filter(|name| {
                     !catalog
                         .functions_named(name)
@@ -132,7 +137,11 @@ impl Rpc {
         for name in missing {
             node.propose_ok(EventKind::FunctionRegistered {
                 name: name.to_string(),
-                function_id: format!("mpreg.system.{name}"),
+                function_id: if name.starts_with("mpreg.") {
+                    name.to_string()
+                } else {
+                    format!("mpreg.system.{name}")
+                },
                 version: builtins::VERSION.to_string(),
                 resources: Vec::new(),
                 provider: builtins::PROVIDER.to_string(),
@@ -147,6 +156,7 @@ impl Rpc {
             selector: Selector::default(),
             limits,
             metrics,
+            queues,
         })
     }
 
@@ -327,7 +337,11 @@ impl Rpc {
                 format!("{} ({}): {e}", cmd.name, cmd.fun),
             )
         };
-        if function.provider == builtins::PROVIDER {
+        if function.provider == builtins::PROVIDER
+            && queue::FUNCTIONS.contains(&function.name.as_str())
+        {
+            Ok(self.queues.call(&function.name, &args, &kwargs).await)
+        } else if function.provider == builtins::PROVIDER {
             builtins::call(&self.node, &function.name, &args, &kwargs).map_err(failed)
         } else {
             self.workers

@@ -16,8 +16,7 @@ pub use apply::{RowStore, ViewTxn, apply};
 pub use catalog::Catalog;
 pub use digest::Digest;
 pub use queue_rows::{
-    DedupRow, MessageRow, MessageState, QueueRow, Timer, TimerKind, queue_prefix,
-    seq_of_ready_key,
+    DedupRow, MessageRow, MessageState, QueueRow, Timer, TimerKind, queue_prefix, seq_of_ready_key,
 };
 pub use rows::{FunctionRow, NodeRow, NodeStatus, RouteRow, SubscriptionRow};
 

@@ -41,7 +41,10 @@ fn message_by_id<S: RowStore>(
     queue: &str,
     message_id: &str,
 ) -> Result<Option<MessageRow>> {
-    match txn.get::<u64>(View::QueueMessageIds, &MessageRow::id_key(queue, message_id))? {
+    match txn.get::<u64>(
+        View::QueueMessageIds,
+        &MessageRow::id_key(queue, message_id),
+    )? {
         Some(seq) => txn.get(View::QueueMessages, &MessageRow::key(queue, seq)),
         None => Ok(None),
     }
@@ -239,7 +242,11 @@ fn settings_diff(old: &QueueSettings, new: &QueueSettings) -> Vec<String> {
         old.queue_type.as_str().into(),
         new.queue_type.as_str().into(),
     );
-    field("max_size", old.max_size.to_string(), new.max_size.to_string());
+    field(
+        "max_size",
+        old.max_size.to_string(),
+        new.max_size.to_string(),
+    );
     field(
         "visibility_timeout_ms",
         old.visibility_timeout_ms.to_string(),
@@ -283,7 +290,9 @@ pub(super) fn declare<S: RowStore>(
         return Ok(refused);
     }
     if settings.max_size == 0 {
-        return Ok(rejected(format!("queue {name}: max_size must be at least 1")));
+        return Ok(rejected(format!(
+            "queue {name}: max_size must be at least 1"
+        )));
     }
     if let Some(dlq) = &settings.dead_letter_queue {
         if let Some(refused) = check_ids(&[("dead_letter_queue", dlq)]) {
@@ -554,7 +563,11 @@ pub(super) fn lease<S: RowStore>(
                 let timer = Timer::message(deadline_ms, TimerKind::LeaseExpires, lease.queue, seq);
                 txn.put(View::QueueTimers, timer.key(), &())?;
                 queue.in_flight += 1;
-                txn.put(View::QueueMessages, MessageRow::key(lease.queue, seq), &message)?;
+                txn.put(
+                    View::QueueMessages,
+                    MessageRow::key(lease.queue, seq),
+                    &message,
+                )?;
             } else {
                 forget(txn, &message)?;
             }
@@ -592,8 +605,12 @@ fn leased_to<S: RowStore>(
         ))));
     };
     match &message.state {
-        MessageState::Leased { consumer: holder, .. } if holder == consumer => Ok(Ok(message)),
-        MessageState::Leased { consumer: holder, .. } => Ok(Err(rejected(format!(
+        MessageState::Leased {
+            consumer: holder, ..
+        } if holder == consumer => Ok(Ok(message)),
+        MessageState::Leased {
+            consumer: holder, ..
+        } => Ok(Err(rejected(format!(
             "message {message_id} of queue {queue} is leased to {holder}, not {consumer}"
         )))),
         _ => Ok(Err(rejected(format!(

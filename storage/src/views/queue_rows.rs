@@ -233,8 +233,8 @@ mod test {
             attempts: 0,
             state: MessageState::Ready,
         };
-        let mut keys = [row(0, 1, 1), row(9, 5, 2), row(9, 5, 3), row(0, 0, 4)]
-            .map(|r| r.ready_key());
+        let mut keys =
+            [row(0, 1, 1), row(9, 5, 2), row(9, 5, 3), row(0, 0, 4)].map(|r| r.ready_key());
         keys.sort();
         let seqs: Vec<u64> = keys.iter().filter_map(|k| seq_of_ready_key(k)).collect();
         assert_eq!(seqs, [2, 3, 4, 1]);

@@ -1,0 +1,579 @@
+//! Durable queues on the log: the `mpreg.queue.*` functions, pushed
+//! subscriptions and the leader's timer task.
+//!
+//! [`Queues`] is the entry type. Every change (declare, send, lease, ack,
+//! nack, release, timers) is an event proposed through [`Node::propose`], so
+//! a reply means the change is committed and fsynced. Delivery reads the
+//! queue views; nothing about a queue lives only in memory except who is
+//! subscribed on this node and which leases those subscribers hold (for
+//! prefetch limits and releasing them when the connection closes).
+
+mod args;
+mod subscriptions;
+mod timers;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mpreg_storage::event::{DeliveredMessage, NewMessage, SentMessage};
+use mpreg_storage::views::{QueueRow, View};
+use mpreg_storage::{EventKind, Outcome};
+use serde_json::{Map, Value, json};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::now_ms;
+use crate::metrics::QueueMetrics;
+use crate::node::Node;
+use args::{Fields, body, millis};
+pub use subscriptions::{QueueSubscribe, subscribe_ack};
+
+/// The functions clients call, all served by every node.
+pub const FUNCTIONS: [&str; 8] = [
+    "mpreg.queue.create",
+    "mpreg.queue.send",
+    "mpreg.queue.receive",
+    "mpreg.queue.ack",
+    "mpreg.queue.nack",
+    "mpreg.queue.purge",
+    "mpreg.queue.delete",
+    "mpreg.queue.stats",
+];
+
+/// Most messages one send or receive may carry.
+const MAX_BATCH: usize = 1000;
+
+/// Error codes of queue replies (`error_code`, see docs/queues.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueErrorCode {
+    /// 1007: the node could not commit the change (shutting down, no leader).
+    Unavailable = 1007,
+    /// 1008: a field is missing or malformed.
+    InvalidArgument = 1008,
+    /// 1009: the queue or message does not exist.
+    NotFound = 1009,
+    /// 1010: the log refused the change (settings conflict, full queue,
+    /// message leased by someone else or no longer leased).
+    Refused = 1010,
+    /// 1011: the delivery guarantee is not offered.
+    UnsupportedDelivery = 1011,
+}
+
+/// Why a queue call failed; sent as `{success:false, error_message, error_code}`.
+#[derive(Clone, Debug)]
+pub struct QueueError {
+    pub code: QueueErrorCode,
+    pub message: String,
+}
+
+impl QueueError {
+    fn new(code: QueueErrorCode, message: impl Into<String>) -> Self {
+        QueueError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(QueueErrorCode::InvalidArgument, message)
+    }
+
+    pub fn unsupported(message: impl Into<String>) -> Self {
+        Self::new(QueueErrorCode::UnsupportedDelivery, message)
+    }
+
+    fn not_found(queue: &str) -> Self {
+        Self::new(QueueErrorCode::NotFound, format!("unknown queue {queue}"))
+    }
+
+    fn to_value(&self) -> Value {
+        json!({
+            "success": false,
+            "error_message": self.message,
+            "error_code": self.code as i64,
+        })
+    }
+}
+
+impl std::fmt::Display for QueueError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (error_code {})", self.message, self.code as i64)
+    }
+}
+
+type QueueResult<T> = Result<T, QueueError>;
+
+/// The queues of a node.
+pub struct Queues {
+    node: Arc<Node>,
+    metrics: QueueMetrics,
+    /// One counter per queue, bumped whenever its ready messages may have
+    /// changed; waiting receivers and subscriptions watch it.
+    changes: Mutex<HashMap<String, watch::Sender<u64>>>,
+    subscriptions: subscriptions::Registry,
+    /// Makes generated message ids unique: the start time and a counter.
+    id_prefix: String,
+    next_id: AtomicU64,
+    shutdown: CancellationToken,
+}
+
+/// A message as clients see it.
+fn message_json(m: &DeliveredMessage) -> Value {
+    let payload: Value = serde_json::from_str(&m.payload).unwrap_or(Value::Null);
+    json!({
+        "message_id": m.message_id,
+        "topic": m.topic,
+        "payload": payload,
+        "priority": m.priority,
+        "attempts": m.attempts,
+        "delivery_guarantee": m.delivery.as_str(),
+        "enqueued_at": m.enqueued_at_ms as f64 / 1000.0,
+        "lease_deadline": m.lease_deadline_ms.map(|ms| ms as f64 / 1000.0),
+    })
+}
+
+impl Queues {
+    /// Starts the queues of `node` and the timer task that fires lease,
+    /// delay, TTL and dedup deadlines until `shutdown`.
+    pub fn start(node: Arc<Node>, metrics: QueueMetrics, shutdown: CancellationToken) -> Arc<Self> {
+        let queues = Arc::new(Queues {
+            node,
+            metrics,
+            changes: Mutex::new(HashMap::new()),
+            subscriptions: subscriptions::Registry::default(),
+            id_prefix: format!("msg-{:x}", now_ms()),
+            next_id: AtomicU64::new(1),
+            shutdown,
+        });
+        tokio::spawn(timers::run(queues.clone()));
+        queues
+    }
+
+    /// Runs `mpreg.queue.<op>`; failures are in the reply (`success: false`).
+    pub async fn call(&self, fun: &str, args: &[Value], kwargs: &Map<String, Value>) -> Value {
+        let result = match body(args, kwargs) {
+            Ok(body) => self.dispatch(fun, &body).await,
+            Err(e) => Err(e),
+        };
+        result.unwrap_or_else(|e| e.to_value())
+    }
+
+    async fn dispatch(&self, fun: &str, body: &Map<String, Value>) -> QueueResult<Value> {
+        match fun.strip_prefix("mpreg.queue.") {
+            Some("create") => self.declare(body).await,
+            Some("send") => self.send(body).await,
+            Some("receive") => self.receive(body).await,
+            Some("ack") => self.ack(body).await,
+            Some("nack") => self.nack(body).await,
+            Some("purge") => self.purge(body).await,
+            Some("delete") => self.delete(body).await,
+            Some("stats") => self.stats(body),
+            _ => Err(QueueError::invalid(format!("no queue function {fun}"))),
+        }
+    }
+
+    /// Proposes a queue event; a refusal by apply is a [`QueueError`].
+    async fn propose(&self, kind: EventKind) -> QueueResult<Outcome> {
+        match self.node.propose(kind).await {
+            Ok(Outcome::Rejected { reason }) => {
+                let code = if reason.starts_with("unknown queue") {
+                    QueueErrorCode::NotFound
+                } else {
+                    QueueErrorCode::Refused
+                };
+                Err(QueueError::new(code, reason))
+            }
+            Ok(outcome) => Ok(outcome),
+            Err(e) => Err(QueueError::new(QueueErrorCode::Unavailable, e.to_string())),
+        }
+    }
+
+    /// The queue's row, as last applied.
+    fn queue(&self, name: &str) -> QueueResult<QueueRow> {
+        self.node
+            .inspector()
+            .get(View::Queues, &QueueRow::key(name))
+            .map_err(|e| QueueError::new(QueueErrorCode::Unavailable, e.to_string()))?
+            .ok_or_else(|| QueueError::not_found(name))
+    }
+
+    /// Wakes whoever waits for messages of `queue`.
+    fn changed(&self, queue: &str) {
+        let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(counter) = changes.get(queue) {
+            counter.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// A receiver that sees every later [`Queues::changed`] of `queue`.
+    fn watch(&self, queue: &str) -> watch::Receiver<u64> {
+        let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        changes
+            .entry(queue.to_string())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    fn generated_id(&self) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}", self.id_prefix)
+    }
+
+    async fn declare(&self, body: &Map<String, Value>) -> QueueResult<Value> {
+        let (name, settings) = args::declare(body)?;
+        self.propose(EventKind::QueueDeclared {
+            name: name.clone(),
+            settings: settings.clone(),
+        })
+        .await?;
+        Ok(json!({
+            "success": true,
+            "queue_name": name,
+            "queue_type": settings.queue_type.as_str(),
+            "dead_letter_queue": settings.dead_letter_queue,
+        }))
+    }
+
+    /// One message of a send body (the body itself, or one of `messages`).
+    fn new_message(&self, queue: &str, f: &Fields<'_>) -> QueueResult<NewMessage> {
+        let payload =
+            f.0.get("payload")
+                .or_else(|| f.0.get("message_payload"))
+                .cloned()
+                .unwrap_or(Value::Null);
+        let topic = match f.str("topic")? {
+            Some(topic) => topic.to_string(),
+            None => format!("mpreg.queue.{queue}"),
+        };
+        crate::pubsub::topic::check_topic(&topic).map_err(QueueError::invalid)?;
+        let priority = f.uint("priority")?.unwrap_or(0);
+        let priority = u8::try_from(priority).map_err(|_| {
+            QueueError::invalid(format!("priority must be 0..=255, got {priority}"))
+        })?;
+        let client_id = f.str("message_id")?.map(str::to_string);
+        Ok(NewMessage {
+            client_id: client_id.is_some(),
+            message_id: client_id.unwrap_or_else(|| self.generated_id()),
+            topic,
+            payload: payload.to_string(),
+            priority,
+            delay_ms: f.seconds("delay_seconds")?.map_or(0, millis),
+            ttl_ms: f.seconds("ttl_seconds")?.map(millis),
+            delivery: args::delivery(f)?,
+        })
+    }
+
+    async fn send(&self, body: &Map<String, Value>) -> QueueResult<Value> {
+        let f = Fields(body);
+        let queue = f.required_str("queue_name")?.to_string();
+        let batch = match body.get("messages") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(items)) => Some(items),
+            Some(other) => {
+                return Err(QueueError::invalid(format!(
+                    "messages must be a list of message objects, got {other}"
+                )));
+            }
+        };
+        let messages = match batch {
+            None => vec![self.new_message(&queue, &f)?],
+            Some(items) if items.is_empty() || items.len() > MAX_BATCH => {
+                return Err(QueueError::invalid(format!(
+                    "messages must hold 1 to {MAX_BATCH} messages, got {}",
+                    items.len()
+                )));
+            }
+            Some(items) => items
+                .iter()
+                .map(|item| match item {
+                    Value::Object(map) => self.new_message(&queue, &Fields(map)),
+                    other => Err(QueueError::invalid(format!(
+                        "each message must be an object, got {other}"
+                    ))),
+                })
+                .collect::<QueueResult<Vec<_>>>()?,
+        };
+        let topics: Vec<String> = messages.iter().map(|m| m.topic.clone()).collect();
+        let outcome = self
+            .propose(EventKind::MessagesSent {
+                queue: queue.clone(),
+                messages,
+            })
+            .await?;
+        let Outcome::Sent { messages: sent } = outcome else {
+            return Err(unexpected(&outcome));
+        };
+        let added = sent.iter().filter(|m| !m.duplicate).count() as u64;
+        self.metrics.enqueued.inc_by(added);
+        self.metrics.duplicates.inc_by(sent.len() as u64 - added);
+        self.changed(&queue);
+        let result = |m: &SentMessage, topic: &String| json!({"message_id": m.message_id, "duplicate": m.duplicate, "topic": topic});
+        match (batch, sent.as_slice()) {
+            (None, [one]) => Ok(json!({
+                "success": true,
+                "message_id": one.message_id,
+                "duplicate": one.duplicate,
+                "queue_name": queue,
+                "topic": topics[0],
+                "error_message": null,
+            })),
+            _ => Ok(json!({
+                "success": true,
+                "queue_name": queue,
+                "messages": sent.iter().zip(&topics).map(|(m, t)| result(m, t)).collect::<Vec<_>>(),
+            })),
+        }
+    }
+
+    /// Leases up to `max` ready messages of `queue` to `consumer`.
+    async fn lease(
+        &self,
+        queue: &str,
+        consumer: &str,
+        max: usize,
+        lease_ms: u64,
+        topic_pattern: Option<&str>,
+    ) -> QueueResult<Vec<DeliveredMessage>> {
+        let outcome = self
+            .propose(EventKind::MessagesLeased {
+                queue: queue.to_string(),
+                consumer: consumer.to_string(),
+                max: u32::try_from(max).unwrap_or(u32::MAX),
+                lease_ms,
+                topic_pattern: topic_pattern.map(str::to_string),
+            })
+            .await?;
+        let Outcome::Delivered { messages } = outcome else {
+            return Err(unexpected(&outcome));
+        };
+        self.metrics.delivered.inc_by(messages.len() as u64);
+        self.metrics
+            .redelivered
+            .inc_by(messages.iter().filter(|m| m.attempts > 1).count() as u64);
+        Ok(messages)
+    }
+
+    async fn receive(&self, body: &Map<String, Value>) -> QueueResult<Value> {
+        let f = Fields(body);
+        let queue = f.required_str("queue_name")?.to_string();
+        let subscriber = match f.str("subscriber_id")? {
+            Some(id) => id.to_string(),
+            None => format!("receiver-{}", self.generated_id()),
+        };
+        let pattern = match f.str("topic_pattern")? {
+            None | Some("#") => None,
+            Some(p) => {
+                crate::pubsub::topic::check_pattern(p).map_err(QueueError::invalid)?;
+                Some(p.to_string())
+            }
+        };
+        let max = f.uint("max_messages")?.unwrap_or(1) as usize;
+        if max == 0 || max > MAX_BATCH {
+            return Err(QueueError::invalid(format!(
+                "max_messages must be 1 to {MAX_BATCH}, got {max}"
+            )));
+        }
+        let auto_ack = f.bool("auto_acknowledge", false)?;
+        let deadline = tokio::time::Instant::now() + args::receive_timeout(&f)?;
+        let mut changes = self.watch(&queue);
+        let messages = loop {
+            let row = self.queue(&queue)?;
+            if row.ready > 0 {
+                let lease_ms = row.settings.visibility_timeout_ms;
+                let got = self
+                    .lease(&queue, &subscriber, max, lease_ms, pattern.as_deref())
+                    .await?;
+                if !got.is_empty() {
+                    break got;
+                }
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                // Timers make messages ready without a send; look again.
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                () = tokio::time::sleep_until(deadline) => break Vec::new(),
+                () = self.shutdown.cancelled() => break Vec::new(),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break Vec::new();
+            }
+        };
+        if auto_ack {
+            for m in messages.iter().filter(|m| m.lease_deadline_ms.is_some()) {
+                self.settle(&queue, &m.message_id, &subscriber, None)
+                    .await?;
+            }
+        }
+        let listed: Vec<Value> = messages.iter().map(message_json).collect();
+        Ok(json!({
+            "success": true,
+            "empty": listed.is_empty(),
+            "message": listed.first(),
+            "messages": listed,
+            "queue_name": queue,
+            "subscriber_id": subscriber,
+        }))
+    }
+
+    /// Acks (`nack_delay` = `None`) or nacks a leased message.
+    async fn settle(
+        &self,
+        queue: &str,
+        message_id: &str,
+        consumer: &str,
+        nack_delay: Option<Duration>,
+    ) -> QueueResult<()> {
+        let kind = match nack_delay {
+            None => EventKind::MessageAcked {
+                queue: queue.to_string(),
+                message_id: message_id.to_string(),
+                consumer: consumer.to_string(),
+            },
+            Some(delay) => EventKind::MessageNacked {
+                queue: queue.to_string(),
+                message_id: message_id.to_string(),
+                consumer: consumer.to_string(),
+                delay_ms: millis(delay),
+            },
+        };
+        let outcome = self.propose(kind).await?;
+        self.subscriptions.settled(consumer, message_id);
+        match outcome {
+            Outcome::Acked { enqueued_at_ms } => {
+                self.metrics.acked.inc();
+                let age_ms = now_ms().saturating_sub(enqueued_at_ms);
+                self.metrics
+                    .end_to_end_seconds
+                    .observe(age_ms as f64 / 1000.0);
+            }
+            Outcome::Released {
+                requeued,
+                dead_lettered,
+            } => {
+                self.metrics.nacked.inc_by(requeued + dead_lettered);
+                self.metrics.dead_lettered.inc_by(dead_lettered);
+                self.changed(queue);
+            }
+            other => return Err(unexpected(&other)),
+        }
+        Ok(())
+    }
+
+    async fn ack(&self, body: &Map<String, Value>) -> QueueResult<Value> {
+        let f = Fields(body);
+        let queue = f.required_str("queue_name")?;
+        let message_id = f.required_str("message_id")?;
+        let subscriber = f.required_str("subscriber_id")?;
+        // Upstream acks with `success: false` to give a message back.
+        let nack = (!f.bool("success", true)?).then_some(Duration::ZERO);
+        self.settle(queue, message_id, subscriber, nack).await?;
+        Ok(json!({"success": true, "queue_name": queue, "message_id": message_id}))
+    }
+
+    async fn nack(&self, body: &Map<String, Value>) -> QueueResult<Value> {
+        let f = Fields(body);
+        let queue = f.required_str("queue_name")?;
+        let message_id = f.required_str("message_id")?;
+        let subscriber = f.required_str("subscriber_id")?;
+        let delay = f.seconds("delay_seconds")?.unwrap_or(Duration::ZERO);
+        self.settle(queue, message_id, subscriber, Some(delay))
+            .await?;
+        Ok(json!({"success": true, "queue_name": queue, "message_id": message_id}))
+    }
+
+    async fn purge(&self, body: &Map<String, Value>) -> QueueResult<Value> {
+        let queue = Fields(body).required_str("queue_name")?.to_string();
+        self.propose(EventKind::QueuePurged {
+            name: queue.clone(),
+        })
+        .await?;
+        Ok(json!({"success": true, "queue_name": queue}))
+    }
+
+    async fn delete(&self, body: &Map<String, Value>) -> QueueResult<Value> {
+        let queue = Fields(body).required_str("queue_name")?.to_string();
+        self.propose(EventKind::QueueDeleted {
+            name: queue.clone(),
+        })
+        .await?;
+        self.changed(&queue);
+        Ok(json!({"success": true, "queue_name": queue}))
+    }
+
+    /// Settings and counters of one queue (`queue_name`) or of all.
+    fn stats(&self, body: &Map<String, Value>) -> QueueResult<Value> {
+        let rows = match Fields(body).str("queue_name")? {
+            Some(name) => vec![self.queue(name)?],
+            None => self.all_queues()?,
+        };
+        let queues: Vec<Value> = rows
+            .iter()
+            .map(|q| {
+                json!({
+                    "queue_name": q.name,
+                    "queue_type": q.settings.queue_type.as_str(),
+                    "max_size": q.settings.max_size,
+                    "depth": q.ready + q.delayed,
+                    "ready": q.ready,
+                    "delayed": q.delayed,
+                    "in_flight": q.in_flight,
+                    "dead_letter_queue": q.settings.dead_letter_queue,
+                    "subscribers": self.subscriptions.count(&q.name),
+                })
+            })
+            .collect();
+        Ok(json!({"success": true, "queues": queues}))
+    }
+
+    /// Every queue row, in name order.
+    pub fn all_queues(&self) -> QueueResult<Vec<QueueRow>> {
+        let mut rows = Vec::new();
+        self.node
+            .inspector()
+            .scan_view(View::Queues, &[], |row: QueueRow| {
+                rows.push(row);
+                mpreg_storage::Flow::Continue
+            })
+            .map_err(|e| QueueError::new(QueueErrorCode::Unavailable, e.to_string()))?;
+        Ok(rows)
+    }
+
+    /// Connection `conn_id` closed: its subscriptions end and the messages
+    /// they held are released to other consumers at once.
+    pub async fn disconnected(&self, conn_id: u64) {
+        for (queue, consumer, message_ids) in self.subscriptions.remove_connection(conn_id) {
+            self.release(&queue, &consumer, message_ids).await;
+        }
+    }
+
+    /// Releases a gone consumer's leases.
+    async fn release(&self, queue: &str, consumer: &str, message_ids: Vec<String>) {
+        if message_ids.is_empty() {
+            return;
+        }
+        let released = self
+            .propose(EventKind::LeasesReleased {
+                queue: queue.to_string(),
+                consumer: consumer.to_string(),
+                message_ids,
+            })
+            .await;
+        match released {
+            Ok(Outcome::Released { dead_lettered, .. }) => {
+                self.metrics.dead_lettered.inc_by(dead_lettered);
+                self.changed(queue);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(%queue, %consumer, error = %e, "failed to release leases"),
+        }
+    }
+}
+
+fn unexpected(outcome: &Outcome) -> QueueError {
+    QueueError::new(
+        QueueErrorCode::Unavailable,
+        format!("unexpected outcome from the log: {outcome:?}"),
+    )
+}

@@ -1,0 +1,315 @@
+//! Pushed queue subscriptions: a connection subscribes to a queue, and a
+//! task per subscription leases ready messages (up to its prefetch limit of
+//! unacked messages) and pushes them as `queue-message` frames.
+//!
+//! Subscriptions of one queue compete for its messages; each leases only as
+//! many as it has room for, so work spreads across them. A broadcast
+//! message is pushed to every subscription of the queue whose pattern
+//! matches. When the connection closes, its leases are released (events).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mpreg_storage::event::{DeliveredMessage, Delivery};
+use mpreg_storage::topic::pattern_matches;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::{QueueError, QueueResult, Queues, message_json};
+use crate::clock::now_ms;
+use crate::transport::{FrameKind, Outbound};
+
+/// Prefetch when the subscriber names none.
+const DEFAULT_PREFETCH: u64 = 10;
+/// Most unacked messages one subscription may hold.
+const MAX_PREFETCH: u64 = 1000;
+
+/// A `queue-subscribe` request.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct QueueSubscribe {
+    pub u: String,
+    pub queue_name: String,
+    #[serde(default)]
+    pub subscriber_id: Option<String>,
+    #[serde(default)]
+    pub topic_pattern: Option<String>,
+    /// Most unacked messages pushed at once.
+    #[serde(default)]
+    pub prefetch: Option<u64>,
+    /// Ack each message as it is pushed (at-most-once for this subscriber).
+    #[serde(default)]
+    pub auto_acknowledge: bool,
+}
+
+/// One subscription of a connection to a queue.
+struct Subscription {
+    id: String,
+    queue: String,
+    conn_id: u64,
+    pattern: Option<String>,
+    prefetch: usize,
+    auto_ack: bool,
+    outbound: mpsc::Sender<Outbound>,
+    kind: FrameKind,
+    /// Leased, unacked messages: id → lease deadline (unix ms).
+    held: Mutex<HashMap<String, u64>>,
+    /// Signalled when a held message is acked or nacked.
+    settled: Notify,
+    cancel: CancellationToken,
+}
+
+impl Subscription {
+    /// Free prefetch slots; leases that ran out no longer count.
+    fn room(&self) -> usize {
+        let now = now_ms();
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.retain(|_, deadline| *deadline > now);
+        self.prefetch.saturating_sub(held.len())
+    }
+
+    fn matches(&self, topic: &str) -> bool {
+        self.pattern
+            .as_deref()
+            .is_none_or(|p| pattern_matches(p, topic))
+    }
+
+    async fn push(&self, message: &DeliveredMessage) -> bool {
+        let frame = json!({
+            "role": "queue-message",
+            "u": format!("{}:{}", self.id, message.message_id),
+            "queue_name": self.queue,
+            "subscriber_id": self.id,
+            "message": message_json(message),
+        });
+        self.outbound
+            .send(self.kind.message(frame.to_string()))
+            .await
+            .is_ok()
+    }
+}
+
+/// Subscriptions of this node, by subscriber id.
+#[derive(Default)]
+pub(super) struct Registry {
+    by_id: Mutex<HashMap<String, Arc<Subscription>>>,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Subscription>>> {
+        self.by_id.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A held message was acked or nacked by `consumer`.
+    pub(super) fn settled(&self, consumer: &str, message_id: &str) {
+        if let Some(sub) = self.lock().get(consumer) {
+            sub.held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(message_id);
+            sub.settled.notify_one();
+        }
+    }
+
+    pub(super) fn count(&self, queue: &str) -> usize {
+        self.lock().values().filter(|s| s.queue == queue).count()
+    }
+
+    fn of_queue(&self, queue: &str) -> Vec<Arc<Subscription>> {
+        self.lock()
+            .values()
+            .filter(|s| s.queue == queue)
+            .cloned()
+            .collect()
+    }
+
+    fn take(&self, pick: impl Fn(&Subscription) -> bool) -> Vec<(String, String, Vec<String>)> {
+        let mut subs = self.lock();
+        let gone: Vec<String> = subs
+            .values()
+            .filter(|s| pick(s))
+            .map(|s| s.id.clone())
+            .collect();
+        gone.into_iter()
+            .filter_map(|id| subs.remove(&id))
+            .map(|sub| {
+                sub.cancel.cancel();
+                let held = sub.held.lock().unwrap_or_else(|e| e.into_inner());
+                (
+                    sub.queue.clone(),
+                    sub.id.clone(),
+                    held.keys().cloned().collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// Ends every subscription of a connection; returns (queue, consumer,
+    /// held message ids) of each.
+    pub(super) fn remove_connection(&self, conn_id: u64) -> Vec<(String, String, Vec<String>)> {
+        self.take(|s| s.conn_id == conn_id)
+    }
+}
+
+impl Queues {
+    /// Subscribes connection `conn_id` to a queue; returns the subscriber id
+    /// to ack with.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        request: QueueSubscribe,
+        conn_id: u64,
+        outbound: mpsc::Sender<Outbound>,
+        kind: FrameKind,
+    ) -> QueueResult<String> {
+        self.queue(&request.queue_name)?;
+        let pattern = match request.topic_pattern.as_deref() {
+            None | Some("#") => None,
+            Some(p) => {
+                crate::pubsub::topic::check_pattern(p).map_err(QueueError::invalid)?;
+                Some(p.to_string())
+            }
+        };
+        let prefetch = request.prefetch.unwrap_or(DEFAULT_PREFETCH);
+        if prefetch == 0 || prefetch > MAX_PREFETCH {
+            return Err(QueueError::invalid(format!(
+                "prefetch must be 1 to {MAX_PREFETCH}, got {prefetch}"
+            )));
+        }
+        let id = request
+            .subscriber_id
+            .unwrap_or_else(|| format!("subscriber-{}", self.generated_id()));
+        let sub = Arc::new(Subscription {
+            id: id.clone(),
+            queue: request.queue_name,
+            conn_id,
+            pattern,
+            prefetch: prefetch as usize,
+            auto_ack: request.auto_acknowledge,
+            outbound,
+            kind,
+            held: Mutex::new(HashMap::new()),
+            settled: Notify::new(),
+            cancel: self.shutdown.child_token(),
+        });
+        {
+            let mut subs = self.subscriptions.lock();
+            if subs.contains_key(&id) {
+                return Err(QueueError::invalid(format!(
+                    "subscriber_id {id} is already subscribed on this node"
+                )));
+            }
+            subs.insert(id.clone(), sub.clone());
+        }
+        tokio::spawn(self.clone().deliver(sub));
+        Ok(id)
+    }
+
+    /// Ends one subscription and releases what it held.
+    pub async fn unsubscribe(&self, subscriber_id: &str) -> QueueResult<()> {
+        let gone = self.subscriptions.take(|s| s.id == subscriber_id);
+        if gone.is_empty() {
+            return Err(QueueError::invalid(format!(
+                "unknown subscriber_id {subscriber_id}"
+            )));
+        }
+        for (queue, consumer, held) in gone {
+            self.release(&queue, &consumer, held).await;
+        }
+        Ok(())
+    }
+
+    /// The delivery loop of one subscription.
+    async fn deliver(self: Arc<Self>, sub: Arc<Subscription>) {
+        let mut changes = self.watch(&sub.queue);
+        loop {
+            if sub.cancel.is_cancelled() {
+                return;
+            }
+            let room = sub.room();
+            if room > 0 && !self.push_some(&sub, room).await {
+                return;
+            }
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                () = sub.settled.notified() => {}
+                // Timers make messages ready (and leases run out) without a
+                // change signal; look again now and then.
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                () = sub.cancel.cancelled() => return,
+            }
+        }
+    }
+
+    /// Leases up to `room` messages for `sub` and pushes them; `false` when
+    /// the connection is gone.
+    async fn push_some(&self, sub: &Subscription, room: usize) -> bool {
+        let row = match self.queue(&sub.queue) {
+            Ok(row) if row.ready > 0 => row,
+            Ok(_) => return true,
+            Err(e) => {
+                tracing::debug!(queue = %sub.queue, error = %e, "subscription queue unavailable");
+                return true;
+            }
+        };
+        let lease_ms = row.settings.ack_timeout_ms;
+        let messages = match self
+            .lease(&sub.queue, &sub.id, room, lease_ms, sub.pattern.as_deref())
+            .await
+        {
+            Ok(messages) => messages,
+            Err(e) => {
+                tracing::warn!(queue = %sub.queue, subscriber = %sub.id, error = %e, "lease failed");
+                return true;
+            }
+        };
+        for message in &messages {
+            if let Some(deadline) = message.lease_deadline_ms {
+                sub.held
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(message.message_id.clone(), deadline);
+            }
+            if message.delivery == Delivery::Broadcast {
+                for other in self.subscriptions.of_queue(&sub.queue) {
+                    if other.matches(&message.topic) {
+                        other.push(message).await;
+                    }
+                }
+            } else if !sub.push(message).await {
+                return false;
+            }
+            if sub.auto_ack
+                && message.lease_deadline_ms.is_some()
+                && let Err(e) = self
+                    .settle(&sub.queue, &message.message_id, &sub.id, None)
+                    .await
+            {
+                tracing::warn!(queue = %sub.queue, error = %e, "auto-ack failed");
+            }
+        }
+        true
+    }
+}
+
+/// The reply to `queue-subscribe` / `queue-unsubscribe`.
+pub fn subscribe_ack(u: &str, result: &QueueResult<String>) -> Value {
+    match result {
+        Ok(id) => json!({
+            "role": "queue-subscribe-ack",
+            "u": u,
+            "success": true,
+            "subscriber_id": id,
+            "error_message": null,
+            "error_code": null,
+        }),
+        Err(e) => json!({
+            "role": "queue-subscribe-ack",
+            "u": u,
+            "success": false,
+            "subscriber_id": null,
+            "error_message": e.message,
+            "error_code": e.code as i64,
+        }),
+    }
+}
