@@ -41,6 +41,23 @@ pub type Handler =
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>>;
 type Handlers = Arc<Mutex<HashMap<String, Handler>>>;
 type Subscriptions = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Notification>>>>;
+type QueueSubscriptions = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Value>>>>;
+
+/// The messages pushed to one queue subscription, in delivery order. Each
+/// is the `message` object of a `queue-message` frame; ack it with
+/// [`Client::queue`] `("ack", ..)` and this subscription's `id`.
+pub struct QueueSubscription {
+    /// The subscriber id to ack with.
+    pub id: String,
+    messages: mpsc::UnboundedReceiver<Value>,
+}
+
+impl QueueSubscription {
+    /// The next message; `None` once the connection is gone.
+    pub async fn next(&mut self) -> Option<Value> {
+        self.messages.recv().await
+    }
+}
 
 /// A message delivered to a subscription.
 #[derive(Clone, Debug)]
@@ -113,6 +130,7 @@ pub struct Client {
     pending: Pending,
     handlers: Handlers,
     subscriptions: Subscriptions,
+    queue_subscriptions: QueueSubscriptions,
     next_u: AtomicU64,
     prefix: String,
     /// Reader and writer tasks; aborted on drop, which closes the socket.
@@ -202,6 +220,8 @@ impl Client {
         let (reader_pending, reader_handlers, reader_out) =
             (pending.clone(), handlers.clone(), outbound.clone());
         let reader_subscriptions = subscriptions.clone();
+        let queue_subscriptions: QueueSubscriptions = Arc::default();
+        let reader_queue_subscriptions = queue_subscriptions.clone();
         let reader = tokio::spawn(async move {
             while let Some(Ok(message)) = stream.next().await {
                 let bytes = match message {
@@ -239,6 +259,16 @@ impl Client {
                         }
                         continue;
                     }
+                    Some("queue-message") => {
+                        let id = frame["subscriber_id"].as_str().unwrap_or_default();
+                        let subscriptions = reader_queue_subscriptions
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner());
+                        if let Some(tx) = subscriptions.get(id) {
+                            let _ = tx.send(frame["message"].clone());
+                        }
+                        continue;
+                    }
                     Some("pubsub-ack") => frame["operation_id"].as_str().map(str::to_string),
                     _ => frame["u"].as_str().map(str::to_string),
                 };
@@ -262,6 +292,7 @@ impl Client {
             pending,
             handlers,
             subscriptions,
+            queue_subscriptions,
             next_u: AtomicU64::new(1),
             prefix: new_prefix(),
             io: vec![reader, writer],
@@ -417,6 +448,63 @@ impl Client {
                 "r is not an object: {other:?}"
             ))),
         }
+    }
+
+    /// Calls `mpreg.queue.<op>` (create, send, receive, ack, nack, purge,
+    /// delete, stats) with `body`; a reply with `success: false` is
+    /// [`ClientError::Refused`] carrying its message and error code.
+    pub async fn queue(&self, op: &str, body: Value) -> Result<Value, ClientError> {
+        let reply = self.call(&format!("mpreg.queue.{op}"), vec![body]).await?;
+        if reply["success"] == json!(true) {
+            Ok(reply)
+        } else {
+            Err(ClientError::Refused(format!(
+                "{} (error_code {})",
+                reply["error_message"]
+                    .as_str()
+                    .unwrap_or("no error message"),
+                reply["error_code"]
+            )))
+        }
+    }
+
+    /// Subscribes to a queue: the daemon pushes up to `prefetch` unacked
+    /// messages at a time, leased to this subscription until acked.
+    pub async fn subscribe_queue(
+        &self,
+        queue: &str,
+        prefetch: u64,
+        topic_pattern: Option<&str>,
+    ) -> Result<QueueSubscription, ClientError> {
+        let u = self.next_u();
+        let id = format!("q-{u}");
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.queue_subscriptions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), tx);
+        let frame = json!({
+            "role": "queue-subscribe",
+            "u": u,
+            "queue_name": queue,
+            "subscriber_id": id,
+            "prefetch": prefetch,
+            "topic_pattern": topic_pattern,
+        });
+        let reply = self.exchange(u, frame).await?;
+        if reply["success"] != json!(true) {
+            self.queue_subscriptions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            return Err(ClientError::Refused(
+                reply["error_message"]
+                    .as_str()
+                    .unwrap_or("no error message")
+                    .to_string(),
+            ));
+        }
+        Ok(QueueSubscription { id, messages: rx })
     }
 
     /// Calls one function and returns its result.

@@ -392,14 +392,9 @@ impl Session {
                     });
                 }
                 Ok(Inbound::QueueSubscribe(subscribe)) => {
-                    let u = subscribe.u.clone();
-                    let result = self
-                        .queues
-                        .subscribe(subscribe, self.id, outbound.clone(), kind);
-                    let reply = kind.message(subscribe_ack(&u, &result).to_string());
-                    if outbound.send(reply).await.is_err() {
-                        break;
-                    }
+                    self.queues
+                        .subscribe(subscribe, self.id, outbound.clone(), kind)
+                        .await;
                 }
                 Ok(Inbound::QueueUnsubscribe(unsubscribe)) => {
                     let queues = self.queues.clone();

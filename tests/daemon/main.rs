@@ -8,5 +8,6 @@ mod durability;
 mod metrics;
 mod migrations;
 mod pubsub;
+mod queues;
 mod rpc;
 mod sql;

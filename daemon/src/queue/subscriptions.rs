@@ -153,15 +153,37 @@ impl Registry {
 }
 
 impl Queues {
-    /// Subscribes connection `conn_id` to a queue; returns the subscriber id
-    /// to ack with.
-    pub fn subscribe(
+    /// Subscribes connection `conn_id` to a queue and answers with a
+    /// `queue-subscribe-ack` before the first message is pushed.
+    pub async fn subscribe(
         self: &Arc<Self>,
         request: QueueSubscribe,
         conn_id: u64,
         outbound: mpsc::Sender<Outbound>,
         kind: FrameKind,
-    ) -> QueueResult<String> {
+    ) {
+        let u = request.u.clone();
+        let result = self.register(request, conn_id, outbound.clone(), kind);
+        let ack = kind.message(
+            subscribe_ack(
+                &u,
+                &result.as_ref().map(|s| s.id.clone()).map_err(Clone::clone),
+            )
+            .to_string(),
+        );
+        let _ = outbound.send(ack).await;
+        if let Ok(sub) = result {
+            tokio::spawn(self.clone().deliver(sub));
+        }
+    }
+
+    fn register(
+        &self,
+        request: QueueSubscribe,
+        conn_id: u64,
+        outbound: mpsc::Sender<Outbound>,
+        kind: FrameKind,
+    ) -> QueueResult<Arc<Subscription>> {
         self.queue(&request.queue_name)?;
         let pattern = match request.topic_pattern.as_deref() {
             None | Some("#") => None,
@@ -199,10 +221,9 @@ impl Queues {
                     "subscriber_id {id} is already subscribed on this node"
                 )));
             }
-            subs.insert(id.clone(), sub.clone());
+            subs.insert(id, sub.clone());
         }
-        tokio::spawn(self.clone().deliver(sub));
-        Ok(id)
+        Ok(sub)
     }
 
     /// Ends one subscription and releases what it held.
