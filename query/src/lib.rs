@@ -1,9 +1,10 @@
 //! mpreg-query: read-only SQL over a node's state (DataFusion).
 //!
-//! Tables (`nodes`, `functions`, `subscriptions`, `routes`, `events`,
-//! `raft`, plus `information_schema`) read the views and the log of one
-//! data dir through [`mpreg_storage::Inspector`], live on a running node
-//! (`/sql`) or offline on a stopped node's dir (`mpreg-daemon sql`).
+//! Tables (`nodes`, `functions`, `subscriptions`, `routes`, `queues`,
+//! `queue_messages`, `events`, `raft`, plus `information_schema`) read the
+//! views and the log of one data dir through [`mpreg_storage::Inspector`],
+//! live on a running node (`/sql`) or offline on a stopped node's dir
+//! (`mpreg-daemon sql`).
 //!
 //! # Layout
 //! - [`engine`]: the session, the read-only guard, limits, errors;

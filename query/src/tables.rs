@@ -3,7 +3,9 @@
 //!
 //! Every table is an [`InspectTable`]; a scan reads one RocksDB snapshot
 //! (see [`mpreg_storage::inspect`]), so each table in a query is consistent
-//! with itself. Tables in one query may be read at different snapshots.
+//! with itself. Tables in one query may be read at different snapshots, and
+//! so may the two point reads behind `queues.dlq_depth` and
+//! `queues.oldest_age_ms`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -16,7 +18,10 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::streaming::StreamingTableExec;
-use mpreg_storage::views::{FunctionRow, NodeRow, RouteRow, SubscriptionRow, View};
+use mpreg_storage::views::{
+    FunctionRow, MessageRow, MessageState, NodeRow, QueueRow, RouteRow, SubscriptionRow, View,
+    queue_prefix,
+};
 use mpreg_storage::{EventKind, Flow, Inspector};
 use openraft::{EntryPayload, RaftLogId};
 use serde::de::DeserializeOwned;
@@ -33,6 +38,8 @@ pub enum TableId {
     Functions,
     Subscriptions,
     Routes,
+    Queues,
+    QueueMessages,
     Events,
     Raft,
 }
@@ -78,6 +85,45 @@ const ROUTES: &[Column] = &[
     Column::new("state", Kind::Text),
 ];
 
+/// `depth`, `dlq_depth` and `oldest_age_ms` are computed when read: depth =
+/// ready + delayed; the oldest message is the first of the queue's
+/// `queue_messages` rows (seq grows with time).
+const QUEUES: &[Column] = &[
+    Column::new("name", Kind::Text),
+    Column::new("queue_type", Kind::Text),
+    Column::new("max_size", Kind::U64),
+    Column::new("visibility_timeout_ms", Kind::U64),
+    Column::new("ack_timeout_ms", Kind::U64),
+    Column::nullable("message_ttl_ms", Kind::U64),
+    Column::new("max_retries", Kind::U32),
+    Column::nullable("dead_letter_queue", Kind::Text),
+    Column::nullable("dedup_window_ms", Kind::U64),
+    Column::new("created_at", Kind::Time),
+    Column::new("depth", Kind::U64),
+    Column::new("ready", Kind::U64),
+    Column::new("delayed", Kind::U64),
+    Column::new("in_flight", Kind::U64),
+    Column::nullable("dlq_depth", Kind::U64),
+    Column::nullable("oldest_age_ms", Kind::U64),
+];
+
+const QUEUE_MESSAGES: &[Column] = &[
+    Column::new("queue", Kind::Text),
+    Column::new("seq", Kind::U64),
+    Column::new("message_id", Kind::Text),
+    Column::new("state", Kind::Text),
+    Column::nullable("consumer", Kind::Text),
+    Column::new("priority", Kind::U32),
+    Column::new("attempts", Kind::U32),
+    Column::new("delivery", Kind::Text),
+    Column::new("topic", Kind::Text),
+    Column::new("enqueued_at", Kind::Time),
+    Column::new("ready_at", Kind::Time),
+    Column::nullable("lease_deadline", Kind::Time),
+    Column::nullable("expires_at", Kind::Time),
+    Column::new("size", Kind::U64),
+];
+
 const EVENTS: &[Column] = &[
     Column::new("index", Kind::U64),
     Column::new("term", Kind::U64),
@@ -98,11 +144,13 @@ const RAFT: &[Column] = &[
 ];
 
 impl TableId {
-    pub const ALL: [TableId; 6] = [
+    pub const ALL: [TableId; 8] = [
         TableId::Nodes,
         TableId::Functions,
         TableId::Subscriptions,
         TableId::Routes,
+        TableId::Queues,
+        TableId::QueueMessages,
         TableId::Events,
         TableId::Raft,
     ];
@@ -113,6 +161,8 @@ impl TableId {
             TableId::Functions => "functions",
             TableId::Subscriptions => "subscriptions",
             TableId::Routes => "routes",
+            TableId::Queues => "queues",
+            TableId::QueueMessages => "queue_messages",
             TableId::Events => "events",
             TableId::Raft => "raft",
         }
@@ -124,6 +174,8 @@ impl TableId {
             TableId::Functions => FUNCTIONS,
             TableId::Subscriptions => SUBSCRIPTIONS,
             TableId::Routes => ROUTES,
+            TableId::Queues => QUEUES,
+            TableId::QueueMessages => QUEUE_MESSAGES,
             TableId::Events => EVENTS,
             TableId::Raft => RAFT,
         }
@@ -134,6 +186,8 @@ impl TableId {
         match self {
             TableId::Functions => Some("name"),
             TableId::Routes => Some("dest"),
+            TableId::Queues => Some("name"),
+            TableId::QueueMessages => Some("queue"),
             TableId::Events => Some("index"),
             TableId::Nodes | TableId::Subscriptions | TableId::Raft => None,
         }
@@ -228,6 +282,22 @@ fn scan_view<T: DeserializeOwned>(
     failed.map_or(Ok(()), Err)
 }
 
+/// The first row of `view` under `prefix`, if any.
+fn first_row<T: DeserializeOwned>(
+    inspector: &Inspector,
+    view: View,
+    prefix: &[u8],
+) -> Result<Option<T>> {
+    let mut first = None;
+    inspector
+        .scan_view(view, prefix, |row: T| {
+            first = Some(row);
+            Flow::Stop
+        })
+        .map_err(storage)?;
+    Ok(first)
+}
+
 fn produce_nodes(inspector: &Inspector, sink: &mut RowSink) -> Result<()> {
     scan_view(inspector, View::Nodes, b"", sink, |sink, r: NodeRow| {
         sink.push(&[
@@ -316,6 +386,108 @@ fn produce_routes(inspector: &Inspector, dest: Option<&str>, sink: &mut RowSink)
     )
 }
 
+/// The queue named `name`: the first key under its name is its own, if it
+/// exists (`orders` sorts before `orders-dlq`).
+fn queue_row(inspector: &Inspector, name: &str) -> Result<Option<QueueRow>> {
+    Ok(
+        first_row::<QueueRow>(inspector, View::Queues, &QueueRow::key(name))?
+            .filter(|queue| queue.name == name),
+    )
+}
+
+/// Messages waiting for delivery, now or after a delay.
+fn depth(queue: &QueueRow) -> u64 {
+    queue.ready + queue.delayed
+}
+
+/// One `queues` row. The dead-letter queue and the oldest message are each
+/// one point read, on a snapshot of their own.
+fn push_queue(inspector: &Inspector, now: u64, sink: &mut RowSink, q: &QueueRow) -> Result<Flow> {
+    let dlq_depth = match &q.settings.dead_letter_queue {
+        Some(dlq) => queue_row(inspector, dlq)?.map(|dlq| depth(&dlq)),
+        None => None,
+    };
+    let oldest_age_ms = if q.size() == 0 {
+        None
+    } else {
+        first_row::<MessageRow>(inspector, View::QueueMessages, &queue_prefix(&q.name))?
+            .map(|oldest| now.saturating_sub(oldest.enqueued_at_ms))
+    };
+    let s = &q.settings;
+    sink.push(&[
+        Value::Text(&q.name),
+        Value::Text(s.queue_type.as_str()),
+        Value::U64(s.max_size),
+        Value::U64(s.visibility_timeout_ms),
+        Value::U64(s.ack_timeout_ms),
+        s.message_ttl_ms.map_or(Value::Null, Value::U64),
+        Value::U32(s.max_retries),
+        s.dead_letter_queue
+            .as_deref()
+            .map_or(Value::Null, Value::Text),
+        s.dedup_window_ms.map_or(Value::Null, Value::U64),
+        Value::Time(q.created_at_ms),
+        Value::U64(depth(q)),
+        Value::U64(q.ready),
+        Value::U64(q.delayed),
+        Value::U64(q.in_flight),
+        dlq_depth.map_or(Value::Null, Value::U64),
+        oldest_age_ms.map_or(Value::Null, Value::U64),
+    ])
+}
+
+fn produce_queues(inspector: &Inspector, name: Option<&str>, sink: &mut RowSink) -> Result<()> {
+    let now = crate::now_ms();
+    if let Some(name) = name {
+        if let Some(queue) = queue_row(inspector, name)? {
+            push_queue(inspector, now, sink, &queue)?;
+        }
+        return Ok(());
+    }
+    scan_view(inspector, View::Queues, b"", sink, |sink, q: QueueRow| {
+        push_queue(inspector, now, sink, &q)
+    })
+}
+
+fn produce_queue_messages(
+    inspector: &Inspector,
+    queue: Option<&str>,
+    sink: &mut RowSink,
+) -> Result<()> {
+    let prefix = queue.map(queue_prefix).unwrap_or_default();
+    scan_view(
+        inspector,
+        View::QueueMessages,
+        &prefix,
+        sink,
+        |sink, m: MessageRow| {
+            let (consumer, lease_deadline) = match &m.state {
+                MessageState::Leased {
+                    consumer,
+                    deadline_ms,
+                } => (Value::Text(consumer), Value::Time(*deadline_ms)),
+                MessageState::Ready | MessageState::Delayed => (Value::Null, Value::Null),
+            };
+            sink.push(&[
+                Value::Text(&m.queue),
+                Value::U64(m.seq),
+                Value::Text(&m.message_id),
+                Value::Text(m.state.as_str()),
+                consumer,
+                Value::U32(u32::from(m.priority)),
+                Value::U32(m.attempts),
+                Value::Text(m.delivery.as_str()),
+                Value::Text(&m.topic),
+                Value::Time(m.enqueued_at_ms),
+                Value::Time(m.ready_at_ms),
+                lease_deadline,
+                m.expires_at_ms.map_or(Value::Null, Value::Time),
+                Value::U64(u64::try_from(m.size()).unwrap_or(u64::MAX)),
+            ])
+        },
+    )
+}
+
 /// The fields of an event as one JSON object (the kind is its own column).
 fn summary(kind: &EventKind) -> String {
     match serde_json::to_value(kind) {
@@ -386,6 +558,8 @@ impl InspectTable {
             TableId::Functions => produce_functions(inspector, equals, sink),
             TableId::Subscriptions => produce_subscriptions(inspector, sink),
             TableId::Routes => produce_routes(inspector, equals, sink),
+            TableId::Queues => produce_queues(inspector, equals, sink),
+            TableId::QueueMessages => produce_queue_messages(inspector, equals, sink),
             TableId::Events => produce_events(inspector, narrowing.bounds, sink),
             TableId::Raft => produce_raft(self.sources.raft.as_ref(), sink),
         }
@@ -441,5 +615,27 @@ impl TableProvider for InspectTable {
             false,
             limit,
         )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::logical_expr::{col, lit};
+
+    use super::*;
+
+    #[test]
+    fn queue_tables_narrow_on_their_key_column_only() {
+        let by_queue = [col("state").eq(lit("leased")), col("queue").eq(lit("q1"))];
+        let narrowing = Narrowing::from_filters(TableId::QueueMessages, &by_queue);
+        assert_eq!(narrowing.equals.as_deref(), Some("q1"));
+        assert!(!Narrowing::narrows(TableId::QueueMessages, &by_queue[0]));
+        let by_name = [lit("q1").eq(col("name"))];
+        let narrowing = Narrowing::from_filters(TableId::Queues, &by_name);
+        assert_eq!(narrowing.equals.as_deref(), Some("q1"));
+        assert!(!Narrowing::narrows(
+            TableId::Queues,
+            &col("depth").eq(lit(0u64))
+        ));
     }
 }

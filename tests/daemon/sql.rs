@@ -1,12 +1,16 @@
-//! SQL over HTTP and offline: every table after known events, pushdown in
-//! `EXPLAIN`, the three formats, refusals, limits, offline equals live, and
-//! queries while writes commit.
+//! SQL over HTTP and offline: every table after known events, the queue
+//! tables after sends, leases and a dead-lettering, pushdown in `EXPLAIN`,
+//! the three formats, refusals, limits, offline equals live, and queries
+//! while writes commit.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use mpreg_storage::EventKind;
+use mpreg_storage::event::{
+    DeliveredMessage, Delivery, NewMessage, Outcome, QueueSettings, QueueType,
+};
 use mpreg_tests::{Daemon, InProcess, TestDir, run_daemon, sql_get, sql_post, sql_rows};
 use serde_json::{Value, json};
 
@@ -64,6 +68,123 @@ async fn seed(node: &mpreg_daemon::Node) -> Result<()> {
         node.propose_ok(event).await?;
     }
     Ok(())
+}
+
+const HOUR_MS: u64 = 3_600_000;
+
+fn message(id: &str, priority: u8, delay_ms: u64, delivery: Delivery) -> NewMessage {
+    NewMessage {
+        message_id: id.to_string(),
+        client_id: true,
+        topic: format!("orders.{id}"),
+        payload: json!({ "id": id }).to_string(),
+        priority,
+        delay_ms,
+        ttl_ms: None,
+        delivery,
+    }
+}
+
+fn only_delivered(outcome: Outcome) -> Result<DeliveredMessage> {
+    match outcome {
+        Outcome::Delivered { mut messages } if messages.len() == 1 => Ok(messages.remove(0)),
+        other => anyhow::bail!("expected one delivered message, got {other:?}"),
+    }
+}
+
+/// Queues `idle` (empty), `jobs` (one ready, one delayed) and `orders`
+/// (priority, dead-letter queue `orders-dead`): `o2` is leased, nacked and
+/// dead-lettered (no retries), then `worker-1` leases `o4`, whose delivery
+/// this returns.
+async fn seed_queues(node: &mpreg_daemon::Node) -> Result<DeliveredMessage> {
+    let orders = QueueSettings {
+        queue_type: QueueType::Priority,
+        max_size: 100,
+        visibility_timeout_ms: 30_000,
+        ack_timeout_ms: 10_000,
+        message_ttl_ms: Some(HOUR_MS),
+        max_retries: 0,
+        dead_letter_queue: Some("orders-dead".into()),
+        dedup_window_ms: None,
+    };
+    let jobs = QueueSettings {
+        queue_type: QueueType::Delay,
+        max_size: 10,
+        visibility_timeout_ms: 5_000,
+        ack_timeout_ms: 5_000,
+        message_ttl_ms: None,
+        max_retries: 2,
+        dead_letter_queue: None,
+        dedup_window_ms: Some(60_000),
+    };
+    let idle = QueueSettings {
+        queue_type: QueueType::Fifo,
+        ..jobs.clone()
+    };
+    for (name, settings) in [("orders", orders), ("jobs", jobs), ("idle", idle)] {
+        node.propose_ok(EventKind::QueueDeclared {
+            name: name.into(),
+            settings,
+        })
+        .await?;
+    }
+    let sends = [
+        (
+            "orders",
+            vec![
+                message("o1", 1, 0, Delivery::AtLeastOnce),
+                message("o2", 9, 0, Delivery::AtLeastOnce),
+                message("o3", 5, HOUR_MS, Delivery::AtLeastOnce),
+                message("o4", 7, 0, Delivery::AtLeastOnce),
+            ],
+        ),
+        (
+            "jobs",
+            vec![
+                message("j1", 0, 0, Delivery::AtMostOnce),
+                message("j2", 0, HOUR_MS, Delivery::AtLeastOnce),
+            ],
+        ),
+    ];
+    for (queue, messages) in sends {
+        node.propose_ok(EventKind::MessagesSent {
+            queue: queue.into(),
+            messages,
+        })
+        .await?;
+    }
+    let lease = || EventKind::MessagesLeased {
+        queue: "orders".into(),
+        consumer: "worker-1".into(),
+        max: 1,
+        lease_ms: 600_000,
+        topic_pattern: None,
+    };
+    let first = only_delivered(node.propose_ok(lease()).await?)?;
+    ensure!(first.message_id == "o2", "leased {first:?}");
+    let nacked = node
+        .propose_ok(EventKind::MessageNacked {
+            queue: "orders".into(),
+            message_id: "o2".into(),
+            consumer: "worker-1".into(),
+            delay_ms: 0,
+        })
+        .await?;
+    ensure!(
+        nacked
+            == Outcome::Released {
+                requeued: 0,
+                dead_lettered: 1
+            },
+        "{nacked:?}"
+    );
+    only_delivered(node.propose_ok(lease()).await?)
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn column<'a>(rows: &'a [Value], name: &str) -> Vec<&'a Value> {
@@ -211,6 +332,136 @@ async fn each_table_returns_what_the_views_hold() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_tables_show_counters_states_and_leases() -> Result<()> {
+    let dir = TestDir::new();
+    let daemon = InProcess::start(&dir, |_| {}).await?;
+    let held = seed_queues(&daemon.node).await?;
+    let admin = daemon.admin_url.as_str();
+    assert_eq!(held.message_id, "o4");
+    let deadline = held.lease_deadline_ms.context("o4 is leased")?;
+
+    let queues = sql_rows(
+        admin,
+        "SELECT name, queue_type, max_size, visibility_timeout_ms, ack_timeout_ms, \
+         message_ttl_ms, max_retries, dead_letter_queue, dedup_window_ms, \
+         depth, ready, delayed, in_flight, dlq_depth FROM queues ORDER BY name",
+    )
+    .await?;
+    assert_eq!(
+        queues,
+        [
+            json!({"name": "idle", "queue_type": "fifo", "max_size": 10,
+                "visibility_timeout_ms": 5000, "ack_timeout_ms": 5000,
+                "message_ttl_ms": null, "max_retries": 2, "dead_letter_queue": null,
+                "dedup_window_ms": 60000, "depth": 0, "ready": 0, "delayed": 0,
+                "in_flight": 0, "dlq_depth": null}),
+            json!({"name": "jobs", "queue_type": "delay", "max_size": 10,
+                "visibility_timeout_ms": 5000, "ack_timeout_ms": 5000,
+                "message_ttl_ms": null, "max_retries": 2, "dead_letter_queue": null,
+                "dedup_window_ms": 60000, "depth": 2, "ready": 1, "delayed": 1,
+                "in_flight": 0, "dlq_depth": null}),
+            json!({"name": "orders", "queue_type": "priority", "max_size": 100,
+                "visibility_timeout_ms": 30000, "ack_timeout_ms": 10000,
+                "message_ttl_ms": HOUR_MS, "max_retries": 0,
+                "dead_letter_queue": "orders-dead", "dedup_window_ms": null,
+                "depth": 2, "ready": 1, "delayed": 1, "in_flight": 1, "dlq_depth": 1}),
+            json!({"name": "orders-dead", "queue_type": "fifo", "max_size": 100,
+                "visibility_timeout_ms": 30000, "ack_timeout_ms": 10000,
+                "message_ttl_ms": null, "max_retries": 0, "dead_letter_queue": null,
+                "dedup_window_ms": null, "depth": 1, "ready": 1, "delayed": 0,
+                "in_flight": 0, "dlq_depth": null}),
+        ]
+    );
+
+    let before = unix_ms();
+    let ages = sql_rows(
+        admin,
+        "SELECT name, oldest_age_ms, created_at FROM queues ORDER BY name",
+    )
+    .await?;
+    let after = unix_ms();
+    assert_eq!(ages[0]["oldest_age_ms"], Value::Null, "idle is empty");
+    for age in &ages[1..] {
+        let ms = age["oldest_age_ms"].as_u64().context("oldest_age_ms")?;
+        assert!(ms <= after - held.enqueued_at_ms, "{age}");
+        assert!(
+            age["created_at"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("20"))
+        );
+    }
+    // o1, sent with o4, is the oldest message of `orders`; o2 keeps its
+    // enqueue time in the dead-letter queue.
+    for age in [&ages[2], &ages[3]] {
+        let ms = age["oldest_age_ms"].as_u64().context("oldest_age_ms")?;
+        assert!(ms + held.enqueued_at_ms >= before, "{age}");
+    }
+
+    let one = sql_rows(
+        admin,
+        "SELECT name, depth FROM queues WHERE name = 'orders'",
+    )
+    .await?;
+    assert_eq!(one, [json!({"name": "orders", "depth": 2})]);
+    let none = sql_rows(admin, "SELECT name FROM queues WHERE name = 'order'").await?;
+    assert!(none.is_empty(), "{none:?}");
+
+    let messages = sql_rows(
+        admin,
+        "SELECT queue, seq, message_id, state, consumer, priority, attempts, delivery, \
+         topic, CAST(lease_deadline AS BIGINT) AS lease_deadline_ms, size \
+         FROM queue_messages ORDER BY queue, seq",
+    )
+    .await?;
+    let row = |queue: &str, seq: u64, id: &str, state: &str, priority: u8, delivery: &str| {
+        json!({"queue": queue, "seq": seq, "message_id": id, "state": state,
+            "consumer": null, "priority": priority, "attempts": 0, "delivery": delivery,
+            "topic": format!("orders.{id}"), "lease_deadline_ms": null, "size": 11})
+    };
+    let mut leased = row("orders", 4, "o4", "leased", 7, "at_least_once");
+    leased["consumer"] = json!("worker-1");
+    leased["attempts"] = json!(1);
+    leased["lease_deadline_ms"] = json!(deadline);
+    assert_eq!(
+        messages,
+        [
+            row("jobs", 1, "j1", "ready", 0, "at_most_once"),
+            row("jobs", 2, "j2", "delayed", 0, "at_least_once"),
+            row("orders", 1, "o1", "ready", 1, "at_least_once"),
+            row("orders", 3, "o3", "delayed", 5, "at_least_once"),
+            leased,
+            row("orders-dead", 1, "o2", "ready", 0, "at_least_once"),
+        ]
+    );
+
+    let times = sql_rows(
+        admin,
+        "SELECT message_id, CAST(enqueued_at AS BIGINT) AS enqueued_ms, \
+         CAST(ready_at AS BIGINT) - CAST(enqueued_at AS BIGINT) AS delay_ms, \
+         CAST(expires_at AS BIGINT) - CAST(enqueued_at AS BIGINT) AS ttl_ms \
+         FROM queue_messages WHERE queue = 'orders' ORDER BY seq",
+    )
+    .await?;
+    let sent = held.enqueued_at_ms;
+    assert_eq!(
+        times,
+        [
+            json!({"message_id": "o1", "enqueued_ms": sent, "delay_ms": 0, "ttl_ms": HOUR_MS}),
+            json!({"message_id": "o3", "enqueued_ms": sent, "delay_ms": HOUR_MS, "ttl_ms": HOUR_MS}),
+            json!({"message_id": "o4", "enqueued_ms": sent, "delay_ms": 0, "ttl_ms": HOUR_MS}),
+        ]
+    );
+    let dead = sql_rows(
+        admin,
+        "SELECT expires_at, CAST(enqueued_at AS BIGINT) AS enqueued_ms \
+         FROM queue_messages WHERE queue = 'orders-dead'",
+    )
+    .await?;
+    assert_eq!(dead, [json!({"expires_at": null, "enqueued_ms": sent})]);
+    daemon.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_to_c2_and_explain_shows_the_pushed_filter() -> Result<()> {
     let dir = TestDir::new();
     let daemon = InProcess::start(&dir, |_| {}).await?;
@@ -239,6 +490,14 @@ async fn routes_to_c2_and_explain_shows_the_pushed_filter() -> Result<()> {
         (
             "EXPLAIN SELECT * FROM events WHERE index > 3",
             "events.index > UInt64(3)",
+        ),
+        (
+            "EXPLAIN SELECT * FROM queues WHERE name='orders'",
+            "queues.name = Utf8(\"orders\")",
+        ),
+        (
+            "EXPLAIN SELECT * FROM queue_messages WHERE queue='orders'",
+            "queue_messages.queue = Utf8(\"orders\")",
         ),
     ] {
         let plan = sql_rows(admin, sql).await?;
@@ -671,6 +930,7 @@ async fn every_example_in_the_sql_docs_runs() -> Result<()> {
     let dir = TestDir::new();
     let daemon = InProcess::start(&dir, |_| {}).await?;
     seed(&daemon.node).await?;
+    seed_queues(&daemon.node).await?;
     for sql in examples {
         let rows = sql_rows(&daemon.admin_url, sql)
             .await
