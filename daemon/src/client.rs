@@ -5,7 +5,7 @@
 //! frames, matching replies to requests by `u`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
@@ -131,6 +131,9 @@ pub struct Client {
     handlers: Handlers,
     subscriptions: Subscriptions,
     queue_subscriptions: QueueSubscriptions,
+    /// Set when the connection is gone: new requests fail at once instead
+    /// of waiting for a reply that cannot come.
+    closed: Arc<AtomicBool>,
     next_u: AtomicU64,
     prefix: String,
     /// Reader and writer tasks; aborted on drop, which closes the socket.
@@ -222,6 +225,8 @@ impl Client {
         let reader_subscriptions = subscriptions.clone();
         let queue_subscriptions: QueueSubscriptions = Arc::default();
         let reader_queue_subscriptions = queue_subscriptions.clone();
+        let closed = Arc::new(AtomicBool::new(false));
+        let reader_closed = closed.clone();
         let reader = tokio::spawn(async move {
             while let Some(Ok(message)) = stream.next().await {
                 let bytes = match message {
@@ -282,6 +287,7 @@ impl Client {
                     let _ = waiter.send(frame);
                 }
             }
+            reader_closed.store(true, Ordering::SeqCst);
             reader_pending
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -293,6 +299,7 @@ impl Client {
             handlers,
             subscriptions,
             queue_subscriptions,
+            closed,
             next_u: AtomicU64::new(1),
             prefix: new_prefix(),
             io: vec![reader, writer],
@@ -313,7 +320,16 @@ impl Client {
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(u, tx);
+            .insert(u.clone(), tx);
+        // The reader marks the connection closed before it drops the
+        // waiters, so a request registered after that is seen here.
+        if self.closed.load(Ordering::SeqCst) {
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&u);
+            return Err(ClientError::Closed);
+        }
         self.outbound
             .send(Message::binary(frame.to_string().into_bytes()))
             .await

@@ -132,3 +132,55 @@ fn sql_prints_an_aligned_table_and_reports_errors() {
     assert!(!ok);
     assert!(err.contains("cannot reach"), "{err}");
 }
+
+#[test]
+fn queue_declare_send_receive_ack_and_stats() {
+    let dir = TestDir::new();
+    let daemon = Daemon::start(&dir, &[]).unwrap();
+    let url = daemon.ready.client_url.as_str();
+    let json_out = |args: &[&str]| {
+        let (ok, out, err) = mpreg(url, args);
+        assert!(ok, "mpreg {args:?} failed: {err}");
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+
+    let declared = json_out(&[
+        "queue",
+        "declare",
+        "work",
+        "--type",
+        "priority",
+        "--max-retries",
+        "1",
+    ]);
+    assert_eq!(declared["dead_letter_queue"], json!("work.dlq"));
+    json_out(&["queue", "send", "work", r#"{"job":1}"#, "--priority", "1"]);
+    let urgent = json_out(&["queue", "send", "work", "urgent", "--priority", "9"]);
+    let received = json_out(&[
+        "queue",
+        "receive",
+        "work",
+        "--subscriber",
+        "me",
+        "--wait",
+        "1",
+    ]);
+    assert_eq!(received["message"]["payload"], json!("urgent"));
+    assert_eq!(received["message"]["message_id"], urgent["message_id"]);
+    let id = received["message"]["message_id"].as_str().unwrap();
+    json_out(&["queue", "ack", "work", id, "--subscriber", "me"]);
+    let stats = json_out(&["queue", "stats", "work"]);
+    assert_eq!(stats["queues"][0]["depth"], json!(1));
+    assert_eq!(stats["queues"][0]["in_flight"], json!(0));
+
+    let (ok, _, err) = mpreg(url, &["queue", "ack", "work", id, "--subscriber", "me"]);
+    assert!(!ok);
+    assert!(
+        err.contains("is not in queue work") && err.contains("1010"),
+        "{err}"
+    );
+    let (ok, _, err) = mpreg(url, &["queue", "declare", "work", "--type", "fifo"]);
+    assert!(!ok);
+    assert!(err.contains("queue_type: priority -> fifo"), "{err}");
+    daemon.stop().unwrap();
+}

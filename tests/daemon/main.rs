@@ -8,6 +8,7 @@ mod durability;
 mod metrics;
 mod migrations;
 mod pubsub;
+mod queue_crash;
 mod queues;
 mod rpc;
 mod sql;

@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use mpreg_daemon::client::{Client, Request};
 use mpreg_daemon::protocol::RpcCommand;
 use mpreg_query::Format;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 #[derive(Parser)]
 #[command(name = "mpreg", version, about = "mpreg command-line client")]
@@ -43,6 +43,11 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         backlog_seconds: u64,
     },
+    /// Declare, feed, drain and inspect durable queues.
+    Queue {
+        #[command(subcommand)]
+        op: QueueOp,
+    },
     /// Run read-only SQL on the daemon (admin HTTP /sql) and print a table.
     Sql {
         sql: String,
@@ -53,6 +58,165 @@ enum Command {
         #[arg(long, default_value = "table")]
         format: Format,
     },
+}
+
+#[derive(Subcommand)]
+enum QueueOp {
+    /// Declare a queue (again with the same settings is a no-op).
+    Declare {
+        name: String,
+        /// fifo, priority or delay.
+        #[arg(long = "type", default_value = "fifo")]
+        queue_type: String,
+        #[arg(long)]
+        max_size: Option<u64>,
+        /// Seconds a received message stays leased before redelivery.
+        #[arg(long)]
+        visibility_timeout: Option<f64>,
+        /// Seconds a pushed message stays leased before redelivery.
+        #[arg(long)]
+        ack_timeout: Option<f64>,
+        /// Seconds a message lives unacked.
+        #[arg(long)]
+        ttl: Option<f64>,
+        #[arg(long)]
+        max_retries: Option<u64>,
+        /// Drop messages out of retries instead of moving them to <name>.dlq.
+        #[arg(long)]
+        no_dlq: bool,
+        /// Refuse repeats of a client message id for this many seconds.
+        #[arg(long)]
+        dedup_window: Option<f64>,
+    },
+    /// Send one message (PAYLOAD is JSON, or else taken as a string).
+    Send {
+        name: String,
+        payload: String,
+        #[arg(long)]
+        topic: Option<String>,
+        #[arg(long)]
+        priority: Option<u8>,
+        /// Seconds before the message can be delivered.
+        #[arg(long)]
+        delay: Option<f64>,
+        /// Your id for the message (deduplicated within the window).
+        #[arg(long)]
+        message_id: Option<String>,
+        /// at_least_once, at_most_once or broadcast.
+        #[arg(long)]
+        delivery: Option<String>,
+    },
+    /// Receive (lease) up to MAX messages, waiting up to WAIT seconds.
+    Receive {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        max: u64,
+        #[arg(long, default_value_t = 5.0)]
+        wait: f64,
+        /// Consumer id to ack with (one is generated when omitted).
+        #[arg(long)]
+        subscriber: Option<String>,
+        /// Ack each message at once.
+        #[arg(long)]
+        ack: bool,
+    },
+    /// Ack a received message (or give it back with --nack).
+    Ack {
+        name: String,
+        message_id: String,
+        #[arg(long)]
+        subscriber: String,
+        #[arg(long)]
+        nack: bool,
+        /// With --nack: seconds before it can be delivered again.
+        #[arg(long)]
+        delay: Option<f64>,
+    },
+    /// Settings and counters of one queue, or of all.
+    Stats { name: Option<String> },
+}
+
+/// The function and body of a queue subcommand.
+fn queue_call(op: QueueOp) -> (&'static str, Value) {
+    match op {
+        QueueOp::Declare {
+            name,
+            queue_type,
+            max_size,
+            visibility_timeout,
+            ack_timeout,
+            ttl,
+            max_retries,
+            no_dlq,
+            dedup_window,
+        } => (
+            "create",
+            json!({
+                "queue_name": name,
+                "queue_type": queue_type,
+                "max_size": max_size,
+                "default_visibility_timeout_seconds": visibility_timeout,
+                "default_acknowledgment_timeout_seconds": ack_timeout,
+                "message_ttl_seconds": ttl,
+                "max_retries": max_retries,
+                "enable_dead_letter_queue": !no_dlq,
+                "enable_deduplication": dedup_window.is_some(),
+                "deduplication_window_seconds": dedup_window,
+            }),
+        ),
+        QueueOp::Send {
+            name,
+            payload,
+            topic,
+            priority,
+            delay,
+            message_id,
+            delivery,
+        } => (
+            "send",
+            json!({
+                "queue_name": name,
+                "payload": parse_arg(&payload),
+                "topic": topic,
+                "priority": priority,
+                "delay_seconds": delay,
+                "message_id": message_id,
+                "delivery_guarantee": delivery,
+            }),
+        ),
+        QueueOp::Receive {
+            name,
+            max,
+            wait,
+            subscriber,
+            ack,
+        } => (
+            "receive",
+            json!({
+                "queue_name": name,
+                "max_messages": max,
+                "timeout_seconds": wait,
+                "subscriber_id": subscriber,
+                "auto_acknowledge": ack,
+            }),
+        ),
+        QueueOp::Ack {
+            name,
+            message_id,
+            subscriber,
+            nack,
+            delay,
+        } => (
+            if nack { "nack" } else { "ack" },
+            json!({
+                "queue_name": name,
+                "message_id": message_id,
+                "subscriber_id": subscriber,
+                "delay_seconds": delay,
+            }),
+        ),
+        QueueOp::Stats { name } => ("stats", json!({ "queue_name": name })),
+    }
 }
 
 /// Runs `sql` on the daemon at `admin` and renders the rows.
@@ -195,6 +359,11 @@ async fn run(cli: Cli) -> Result<String, String> {
                 out["execution_summary"] = serde_json::to_value(summary).unwrap_or_default();
             }
             Ok(pretty(&out))
+        }
+        Command::Queue { op } => {
+            let (fun, body) = queue_call(op);
+            let reply = client.queue(fun, body).await.map_err(|e| e.to_string())?;
+            Ok(pretty(&reply))
         }
         Command::Sql { .. } => Err("sql runs without a client connection".into()),
     }
