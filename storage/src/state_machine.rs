@@ -125,8 +125,9 @@ impl RowStore for BatchStore<'_> {
         // Each pending change can hide at most one stored row, so this many
         // stored rows always hold the first `limit` of the merged result.
         let wanted = limit.saturating_add(pending.len());
-        let mut rows: BTreeMap<Vec<u8>, Vec<u8>> =
-            scan_from(self.db, view, prefix, from, wanted)?.into_iter().collect();
+        let mut rows: BTreeMap<Vec<u8>, Vec<u8>> = scan_from(self.db, view, prefix, from, wanted)?
+            .into_iter()
+            .collect();
         for ((_, key), value) in pending {
             match value {
                 Some(value) => rows.insert(key.clone(), value.clone()),

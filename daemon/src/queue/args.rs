@@ -69,9 +69,7 @@ impl Fields<'_> {
         match self.0.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(v) => match v.as_f64() {
-                Some(s) if s.is_finite() && s >= 0.0 && s < 1e9 => {
-                    Ok(Some(Duration::from_secs_f64(s)))
-                }
+                Some(s) if (0.0..1e9).contains(&s) => Ok(Some(Duration::from_secs_f64(s))),
                 _ => Err(QueueError::invalid(format!(
                     "{name} must be a number of seconds >= 0, got {v}"
                 ))),
