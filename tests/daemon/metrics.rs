@@ -170,6 +170,7 @@ async fn dashboards_and_alerts_use_only_exported_metrics() -> Result<()> {
         "MpregFsyncSlow",
         "MpregRpcErrorRate",
         "MpregSlowConsumerDrops",
+        "MpregQueueDeadLetters",
     ] {
         ensure!(
             rules.contains(&format!("alert: {alert}")),
@@ -181,6 +182,10 @@ async fn dashboards_and_alerts_use_only_exported_metrics() -> Result<()> {
     let daemon = Daemon::start(&dir, &[])?;
     let client = Client::connect(&daemon.ready.client_url).await?;
     client.call("echo", vec![json!(1)]).await?;
+    // Per-queue gauges exist once a queue does.
+    client
+        .queue("create", json!({"queue_name": "metrics_probe"}))
+        .await?;
     let exposition = scrape(&daemon.ready.admin_url).await?;
     let missing: Vec<&String> = used.iter().filter(|n| !exposition.has_family(n)).collect();
     assert!(used.len() > 20, "found only {used:?}");
