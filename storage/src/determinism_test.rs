@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::db::{DataDir, OpenMode};
-use crate::event::{Event, EventKind};
+use crate::event::{Delivery, Event, EventKind, NewMessage, QueueSettings, QueueType};
 use crate::replay::MemViews;
 use crate::views::{Digest, ViewTxn, apply};
 use crate::{StateMachine, TypeConfig, open_raft_storage};
@@ -17,7 +17,8 @@ fn id(prefix: &'static str) -> impl Strategy<Value = String> {
     (0u8..4).prop_map(move |n| format!("{prefix}{n}"))
 }
 
-fn event_kind() -> impl Strategy<Value = EventKind> {
+/// Node, function, subscription and route events.
+fn registry_event_kind() -> impl Strategy<Value = EventKind> {
     prop_oneof![
         (id("n"), id("c"), proptest::collection::vec(id("r"), 0..3)).prop_map(
             |(node_id, cluster_id, resources)| {
@@ -80,10 +81,155 @@ fn event_kind() -> impl Strategy<Value = EventKind> {
     ]
 }
 
+/// Two queues that events name, and `q2`, only ever a dead-letter queue
+/// (declared with its source).
+fn queue_name() -> impl Strategy<Value = String> {
+    (0u8..2).prop_map(|n| format!("q{n}"))
+}
+
+/// Consumers of queue leases.
+fn consumer() -> impl Strategy<Value = String> {
+    (0u8..2).prop_map(|n| format!("c{n}"))
+}
+
+fn queue_settings() -> impl Strategy<Value = QueueSettings> {
+    (
+        prop_oneof![
+            Just(QueueType::Fifo),
+            Just(QueueType::Priority),
+            Just(QueueType::Delay)
+        ],
+        prop_oneof![1 => Just(0u64), 9 => 1u64..6],
+        proptest::option::of(0u64..5_000),
+        0u32..3,
+        proptest::option::of(prop_oneof![
+            3 => Just("q2"),
+            1 => Just("q0"),
+            1 => Just("q1")
+        ]),
+        proptest::option::of(0u64..5_000),
+    )
+        .prop_map(
+            |(queue_type, max_size, message_ttl_ms, max_retries, dead_letter_queue, dedup)| {
+                QueueSettings {
+                    queue_type,
+                    max_size,
+                    visibility_timeout_ms: 1_000,
+                    ack_timeout_ms: 1_000,
+                    message_ttl_ms,
+                    max_retries,
+                    dead_letter_queue: dead_letter_queue.map(String::from),
+                    dedup_window_ms: dedup,
+                }
+            },
+        )
+}
+
+fn new_message() -> impl Strategy<Value = NewMessage> {
+    (
+        id("m"),
+        any::<bool>(),
+        id("t."),
+        any::<u8>(),
+        prop_oneof![3 => Just(0u64), 1 => 1u64..5_000],
+        proptest::option::of(0u64..5_000),
+        prop_oneof![
+            Just(Delivery::AtLeastOnce),
+            Just(Delivery::AtMostOnce),
+            Just(Delivery::Broadcast)
+        ],
+    )
+        .prop_map(
+            |(message_id, client_id, topic, priority, delay_ms, ttl_ms, delivery)| NewMessage {
+                payload: format!("\"{message_id}\""),
+                message_id,
+                client_id,
+                topic,
+                priority,
+                delay_ms,
+                ttl_ms,
+                delivery,
+            },
+        )
+}
+
+/// Queue events over a few queues, ids and consumers, so they meet.
+fn queue_event_kind() -> impl Strategy<Value = EventKind> {
+    prop_oneof![
+        4 => (queue_name(), queue_settings())
+            .prop_map(|(name, settings)| EventKind::QueueDeclared { name, settings }),
+        1 => queue_name().prop_map(|name| EventKind::QueueDeleted { name }),
+        1 => queue_name().prop_map(|name| EventKind::QueuePurged { name }),
+        6 => (queue_name(), proptest::collection::vec(new_message(), 0..4))
+            .prop_map(|(queue, messages)| EventKind::MessagesSent { queue, messages }),
+        4 => (
+            queue_name(),
+            consumer(),
+            0u32..4,
+            0u64..5_000,
+            proptest::option::of(prop_oneof![Just("t.*"), Just("#"), Just("t.1")]),
+        )
+            .prop_map(|(queue, consumer, max, lease_ms, pattern)| {
+                EventKind::MessagesLeased {
+                    queue,
+                    consumer,
+                    max,
+                    lease_ms,
+                    topic_pattern: pattern.map(String::from),
+                }
+            }),
+        3 => (queue_name(), id("m"), consumer()).prop_map(|(queue, message_id, consumer)| {
+            EventKind::MessageAcked {
+                queue,
+                message_id,
+                consumer,
+            }
+        }),
+        2 => (queue_name(), id("m"), consumer(), 0u64..5_000).prop_map(
+            |(queue, message_id, consumer, delay_ms)| EventKind::MessageNacked {
+                queue,
+                message_id,
+                consumer,
+                delay_ms,
+            }
+        ),
+        1 => (queue_name(), consumer(), proptest::collection::vec(id("m"), 0..3)).prop_map(
+            |(queue, consumer, message_ids)| EventKind::LeasesReleased {
+                queue,
+                consumer,
+                message_ids,
+            }
+        ),
+        3 => (0u32..5).prop_map(|max| EventKind::QueueTimersFired { max }),
+    ]
+}
+
+fn event_kind() -> impl Strategy<Value = EventKind> {
+    prop_oneof![registry_event_kind(), queue_event_kind()]
+}
+
+/// Up to two queue declarations (so queue events meet a queue), then random
+/// events. Event times move forward by small steps (so delays, leases and
+/// TTLs interleave with other events) and sometimes back, as a new leader's
+/// clock may be behind the old one's.
 fn events() -> impl Strategy<Value = Vec<Event>> {
-    proptest::collection::vec((0u64..1_000_000, event_kind()), 1..60).prop_map(|v| {
-        v.into_iter()
-            .map(|(time_ms, kind)| Event { time_ms, kind })
+    let declares = proptest::collection::vec(
+        (queue_name(), queue_settings())
+            .prop_map(|(name, settings)| EventKind::QueueDeclared { name, settings }),
+        0..3,
+    );
+    let step = prop_oneof![4 => 0i64..3_000, 1 => -5_000i64..0];
+    let rest = proptest::collection::vec((step, event_kind()), 1..60);
+    (declares, rest).prop_map(|(declares, rest)| {
+        let mut time_ms = 1_000_000u64;
+        declares
+            .into_iter()
+            .map(|kind| (0, kind))
+            .chain(rest)
+            .map(|(step, kind)| {
+                time_ms = time_ms.saturating_add_signed(step);
+                Event { time_ms, kind }
+            })
             .collect()
     })
 }

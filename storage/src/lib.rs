@@ -55,4 +55,6 @@ pub fn open_raft_storage(
 #[cfg(test)]
 mod determinism_test;
 #[cfg(test)]
+mod queue_model_test;
+#[cfg(test)]
 mod raft_suite_test;

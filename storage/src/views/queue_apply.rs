@@ -7,6 +7,8 @@
 //! and keep the queue's counters equal to those rows. Time is the event's:
 //! a timer fires only through `QueueTimersFired`, which the leader proposes.
 
+use std::collections::BTreeSet;
+
 use super::apply::{check_ids, rejected};
 use super::{
     DedupRow, MessageRow, MessageState, QueueRow, RowStore, Timer, TimerKind, View, ViewTxn,
@@ -171,17 +173,18 @@ fn insert<S: RowStore>(
 
 /// Moves a message that ran out of retries (already removed from its
 /// queue) to the dead-letter queue, if there is one with room for it.
+/// Returns whether it landed there.
 fn dead_letter<S: RowStore>(
     txn: &mut ViewTxn<'_, S>,
     from: &QueueRow,
     message: MessageRow,
     now: u64,
-) -> Result<()> {
+) -> Result<bool> {
     let Some(name) = &from.settings.dead_letter_queue else {
-        return Ok(());
+        return Ok(false);
     };
     let Some(mut dlq) = load_queue(txn, name)? else {
-        return Ok(());
+        return Ok(false);
     };
     let taken = txn
         .get::<u64>(
@@ -190,7 +193,7 @@ fn dead_letter<S: RowStore>(
         )?
         .is_some();
     if taken || dlq.size() >= dlq.settings.max_size {
-        return Ok(());
+        return Ok(false);
     }
     let moved = MessageRow {
         queue: dlq.name.clone(),
@@ -205,28 +208,37 @@ fn dead_letter<S: RowStore>(
     };
     dlq.next_seq += 1;
     insert(txn, &mut dlq, moved, now)?;
-    save_queue(txn, &dlq)
+    save_queue(txn, &dlq)?;
+    Ok(true)
+}
+
+/// Where [`release`] put a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Released {
+    /// Back in its queue (ready, or delayed by the nack's delay).
+    Requeued,
+    /// Out of retries: moved to the dead-letter queue (`landed`) or dropped.
+    DeadLettered { landed: bool },
 }
 
 /// Ends a message's lease: ready again after `delay_ms`, or dead-lettered
 /// when it has been delivered more than `max_retries` times after the first.
-/// Returns whether it was dead-lettered.
 fn release<S: RowStore>(
     txn: &mut ViewTxn<'_, S>,
     queue: &mut QueueRow,
     mut message: MessageRow,
     now: u64,
     delay_ms: u64,
-) -> Result<bool> {
+) -> Result<Released> {
     unplace(txn, queue, &message)?;
     if message.attempts > queue.settings.max_retries {
         forget(txn, &message)?;
-        dead_letter(txn, queue, message, now)?;
-        return Ok(true);
+        let landed = dead_letter(txn, queue, message, now)?;
+        return Ok(Released::DeadLettered { landed });
     }
     message.ready_at_ms = now.saturating_add(delay_ms);
     place(txn, queue, message, now)?;
-    Ok(false)
+    Ok(Released::Requeued)
 }
 
 /// The differences between two settings, `field: old -> new`.
@@ -450,18 +462,30 @@ pub(super) fn send<S: RowStore>(
             return Ok(refused);
         }
     }
+    // Duplicates add nothing, so only new messages need room. Within the
+    // batch, an id added by an earlier message is in the queue by the time
+    // a repeat of it is sent.
+    let mut duplicates = Vec::with_capacity(messages.len());
+    let mut added = BTreeSet::new();
+    for message in messages {
+        let duplicate =
+            added.contains(message.message_id.as_str()) || is_duplicate(txn, &queue, message, now)?;
+        if !duplicate {
+            added.insert(message.message_id.as_str());
+        }
+        duplicates.push(duplicate);
+    }
+    let new = duplicates.iter().filter(|d| !**d).count() as u64;
     let room = queue.settings.max_size.saturating_sub(queue.size());
-    if messages.len() as u64 > room {
+    if new > room {
         return Ok(rejected(format!(
-            "queue {name} is full: it holds {} of at most {} messages, {} more were sent",
+            "queue {name} is full: it holds {} of at most {} messages, {new} new were sent",
             queue.size(),
             queue.settings.max_size,
-            messages.len()
         )));
     }
     let mut sent = Vec::with_capacity(messages.len());
-    for message in messages {
-        let duplicate = is_duplicate(txn, &queue, message, now)?;
+    for (message, duplicate) in messages.iter().zip(duplicates) {
         sent.push(SentMessage {
             message_id: message.message_id.clone(),
             duplicate,
@@ -654,7 +678,7 @@ pub(super) fn nack<S: RowStore>(
         Ok(message) => message,
         Err(refused) => return Ok(refused),
     };
-    let dead = release(txn, &mut queue, message, now, delay_ms)?;
+    let dead = release(txn, &mut queue, message, now, delay_ms)? != Released::Requeued;
     save_queue(txn, &queue)?;
     Ok(Outcome::Released {
         requeued: u64::from(!dead),
@@ -675,10 +699,9 @@ pub(super) fn release_leases<S: RowStore>(
     let (mut requeued, mut dead_lettered) = (0, 0);
     for message_id in message_ids {
         if let Ok(message) = leased_to(txn, name, message_id, consumer)? {
-            if release(txn, &mut queue, message, now, 0)? {
-                dead_lettered += 1;
-            } else {
-                requeued += 1;
+            match release(txn, &mut queue, message, now, 0)? {
+                Released::Requeued => requeued += 1,
+                Released::DeadLettered { .. } => dead_lettered += 1,
             }
         }
     }
@@ -726,8 +749,17 @@ fn fire_one<S: RowStore>(
             if *deadline_ms == timer.due_ms =>
         {
             fired.leases_expired += 1;
-            if release(txn, &mut queue, message, now, 0)? {
-                fired.dead_lettered += 1;
+            match release(txn, &mut queue, message, now, 0)? {
+                Released::Requeued => {}
+                Released::DeadLettered { landed } => {
+                    fired.dead_lettered += 1;
+                    // The dead-letter queue got a ready message.
+                    if let (true, Some(dlq)) = (landed, &queue.settings.dead_letter_queue)
+                        && !fired.queues.contains(dlq)
+                    {
+                        fired.queues.push(dlq.clone());
+                    }
+                }
             }
         }
         (TimerKind::MessageExpires, _) if message.expires_at_ms == Some(timer.due_ms) => {
@@ -748,21 +780,35 @@ pub(super) fn fire_timers<S: RowStore>(
     max: u32,
 ) -> Result<Outcome> {
     let mut fired = FiredTimers::default();
-    let keys = txn.keys(View::QueueTimers, &[], &[], max as usize + 1)?;
-    for (i, key) in keys.into_iter().enumerate() {
-        let Some(timer) = Timer::from_key(&key) else {
+    let max = max as usize;
+    let mut count = 0;
+    'scan: loop {
+        let keys = txn.keys(View::QueueTimers, &[], &[], (max - count).saturating_add(1))?;
+        if keys.is_empty() {
+            break;
+        }
+        for key in keys {
+            let Some(timer) = Timer::from_key(&key) else {
+                txn.delete(View::QueueTimers, key)?;
+                continue;
+            };
+            if timer.due_ms > now {
+                break 'scan;
+            }
+            // A timer fired before it in this loop may have removed it (a
+            // TTL ending a delayed or leased message): it neither fires nor
+            // counts as due.
+            if txn.get::<()>(View::QueueTimers, &key)?.is_none() {
+                continue;
+            }
+            if count == max {
+                fired.more_due = true;
+                break 'scan;
+            }
             txn.delete(View::QueueTimers, key)?;
-            continue;
-        };
-        if timer.due_ms > now {
-            break;
+            fire_one(txn, now, &timer, &mut fired)?;
+            count += 1;
         }
-        if i == max as usize {
-            fired.more_due = true;
-            break;
-        }
-        txn.delete(View::QueueTimers, key)?;
-        fire_one(txn, now, &timer, &mut fired)?;
     }
     Ok(Outcome::TimersFired(fired))
 }
