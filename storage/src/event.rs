@@ -297,6 +297,6 @@ pub struct FiredTimers {
     pub dedup_ended: u64,
     /// More timers were already due than `max`.
     pub more_due: bool,
-    /// Queues whose ready messages changed.
+    /// Queues whose messages changed (woken consumers look again).
     pub queues: Vec<String>,
 }

@@ -207,6 +207,18 @@ impl Queues {
         }
     }
 
+    /// Like [`Queues::changed`], for messages that may also have moved to
+    /// the queue's dead-letter queue.
+    fn released(&self, queue: &str, dead_lettered: u64) {
+        self.changed(queue);
+        if dead_lettered > 0
+            && let Ok(row) = self.queue(queue)
+            && let Some(dlq) = row.settings.dead_letter_queue
+        {
+            self.changed(&dlq);
+        }
+    }
+
     /// A receiver that sees every later [`Queues::changed`] of `queue`.
     fn watch(&self, queue: &str) -> watch::Receiver<u64> {
         let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
@@ -454,7 +466,7 @@ impl Queues {
             } => {
                 self.metrics.nacked.inc_by(requeued + dead_lettered);
                 self.metrics.dead_lettered.inc_by(dead_lettered);
-                self.changed(queue);
+                self.released(queue, dead_lettered);
             }
             other => return Err(unexpected(&other)),
         }
@@ -563,7 +575,7 @@ impl Queues {
         match released {
             Ok(Outcome::Released { dead_lettered, .. }) => {
                 self.metrics.dead_lettered.inc_by(dead_lettered);
-                self.changed(queue);
+                self.released(queue, dead_lettered);
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(%queue, %consumer, error = %e, "failed to release leases"),

@@ -61,12 +61,19 @@ struct Subscription {
 }
 
 impl Subscription {
-    /// Free prefetch slots; leases that ran out no longer count.
+    /// How many messages to lease now: none until a quarter of the
+    /// prefetch is free (or nothing is held), so acks arriving one by one
+    /// do not each cost a lease event. Leases that ran out no longer count.
     fn room(&self) -> usize {
         let now = now_ms();
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         held.retain(|_, deadline| *deadline > now);
-        self.prefetch.saturating_sub(held.len())
+        let free = self.prefetch.saturating_sub(held.len());
+        if held.is_empty() || free * 4 >= self.prefetch {
+            free
+        } else {
+            0
+        }
     }
 
     fn matches(&self, topic: &str) -> bool {
