@@ -228,10 +228,7 @@ async fn send_to_ack(url: &str, node: &Node, producers: usize, seconds: f64) {
 }
 
 fn main() {
-    let seconds: f64 = std::env::var("MPREG_BENCH_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3.0);
+    let seconds = common::seconds();
     let tmp = tempfile::tempdir().expect("temp dir");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {

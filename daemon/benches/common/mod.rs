@@ -11,6 +11,14 @@ use mpreg_daemon::{Config, Listeners, Node};
 use tokio_util::sync::CancellationToken;
 
 /// The `p` quantile (0..=1) of sorted samples.
+/// Seconds each case runs: `MPREG_BENCH_SECONDS`, default 3.
+pub fn seconds() -> f64 {
+    std::env::var("MPREG_BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3.0)
+}
+
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;

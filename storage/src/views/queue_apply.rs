@@ -244,50 +244,33 @@ fn release<S: RowStore>(
 /// The differences between two settings, `field: old -> new`.
 fn settings_diff(old: &QueueSettings, new: &QueueSettings) -> Vec<String> {
     let mut diff = Vec::new();
-    let mut field = |name: &str, a: String, b: String| {
-        if a != b {
-            diff.push(format!("{name}: {a} -> {b}"));
-        }
-    };
-    field(
-        "queue_type",
-        old.queue_type.as_str().into(),
-        new.queue_type.as_str().into(),
-    );
-    field(
-        "max_size",
-        old.max_size.to_string(),
-        new.max_size.to_string(),
-    );
-    field(
-        "visibility_timeout_ms",
-        old.visibility_timeout_ms.to_string(),
-        new.visibility_timeout_ms.to_string(),
-    );
-    field(
-        "ack_timeout_ms",
-        old.ack_timeout_ms.to_string(),
-        new.ack_timeout_ms.to_string(),
-    );
-    field(
-        "message_ttl_ms",
-        format!("{:?}", old.message_ttl_ms),
-        format!("{:?}", new.message_ttl_ms),
-    );
-    field(
-        "max_retries",
-        old.max_retries.to_string(),
-        new.max_retries.to_string(),
-    );
-    field(
-        "dead_letter_queue",
-        format!("{:?}", old.dead_letter_queue),
-        format!("{:?}", new.dead_letter_queue),
-    );
-    field(
-        "dedup_window_ms",
-        format!("{:?}", old.dedup_window_ms),
-        format!("{:?}", new.dedup_window_ms),
+    if old.queue_type != new.queue_type {
+        diff.push(format!(
+            "queue_type: {} -> {}",
+            old.queue_type.as_str(),
+            new.queue_type.as_str()
+        ));
+    }
+    macro_rules! compare {
+        ($($field:ident),*) => {$(
+            if old.$field != new.$field {
+                diff.push(format!(
+                    "{}: {:?} -> {:?}",
+                    stringify!($field),
+                    old.$field,
+                    new.$field
+                ));
+            }
+        )*};
+    }
+    compare!(
+        max_size,
+        visibility_timeout_ms,
+        ack_timeout_ms,
+        message_ttl_ms,
+        max_retries,
+        dead_letter_queue,
+        dedup_window_ms
     );
     diff
 }
