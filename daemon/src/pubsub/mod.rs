@@ -225,7 +225,9 @@ impl PubSub {
         };
         for row in rows {
             if row.durable {
-                pubsub.register(&row.subscription_id, row.patterns.clone(), true, None, 0);
+                let queue =
+                    pubsub.register(&row.subscription_id, row.patterns.clone(), true, None, 0);
+                tokio::spawn(queue.deliver());
             } else {
                 pubsub
                     .node
@@ -278,6 +280,8 @@ impl PubSub {
     }
 
     /// Registers a subscription in memory, with its backlog queued first.
+    /// Matching messages queue up from now on; they flow once the caller
+    /// spawns the returned queue's `deliver`.
     fn register(
         &self,
         id: &str,
@@ -285,7 +289,7 @@ impl PubSub {
         durable: bool,
         sink: Option<Sink>,
         backlog_seconds: u64,
-    ) {
+    ) -> Arc<SubQueue> {
         let queue = Arc::new(SubQueue {
             id: id.to_string(),
             buffer: Mutex::new(Buffer {
@@ -314,8 +318,7 @@ impl PubSub {
             },
         );
         self.metrics.subscriptions.set(state.subs.len() as i64);
-        drop(state);
-        tokio::spawn(queue.deliver());
+        queue
     }
 
     /// Handles `pubsub-subscribe` from connection `conn_id`; `ack` sends the
@@ -380,13 +383,16 @@ impl PubSub {
         if let Outcome::Rejected { reason } = outcome {
             return Err(reason);
         }
-        ack.await;
         let backlog = if sub.get_backlog {
             sub.backlog_seconds.max(1)
         } else {
             0
         };
-        self.register(&sub.subscription_id, patterns, sub.durable, sink, backlog);
+        // Matched from before the ack (a publish right after it is not
+        // missed), delivered after it (the ack comes first).
+        let queue = self.register(&sub.subscription_id, patterns, sub.durable, sink, backlog);
+        ack.await;
+        tokio::spawn(queue.deliver());
         Ok(())
     }
 
