@@ -122,7 +122,12 @@ pub async fn start(
     let sql = crate::sql::engine(node.clone(), config.sql.clone()).map_err(Error::SqlRuntime)?;
     admin_state.set_node(node.clone(), Arc::new(sql));
 
-    let queues = Queues::start(node.clone(), metrics.queue.clone(), shutdown.child_token());
+    let queues = Queues::start(
+        node.clone(),
+        metrics.queue.clone(),
+        config.rpc.request_timeout,
+        shutdown.child_token(),
+    );
     let rpc = Rpc::start(
         node.clone(),
         config.rpc.clone(),

@@ -116,6 +116,9 @@ pub struct Queues {
     /// Makes generated message ids unique: the start time and a counter.
     id_prefix: String,
     next_id: AtomicU64,
+    /// Longest a pull `receive` waits: under the RPC request timeout, so a
+    /// wait never outlives the call that carries it.
+    max_receive_wait: Duration,
     shutdown: CancellationToken,
 }
 
@@ -136,8 +139,14 @@ fn message_json(m: &DeliveredMessage) -> Value {
 
 impl Queues {
     /// Starts the queues of `node` and the timer task that fires lease,
-    /// delay, TTL and dedup deadlines until `shutdown`.
-    pub fn start(node: Arc<Node>, metrics: QueueMetrics, shutdown: CancellationToken) -> Arc<Self> {
+    /// delay, TTL and dedup deadlines until `shutdown`. RPC calls carrying
+    /// a `receive` end after `request_timeout`.
+    pub fn start(
+        node: Arc<Node>,
+        metrics: QueueMetrics,
+        request_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
         let queues = Arc::new(Queues {
             node,
             metrics,
@@ -145,6 +154,7 @@ impl Queues {
             subscriptions: subscriptions::Registry::default(),
             id_prefix: format!("msg-{:x}", now_ms()),
             next_id: AtomicU64::new(1),
+            max_receive_wait: request_timeout.saturating_sub(Duration::from_secs(1)),
             shutdown,
         });
         tokio::spawn(timers::run(queues.clone()));
@@ -388,7 +398,8 @@ impl Queues {
             )));
         }
         let auto_ack = f.bool("auto_acknowledge", false)?;
-        let deadline = tokio::time::Instant::now() + args::receive_timeout(&f)?;
+        let wait = args::receive_timeout(&f)?.min(self.max_receive_wait);
+        let deadline = tokio::time::Instant::now() + wait;
         let mut changes = self.watch(&queue);
         let messages = loop {
             let row = self.queue(&queue)?;
