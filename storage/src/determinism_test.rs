@@ -200,7 +200,7 @@ fn queue_event_kind() -> impl Strategy<Value = EventKind> {
                 message_ids,
             }
         ),
-        3 => (0u32..5).prop_map(|max| EventKind::QueueTimersFired { max }),
+        3 => (0u32..5).prop_map(|max| EventKind::TimersFired { max }),
     ]
 }
 

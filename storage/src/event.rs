@@ -120,10 +120,69 @@ pub enum EventKind {
         consumer: String,
         message_ids: Vec<String>,
     },
-    /// Proposed by the leader when queue timers are due: up to `max` timers
-    /// due at the event's time fire (delays end, leases expire, TTLs and
-    /// dedup windows run out).
-    QueueTimersFired { max: u32 },
+    /// Proposed by the leader when timers are due: up to `max` timers due
+    /// at the event's time fire (queue delays end, leases expire, message
+    /// TTLs and dedup windows run out, cache entries expire).
+    TimersFired { max: u32 },
+    /// A cache entry was written (created or replaced).
+    CachePut {
+        key: CacheKey,
+        /// JSON text.
+        value: String,
+        tags: Vec<String>,
+        /// The entry expires this long after the event.
+        ttl_ms: Option<u64>,
+    },
+    /// A cache entry went away (a no-op when it did not exist).
+    CacheDeleted { key: CacheKey },
+    /// Every entry of `namespace` whose identifier matches `pattern` (AMQP
+    /// wildcards over dot-separated levels; `None` = all) went away.
+    CacheInvalidated {
+        namespace: String,
+        pattern: Option<String>,
+    },
+    /// An atomic read-modify-write of one entry, decided inside apply.
+    CacheAtomic { key: CacheKey, operation: AtomicOp },
+}
+
+/// A cache key: upstream's namespace + identifier (+ version).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CacheKey {
+    pub namespace: String,
+    pub identifier: String,
+    /// Empty when the key has no version.
+    pub version: String,
+}
+
+/// The atomic operations on a cache entry. Values are JSON text; apply
+/// compares them as JSON values, so formatting does not matter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AtomicOp {
+    /// Writes `new_value` only if the current value equals `expected`
+    /// (`None`: only if the entry does not exist). Upstream's
+    /// `test_and_set` and `compare_and_swap`.
+    CompareAndSwap {
+        expected: Option<String>,
+        new_value: String,
+        ttl_ms: Option<u64>,
+    },
+    /// Adds `by` to a numeric value (`initial` when the entry does not
+    /// exist); integers stay integers. Both are JSON numbers (text).
+    /// Upstream's `increment`/`decrement`.
+    Increment {
+        by: String,
+        initial: String,
+        ttl_ms: Option<u64>,
+    },
+    /// Appends (or prepends) to a string or list value; creates it when
+    /// missing.
+    Append {
+        value: String,
+        prepend: bool,
+        ttl_ms: Option<u64>,
+    },
+    /// Moves the expiry of an existing entry to `ttl_ms` after the event.
+    ExtendTtl { ttl_ms: u64 },
 }
 
 impl EventKind {
@@ -146,7 +205,11 @@ impl EventKind {
             EventKind::MessageAcked { .. } => "message_acked",
             EventKind::MessageNacked { .. } => "message_nacked",
             EventKind::LeasesReleased { .. } => "leases_released",
-            EventKind::QueueTimersFired { .. } => "queue_timers_fired",
+            EventKind::TimersFired { .. } => "timers_fired",
+            EventKind::CachePut { .. } => "cache_put",
+            EventKind::CacheDeleted { .. } => "cache_deleted",
+            EventKind::CacheInvalidated { .. } => "cache_invalidated",
+            EventKind::CacheAtomic { .. } => "cache_atomic",
         }
     }
 }
@@ -174,8 +237,18 @@ pub enum Outcome {
     Acked { enqueued_at_ms: u64 },
     /// `MessageNacked`, `LeasesReleased`: where the released messages went.
     Released { requeued: u64, dead_lettered: u64 },
-    /// `QueueTimersFired`: what the due timers did.
+    /// `TimersFired`: what the due timers did.
     TimersFired(FiredTimers),
+    /// A cache write: whether it changed the entry (an atomic operation
+    /// whose condition failed did not), the entry's value afterwards
+    /// (`None`: no entry) and its revision.
+    Cache {
+        changed: bool,
+        value: Option<String>,
+        revision: u64,
+    },
+    /// `CacheInvalidated`: how many entries went away.
+    CacheRemoved { entries: u64 },
 }
 
 /// How a queue orders its ready messages.
@@ -282,7 +355,7 @@ pub struct DeliveredMessage {
     pub lease_deadline_ms: Option<u64>,
 }
 
-/// Counts of what one `QueueTimersFired` did.
+/// Counts of what one `TimersFired` did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FiredTimers {
     /// Delayed messages that became ready.
@@ -295,6 +368,8 @@ pub struct FiredTimers {
     pub dead_lettered: u64,
     /// Dedup windows that closed.
     pub dedup_ended: u64,
+    /// Cache entries whose TTL ran out.
+    pub cache_expired: u64,
     /// More timers were already due than `max`.
     pub more_due: bool,
     /// Queues whose messages changed (woken consumers look again).

@@ -274,7 +274,7 @@ impl Model {
                     dead_lettered,
                 }
             }
-            EventKind::QueueTimersFired { max } => self.fire_timers(now, *max),
+            EventKind::TimersFired { max } => self.fire_timers(now, *max),
             other => panic!("not a queue event: {other:?}"),
         }
     }
@@ -976,7 +976,7 @@ fn event_kind(run: &Run, op: &Op, leases: &[Held], deliveries: &[Held]) -> Event
                 message_ids: picks.iter().map(|p| picked(*p, Aim::Holder).1).collect(),
             }
         }
-        Op::Timers { max } => EventKind::QueueTimersFired { max: *max },
+        Op::Timers { max } => EventKind::TimersFired { max: *max },
     }
 }
 
@@ -1108,7 +1108,7 @@ fn ids(delivered: &[DeliveredMessage]) -> Vec<&str> {
 }
 
 fn fire(views: &mut Views, now: u64, max: u32) -> FiredTimers {
-    match views.apply(now, EventKind::QueueTimersFired { max }) {
+    match views.apply(now, EventKind::TimersFired { max }) {
         Outcome::TimersFired(fired) => fired,
         other => panic!("timers refused: {other:?}"),
     }

@@ -1,5 +1,5 @@
 //! The timer task: when the earliest queue timer (delay end, lease expiry,
-//! TTL, dedup window) is due, it proposes `QueueTimersFired`; apply then
+//! TTL, dedup window) is due, it proposes `TimersFired`; apply then
 //! fires every timer due at the event's time. Apply never reads a clock.
 
 use std::sync::Arc;
@@ -46,10 +46,10 @@ pub(super) async fn run(queues: Arc<Queues>) {
     }
 }
 
-/// Proposes one `QueueTimersFired`; `Some(true)` when more are due.
+/// Proposes one `TimersFired`; `Some(true)` when more are due.
 async fn fire(queues: &Queues) -> Option<bool> {
     let outcome = queues
-        .propose(EventKind::QueueTimersFired { max: MAX_FIRED })
+        .propose(EventKind::TimersFired { max: MAX_FIRED })
         .await;
     let fired = match outcome {
         Ok(Outcome::TimersFired(fired)) => fired,

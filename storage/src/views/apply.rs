@@ -7,8 +7,8 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::queue_apply;
 use super::{Digest, FunctionRow, NodeRow, NodeStatus, RouteRow, SubscriptionRow, View};
+use super::{cache, queue_apply};
 use crate::codec;
 use crate::error::Result;
 use crate::event::{Event, EventKind, Outcome};
@@ -318,7 +318,20 @@ pub fn apply<S: RowStore>(txn: &mut ViewTxn<'_, S>, event: &Event) -> Result<Out
             consumer,
             message_ids,
         } => return queue_apply::release_leases(txn, now, queue, consumer, message_ids),
-        EventKind::QueueTimersFired { max } => return queue_apply::fire_timers(txn, now, *max),
+        EventKind::TimersFired { max } => return queue_apply::fire_timers(txn, now, *max),
+        EventKind::CachePut {
+            key,
+            value,
+            tags,
+            ttl_ms,
+        } => return cache::put(txn, now, key, value, tags, *ttl_ms),
+        EventKind::CacheDeleted { key } => return cache::delete(txn, now, key),
+        EventKind::CacheInvalidated { namespace, pattern } => {
+            return cache::invalidate(txn, now, namespace, pattern.as_deref());
+        }
+        EventKind::CacheAtomic { key, operation } => {
+            return cache::atomic(txn, now, key, operation);
+        }
     }
     Ok(Outcome::Applied)
 }

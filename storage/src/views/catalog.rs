@@ -55,7 +55,8 @@ impl Catalog {
             | View::QueueReady
             | View::QueueMessageIds
             | View::QueueDedup
-            | View::QueueTimers => Ok(()),
+            | View::QueueTimers
+            | View::CacheEntries => Ok(()),
         }
     }
 

@@ -6,6 +6,7 @@
 //! in-memory index of the rows that routing reads on every call.
 
 mod apply;
+mod cache;
 mod catalog;
 mod digest;
 mod queue_apply;
@@ -13,6 +14,7 @@ mod queue_rows;
 mod rows;
 
 pub use apply::{RowStore, ViewTxn, apply};
+pub use cache::CacheRow;
 pub use catalog::Catalog;
 pub use digest::Digest;
 pub use queue_rows::{
@@ -33,11 +35,12 @@ pub enum View {
     QueueMessageIds,
     QueueDedup,
     QueueTimers,
+    CacheEntries,
 }
 
 impl View {
     /// Every view, in a fixed order (snapshot files and digests rely on it).
-    pub const ALL: [View; 10] = [
+    pub const ALL: [View; 11] = [
         View::Nodes,
         View::Functions,
         View::Subscriptions,
@@ -48,10 +51,12 @@ impl View {
         View::QueueMessageIds,
         View::QueueDedup,
         View::QueueTimers,
+        View::CacheEntries,
     ];
 
-    /// Whether the in-memory [`Catalog`] holds this view's rows (queue
-    /// views stay on disk only: a queue may hold millions of messages).
+    /// Whether the in-memory [`Catalog`] holds this view's rows (queue and
+    /// cache views stay on disk only: they may hold millions of rows; the
+    /// cache keeps its own bounded memory tier).
     pub fn in_catalog(self) -> bool {
         matches!(
             self,
@@ -72,6 +77,7 @@ impl View {
             View::QueueMessageIds => "view_queue_message_ids",
             View::QueueDedup => "view_queue_dedup",
             View::QueueTimers => "view_queue_timers",
+            View::CacheEntries => "view_cache_entries",
         }
     }
 
@@ -88,6 +94,7 @@ impl View {
             View::QueueMessageIds => 8,
             View::QueueDedup => 9,
             View::QueueTimers => 10,
+            View::CacheEntries => 11,
         }
     }
 

@@ -5,7 +5,7 @@
 //! that state: ready → a `queue_ready` key; delayed → a delay timer; leased →
 //! a lease timer. [`unplace`] and [`place`] move a message between states
 //! and keep the queue's counters equal to those rows. Time is the event's:
-//! a timer fires only through `QueueTimersFired`, which the leader proposes.
+//! a timer fires only through `TimersFired`, which the leader proposes.
 
 use std::collections::BTreeSet;
 
@@ -702,6 +702,12 @@ fn fire_one<S: RowStore>(
     timer: &Timer,
     fired: &mut FiredTimers,
 ) -> Result<()> {
+    if timer.kind == TimerKind::CacheExpires {
+        if super::cache::expire(txn, timer)? {
+            fired.cache_expired += 1;
+        }
+        return Ok(());
+    }
     let Some(mut queue) = load_queue(txn, &timer.queue)? else {
         return Ok(());
     };

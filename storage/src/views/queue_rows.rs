@@ -6,8 +6,9 @@
 //!   (queue, 255 - priority, ready_at, seq), empty values;
 //! - `queue_message_ids`: message id → seq, keyed (queue, message id);
 //! - `queue_dedup`: client message ids inside their dedup window;
-//! - `queue_timers`: every pending deadline, keyed (due, kind, queue, ..), so
-//!   the due ones are a range scan from the start.
+//! - `queue_timers`: every pending deadline (of queues, and of cache
+//!   entries), keyed (due, kind, queue or namespace, ..), so the due ones
+//!   are a range scan from the start.
 //!
 //! Numbers in keys are big-endian so key order is numeric order.
 
@@ -140,6 +141,9 @@ pub enum TimerKind {
     MessageExpires = 3,
     /// A dedup window closes.
     DedupEnds = 4,
+    /// A cache entry's TTL runs out (`queue` holds its namespace, `target`
+    /// its identifier and version).
+    CacheExpires = 5,
 }
 
 /// One entry of `queue_timers`.
@@ -178,6 +182,7 @@ impl Timer {
             2 => TimerKind::LeaseExpires,
             3 => TimerKind::MessageExpires,
             4 => TimerKind::DedupEnds,
+            5 => TimerKind::CacheExpires,
             _ => return None,
         };
         let rest = key.get(9..)?;
