@@ -28,6 +28,7 @@ pub mod protocol;
 pub mod pubsub;
 pub mod queue;
 pub mod raft_network;
+pub mod refusal;
 pub mod rpc;
 pub mod server;
 pub mod sql;

@@ -6,11 +6,11 @@ use std::time::Duration;
 use mpreg_storage::event::{Delivery, QueueSettings, QueueType};
 use serde_json::{Map, Value};
 
-use super::QueueError;
+use crate::refusal::Refusal;
 
 /// The request body: upstream clients pass one dict as `args[0]`; keyword
 /// arguments work too.
-pub fn body(args: &[Value], kwargs: &Map<String, Value>) -> Result<Map<String, Value>, QueueError> {
+pub fn body(args: &[Value], kwargs: &Map<String, Value>) -> Result<Map<String, Value>, Refusal> {
     match args {
         [] => Ok(kwargs.clone()),
         [Value::Object(map)] => {
@@ -18,7 +18,7 @@ pub fn body(args: &[Value], kwargs: &Map<String, Value>) -> Result<Map<String, V
             map.extend(kwargs.clone());
             Ok(map)
         }
-        _ => Err(QueueError::invalid(
+        _ => Err(Refusal::invalid(
             "pass one object of named fields (args[0]) or keyword arguments",
         )),
     }
@@ -28,56 +28,56 @@ pub fn body(args: &[Value], kwargs: &Map<String, Value>) -> Result<Map<String, V
 pub struct Fields<'a>(pub &'a Map<String, Value>);
 
 impl Fields<'_> {
-    pub fn str(&self, name: &str) -> Result<Option<&str>, QueueError> {
+    pub fn str(&self, name: &str) -> Result<Option<&str>, Refusal> {
         match self.0.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => Err(QueueError::invalid(format!(
+            Some(other) => Err(Refusal::invalid(format!(
                 "{name} must be a string, got {other}"
             ))),
         }
     }
 
-    pub fn required_str(&self, name: &str) -> Result<&str, QueueError> {
+    pub fn required_str(&self, name: &str) -> Result<&str, Refusal> {
         match self.str(name)? {
             Some(s) if !s.is_empty() => Ok(s),
-            _ => Err(QueueError::invalid(format!("{name} is required"))),
+            _ => Err(Refusal::invalid(format!("{name} is required"))),
         }
     }
 
-    pub fn bool(&self, name: &str, default: bool) -> Result<bool, QueueError> {
+    pub fn bool(&self, name: &str, default: bool) -> Result<bool, Refusal> {
         match self.0.get(name) {
             None | Some(Value::Null) => Ok(default),
             Some(Value::Bool(b)) => Ok(*b),
-            Some(other) => Err(QueueError::invalid(format!(
+            Some(other) => Err(Refusal::invalid(format!(
                 "{name} must be true or false, got {other}"
             ))),
         }
     }
 
-    pub fn uint(&self, name: &str) -> Result<Option<u64>, QueueError> {
+    pub fn uint(&self, name: &str) -> Result<Option<u64>, Refusal> {
         match self.0.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-                QueueError::invalid(format!("{name} must be a whole number >= 0, got {v}"))
+                Refusal::invalid(format!("{name} must be a whole number >= 0, got {v}"))
             }),
         }
     }
 
     /// A duration given in (fractional) seconds.
-    pub fn seconds(&self, name: &str) -> Result<Option<Duration>, QueueError> {
+    pub fn seconds(&self, name: &str) -> Result<Option<Duration>, Refusal> {
         match self.0.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(v) => match v.as_f64() {
                 Some(s) if (0.0..1e9).contains(&s) => Ok(Some(Duration::from_secs_f64(s))),
-                _ => Err(QueueError::invalid(format!(
+                _ => Err(Refusal::invalid(format!(
                     "{name} must be a number of seconds >= 0, got {v}"
                 ))),
             },
         }
     }
 
-    fn seconds_ms(&self, name: &str, default: Duration) -> Result<u64, QueueError> {
+    fn seconds_ms(&self, name: &str, default: Duration) -> Result<u64, Refusal> {
         Ok(millis(self.seconds(name)?.unwrap_or(default)))
     }
 }
@@ -94,7 +94,7 @@ const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(300);
 const DEFAULT_MAX_RETRIES: u64 = 3;
 
 /// `mpreg.queue.create`: the queue name and its settings.
-pub fn declare(body: &Map<String, Value>) -> Result<(String, QueueSettings), QueueError> {
+pub fn declare(body: &Map<String, Value>) -> Result<(String, QueueSettings), Refusal> {
     let f = Fields(body);
     let name = match f.str("queue_name")? {
         Some(name) => name,
@@ -106,18 +106,18 @@ pub fn declare(body: &Map<String, Value>) -> Result<(String, QueueSettings), Que
         "priority" => QueueType::Priority,
         "delay" => QueueType::Delay,
         other => {
-            return Err(QueueError::invalid(format!(
+            return Err(Refusal::invalid(format!(
                 "queue_type must be fifo, priority or delay, not {other}"
             )));
         }
     };
     let max_size = f.uint("max_size")?.unwrap_or(DEFAULT_MAX_SIZE);
     if max_size == 0 {
-        return Err(QueueError::invalid("max_size must be at least 1"));
+        return Err(Refusal::invalid("max_size must be at least 1"));
     }
     let max_retries = f.uint("max_retries")?.unwrap_or(DEFAULT_MAX_RETRIES);
     let max_retries = u32::try_from(max_retries)
-        .map_err(|_| QueueError::invalid(format!("max_retries {max_retries} is too large")))?;
+        .map_err(|_| Refusal::invalid(format!("max_retries {max_retries} is too large")))?;
     let dead_letter_queue = if f.bool("enable_dead_letter_queue", true)? {
         Some(match f.str("dead_letter_queue")? {
             Some(dlq) => dlq.to_string(),
@@ -149,25 +149,25 @@ pub fn declare(body: &Map<String, Value>) -> Result<(String, QueueSettings), Que
 }
 
 /// The delivery guarantee of a send; the ones we cannot honour are refused.
-pub fn delivery(f: &Fields<'_>) -> Result<Delivery, QueueError> {
+pub fn delivery(f: &Fields<'_>) -> Result<Delivery, Refusal> {
     match f.str("delivery_guarantee")?.unwrap_or("at_least_once") {
         "at_least_once" => Ok(Delivery::AtLeastOnce),
         "at_most_once" | "fire_and_forget" => Ok(Delivery::AtMostOnce),
         "broadcast" => Ok(Delivery::Broadcast),
-        "exactly_once" => Err(QueueError::unsupported(
+        "exactly_once" => Err(Refusal::unsupported(
             "unsupported_delivery_guarantee:exactly_once",
         )),
-        "quorum" => Err(QueueError::unsupported(
+        "quorum" => Err(Refusal::unsupported(
             "unsupported_delivery_guarantee:quorum (needs a multi-node cluster)",
         )),
-        other => Err(QueueError::invalid(format!(
+        other => Err(Refusal::invalid(format!(
             "delivery_guarantee must be at_least_once, at_most_once, fire_and_forget or broadcast, not {other}"
         ))),
     }
 }
 
 /// The pull timeout: upstream clamps it to 0.05..=60 seconds.
-pub fn receive_timeout(f: &Fields<'_>) -> Result<Duration, QueueError> {
+pub fn receive_timeout(f: &Fields<'_>) -> Result<Duration, Refusal> {
     let timeout = f
         .seconds("timeout_seconds")?
         .unwrap_or(Duration::from_secs(5));

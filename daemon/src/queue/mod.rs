@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::now_ms;
 use crate::metrics::QueueMetrics;
 use crate::node::Node;
+use crate::refusal::{Refusal, RefusalCode};
 use args::{Fields, body, millis};
 pub use subscriptions::{QueueSubscribe, subscribe_ack};
 
@@ -45,65 +46,7 @@ pub const FUNCTIONS: [&str; 8] = [
 /// Most messages one send or receive may carry.
 const MAX_BATCH: usize = 1000;
 
-/// Error codes of queue replies (`error_code`, see docs/queues.md).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum QueueErrorCode {
-    /// 1007: the node could not commit the change (shutting down, no leader).
-    Unavailable = 1007,
-    /// 1008: a field is missing or malformed.
-    InvalidArgument = 1008,
-    /// 1009: the queue or message does not exist.
-    NotFound = 1009,
-    /// 1010: the log refused the change (settings conflict, full queue,
-    /// message leased by someone else or no longer leased).
-    Refused = 1010,
-    /// 1011: the delivery guarantee is not offered.
-    UnsupportedDelivery = 1011,
-}
-
-/// Why a queue call failed; sent as `{success:false, error_message, error_code}`.
-#[derive(Clone, Debug)]
-pub struct QueueError {
-    pub code: QueueErrorCode,
-    pub message: String,
-}
-
-impl QueueError {
-    fn new(code: QueueErrorCode, message: impl Into<String>) -> Self {
-        QueueError {
-            code,
-            message: message.into(),
-        }
-    }
-
-    pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(QueueErrorCode::InvalidArgument, message)
-    }
-
-    pub fn unsupported(message: impl Into<String>) -> Self {
-        Self::new(QueueErrorCode::UnsupportedDelivery, message)
-    }
-
-    fn not_found(queue: &str) -> Self {
-        Self::new(QueueErrorCode::NotFound, format!("unknown queue {queue}"))
-    }
-
-    fn to_value(&self) -> Value {
-        json!({
-            "success": false,
-            "error_message": self.message,
-            "error_code": self.code as i64,
-        })
-    }
-}
-
-impl std::fmt::Display for QueueError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (error_code {})", self.message, self.code as i64)
-    }
-}
-
-type QueueResult<T> = Result<T, QueueError>;
+type QueueResult<T> = Result<T, Refusal>;
 
 /// The queues of a node.
 pub struct Queues {
@@ -180,23 +123,23 @@ impl Queues {
             Some("purge") => self.purge(body).await,
             Some("delete") => self.delete(body).await,
             Some("stats") => self.stats(body),
-            _ => Err(QueueError::invalid(format!("no queue function {fun}"))),
+            _ => Err(Refusal::invalid(format!("no queue function {fun}"))),
         }
     }
 
-    /// Proposes a queue event; a refusal by apply is a [`QueueError`].
+    /// Proposes a queue event; a refusal by apply is a [`Refusal`].
     async fn propose(&self, kind: EventKind) -> QueueResult<Outcome> {
         match self.node.propose(kind).await {
             Ok(Outcome::Rejected { reason }) => {
                 let code = if reason.starts_with("unknown queue") {
-                    QueueErrorCode::NotFound
+                    RefusalCode::NotFound
                 } else {
-                    QueueErrorCode::Refused
+                    RefusalCode::Refused
                 };
-                Err(QueueError::new(code, reason))
+                Err(Refusal::new(code, reason))
             }
             Ok(outcome) => Ok(outcome),
-            Err(e) => Err(QueueError::new(QueueErrorCode::Unavailable, e.to_string())),
+            Err(e) => Err(Refusal::new(RefusalCode::Unavailable, e.to_string())),
         }
     }
 
@@ -205,8 +148,8 @@ impl Queues {
         self.node
             .inspector()
             .get(View::Queues, &QueueRow::key(name))
-            .map_err(|e| QueueError::new(QueueErrorCode::Unavailable, e.to_string()))?
-            .ok_or_else(|| QueueError::not_found(name))
+            .map_err(|e| Refusal::new(RefusalCode::Unavailable, e.to_string()))?
+            .ok_or_else(|| unknown_queue(name))
     }
 
     /// Wakes whoever waits for messages of `queue`.
@@ -269,11 +212,10 @@ impl Queues {
             Some(topic) => topic.to_string(),
             None => format!("mpreg.queue.{queue}"),
         };
-        crate::pubsub::topic::check_topic(&topic).map_err(QueueError::invalid)?;
+        crate::pubsub::topic::check_topic(&topic).map_err(Refusal::invalid)?;
         let priority = f.uint("priority")?.unwrap_or(0);
-        let priority = u8::try_from(priority).map_err(|_| {
-            QueueError::invalid(format!("priority must be 0..=255, got {priority}"))
-        })?;
+        let priority = u8::try_from(priority)
+            .map_err(|_| Refusal::invalid(format!("priority must be 0..=255, got {priority}")))?;
         let client_id = f.str("message_id")?.map(str::to_string);
         Ok(NewMessage {
             client_id: client_id.is_some(),
@@ -294,7 +236,7 @@ impl Queues {
             None | Some(Value::Null) => None,
             Some(Value::Array(items)) => Some(items),
             Some(other) => {
-                return Err(QueueError::invalid(format!(
+                return Err(Refusal::invalid(format!(
                     "messages must be a list of message objects, got {other}"
                 )));
             }
@@ -302,7 +244,7 @@ impl Queues {
         let messages = match batch {
             None => vec![self.new_message(&queue, &f)?],
             Some(items) if items.is_empty() || items.len() > MAX_BATCH => {
-                return Err(QueueError::invalid(format!(
+                return Err(Refusal::invalid(format!(
                     "messages must hold 1 to {MAX_BATCH} messages, got {}",
                     items.len()
                 )));
@@ -311,7 +253,7 @@ impl Queues {
                 .iter()
                 .map(|item| match item {
                     Value::Object(map) => self.new_message(&queue, &Fields(map)),
-                    other => Err(QueueError::invalid(format!(
+                    other => Err(Refusal::invalid(format!(
                         "each message must be an object, got {other}"
                     ))),
                 })
@@ -387,13 +329,13 @@ impl Queues {
         let pattern = match f.str("topic_pattern")? {
             None | Some("#") => None,
             Some(p) => {
-                crate::pubsub::topic::check_pattern(p).map_err(QueueError::invalid)?;
+                crate::pubsub::topic::check_pattern(p).map_err(Refusal::invalid)?;
                 Some(p.to_string())
             }
         };
         let max = f.uint("max_messages")?.unwrap_or(1) as usize;
         if max == 0 || max > MAX_BATCH {
-            return Err(QueueError::invalid(format!(
+            return Err(Refusal::invalid(format!(
                 "max_messages must be 1 to {MAX_BATCH}, got {max}"
             )));
         }
@@ -559,7 +501,7 @@ impl Queues {
                 rows.push(row);
                 mpreg_storage::Flow::Continue
             })
-            .map_err(|e| QueueError::new(QueueErrorCode::Unavailable, e.to_string()))?;
+            .map_err(|e| Refusal::new(RefusalCode::Unavailable, e.to_string()))?;
         Ok(rows)
     }
 
@@ -594,9 +536,13 @@ impl Queues {
     }
 }
 
-fn unexpected(outcome: &Outcome) -> QueueError {
-    QueueError::new(
-        QueueErrorCode::Unavailable,
+fn unknown_queue(queue: &str) -> Refusal {
+    Refusal::new(RefusalCode::NotFound, format!("unknown queue {queue}"))
+}
+
+fn unexpected(outcome: &Outcome) -> Refusal {
+    Refusal::new(
+        RefusalCode::Unavailable,
         format!("unexpected outcome from the log: {outcome:?}"),
     )
 }

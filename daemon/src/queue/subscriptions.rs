@@ -17,8 +17,9 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::{QueueError, QueueResult, Queues, message_json};
+use super::{QueueResult, Queues, message_json};
 use crate::clock::now_ms;
+use crate::refusal::Refusal;
 use crate::transport::{FrameKind, Outbound};
 
 /// Prefetch when the subscriber names none.
@@ -195,13 +196,13 @@ impl Queues {
         let pattern = match request.topic_pattern.as_deref() {
             None | Some("#") => None,
             Some(p) => {
-                crate::pubsub::topic::check_pattern(p).map_err(QueueError::invalid)?;
+                crate::pubsub::topic::check_pattern(p).map_err(Refusal::invalid)?;
                 Some(p.to_string())
             }
         };
         let prefetch = request.prefetch.unwrap_or(DEFAULT_PREFETCH);
         if prefetch == 0 || prefetch > MAX_PREFETCH {
-            return Err(QueueError::invalid(format!(
+            return Err(Refusal::invalid(format!(
                 "prefetch must be 1 to {MAX_PREFETCH}, got {prefetch}"
             )));
         }
@@ -224,7 +225,7 @@ impl Queues {
         {
             let mut subs = self.subscriptions.lock();
             if subs.contains_key(&id) {
-                return Err(QueueError::invalid(format!(
+                return Err(Refusal::invalid(format!(
                     "subscriber_id {id} is already subscribed on this node"
                 )));
             }
@@ -237,7 +238,7 @@ impl Queues {
     pub async fn unsubscribe(&self, subscriber_id: &str) -> QueueResult<()> {
         let gone = self.subscriptions.take(|s| s.id == subscriber_id);
         if gone.is_empty() {
-            return Err(QueueError::invalid(format!(
+            return Err(Refusal::invalid(format!(
                 "unknown subscriber_id {subscriber_id}"
             )));
         }
