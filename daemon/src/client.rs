@@ -484,6 +484,32 @@ impl Client {
         }
     }
 
+    /// Sends one `cache-request` (`request` holds `operation`, `key`,
+    /// `value`, `options`, ...; `role` and `u` are filled in) and returns
+    /// the `cache-response`; one with `success: false` is
+    /// [`ClientError::Refused`] carrying its message and error code.
+    pub async fn cache(&self, mut request: Value) -> Result<Value, ClientError> {
+        let u = self.next_u();
+        request["role"] = json!("cache-request");
+        request["u"] = json!(u);
+        let reply = self.exchange(u, request).await?;
+        if reply["success"] == json!(true) {
+            Ok(reply)
+        } else if reply.get("error_code").is_some() {
+            Err(ClientError::Refused(format!(
+                "{} (error_code {})",
+                reply["error_message"]
+                    .as_str()
+                    .unwrap_or("no error message"),
+                reply["error_code"]
+            )))
+        } else {
+            Err(ClientError::Protocol(format!(
+                "unexpected cache reply: {reply}"
+            )))
+        }
+    }
+
     /// Subscribes to a queue: the daemon pushes up to `prefetch` unacked
     /// messages at a time, leased to this subscription until acked.
     pub async fn subscribe_queue(

@@ -8,6 +8,7 @@ use std::time::Duration;
 use mpreg_query::SqlLimits;
 use serde::Deserialize;
 
+use crate::cache::CacheLimits;
 use crate::error::{Error, Result};
 use crate::pubsub::{PubSubLimits, SlowConsumerPolicy};
 use crate::rpc::RpcLimits;
@@ -56,6 +57,8 @@ pub struct FileConfig {
     pub sql_timeout_ms: Option<u64>,
     pub sql_memory_limit_bytes: Option<usize>,
     pub sql_max_rows: Option<usize>,
+    pub cache_memory_bytes: Option<usize>,
+    pub cache_max_value_bytes: Option<usize>,
 }
 
 impl FileConfig {
@@ -99,6 +102,8 @@ pub struct Config {
     pub pubsub: PubSubLimits,
     /// Limits of each SQL query.
     pub sql: SqlLimits,
+    /// Cache memory tier and value limits.
+    pub cache: CacheLimits,
 }
 
 impl Config {
@@ -120,6 +125,7 @@ impl Config {
             rpc: RpcLimits::default(),
             pubsub: PubSubLimits::default(),
             sql: SqlLimits::default(),
+            cache: CacheLimits::default(),
         }
     }
 
@@ -149,6 +155,8 @@ impl Config {
             sql_timeout_ms,
             sql_memory_limit_bytes,
             sql_max_rows,
+            cache_memory_bytes,
+            cache_max_value_bytes,
         } = file;
         if let Some(v) = data_dir {
             self.data_dir = v;
@@ -213,6 +221,12 @@ impl Config {
         if let Some(v) = sql_max_rows {
             self.sql.max_rows = v;
         }
+        if let Some(v) = cache_memory_bytes {
+            self.cache.memory_bytes = v;
+        }
+        if let Some(v) = cache_max_value_bytes {
+            self.cache.max_value_bytes = v;
+        }
     }
 
     /// Refuses settings that cannot work.
@@ -243,6 +257,11 @@ impl Config {
             return Err(Error::InvalidSetting(
                 "sql_timeout_ms and sql_max_rows must be at least 1, sql_memory_limit_bytes at least 1048576"
                     .into(),
+            ));
+        }
+        if self.cache.max_value_bytes == 0 {
+            return Err(Error::InvalidSetting(
+                "cache_max_value_bytes must be at least 1".into(),
             ));
         }
         if self.election_timeout < Duration::from_millis(50) {

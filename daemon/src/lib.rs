@@ -17,6 +17,7 @@
 //! - [`server`]: runs all of the above until shutdown.
 
 pub mod admin;
+pub mod cache;
 pub mod client;
 mod clock;
 pub mod config;

@@ -338,6 +338,71 @@ impl QueueMetrics {
     }
 }
 
+/// The `level` label values of cache hits.
+pub const CACHE_LEVELS: [&str; 2] = ["L1", "L2"];
+/// The `operation` label values of cache writes.
+pub const CACHE_WRITES: [&str; 4] = ["put", "delete", "invalidate", "atomic"];
+
+/// The replicated cache.
+#[derive(Clone)]
+pub struct CacheMetrics {
+    /// By `level`: `L1` (memory tier) or `L2` (RocksDB view).
+    pub hits: IntCounterVec,
+    pub misses: IntCounter,
+    /// Committed writes by `operation`.
+    pub writes: IntCounterVec,
+    /// Entries dropped from the memory tier (still in RocksDB).
+    pub evictions: IntCounter,
+    pub memory_bytes: IntGauge,
+    pub memory_entries: IntGauge,
+}
+
+impl CacheMetrics {
+    fn new(r: &Registry) -> prometheus::Result<Self> {
+        let metrics = CacheMetrics {
+            hits: counter_vec(
+                r,
+                "mpreg_cache_hits_total",
+                "Cache reads that found a live entry, by level (L1 memory, L2 RocksDB).",
+                &["level"],
+            )?,
+            misses: counter(
+                r,
+                "mpreg_cache_misses_total",
+                "Cache reads that found no live entry.",
+            )?,
+            writes: counter_vec(
+                r,
+                "mpreg_cache_writes_total",
+                "Committed cache writes by operation.",
+                &["operation"],
+            )?,
+            evictions: counter(
+                r,
+                "mpreg_cache_evictions_total",
+                "Entries dropped from the memory tier (they stay in RocksDB).",
+            )?,
+            memory_bytes: gauge(
+                r,
+                "mpreg_cache_memory_bytes",
+                "Bytes held by the cache memory tier.",
+            )?,
+            memory_entries: gauge(
+                r,
+                "mpreg_cache_memory_entries",
+                "Entries held by the cache memory tier.",
+            )?,
+        };
+        for level in CACHE_LEVELS {
+            metrics.hits.with_label_values(&[level]);
+        }
+        for operation in CACHE_WRITES {
+            metrics.writes.with_label_values(&[operation]);
+        }
+        Ok(metrics)
+    }
+}
+
 /// SQL queries.
 #[derive(Clone)]
 pub struct SqlMetrics {
@@ -428,6 +493,7 @@ pub struct Metrics {
     pub rpc: RpcMetrics,
     pub pubsub: PubSubMetrics,
     pub queue: QueueMetrics,
+    pub cache: CacheMetrics,
     pub sql: SqlMetrics,
     raft: RaftGauges,
     uptime: Gauge,
@@ -475,6 +541,7 @@ impl Metrics {
             rpc,
             pubsub: PubSubMetrics::new(&registry)?,
             queue: QueueMetrics::new(&registry)?,
+            cache: CacheMetrics::new(&registry)?,
             sql,
             raft: RaftGauges::new(&registry)?,
             uptime: register(

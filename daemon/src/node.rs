@@ -271,6 +271,20 @@ impl Node {
         }
     }
 
+    /// Waits until this node is confirmed leader and has applied everything
+    /// committed when the call began (raft read index), so a read that
+    /// follows sees every write acknowledged before it.
+    pub async fn read_barrier(&self) -> Result<()> {
+        self.raft
+            .ensure_linearizable()
+            .await
+            .map(drop)
+            .map_err(|e| Error::Propose {
+                kind: "read barrier",
+                reason: e.to_string(),
+            })
+    }
+
     /// What the state machine has applied (last_applied, digest).
     pub fn applied(&self) -> AppliedState {
         self.views.applied()

@@ -364,6 +364,7 @@ pub enum Inbound {
     InternalAnswer(InternalAnswer),
     QueueSubscribe(crate::queue::QueueSubscribe),
     QueueUnsubscribe(QueueUnsubscribe),
+    CacheRequest(crate::cache::CacheRequest),
 }
 
 /// A `queue-unsubscribe` request.
@@ -431,6 +432,7 @@ pub fn parse(bytes: &[u8]) -> Result<Inbound, Refused> {
         "pubsub-unsubscribe" => Ok(Inbound::Unsubscribe(typed(value, &role, &u)?)),
         "queue-subscribe" => Ok(Inbound::QueueSubscribe(typed(value, &role, &u)?)),
         "queue-unsubscribe" => Ok(Inbound::QueueUnsubscribe(typed(value, &role, &u)?)),
+        "cache-request" => Ok(Inbound::CacheRequest(typed(value, &role, &u)?)),
         other => Err(Refused {
             u: Some(u),
             error: RpcError::new(

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -135,12 +136,19 @@ pub async fn start(
         queues.clone(),
     )
     .await?;
+    let pubsub =
+        Arc::new(PubSub::start(node.clone(), config.pubsub.clone(), metrics.pubsub.clone()).await?);
+    let cache = Arc::new(Cache::new(
+        node.clone(),
+        pubsub.clone(),
+        config.cache.clone(),
+        metrics.cache.clone(),
+    ));
     let services = Arc::new(Services {
         rpc: Arc::new(rpc),
         queues,
-        pubsub: Arc::new(
-            PubSub::start(node.clone(), config.pubsub.clone(), metrics.pubsub.clone()).await?,
-        ),
+        pubsub,
+        cache,
     });
     tasks.spawn(transport::serve(
         listeners.client,

@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cache::Cache;
 use crate::metrics::TransportMetrics;
 use crate::protocol::{self, ErrorCode, Inbound, PubSubAck, RpcError, RpcResponse};
 use crate::pubsub::PubSub;
@@ -31,6 +32,7 @@ pub struct Services {
     pub rpc: Arc<Rpc>,
     pub pubsub: Arc<PubSub>,
     pub queues: Arc<Queues>,
+    pub cache: Arc<Cache>,
 }
 
 /// A frame queued for a connection.
@@ -115,6 +117,7 @@ pub async fn serve(
             rpc: services.rpc.clone(),
             pubsub: services.pubsub.clone(),
             queues: services.queues.clone(),
+            cache: services.cache.clone(),
             limits: limits.clone(),
             metrics: metrics.clone(),
             tasks: tasks.clone(),
@@ -138,6 +141,7 @@ struct Session {
     rpc: Arc<Rpc>,
     pubsub: Arc<PubSub>,
     queues: Arc<Queues>,
+    cache: Arc<Cache>,
     limits: TransportLimits,
     metrics: TransportMetrics,
     tasks: TaskTracker,
@@ -167,6 +171,22 @@ fn reply(kind: FrameKind, response: &RpcResponse) -> Outbound {
 }
 
 impl Session {
+    /// The reply to a request over the connection's in-flight limit.
+    fn busy(&self, kind: FrameKind, u: String) -> Outbound {
+        self.metrics
+            .frame_errors
+            .with_label_values(&[frame_error_kind(ErrorCode::Busy.code())])
+            .inc();
+        let details = format!(
+            "{} requests in flight on this connection",
+            self.limits.max_in_flight
+        );
+        reply(
+            kind,
+            &RpcResponse::error(Some(u), RpcError::new(ErrorCode::Busy, details)),
+        )
+    }
+
     fn provider_id(&self) -> String {
         format!("{}/conn-{}", self.rpc_node_id(), self.id)
     }
@@ -305,19 +325,7 @@ impl Session {
                 }
                 Ok(Inbound::Rpc(request)) => {
                     let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-                        self.metrics
-                            .frame_errors
-                            .with_label_values(&[frame_error_kind(ErrorCode::Busy.code())])
-                            .inc();
-                        let details = format!(
-                            "{} requests in flight on this connection",
-                            self.limits.max_in_flight
-                        );
-                        let response = RpcResponse::error(
-                            Some(request.u),
-                            RpcError::new(ErrorCode::Busy, details),
-                        );
-                        let _ = outbound.send(reply(kind, &response)).await;
+                        let _ = outbound.send(self.busy(kind, request.u)).await;
                         continue;
                     };
                     let rpc = self.rpc.clone();
@@ -325,6 +333,19 @@ impl Session {
                     self.tasks.spawn(async move {
                         let response = rpc.handle(request).await;
                         let _ = outbound.send(reply(kind, &response)).await;
+                        drop(permit);
+                    });
+                }
+                Ok(Inbound::CacheRequest(request)) => {
+                    let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                        let _ = outbound.send(self.busy(kind, request.u)).await;
+                        continue;
+                    };
+                    let cache = self.cache.clone();
+                    let outbound = outbound.clone();
+                    self.tasks.spawn(async move {
+                        let answer = cache.handle(request).await;
+                        let _ = outbound.send(kind.message(answer.to_string())).await;
                         drop(permit);
                     });
                 }

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -59,6 +60,9 @@ impl AppliedState {
 pub struct Views {
     applied: RwLock<AppliedState>,
     catalog: RwLock<Catalog>,
+    /// Bumped after every apply batch (or snapshot install) that changed a
+    /// cache entry, so a memory tier can tell a row it read is still current.
+    cache_generation: AtomicU64,
 }
 
 impl Views {
@@ -68,6 +72,11 @@ impl Views {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Changes when cache entries change; see [`Views`].
+    pub fn cache_generation(&self) -> u64 {
+        self.cache_generation.load(Ordering::SeqCst)
     }
 
     /// The in-memory index of the views at `last_applied`.
@@ -85,12 +94,16 @@ impl Views {
             catalog.apply_change(*view, key, value.as_deref())?;
         }
         *self.applied.write().unwrap_or_else(|e| e.into_inner()) = applied;
+        if changes.keys().any(|(view, _)| *view == View::CacheEntries) {
+            self.cache_generation.fetch_add(1, Ordering::SeqCst);
+        }
         Ok(())
     }
 
     fn replace(&self, applied: AppliedState, catalog: Catalog) {
         *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = catalog;
         *self.applied.write().unwrap_or_else(|e| e.into_inner()) = applied;
+        self.cache_generation.fetch_add(1, Ordering::SeqCst);
     }
 }
 

@@ -3,6 +3,7 @@
 //! metrics and logs.
 
 mod bad_data_dir;
+mod cache;
 mod cli;
 mod durability;
 mod metrics;

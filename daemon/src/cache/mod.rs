@@ -1,0 +1,609 @@
+//! The replicated cache: `cache-request` frames in, `cache-response` out.
+//!
+//! [`Cache`] is the entry type. Writes (put, delete, invalidate, atomic
+//! operations, namespace clear) are events, answered once committed and
+//! fsynced; atomic operations are decided inside apply. Reads never touch
+//! the log: they come from the memory tier ([`tier`], S4LRU under a byte
+//! budget) or from the RocksDB view, and never return an entry past its
+//! expiry time. `consistency_level: "strong"` first waits for the raft read
+//! index. A write with `notify_on_change` is published on pub/sub after it
+//! commits.
+
+mod tier;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mpreg_storage::event::{AtomicOp, CacheKey};
+use mpreg_storage::views::{CacheRow, View};
+use mpreg_storage::{EventKind, Outcome};
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value, json};
+
+use crate::clock::{now_ms, now_secs};
+use crate::metrics::CacheMetrics;
+use crate::node::Node;
+use crate::protocol::PubSubMessage;
+use crate::pubsub::PubSub;
+use crate::pubsub::topic::check_pattern;
+use crate::refusal::{Refusal, RefusalCode};
+use tier::Tier;
+
+/// Memory tier and value limits.
+#[derive(Clone, Debug)]
+pub struct CacheLimits {
+    /// Bytes the memory tier may hold (keys, values and bookkeeping).
+    pub memory_bytes: usize,
+    /// Largest value (JSON text) a write may store.
+    pub max_value_bytes: usize,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        CacheLimits {
+            memory_bytes: 64 << 20,
+            max_value_bytes: 1 << 20,
+        }
+    }
+}
+
+/// `Some(value)` whenever the field is present, even as `null`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// A key as clients send it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct WireKey {
+    pub namespace: String,
+    pub identifier: String,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+impl WireKey {
+    fn key(&self) -> CacheKey {
+        CacheKey {
+            namespace: self.namespace.clone(),
+            identifier: self.identifier.clone(),
+            version: self.version.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// A `cache-request` frame (upstream field names).
+#[derive(Clone, Debug, Deserialize)]
+pub struct CacheRequest {
+    pub u: String,
+    pub operation: String,
+    #[serde(default)]
+    pub key: Option<WireKey>,
+    #[serde(default, deserialize_with = "present")]
+    pub value: Option<Value>,
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+    #[serde(default)]
+    pub options: Map<String, Value>,
+    /// Invalidate: identifiers to drop (AMQP wildcards).
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// Invalidate: the namespace, when no `key` names it.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub atomic_operation: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub namespace_operation: Option<Map<String, Value>>,
+}
+
+type CacheResult<T> = Result<T, Refusal>;
+
+/// The cache of a node.
+pub struct Cache {
+    node: Arc<Node>,
+    pubsub: Arc<PubSub>,
+    tier: Mutex<Tier>,
+    limits: CacheLimits,
+    metrics: CacheMetrics,
+    /// Evictions already counted in the metrics.
+    evictions_counted: Mutex<u64>,
+}
+
+fn seconds(ms: u64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+/// The `entry` object of a reply.
+fn entry_json(row: &CacheRow, access_count: u64, now: u64) -> Value {
+    let value: Value = serde_json::from_str(&row.value).unwrap_or(Value::Null);
+    json!({
+        "key": {
+            "namespace": row.key.namespace,
+            "identifier": row.key.identifier,
+            "version": (!row.key.version.is_empty()).then_some(&row.key.version),
+            "tags": row.tags,
+        },
+        "value": value,
+        "creation_time": seconds(row.created_at_ms),
+        "last_update_time": seconds(row.updated_at_ms),
+        "expires_at": row.expires_at_ms.map(seconds),
+        "ttl_seconds": row.expires_at_ms.map(|at| seconds(at.saturating_sub(now))),
+        "size_bytes": row.size_bytes(),
+        "revision": row.revision,
+        "access_count": access_count,
+    })
+}
+
+fn number(map: &Map<String, Value>, name: &str) -> CacheResult<Option<f64>> {
+    match map.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(n) if n.is_finite() && n >= 0.0 => Ok(Some(n)),
+            _ => Err(Refusal::invalid(format!(
+                "{name} must be a number >= 0, got {v}"
+            ))),
+        },
+    }
+}
+
+/// A TTL in whole milliseconds from a `ttl_seconds` field.
+fn ttl_ms(map: &Map<String, Value>) -> CacheResult<Option<u64>> {
+    Ok(number(map, "ttl_seconds")?.map(|s| Duration::from_secs_f64(s.min(1e9)).as_millis() as u64))
+}
+
+impl Cache {
+    pub fn new(
+        node: Arc<Node>,
+        pubsub: Arc<PubSub>,
+        limits: CacheLimits,
+        metrics: CacheMetrics,
+    ) -> Self {
+        Cache {
+            tier: Mutex::new(Tier::new(limits.memory_bytes)),
+            node,
+            pubsub,
+            limits,
+            metrics,
+            evictions_counted: Mutex::new(0),
+        }
+    }
+
+    /// Answers one `cache-request`; failures are in the reply.
+    pub async fn handle(&self, request: CacheRequest) -> Value {
+        let u = request.u.clone();
+        let operation = request.operation.clone();
+        let mut reply = match self.answer(&request).await {
+            Ok(reply) => reply,
+            Err(refusal) => {
+                let mut reply = refusal.to_value();
+                reply["status"] = json!("error");
+                reply["error"] = json!(refusal.message);
+                reply
+            }
+        };
+        reply["role"] = json!("cache-response");
+        reply["u"] = json!(u);
+        reply["operation"] = json!(operation);
+        self.count_evictions();
+        reply
+    }
+
+    async fn answer(&self, request: &CacheRequest) -> CacheResult<Value> {
+        match request.operation.as_str() {
+            "get" => self.get(request).await,
+            "put" => self.put(request).await,
+            "delete" => self.delete(request).await,
+            "invalidate" => self.invalidate(request).await,
+            "atomic" => self.atomic(request).await,
+            "namespace" => self.namespace(request).await,
+            other => Err(Refusal::invalid(format!(
+                "unknown cache operation {other}; one of get, put, delete, invalidate, atomic, namespace"
+            ))),
+        }
+    }
+
+    fn key(request: &CacheRequest) -> CacheResult<CacheKey> {
+        let key = request
+            .key
+            .as_ref()
+            .ok_or_else(|| Refusal::invalid(format!("{} needs a key", request.operation)))?
+            .key();
+        if key.namespace.is_empty() || key.identifier.is_empty() {
+            return Err(Refusal::invalid(
+                "key.namespace and key.identifier must not be empty",
+            ));
+        }
+        Ok(key)
+    }
+
+    /// A value as stored: JSON text within the size limit.
+    fn encode(&self, what: &str, value: &Value) -> CacheResult<String> {
+        let text = value.to_string();
+        if text.len() > self.limits.max_value_bytes {
+            return Err(Refusal::invalid(format!(
+                "{what} is {} bytes; the limit (cache_max_value_bytes) is {}",
+                text.len(),
+                self.limits.max_value_bytes
+            )));
+        }
+        Ok(text)
+    }
+
+    async fn propose(&self, kind: EventKind) -> CacheResult<Outcome> {
+        match self.node.propose(kind).await {
+            Ok(Outcome::Rejected { reason }) => Err(Refusal::new(RefusalCode::Refused, reason)),
+            Ok(outcome) => Ok(outcome),
+            Err(e) => Err(Refusal::new(RefusalCode::Unavailable, e.to_string())),
+        }
+    }
+
+    /// The live entry of `key`: from memory, else from the view (then kept
+    /// in memory unless a write committed meanwhile). `None` when absent or
+    /// expired.
+    fn lookup(&self, key: &CacheKey) -> CacheResult<Option<(Arc<CacheRow>, u64, &'static str)>> {
+        let row_key = CacheRow::key(key);
+        let now = now_ms();
+        {
+            let mut tier = self.tier.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(hit) = tier.get(&row_key) {
+                if hit.row.is_live(now) {
+                    return Ok(Some((hit.row, hit.hits, "L1")));
+                }
+                tier.remove(&row_key);
+                return Ok(None);
+            }
+        }
+        let generation = self.node.views().cache_generation();
+        let stored: Option<CacheRow> = self
+            .node
+            .inspector()
+            .get(View::CacheEntries, &row_key)
+            .map_err(|e| Refusal::new(RefusalCode::Unavailable, e.to_string()))?;
+        let Some(row) = stored.filter(|row| row.is_live(now)) else {
+            return Ok(None);
+        };
+        let row = Arc::new(row);
+        let mut tier = self.tier.lock().unwrap_or_else(|e| e.into_inner());
+        if self.node.views().cache_generation() == generation {
+            tier.insert(row_key, row.clone());
+        }
+        Ok(Some((row, 1, "L2")))
+    }
+
+    async fn get(&self, request: &CacheRequest) -> CacheResult<Value> {
+        let key = Self::key(request)?;
+        if request.options.get("consistency_level") == Some(&json!("strong")) {
+            self.node
+                .read_barrier()
+                .await
+                .map_err(|e| Refusal::new(RefusalCode::Unavailable, e.to_string()))?;
+        }
+        match self.lookup(&key)? {
+            Some((row, hits, level)) => {
+                self.metrics.hits.with_label_values(&[level]).inc();
+                Ok(json!({
+                    "success": true,
+                    "status": "hit",
+                    "cache_level": level,
+                    "entry": entry_json(&row, hits, now_ms()),
+                }))
+            }
+            None => {
+                self.metrics.misses.inc();
+                Ok(json!({"success": true, "status": "miss", "cache_level": null, "entry": null}))
+            }
+        }
+    }
+
+    /// Drops the memory copy of `key` after a committed write.
+    fn forget(&self, key: &CacheKey) {
+        self.tier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&CacheRow::key(key));
+    }
+
+    /// Publishes the change of `key` when the request asks for it.
+    fn notify(&self, request: &CacheRequest, key: &CacheKey, change: &str, value: Option<&str>) {
+        let options = &request.options;
+        if options.get("notify_on_change") != Some(&json!(true)) {
+            return;
+        }
+        let topic = match options.get("notification_topic").and_then(Value::as_str) {
+            Some(topic) => topic.to_string(),
+            None => format!("mpreg.cache.{}.{}", key.namespace, request.operation),
+        };
+        let payload = json!({
+            "change_type": change,
+            "cache_key": {"namespace": key.namespace, "identifier": key.identifier,
+                          "version": (!key.version.is_empty()).then_some(&key.version)},
+            "new_value": value.and_then(|v| serde_json::from_str::<Value>(v).ok()),
+            "notification_payload": options.get("notification_payload"),
+        });
+        let message = PubSubMessage {
+            topic,
+            payload,
+            timestamp: now_secs(),
+            message_id: format!("cache-{}-{}", key.identifier, now_ms()),
+            publisher: self.node.identity().node_id.clone(),
+            headers: Map::new(),
+            routing_path: None,
+            current_hop: None,
+        };
+        if let Err(e) = self.pubsub.publish(&message) {
+            tracing::warn!(topic = %message.topic, error = %e, "cache change notification not published");
+        }
+    }
+
+    /// The reply to a committed single-key write.
+    fn written(
+        &self,
+        request: &CacheRequest,
+        key: &CacheKey,
+        outcome: Outcome,
+    ) -> CacheResult<Value> {
+        self.forget(key);
+        let Outcome::Cache {
+            changed,
+            value,
+            revision,
+        } = outcome
+        else {
+            return Err(unexpected(&outcome));
+        };
+        if changed {
+            let kind = if value.is_some() {
+                "updated"
+            } else {
+                "deleted"
+            };
+            self.notify(request, key, kind, value.as_deref());
+        }
+        let value: Option<Value> = value.and_then(|v| serde_json::from_str(&v).ok());
+        Ok(json!({
+            "success": true,
+            "status": if changed { "ok" } else { "unchanged" },
+            "changed": changed,
+            "value": value,
+            "revision": revision,
+        }))
+    }
+
+    async fn put(&self, request: &CacheRequest) -> CacheResult<Value> {
+        let key = Self::key(request)?;
+        let value = request
+            .value
+            .as_ref()
+            .ok_or_else(|| Refusal::invalid("put needs a value"))?;
+        let value = self.encode("value", value)?;
+        let ttl = match ttl_ms(&request.metadata)? {
+            Some(ttl) => Some(ttl),
+            None => ttl_ms(&request.options)?,
+        };
+        let tags = request
+            .key
+            .as_ref()
+            .map(|k| k.tags.clone())
+            .unwrap_or_default();
+        let outcome = self
+            .propose(EventKind::CachePut {
+                key: key.clone(),
+                value,
+                tags,
+                ttl_ms: ttl,
+            })
+            .await?;
+        self.metrics.writes.with_label_values(&["put"]).inc();
+        self.written(request, &key, outcome)
+    }
+
+    async fn delete(&self, request: &CacheRequest) -> CacheResult<Value> {
+        let key = Self::key(request)?;
+        let outcome = self
+            .propose(EventKind::CacheDeleted { key: key.clone() })
+            .await?;
+        self.metrics.writes.with_label_values(&["delete"]).inc();
+        self.written(request, &key, outcome)
+    }
+
+    async fn remove_matching(&self, namespace: &str, pattern: Option<&str>) -> CacheResult<Value> {
+        if namespace.is_empty() {
+            return Err(Refusal::invalid("invalidate needs a namespace"));
+        }
+        if let Some(p) = pattern {
+            check_pattern(p).map_err(Refusal::invalid)?;
+        }
+        let outcome = self
+            .propose(EventKind::CacheInvalidated {
+                namespace: namespace.to_string(),
+                pattern: pattern.map(str::to_string),
+            })
+            .await?;
+        self.tier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove_prefix(&CacheRow::namespace_prefix(namespace));
+        self.metrics.writes.with_label_values(&["invalidate"]).inc();
+        let Outcome::CacheRemoved { entries } = outcome else {
+            return Err(unexpected(&outcome));
+        };
+        Ok(json!({"success": true, "status": "ok", "invalidated": entries}))
+    }
+
+    async fn invalidate(&self, request: &CacheRequest) -> CacheResult<Value> {
+        let namespace = match (&request.namespace, &request.key) {
+            (Some(ns), _) => ns.clone(),
+            (None, Some(key)) => key.namespace.clone(),
+            (None, None) => return Err(Refusal::invalid("invalidate needs a namespace")),
+        };
+        self.remove_matching(&namespace, request.pattern.as_deref())
+            .await
+    }
+
+    async fn namespace(&self, request: &CacheRequest) -> CacheResult<Value> {
+        let op = request
+            .namespace_operation
+            .as_ref()
+            .ok_or_else(|| Refusal::invalid("namespace needs a namespace_operation"))?;
+        let field = |name: &str| op.get(name).and_then(Value::as_str);
+        match field("operation_type") {
+            Some("clear") => {
+                let namespace = field("namespace")
+                    .ok_or_else(|| Refusal::invalid("namespace_operation.namespace is required"))?;
+                self.remove_matching(namespace, field("pattern")).await
+            }
+            other => Err(Refusal::invalid(format!(
+                "namespace operation_type must be clear, not {other:?}"
+            ))),
+        }
+    }
+
+    fn atomic_op(&self, op: &Map<String, Value>) -> CacheResult<AtomicOp> {
+        let ttl = ttl_ms(op)?;
+        let json_field = |name: &str| -> CacheResult<String> {
+            self.encode(name, op.get(name).unwrap_or(&Value::Null))
+        };
+        let kind = op
+            .get("operation_type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Refusal::invalid("atomic_operation.operation_type is required"))?;
+        Ok(match kind {
+            "test_and_set" | "compare_and_swap" => {
+                let if_not_exists = op
+                    .get("conditions")
+                    .and_then(|c| c.get("if_not_exists"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                let expected = match op.get("expected_value") {
+                    _ if if_not_exists => None,
+                    None | Some(Value::Null) => None,
+                    Some(v) => Some(self.encode("expected_value", v)?),
+                };
+                AtomicOp::CompareAndSwap {
+                    expected,
+                    new_value: json_field("new_value")?,
+                    ttl_ms: ttl,
+                }
+            }
+            "increment" | "decrement" => {
+                let by = match op.get("increment_by") {
+                    None | Some(Value::Null) => json!(1),
+                    Some(v) if v.is_number() => v.clone(),
+                    Some(v) => {
+                        return Err(Refusal::invalid(format!(
+                            "increment_by must be a number, got {v}"
+                        )));
+                    }
+                };
+                let by = if kind == "decrement" {
+                    match by.as_i64() {
+                        Some(i) => json!(i.checked_neg().unwrap_or(i64::MAX)),
+                        None => json!(-by.as_f64().unwrap_or(0.0)),
+                    }
+                } else {
+                    by
+                };
+                let initial = match op.get("initial_value") {
+                    None | Some(Value::Null) => json!(0),
+                    Some(v) if v.is_number() => v.clone(),
+                    Some(v) => {
+                        return Err(Refusal::invalid(format!(
+                            "initial_value must be a number, got {v}"
+                        )));
+                    }
+                };
+                AtomicOp::Increment {
+                    by: by.to_string(),
+                    initial: initial.to_string(),
+                    ttl_ms: ttl,
+                }
+            }
+            "append" | "prepend" => AtomicOp::Append {
+                value: json_field("new_value")?,
+                prepend: kind == "prepend",
+                ttl_ms: ttl,
+            },
+            "extend_ttl" => AtomicOp::ExtendTtl {
+                ttl_ms: ttl.ok_or_else(|| Refusal::invalid("extend_ttl needs ttl_seconds"))?,
+            },
+            other => {
+                return Err(Refusal::invalid(format!(
+                    "unknown atomic operation_type {other}; one of test_and_set, compare_and_swap, increment, decrement, append, prepend, extend_ttl"
+                )));
+            }
+        })
+    }
+
+    async fn atomic(&self, request: &CacheRequest) -> CacheResult<Value> {
+        let key = Self::key(request)?;
+        let op = request
+            .atomic_operation
+            .as_ref()
+            .ok_or_else(|| Refusal::invalid("atomic needs an atomic_operation"))?;
+        let operation = self.atomic_op(op)?;
+        let outcome = self
+            .propose(EventKind::CacheAtomic {
+                key: key.clone(),
+                operation,
+            })
+            .await?;
+        self.metrics.writes.with_label_values(&["atomic"]).inc();
+        self.written(request, &key, outcome)
+    }
+
+    /// Moves new tier evictions into the eviction counter.
+    fn count_evictions(&self) {
+        let (evictions, bytes, entries) = {
+            let tier = self.tier.lock().unwrap_or_else(|e| e.into_inner());
+            (tier.evictions(), tier.bytes(), tier.len())
+        };
+        let mut counted = self
+            .evictions_counted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.metrics.evictions.inc_by(evictions - *counted);
+        *counted = evictions;
+        self.metrics.memory_bytes.set(bytes as i64);
+        self.metrics.memory_entries.set(entries as i64);
+    }
+
+    /// Hits of an entry while in memory, and whether it is in memory
+    /// (for SQL `cache_entries.hits` / `tier`).
+    pub fn memory_hits(&self, key: &CacheKey) -> Option<u64> {
+        self.tier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .hits(&CacheRow::key(key))
+    }
+}
+
+fn unexpected(outcome: &Outcome) -> Refusal {
+    Refusal::new(
+        RefusalCode::Unavailable,
+        format!("unexpected outcome from the log: {outcome:?}"),
+    )
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn requests_parse_with_upstream_fields() {
+        let request: CacheRequest = serde_json::from_value(json!({
+            "role": "cache-request", "u": "c1", "operation": "put",
+            "key": {"namespace": "compute.results", "identifier": "sha256:abc", "version": "v1", "tags": ["ml"]},
+            "value": null,
+            "metadata": {"ttl_seconds": 7.5, "computation_cost_ms": 5000.0},
+        }))
+        .unwrap();
+        assert_eq!(request.value, Some(Value::Null), "a null value is present");
+        assert_eq!(ttl_ms(&request.metadata).unwrap(), Some(7500));
+        assert_eq!(request.key.unwrap().key().version, "v1");
+        let missing: CacheRequest =
+            serde_json::from_value(json!({"u": "c2", "operation": "put"})).unwrap();
+        assert_eq!(missing.value, None);
+    }
+}
