@@ -184,3 +184,55 @@ fn queue_declare_send_receive_ack_and_stats() {
     assert!(err.contains("queue_type: priority -> fifo"), "{err}");
     daemon.stop().unwrap();
 }
+
+#[test]
+fn cache_put_get_incr_cas_invalidate() {
+    let dir = TestDir::new();
+    let daemon = Daemon::start(&dir, &[]).unwrap();
+    let url = daemon.ready.client_url.as_str();
+    let json_out = |args: &[&str]| {
+        let (ok, out, err) = mpreg(url, args);
+        assert!(ok, "mpreg {args:?} failed: {err}");
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+
+    json_out(&[
+        "cache",
+        "put",
+        "app",
+        "greeting",
+        r#"{"hello":"world"}"#,
+        "--ttl",
+        "60",
+    ]);
+    let read = json_out(&["cache", "get", "app", "greeting", "--strong"]);
+    assert_eq!(read["entry"]["value"], json!({"hello": "world"}));
+    assert_eq!(
+        json_out(&["cache", "incr", "app", "hits", "--by", "5"])["value"],
+        json!(5)
+    );
+    assert_eq!(
+        json_out(&["cache", "incr", "app", "hits", "--by", "-2"])["value"],
+        json!(3)
+    );
+    let lost = json_out(&["cache", "cas", "app", "hits", "9", "--expected", "4"]);
+    assert_eq!(
+        (&lost["changed"], &lost["value"]),
+        (&json!(false), &json!(3))
+    );
+    let won = json_out(&["cache", "cas", "app", "hits", "9", "--expected", "3"]);
+    assert_eq!((&won["changed"], &won["value"]), (&json!(true), &json!(9)));
+    assert_eq!(
+        json_out(&["cache", "invalidate", "app"])["invalidated"],
+        json!(2)
+    );
+    assert_eq!(
+        json_out(&["cache", "get", "app", "greeting"])["status"],
+        json!("miss")
+    );
+
+    let (ok, _, err) = mpreg(url, &["cache", "incr", "app", "hits", "--by", "lots"]);
+    assert!(!ok);
+    assert!(err.contains("--by must be a number, got lots"), "{err}");
+    daemon.stop().unwrap();
+}

@@ -48,6 +48,11 @@ enum Command {
         #[command(subcommand)]
         op: QueueOp,
     },
+    /// Read and write the replicated cache.
+    Cache {
+        #[command(subcommand)]
+        op: CacheOp,
+    },
     /// Run read-only SQL on the daemon (admin HTTP /sql) and print a table.
     Sql {
         sql: String,
@@ -134,6 +139,123 @@ enum QueueOp {
     },
     /// Settings and counters of one queue, or of all.
     Stats { name: Option<String> },
+}
+
+#[derive(Subcommand)]
+enum CacheOp {
+    /// Read an entry (`--strong` waits for the raft read index first).
+    Get {
+        namespace: String,
+        identifier: String,
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(long)]
+        strong: bool,
+    },
+    /// Write an entry (VALUE is JSON, or else taken as a string).
+    Put {
+        namespace: String,
+        identifier: String,
+        value: String,
+        #[arg(long)]
+        version: Option<String>,
+        /// Seconds until the entry expires.
+        #[arg(long)]
+        ttl: Option<f64>,
+    },
+    Delete {
+        namespace: String,
+        identifier: String,
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// Add BY (default 1, may be negative) to a numeric entry.
+    Incr {
+        namespace: String,
+        identifier: String,
+        #[arg(long, default_value = "1", allow_hyphen_values = true)]
+        by: String,
+    },
+    /// Write NEW only if the entry equals --expected (absent: only if missing).
+    Cas {
+        namespace: String,
+        identifier: String,
+        new: String,
+        #[arg(long)]
+        expected: Option<String>,
+    },
+    /// Drop the entries of NAMESPACE whose identifier matches PATTERN
+    /// (`*` one level, `#` any; all when omitted).
+    Invalidate {
+        namespace: String,
+        pattern: Option<String>,
+    },
+}
+
+/// The `cache-request` of a cache subcommand.
+fn cache_request(op: CacheOp) -> Result<Value, String> {
+    let key = |namespace: String, identifier: String, version: Option<String>| json!({"namespace": namespace, "identifier": identifier, "version": version});
+    Ok(match op {
+        CacheOp::Get {
+            namespace,
+            identifier,
+            version,
+            strong,
+        } => json!({
+            "operation": "get",
+            "key": key(namespace, identifier, version),
+            "options": {"consistency_level": if strong { "strong" } else { "eventual" }},
+        }),
+        CacheOp::Put {
+            namespace,
+            identifier,
+            value,
+            version,
+            ttl,
+        } => json!({
+            "operation": "put",
+            "key": key(namespace, identifier, version),
+            "value": parse_arg(&value),
+            "metadata": {"ttl_seconds": ttl},
+        }),
+        CacheOp::Delete {
+            namespace,
+            identifier,
+            version,
+        } => json!({"operation": "delete", "key": key(namespace, identifier, version)}),
+        CacheOp::Incr {
+            namespace,
+            identifier,
+            by,
+        } => {
+            let by: Value = serde_json::from_str(&by)
+                .ok()
+                .filter(Value::is_number)
+                .ok_or_else(|| format!("--by must be a number, got {by}"))?;
+            json!({
+                "operation": "atomic",
+                "key": key(namespace, identifier, None),
+                "atomic_operation": {"operation_type": "increment", "increment_by": by},
+            })
+        }
+        CacheOp::Cas {
+            namespace,
+            identifier,
+            new,
+            expected,
+        } => json!({
+            "operation": "atomic",
+            "key": key(namespace, identifier, None),
+            "atomic_operation": {
+                "operation_type": "compare_and_swap",
+                "expected_value": expected.as_deref().map(parse_arg),
+                "new_value": parse_arg(&new),
+            },
+        }),
+        CacheOp::Invalidate { namespace, pattern } => {
+            json!({"operation": "invalidate", "namespace": namespace, "pattern": pattern})
+        }
+    })
 }
 
 /// The function and body of a queue subcommand.
@@ -363,6 +485,13 @@ async fn run(cli: Cli) -> Result<String, String> {
         Command::Queue { op } => {
             let (fun, body) = queue_call(op);
             let reply = client.queue(fun, body).await.map_err(|e| e.to_string())?;
+            Ok(pretty(&reply))
+        }
+        Command::Cache { op } => {
+            let reply = client
+                .cache(cache_request(op)?)
+                .await
+                .map_err(|e| e.to_string())?;
             Ok(pretty(&reply))
         }
         Command::Sql { .. } => Err("sql runs without a client connection".into()),
