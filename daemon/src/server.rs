@@ -120,9 +120,6 @@ pub async fn start(
             return Ok(None);
         }
     };
-    let sql = crate::sql::engine(node.clone(), config.sql.clone()).map_err(Error::SqlRuntime)?;
-    admin_state.set_node(node.clone(), Arc::new(sql));
-
     let queues = Queues::start(
         node.clone(),
         metrics.queue.clone(),
@@ -144,6 +141,9 @@ pub async fn start(
         config.cache.clone(),
         metrics.cache.clone(),
     ));
+    let sql = crate::sql::engine(node.clone(), cache.clone(), config.sql.clone())
+        .map_err(Error::SqlRuntime)?;
+    admin_state.set_node(node.clone(), Arc::new(sql));
     let services = Arc::new(Services {
         rpc: Arc::new(rpc),
         queues,

@@ -1,5 +1,6 @@
 //! SQL on a live node: the engine over the node's data dir, the `raft` row
-//! from the running raft, and the `/sql` HTTP handlers.
+//! from the running raft, `cache_entries.hits`/`tier` from the cache's
+//! memory tier, and the `/sql` HTTP handlers.
 
 use std::sync::Arc;
 
@@ -7,11 +8,15 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
-use mpreg_query::{Format, RaftRow, RaftSource, SqlEngine, SqlError, SqlLimits, format};
+use mpreg_query::{
+    CacheTierSource, Format, RaftRow, RaftSource, SqlEngine, SqlError, SqlLimits, format,
+};
+use mpreg_storage::event::CacheKey;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::admin::AdminState;
+use crate::cache::Cache;
 use crate::node::{Node, raft_id};
 
 /// The `raft` row of the running node.
@@ -42,9 +47,16 @@ impl RaftSource for LiveRaft {
     }
 }
 
+/// `cache_entries.hits`/`tier` from the running cache's memory tier.
+impl CacheTierSource for Cache {
+    fn memory_hits(&self, key: &CacheKey) -> Option<u64> {
+        Cache::memory_hits(self, key)
+    }
+}
+
 /// The SQL engine of a running node.
-pub fn engine(node: Arc<Node>, limits: SqlLimits) -> std::io::Result<SqlEngine> {
-    SqlEngine::new(node.inspector(), Arc::new(LiveRaft(node)), limits)
+pub fn engine(node: Arc<Node>, cache: Arc<Cache>, limits: SqlLimits) -> std::io::Result<SqlEngine> {
+    SqlEngine::new(node.inspector(), Arc::new(LiveRaft(node)), cache, limits)
 }
 
 /// Query string of `/sql`.

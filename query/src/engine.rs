@@ -18,6 +18,7 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures_util::StreamExt;
 use mpreg_storage::Inspector;
 
+use crate::cache::CacheTierSource;
 use crate::raft::RaftSource;
 use crate::tables::{InspectTable, Sources, TableId};
 
@@ -127,10 +128,11 @@ pub struct SqlEngine {
 
 impl SqlEngine {
     /// An engine over `inspector`'s database, with `raft` answering the
-    /// `raft` table.
+    /// `raft` table and `cache` the memory tier columns of `cache_entries`.
     pub fn new(
         inspector: Inspector,
         raft: Arc<dyn RaftSource>,
+        cache: Arc<dyn CacheTierSource>,
         limits: SqlLimits,
     ) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -139,7 +141,11 @@ impl SqlEngine {
             .enable_time()
             .build()?;
         Ok(SqlEngine {
-            sources: Arc::new(Sources { inspector, raft }),
+            sources: Arc::new(Sources {
+                inspector,
+                raft,
+                cache,
+            }),
             limits,
             runtime: QueryRuntime(Some(runtime)),
         })

@@ -1,10 +1,10 @@
 //! mpreg-query: read-only SQL over a node's state (DataFusion).
 //!
 //! Tables (`nodes`, `functions`, `subscriptions`, `routes`, `queues`,
-//! `queue_messages`, `events`, `raft`, plus `information_schema`) read the
-//! views and the log of one data dir through [`mpreg_storage::Inspector`],
-//! live on a running node (`/sql`) or offline on a stopped node's dir
-//! (`mpreg-daemon sql`).
+//! `queue_messages`, `cache_entries`, `events`, `raft`, plus
+//! `information_schema`) read the views and the log of one data dir through
+//! [`mpreg_storage::Inspector`], live on a running node (`/sql`) or offline
+//! on a stopped node's dir (`mpreg-daemon sql`).
 //!
 //! # Layout
 //! - [`engine`]: the session, the read-only guard, limits, errors;
@@ -13,8 +13,10 @@
 //! - [`scan`]: streaming a blocking RocksDB scan into a query;
 //! - [`pushdown`]: which filters narrow a scan;
 //! - [`raft`]: the `raft` table's row;
+//! - [`cache`]: the memory tier facts of `cache_entries`;
 //! - [`format`]: JSON, CSV, Arrow IPC and text table encodings.
 
+pub mod cache;
 pub mod columns;
 pub mod engine;
 pub mod format;
@@ -26,6 +28,7 @@ pub mod tables;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use cache::{CacheTierSource, StoppedCacheTier};
 pub use engine::{QueryOutput, SqlEngine, SqlError, SqlLimits};
 pub use format::Format;
 pub use raft::{RaftRow, RaftSource, StoredRaftSource};
@@ -50,7 +53,12 @@ pub fn open_offline(path: &Path, limits: SqlLimits) -> Result<SqlEngine, OpenErr
         node_id,
         inspector: inspector.clone(),
     });
-    Ok(SqlEngine::new(inspector, raft, limits)?)
+    Ok(SqlEngine::new(
+        inspector,
+        raft,
+        Arc::new(StoppedCacheTier),
+        limits,
+    )?)
 }
 
 /// Now, in unix milliseconds (route expiry in `routes.state`).

@@ -6,6 +6,8 @@
 //! with itself. Tables in one query may be read at different snapshots, and
 //! so may the two point reads behind `queues.dlq_depth` and
 //! `queues.oldest_age_ms`.
+//! `cache_entries.hits` and `cache_entries.tier` are not on disk: they are
+//! asked of the memory tier as each row is read.
 
 use std::fmt;
 use std::sync::Arc;
@@ -19,13 +21,14 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::streaming::StreamingTableExec;
 use mpreg_storage::views::{
-    FunctionRow, MessageRow, MessageState, NodeRow, QueueRow, RouteRow, SubscriptionRow, View,
-    queue_prefix,
+    CacheRow, FunctionRow, MessageRow, MessageState, NodeRow, QueueRow, RouteRow, SubscriptionRow,
+    View, queue_prefix,
 };
 use mpreg_storage::{EventKind, Flow, Inspector};
 use openraft::{EntryPayload, RaftLogId};
 use serde::de::DeserializeOwned;
 
+use crate::cache::CacheTierSource;
 use crate::columns::{Column, Kind, RowWriter, Value, schema};
 use crate::pushdown::{Bounds, text_equality};
 use crate::raft::RaftSource;
@@ -40,6 +43,7 @@ pub enum TableId {
     Routes,
     Queues,
     QueueMessages,
+    CacheEntries,
     Events,
     Raft,
 }
@@ -124,6 +128,23 @@ const QUEUE_MESSAGES: &[Column] = &[
     Column::new("size", Kind::U64),
 ];
 
+/// One row per stored entry, expired ones included until their timer
+/// removes them. `hits` and `tier` come from the node's memory tier when
+/// the row is read ([`CacheTierSource`]).
+const CACHE_ENTRIES: &[Column] = &[
+    Column::new("namespace", Kind::Text),
+    Column::new("identifier", Kind::Text),
+    Column::nullable("version", Kind::Text),
+    Column::new("tags", Kind::TextList),
+    Column::new("size_bytes", Kind::U64),
+    Column::new("revision", Kind::U64),
+    Column::new("created_at", Kind::Time),
+    Column::new("updated_at", Kind::Time),
+    Column::nullable("expires_at", Kind::Time),
+    Column::new("hits", Kind::U64),
+    Column::new("tier", Kind::Text),
+];
+
 const EVENTS: &[Column] = &[
     Column::new("index", Kind::U64),
     Column::new("term", Kind::U64),
@@ -144,13 +165,14 @@ const RAFT: &[Column] = &[
 ];
 
 impl TableId {
-    pub const ALL: [TableId; 8] = [
+    pub const ALL: [TableId; 9] = [
         TableId::Nodes,
         TableId::Functions,
         TableId::Subscriptions,
         TableId::Routes,
         TableId::Queues,
         TableId::QueueMessages,
+        TableId::CacheEntries,
         TableId::Events,
         TableId::Raft,
     ];
@@ -163,6 +185,7 @@ impl TableId {
             TableId::Routes => "routes",
             TableId::Queues => "queues",
             TableId::QueueMessages => "queue_messages",
+            TableId::CacheEntries => "cache_entries",
             TableId::Events => "events",
             TableId::Raft => "raft",
         }
@@ -176,6 +199,7 @@ impl TableId {
             TableId::Routes => ROUTES,
             TableId::Queues => QUEUES,
             TableId::QueueMessages => QUEUE_MESSAGES,
+            TableId::CacheEntries => CACHE_ENTRIES,
             TableId::Events => EVENTS,
             TableId::Raft => RAFT,
         }
@@ -188,6 +212,7 @@ impl TableId {
             TableId::Routes => Some("dest"),
             TableId::Queues => Some("name"),
             TableId::QueueMessages => Some("queue"),
+            TableId::CacheEntries => Some("namespace"),
             TableId::Events => Some("index"),
             TableId::Nodes | TableId::Subscriptions | TableId::Raft => None,
         }
@@ -232,6 +257,8 @@ impl Narrowing {
 pub struct Sources {
     pub inspector: Inspector,
     pub raft: Arc<dyn RaftSource>,
+    /// Which cache entries are in the memory tier, and their hits there.
+    pub cache: Arc<dyn CacheTierSource>,
 }
 
 /// One SQL table over the node's state.
@@ -488,6 +515,48 @@ fn produce_queue_messages(
     )
 }
 
+fn produce_cache_entries(
+    inspector: &Inspector,
+    tier: &dyn CacheTierSource,
+    namespace: Option<&str>,
+    sink: &mut RowSink,
+) -> Result<()> {
+    let prefix = namespace
+        .map(CacheRow::namespace_prefix)
+        .unwrap_or_default();
+    scan_view(
+        inspector,
+        View::CacheEntries,
+        &prefix,
+        sink,
+        |sink, r: CacheRow| {
+            let memory_hits = tier.memory_hits(&r.key);
+            let version = &r.key.version;
+            sink.push(&[
+                Value::Text(&r.key.namespace),
+                Value::Text(&r.key.identifier),
+                if version.is_empty() {
+                    Value::Null
+                } else {
+                    Value::Text(version)
+                },
+                Value::TextList(&r.tags),
+                Value::U64(u64::try_from(r.size_bytes()).unwrap_or(u64::MAX)),
+                Value::U64(r.revision),
+                Value::Time(r.created_at_ms),
+                Value::Time(r.updated_at_ms),
+                r.expires_at_ms.map_or(Value::Null, Value::Time),
+                Value::U64(memory_hits.unwrap_or(0)),
+                Value::Text(if memory_hits.is_some() {
+                    "memory"
+                } else {
+                    "disk"
+                }),
+            ])
+        },
+    )
+}
+
 /// The fields of an event as one JSON object (the kind is its own column).
 fn summary(kind: &EventKind) -> String {
     match serde_json::to_value(kind) {
@@ -560,6 +629,9 @@ impl InspectTable {
             TableId::Routes => produce_routes(inspector, equals, sink),
             TableId::Queues => produce_queues(inspector, equals, sink),
             TableId::QueueMessages => produce_queue_messages(inspector, equals, sink),
+            TableId::CacheEntries => {
+                produce_cache_entries(inspector, self.sources.cache.as_ref(), equals, sink)
+            }
             TableId::Events => produce_events(inspector, narrowing.bounds, sink),
             TableId::Raft => produce_raft(self.sources.raft.as_ref(), sink),
         }
@@ -636,6 +708,26 @@ mod tests {
         assert!(!Narrowing::narrows(
             TableId::Queues,
             &col("depth").eq(lit(0u64))
+        ));
+    }
+
+    #[test]
+    fn cache_entries_narrow_on_namespace_equality_only() {
+        let filters = [
+            col("tier").eq(lit("memory")),
+            col("namespace").eq(lit("users")),
+        ];
+        let narrowing = Narrowing::from_filters(TableId::CacheEntries, &filters);
+        assert_eq!(narrowing.equals.as_deref(), Some("users"));
+        assert!(Narrowing::narrows(TableId::CacheEntries, &filters[1]));
+        assert!(!Narrowing::narrows(TableId::CacheEntries, &filters[0]));
+        assert!(!Narrowing::narrows(
+            TableId::CacheEntries,
+            &col("namespace").not_eq(lit("users"))
+        ));
+        assert!(!Narrowing::narrows(
+            TableId::CacheEntries,
+            &col("identifier").eq(lit("u1"))
         ));
     }
 }

@@ -1,5 +1,6 @@
 //! SQL over HTTP and offline: every table after known events, the queue
-//! tables after sends, leases and a dead-lettering, pushdown in `EXPLAIN`,
+//! tables after sends, leases and a dead-lettering, the cache table with
+//! entries in memory and on disk, pushdown in `EXPLAIN`,
 //! the three formats, refusals, limits, offline equals live, and queries
 //! while writes commit.
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use mpreg_storage::EventKind;
 use mpreg_storage::event::{
-    DeliveredMessage, Delivery, NewMessage, Outcome, QueueSettings, QueueType,
+    CacheKey, DeliveredMessage, Delivery, NewMessage, Outcome, QueueSettings, QueueType,
 };
 use mpreg_tests::{Daemon, InProcess, TestDir, run_daemon, sql_get, sql_post, sql_rows};
 use serde_json::{Value, json};
@@ -179,6 +180,56 @@ async fn seed_queues(node: &mpreg_daemon::Node) -> Result<DeliveredMessage> {
         "{nacked:?}"
     );
     only_delivered(node.propose_ok(lease()).await?)
+}
+
+fn cache_put(
+    namespace: &str,
+    identifier: &str,
+    version: &str,
+    value: Value,
+    tags: &[&str],
+    ttl_ms: Option<u64>,
+) -> EventKind {
+    EventKind::CachePut {
+        key: CacheKey {
+            namespace: namespace.to_string(),
+            identifier: identifier.to_string(),
+            version: version.to_string(),
+        },
+        value: value.to_string(),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        ttl_ms,
+    }
+}
+
+/// Cache entries in two namespaces: `users/u1` (tags, written twice: the
+/// second value is `{"name":"ada","admin":true}`), `users/u2` at version
+/// `v2`, and `sessions/s1` with a TTL of an hour.
+async fn seed_cache(node: &mpreg_daemon::Node) -> Result<()> {
+    let puts = [
+        cache_put("users", "u1", "", json!({"name": "ada"}), &["admin"], None),
+        cache_put(
+            "users",
+            "u1",
+            "",
+            json!({"name": "ada", "admin": true}),
+            &["admin", "eu"],
+            None,
+        ),
+        cache_put("users", "u2", "v2", json!("bob"), &[], None),
+        cache_put(
+            "sessions",
+            "s1",
+            "",
+            json!({"token": "t"}),
+            &[],
+            Some(HOUR_MS),
+        ),
+    ];
+    for put in puts {
+        node.propose_ok(put).await?;
+    }
+    Ok(())
 }
 
 fn unix_ms() -> u64 {
@@ -459,6 +510,139 @@ async fn queue_tables_show_counters_states_and_leases() -> Result<()> {
     .await?;
     assert_eq!(dead, [json!({"expires_at": null, "enqueued_ms": sent})]);
     daemon.stop().await
+}
+
+/// Reads `namespace/identifier` through a `cache-request` get; returns the
+/// cache level that answered.
+async fn cache_get(
+    client: &mpreg_daemon::client::Client,
+    namespace: &str,
+    identifier: &str,
+) -> Result<Value> {
+    let reply = client
+        .cache(json!({"operation": "get",
+            "key": {"namespace": namespace, "identifier": identifier}}))
+        .await?;
+    ensure!(reply["status"] == "hit", "{reply}");
+    Ok(reply["cache_level"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_entries_show_stored_rows_with_memory_tier_and_hits() -> Result<()> {
+    let dir = TestDir::new();
+    let daemon = InProcess::start(&dir, |_| {}).await?;
+    let before = unix_ms();
+    seed_cache(&daemon.node).await?;
+    let after = unix_ms();
+    let admin = daemon.admin_url.as_str();
+
+    // s1 is loaded into memory by one read (which does not count as a hit
+    // there); u1 is read again from memory; u2 is never read.
+    let client = mpreg_daemon::client::Client::connect(&daemon.client_url).await?;
+    assert_eq!(cache_get(&client, "sessions", "s1").await?, "L2");
+    assert_eq!(cache_get(&client, "users", "u1").await?, "L2");
+    assert_eq!(cache_get(&client, "users", "u1").await?, "L1");
+
+    let rows = sql_rows(
+        admin,
+        "SELECT namespace, identifier, version, tags, size_bytes, revision, \
+         CAST(expires_at AS BIGINT) - CAST(created_at AS BIGINT) AS ttl_ms, hits, tier \
+         FROM cache_entries ORDER BY namespace, identifier",
+    )
+    .await?;
+    let u1_size = json!({"name": "ada", "admin": true}).to_string().len();
+    assert_eq!(
+        rows,
+        [
+            json!({"namespace": "sessions", "identifier": "s1", "version": null,
+                "tags": [], "size_bytes": 13, "revision": 1, "ttl_ms": HOUR_MS,
+                "hits": 0, "tier": "memory"}),
+            json!({"namespace": "users", "identifier": "u1", "version": null,
+                "tags": ["admin", "eu"], "size_bytes": u1_size, "revision": 2,
+                "ttl_ms": null, "hits": 1, "tier": "memory"}),
+            json!({"namespace": "users", "identifier": "u2", "version": "v2",
+                "tags": [], "size_bytes": 5, "revision": 1, "ttl_ms": null,
+                "hits": 0, "tier": "disk"}),
+        ]
+    );
+
+    let times = sql_rows(
+        admin,
+        "SELECT CAST(created_at AS BIGINT) AS created, CAST(updated_at AS BIGINT) AS updated, \
+         expires_at FROM cache_entries ORDER BY namespace, identifier",
+    )
+    .await?;
+    for row in &times {
+        let created = row["created"].as_u64().context("created_at")?;
+        let updated = row["updated"].as_u64().context("updated_at")?;
+        assert!(
+            before <= created && created <= updated && updated <= after,
+            "{row}"
+        );
+    }
+    assert!(
+        times[0]["expires_at"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("20"))
+    );
+    let expired = sql_rows(
+        admin,
+        "SELECT identifier FROM cache_entries WHERE expires_at <= now()",
+    )
+    .await?;
+    assert!(expired.is_empty(), "{expired:?}");
+
+    let users = sql_rows(
+        admin,
+        "SELECT identifier, tier FROM cache_entries WHERE namespace = 'users' ORDER BY identifier",
+    )
+    .await?;
+    assert_eq!(
+        users,
+        [
+            json!({"identifier": "u1", "tier": "memory"}),
+            json!({"identifier": "u2", "tier": "disk"}),
+        ]
+    );
+    for other in ["user", "users2", "u"] {
+        let none = sql_rows(
+            admin,
+            &format!("SELECT identifier FROM cache_entries WHERE namespace = '{other}'"),
+        )
+        .await?;
+        assert!(none.is_empty(), "{other}: {none:?}");
+    }
+
+    let plan = sql_rows(
+        admin,
+        "EXPLAIN SELECT * FROM cache_entries WHERE namespace = 'users'",
+    )
+    .await?;
+    let logical = plan
+        .iter()
+        .find(|r| r["plan_type"] == "logical_plan")
+        .and_then(|r| r["plan"].as_str())
+        .context("logical plan row")?;
+    assert!(
+        logical.contains("partial_filters=[cache_entries.namespace = Utf8(\"users\")]"),
+        "{logical}"
+    );
+
+    drop(client);
+    daemon.stop().await?;
+    let offline = offline_json(
+        &dir.data(),
+        "SELECT namespace, identifier, hits, tier FROM cache_entries ORDER BY namespace, identifier",
+    )?;
+    assert_eq!(
+        offline,
+        json!([
+            {"namespace": "sessions", "identifier": "s1", "hits": 0, "tier": "disk"},
+            {"namespace": "users", "identifier": "u1", "hits": 0, "tier": "disk"},
+            {"namespace": "users", "identifier": "u2", "hits": 0, "tier": "disk"},
+        ])
+    );
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -931,6 +1115,7 @@ async fn every_example_in_the_sql_docs_runs() -> Result<()> {
     let daemon = InProcess::start(&dir, |_| {}).await?;
     seed(&daemon.node).await?;
     seed_queues(&daemon.node).await?;
+    seed_cache(&daemon.node).await?;
     for sql in examples {
         let rows = sql_rows(&daemon.admin_url, sql)
             .await
