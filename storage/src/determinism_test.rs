@@ -8,7 +8,9 @@ use proptest::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::db::{DataDir, OpenMode};
-use crate::event::{Delivery, Event, EventKind, NewMessage, QueueSettings, QueueType};
+use crate::event::{
+    AtomicOp, CacheKey, Delivery, Event, EventKind, NewMessage, QueueSettings, QueueType,
+};
 use crate::replay::MemViews;
 use crate::views::{Digest, ViewTxn, apply};
 use crate::{StateMachine, TypeConfig, open_raft_storage};
@@ -204,8 +206,93 @@ fn queue_event_kind() -> impl Strategy<Value = EventKind> {
     ]
 }
 
+/// A cache key over two namespaces, a few dotted identifiers and an
+/// optional version, so puts, atomics and invalidations meet.
+fn cache_key() -> impl Strategy<Value = CacheKey> {
+    (
+        (0u8..2).prop_map(|n| format!("ns{n}")),
+        prop_oneof![Just("a"), Just("a.b"), Just("b.c")],
+        prop_oneof![Just(""), Just("v1")],
+    )
+        .prop_map(|(namespace, identifier, version)| CacheKey {
+            namespace,
+            identifier: identifier.to_string(),
+            version: version.to_string(),
+        })
+}
+
+/// JSON texts of every kind an atomic operation meets (and one malformed).
+fn cache_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("1"),
+        Just("-2.5"),
+        Just("9223372036854775807"),
+        Just("18446744073709551615"),
+        Just("\"s\""),
+        Just("[1, \"x\"]"),
+        Just("{\"k\": null}"),
+        Just("{"),
+    ]
+    .prop_map(String::from)
+}
+
+/// Cache events: put, delete, invalidate and every atomic operation, with
+/// TTLs that run out between events (their timers fire through
+/// `TimersFired`).
+fn cache_event_kind() -> impl Strategy<Value = EventKind> {
+    let ttl = || proptest::option::of(0u64..5_000);
+    let operation = prop_oneof![
+        (proptest::option::of(cache_value()), cache_value(), ttl()).prop_map(
+            |(expected, new_value, ttl_ms)| AtomicOp::CompareAndSwap {
+                expected,
+                new_value,
+                ttl_ms,
+            }
+        ),
+        (cache_value(), prop_oneof![Just("0"), Just("1.5")], ttl()).prop_map(
+            |(by, initial, ttl_ms)| AtomicOp::Increment {
+                by,
+                initial: initial.to_string(),
+                ttl_ms,
+            }
+        ),
+        (cache_value(), any::<bool>(), ttl()).prop_map(|(value, prepend, ttl_ms)| {
+            AtomicOp::Append {
+                value,
+                prepend,
+                ttl_ms,
+            }
+        }),
+        (0u64..5_000).prop_map(|ttl_ms| AtomicOp::ExtendTtl { ttl_ms }),
+    ];
+    prop_oneof![
+        4 => (cache_key(), cache_value(), proptest::collection::vec(id("tag"), 0..2), ttl())
+            .prop_map(|(key, value, tags, ttl_ms)| EventKind::CachePut {
+                key,
+                value,
+                tags,
+                ttl_ms,
+            }),
+        1 => cache_key().prop_map(|key| EventKind::CacheDeleted { key }),
+        1 => (
+            (0u8..2).prop_map(|n| format!("ns{n}")),
+            proptest::option::of(prop_oneof![Just("a.*"), Just("#"), Just("*.c"), Just("a")]),
+        )
+            .prop_map(|(namespace, pattern)| EventKind::CacheInvalidated {
+                namespace,
+                pattern: pattern.map(String::from),
+            }),
+        4 => (cache_key(), operation)
+            .prop_map(|(key, operation)| EventKind::CacheAtomic { key, operation }),
+    ]
+}
+
 fn event_kind() -> impl Strategy<Value = EventKind> {
-    prop_oneof![registry_event_kind(), queue_event_kind()]
+    prop_oneof![
+        registry_event_kind(),
+        queue_event_kind(),
+        cache_event_kind()
+    ]
 }
 
 /// Up to two queue declarations (so queue events meet a queue), then random

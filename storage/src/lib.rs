@@ -53,6 +53,8 @@ pub fn open_raft_storage(
 }
 
 #[cfg(test)]
+mod cache_model_test;
+#[cfg(test)]
 mod determinism_test;
 #[cfg(test)]
 mod queue_model_test;

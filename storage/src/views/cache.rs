@@ -212,10 +212,24 @@ pub(super) fn invalidate<S: RowStore>(
     Ok(Outcome::CacheRemoved { entries })
 }
 
-/// `a + b` as JSON: integers while both are integers and it fits.
+/// A JSON number as an exact integer, if it is one (serde_json holds
+/// integers as i64 or, above i64::MAX, as u64).
+fn integer(v: &Value) -> Option<i128> {
+    v.as_i64()
+        .map(i128::from)
+        .or_else(|| v.as_u64().map(i128::from))
+}
+
+/// `a + b` as JSON: an exact integer while both are integers (`None` when
+/// the sum fits neither i64 nor u64), else a float.
 fn add(a: &Value, b: &Value) -> Option<Value> {
-    if let (Some(x), Some(y)) = (a.as_i64(), b.as_i64()) {
-        return x.checked_add(y).map(Value::from);
+    if let (Some(x), Some(y)) = (integer(a), integer(b)) {
+        let sum = x + y;
+        return match (i64::try_from(sum), u64::try_from(sum)) {
+            (Ok(i), _) => Some(Value::from(i)),
+            (_, Ok(u)) => Some(Value::from(u)),
+            _ => None,
+        };
     }
     let sum = a.as_f64()? + b.as_f64()?;
     serde_json::Number::from_f64(sum).map(Value::Number)
