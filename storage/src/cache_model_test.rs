@@ -35,6 +35,7 @@ use crate::views::{CacheRow, Digest, RowStore, Timer, TimerKind, View, ViewTxn, 
 struct Entry {
     value: String,
     tags: Vec<String>,
+    metadata: String,
     created_at_ms: u64,
     updated_at_ms: u64,
     expires_at_ms: Option<u64>,
@@ -137,13 +138,15 @@ impl Model {
                 key,
                 value,
                 tags,
+                metadata,
                 ttl_ms,
             } => {
-                if !valid_key(key) || json(value).is_none() {
+                if !valid_key(key) || json(value).is_none() || json(metadata).is_none() {
                     return refused();
                 }
                 let expires = ttl_ms.map(|ttl| now + ttl);
-                self.write(now, key, value.clone(), tags.clone(), expires)
+                let attributes = (tags.clone(), metadata.clone());
+                self.write(now, key, value.clone(), attributes, expires)
             }
             EventKind::CacheDeleted { key } => {
                 let removed = self.entries.remove(key);
@@ -178,13 +181,14 @@ impl Model {
         now: u64,
         key: &CacheKey,
         value: String,
-        tags: Vec<String>,
+        (tags, metadata): (Vec<String>, String),
         expires_at_ms: Option<u64>,
     ) -> Outcome {
         let previous = self.live(now, key);
         let entry = Entry {
             value,
             tags,
+            metadata,
             created_at_ms: previous.map_or(now, |p| p.created_at_ms),
             updated_at_ms: now,
             expires_at_ms,
@@ -201,7 +205,10 @@ impl Model {
         }
         let current = self.live(now, key).cloned();
         let current_json = current.as_ref().map(Entry::json);
-        let tags = current.as_ref().map(|c| c.tags.clone()).unwrap_or_default();
+        let tags = current.as_ref().map_or_else(
+            || (Vec::new(), "null".to_string()),
+            |c| (c.tags.clone(), c.metadata.clone()),
+        );
         let expiry = |ttl_ms: Option<u64>| match ttl_ms {
             Some(ttl) => Some(now + ttl),
             None => current.as_ref().and_then(|c| c.expires_at_ms),
@@ -360,6 +367,7 @@ fn check_views(views: &MemViews, model: &Model) -> std::result::Result<(), TestC
                 key: key.clone(),
                 value: e.value.clone(),
                 tags: e.tags.clone(),
+                metadata: e.metadata.clone(),
                 created_at_ms: e.created_at_ms,
                 updated_at_ms: e.updated_at_ms,
                 expires_at_ms: e.expires_at_ms,
@@ -726,6 +734,11 @@ fn event_kind(model: &Model, now: u64, op: &Op) -> EventKind {
             key: key.key(),
             value: value.text(),
             tags: (0..*tags).map(|i| format!("t{i}")).collect(),
+            metadata: if *tags == 2 {
+                "not json".to_string()
+            } else {
+                format!("{{\"cost\":{tags}}}")
+            },
             ttl_ms: *ttl_ms,
         },
         Op::Delete { key } => EventKind::CacheDeleted { key: key.key() },
@@ -836,6 +849,7 @@ fn put(v: &mut Views, now: u64, key: &CacheKey, value: &str, ttl_ms: Option<u64>
         key: key.clone(),
         value: value.to_string(),
         tags: vec!["t".to_string()],
+        metadata: "{}".to_string(),
         ttl_ms,
     };
     v.apply(now, kind)

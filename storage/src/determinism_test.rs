@@ -269,6 +269,7 @@ fn cache_event_kind() -> impl Strategy<Value = EventKind> {
         4 => (cache_key(), cache_value(), proptest::collection::vec(id("tag"), 0..2), ttl())
             .prop_map(|(key, value, tags, ttl_ms)| EventKind::CachePut {
                 key,
+                metadata: format!("{{\"tags\":{}}}", tags.len()),
                 value,
                 tags,
                 ttl_ms,

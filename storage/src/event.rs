@@ -130,6 +130,9 @@ pub enum EventKind {
         /// JSON text.
         value: String,
         tags: Vec<String>,
+        /// Upstream's `metadata` object (computation cost, dependencies,
+        /// ...), as JSON text, kept with the entry.
+        metadata: String,
         /// The entry expires this long after the event.
         ttl_ms: Option<u64>,
     },

@@ -37,7 +37,13 @@ async fn put_get_delete_and_memory_then_disk_levels() {
     let dir = TestDir::new();
     let daemon = Daemon::start(&dir, &[]).unwrap();
     let client = Client::connect(&daemon.ready.client_url).await.unwrap();
-    let written = put(&client, "users", "u1", json!({"name": "ada"})).await;
+    let written = client
+        .cache(
+            json!({"operation": "put", "key": key("users", "u1"), "value": {"name": "ada"},
+                      "metadata": {"computation_cost_ms": 5000.0, "dependencies": ["input:1"]}}),
+        )
+        .await
+        .unwrap();
     assert_eq!(
         (&written["status"], &written["revision"]),
         (&json!("ok"), &json!(1))
@@ -50,6 +56,7 @@ async fn put_get_delete_and_memory_then_disk_levels() {
         "first read loads from RocksDB"
     );
     assert_eq!(hit["entry"]["value"], json!({"name": "ada"}));
+    assert_eq!(hit["entry"]["metadata"]["dependencies"], json!(["input:1"]));
     let again = get(&client, "users", "u1").await;
     assert_eq!(
         again["cache_level"],

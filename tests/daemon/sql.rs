@@ -198,6 +198,7 @@ fn cache_put(
         },
         value: value.to_string(),
         tags: tags.iter().map(|t| t.to_string()).collect(),
+        metadata: "null".to_string(),
         ttl_ms,
     }
 }

@@ -118,6 +118,7 @@ fn seconds(ms: u64) -> f64 {
 /// The `entry` object of a reply.
 fn entry_json(row: &CacheRow, access_count: u64, now: u64) -> Value {
     let value: Value = serde_json::from_str(&row.value).unwrap_or(Value::Null);
+    let metadata: Value = serde_json::from_str(&row.metadata).unwrap_or(Value::Null);
     json!({
         "key": {
             "namespace": row.key.namespace,
@@ -126,6 +127,7 @@ fn entry_json(row: &CacheRow, access_count: u64, now: u64) -> Value {
             "tags": row.tags,
         },
         "value": value,
+        "metadata": metadata,
         "creation_time": seconds(row.created_at_ms),
         "last_update_time": seconds(row.updated_at_ms),
         "expires_at": row.expires_at_ms.map(seconds),
@@ -387,11 +389,13 @@ impl Cache {
             .as_ref()
             .map(|k| k.tags.clone())
             .unwrap_or_default();
+        let metadata = self.encode("metadata", &Value::Object(request.metadata.clone()))?;
         let outcome = self
             .propose(EventKind::CachePut {
                 key: key.clone(),
                 value,
                 tags,
+                metadata,
                 ttl_ms: ttl,
             })
             .await?;

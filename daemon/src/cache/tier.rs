@@ -189,6 +189,7 @@ mod test {
             },
             value: "x".repeat(bytes),
             tags: Vec::new(),
+            metadata: "null".into(),
             created_at_ms: 0,
             updated_at_ms: 0,
             expires_at_ms: None,

@@ -323,8 +323,9 @@ pub fn apply<S: RowStore>(txn: &mut ViewTxn<'_, S>, event: &Event) -> Result<Out
             key,
             value,
             tags,
+            metadata,
             ttl_ms,
-        } => return cache::put(txn, now, key, value, tags, *ttl_ms),
+        } => return cache::put(txn, now, key, value, (tags, metadata), *ttl_ms),
         EventKind::CacheDeleted { key } => return cache::delete(txn, now, key),
         EventKind::CacheInvalidated { namespace, pattern } => {
             return cache::invalidate(txn, now, namespace, pattern.as_deref());

@@ -26,6 +26,8 @@ pub struct CacheRow {
     /// JSON text.
     pub value: String,
     pub tags: Vec<String>,
+    /// JSON text (`null` when the entry was created by an atomic operation).
+    pub metadata: String,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
     pub expires_at_ms: Option<u64>,
@@ -114,7 +116,7 @@ fn write<S: RowStore>(
     now: u64,
     key: &CacheKey,
     value: String,
-    tags: Vec<String>,
+    (tags, metadata): (Vec<String>, String),
     expires_at_ms: Option<u64>,
     previous: Option<&CacheRow>,
 ) -> Result<Outcome> {
@@ -123,6 +125,7 @@ fn write<S: RowStore>(
         key: key.clone(),
         value,
         tags,
+        metadata,
         created_at_ms: previous.map_or(now, |p| p.created_at_ms),
         updated_at_ms: now,
         expires_at_ms,
@@ -148,13 +151,13 @@ pub(super) fn put<S: RowStore>(
     now: u64,
     key: &CacheKey,
     value: &str,
-    tags: &[String],
+    (tags, metadata): (&[String], &str),
     ttl_ms: Option<u64>,
 ) -> Result<Outcome> {
     if let Some(refused) = check_key(key) {
         return Ok(refused);
     }
-    if let Err(refused) = parse("value", value) {
+    if let Err(refused) = parse("value", value).and_then(|_| parse("metadata", metadata)) {
         return Ok(refused);
     }
     let previous = live(txn, key, now)?;
@@ -164,7 +167,7 @@ pub(super) fn put<S: RowStore>(
         now,
         key,
         value.to_string(),
-        tags.to_vec(),
+        (tags.to_vec(), metadata.to_string()),
         expires,
         previous.as_ref(),
     )
@@ -245,7 +248,11 @@ pub(super) fn atomic<S: RowStore>(
         return Ok(refused);
     }
     let current = live(txn, key, now)?;
-    let tags = current.as_ref().map(|c| c.tags.clone()).unwrap_or_default();
+    // Atomic writes keep the entry's tags and metadata.
+    let attributes = current.as_ref().map_or_else(
+        || (Vec::new(), "null".to_string()),
+        |c| (c.tags.clone(), c.metadata.clone()),
+    );
     let expiry = |ttl_ms: Option<u64>| match ttl_ms {
         Some(ttl) => Some(now.saturating_add(ttl)),
         None => current.as_ref().and_then(|c| c.expires_at_ms),
@@ -282,7 +289,7 @@ pub(super) fn atomic<S: RowStore>(
                 now,
                 key,
                 new_value.clone(),
-                tags,
+                attributes,
                 expiry(*ttl_ms),
                 current.as_ref(),
             );
@@ -344,7 +351,7 @@ pub(super) fn atomic<S: RowStore>(
                 now,
                 key,
                 row.value.clone(),
-                tags,
+                attributes,
                 Some(now.saturating_add(*ttl_ms)),
                 current.as_ref(),
             );
@@ -356,7 +363,7 @@ pub(super) fn atomic<S: RowStore>(
         now,
         key,
         value.to_string(),
-        tags,
+        attributes,
         expiry(ttl_ms),
         current.as_ref(),
     )
