@@ -2,6 +2,7 @@
 //! `{success: false, error_message, error_code}` (see docs/queues.md and
 //! docs/cache.md for the codes).
 
+use mpreg_storage::Outcome;
 use serde_json::{Value, json};
 
 /// Error codes of queue and cache replies (`error_code`).
@@ -51,6 +52,33 @@ impl Refusal {
             "error_code": self.code as i64,
         })
     }
+}
+
+/// What a proposal answered, as a call's result: a refusal by apply is
+/// [`RefusalCode::NotFound`] for an unknown queue, else
+/// [`RefusalCode::Refused`]; a proposal that could not commit is
+/// [`RefusalCode::Unavailable`].
+pub fn committed(proposed: crate::Result<Outcome>) -> Result<Outcome, Refusal> {
+    match proposed {
+        Ok(Outcome::Rejected { reason }) => {
+            let code = if reason.starts_with("unknown queue") {
+                RefusalCode::NotFound
+            } else {
+                RefusalCode::Refused
+            };
+            Err(Refusal::new(code, reason))
+        }
+        Ok(outcome) => Ok(outcome),
+        Err(e) => Err(Refusal::new(RefusalCode::Unavailable, e.to_string())),
+    }
+}
+
+/// An outcome of another kind than the event proposed.
+pub fn unexpected(outcome: &Outcome) -> Refusal {
+    Refusal::new(
+        RefusalCode::Unavailable,
+        format!("unexpected outcome from the log: {outcome:?}"),
+    )
 }
 
 impl std::fmt::Display for Refusal {

@@ -26,7 +26,7 @@ use crate::node::Node;
 use crate::protocol::PubSubMessage;
 use crate::pubsub::PubSub;
 use crate::pubsub::topic::check_pattern;
-use crate::refusal::{Refusal, RefusalCode};
+use crate::refusal::{Refusal, RefusalCode, committed, unexpected};
 use tier::Tier;
 
 /// Memory tier and value limits.
@@ -234,11 +234,7 @@ impl Cache {
     }
 
     async fn propose(&self, kind: EventKind) -> CacheResult<Outcome> {
-        match self.node.propose(kind).await {
-            Ok(Outcome::Rejected { reason }) => Err(Refusal::new(RefusalCode::Refused, reason)),
-            Ok(outcome) => Ok(outcome),
-            Err(e) => Err(Refusal::new(RefusalCode::Unavailable, e.to_string())),
-        }
+        committed(self.node.propose(kind).await)
     }
 
     /// The live entry of `key`: from memory, else from the view (then kept
@@ -581,13 +577,6 @@ impl Cache {
             .unwrap_or_else(|e| e.into_inner())
             .hits(&CacheRow::key(key))
     }
-}
-
-fn unexpected(outcome: &Outcome) -> Refusal {
-    Refusal::new(
-        RefusalCode::Unavailable,
-        format!("unexpected outcome from the log: {outcome:?}"),
-    )
 }
 
 #[cfg(test)]

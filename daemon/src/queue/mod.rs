@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::now_ms;
 use crate::metrics::QueueMetrics;
 use crate::node::Node;
-use crate::refusal::{Refusal, RefusalCode};
+use crate::refusal::{Refusal, RefusalCode, committed, unexpected};
 use args::{Fields, body, millis};
 pub use subscriptions::{QueueSubscribe, subscribe_ack};
 
@@ -129,18 +129,7 @@ impl Queues {
 
     /// Proposes a queue event; a refusal by apply is a [`Refusal`].
     async fn propose(&self, kind: EventKind) -> QueueResult<Outcome> {
-        match self.node.propose(kind).await {
-            Ok(Outcome::Rejected { reason }) => {
-                let code = if reason.starts_with("unknown queue") {
-                    RefusalCode::NotFound
-                } else {
-                    RefusalCode::Refused
-                };
-                Err(Refusal::new(code, reason))
-            }
-            Ok(outcome) => Ok(outcome),
-            Err(e) => Err(Refusal::new(RefusalCode::Unavailable, e.to_string())),
-        }
+        committed(self.node.propose(kind).await)
     }
 
     /// The queue's row, as last applied.
@@ -538,11 +527,4 @@ impl Queues {
 
 fn unknown_queue(queue: &str) -> Refusal {
     Refusal::new(RefusalCode::NotFound, format!("unknown queue {queue}"))
-}
-
-fn unexpected(outcome: &Outcome) -> Refusal {
-    Refusal::new(
-        RefusalCode::Unavailable,
-        format!("unexpected outcome from the log: {outcome:?}"),
-    )
 }
