@@ -20,12 +20,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
-use serde::de::DeserializeOwned;
 use serde_json::{Number, Value};
 
 use crate::codec;
 use crate::event::{AtomicOp, CacheKey, Event, EventKind, FiredTimers, Outcome};
 use crate::replay::MemViews;
+use crate::test_views::{all_keys, all_rows};
 use crate::views::{CacheRow, Digest, RowStore, Timer, TimerKind, View, ViewTxn, apply};
 
 // ---------------------------------------------------------------- model
@@ -323,24 +323,6 @@ fn agrees(expected: &Outcome, actual: &Outcome) -> bool {
 }
 
 // ------------------------------------------------------ reading the views
-
-fn all_rows<T: DeserializeOwned>(views: &MemViews, view: View) -> Vec<(Vec<u8>, T)> {
-    views
-        .scan(view, &[], &[], usize::MAX)
-        .unwrap()
-        .into_iter()
-        .map(|(key, value)| (key, codec::decode(view.cf_name(), &value).unwrap()))
-        .collect()
-}
-
-fn all_keys(views: &MemViews, view: View) -> BTreeSet<Vec<u8>> {
-    views
-        .scan(view, &[], &[], usize::MAX)
-        .unwrap()
-        .into_iter()
-        .map(|(key, _)| key)
-        .collect()
-}
 
 /// The `queue_timers` key of the expiry of `key` at `due_ms`, built from
 /// the documented layout (`queue` = namespace, `target` = identifier NUL

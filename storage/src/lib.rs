@@ -60,3 +60,5 @@ mod determinism_test;
 mod queue_model_test;
 #[cfg(test)]
 mod raft_suite_test;
+#[cfg(test)]
+mod test_views;

@@ -15,7 +15,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
-use serde::de::DeserializeOwned;
 
 use crate::codec;
 use crate::event::{
@@ -23,6 +22,7 @@ use crate::event::{
     QueueType, SentMessage,
 };
 use crate::replay::MemViews;
+use crate::test_views::{all_keys, all_rows};
 use crate::topic::pattern_matches;
 use crate::views::{
     DedupRow, Digest, MessageRow, MessageState, QueueRow, RowStore, Timer, TimerKind, View,
@@ -503,24 +503,6 @@ fn agrees(expected: &Outcome, actual: &Outcome) -> bool {
 }
 
 // ------------------------------------------------------ reading the views
-
-fn all_rows<T: DeserializeOwned>(views: &MemViews, view: View) -> Vec<(Vec<u8>, T)> {
-    views
-        .scan(view, &[], &[], usize::MAX)
-        .unwrap()
-        .into_iter()
-        .map(|(key, value)| (key, codec::decode(view.cf_name(), &value).unwrap()))
-        .collect()
-}
-
-fn all_keys(views: &MemViews, view: View) -> BTreeSet<Vec<u8>> {
-    views
-        .scan(view, &[], &[], usize::MAX)
-        .unwrap()
-        .into_iter()
-        .map(|(key, _)| key)
-        .collect()
-}
 
 fn timer_key((due_ms, due, queue, target): &ModelTimer) -> Vec<u8> {
     let kind = match due {

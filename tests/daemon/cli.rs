@@ -18,6 +18,13 @@ fn mpreg(url: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Runs `mpreg` (which must succeed) and parses its JSON output.
+fn mpreg_json(url: &str, args: &[&str]) -> Value {
+    let (ok, out, err) = mpreg(url, args);
+    assert!(ok, "mpreg {args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap()
+}
+
 #[test]
 fn call_and_rpc_print_json_and_fail_loudly() {
     let dir = TestDir::new();
@@ -138,11 +145,7 @@ fn queue_declare_send_receive_ack_and_stats() {
     let dir = TestDir::new();
     let daemon = Daemon::start(&dir, &[]).unwrap();
     let url = daemon.ready.client_url.as_str();
-    let json_out = |args: &[&str]| {
-        let (ok, out, err) = mpreg(url, args);
-        assert!(ok, "mpreg {args:?} failed: {err}");
-        serde_json::from_str::<Value>(&out).unwrap()
-    };
+    let json_out = |args: &[&str]| mpreg_json(url, args);
 
     let declared = json_out(&[
         "queue",
@@ -190,11 +193,7 @@ fn cache_put_get_incr_cas_invalidate() {
     let dir = TestDir::new();
     let daemon = Daemon::start(&dir, &[]).unwrap();
     let url = daemon.ready.client_url.as_str();
-    let json_out = |args: &[&str]| {
-        let (ok, out, err) = mpreg(url, args);
-        assert!(ok, "mpreg {args:?} failed: {err}");
-        serde_json::from_str::<Value>(&out).unwrap()
-    };
+    let json_out = |args: &[&str]| mpreg_json(url, args);
 
     json_out(&[
         "cache",
