@@ -318,6 +318,12 @@ impl Node {
         }
     }
 
+    /// Whether this node is the raft leader (only the leader proposes
+    /// timer firings).
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.raft_id)
+    }
+
     /// Whether this node has a leader (itself, in a single-member cluster).
     pub fn has_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader.is_some()

@@ -1,6 +1,7 @@
-//! The timer task: when the earliest queue timer (delay end, lease expiry,
-//! TTL, dedup window) is due, it proposes `TimersFired`; apply then
-//! fires every timer due at the event's time. Apply never reads a clock.
+//! The timer task: when the earliest timer (queue delay end, lease expiry,
+//! message TTL, dedup window, cache entry TTL) is due and this node leads,
+//! it proposes `TimersFired`; apply then fires every timer due at the
+//! event's time. Apply never reads a clock.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +32,13 @@ fn earliest_due(queues: &Queues) -> Option<u64> {
 pub(super) async fn run(queues: Arc<Queues>) {
     loop {
         let now = now_ms();
-        let sleep = match earliest_due(&queues) {
+        // Only the leader proposes firings; every node applies them.
+        let due = if queues.node.is_leader() {
+            earliest_due(&queues)
+        } else {
+            None
+        };
+        let sleep = match due {
             Some(due) if due <= now => match fire(&queues).await {
                 Some(true) => Duration::ZERO,
                 _ => Duration::from_millis(10),
