@@ -358,6 +358,18 @@ async fn change_notifications_and_refused_input() {
         "{unknown}"
     );
     let keyless = refused(client.cache(json!({"operation": "get"})).await);
+    let bad_topic = refused(
+        client
+            .cache(json!({"operation": "put", "key": key("n", "k"), "value": 1,
+                          "options": {"notify_on_change": true, "notification_topic": "a..b"}}))
+            .await,
+    );
+    assert!(bad_topic.contains("empty level"), "{bad_topic}");
+    assert_eq!(
+        get(&client, "n", "k").await["status"],
+        json!("miss"),
+        "refused before writing"
+    );
     assert!(keyless.contains("get needs a key"), "{keyless}");
     daemon.stop().unwrap();
 }

@@ -25,7 +25,7 @@ use crate::metrics::CacheMetrics;
 use crate::node::Node;
 use crate::protocol::PubSubMessage;
 use crate::pubsub::PubSub;
-use crate::pubsub::topic::check_pattern;
+use crate::pubsub::topic::{check_pattern, check_topic};
 use crate::refusal::{Refusal, RefusalCode, committed, unexpected};
 use tier::Tier;
 
@@ -304,15 +304,38 @@ impl Cache {
     }
 
     /// Publishes the change of `key` when the request asks for it.
-    fn notify(&self, request: &CacheRequest, key: &CacheKey, change: &str, value: Option<&str>) {
+    /// The topic a write's change notification goes to, if it asks for one;
+    /// checked before the write so a bad topic refuses the request.
+    fn notification_topic(request: &CacheRequest, key: &CacheKey) -> CacheResult<Option<String>> {
         let options = &request.options;
         if options.get("notify_on_change") != Some(&json!(true)) {
-            return;
+            return Ok(None);
         }
-        let topic = match options.get("notification_topic").and_then(Value::as_str) {
-            Some(topic) => topic.to_string(),
-            None => format!("mpreg.cache.{}.{}", key.namespace, request.operation),
+        let topic = match options.get("notification_topic") {
+            None | Some(Value::Null) => {
+                format!("mpreg.cache.{}.{}", key.namespace, request.operation)
+            }
+            Some(Value::String(topic)) => topic.clone(),
+            Some(other) => {
+                return Err(Refusal::invalid(format!(
+                    "notification_topic must be a string, got {other}"
+                )));
+            }
         };
+        check_topic(&topic).map_err(Refusal::invalid)?;
+        Ok(Some(topic))
+    }
+
+    /// Publishes a committed change on `topic`.
+    fn notify(
+        &self,
+        topic: String,
+        request: &CacheRequest,
+        key: &CacheKey,
+        change: &str,
+        value: Option<&str>,
+    ) {
+        let options = &request.options;
         let payload = json!({
             "change_type": change,
             "cache_key": {"namespace": key.namespace, "identifier": key.identifier,
@@ -340,6 +363,7 @@ impl Cache {
         &self,
         request: &CacheRequest,
         key: &CacheKey,
+        topic: Option<String>,
         outcome: Outcome,
     ) -> CacheResult<Value> {
         self.forget(key);
@@ -351,13 +375,13 @@ impl Cache {
         else {
             return Err(unexpected(&outcome));
         };
-        if changed {
+        if let (true, Some(topic)) = (changed, topic) {
             let kind = if value.is_some() {
                 "updated"
             } else {
                 "deleted"
             };
-            self.notify(request, key, kind, value.as_deref());
+            self.notify(topic, request, key, kind, value.as_deref());
         }
         let value: Option<Value> = value.and_then(|v| serde_json::from_str(&v).ok());
         Ok(json!({
@@ -371,6 +395,7 @@ impl Cache {
 
     async fn put(&self, request: &CacheRequest) -> CacheResult<Value> {
         let key = Self::key(request)?;
+        let topic = Self::notification_topic(request, &key)?;
         let value = request
             .value
             .as_ref()
@@ -396,16 +421,17 @@ impl Cache {
             })
             .await?;
         self.metrics.writes.with_label_values(&["put"]).inc();
-        self.written(request, &key, outcome)
+        self.written(request, &key, topic, outcome)
     }
 
     async fn delete(&self, request: &CacheRequest) -> CacheResult<Value> {
         let key = Self::key(request)?;
+        let topic = Self::notification_topic(request, &key)?;
         let outcome = self
             .propose(EventKind::CacheDeleted { key: key.clone() })
             .await?;
         self.metrics.writes.with_label_values(&["delete"]).inc();
-        self.written(request, &key, outcome)
+        self.written(request, &key, topic, outcome)
     }
 
     async fn remove_matching(&self, namespace: &str, pattern: Option<&str>) -> CacheResult<Value> {
@@ -538,6 +564,7 @@ impl Cache {
 
     async fn atomic(&self, request: &CacheRequest) -> CacheResult<Value> {
         let key = Self::key(request)?;
+        let topic = Self::notification_topic(request, &key)?;
         let op = request
             .atomic_operation
             .as_ref()
@@ -550,7 +577,7 @@ impl Cache {
             })
             .await?;
         self.metrics.writes.with_label_values(&["atomic"]).inc();
-        self.written(request, &key, outcome)
+        self.written(request, &key, topic, outcome)
     }
 
     /// Moves new tier evictions into the eviction counter.
