@@ -391,3 +391,40 @@ async fn bad_requests_name_the_problem() {
     declare(&client, json!({"queue_name": "q", "max_size": 2})).await;
     daemon.stop().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_spreads_over_the_subscribers() {
+    let (_dir, daemon, client) = start().await;
+    declare(&client, json!({"queue_name": "burst"})).await;
+    let mut conns = Vec::new();
+    let mut subs = Vec::new();
+    for _ in 0..2 {
+        let conn = Client::connect(&daemon.ready.client_url).await.unwrap();
+        subs.push(conn.subscribe_queue("burst", 20, None).await.unwrap());
+        conns.push(conn);
+    }
+    let messages: Vec<Value> = (0..20).map(|i| json!({"payload": i})).collect();
+    let sent = client
+        .queue("send", json!({"queue_name": "burst", "messages": messages}))
+        .await
+        .unwrap();
+    assert_eq!(sent["messages"].as_array().unwrap().len(), 20);
+    // Nobody acks: each subscription keeps what it got. Count until all 20
+    // are out.
+    let mut got = [0usize; 2];
+    let [first, second] = subs.as_mut_slice() else {
+        unreachable!("two subscriptions")
+    };
+    while got.iter().sum::<usize>() < 20 {
+        let (i, m) = tokio::select! {
+            m = next_pushed(first) => (0, m),
+            m = next_pushed(second) => (1, m),
+        };
+        assert_eq!(m["attempts"], json!(1));
+        got[i] += 1;
+    }
+    // Without a share cap the first one woken would take all 20 (its
+    // prefetch allows it).
+    assert!(got.iter().all(|n| *n >= 5), "split {got:?}");
+    daemon.stop().unwrap();
+}

@@ -2,8 +2,9 @@
 //! task per subscription leases ready messages (up to its prefetch limit of
 //! unacked messages) and pushes them as `queue-message` frames.
 //!
-//! Subscriptions of one queue compete for its messages; each leases only as
-//! many as it has room for, so work spreads across them. A broadcast
+//! Subscriptions of one queue share its messages: each leases at most its
+//! free prefetch and an even share of what is ready, and wakes the others
+//! when more is left, so a burst spreads across them. A broadcast
 //! message is pushed to every subscription of the queue whose pattern
 //! matches. When the connection closes, its leases are released (events).
 
@@ -42,6 +43,16 @@ pub struct QueueSubscribe {
     /// Ack each message as it is pushed (at-most-once for this subscriber).
     #[serde(default)]
     pub auto_acknowledge: bool,
+}
+
+/// What one lease-and-push round did.
+enum Pushed {
+    /// Messages were pushed.
+    Some,
+    /// Nothing was ready (or matched).
+    Nothing,
+    /// The connection closed.
+    ConnectionGone,
 }
 
 /// One subscription of a connection to a queue.
@@ -256,8 +267,13 @@ impl Queues {
                 return;
             }
             let room = sub.room();
-            if room > 0 && !self.push_some(&sub, room).await {
-                return;
+            if room > 0 {
+                match self.push_some(&sub, room).await {
+                    Pushed::ConnectionGone => return,
+                    // More may be ready (and within this one's share).
+                    Pushed::Some => continue,
+                    Pushed::Nothing => {}
+                }
             }
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { return },
@@ -270,28 +286,44 @@ impl Queues {
         }
     }
 
-    /// Leases up to `room` messages for `sub` and pushes them; `false` when
-    /// the connection is gone.
-    async fn push_some(&self, sub: &Subscription, room: usize) -> bool {
+    /// Leases up to `room` messages (at most an even share of the ready
+    /// ones) for `sub` and pushes them.
+    async fn push_some(&self, sub: &Subscription, room: usize) -> Pushed {
         let row = match self.queue(&sub.queue) {
             Ok(row) if row.ready > 0 => row,
-            Ok(_) => return true,
+            Ok(_) => return Pushed::Nothing,
             Err(e) => {
                 tracing::debug!(queue = %sub.queue, error = %e, "subscription queue unavailable");
-                return true;
+                return Pushed::Nothing;
             }
         };
+        // An even share of what is ready, so a burst spreads over the
+        // subscriptions instead of filling the first one woken.
+        let ready = usize::try_from(row.ready).unwrap_or(usize::MAX);
+        let share = ready.div_ceil(self.subscriptions.count(&sub.queue).max(1));
         let lease_ms = row.settings.ack_timeout_ms;
         let messages = match self
-            .lease(&sub.queue, &sub.id, room, lease_ms, sub.pattern.as_deref())
+            .lease(
+                &sub.queue,
+                &sub.id,
+                room.min(share),
+                lease_ms,
+                sub.pattern.as_deref(),
+            )
             .await
         {
             Ok(messages) => messages,
             Err(e) => {
                 tracing::warn!(queue = %sub.queue, subscriber = %sub.id, error = %e, "lease failed");
-                return true;
+                return Pushed::Nothing;
             }
         };
+        if messages.is_empty() {
+            return Pushed::Nothing;
+        }
+        if ready > messages.len() {
+            self.changed(&sub.queue);
+        }
         for message in &messages {
             if let Some(deadline) = message.lease_deadline_ms {
                 sub.held
@@ -306,7 +338,7 @@ impl Queues {
                     }
                 }
             } else if !sub.push(message).await {
-                return false;
+                return Pushed::ConnectionGone;
             }
             if sub.auto_ack
                 && message.lease_deadline_ms.is_some()
@@ -317,7 +349,7 @@ impl Queues {
                 tracing::warn!(queue = %sub.queue, error = %e, "auto-ack failed");
             }
         }
-        true
+        Pushed::Some
     }
 }
 
