@@ -85,6 +85,28 @@ impl Inspector {
         Ok(())
     }
 
+    /// Calls `key` for each key of `view` that starts with `prefix`, in key
+    /// order, all from one snapshot, until it answers [`Flow::Stop`].
+    pub fn scan_keys(
+        &self,
+        view: View,
+        prefix: &[u8],
+        mut key: impl FnMut(&[u8]) -> Flow,
+    ) -> Result<()> {
+        let Some(family) = self.db.cf_handle(view.cf_name()) else {
+            return Ok(());
+        };
+        let snapshot = self.db.snapshot();
+        let iter = snapshot.iterator_cf(family, IteratorMode::From(prefix, Direction::Forward));
+        for item in iter {
+            let (k, _) = item.map_err(|e| Error::rocks("scan", view.cf_name(), e))?;
+            if !k.starts_with(prefix) || key(&k) == Flow::Stop {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// One row of `view`, as last applied (`None` if absent).
     pub fn get<T: DeserializeOwned>(&self, view: View, key: &[u8]) -> Result<Option<T>> {
         let Some(family) = self.db.cf_handle(view.cf_name()) else {

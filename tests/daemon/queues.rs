@@ -428,3 +428,33 @@ async fn a_burst_spreads_over_the_subscribers() {
     assert!(got.iter().all(|n| *n >= 5), "split {got:?}");
     daemon.stop().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill9_pushed_leases_of_the_dead_run_are_released_at_once() {
+    let (dir, daemon, client) = start().await;
+    // The acknowledgment timeout is the default 300 s: only the release at
+    // restart can bring the messages back within this test.
+    declare(&client, json!({"queue_name": "crash"})).await;
+    let holder = Client::connect(&daemon.ready.client_url).await.unwrap();
+    let mut held = holder.subscribe_queue("crash", 10, None).await.unwrap();
+    let ids = [
+        send(&client, "crash", json!({"payload": 1})).await,
+        send(&client, "crash", json!({"payload": 2})).await,
+    ];
+    next_pushed(&mut held).await;
+    next_pushed(&mut held).await;
+    daemon.kill9().unwrap();
+
+    let daemon = Daemon::start(&dir, &[]).unwrap();
+    let fresh = Client::connect(&daemon.ready.client_url).await.unwrap();
+    let mut sub = fresh.subscribe_queue("crash", 10, None).await.unwrap();
+    let mut again = vec![next_pushed(&mut sub).await, next_pushed(&mut sub).await];
+    again.sort_by_key(|m| m["payload"].as_i64());
+    let got: Vec<&Value> = again.iter().map(|m| &m["message_id"]).collect();
+    assert_eq!(got, [&json!(ids[0]), &json!(ids[1])]);
+    assert!(again.iter().all(|m| m["attempts"] == json!(2)));
+    for m in &again {
+        ack(&fresh, "crash", &sub.id, m["message_id"].as_str().unwrap()).await;
+    }
+    daemon.stop().unwrap();
+}

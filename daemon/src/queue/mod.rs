@@ -56,8 +56,9 @@ pub struct Queues {
     /// changed; waiting receivers and subscriptions watch it.
     changes: Mutex<HashMap<String, watch::Sender<u64>>>,
     subscriptions: subscriptions::Registry,
-    /// Makes generated message ids unique: the start time and a counter.
-    id_prefix: String,
+    /// This run of the node: its start time (hex ms). Generated message ids
+    /// are `msg-<run>-<n>`; pushed leases are held as `push:<node>:<run>:..`.
+    run: String,
     next_id: AtomicU64,
     /// Longest a pull `receive` waits: under the RPC request timeout, so a
     /// wait never outlives the call that carries it.
@@ -95,13 +96,19 @@ impl Queues {
             metrics,
             changes: Mutex::new(HashMap::new()),
             subscriptions: subscriptions::Registry::default(),
-            id_prefix: format!("msg-{:x}", now_ms()),
+            run: format!("{:x}", now_ms()),
             next_id: AtomicU64::new(1),
             max_receive_wait: request_timeout.saturating_sub(Duration::from_secs(1)),
             shutdown,
         });
         tokio::spawn(timers::run(queues.clone()));
+        tokio::spawn(subscriptions::release_previous_run(queues.clone()));
         queues
+    }
+
+    /// The consumer-id prefix of pushed subscriptions of this node and run.
+    fn push_prefix(&self) -> String {
+        format!("push:{}:{}:", self.node.identity().node_id, self.run)
     }
 
     /// Runs `mpreg.queue.<op>`; failures are in the reply (`success: false`).
@@ -172,7 +179,7 @@ impl Queues {
 
     fn generated_id(&self) -> String {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n}", self.id_prefix)
+        format!("msg-{}-{n}", self.run)
     }
 
     async fn declare(&self, body: &Map<String, Value>) -> QueueResult<Value> {
@@ -371,14 +378,17 @@ impl Queues {
         }))
     }
 
-    /// Acks (`nack_delay` = `None`) or nacks a leased message.
+    /// Acks (`nack_delay` = `None`) or nacks a message leased to
+    /// `subscriber` (a pull consumer, or a pushed subscription of this node).
     async fn settle(
         &self,
         queue: &str,
         message_id: &str,
-        consumer: &str,
+        subscriber: &str,
         nack_delay: Option<Duration>,
     ) -> QueueResult<()> {
+        let pushed = self.subscriptions.consumer_of(subscriber);
+        let consumer = pushed.as_deref().unwrap_or(subscriber);
         let kind = match nack_delay {
             None => EventKind::MessageAcked {
                 queue: queue.to_string(),
@@ -393,7 +403,7 @@ impl Queues {
             },
         };
         let outcome = self.propose(kind).await?;
-        self.subscriptions.settled(consumer, message_id);
+        self.subscriptions.settled(subscriber, message_id);
         match outcome {
             Outcome::Acked { enqueued_at_ms } => {
                 self.metrics.acked.inc();

@@ -8,12 +8,14 @@
 //! message is pushed to every subscription of the queue whose pattern
 //! matches. When the connection closes, its leases are released (events).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mpreg_storage::Flow;
 use mpreg_storage::event::{DeliveredMessage, Delivery};
 use mpreg_storage::topic::pattern_matches;
+use mpreg_storage::views::{MessageRow, MessageState, Timer, TimerKind, View};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -58,6 +60,10 @@ enum Pushed {
 /// One subscription of a connection to a queue.
 struct Subscription {
     id: String,
+    /// The consumer its leases are held by: `push:<node>:<run>:<id>`, so a
+    /// restarted node can tell the leases of its previous run's
+    /// subscriptions and release them.
+    consumer: String,
     queue: String,
     conn_id: u64,
     pattern: Option<String>,
@@ -120,9 +126,15 @@ impl Registry {
         self.by_id.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A held message was acked or nacked by `consumer`.
-    pub(super) fn settled(&self, consumer: &str, message_id: &str) {
-        if let Some(sub) = self.lock().get(consumer) {
+    /// The lease holder of subscriber `id`'s messages, if it is a pushed
+    /// subscription of this node.
+    pub(super) fn consumer_of(&self, id: &str) -> Option<String> {
+        self.lock().get(id).map(|s| s.consumer.clone())
+    }
+
+    /// A held message of subscriber `id` was acked or nacked.
+    pub(super) fn settled(&self, id: &str, message_id: &str) {
+        if let Some(sub) = self.lock().get(id) {
             sub.held
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -157,7 +169,7 @@ impl Registry {
                 let held = sub.held.lock().unwrap_or_else(|e| e.into_inner());
                 (
                     sub.queue.clone(),
-                    sub.id.clone(),
+                    sub.consumer.clone(),
                     held.keys().cloned().collect(),
                 )
             })
@@ -221,6 +233,7 @@ impl Queues {
             .subscriber_id
             .unwrap_or_else(|| format!("subscriber-{}", self.generated_id()));
         let sub = Arc::new(Subscription {
+            consumer: format!("{}{id}", self.push_prefix()),
             id: id.clone(),
             queue: request.queue_name,
             conn_id,
@@ -305,7 +318,7 @@ impl Queues {
         let messages = match self
             .lease(
                 &sub.queue,
-                &sub.id,
+                &sub.consumer,
                 room.min(share),
                 lease_ms,
                 sub.pattern.as_deref(),
@@ -350,6 +363,52 @@ impl Queues {
             }
         }
         Pushed::Some
+    }
+}
+
+/// Releases the leases that pushed subscriptions of this node's previous
+/// runs held (their connections died with the process), so other consumers
+/// get those messages now instead of after the acknowledgment timeout.
+/// Runs once at start, off the startup path: it reads every lease timer.
+pub(super) async fn release_previous_run(queues: Arc<Queues>) {
+    let ours = format!("push:{}:", queues.node.identity().node_id);
+    let current = queues.push_prefix();
+    let inspector = queues.node.inspector();
+    let found = tokio::task::spawn_blocking(move || {
+        let mut found: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        let scanned = inspector.scan_keys(View::QueueTimers, &[], |key| {
+            let Some((timer, seq)) = Timer::from_key(key)
+                .filter(|t| t.kind == TimerKind::LeaseExpires)
+                .and_then(|t| t.seq().map(|seq| (t, seq)))
+            else {
+                return Flow::Continue;
+            };
+            let message: Option<MessageRow> = inspector
+                .get(View::QueueMessages, &MessageRow::key(&timer.queue, seq))
+                .ok()
+                .flatten();
+            if let Some(message) = message
+                && let MessageState::Leased { consumer, .. } = message.state
+                && consumer.starts_with(&ours)
+                && !consumer.starts_with(&current)
+            {
+                found
+                    .entry((timer.queue, consumer))
+                    .or_default()
+                    .push(message.message_id);
+            }
+            Flow::Continue
+        });
+        if let Err(e) = scanned {
+            tracing::warn!(error = %e, "failed to scan the leases of the previous run");
+        }
+        found
+    })
+    .await
+    .unwrap_or_default();
+    for ((queue, consumer), message_ids) in found {
+        tracing::info!(%queue, %consumer, messages = message_ids.len(), "releasing the leases of a subscription of the previous run");
+        queues.release(&queue, &consumer, message_ids).await;
     }
 }
 
