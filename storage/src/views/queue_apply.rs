@@ -65,12 +65,7 @@ fn place<S: RowStore>(
         queue.ready += 1;
     } else {
         message.state = MessageState::Delayed;
-        let timer = Timer::message(
-            message.ready_at_ms,
-            TimerKind::DelayEnds,
-            &queue.name,
-            message.seq,
-        );
+        let timer = message.timer(TimerKind::DelayEnds, message.ready_at_ms);
         txn.put(View::QueueTimers, timer.key(), &())?;
         queue.delayed += 1;
     }
@@ -93,22 +88,12 @@ fn unplace<S: RowStore>(
             queue.ready = queue.ready.saturating_sub(1);
         }
         MessageState::Delayed => {
-            let timer = Timer::message(
-                message.ready_at_ms,
-                TimerKind::DelayEnds,
-                &queue.name,
-                message.seq,
-            );
+            let timer = message.timer(TimerKind::DelayEnds, message.ready_at_ms);
             txn.delete(View::QueueTimers, timer.key())?;
             queue.delayed = queue.delayed.saturating_sub(1);
         }
         MessageState::Leased { deadline_ms, .. } => {
-            let timer = Timer::message(
-                *deadline_ms,
-                TimerKind::LeaseExpires,
-                &queue.name,
-                message.seq,
-            );
+            let timer = message.timer(TimerKind::LeaseExpires, *deadline_ms);
             txn.delete(View::QueueTimers, timer.key())?;
             queue.in_flight = queue.in_flight.saturating_sub(1);
         }
@@ -127,12 +112,7 @@ fn forget<S: RowStore>(txn: &mut ViewTxn<'_, S>, message: &MessageRow) -> Result
         MessageRow::id_key(&message.queue, &message.message_id),
     )?;
     if let Some(expires_at_ms) = message.expires_at_ms {
-        let timer = Timer::message(
-            expires_at_ms,
-            TimerKind::MessageExpires,
-            &message.queue,
-            message.seq,
-        );
+        let timer = message.timer(TimerKind::MessageExpires, expires_at_ms);
         txn.delete(View::QueueTimers, timer.key())?;
     }
     Ok(())
@@ -160,12 +140,7 @@ fn insert<S: RowStore>(
         &message.seq,
     )?;
     if let Some(expires_at_ms) = message.expires_at_ms {
-        let timer = Timer::message(
-            expires_at_ms,
-            TimerKind::MessageExpires,
-            &queue.name,
-            message.seq,
-        );
+        let timer = message.timer(TimerKind::MessageExpires, expires_at_ms);
         txn.put(View::QueueTimers, timer.key(), &())?;
     }
     place(txn, queue, message, now)
@@ -567,7 +542,7 @@ pub(super) fn lease<S: RowStore>(
                     consumer: lease.consumer.to_string(),
                     deadline_ms,
                 };
-                let timer = Timer::message(deadline_ms, TimerKind::LeaseExpires, lease.queue, seq);
+                let timer = message.timer(TimerKind::LeaseExpires, deadline_ms);
                 txn.put(View::QueueTimers, timer.key(), &())?;
                 queue.in_flight += 1;
                 txn.put(

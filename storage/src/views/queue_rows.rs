@@ -118,6 +118,11 @@ impl MessageRow {
         key
     }
 
+    /// The `queue_timers` entry of this message's `kind` deadline.
+    pub fn timer(&self, kind: TimerKind, due_ms: u64) -> Timer {
+        Timer::message(due_ms, kind, &self.queue, self.seq)
+    }
+
     /// Size of the payload in bytes.
     pub fn size(&self) -> usize {
         self.payload.len()
