@@ -1,5 +1,5 @@
-//! Admin HTTP (axum) on `--admin-listen`: `/health`, `/status`, `/sql`
-//! and `/metrics`.
+//! Admin HTTP (axum) on `--admin-listen`: `/health`, `/status`, `/sql`,
+//! `/metrics` and `/cluster/members`.
 
 use std::sync::{Arc, OnceLock};
 
@@ -9,9 +9,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use mpreg_query::SqlEngine;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::fabric::envelope::{Envelope, PeerRequest, Refused};
+use crate::fabric::membership;
 use crate::metrics::Metrics;
 use crate::node::{Node, RaftStatus};
 
@@ -68,6 +70,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/status", get(status))
         .route("/sql", get(crate::sql::get).post(crate::sql::post))
         .route("/metrics", get(metrics))
+        .route("/cluster/members", get(members).post(add_member))
+        .route("/cluster/members/{node}", axum::routing::delete(remove_member))
         .with_state(state)
 }
 
@@ -129,4 +133,77 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// `GET /cluster/members`: the raft membership as this node applied it.
+async fn members(State(state): State<AdminState>) -> Response {
+    let Some(node) = state.node.get() else {
+        return starting();
+    };
+    let members = membership::members(node);
+    Json(json!({"node_id": node.identity().node_id, "members": members})).into_response()
+}
+
+/// Body of `POST /cluster/members`.
+#[derive(Deserialize)]
+struct AddMember {
+    node_id: String,
+    /// The URL the node serves peers on (`ws://host:port`).
+    url: String,
+}
+
+fn membership_answer(result: Result<Vec<String>, Refused>) -> Response {
+    match result {
+        Ok(members) => Json(json!({"members": members})).into_response(),
+        Err(e @ Refused::NotLeader { .. }) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": format!("no leader to change the membership: {e}; retry")})),
+        )
+            .into_response(),
+        Err(Refused::Failed(reason)) => {
+            (StatusCode::CONFLICT, Json(json!({"error": reason}))).into_response()
+        }
+    }
+}
+
+/// `POST /cluster/members` `{"node_id","url"}`: adds a running node (as a
+/// learner until it caught up, then as a voter).
+async fn add_member(
+    State(state): State<AdminState>,
+    body: Result<Json<AddMember>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Some(node) = state.node.get() else {
+        return starting();
+    };
+    let Json(add) = match body {
+        Ok(body) => body,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": format!("expected {{\"node_id\", \"url\"}}: {e}")})),
+            )
+                .into_response();
+        }
+    };
+    let request = PeerRequest::Join {
+        node_id: add.node_id.clone(),
+        addr: add.url.clone(),
+    };
+    let envelope = Envelope::local(&node.identity().cluster_id, request);
+    membership_answer(membership::join(node, &add.node_id, &add.url, &envelope).await)
+}
+
+/// `DELETE /cluster/members/{node}`: removes a member (node id or raft id).
+async fn remove_member(
+    State(state): State<AdminState>,
+    axum::extract::Path(who): axum::extract::Path<String>,
+) -> Response {
+    let Some(node) = state.node.get() else {
+        return starting();
+    };
+    let envelope = Envelope::local(
+        &node.identity().cluster_id,
+        PeerRequest::Remove { node: who.clone() },
+    );
+    membership_answer(membership::remove(node, &who, &envelope).await)
 }

@@ -40,6 +40,9 @@ pub struct FileConfig {
     pub ready_file: Option<PathBuf>,
     pub node_id: Option<String>,
     pub cluster_id: Option<String>,
+    pub advertise_url: Option<String>,
+    pub join: Option<String>,
+    pub peers: Option<Vec<String>>,
     pub log: Option<String>,
     pub log_format: Option<LogFormat>,
     pub snapshot_interval: Option<u64>,
@@ -86,6 +89,13 @@ pub struct Config {
     pub node_id: Option<String>,
     /// Cluster id to use; a new dir without one joins [`DEFAULT_CLUSTER_ID`].
     pub cluster_id: Option<String>,
+    /// The URL other nodes reach this one at; default `ws://<listen>`.
+    pub advertise_url: Option<String>,
+    /// First start: join the cluster of this member (`ws://...`).
+    pub join: Option<String>,
+    /// First start: form a cluster with these members (their client URLs;
+    /// this node's own URL may be among them).
+    pub peers: Vec<String>,
     pub log: String,
     pub log_format: LogFormat,
     /// Build a snapshot after this many log entries since the last one.
@@ -116,6 +126,9 @@ impl Config {
             ready_file: None,
             node_id: None,
             cluster_id: None,
+            advertise_url: None,
+            join: None,
+            peers: Vec::new(),
             log: "info,openraft=warn".to_string(),
             log_format: LogFormat::Text,
             snapshot_interval: 10_000,
@@ -138,6 +151,9 @@ impl Config {
             ready_file,
             node_id,
             cluster_id,
+            advertise_url,
+            join,
+            peers,
             log,
             log_format,
             snapshot_interval,
@@ -170,6 +186,11 @@ impl Config {
         self.ready_file = ready_file.or(self.ready_file.take());
         self.node_id = node_id.or(self.node_id.take());
         self.cluster_id = cluster_id.or(self.cluster_id.take());
+        self.advertise_url = advertise_url.or(self.advertise_url.take());
+        self.join = join.or(self.join.take());
+        if let Some(v) = peers {
+            self.peers = v;
+        }
         if let Some(v) = log {
             self.log = v;
         }
@@ -229,8 +250,27 @@ impl Config {
         }
     }
 
+    /// Longest a write waits for a leader to take it, or for its commit:
+    /// long enough for a few elections.
+    pub fn propose_timeout(&self) -> Duration {
+        (self.election_timeout * 20).max(Duration::from_secs(5))
+    }
+
     /// Refuses settings that cannot work.
     pub fn validate(&self) -> Result<()> {
+        if self.join.is_some() && !self.peers.is_empty() {
+            return Err(Error::InvalidSetting(
+                "--join and --peers exclude each other: join a running cluster, or form a new one"
+                    .into(),
+            ));
+        }
+        for url in self.join.iter().chain(&self.peers).chain(&self.advertise_url) {
+            if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+                return Err(Error::InvalidSetting(format!(
+                    "{url:?} is not a node URL: expected ws://host:port"
+                )));
+            }
+        }
         if self.snapshot_interval == 0 {
             return Err(Error::InvalidSetting(
                 "snapshot_interval must be at least 1".into(),

@@ -6,7 +6,8 @@
 //! - [`metrics`]: the node's Prometheus registry and `/metrics` text;
 //! - [`node`]: the data dir + raft; [`node::Node::propose`] is the one
 //!   way to change shared state;
-//! - [`raft_network`]: the raft network of a single-member cluster;
+//! - [`fabric`]: node-to-node traffic (envelope, peer links, membership);
+//! - [`raft_network`]: raft RPCs over the fabric;
 //! - [`admin`]: admin HTTP (`/health`, `/status`, `/sql`, `/metrics`);
 //! - [`sql`]: the SQL engine of a live node and the `/sql` handlers;
 //! - [`protocol`]: MPREG JSON messages (parse, replies, error codes);
@@ -22,6 +23,7 @@ pub mod client;
 mod clock;
 pub mod config;
 pub mod error;
+pub mod fabric;
 pub mod logging;
 pub mod metrics;
 pub mod node;

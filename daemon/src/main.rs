@@ -61,6 +61,15 @@ struct RunArgs {
     /// Cluster id (fixed at first start, default "local").
     #[arg(long)]
     cluster_id: Option<String>,
+    /// URL other nodes reach this node at (default ws://<listen address>).
+    #[arg(long)]
+    advertise_url: Option<String>,
+    /// First start only: join the cluster of this member, e.g. ws://10.0.0.1:6666.
+    #[arg(long, conflicts_with = "peers")]
+    join: Option<String>,
+    /// First start only: form a cluster with these members (comma-separated URLs).
+    #[arg(long, value_delimiter = ',')]
+    peers: Option<Vec<String>>,
     /// Log directives, RUST_LOG style, e.g. "info,mpreg_daemon::node=debug".
     #[arg(long)]
     log: Option<String>,
@@ -87,6 +96,9 @@ fn config_from(args: RunArgs) -> mpreg_daemon::Result<Config> {
         ready_file: args.ready_file,
         node_id: args.node_id,
         cluster_id: args.cluster_id,
+        advertise_url: args.advertise_url,
+        join: args.join,
+        peers: args.peers,
         log: args.log.or_else(|| std::env::var("RUST_LOG").ok()),
         log_format: args.log_format,
         ..FileConfig::default()

@@ -1,32 +1,40 @@
 //! A node: the data dir, the raft instance over it, and the one way to
 //! change shared state, [`Node::propose`].
 //!
-//! `propose` returns once the event is committed, fsynced and applied. A
-//! proposer task batches every proposal that arrives while the previous
-//! batch is being committed into one log entry (group commit: openraft 0.9
-//! syncs each entry on its own) and stamps the batch with the leader's
-//! clock (this node is the leader of its single-member cluster).
+//! `propose` returns once the event is committed by a quorum, fsynced and
+//! applied. A proposer task batches every proposal that arrives while the
+//! previous batch is being committed into one log entry (group commit:
+//! openraft 0.9 syncs each entry on its own). On the leader it stamps the
+//! batch with the leader's clock and writes it through raft; on a follower
+//! it forwards the batch to the leader, which stamps and commits it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mpreg_storage::typ::{Node as RaftNode, Raft};
+use mpreg_storage::typ::{Node as RaftNode, NodeId, Raft};
 use mpreg_storage::{
     AppliedState, DataDir, Event, EventBatch, EventKind, Identity, Inspector, OpenMode, Outcome,
     StorageMetrics, Views,
 };
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{ServerState, SnapshotPolicy};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
 use crate::config::{Config, DEFAULT_CLUSTER_ID};
 use crate::error::{Error, Result};
-use crate::raft_network::SingleNodeNetwork;
+use crate::fabric::envelope::{PeerReply, PeerRequest, Refused};
+use crate::fabric::membership;
+use crate::fabric::peer::{PeerError, Peers};
+use crate::raft_network::FabricNetwork;
 
 /// Most events in one log entry.
 const MAX_BATCH: usize = 1024;
+/// Pause before asking again who leads, while there is no leader.
+const LEADER_POLL: Duration = Duration::from_millis(50);
 
 /// An event waiting to be proposed, and where its outcome goes.
 type Proposal = (
@@ -34,39 +42,120 @@ type Proposal = (
     oneshot::Sender<std::result::Result<Outcome, String>>,
 );
 
-/// Commits proposals in batches: everything queued while one batch commits
-/// goes into the next entry.
-async fn propose_batches(raft: Raft, mut queue: mpsc::Receiver<Proposal>) {
-    while let Some(first) = queue.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(more) => batch.push(more),
-                Err(_) => break,
-            }
-        }
-        let time_ms = now_ms();
-        let (events, replies): (Vec<Event>, Vec<_>) = batch
-            .into_iter()
-            .map(|(kind, reply)| (Event { time_ms, kind }, reply))
-            .unzip();
-        match raft.client_write(EventBatch { events }).await {
-            Ok(written) => {
-                for (reply, outcome) in replies.into_iter().zip(written.data) {
-                    let _ = reply.send(Ok(outcome));
+/// Commits proposals: on the leader through raft, on a follower by
+/// forwarding them to the leader. Everything queued while one batch
+/// commits goes into the next one (group commit).
+struct Proposer {
+    raft: Raft,
+    peers: Arc<Peers>,
+    me: NodeId,
+    /// Longest a batch waits for a leader, or for its commit.
+    patience: Duration,
+}
+
+impl Proposer {
+    async fn run(self, mut queue: mpsc::Receiver<Proposal>) {
+        while let Some(first) = queue.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(more) => batch.push(more),
+                    Err(_) => break,
                 }
             }
-            Err(e) => {
-                for reply in replies {
-                    let _ = reply.send(Err(e.to_string()));
+            let (kinds, replies): (Vec<EventKind>, Vec<_>) = batch.into_iter().unzip();
+            match self.commit(kinds).await {
+                Ok(outcomes) => {
+                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                        let _ = reply.send(Ok(outcome));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
                 }
             }
         }
     }
-}
 
-/// How long a starting node waits to become leader of its own cluster.
-const LEADER_WAIT: Duration = Duration::from_secs(30);
+    /// Commits `kinds` in one entry, wherever the leader is. Retries only
+    /// where nothing can have been committed (no leader yet, leader not
+    /// reachable, or it said it is not the leader).
+    async fn commit(&self, kinds: Vec<EventKind>) -> std::result::Result<Vec<Outcome>, String> {
+        let deadline = tokio::time::Instant::now() + self.patience;
+        let mut last_problem = "no leader is known".to_string();
+        loop {
+            let (leader, addr) = {
+                let metrics = self.raft.metrics();
+                let m = metrics.borrow();
+                let addr = m.current_leader.and_then(|id| {
+                    m.membership_config
+                        .membership()
+                        .get_node(&id)
+                        .map(|n| n.addr.clone())
+                });
+                (m.current_leader, addr)
+            };
+            match (leader, addr) {
+                (Some(id), _) if id == self.me => {
+                    let time_ms = now_ms();
+                    let events = kinds
+                        .iter()
+                        .map(|kind| Event {
+                            time_ms,
+                            kind: kind.clone(),
+                        })
+                        .collect();
+                    let write = self.raft.client_write(EventBatch { events });
+                    match tokio::time::timeout_at(deadline, write).await {
+                        Ok(Ok(written)) => return Ok(written.data),
+                        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                            last_problem = "leadership moved".to_string();
+                        }
+                        Ok(Err(e)) => return Err(e.to_string()),
+                        Err(_) => {
+                            return Err(format!(
+                                "not committed within {:?} (no quorum?); it may still commit: retry with an idempotent request",
+                                self.patience
+                            ));
+                        }
+                    }
+                }
+                (Some(id), Some(addr)) => {
+                    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let forwarded = self
+                        .peers
+                        .request(&addr, PeerRequest::Propose(kinds.clone()), remaining)
+                        .await;
+                    match forwarded {
+                        Ok(PeerReply::Proposed(Ok(outcomes))) => return Ok(outcomes),
+                        Ok(PeerReply::Proposed(Err(Refused::NotLeader { .. }))) => {
+                            last_problem = format!("node {id} is no longer the leader");
+                        }
+                        Ok(PeerReply::Proposed(Err(Refused::Failed(reason)))) => return Err(reason),
+                        Ok(other) => return Err(format!("leader {id} answered {other:?}")),
+                        Err(e @ PeerError::Unreachable { .. }) => last_problem = e.to_string(),
+                        Err(e) => {
+                            return Err(format!(
+                                "forwarded to leader {id}: {e}; the write may or may not have committed"
+                            ));
+                        }
+                    }
+                }
+                (Some(id), None) => last_problem = format!("leader {id} has no known address"),
+                (None, _) => {}
+            }
+            if tokio::time::Instant::now() + LEADER_POLL >= deadline {
+                return Err(format!(
+                    "no leader accepted the write within {:?} ({last_problem}); it was not committed: retry",
+                    self.patience
+                ));
+            }
+            tokio::time::sleep(LEADER_POLL).await;
+        }
+    }
+}
 
 /// A running node.
 pub struct Node {
@@ -76,6 +165,10 @@ pub struct Node {
     views: Arc<Views>,
     identity: Identity,
     raft_id: u64,
+    peers: Arc<Peers>,
+    /// Lower bound of the election timeout (health: how long a leader may
+    /// go without hearing from a quorum).
+    election_timeout: Duration,
     /// Holds the data dir lock for as long as the node runs.
     data_dir: DataDir,
 }
@@ -91,10 +184,7 @@ pub struct RaftStatus {
     pub purged_index: u64,
 }
 
-/// The numeric raft id of a node id: stable, non-zero.
-pub fn raft_id(node_id: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(node_id.as_bytes()).max(1)
-}
+pub use mpreg_storage::raft_id;
 
 fn generated_node_id() -> String {
     let seed = format!("{}-{}", now_ms(), std::process::id());
@@ -151,6 +241,11 @@ fn raft_config(config: &Config, cluster_id: &str) -> Result<openraft::Config> {
         heartbeat_interval: (election_ms / 3).max(10),
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_interval),
         max_in_snapshot_log_to_keep: config.log_retention,
+        // Bounded peer frames: at most this many entries per AppendEntries,
+        // snapshots in 1 MiB chunks.
+        max_payload_entries: 64,
+        snapshot_max_chunk_size: 1 << 20,
+        install_snapshot_timeout: (election_ms * 4).max(2_000),
         ..Default::default()
     }
     .validate()
@@ -158,14 +253,10 @@ fn raft_config(config: &Config, cluster_id: &str) -> Result<openraft::Config> {
 }
 
 impl Node {
-    /// Opens the data dir, starts raft, becomes leader of the single-member
-    /// cluster (initializing it on first start) and records `NodeJoined`
-    /// and the route to its own cluster.
-    pub async fn start(
-        config: &Config,
-        addresses: Vec<String>,
-        metrics: Arc<StorageMetrics>,
-    ) -> Result<Node> {
+    /// Opens the data dir and starts raft over the node transport. The
+    /// node serves peers from here on, but is not a member of a cluster
+    /// with a leader until [`Node::serve`].
+    pub async fn open(config: &Config, metrics: Arc<StorageMetrics>) -> Result<Node> {
         let path = config.data_dir.clone();
         let data_dir =
             tokio::task::spawn_blocking(move || DataDir::open(&path, OpenMode::ReadWrite))
@@ -176,58 +267,128 @@ impl Node {
         let (log_store, state_machine) = mpreg_storage::open_raft_storage(&data_dir, metrics)?;
         let views = state_machine.views();
         let raft_config = Arc::new(raft_config(config, &identity.cluster_id)?);
+        let peers = Arc::new(Peers::new(&identity.node_id, &identity.cluster_id));
         let raft = Raft::new(
             raft_id,
             raft_config,
-            SingleNodeNetwork,
+            FabricNetwork::new(peers.clone(), raft_id),
             log_store,
             state_machine,
         )
         .await
         .map_err(|e| Error::RaftStart(e.to_string()))?;
-        if !raft
-            .is_initialized()
-            .await
-            .map_err(|e| Error::RaftStart(e.to_string()))?
-        {
-            let client_url = addresses.first().cloned().unwrap_or_default();
-            let members = BTreeMap::from([(raft_id, RaftNode { addr: client_url })]);
-            raft.initialize(members)
-                .await
-                .map_err(|e| Error::RaftStart(e.to_string()))?;
-        }
-        raft.wait(Some(LEADER_WAIT))
-            .metrics(|m| m.current_leader == Some(raft_id), "become leader")
-            .await
-            .map_err(|_| Error::NoLeader(LEADER_WAIT))?;
         let (proposals, queue) = mpsc::channel(MAX_BATCH * 4);
-        tokio::spawn(propose_batches(raft.clone(), queue));
-        let node = Node {
+        let proposer = Proposer {
+            raft: raft.clone(),
+            peers: peers.clone(),
+            me: raft_id,
+            patience: config.propose_timeout(),
+        };
+        tokio::spawn(proposer.run(queue));
+        Ok(Node {
             raft,
             proposals,
             views,
             identity,
             raft_id,
+            peers,
+            election_timeout: config.election_timeout,
             data_dir,
-        };
-        node.propose_ok(EventKind::NodeJoined {
-            node_id: node.identity.node_id.clone(),
-            cluster_id: node.identity.cluster_id.clone(),
+        })
+    }
+
+    /// Opens and serves a node that no other node reaches (no peer
+    /// listener): a single-member cluster, for tests and benchmarks.
+    pub async fn start(
+        config: &Config,
+        addresses: Vec<String>,
+        metrics: Arc<StorageMetrics>,
+    ) -> Result<Node> {
+        let node = Node::open(config, metrics).await?;
+        let own_url = addresses.first().cloned().unwrap_or_default();
+        node.serve(config, &own_url, addresses, &CancellationToken::new())
+            .await?;
+        Ok(node)
+    }
+
+    /// Makes the node a serving member: on first start it forms a cluster
+    /// (alone, or with `--peers`) or joins one (`--join`); then it waits
+    /// for a leader and records `NodeJoined` and the route to its cluster.
+    /// `own_url` is the address other nodes reach it at.
+    pub async fn serve(
+        &self,
+        config: &Config,
+        own_url: &str,
+        addresses: Vec<String>,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::RaftStart(e.to_string()))?;
+        if !initialized {
+            if let Some(url) = &config.join {
+                membership::join_via(self, url, own_url, shutdown).await?;
+            } else if !config.peers.is_empty() {
+                membership::form(self, own_url, &config.peers, shutdown).await?;
+            } else {
+                let members = BTreeMap::from([(self.raft_id, RaftNode::new(own_url))]);
+                self.initialize(members).await?;
+            }
+        }
+        self.wait_for_leader(shutdown).await?;
+        self.propose_ok(EventKind::NodeJoined {
+            node_id: self.identity.node_id.clone(),
+            cluster_id: self.identity.cluster_id.clone(),
             addresses,
             resources: Vec::new(),
         })
         .await?;
-        node.propose_ok(EventKind::RouteAnnounced {
-            dest: node.identity.cluster_id.clone(),
-            next_hop: node.identity.cluster_id.clone(),
+        self.propose_ok(EventKind::RouteAnnounced {
+            dest: self.identity.cluster_id.clone(),
+            next_hop: self.identity.cluster_id.clone(),
             path: Vec::new(),
             cost: 0,
-            advertiser: node.identity.cluster_id.clone(),
+            advertiser: self.identity.cluster_id.clone(),
             expires_at_ms: None,
         })
         .await?;
-        tracing::info!(node_id = %node.identity.node_id, cluster_id = %node.identity.cluster_id, "node serving");
-        Ok(node)
+        tracing::info!(node_id = %self.identity.node_id, cluster_id = %self.identity.cluster_id, "node serving");
+        Ok(())
+    }
+
+    /// Initializes raft with `members`; a node that already has a log
+    /// (another member initialized it first) is fine.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, RaftNode>) -> Result<()> {
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(Error::RaftStart(e.to_string())),
+        }
+    }
+
+    /// Waits until a leader is known, logging every 5 s while there is none.
+    async fn wait_for_leader(&self, shutdown: &CancellationToken) -> Result<()> {
+        let mut metrics = self.raft.metrics();
+        let step = Duration::from_secs(5);
+        let mut waited = Duration::ZERO;
+        loop {
+            if metrics.borrow_and_update().current_leader.is_some() {
+                return Ok(());
+            }
+            tokio::select! {
+                changed = tokio::time::timeout(step, metrics.changed()) => match changed {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(Error::RaftStart("raft stopped".into())),
+                    Err(_) => {
+                        waited += step;
+                        tracing::warn!(?waited, "no raft leader yet; waiting for a quorum of the cluster");
+                    }
+                },
+                () = shutdown.cancelled() => return Err(Error::NoLeader(waited)),
+            }
+        }
     }
 
     pub fn identity(&self) -> &Identity {
@@ -324,13 +485,74 @@ impl Node {
         self.raft.metrics().borrow().current_leader == Some(self.raft_id)
     }
 
-    /// Whether this node has a leader (itself, in a single-member cluster).
+    /// Whether this node has a leader that can commit: a follower that
+    /// knows one, or a leader that heard from a quorum within twice the
+    /// election timeout (a leader cut off in a minority cannot commit).
     pub fn has_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader.is_some()
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        match m.current_leader {
+            None => false,
+            Some(id) if id == self.raft_id => {
+                m.membership_config.membership().voter_ids().count() <= 1
+                    || m.millis_since_quorum_ack
+                        .is_some_and(|ms| ms <= self.election_timeout.as_millis() as u64 * 2)
+            }
+            Some(_) => true,
+        }
     }
 
     pub fn raft_id(&self) -> u64 {
         self.raft_id
+    }
+
+    /// The raft instance (peer RPCs, membership changes).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Links to the other nodes.
+    pub fn peers(&self) -> &Arc<Peers> {
+        &self.peers
+    }
+
+    /// The raft id of the current leader, if one is known.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// The address a member registered in the membership.
+    pub fn member_addr(&self, id: NodeId) -> Option<String> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+    }
+
+    /// Proposes several events (forwarded by a follower) and returns their
+    /// outcomes in order.
+    pub async fn propose_all(
+        &self,
+        kinds: Vec<EventKind>,
+    ) -> std::result::Result<Vec<Outcome>, String> {
+        let stopping = || "the node is shutting down".to_string();
+        let mut waiting = Vec::with_capacity(kinds.len());
+        for kind in kinds {
+            let (reply, outcome) = oneshot::channel();
+            self.proposals
+                .send((kind, reply))
+                .await
+                .map_err(|_| stopping())?;
+            waiting.push(outcome);
+        }
+        let mut outcomes = Vec::with_capacity(waiting.len());
+        for outcome in waiting {
+            outcomes.push(outcome.await.map_err(|_| stopping())??);
+        }
+        Ok(outcomes)
     }
 
     /// Stops raft and syncs the WAL; the data dir is released on drop.

@@ -1,68 +1,165 @@
-//! The raft network of a single-member cluster: no peers to reach.
+//! The raft network over the node transport: raft RPCs travel as peer
+//! envelopes on the links of [`Peers`], to the address each member
+//! registered in the raft membership.
 //!
-//! A one-node cluster never sends raft RPCs, so every call answers
-//! `Unreachable`. Replication over the node transport replaces this module
-//! without touching storage or the node.
+//! Snapshot chunks get a timeout that grows with their size, so a large
+//! snapshot on a slow link is never retried forever.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use mpreg_storage::TypeConfig;
 use mpreg_storage::typ::{Node, NodeId};
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::RPCTypes;
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
 
-/// Creates [`NoPeers`] clients.
-#[derive(Clone, Default)]
-pub struct SingleNodeNetwork;
+use crate::fabric::envelope::{PeerReply, PeerRequest};
+use crate::fabric::peer::{PeerError, Peers};
 
-/// A raft client for a peer that does not exist.
-pub struct NoPeers {
-    target: NodeId,
+/// Slowest transfer rate a snapshot chunk is given time for (1 MiB/s).
+const SNAPSHOT_BYTES_PER_SEC: u64 = 1 << 20;
+
+/// Creates a [`PeerClient`] per raft target.
+#[derive(Clone)]
+pub struct FabricNetwork {
+    peers: Arc<Peers>,
+    me: NodeId,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("raft peer {0} is unreachable: this build runs single-member clusters only")]
-struct NoPeer(NodeId);
-
-fn unreachable<E: std::error::Error>(target: NodeId) -> RPCError<NodeId, Node, E> {
-    RPCError::Unreachable(Unreachable::new(&NoPeer(target)))
-}
-
-impl RaftNetworkFactory<TypeConfig> for SingleNodeNetwork {
-    type Network = NoPeers;
-
-    async fn new_client(&mut self, target: NodeId, _node: &Node) -> NoPeers {
-        NoPeers { target }
+impl FabricNetwork {
+    pub fn new(peers: Arc<Peers>, me: NodeId) -> Self {
+        FabricNetwork { peers, me }
     }
 }
 
-impl RaftNetwork<TypeConfig> for NoPeers {
+/// Raft RPCs to one member.
+pub struct PeerClient {
+    peers: Arc<Peers>,
+    me: NodeId,
+    target: NodeId,
+    addr: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct WireError(String);
+
+impl RaftNetworkFactory<TypeConfig> for FabricNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
+        PeerClient {
+            peers: self.peers.clone(),
+            me: self.me,
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+impl PeerClient {
+    async fn call<E: std::error::Error>(
+        &self,
+        request: PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerReply, RPCError<NodeId, Node, E>> {
+        let action = match &request {
+            PeerRequest::Vote(_) => RPCTypes::Vote,
+            PeerRequest::InstallSnapshot(_) => RPCTypes::InstallSnapshot,
+            _ => RPCTypes::AppendEntries,
+        };
+        match self.peers.request(&self.addr, request, timeout).await {
+            Ok(PeerReply::Error(reason)) => Err(RPCError::Network(NetworkError::new(&WireError(
+                format!("peer {} refused the request: {reason}", self.target),
+            )))),
+            Ok(reply) => Ok(reply),
+            Err(e @ PeerError::Unreachable { .. }) => {
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Err(PeerError::Timeout { after, .. }) => Err(RPCError::Timeout(Timeout {
+                action,
+                id: self.me,
+                target: self.target,
+                timeout: after,
+            })),
+            Err(e @ PeerError::Closed { .. }) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+
+    fn unexpected<E: std::error::Error>(&self, reply: &PeerReply) -> RPCError<NodeId, Node, E> {
+        RPCError::Network(NetworkError::new(&WireError(format!(
+            "peer {} answered with the wrong reply: {reply:?}",
+            self.target
+        ))))
+    }
+
+    fn remote<E: std::error::Error>(&self, error: RaftError<NodeId, E>) -> RPCError<NodeId, Node, RaftError<NodeId, E>> {
+        RPCError::RemoteError(RemoteError::new(self.target, error))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        Err(unreachable(self.target))
+        match self
+            .call(PeerRequest::AppendEntries(rpc), option.hard_ttl())
+            .await?
+        {
+            PeerReply::AppendEntries(Ok(response)) => Ok(response),
+            PeerReply::AppendEntries(Err(e)) => Err(self.remote(e)),
+            other => Err(self.unexpected(&other)),
+        }
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        Err(unreachable(self.target))
+        let chunk = rpc.data.len() as u64;
+        let timeout = option
+            .hard_ttl()
+            .max(Duration::from_millis(chunk * 1000 / SNAPSHOT_BYTES_PER_SEC));
+        match self
+            .call(PeerRequest::InstallSnapshot(rpc), timeout)
+            .await?
+        {
+            PeerReply::InstallSnapshot(Ok(response)) => Ok(response),
+            PeerReply::InstallSnapshot(Err(e)) => Err(self.remote(e)),
+            other => Err(self.unexpected(&other)),
+        }
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        Err(unreachable(self.target))
+        match self.call(PeerRequest::Vote(rpc), option.hard_ttl()).await? {
+            PeerReply::Vote(Ok(response)) => Ok(response),
+            PeerReply::Vote(Err(e)) => Err(self.remote(e)),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Waits between attempts to an unreachable member: short, so a
+    /// restarted member hears from the leader before its election timeout.
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(
+            (0..).map(|n: u32| Duration::from_millis(20u64.saturating_mul(1 << n.min(3)))),
+        )
     }
 }

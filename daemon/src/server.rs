@@ -19,7 +19,8 @@ use crate::node::Node;
 use crate::pubsub::PubSub;
 use crate::queue::Queues;
 use crate::rpc::Rpc;
-use crate::transport::{self, Services};
+use crate::fabric::Fabric;
+use crate::transport::{self, Endpoints, Services};
 
 /// The sockets a node serves on.
 pub struct Listeners {
@@ -108,18 +109,30 @@ pub async fn start(
         .with_graceful_shutdown(async move { admin_shutdown.cancelled().await });
     let admin_task = tasks.spawn(async move { admin_server.await.map_err(Error::Admin) });
 
-    let node = tokio::select! {
-        node = Node::start(
-            &config,
-            vec![client_url.clone(), admin_url.clone()],
-            metrics.storage.clone(),
-        ) => Arc::new(node?),
+    let own_url = config
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| client_url.clone());
+    let node = Arc::new(Node::open(&config, metrics.storage.clone()).await?);
+    let endpoints = Endpoints::new(Fabric::new(node.clone()));
+    tasks.spawn(transport::serve(
+        listeners.client,
+        endpoints.clone(),
+        config.transport.clone(),
+        metrics.transport.clone(),
+        shutdown.child_token(),
+        tasks.clone(),
+    ));
+    let serving = node.serve(&config, &own_url, vec![own_url.clone(), admin_url.clone()], &shutdown);
+    tokio::select! {
+        served = serving => served?,
         () = shutdown.cancelled() => {
             tasks.close();
             tasks.wait().await;
+            node.shutdown().await;
             return Ok(None);
         }
-    };
+    }
     let queues = Queues::start(
         node.clone(),
         metrics.queue.clone(),
@@ -144,20 +157,12 @@ pub async fn start(
     let sql = crate::sql::engine(node.clone(), cache.clone(), config.sql.clone())
         .map_err(Error::SqlRuntime)?;
     admin_state.set_node(node.clone(), Arc::new(sql));
-    let services = Arc::new(Services {
+    endpoints.serve_clients(Arc::new(Services {
         rpc: Arc::new(rpc),
         queues,
         pubsub,
         cache,
-    });
-    tasks.spawn(transport::serve(
-        listeners.client,
-        services,
-        config.transport.clone(),
-        metrics.transport.clone(),
-        shutdown.child_token(),
-        tasks.clone(),
-    ));
+    }));
 
     if let Some(path) = &config.ready_file {
         let identity = node.identity();

@@ -9,7 +9,7 @@ use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use mpreg_query::{
-    CacheTierSource, Format, RaftRow, RaftSource, SqlEngine, SqlError, SqlLimits, format,
+    CacheTierSource, Format, PeerRow, RaftRow, RaftSource, SqlEngine, SqlError, SqlLimits, format,
 };
 use mpreg_storage::event::CacheKey;
 use serde::Deserialize;
@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::admin::AdminState;
 use crate::cache::Cache;
-use crate::node::{Node, raft_id};
+use crate::node::Node;
 
 /// The `raft` row of the running node.
 struct LiveRaft(Arc<Node>);
@@ -28,11 +28,8 @@ impl RaftSource for LiveRaft {
         let status = node.raft_status();
         let last_applied = node.applied().last_applied_index();
         let leader = status.leader.map(|leader| {
-            node.views()
-                .catalog()
-                .nodes()
-                .find(|n| raft_id(&n.node_id) == leader)
-                .map_or_else(|| leader.to_string(), |n| n.node_id.clone())
+            crate::fabric::membership::node_name(node, leader)
+                .unwrap_or_else(|| leader.to_string())
         });
         Ok(RaftRow {
             node_id: node.identity().node_id.clone(),
@@ -44,6 +41,22 @@ impl RaftSource for LiveRaft {
             last_applied,
             snapshot_index: Some(status.snapshot_index).filter(|&i| i > 0),
         })
+    }
+
+    fn peers(&self) -> mpreg_storage::Result<Vec<PeerRow>> {
+        let node = &self.0;
+        Ok(crate::fabric::membership::members(node)
+            .into_iter()
+            .map(|m| PeerRow {
+                peer: m.node_id.unwrap_or_else(|| m.raft_id.to_string()),
+                raft_id: m.raft_id,
+                last_contact_ms: node.peers().last_contact(&m.addr),
+                address: m.addr,
+                state: if m.leader { "leader" } else { m.role }.to_string(),
+                match_index: m.match_index,
+                lag: m.lag,
+            })
+            .collect())
     }
 }
 

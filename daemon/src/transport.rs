@@ -1,5 +1,6 @@
 //! The client + peer listener on `--listen`: WebSocket connections carrying
-//! MPREG JSON frames, one session per connection.
+//! MPREG JSON frames, one session per connection; connections on path
+//! `/peer` are other nodes and go to the [`Fabric`].
 //!
 //! Each session has a reader (parses frames, dispatches them), a writer
 //! (drains a bounded outbound queue, sends pings), a limit on requests in
@@ -7,13 +8,17 @@
 //! One slow or hostile connection only ever waits on its own queue.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::server::{
+    Request as HandshakeRequest, Response as HandshakeResponse,
+};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -21,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cache::Cache;
+use crate::fabric::Fabric;
 use crate::metrics::TransportMetrics;
 use crate::protocol::{self, ErrorCode, Inbound, PubSubAck, RpcError, RpcResponse};
 use crate::pubsub::PubSub;
@@ -84,18 +90,40 @@ impl Default for TransportLimits {
     }
 }
 
+/// What the listener serves: peers from the start, clients once the
+/// node's systems run.
+pub struct Endpoints {
+    pub fabric: Arc<Fabric>,
+    services: OnceLock<Arc<Services>>,
+}
+
+impl Endpoints {
+    pub fn new(fabric: Arc<Fabric>) -> Arc<Self> {
+        Arc::new(Endpoints {
+            fabric,
+            services: OnceLock::new(),
+        })
+    }
+
+    /// Opens the listener to clients.
+    pub fn serve_clients(&self, services: Arc<Services>) {
+        let _ = self.services.set(services);
+    }
+}
+
 /// Accepts connections until `shutdown` is cancelled; sessions and their
-/// requests run on `tasks` so shutdown can wait for them.
+/// requests run on `tasks` so shutdown can wait for them. A WebSocket
+/// opened on path `/peer` is another node; any other path is a client.
 pub async fn serve(
     listener: TcpListener,
-    services: Arc<Services>,
+    endpoints: Arc<Endpoints>,
     limits: TransportLimits,
     metrics: TransportMetrics,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let next_id = AtomicU64::new(1);
+    let next_id = Arc::new(AtomicU64::new(1));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -111,25 +139,62 @@ pub async fn serve(
             tracing::warn!(%peer, "connection limit reached; closing new connection");
             continue;
         };
-        let session = Session {
-            id: next_id.fetch_add(1, Ordering::Relaxed),
-            peer,
-            rpc: services.rpc.clone(),
-            pubsub: services.pubsub.clone(),
-            queues: services.queues.clone(),
-            cache: services.cache.clone(),
-            limits: limits.clone(),
-            metrics: metrics.clone(),
-            tasks: tasks.clone(),
-        };
-        let shutdown = shutdown.clone();
+        let (endpoints, limits, metrics, shutdown, tasks_inner, next_id) = (
+            endpoints.clone(),
+            limits.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+            tasks.clone(),
+            next_id.clone(),
+        );
         metrics.connections_accepted.inc();
         metrics.connections_open.inc();
-        let closed = metrics.clone();
         tasks.spawn(async move {
-            session.run(stream, shutdown).await;
-            closed.connections_open.dec();
-            closed.connections_closed.inc();
+            // Frames up to twice the limit are read whole and refused with
+            // the connection kept; only larger ones break the stream.
+            let hard_cap = limits.max_frame_bytes.saturating_mul(2);
+            let config = WebSocketConfig::default()
+                .max_message_size(Some(hard_cap))
+                .max_frame_size(Some(hard_cap));
+            let is_peer = Arc::new(AtomicBool::new(false));
+            let path_check = is_peer.clone();
+            let callback = move |request: &HandshakeRequest, response: HandshakeResponse| {
+                path_check.store(request.uri().path().starts_with("/peer"), Ordering::SeqCst);
+                Ok(response)
+            };
+            match tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
+                .await
+            {
+                Err(e) => tracing::debug!(%peer, error = %e, "websocket handshake failed"),
+                Ok(ws) if is_peer.load(Ordering::SeqCst) => {
+                    endpoints.fabric.clone().serve(ws, peer, shutdown).await;
+                }
+                Ok(mut ws) => match endpoints.services.get() {
+                    Some(services) => {
+                        let session = Session {
+                            id: next_id.fetch_add(1, Ordering::Relaxed),
+                            peer,
+                            rpc: services.rpc.clone(),
+                            pubsub: services.pubsub.clone(),
+                            queues: services.queues.clone(),
+                            cache: services.cache.clone(),
+                            limits,
+                            metrics: metrics.clone(),
+                            tasks: tasks_inner,
+                        };
+                        session.run(ws, shutdown).await;
+                    }
+                    None => {
+                        let close = CloseFrame {
+                            code: CloseCode::Again,
+                            reason: "the node is starting; retry".into(),
+                        };
+                        let _ = ws.close(Some(close)).await;
+                    }
+                },
+            }
+            metrics.connections_open.dec();
+            metrics.connections_closed.inc();
             drop(slot);
         });
     }
@@ -196,20 +261,7 @@ impl Session {
     }
 
     #[tracing::instrument(name = "session", skip_all, fields(conn_id = self.id, peer = %self.peer))]
-    async fn run(self, stream: TcpStream, shutdown: CancellationToken) {
-        // Frames up to twice the limit are read whole and refused with the
-        // connection kept; only larger ones break the stream and close it.
-        let hard_cap = self.limits.max_frame_bytes.saturating_mul(2);
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(hard_cap))
-            .max_frame_size(Some(hard_cap));
-        let ws = match tokio_tungstenite::accept_async_with_config(stream, Some(config)).await {
-            Ok(ws) => ws,
-            Err(e) => {
-                tracing::debug!(error = %e, "websocket handshake failed");
-                return;
-            }
-        };
+    async fn run(self, ws: WebSocketStream<TcpStream>, shutdown: CancellationToken) {
         let (mut sink, mut frames) = ws.split();
         let (outbound, mut queue) = mpsc::channel::<Outbound>(self.limits.outbound_queue);
         let ping_interval = self.limits.ping_interval;

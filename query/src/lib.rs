@@ -31,7 +31,7 @@ use std::sync::Arc;
 pub use cache::{CacheTierSource, StoppedCacheTier};
 pub use engine::{QueryOutput, SqlEngine, SqlError, SqlLimits};
 pub use format::Format;
-pub use raft::{RaftRow, RaftSource, StoredRaftSource};
+pub use raft::{PeerRow, RaftRow, RaftSource, StoredRaftSource, node_names};
 
 use mpreg_storage::{DataDir, Inspector, OpenMode};
 

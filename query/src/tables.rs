@@ -46,6 +46,7 @@ pub enum TableId {
     CacheEntries,
     Events,
     Raft,
+    Peers,
 }
 
 const NODES: &[Column] = &[
@@ -148,9 +149,19 @@ const CACHE_ENTRIES: &[Column] = &[
 const EVENTS: &[Column] = &[
     Column::new("index", Kind::U64),
     Column::new("term", Kind::U64),
-    Column::new("time", Kind::Time),
+    Column::nullable("time", Kind::Time),
     Column::new("kind", Kind::Text),
     Column::new("summary", Kind::Text),
+];
+
+const PEERS: &[Column] = &[
+    Column::new("peer", Kind::Text),
+    Column::new("raft_id", Kind::U64),
+    Column::new("address", Kind::Text),
+    Column::new("state", Kind::Text),
+    Column::nullable("last_contact", Kind::Time),
+    Column::nullable("match_index", Kind::U64),
+    Column::nullable("lag", Kind::U64),
 ];
 
 const RAFT: &[Column] = &[
@@ -165,7 +176,7 @@ const RAFT: &[Column] = &[
 ];
 
 impl TableId {
-    pub const ALL: [TableId; 9] = [
+    pub const ALL: [TableId; 10] = [
         TableId::Nodes,
         TableId::Functions,
         TableId::Subscriptions,
@@ -175,6 +186,7 @@ impl TableId {
         TableId::CacheEntries,
         TableId::Events,
         TableId::Raft,
+        TableId::Peers,
     ];
 
     pub fn name(self) -> &'static str {
@@ -188,6 +200,7 @@ impl TableId {
             TableId::CacheEntries => "cache_entries",
             TableId::Events => "events",
             TableId::Raft => "raft",
+            TableId::Peers => "peers",
         }
     }
 
@@ -202,6 +215,7 @@ impl TableId {
             TableId::CacheEntries => CACHE_ENTRIES,
             TableId::Events => EVENTS,
             TableId::Raft => RAFT,
+            TableId::Peers => PEERS,
         }
     }
 
@@ -214,7 +228,7 @@ impl TableId {
             TableId::QueueMessages => Some("queue"),
             TableId::CacheEntries => Some("namespace"),
             TableId::Events => Some("index"),
-            TableId::Nodes | TableId::Subscriptions | TableId::Raft => None,
+            TableId::Nodes | TableId::Subscriptions | TableId::Raft | TableId::Peers => None,
         }
     }
 }
@@ -576,10 +590,27 @@ fn produce_events(inspector: &Inspector, bounds: Bounds, sink: &mut RowSink) -> 
     let mut failed = None;
     inspector
         .scan_log(bounds.low, bounds.high, |entry| {
-            let EntryPayload::Normal(batch) = &entry.payload else {
-                return Flow::Continue;
-            };
             let log_id = entry.get_log_id();
+            let batch = match &entry.payload {
+                EntryPayload::Normal(batch) => batch,
+                EntryPayload::Membership(membership) => {
+                    let summary_of = || serde_json::to_string(membership).unwrap_or_default();
+                    return match sink.push(&[
+                        Value::U64(log_id.index),
+                        Value::U64(log_id.leader_id.term),
+                        Value::Null,
+                        Value::Text("membership"),
+                        Value::LazyText(&summary_of),
+                    ]) {
+                        Ok(flow) => flow,
+                        Err(e) => {
+                            failed = Some(e);
+                            Flow::Stop
+                        }
+                    };
+                }
+                EntryPayload::Blank => return Flow::Continue,
+            };
             for event in &batch.events {
                 let summary_of = || summary(&event.kind);
                 match sink.push(&[
@@ -601,6 +632,21 @@ fn produce_events(inspector: &Inspector, bounds: Bounds, sink: &mut RowSink) -> 
         })
         .map_err(storage)?;
     failed.map_or(Ok(()), Err)
+}
+
+fn produce_peers(raft: &dyn RaftSource, sink: &mut RowSink) -> Result<()> {
+    for row in raft.peers().map_err(storage)? {
+        sink.push(&[
+            Value::Text(&row.peer),
+            Value::U64(row.raft_id),
+            Value::Text(&row.address),
+            Value::Text(&row.state),
+            row.last_contact_ms.map_or(Value::Null, Value::Time),
+            row.match_index.map_or(Value::Null, Value::U64),
+            row.lag.map_or(Value::Null, Value::U64),
+        ])?;
+    }
+    Ok(())
 }
 
 fn produce_raft(raft: &dyn RaftSource, sink: &mut RowSink) -> Result<()> {
@@ -634,6 +680,7 @@ impl InspectTable {
             }
             TableId::Events => produce_events(inspector, narrowing.bounds, sink),
             TableId::Raft => produce_raft(self.sources.raft.as_ref(), sink),
+            TableId::Peers => produce_peers(self.sources.raft.as_ref(), sink),
         }
     }
 }

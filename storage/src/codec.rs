@@ -18,7 +18,13 @@ fn config() -> bincode::config::Configuration {
 
 /// Encodes `value` behind the current format version byte.
 pub fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
-    let mut out = vec![FORMAT_VERSION];
+    encode_versioned(FORMAT_VERSION, what, value)
+}
+
+/// Encodes `value` behind the version byte `version` (wire formats that
+/// version themselves, such as the peer envelope).
+pub fn encode_versioned<T: Serialize>(version: u8, what: &str, value: &T) -> Result<Vec<u8>> {
+    let mut out = vec![version];
     bincode::serde::encode_into_std_write(value, &mut out, config()).map_err(|e| {
         Error::Encode {
             what: what.to_string(),
@@ -30,17 +36,22 @@ pub fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
 
 /// Decodes a value written by [`encode`]; `what` names it in errors.
 pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+    decode_versioned(FORMAT_VERSION, what, bytes)
+}
+
+/// Decodes a value written by [`encode_versioned`] with `known`.
+pub fn decode_versioned<T: DeserializeOwned>(known: u8, what: &str, bytes: &[u8]) -> Result<T> {
     let Some((&version, body)) = bytes.split_first() else {
         return Err(Error::Decode {
             what: what.to_string(),
             reason: "empty value".to_string(),
         });
     };
-    if version != FORMAT_VERSION {
+    if version != known {
         return Err(Error::UnknownFormat {
             what: what.to_string(),
             version,
-            known: FORMAT_VERSION,
+            known,
         });
     }
     let (value, used) =

@@ -38,7 +38,7 @@ pub use event::{Event, EventBatch, EventKind, Outcome};
 pub use inspect::{Flow, Inspector, StoredRaft};
 pub use log_store::LogStore;
 pub use metrics::StorageMetrics;
-pub use raft_types::{TypeConfig, typ};
+pub use raft_types::{TypeConfig, raft_id, typ};
 pub use replay::{ReplayReport, replay};
 pub use state_machine::{AppliedState, StateMachine, Views};
 

@@ -31,3 +31,9 @@ pub mod typ {
     pub type Raft = openraft::Raft<TypeConfig>;
     pub type RaftMetrics = openraft::RaftMetrics<NodeId, Node>;
 }
+
+/// The numeric raft id of a node id: stable, non-zero. Every node derives
+/// a member's raft id from its node id the same way.
+pub fn raft_id(node_id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(node_id.as_bytes()).max(1)
+}

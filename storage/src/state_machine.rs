@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::storage::RaftStateMachine;
@@ -63,6 +63,25 @@ pub struct Views {
     /// Bumped after every apply batch (or snapshot install) that changed a
     /// cache entry, so a memory tier can tell a row it read is still current.
     cache_generation: AtomicU64,
+    /// Cache rows changed since the memory tier last took them: on every
+    /// node, whoever proposed the write, so no tier serves a stale copy.
+    cache_changes: Mutex<CacheChanges>,
+    /// Bumped after every apply batch that changed queue state, so
+    /// consumers on any node wake for messages sent through another.
+    queue_changes: tokio::sync::watch::Sender<u64>,
+}
+
+/// Most changed cache keys kept for the memory tier; beyond it the tier
+/// is told to drop everything.
+const MAX_CACHE_CHANGES: usize = 65_536;
+
+/// What [`Views::take_cache_changes`] hands over.
+#[derive(Debug, Default)]
+pub struct CacheChanges {
+    /// Row keys of `view_cache_entries` written or deleted.
+    pub keys: Vec<Vec<u8>>,
+    /// Too many changes (or a snapshot install): forget every row.
+    pub everything: bool,
 }
 
 impl Views {
@@ -77,6 +96,32 @@ impl Views {
     /// Changes when cache entries change; see [`Views`].
     pub fn cache_generation(&self) -> u64 {
         self.cache_generation.load(Ordering::SeqCst)
+    }
+
+    /// The cache rows changed since the last call (see [`CacheChanges`]).
+    pub fn take_cache_changes(&self) -> CacheChanges {
+        std::mem::take(&mut *self.cache_changes.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// A receiver that changes whenever applied queue state changed.
+    pub fn watch_queues(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.queue_changes.subscribe()
+    }
+
+    fn note_cache_changes<'k>(&self, keys: impl Iterator<Item = &'k Vec<u8>>, everything: bool) {
+        let mut changes = self.cache_changes.lock().unwrap_or_else(|e| e.into_inner());
+        if everything {
+            changes.everything = true;
+        }
+        if !changes.everything {
+            changes.keys.extend(keys.cloned());
+        }
+        if changes.keys.len() > MAX_CACHE_CHANGES {
+            changes.everything = true;
+        }
+        if changes.everything {
+            changes.keys = Vec::new();
+        }
     }
 
     /// The in-memory index of the views at `last_applied`.
@@ -94,8 +139,17 @@ impl Views {
             catalog.apply_change(*view, key, value.as_deref())?;
         }
         *self.applied.write().unwrap_or_else(|e| e.into_inner()) = applied;
-        if changes.keys().any(|(view, _)| *view == View::CacheEntries) {
+        let mut cache_keys = changes
+            .keys()
+            .filter(|(view, _)| *view == View::CacheEntries)
+            .map(|(_, key)| key)
+            .peekable();
+        if cache_keys.peek().is_some() {
+            self.note_cache_changes(cache_keys, false);
             self.cache_generation.fetch_add(1, Ordering::SeqCst);
+        }
+        if changes.keys().any(|(view, _)| view.is_queue()) {
+            self.queue_changes.send_modify(|n| *n = n.wrapping_add(1));
         }
         Ok(())
     }
@@ -103,7 +157,9 @@ impl Views {
     fn replace(&self, applied: AppliedState, catalog: Catalog) {
         *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = catalog;
         *self.applied.write().unwrap_or_else(|e| e.into_inner()) = applied;
+        self.note_cache_changes(std::iter::empty(), true);
         self.cache_generation.fetch_add(1, Ordering::SeqCst);
+        self.queue_changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 

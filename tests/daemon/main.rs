@@ -4,6 +4,7 @@
 
 mod bad_data_dir;
 mod cache;
+mod cluster;
 mod cli;
 mod durability;
 mod metrics;

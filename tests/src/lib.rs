@@ -15,7 +15,9 @@ use serde_json::Value;
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
+pub mod cluster;
 pub mod prom;
+pub mod proxy;
 
 /// How long a daemon may take to write its ready file.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -97,9 +99,11 @@ pub struct Daemon {
 
 fn daemon_command(data_dir: &Path, ready_file: &Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new(daemon_bin());
-    cmd.arg("--data-dir")
-        .arg(data_dir)
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+    cmd.arg("--data-dir").arg(data_dir);
+    if !extra.contains(&"--listen") {
+        cmd.args(["--listen", "127.0.0.1:0"]);
+    }
+    cmd.args(["--admin-listen", "127.0.0.1:0"])
         .arg("--ready-file")
         .arg(ready_file)
         .args(extra);

@@ -53,6 +53,14 @@ enum Command {
         #[command(subcommand)]
         op: CacheOp,
     },
+    /// List, add and remove the members of the daemon's cluster (admin HTTP).
+    Cluster {
+        #[command(subcommand)]
+        op: ClusterOp,
+        /// Admin URL of any member.
+        #[arg(long, default_value = "http://127.0.0.1:6670")]
+        admin: String,
+    },
     /// Run read-only SQL on the daemon (admin HTTP /sql) and print a table.
     Sql {
         sql: String,
@@ -63,6 +71,20 @@ enum Command {
         #[arg(long, default_value = "table")]
         format: Format,
     },
+}
+
+#[derive(Subcommand)]
+enum ClusterOp {
+    /// Print the members: node id, raft id, address, role, replication.
+    Members,
+    /// Add a running node (it catches up as a learner, then votes).
+    Add {
+        node_id: String,
+        /// The URL the node serves on, e.g. ws://10.0.0.4:6666.
+        url: String,
+    },
+    /// Remove a member by node id.
+    Remove { node_id: String },
 }
 
 #[derive(Subcommand)]
@@ -341,6 +363,33 @@ fn queue_call(op: QueueOp) -> (&'static str, Value) {
     }
 }
 
+/// Runs a cluster membership operation through the admin HTTP of `admin`.
+async fn cluster(admin: &str, op: &ClusterOp) -> Result<String, String> {
+    let base = format!("{}/cluster/members", admin.trim_end_matches('/'));
+    let http = reqwest::Client::new();
+    let request = match op {
+        ClusterOp::Members => http.get(&base),
+        ClusterOp::Add { node_id, url } => http
+            .post(&base)
+            .json(&json!({"node_id": node_id, "url": url})),
+        ClusterOp::Remove { node_id } => http.delete(format!("{base}/{node_id}")),
+    };
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach {base}: {e}"))?;
+    let status = response.status();
+    let body: Value = response
+        .json()
+        .await
+        .map_err(|e| format!("cannot read the answer of {base}: {e}"))?;
+    if !status.is_success() {
+        let message = body["error"].as_str().unwrap_or_default().to_string();
+        return Err(format!("{status}: {message}"));
+    }
+    Ok(serde_json::to_string_pretty(&body).unwrap_or_default())
+}
+
 /// Runs `sql` on the daemon at `admin` and renders the rows.
 async fn sql(admin: &str, sql: &str, format: Format) -> Result<String, String> {
     let wire = match format {
@@ -426,6 +475,9 @@ async fn run(cli: Cli) -> Result<String, String> {
     {
         return sql(admin, query, *format).await;
     }
+    if let Command::Cluster { op, admin } = &cli.command {
+        return cluster(admin, op).await;
+    }
     let client = Client::connect(&cli.url).await.map_err(|e| e.to_string())?;
     let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
     match cli.command {
@@ -494,7 +546,9 @@ async fn run(cli: Cli) -> Result<String, String> {
                 .map_err(|e| e.to_string())?;
             Ok(pretty(&reply))
         }
-        Command::Sql { .. } => Err("sql runs without a client connection".into()),
+        Command::Sql { .. } | Command::Cluster { .. } => {
+            Err("sql and cluster run over admin HTTP, without a client connection".into())
+        }
     }
 }
 

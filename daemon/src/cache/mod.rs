@@ -172,6 +172,20 @@ impl Cache {
         }
     }
 
+    /// The memory tier, without the rows apply changed since it was last
+    /// locked: a write through any node drops this node's copy.
+    fn locked_tier(&self) -> std::sync::MutexGuard<'_, Tier> {
+        let mut tier = self.tier.lock().unwrap_or_else(|e| e.into_inner());
+        let changes = self.node.views().take_cache_changes();
+        if changes.everything {
+            tier.clear();
+        }
+        for key in &changes.keys {
+            tier.remove(key);
+        }
+        tier
+    }
+
     /// Answers one `cache-request`; failures are in the reply.
     pub async fn handle(&self, request: CacheRequest) -> Value {
         let u = request.u.clone();
@@ -244,7 +258,7 @@ impl Cache {
         let row_key = CacheRow::key(key);
         let now = now_ms();
         {
-            let mut tier = self.tier.lock().unwrap_or_else(|e| e.into_inner());
+            let mut tier = self.locked_tier();
             if let Some(hit) = tier.get(&row_key) {
                 if hit.row.is_live(now) {
                     return Ok(Some((hit.row, hit.hits, "L1")));
@@ -263,7 +277,7 @@ impl Cache {
             return Ok(None);
         };
         let row = Arc::new(row);
-        let mut tier = self.tier.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tier = self.locked_tier();
         if self.node.views().cache_generation() == generation {
             tier.insert(row_key, row.clone());
         }

@@ -118,6 +118,15 @@ impl Tier {
         }
     }
 
+    /// Drops every entry.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        for (order, bytes) in self.order.iter_mut().zip(self.bytes.iter_mut()) {
+            order.clear();
+            *bytes = 0;
+        }
+    }
+
     /// Drops every entry whose key starts with `prefix`.
     pub fn remove_prefix(&mut self, prefix: &[u8]) {
         let keys: Vec<Vec<u8>> = self

@@ -66,6 +66,19 @@ pub struct Queues {
     shutdown: CancellationToken,
 }
 
+/// Wakes consumers whenever applied queue state changed, so messages sent
+/// or released through another node reach this node's consumers at once.
+async fn wake_on_apply(queues: Arc<Queues>) {
+    let mut applied = queues.node.views().watch_queues();
+    loop {
+        tokio::select! {
+            changed = applied.changed() => if changed.is_err() { return },
+            () = queues.shutdown.cancelled() => return,
+        }
+        queues.changed_all();
+    }
+}
+
 /// A message as clients see it.
 fn message_json(m: &DeliveredMessage) -> Value {
     let payload: Value = serde_json::from_str(&m.payload).unwrap_or(Value::Null);
@@ -103,7 +116,16 @@ impl Queues {
         });
         tokio::spawn(timers::run(queues.clone()));
         tokio::spawn(subscriptions::release_previous_run(queues.clone()));
+        tokio::spawn(wake_on_apply(queues.clone()));
         queues
+    }
+
+    /// Wakes every waiting consumer.
+    fn changed_all(&self) {
+        let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        for counter in changes.values() {
+            counter.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 
     /// The consumer-id prefix of pushed subscriptions of this node and run.

@@ -1,0 +1,199 @@
+//! The node-to-node envelope: routing headers and a bincode payload behind
+//! a version byte, carried in binary WebSocket frames on `--listen`.
+//!
+//! A client frame is JSON and starts with `{` (or whitespace); a peer frame
+//! starts with [`ENVELOPE_VERSION`], so one listener serves both. Requests
+//! carry an id; the reply to a request carries the same id.
+
+use mpreg_storage::typ::NodeId;
+use mpreg_storage::{EventKind, Outcome, TypeConfig, codec};
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+/// First byte of every peer frame written by this binary.
+pub const ENVELOPE_VERSION: u8 = 0xB1;
+
+/// Most nodes a forwarded message may cross.
+pub const DEFAULT_HOP_BUDGET: u8 = 8;
+
+/// One frame between nodes.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Node ids this message has passed through, sender first.
+    pub routing_path: Vec<String>,
+    /// Cluster ids this message has passed through (federation).
+    pub federation_path: Vec<String>,
+    /// Hops left; a node never forwards a message whose budget is spent.
+    pub hop_budget: u8,
+    pub source_cluster: String,
+    pub target_cluster: Option<String>,
+    /// Correlates a reply with its request (per connection).
+    pub id: u64,
+    pub body: Body,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Body {
+    Request(PeerRequest),
+    Reply(PeerReply),
+}
+
+/// What one node asks of another.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Who are you? Answered with [`PeerReply::Hello`].
+    Hello,
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// Events proposed on a follower, for the leader to commit.
+    Propose(Vec<EventKind>),
+    /// A node asks to become a member (learner, then voter).
+    Join { node_id: String, addr: String },
+    /// Remove a member (by node id or raft id).
+    Remove { node: String },
+}
+
+/// Why a forwarded request did not run; says whether retrying is safe.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum Refused {
+    /// The receiver is not the leader; nothing was proposed.
+    #[error("not the leader (leader is {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    /// The request ran and failed; it may or may not have taken effect.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Answers to [`PeerRequest`]s.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerReply {
+    Hello {
+        node_id: String,
+        cluster_id: String,
+    },
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
+    Proposed(Result<Vec<Outcome>, Refused>),
+    /// Membership changed (join or remove); the members after it.
+    Membership(Result<Vec<String>, Refused>),
+    /// The request could not be read or is not served by this node.
+    Error(String),
+}
+
+impl Envelope {
+    pub fn request(from: &str, cluster: &str, id: u64, request: PeerRequest) -> Self {
+        Envelope {
+            routing_path: vec![from.to_string()],
+            federation_path: vec![cluster.to_string()],
+            hop_budget: DEFAULT_HOP_BUDGET,
+            source_cluster: cluster.to_string(),
+            target_cluster: Some(cluster.to_string()),
+            id,
+            body: Body::Request(request),
+        }
+    }
+
+    /// The envelope of a request made on this node itself (admin HTTP):
+    /// an empty routing path, so it may be forwarded to the leader.
+    pub fn local(cluster: &str, request: PeerRequest) -> Self {
+        let mut envelope = Envelope::request("", cluster, 0, request);
+        envelope.routing_path.clear();
+        envelope
+    }
+
+    /// The reply to this envelope, routed back along its path.
+    pub fn reply(&self, from: &str, reply: PeerReply) -> Self {
+        let mut routing_path = vec![from.to_string()];
+        routing_path.extend(self.routing_path.iter().rev().cloned());
+        Envelope {
+            routing_path,
+            federation_path: self.federation_path.clone(),
+            hop_budget: self.hop_budget,
+            source_cluster: self.target_cluster.clone().unwrap_or_default(),
+            target_cluster: Some(self.source_cluster.clone()),
+            id: self.id,
+            body: Body::Reply(reply),
+        }
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
+        codec::encode_versioned(ENVELOPE_VERSION, "peer envelope", self).map_err(|e| e.to_string())
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, String> {
+        codec::decode_versioned(ENVELOPE_VERSION, "peer envelope", bytes).map_err(|e| e.to_string())
+    }
+}
+
+/// Whether a binary frame is a peer envelope rather than client JSON.
+pub fn is_envelope(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&ENVELOPE_VERSION)
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use mpreg_storage::typ::{Entry, LogId, Vote};
+    use mpreg_storage::{Event, EventBatch};
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    #[test]
+    fn raft_requests_round_trip() {
+        let log_id = LogId::new(CommittedLeaderId::new(3, 7), 42);
+        let entry = Entry {
+            log_id,
+            payload: EntryPayload::Normal(EventBatch {
+                events: vec![Event {
+                    time_ms: 5,
+                    kind: EventKind::NodeLeft {
+                        node_id: "n1".into(),
+                    },
+                }],
+            }),
+        };
+        let request = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(3, 7),
+            prev_log_id: Some(log_id),
+            entries: vec![entry],
+            leader_commit: Some(log_id),
+        };
+        let envelope = Envelope::request("a", "c", 9, PeerRequest::AppendEntries(request));
+        let bytes = envelope.encode().unwrap();
+        assert!(is_envelope(&bytes));
+        let back = Envelope::decode(&bytes).unwrap();
+        assert_eq!(back.id, 9);
+        let Body::Request(PeerRequest::AppendEntries(request)) = back.body else {
+            panic!("wrong body {:?}", back.body);
+        };
+        assert_eq!(request.entries.len(), 1);
+        assert_eq!(request.prev_log_id, Some(log_id));
+        let reply = envelope.reply(
+            "b",
+            PeerReply::Proposed(Err(Refused::NotLeader { leader: Some(4) })),
+        );
+        let reply = Envelope::decode(&reply.encode().unwrap()).unwrap();
+        assert_eq!(reply.routing_path, ["b", "a"]);
+        assert!(matches!(
+            reply.body,
+            Body::Reply(PeerReply::Proposed(Err(Refused::NotLeader { leader: Some(4) })))
+        ));
+    }
+
+    #[test]
+    fn unknown_versions_and_garbage_are_named() {
+        let empty = Envelope::decode(&[]).unwrap_err();
+        assert!(empty.contains("peer envelope"), "{empty}");
+        let newer = Envelope::decode(&[7, 1]).unwrap_err();
+        assert!(newer.contains("version 7"), "{newer}");
+        let garbage = Envelope::decode(&[ENVELOPE_VERSION, 200, 200]).unwrap_err();
+        assert!(garbage.contains("peer envelope"), "{garbage}");
+    }
+}

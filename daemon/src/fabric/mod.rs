@@ -1,0 +1,131 @@
+//! The fabric: traffic between the nodes of a cluster. Entry type
+//! [`Fabric`] serves the peer connections other nodes open on `--listen`
+//! (WebSocket path `/peer`): raft RPCs, proposals forwarded by followers,
+//! and membership requests.
+//!
+//! - [`envelope`]: the frame between nodes (routing headers + payload);
+//! - [`peer`]: outbound links to other nodes;
+//! - [`membership`]: forming, joining and changing the raft membership.
+
+pub mod envelope;
+pub mod membership;
+pub mod peer;
+
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::node::Node;
+use envelope::{Body, Envelope, PeerReply, PeerRequest, Refused};
+
+/// Serves requests from other nodes.
+pub struct Fabric {
+    node: Arc<Node>,
+}
+
+impl Fabric {
+    pub fn new(node: Arc<Node>) -> Arc<Self> {
+        Arc::new(Fabric { node })
+    }
+
+    /// Serves one peer connection until it closes: each request runs on
+    /// its own task and its reply is written when ready.
+    pub async fn serve(
+        self: Arc<Self>,
+        ws: WebSocketStream<TcpStream>,
+        peer: std::net::SocketAddr,
+        shutdown: CancellationToken,
+    ) {
+        let (mut sink, mut frames) = ws.split();
+        let (replies, mut queue) = mpsc::channel::<Message>(256);
+        let writer = tokio::spawn(async move {
+            while let Some(message) = queue.recv().await {
+                if sink.send(message).await.is_err() {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        loop {
+            let frame = tokio::select! {
+                frame = frames.next() => frame,
+                () = shutdown.cancelled() => break,
+            };
+            let bytes = match frame {
+                Some(Ok(Message::Binary(bytes))) => bytes,
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => continue,
+            };
+            let envelope = match Envelope::decode(&bytes) {
+                Ok(envelope) => envelope,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "closing a peer connection that sent an unreadable frame");
+                    break;
+                }
+            };
+            let fabric = self.clone();
+            let replies = replies.clone();
+            tokio::spawn(async move {
+                let reply = fabric.answer(envelope).await;
+                match reply.encode() {
+                    Ok(bytes) => {
+                        let _ = replies.send(Message::binary(bytes)).await;
+                    }
+                    Err(e) => tracing::error!(error = %e, "peer reply did not encode"),
+                }
+            });
+        }
+        drop(replies);
+        let _ = writer.await;
+    }
+
+    async fn answer(&self, mut envelope: Envelope) -> Envelope {
+        let me = self.node.identity().node_id.clone();
+        let body = std::mem::replace(&mut envelope.body, Body::Reply(PeerReply::Error(String::new())));
+        let reply = match body {
+            Body::Request(request) if envelope.hop_budget > 0 => {
+                self.handle(request, &envelope).await
+            }
+            Body::Request(_) => PeerReply::Error(format!(
+                "hop budget spent after {:?}",
+                envelope.routing_path
+            )),
+            Body::Reply(_) => PeerReply::Error("a reply is not a request".to_string()),
+        };
+        envelope.reply(&me, reply)
+    }
+
+    async fn handle(&self, request: PeerRequest, envelope: &Envelope) -> PeerReply {
+        let raft = self.node.raft();
+        match request {
+            PeerRequest::Hello => PeerReply::Hello {
+                node_id: self.node.identity().node_id.clone(),
+                cluster_id: self.node.identity().cluster_id.clone(),
+            },
+            PeerRequest::AppendEntries(rpc) => PeerReply::AppendEntries(raft.append_entries(rpc).await),
+            PeerRequest::Vote(rpc) => PeerReply::Vote(raft.vote(rpc).await),
+            PeerRequest::InstallSnapshot(rpc) => {
+                PeerReply::InstallSnapshot(raft.install_snapshot(rpc).await)
+            }
+            PeerRequest::Propose(kinds) => {
+                if !self.node.is_leader() {
+                    return PeerReply::Proposed(Err(Refused::NotLeader {
+                        leader: self.node.leader(),
+                    }));
+                }
+                PeerReply::Proposed(self.node.propose_all(kinds).await.map_err(Refused::Failed))
+            }
+            PeerRequest::Join { node_id, addr } => PeerReply::Membership(
+                membership::join(&self.node, &node_id, &addr, envelope).await,
+            ),
+            PeerRequest::Remove { node } => {
+                PeerReply::Membership(membership::remove(&self.node, &node, envelope).await)
+            }
+        }
+    }
+}

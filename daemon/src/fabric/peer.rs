@@ -1,0 +1,308 @@
+//! Outbound links to other nodes: one WebSocket per peer address, requests
+//! multiplexed on it by id, reconnect with exponential backoff.
+//!
+//! A link connects to `<addr>/peer?from=<node id>`: the listener ignores
+//! the path, and a fault-injecting proxy can read who is calling.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use super::envelope::{Body, Envelope, PeerReply, PeerRequest};
+
+/// First wait after a failed connect; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(20);
+const MAX_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest a connect (TCP + WebSocket handshake) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest peer frame read (raft batches and snapshot chunks).
+pub const MAX_PEER_FRAME: usize = 64 * 1024 * 1024;
+
+/// Why a request to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// Nothing was sent: the peer could not be reached.
+    #[error("peer {addr} is unreachable: {reason}")]
+    Unreachable { addr: String, reason: String },
+    /// Sent, but no reply came in time; the request may have run.
+    #[error("peer {addr} did not answer within {after:?}")]
+    Timeout { addr: String, after: Duration },
+    /// Sent, but the connection closed before the reply; it may have run.
+    #[error("the connection to peer {addr} closed before it answered")]
+    Closed { addr: String },
+}
+
+type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<PeerReply>>>>;
+
+/// One open connection.
+struct Connection {
+    outbound: mpsc::Sender<Message>,
+    waiters: Waiters,
+    closed: Arc<AtomicBool>,
+}
+
+/// The state of the link to one address.
+#[derive(Default)]
+struct Link {
+    connection: Option<Arc<Connection>>,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// Links to every peer this node talks to.
+pub struct Peers {
+    node_id: String,
+    cluster_id: String,
+    links: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Link>>>>,
+    /// When each address last answered (unix ms).
+    last_contact: Arc<Mutex<HashMap<String, u64>>>,
+    next_id: AtomicU64,
+}
+
+impl Peers {
+    pub fn new(node_id: &str, cluster_id: &str) -> Self {
+        Peers {
+            node_id: node_id.to_string(),
+            cluster_id: cluster_id.to_string(),
+            links: Mutex::default(),
+            last_contact: Arc::default(),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// Sends `request` to the node at `addr` and waits for its reply.
+    pub async fn request(
+        &self,
+        addr: &str,
+        request: PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerReply, PeerError> {
+        let envelope = Envelope::request(&self.node_id, &self.cluster_id, 0, request);
+        self.send(addr, envelope, timeout).await
+    }
+
+    /// Sends `request`, which arrived in `received`, on to `addr`: the
+    /// routing path grows by this node and the hop budget shrinks by one.
+    pub async fn forward(
+        &self,
+        addr: &str,
+        request: PeerRequest,
+        received: &Envelope,
+        timeout: Duration,
+    ) -> Result<PeerReply, PeerError> {
+        if received.hop_budget <= 1 || received.routing_path.iter().any(|n| *n == self.node_id) {
+            return Err(PeerError::Unreachable {
+                addr: addr.to_string(),
+                reason: format!("not forwarded: routing path {:?}, hop budget {}", received.routing_path, received.hop_budget),
+            });
+        }
+        let mut envelope = Envelope::request(&self.node_id, &self.cluster_id, 0, request);
+        envelope.routing_path = received.routing_path.clone();
+        envelope.routing_path.push(self.node_id.clone());
+        envelope.hop_budget = received.hop_budget - 1;
+        self.send(addr, envelope, timeout).await
+    }
+
+    async fn send(
+        &self,
+        addr: &str,
+        mut envelope: Envelope,
+        timeout: Duration,
+    ) -> Result<PeerReply, PeerError> {
+        let connection = self.connection(addr).await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        envelope.id = id;
+        let bytes = envelope
+            .encode()
+            .map_err(|reason| PeerError::Unreachable {
+                addr: addr.to_string(),
+                reason,
+            })?;
+        let (reply, answer) = oneshot::channel();
+        connection
+            .waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, reply);
+        let forget = || {
+            connection
+                .waiters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        };
+        if let Err(e) = connection.outbound.try_send(Message::binary(bytes)) {
+            forget();
+            // A full queue means the peer stopped reading: start over.
+            connection.closed.store(true, Ordering::SeqCst);
+            let reason = match e {
+                mpsc::error::TrySendError::Full(_) => "the peer stopped reading",
+                mpsc::error::TrySendError::Closed(_) => "connection closed",
+            };
+            return Err(PeerError::Unreachable {
+                addr: addr.to_string(),
+                reason: reason.to_string(),
+            });
+        }
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(PeerError::Closed {
+                addr: addr.to_string(),
+            }),
+            Err(_) => {
+                forget();
+                Err(PeerError::Timeout {
+                    addr: addr.to_string(),
+                    after: timeout,
+                })
+            }
+        }
+    }
+
+    /// When `addr` last answered a request (unix ms).
+    pub fn last_contact(&self, addr: &str) -> Option<u64> {
+        self.last_contact
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(addr)
+            .copied()
+    }
+
+    /// The open connection to `addr`, connecting unless a recent failure
+    /// says to wait.
+    async fn connection(&self, addr: &str) -> Result<Arc<Connection>, PeerError> {
+        let link = self
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(addr.to_string())
+            .or_default()
+            .clone();
+        let mut link = link.lock().await;
+        if let Some(connection) = &link.connection {
+            if !connection.closed.load(Ordering::SeqCst) {
+                return Ok(connection.clone());
+            }
+            link.connection = None;
+        }
+        if let Some(retry_at) = link.retry_at
+            && Instant::now() < retry_at
+        {
+            return Err(PeerError::Unreachable {
+                addr: addr.to_string(),
+                reason: format!(
+                    "{} failed connects; retrying in {:?}",
+                    link.failures,
+                    retry_at - Instant::now()
+                ),
+            });
+        }
+        match self.connect(addr).await {
+            Ok(connection) => {
+                link.failures = 0;
+                link.retry_at = None;
+                link.connection = Some(connection.clone());
+                Ok(connection)
+            }
+            Err(reason) => {
+                link.failures = link.failures.saturating_add(1);
+                let backoff = MIN_BACKOFF
+                    .saturating_mul(1 << link.failures.min(8))
+                    .min(MAX_BACKOFF);
+                link.retry_at = Some(Instant::now() + backoff);
+                Err(PeerError::Unreachable {
+                    addr: addr.to_string(),
+                    reason,
+                })
+            }
+        }
+    }
+
+    async fn connect(&self, addr: &str) -> Result<Arc<Connection>, String> {
+        let url = format!(
+            "{}/peer?from={}",
+            addr.trim_end_matches('/'),
+            self.node_id
+        );
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_PEER_FRAME))
+            .max_frame_size(Some(MAX_PEER_FRAME));
+        let connecting =
+            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true);
+        let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| format!("connect timed out after {CONNECT_TIMEOUT:?}"))?
+            .map_err(|e| e.to_string())?;
+        let (mut sink, mut stream) = ws.split();
+        let (outbound, mut queue) = mpsc::channel::<Message>(256);
+        let waiters: Waiters = Arc::default();
+        let closed = Arc::new(AtomicBool::new(false));
+        let writer_closed = closed.clone();
+        tokio::spawn(async move {
+            while let Some(message) = queue.recv().await {
+                if sink.send(message).await.is_err() {
+                    break;
+                }
+            }
+            writer_closed.store(true, Ordering::SeqCst);
+            let _ = sink.close().await;
+        });
+        let (reader_waiters, reader_closed) = (waiters.clone(), closed.clone());
+        let last_contact = self.last_contact.clone();
+        let peer = addr.to_string();
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = stream.next().await {
+                let bytes = match message {
+                    Message::Binary(bytes) => bytes,
+                    Message::Close(_) => break,
+                    _ => continue,
+                };
+                match Envelope::decode(&bytes) {
+                    Ok(Envelope {
+                        id,
+                        body: Body::Reply(reply),
+                        ..
+                    }) => {
+                        last_contact
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(peer.clone(), crate::clock::now_ms());
+                        let waiter = reader_waiters
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&id);
+                        if let Some(waiter) = waiter {
+                            let _ = waiter.send(reply);
+                        }
+                    }
+                    Ok(_) => tracing::debug!(%peer, "peer sent a request on an outbound link"),
+                    Err(e) => tracing::warn!(%peer, error = %e, "unreadable peer frame"),
+                }
+            }
+            reader_closed.store(true, Ordering::SeqCst);
+            reader_waiters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        });
+        Ok(Arc::new(Connection {
+            outbound,
+            waiters,
+            closed,
+        }))
+    }
+}

@@ -1,0 +1,586 @@
+//! Clusters of real daemons: every write is committed by a quorum and
+//! visible on every node; kill -9 of the leader under load, a paused
+//! follower, a partitioned minority, membership changes, snapshot install
+//! and two simultaneous failures of five nodes. After each fault the
+//! acknowledged writes are compared with what every node holds.
+//!
+//! `MPREG_SOAK=1` runs longer loads and more leader kills.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use mpreg_daemon::client::Client;
+use mpreg_tests::cluster::Cluster;
+use mpreg_tests::replay;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+fn soak() -> bool {
+    std::env::var("MPREG_SOAK").is_ok_and(|v| v == "1")
+}
+
+fn put_request(namespace: &str, identifier: &str, value: Value) -> Value {
+    json!({"operation": "put", "key": {"namespace": namespace, "identifier": identifier}, "value": value})
+}
+
+/// A client that moves to the next node when its node fails.
+struct Writer {
+    urls: Vec<String>,
+    at: usize,
+    client: Option<Client>,
+}
+
+impl Writer {
+    fn new(urls: Vec<String>, start: usize) -> Self {
+        Writer {
+            at: start % urls.len(),
+            urls,
+            client: None,
+        }
+    }
+
+    /// One cache put; `Ok` only when the node acknowledged it.
+    async fn put(&mut self, namespace: &str, identifier: &str, value: Value) -> Result<(), String> {
+        if self.client.is_none() {
+            let url = &self.urls[self.at];
+            match tokio::time::timeout(Duration::from_secs(2), Client::connect(url)).await {
+                Ok(Ok(client)) => self.client = Some(client),
+                _ => {
+                    self.at = (self.at + 1) % self.urls.len();
+                    return Err(format!("cannot connect to {url}"));
+                }
+            }
+        }
+        let client = self.client.as_ref().expect("connected");
+        let request = put_request(namespace, identifier, value);
+        match tokio::time::timeout(Duration::from_secs(20), client.cache(request)).await {
+            Ok(Ok(reply)) if reply["status"] == "ok" => Ok(()),
+            Ok(Ok(reply)) => Err(format!("unexpected reply {reply}")),
+            Ok(Err(e)) => {
+                self.client = None;
+                self.at = (self.at + 1) % self.urls.len();
+                Err(e.to_string())
+            }
+            Err(_) => {
+                self.client = None;
+                self.at = (self.at + 1) % self.urls.len();
+                Err("no answer in 20 s".to_string())
+            }
+        }
+    }
+}
+
+/// Writers putting `<namespace>/w<writer>-<n>` until stopped; they return
+/// the identifiers that were acknowledged.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<BTreeSet<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(urls: &[String], writers: usize, namespace: &'static str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(BTreeSet::new()));
+        let tasks = (0..writers)
+            .map(|w| {
+                let (stop, acked) = (stop.clone(), acked.clone());
+                let mut writer = Writer::new(urls.to_vec(), w);
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::SeqCst) {
+                        let id = format!("w{w}-{n}");
+                        n += 1;
+                        if writer.put(namespace, &id, json!(n)).await.is_ok() {
+                            acked.lock().await.insert(id);
+                        } else {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { stop, acked, tasks }
+    }
+
+    async fn acked(&self) -> usize {
+        self.acked.lock().await.len()
+    }
+
+    /// Waits until `more` further writes were acknowledged.
+    async fn wait_for(&self, more: usize, timeout: Duration) -> Duration {
+        let start = Instant::now();
+        let target = self.acked().await + more;
+        while self.acked().await < target {
+            assert!(
+                start.elapsed() < timeout,
+                "writes did not resume within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        start.elapsed()
+    }
+
+    async fn finish(self) -> BTreeSet<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        for task in self.tasks {
+            task.await.expect("writer");
+        }
+        self.acked.lock().await.clone()
+    }
+}
+
+fn urls(cluster: &Cluster, members: &[usize]) -> Vec<String> {
+    members
+        .iter()
+        .map(|&i| cluster.members[i].client_url.clone())
+        .collect()
+}
+
+/// Identifiers present in `namespace` on member `i`.
+async fn stored(cluster: &Cluster, i: usize, namespace: &str) -> BTreeSet<String> {
+    cluster
+        .sql(
+            i,
+            &format!("SELECT identifier FROM cache_entries WHERE namespace = '{namespace}'"),
+        )
+        .await
+        .expect("cache_entries")
+        .iter()
+        .map(|row| row["identifier"].as_str().expect("identifier").to_string())
+        .collect()
+}
+
+/// Every acknowledged write is on every one of `members`, which agree.
+async fn assert_all_acknowledged(
+    cluster: &Cluster,
+    members: &[usize],
+    namespace: &str,
+    acked: &BTreeSet<String>,
+) {
+    let (applied, digest) = cluster
+        .wait_converged(members, SETTLE)
+        .await
+        .expect("converged");
+    for &i in members {
+        let present = stored(cluster, i, namespace).await;
+        let lost: Vec<&String> = acked.difference(&present).collect();
+        assert!(
+            lost.is_empty(),
+            "node {} lost {} acknowledged writes (of {}), e.g. {:?}; at {applied} {digest}",
+            cluster.members[i].name,
+            lost.len(),
+            acked.len(),
+            &lost[..lost.len().min(5)]
+        );
+    }
+}
+
+async fn events(cluster: &Cluster, i: usize) -> Vec<Value> {
+    cluster
+        .sql(i, "SELECT \"index\", term, kind, summary FROM events ORDER BY \"index\", kind, summary")
+        .await
+        .expect("events")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_through_every_node_are_on_every_node() {
+    let cluster = Cluster::start(3, "").await.unwrap();
+    for i in 0..3 {
+        let client = Client::connect(&cluster.members[i].client_url)
+            .await
+            .unwrap();
+        for n in 0..10 {
+            let reply = client
+                .cache(put_request("spread", &format!("n{i}-{n}"), json!(n)))
+                .await
+                .unwrap();
+            assert_eq!(reply["status"], "ok", "{reply}");
+        }
+        client
+            .queue("create", json!({"queue_name": format!("q{i}")}))
+            .await
+            .unwrap();
+        client
+            .queue(
+                "send",
+                json!({"queue_name": format!("q{i}"), "message_payload": i}),
+            )
+            .await
+            .unwrap();
+    }
+    let all = [0, 1, 2];
+    let (applied, digest) = cluster.wait_converged(&all, SETTLE).await.unwrap();
+    let reference = events(&cluster, 0).await;
+    assert!(
+        reference.iter().any(|e| e["kind"] == "membership"),
+        "membership changes are events"
+    );
+    for i in 0..3 {
+        assert_eq!(
+            events(&cluster, i).await,
+            reference,
+            "events on {}",
+            cluster.members[i].name
+        );
+        assert_eq!(stored(&cluster, i, "spread").await.len(), 30);
+        let queues = cluster
+            .sql(i, "SELECT name, depth FROM queues WHERE name LIKE 'q_' ORDER BY name")
+            .await
+            .unwrap();
+        assert_eq!(
+            queues,
+            vec![
+                json!({"name": "q0", "depth": 1}),
+                json!({"name": "q1", "depth": 1}),
+                json!({"name": "q2", "depth": 1})
+            ]
+        );
+        let status = cluster.status(i).await.unwrap();
+        assert_eq!(
+            (status["last_applied"].as_u64(), status["views_digest"].as_str()),
+            (Some(applied), Some(digest.as_str()))
+        );
+    }
+    // A cache read on a follower sees a write made through another node,
+    // even after the follower had the old value in its memory tier.
+    let leader = cluster.wait_leader(&all, SETTLE).await.unwrap();
+    let follower = (leader + 1) % 3;
+    let reader = Client::connect(&cluster.members[follower].client_url)
+        .await
+        .unwrap();
+    let get = json!({"operation": "get", "key": {"namespace": "spread", "identifier": "n0-0"}});
+    for _ in 0..2 {
+        assert_eq!(reader.cache(get.clone()).await.unwrap()["entry"]["value"], json!(0));
+    }
+    let writer = Client::connect(&cluster.members[leader].client_url)
+        .await
+        .unwrap();
+    writer
+        .cache(put_request("spread", "n0-0", json!("new")))
+        .await
+        .unwrap();
+    cluster.wait_converged(&all, SETTLE).await.unwrap();
+    assert_eq!(
+        reader.cache(get).await.unwrap()["entry"]["value"],
+        json!("new"),
+        "the follower's memory tier dropped its stale copy"
+    );
+    let peers = cluster
+        .sql(leader, "SELECT peer, state, match_index, lag FROM peers ORDER BY peer")
+        .await
+        .unwrap();
+    assert_eq!(peers.len(), 3, "{peers:?}");
+    let states: Vec<&str> = peers.iter().map(|p| p["state"].as_str().unwrap()).collect();
+    assert_eq!(states.iter().filter(|s| **s == "leader").count(), 1, "{peers:?}");
+    assert_eq!(states.iter().filter(|s| **s == "voter").count(), 2, "{peers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_kill9_under_load_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start(3, "").await.unwrap();
+    let all = [0, 1, 2];
+    let rounds = if soak() { 5 } else { 2 };
+    let load = Load::start(&urls(&cluster, &all), 8, "load");
+    for round in 0..rounds {
+        load.wait_for(200, SETTLE).await;
+        let leader = cluster.wait_leader(&all, SETTLE).await.unwrap();
+        cluster.kill9(leader).unwrap();
+        let killed_at = Instant::now();
+        let others: Vec<usize> = all.iter().copied().filter(|&i| i != leader).collect();
+        cluster.wait_leader(&others, SETTLE).await.unwrap();
+        load.wait_for(1, SETTLE).await;
+        eprintln!(
+            "round {round}: killed leader {}; writes resumed after {:?}",
+            cluster.members[leader].name,
+            killed_at.elapsed()
+        );
+        load.wait_for(100, SETTLE).await;
+        cluster.restart(leader).await.unwrap();
+    }
+    let acked = load.finish().await;
+    assert!(acked.len() >= 300 * rounds, "only {} writes", acked.len());
+    assert_all_acknowledged(&cluster, &all, "load", &acked).await;
+    // Replay of a stopped member rebuilds the digest it served.
+    let status = cluster.status(1).await.unwrap();
+    cluster.stop(1).unwrap();
+    let replayed = replay(&cluster.members[1].dir.data()).unwrap();
+    assert_eq!(replayed["views_digest"], status["views_digest"]);
+    assert_eq!(replayed["last_applied"], status["last_applied"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_follower_catches_up_when_resumed() {
+    let cluster = Cluster::start(3, "").await.unwrap();
+    let all = [0, 1, 2];
+    let leader = cluster.wait_leader(&all, SETTLE).await.unwrap();
+    let follower = (leader + 1) % 3;
+    let load = Load::start(&urls(&cluster, &[leader]), 4, "paused");
+    load.wait_for(50, SETTLE).await;
+    cluster.pause(follower).unwrap();
+    load.wait_for(300, SETTLE).await;
+    cluster.resume(follower).unwrap();
+    load.wait_for(50, SETTLE).await;
+    let acked = load.finish().await;
+    assert_all_acknowledged(&cluster, &all, "paused", &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_minority_cannot_commit_and_the_majority_goes_on() {
+    let cluster = Cluster::start(3, "").await.unwrap();
+    let all = [0, 1, 2];
+    let old_leader = cluster.wait_leader(&all, SETTLE).await.unwrap();
+    let majority: Vec<usize> = all.iter().copied().filter(|&i| i != old_leader).collect();
+    cluster.isolate(&[old_leader]);
+
+    // The cut-off leader cannot commit: its write fails with a clear error.
+    let cut_off = Client::connect(&cluster.members[old_leader].client_url)
+        .await
+        .unwrap();
+    let refused = cut_off
+        .cache(put_request("split", "minority", json!(1)))
+        .await
+        .expect_err("a minority must not acknowledge a write");
+    assert!(
+        refused.to_string().contains("retry"),
+        "the error says what to do: {refused}"
+    );
+    let (code, health) = cluster.daemon(old_leader).get("/health").await.unwrap();
+    assert_eq!(code, 503, "{health}");
+
+    // The majority elects a leader and commits.
+    let new_leader = cluster.wait_leader(&majority, SETTLE).await.unwrap();
+    assert_ne!(new_leader, old_leader);
+    let load = Load::start(&urls(&cluster, &majority), 4, "split");
+    load.wait_for(100, SETTLE).await;
+
+    cluster.heal();
+    load.wait_for(50, SETTLE).await;
+    let acked = load.finish().await;
+    assert_all_acknowledged(&cluster, &all, "split", &acked).await;
+    let (code, _) = cluster.daemon(old_leader).get("/health").await.unwrap();
+    assert_eq!(code, 200);
+}
+
+async fn members(cluster: &Cluster, i: usize) -> Vec<String> {
+    let (code, body) = cluster.daemon(i).get("/cluster/members").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let mut names: Vec<String> = body["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["node_id"].as_str().unwrap_or("?").to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fourth_node_joins_and_a_member_is_removed() {
+    let mut cluster = Cluster::start(3, "").await.unwrap();
+    let load = Load::start(&urls(&cluster, &[0, 1, 2]), 2, "grow");
+    load.wait_for(100, SETTLE).await;
+    let fourth = cluster.add().await.unwrap();
+    assert_eq!(members(&cluster, 0).await, ["n1", "n2", "n3", "n4"]);
+    let all = [0, 1, 2, 3];
+    cluster.wait_leader(&all, SETTLE).await.unwrap();
+    let roles = cluster
+        .sql(fourth, "SELECT peer, state FROM peers WHERE peer = 'n4'")
+        .await
+        .unwrap();
+    assert_eq!(roles, vec![json!({"peer": "n4", "state": "voter"})]);
+
+    // Remove n2 through the CLI on n4, then stop it.
+    let out = std::process::Command::new(mpreg_tests::cli_bin())
+        .args(["cluster", "remove", "n2", "--admin", &cluster.members[fourth].admin_url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    cluster.stop(1).unwrap();
+    let remaining = [0, 2, 3];
+    cluster.wait_leader(&remaining, SETTLE).await.unwrap();
+    for &i in &remaining {
+        assert_eq!(members(&cluster, i).await, ["n1", "n3", "n4"]);
+    }
+    load.wait_for(50, SETTLE).await;
+    let acked = load.finish().await;
+    assert_all_acknowledged(&cluster, &remaining, "grow", &acked).await;
+    let left = cluster
+        .sql(0, "SELECT status FROM nodes WHERE node_id = 'n2'")
+        .await
+        .unwrap();
+    assert_eq!(left, vec![json!({"status": "left"})]);
+    let refused = std::process::Command::new(mpreg_tests::cli_bin())
+        .args(["cluster", "remove", "n9", "--admin", &cluster.members[0].admin_url])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not a member"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_far_behind_installs_a_snapshot() {
+    let mut cluster = Cluster::start(3, "snapshot_interval = 50\nlog_retention = 10\n")
+        .await
+        .unwrap();
+    let all = [0, 1, 2];
+    let leader = cluster.wait_leader(&all, SETTLE).await.unwrap();
+    let behind = (leader + 1) % 3;
+    cluster.kill9(behind).unwrap();
+    let up: Vec<usize> = all.iter().copied().filter(|&i| i != behind).collect();
+    let load = Load::start(&urls(&cluster, &up), 4, "far");
+    load.wait_for(600, SETTLE).await;
+    let acked = load.finish().await;
+    let status = cluster.status(leader).await.unwrap();
+    let purged = status["raft"]["purged_index"].as_u64().unwrap();
+    let before = replay(&cluster.members[behind].dir.data()).unwrap();
+    assert!(
+        purged > before["last_applied"].as_u64().unwrap(),
+        "the leader purged past the stopped node: {status} vs {before}"
+    );
+    cluster.restart(behind).await.unwrap();
+    assert_all_acknowledged(&cluster, &all, "far", &acked).await;
+    let caught_up = cluster.status(behind).await.unwrap();
+    assert!(
+        caught_up["raft"]["snapshot_index"].as_u64().unwrap() > 0,
+        "installed a snapshot: {caught_up}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_nodes_survive_two_simultaneous_failures() {
+    let mut cluster = Cluster::start(5, "").await.unwrap();
+    let all = [0, 1, 2, 3, 4];
+    let load = Load::start(&urls(&cluster, &all), 6, "five");
+    load.wait_for(150, SETTLE).await;
+    let leader = cluster.wait_leader(&all, SETTLE).await.unwrap();
+    let other = (leader + 2) % 5;
+    cluster.kill9(leader).unwrap();
+    cluster.kill9(other).unwrap();
+    let up: Vec<usize> = all
+        .iter()
+        .copied()
+        .filter(|&i| i != leader && i != other)
+        .collect();
+    cluster.wait_leader(&up, SETTLE).await.unwrap();
+    load.wait_for(200, SETTLE).await;
+    cluster.restart(leader).await.unwrap();
+    cluster.restart(other).await.unwrap();
+    load.wait_for(50, SETTLE).await;
+    let acked = load.finish().await;
+    assert_all_acknowledged(&cluster, &all, "five", &acked).await;
+}
+
+/// Queue producers with client message ids against all three nodes while
+/// the leader is killed; a consumer on a follower then drains the queue:
+/// every acknowledged send is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queue_sends_survive_leader_kills() {
+    let mut cluster = Cluster::start(3, "").await.unwrap();
+    let all = [0, 1, 2];
+    let setup = Client::connect(&cluster.members[0].client_url)
+        .await
+        .unwrap();
+    setup
+        .queue("create", json!({"queue_name": "jobs"}))
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let producers: Vec<_> = (0..4)
+        .map(|p| {
+            let (stop, acked) = (stop.clone(), acked.clone());
+            let urls = urls(&cluster, &all);
+            tokio::spawn(async move {
+                let mut at = p;
+                let mut client: Option<Client> = None;
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    if client.is_none() {
+                        client = Client::connect(&urls[at % 3]).await.ok();
+                        at += 1;
+                        if client.is_none() {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                    }
+                    let id = format!("p{p}-{n}");
+                    let send = client.as_ref().unwrap().queue(
+                        "send",
+                        json!({"queue_name": "jobs", "message_id": id, "message_payload": n}),
+                    );
+                    match tokio::time::timeout(Duration::from_secs(20), send).await {
+                        Ok(Ok(_)) => {
+                            acked.lock().await.insert(id);
+                            n += 1;
+                        }
+                        // Retry the same id: dedup makes it safe.
+                        _ => client = None,
+                    }
+                }
+            })
+        })
+        .collect();
+    let wait_acked = |count: usize| {
+        let acked = acked.clone();
+        async move {
+            let deadline = Instant::now() + SETTLE;
+            while acked.lock().await.len() < count {
+                assert!(Instant::now() < deadline, "sends did not resume");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let kills = if soak() { 4 } else { 2 };
+    for k in 0..kills {
+        wait_acked(150 * (k + 1)).await;
+        let leader = cluster.wait_leader(&all, SETTLE).await.unwrap();
+        cluster.kill9(leader).unwrap();
+        wait_acked(150 * (k + 1) + 50).await;
+        cluster.restart(leader).await.unwrap();
+    }
+    stop.store(true, Ordering::SeqCst);
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    let acked = acked.lock().await.clone();
+    cluster.wait_converged(&all, SETTLE).await.unwrap();
+    let leader = cluster.wait_leader(&all, SETTLE).await.unwrap();
+    let consumer = Client::connect(&cluster.members[(leader + 1) % 3].client_url)
+        .await
+        .unwrap();
+    let mut delivered = BTreeSet::new();
+    loop {
+        let batch = consumer
+            .queue(
+                "receive",
+                json!({"queue_name": "jobs", "max_messages": 500, "timeout_seconds": 0.5,
+                       "auto_acknowledge": true}),
+            )
+            .await
+            .unwrap();
+        let messages = batch["messages"].as_array().unwrap();
+        if messages.is_empty() {
+            break;
+        }
+        for m in messages {
+            delivered.insert(m["message_id"].as_str().unwrap().to_string());
+        }
+    }
+    let lost: Vec<&String> = acked.difference(&delivered).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged sends were never delivered: {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+}
