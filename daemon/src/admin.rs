@@ -71,7 +71,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/sql", get(crate::sql::get).post(crate::sql::post))
         .route("/metrics", get(metrics))
         .route("/cluster/members", get(members).post(add_member))
-        .route("/cluster/members/{node}", axum::routing::delete(remove_member))
+        .route(
+            "/cluster/members/{node}",
+            axum::routing::delete(remove_member),
+        )
         .with_state(state)
 }
 

@@ -264,7 +264,12 @@ impl Config {
                     .into(),
             ));
         }
-        for url in self.join.iter().chain(&self.peers).chain(&self.advertise_url) {
+        for url in self
+            .join
+            .iter()
+            .chain(&self.peers)
+            .chain(&self.advertise_url)
+        {
             if !(url.starts_with("ws://") || url.starts_with("wss://")) {
                 return Err(Error::InvalidSetting(format!(
                     "{url:?} is not a node URL: expected ws://host:port"

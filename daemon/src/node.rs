@@ -133,7 +133,9 @@ impl Proposer {
                         Ok(PeerReply::Proposed(Err(Refused::NotLeader { .. }))) => {
                             last_problem = format!("node {id} is no longer the leader");
                         }
-                        Ok(PeerReply::Proposed(Err(Refused::Failed(reason)))) => return Err(reason),
+                        Ok(PeerReply::Proposed(Err(Refused::Failed(reason)))) => {
+                            return Err(reason);
+                        }
                         Ok(other) => return Err(format!("leader {id} answered {other:?}")),
                         Err(e @ PeerError::Unreachable { .. }) => last_problem = e.to_string(),
                         Err(e) => {

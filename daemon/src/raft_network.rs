@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use mpreg_storage::TypeConfig;
 use mpreg_storage::typ::{Node, NodeId};
+use openraft::RPCTypes;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
 };
-use openraft::RPCTypes;
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -100,7 +100,10 @@ impl PeerClient {
         ))))
     }
 
-    fn remote<E: std::error::Error>(&self, error: RaftError<NodeId, E>) -> RPCError<NodeId, Node, RaftError<NodeId, E>> {
+    fn remote<E: std::error::Error>(
+        &self,
+        error: RaftError<NodeId, E>,
+    ) -> RPCError<NodeId, Node, RaftError<NodeId, E>> {
         RPCError::RemoteError(RemoteError::new(self.target, error))
     }
 }

@@ -14,12 +14,12 @@ use crate::admin::{self, AdminState};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::fabric::Fabric;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::pubsub::PubSub;
 use crate::queue::Queues;
 use crate::rpc::Rpc;
-use crate::fabric::Fabric;
 use crate::transport::{self, Endpoints, Services};
 
 /// The sockets a node serves on.
@@ -123,7 +123,12 @@ pub async fn start(
         shutdown.child_token(),
         tasks.clone(),
     ));
-    let serving = node.serve(&config, &own_url, vec![own_url.clone(), admin_url.clone()], &shutdown);
+    let serving = node.serve(
+        &config,
+        &own_url,
+        vec![own_url.clone(), admin_url.clone()],
+        &shutdown,
+    );
     tokio::select! {
         served = serving => served?,
         () = shutdown.cancelled() => {

@@ -28,8 +28,7 @@ impl RaftSource for LiveRaft {
         let status = node.raft_status();
         let last_applied = node.applied().last_applied_index();
         let leader = status.leader.map(|leader| {
-            crate::fabric::membership::node_name(node, leader)
-                .unwrap_or_else(|| leader.to_string())
+            crate::fabric::membership::node_name(node, leader).unwrap_or_else(|| leader.to_string())
         });
         Ok(RaftRow {
             node_id: node.identity().node_id.clone(),

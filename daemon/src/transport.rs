@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{
-    Request as HandshakeRequest, Response as HandshakeResponse,
+    Callback, ErrorResponse, Request as HandshakeRequest, Response as HandshakeResponse,
 };
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -111,6 +111,21 @@ impl Endpoints {
     }
 }
 
+/// Notes whether a WebSocket handshake asked for path `/peer`.
+struct PeerPath(Arc<AtomicBool>);
+
+impl Callback for PeerPath {
+    fn on_request(
+        self,
+        request: &HandshakeRequest,
+        response: HandshakeResponse,
+    ) -> Result<HandshakeResponse, ErrorResponse> {
+        self.0
+            .store(request.uri().path().starts_with("/peer"), Ordering::SeqCst);
+        Ok(response)
+    }
+}
+
 /// Accepts connections until `shutdown` is cancelled; sessions and their
 /// requests run on `tasks` so shutdown can wait for them. A WebSocket
 /// opened on path `/peer` is another node; any other path is a client.
@@ -157,11 +172,7 @@ pub async fn serve(
                 .max_message_size(Some(hard_cap))
                 .max_frame_size(Some(hard_cap));
             let is_peer = Arc::new(AtomicBool::new(false));
-            let path_check = is_peer.clone();
-            let callback = move |request: &HandshakeRequest, response: HandshakeResponse| {
-                path_check.store(request.uri().path().starts_with("/peer"), Ordering::SeqCst);
-                Ok(response)
-            };
+            let callback = PeerPath(is_peer.clone());
             match tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
                 .await
             {

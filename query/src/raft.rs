@@ -80,7 +80,12 @@ impl RaftSource for StoredRaftSource {
                 peer: names.get(id).cloned().unwrap_or_else(|| id.to_string()),
                 raft_id: *id,
                 address: node.addr.clone(),
-                state: if voters.contains(id) { "voter" } else { "learner" }.to_string(),
+                state: if voters.contains(id) {
+                    "voter"
+                } else {
+                    "learner"
+                }
+                .to_string(),
                 last_contact_ms: None,
                 match_index: None,
                 lag: None,

@@ -182,7 +182,10 @@ async fn assert_all_acknowledged(
 
 async fn events(cluster: &Cluster, i: usize) -> Vec<Value> {
     cluster
-        .sql(i, "SELECT \"index\", term, kind, summary FROM events ORDER BY \"index\", kind, summary")
+        .sql(
+            i,
+            "SELECT \"index\", term, kind, summary FROM events ORDER BY \"index\", kind, summary",
+        )
         .await
         .expect("events")
 }
@@ -229,7 +232,10 @@ async fn writes_through_every_node_are_on_every_node() {
         );
         assert_eq!(stored(&cluster, i, "spread").await.len(), 30);
         let queues = cluster
-            .sql(i, "SELECT name, depth FROM queues WHERE name LIKE 'q_' ORDER BY name")
+            .sql(
+                i,
+                "SELECT name, depth FROM queues WHERE name LIKE 'q_' ORDER BY name",
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -242,7 +248,10 @@ async fn writes_through_every_node_are_on_every_node() {
         );
         let status = cluster.status(i).await.unwrap();
         assert_eq!(
-            (status["last_applied"].as_u64(), status["views_digest"].as_str()),
+            (
+                status["last_applied"].as_u64(),
+                status["views_digest"].as_str()
+            ),
             (Some(applied), Some(digest.as_str()))
         );
     }
@@ -255,7 +264,10 @@ async fn writes_through_every_node_are_on_every_node() {
         .unwrap();
     let get = json!({"operation": "get", "key": {"namespace": "spread", "identifier": "n0-0"}});
     for _ in 0..2 {
-        assert_eq!(reader.cache(get.clone()).await.unwrap()["entry"]["value"], json!(0));
+        assert_eq!(
+            reader.cache(get.clone()).await.unwrap()["entry"]["value"],
+            json!(0)
+        );
     }
     let writer = Client::connect(&cluster.members[leader].client_url)
         .await
@@ -271,13 +283,24 @@ async fn writes_through_every_node_are_on_every_node() {
         "the follower's memory tier dropped its stale copy"
     );
     let peers = cluster
-        .sql(leader, "SELECT peer, state, match_index, lag FROM peers ORDER BY peer")
+        .sql(
+            leader,
+            "SELECT peer, state, match_index, lag FROM peers ORDER BY peer",
+        )
         .await
         .unwrap();
     assert_eq!(peers.len(), 3, "{peers:?}");
     let states: Vec<&str> = peers.iter().map(|p| p["state"].as_str().unwrap()).collect();
-    assert_eq!(states.iter().filter(|s| **s == "leader").count(), 1, "{peers:?}");
-    assert_eq!(states.iter().filter(|s| **s == "voter").count(), 2, "{peers:?}");
+    assert_eq!(
+        states.iter().filter(|s| **s == "leader").count(),
+        1,
+        "{peers:?}"
+    );
+    assert_eq!(
+        states.iter().filter(|s| **s == "voter").count(),
+        2,
+        "{peers:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -396,10 +419,20 @@ async fn a_fourth_node_joins_and_a_member_is_removed() {
 
     // Remove n2 through the CLI on n4, then stop it.
     let out = std::process::Command::new(mpreg_tests::cli_bin())
-        .args(["cluster", "remove", "n2", "--admin", &cluster.members[fourth].admin_url])
+        .args([
+            "cluster",
+            "remove",
+            "n2",
+            "--admin",
+            &cluster.members[fourth].admin_url,
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     cluster.stop(1).unwrap();
     let remaining = [0, 2, 3];
     cluster.wait_leader(&remaining, SETTLE).await.unwrap();
@@ -415,7 +448,13 @@ async fn a_fourth_node_joins_and_a_member_is_removed() {
         .unwrap();
     assert_eq!(left, vec![json!({"status": "left"})]);
     let refused = std::process::Command::new(mpreg_tests::cli_bin())
-        .args(["cluster", "remove", "n9", "--admin", &cluster.members[0].admin_url])
+        .args([
+            "cluster",
+            "remove",
+            "n9",
+            "--admin",
+            &cluster.members[0].admin_url,
+        ])
         .output()
         .unwrap();
     assert!(!refused.status.success());

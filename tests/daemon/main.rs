@@ -4,8 +4,8 @@
 
 mod bad_data_dir;
 mod cache;
-mod cluster;
 mod cli;
+mod cluster;
 mod durability;
 mod metrics;
 mod migrations;

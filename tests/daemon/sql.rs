@@ -322,8 +322,14 @@ async fn each_table_returns_what_the_views_hold() -> Result<()> {
     let status = mpreg_tests::status_of(admin).await?;
     let last_applied = status["last_applied"].as_u64().context("last_applied")?;
     let all_events = sql_rows(admin, "SELECT * FROM events").await?;
-    assert_eq!(all_events[0]["kind"], "node_joined");
-    assert_eq!(all_events[1]["kind"], "route_announced");
+    // The log starts with the membership raft initialized the cluster with.
+    assert_eq!(all_events[0]["kind"], "membership");
+    assert_eq!(all_events[0]["time"], Value::Null);
+    let membership: Value =
+        serde_json::from_str(all_events[0]["summary"].as_str().context("summary")?)?;
+    assert_eq!(membership["configs"].as_array().map(Vec::len), Some(1));
+    assert_eq!(all_events[1]["kind"], "node_joined");
+    assert_eq!(all_events[2]["kind"], "route_announced");
     let events = sql_rows(
         admin,
         &format!("SELECT * FROM events WHERE index > {before_seed}"),

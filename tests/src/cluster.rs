@@ -220,7 +220,11 @@ impl Cluster {
 
     /// Waits until every member of `among` has applied the same index with
     /// the same digest; returns them.
-    pub async fn wait_converged(&self, among: &[usize], timeout: Duration) -> Result<(u64, String)> {
+    pub async fn wait_converged(
+        &self,
+        among: &[usize],
+        timeout: Duration,
+    ) -> Result<(u64, String)> {
         let deadline = Instant::now() + timeout;
         loop {
             let mut seen = Vec::new();
@@ -228,7 +232,10 @@ impl Cluster {
                 if let Ok(status) = self.status(i).await {
                     seen.push((
                         status["last_applied"].as_u64().unwrap_or(0),
-                        status["views_digest"].as_str().unwrap_or_default().to_string(),
+                        status["views_digest"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
                     ));
                 }
             }

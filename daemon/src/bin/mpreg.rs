@@ -58,7 +58,7 @@ enum Command {
         #[command(subcommand)]
         op: ClusterOp,
         /// Admin URL of any member.
-        #[arg(long, default_value = "http://127.0.0.1:6670")]
+        #[arg(long, global = true, default_value = "http://127.0.0.1:6670")]
         admin: String,
     },
     /// Run read-only SQL on the daemon (admin HTTP /sql) and print a table.

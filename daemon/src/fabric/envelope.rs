@@ -53,9 +53,14 @@ pub enum PeerRequest {
     /// Events proposed on a follower, for the leader to commit.
     Propose(Vec<EventKind>),
     /// A node asks to become a member (learner, then voter).
-    Join { node_id: String, addr: String },
+    Join {
+        node_id: String,
+        addr: String,
+    },
     /// Remove a member (by node id or raft id).
-    Remove { node: String },
+    Remove {
+        node: String,
+    },
 }
 
 /// Why a forwarded request did not run; says whether retrying is safe.
@@ -183,7 +188,9 @@ mod test {
         assert_eq!(reply.routing_path, ["b", "a"]);
         assert!(matches!(
             reply.body,
-            Body::Reply(PeerReply::Proposed(Err(Refused::NotLeader { leader: Some(4) })))
+            Body::Reply(PeerReply::Proposed(Err(Refused::NotLeader {
+                leader: Some(4)
+            })))
         ));
     }
 

@@ -67,7 +67,11 @@ pub fn members(node: &Node) -> Vec<Member> {
                 node_id: names.get(id).cloned(),
                 raft_id: *id,
                 addr: raft_node.addr.clone(),
-                role: if voters.contains(id) { "voter" } else { "learner" },
+                role: if voters.contains(id) {
+                    "voter"
+                } else {
+                    "learner"
+                },
                 leader: metrics.current_leader == Some(*id),
                 match_index: matched,
                 lag: matched.map(|m| last_log.saturating_sub(m)),
@@ -154,7 +158,12 @@ pub async fn remove(
         return via_leader(node, request, envelope).await;
     }
     let raft = node.raft();
-    let membership = raft.metrics().borrow().membership_config.membership().clone();
+    let membership = raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .clone();
     let id = [raft_id(who)]
         .into_iter()
         .chain(who.parse::<NodeId>().ok())
@@ -261,7 +270,9 @@ pub async fn join_via(
                 tracing::info!(?members, "joined the cluster");
                 return Ok(());
             }
-            Ok(PeerReply::Membership(Err(e))) => tracing::warn!(%url, error = %e, "join refused; retrying"),
+            Ok(PeerReply::Membership(Err(e))) => {
+                tracing::warn!(%url, error = %e, "join refused; retrying")
+            }
             Ok(other) => tracing::warn!(%url, ?other, "unexpected answer to join"),
             Err(e) => tracing::info!(%url, error = %e, "cluster not reachable yet"),
         }

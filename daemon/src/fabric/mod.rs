@@ -86,7 +86,10 @@ impl Fabric {
 
     async fn answer(&self, mut envelope: Envelope) -> Envelope {
         let me = self.node.identity().node_id.clone();
-        let body = std::mem::replace(&mut envelope.body, Body::Reply(PeerReply::Error(String::new())));
+        let body = std::mem::replace(
+            &mut envelope.body,
+            Body::Reply(PeerReply::Error(String::new())),
+        );
         let reply = match body {
             Body::Request(request) if envelope.hop_budget > 0 => {
                 self.handle(request, &envelope).await
@@ -107,7 +110,9 @@ impl Fabric {
                 node_id: self.node.identity().node_id.clone(),
                 cluster_id: self.node.identity().cluster_id.clone(),
             },
-            PeerRequest::AppendEntries(rpc) => PeerReply::AppendEntries(raft.append_entries(rpc).await),
+            PeerRequest::AppendEntries(rpc) => {
+                PeerReply::AppendEntries(raft.append_entries(rpc).await)
+            }
             PeerRequest::Vote(rpc) => PeerReply::Vote(raft.vote(rpc).await),
             PeerRequest::InstallSnapshot(rpc) => {
                 PeerReply::InstallSnapshot(raft.install_snapshot(rpc).await)
@@ -120,9 +125,9 @@ impl Fabric {
                 }
                 PeerReply::Proposed(self.node.propose_all(kinds).await.map_err(Refused::Failed))
             }
-            PeerRequest::Join { node_id, addr } => PeerReply::Membership(
-                membership::join(&self.node, &node_id, &addr, envelope).await,
-            ),
+            PeerRequest::Join { node_id, addr } => {
+                PeerReply::Membership(membership::join(&self.node, &node_id, &addr, envelope).await)
+            }
             PeerRequest::Remove { node } => {
                 PeerReply::Membership(membership::remove(&self.node, &node, envelope).await)
             }

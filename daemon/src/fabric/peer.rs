@@ -104,10 +104,13 @@ impl Peers {
         received: &Envelope,
         timeout: Duration,
     ) -> Result<PeerReply, PeerError> {
-        if received.hop_budget <= 1 || received.routing_path.iter().any(|n| *n == self.node_id) {
+        if received.hop_budget <= 1 || received.routing_path.contains(&self.node_id) {
             return Err(PeerError::Unreachable {
                 addr: addr.to_string(),
-                reason: format!("not forwarded: routing path {:?}, hop budget {}", received.routing_path, received.hop_budget),
+                reason: format!(
+                    "not forwarded: routing path {:?}, hop budget {}",
+                    received.routing_path, received.hop_budget
+                ),
             });
         }
         let mut envelope = Envelope::request(&self.node_id, &self.cluster_id, 0, request);
@@ -126,12 +129,10 @@ impl Peers {
         let connection = self.connection(addr).await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         envelope.id = id;
-        let bytes = envelope
-            .encode()
-            .map_err(|reason| PeerError::Unreachable {
-                addr: addr.to_string(),
-                reason,
-            })?;
+        let bytes = envelope.encode().map_err(|reason| PeerError::Unreachable {
+            addr: addr.to_string(),
+            reason,
+        })?;
         let (reply, answer) = oneshot::channel();
         connection
             .waiters
@@ -233,11 +234,7 @@ impl Peers {
     }
 
     async fn connect(&self, addr: &str) -> Result<Arc<Connection>, String> {
-        let url = format!(
-            "{}/peer?from={}",
-            addr.trim_end_matches('/'),
-            self.node_id
-        );
+        let url = format!("{}/peer?from={}", addr.trim_end_matches('/'), self.node_id);
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_PEER_FRAME))
             .max_frame_size(Some(MAX_PEER_FRAME));
