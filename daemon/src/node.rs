@@ -534,6 +534,11 @@ impl Node {
             .map(|n| n.addr.clone())
     }
 
+    /// The address of the member whose node id is `node_id`.
+    pub fn member_addr_of(&self, node_id: &str) -> Option<String> {
+        self.member_addr(raft_id(node_id))
+    }
+
     /// Proposes several events (forwarded by a follower) and returns their
     /// outcomes in order.
     pub async fn propose_all(

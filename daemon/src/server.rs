@@ -162,8 +162,10 @@ pub async fn start(
     let sql = crate::sql::engine(node.clone(), cache.clone(), config.sql.clone())
         .map_err(Error::SqlRuntime)?;
     admin_state.set_node(node.clone(), Arc::new(sql));
+    let rpc = Arc::new(rpc);
+    endpoints.fabric.attach(rpc.clone(), pubsub.clone());
     endpoints.serve_clients(Arc::new(Services {
-        rpc: Arc::new(rpc),
+        rpc,
         queues,
         pubsub,
         cache,

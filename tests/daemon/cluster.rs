@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use mpreg_daemon::client::Client;
+use mpreg_daemon::client::{Client, Worker};
 use mpreg_tests::cluster::Cluster;
 use mpreg_tests::replay;
 use serde_json::{Value, json};
@@ -622,4 +622,64 @@ async fn queue_sends_survive_leader_kills() {
         acked.len(),
         &lost[..lost.len().min(5)]
     );
+}
+
+/// A call made on one node runs on the worker connected to another; a
+/// publish on one node reaches subscribers on the others; a queue consumer
+/// on a follower receives messages sent through the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn calls_publishes_and_queue_pushes_cross_nodes() {
+    let cluster = Cluster::start(3, "").await.unwrap();
+    let all = [0, 1, 2];
+    let leader = cluster.wait_leader(&all, SETTLE).await.unwrap();
+    let (a, b) = ((leader + 1) % 3, (leader + 2) % 3);
+    let url = |i: usize| cluster.members[i].client_url.clone();
+
+    let worker = Worker::connect(&url(a)).await.unwrap();
+    worker
+        .register("where", "1.0.0", &[], |args, _| {
+            Ok(json!({"ran_on": "a", "args": args}))
+        })
+        .await
+        .unwrap();
+    cluster.wait_converged(&all, SETTLE).await.unwrap();
+    let caller = Client::connect(&url(b)).await.unwrap();
+    let answer = caller.call("where", vec![json!(7)]).await.unwrap();
+    assert_eq!(answer, json!({"ran_on": "a", "args": [7]}));
+
+    let subscriber = Client::connect(&url(a)).await.unwrap();
+    let mut sub = subscriber.subscribe(&["orders.#"], 0).await.unwrap();
+    cluster.wait_converged(&all, SETTLE).await.unwrap();
+    let publisher = Client::connect(&url(b)).await.unwrap();
+    publisher
+        .publish("orders.eu.new", json!({"id": 1}))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("a forwarded publish within 10 s")
+        .expect("subscription open");
+    assert_eq!(got.message.topic, "orders.eu.new");
+    assert_eq!(got.message.payload, json!({"id": 1}));
+
+    let producer = Client::connect(&url(leader)).await.unwrap();
+    producer
+        .queue("create", json!({"queue_name": "cross"}))
+        .await
+        .unwrap();
+    cluster.wait_converged(&all, SETTLE).await.unwrap();
+    let consumer = Client::connect(&url(b)).await.unwrap();
+    let mut pushed = consumer.subscribe_queue("cross", 10, None).await.unwrap();
+    producer
+        .queue(
+            "send",
+            json!({"queue_name": "cross", "message_payload": "hi"}),
+        )
+        .await
+        .unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(10), pushed.next())
+        .await
+        .expect("a pushed message within 10 s")
+        .expect("subscription open");
+    assert_eq!(message["payload"], json!("hi"));
 }

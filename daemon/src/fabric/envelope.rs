@@ -6,6 +6,7 @@
 //! carry an id; the reply to a request carries the same id.
 
 use mpreg_storage::typ::NodeId;
+use mpreg_storage::views::FunctionRow;
 use mpreg_storage::{EventKind, Outcome, TypeConfig, codec};
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
@@ -13,6 +14,8 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::protocol::RpcError;
 
 /// First byte of every peer frame written by this binary.
 pub const ENVELOPE_VERSION: u8 = 0xB1;
@@ -61,6 +64,17 @@ pub enum PeerRequest {
     Remove {
         node: String,
     },
+    /// Run a function on a worker connected to the receiving node. Values
+    /// travel as JSON text (bincode cannot carry `serde_json::Value`).
+    Call {
+        function: FunctionRow,
+        args: String,
+        kwargs: String,
+    },
+    /// Fan a pub/sub message (JSON) out to the receiver's subscribers.
+    Publish {
+        message: String,
+    },
 }
 
 /// Why a forwarded request did not run; says whether retrying is safe.
@@ -89,6 +103,9 @@ pub enum PeerReply {
     Proposed(Result<Vec<Outcome>, Refused>),
     /// Membership changed (join or remove); the members after it.
     Membership(Result<Vec<String>, Refused>),
+    /// The function's result as JSON text, or its error.
+    Called(Result<String, RpcError>),
+    Published(Result<(), String>),
     /// The request could not be read or is not served by this node.
     Error(String),
 }

@@ -1,7 +1,8 @@
 //! The fabric: traffic between the nodes of a cluster. Entry type
 //! [`Fabric`] serves the peer connections other nodes open on `--listen`
 //! (WebSocket path `/peer`): raft RPCs, proposals forwarded by followers,
-//! and membership requests.
+//! membership requests, and calls and publishes routed to the node that
+//! holds the worker or the subscriber.
 //!
 //! - [`envelope`]: the frame between nodes (routing headers + payload);
 //! - [`peer`]: outbound links to other nodes;
@@ -11,7 +12,7 @@ pub mod envelope;
 pub mod membership;
 pub mod peer;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -21,16 +22,34 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::node::Node;
+use crate::pubsub::PubSub;
+use crate::rpc::Rpc;
 use envelope::{Body, Envelope, PeerReply, PeerRequest, Refused};
+
+/// The systems forwarded calls and publishes run on, once started.
+struct Systems {
+    rpc: Arc<Rpc>,
+    pubsub: Arc<PubSub>,
+}
 
 /// Serves requests from other nodes.
 pub struct Fabric {
     node: Arc<Node>,
+    systems: OnceLock<Systems>,
 }
 
 impl Fabric {
     pub fn new(node: Arc<Node>) -> Arc<Self> {
-        Arc::new(Fabric { node })
+        Arc::new(Fabric {
+            node,
+            systems: OnceLock::new(),
+        })
+    }
+
+    /// Serves forwarded calls and publishes from now on (before, they are
+    /// refused as "starting").
+    pub fn attach(&self, rpc: Arc<Rpc>, pubsub: Arc<PubSub>) {
+        let _ = self.systems.set(Systems { rpc, pubsub });
     }
 
     /// Serves one peer connection until it closes: each request runs on
@@ -131,6 +150,20 @@ impl Fabric {
             PeerRequest::Remove { node } => {
                 PeerReply::Membership(membership::remove(&self.node, &node, envelope).await)
             }
+            PeerRequest::Call {
+                function,
+                args,
+                kwargs,
+            } => match self.systems.get() {
+                Some(systems) => {
+                    PeerReply::Called(systems.rpc.call_forwarded(&function, &args, &kwargs).await)
+                }
+                None => PeerReply::Error("the node is starting".to_string()),
+            },
+            PeerRequest::Publish { message } => match self.systems.get() {
+                Some(systems) => PeerReply::Published(systems.pubsub.publish_forwarded(&message)),
+                None => PeerReply::Error("the node is starting".to_string()),
+            },
         }
     }
 }

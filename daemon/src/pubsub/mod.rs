@@ -3,7 +3,8 @@
 //!
 //! [`PubSub`] is the entry type. Publishing changes no shared state, so it
 //! does not touch the log: a message is matched against the topic trie and
-//! queued on every matching subscription. Subscribing and unsubscribing are
+//! queued on every matching subscription, and sent to every other member
+//! whose subscriptions (in the replicated catalog) match its topic. Subscribing and unsubscribing are
 //! catalog events (`subscription_added` / `subscription_removed`), so the
 //! `subscriptions` view shows what is live and a restart knows which
 //! durable subscriptions to keep.
@@ -16,22 +17,27 @@
 mod backlog;
 pub mod topic;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mpreg_storage::topic::pattern_matches;
 use mpreg_storage::{EventKind, Outcome};
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::clock::now_secs;
+use crate::fabric::envelope::{PeerReply, PeerRequest};
 use crate::metrics::PubSubMetrics;
 use crate::node::Node;
 use crate::protocol::{PubSubMessage, PubSubSubscription};
 use crate::transport::{FrameKind, Outbound};
 use backlog::Backlog;
 use topic::TopicTrie;
+
+/// Longest a forwarded publish waits for the other node's answer.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What happens when a subscriber's buffer is full.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
@@ -244,8 +250,54 @@ impl PubSub {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Fans a message out to every matching subscription.
+    /// Fans a message out to every matching subscription: here, and on
+    /// every other member with a matching subscription (in the background;
+    /// pub/sub delivery is at most once).
     pub fn publish(&self, message: &PubSubMessage) -> Result<(), String> {
+        let json = self.publish_here(message)?;
+        for addr in self.remote_subscribers(&message.topic) {
+            let peers = self.node.peers().clone();
+            let message = json.to_string();
+            tokio::spawn(async move {
+                let request = PeerRequest::Publish { message };
+                match peers.request(&addr, request, FORWARD_TIMEOUT).await {
+                    Ok(PeerReply::Published(Ok(()))) => {}
+                    Ok(other) => tracing::warn!(%addr, ?other, "forwarded publish refused"),
+                    Err(e) => tracing::warn!(%addr, error = %e, "forwarded publish failed"),
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Fans out a message another node forwarded (JSON), here only.
+    pub fn publish_forwarded(&self, message: &str) -> Result<(), String> {
+        let message: PubSubMessage =
+            serde_json::from_str(message).map_err(|e| format!("forwarded message: {e}"))?;
+        self.publish_here(&message).map(drop)
+    }
+
+    /// Addresses of the other members with a subscription matching `topic`.
+    fn remote_subscribers(&self, topic: &str) -> BTreeSet<String> {
+        let me = &self.node.identity().node_id;
+        let nodes: BTreeSet<String> = self
+            .node
+            .views()
+            .catalog()
+            .subscriptions()
+            .filter(|s| s.node_id != *me)
+            .filter(|s| s.patterns.iter().any(|p| pattern_matches(p, topic)))
+            .map(|s| s.node_id.clone())
+            .collect();
+        nodes
+            .iter()
+            .filter_map(|node_id| self.node.member_addr_of(node_id))
+            .collect()
+    }
+
+    /// Fans a message out to the matching subscriptions of this node and
+    /// keeps it in the backlog; returns it as JSON.
+    fn publish_here(&self, message: &PubSubMessage) -> Result<Queued, String> {
         topic::check_topic(&message.topic)?;
         if message.message_id.is_empty() {
             return Err("message_id must not be empty".into());
@@ -276,7 +328,7 @@ impl PubSub {
                     .push(message.message_id.clone(), json.clone(), &self.limits);
             }
         }
-        Ok(())
+        Ok(json)
     }
 
     /// Registers a subscription in memory, with its backlog queued first.

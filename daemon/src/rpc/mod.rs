@@ -21,6 +21,7 @@ use mpreg_storage::views::FunctionRow;
 use serde_json::{Map, Value};
 
 use crate::clock::now_secs;
+use crate::fabric::envelope::{PeerReply, PeerRequest};
 use crate::metrics::RpcMetrics;
 use crate::node::Node;
 use crate::protocol::{
@@ -169,8 +170,74 @@ impl Rpc {
         &self.node.identity().node_id
     }
 
-    fn is_live(&self, provider: &str) -> bool {
-        provider == builtins::PROVIDER || self.workers.is_live(provider)
+    /// Whether a registration can serve a call: a built-in, a worker
+    /// connected here, or a worker of another member of the cluster.
+    fn is_live(&self, row: &FunctionRow) -> bool {
+        if row.provider == builtins::PROVIDER {
+            return true;
+        }
+        if row.node_id == self.node.identity().node_id {
+            return self.workers.is_live(&row.provider);
+        }
+        self.node.member_addr_of(&row.node_id).is_some()
+    }
+
+    /// Runs a call another node routed here, for a worker connected to
+    /// this node; arguments and result travel as JSON text.
+    pub async fn call_forwarded(
+        &self,
+        function: &FunctionRow,
+        args: &str,
+        kwargs: &str,
+    ) -> Result<String, RpcError> {
+        let bad = |what: &str, e: serde_json::Error| {
+            RpcError::new(
+                ErrorCode::ExecutionFailed,
+                format!("forwarded {what} are not JSON: {e}"),
+            )
+        };
+        let args: Vec<Value> = serde_json::from_str(args).map_err(|e| bad("arguments", e))?;
+        let kwargs: Map<String, Value> =
+            serde_json::from_str(kwargs).map_err(|e| bad("keyword arguments", e))?;
+        let result = self
+            .workers
+            .call(&function.provider, function, args, kwargs)
+            .await?;
+        Ok(result.to_string())
+    }
+
+    /// Sends a call to the node whose worker provides `function`.
+    async fn call_remote(
+        &self,
+        function: &FunctionRow,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+    ) -> Result<Value, RpcError> {
+        let failed = |e: String| RpcError::new(ErrorCode::ExecutionFailed, e);
+        let addr = self
+            .node
+            .member_addr_of(&function.node_id)
+            .ok_or_else(|| failed(format!("node {} is not a member", function.node_id)))?;
+        let request = PeerRequest::Call {
+            function: function.clone(),
+            args: Value::Array(args).to_string(),
+            kwargs: Value::Object(kwargs).to_string(),
+        };
+        match self
+            .node
+            .peers()
+            .request(&addr, request, self.limits.request_timeout)
+            .await
+        {
+            Ok(PeerReply::Called(Ok(json))) => serde_json::from_str(&json)
+                .map_err(|e| failed(format!("node {} answered bad JSON: {e}", function.node_id))),
+            Ok(PeerReply::Called(Err(e))) => Err(e),
+            Ok(other) => Err(failed(format!(
+                "node {} answered {other:?}",
+                function.node_id
+            ))),
+            Err(e) => Err(failed(format!("routing to node {}: {e}", function.node_id))),
+        }
     }
 
     /// Answers one `rpc` request; never fails, errors are in the response.
@@ -253,7 +320,7 @@ impl Rpc {
     fn check_functions(&self, cmds: &[RpcCommand]) -> Result<(), RpcError> {
         let catalog = self.node.views().catalog();
         for cmd in cmds {
-            select::providers(&catalog, cmd, |p| self.is_live(p))?;
+            select::providers(&catalog, cmd, |f| self.is_live(f))?;
         }
         Ok(())
     }
@@ -329,7 +396,7 @@ impl Rpc {
     ) -> Result<Value, RpcError> {
         let function = {
             let catalog = self.node.views().catalog();
-            self.selector.select(&catalog, cmd, |p| self.is_live(p))?
+            self.selector.select(&catalog, cmd, |f| self.is_live(f))?
         };
         let failed = |e: String| {
             RpcError::new(
@@ -343,6 +410,10 @@ impl Rpc {
             Ok(self.queues.call(&function.name, &args, &kwargs).await)
         } else if function.provider == builtins::PROVIDER {
             builtins::call(&self.node, &function.name, &args, &kwargs).map_err(failed)
+        } else if function.node_id != self.node.identity().node_id {
+            self.call_remote(&function, args, kwargs)
+                .await
+                .map_err(|e| failed(e.details.unwrap_or(e.message)))
         } else {
             self.workers
                 .call(&function.provider, &function, args, kwargs)

@@ -33,14 +33,14 @@ fn version_of(row: &FunctionRow) -> Option<semver::Version> {
 pub fn providers<'a>(
     catalog: &'a Catalog,
     cmd: &RpcCommand,
-    is_live: impl Fn(&str) -> bool,
+    is_live: impl Fn(&FunctionRow) -> bool,
 ) -> Result<Vec<&'a FunctionRow>, RpcError> {
     let candidates: Vec<&FunctionRow> = std::iter::once(cmd.fun.as_str())
         .chain(NAME_PREFIXES.iter().filter_map(|p| cmd.fun.strip_prefix(p)))
         .map(|name| {
             catalog
                 .functions_named(name)
-                .filter(|r| is_live(&r.provider))
+                .filter(|r| is_live(r))
                 .collect::<Vec<_>>()
         })
         .find(|rows| !rows.is_empty())
@@ -100,7 +100,7 @@ impl Selector {
         &self,
         catalog: &Catalog,
         cmd: &RpcCommand,
-        is_live: impl Fn(&str) -> bool,
+        is_live: impl Fn(&FunctionRow) -> bool,
     ) -> Result<FunctionRow, RpcError> {
         let providers = providers(catalog, cmd, is_live)?;
         let key = (providers[0].name.clone(), providers[0].version.clone());
