@@ -445,6 +445,10 @@ struct RaftGauges {
     last_applied_index: IntGauge,
     apply_lag: IntGauge,
     log_bytes: IntGauge,
+    has_leader: IntGauge,
+    voters: IntGauge,
+    peer_lag: IntGaugeVec,
+    peer_contact_age: IntGaugeVec,
 }
 
 impl RaftGauges {
@@ -480,6 +484,32 @@ impl RaftGauges {
                 r,
                 "mpreg_storage_log_bytes",
                 "Bytes of the raft log in RocksDB (SST files and memtables).",
+            )?,
+            has_leader: gauge(
+                r,
+                "mpreg_raft_has_leader",
+                "1 when this node knows a leader that can commit (as /health).",
+            )?,
+            voters: gauge(r, "mpreg_raft_voters", "Voting members of the cluster.")?,
+            peer_lag: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "mpreg_raft_peer_lag_entries",
+                        "Entries each member is behind the leader's log (on the leader).",
+                    ),
+                    &["peer"],
+                )?,
+            )?,
+            peer_contact_age: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "mpreg_fabric_peer_last_contact_age_ms",
+                        "Milliseconds since each member last answered this node.",
+                    ),
+                    &["peer"],
+                )?,
             )?,
         })
     }
@@ -573,6 +603,29 @@ impl Metrics {
             .set(as_i64(committed.saturating_sub(applied)));
         if let Ok(bytes) = node.inspector().log_bytes() {
             self.raft.log_bytes.set(as_i64(bytes));
+        }
+        self.raft.has_leader.set(i64::from(node.has_leader()));
+        self.raft.peer_lag.reset();
+        self.raft.peer_contact_age.reset();
+        let now = crate::clock::now_ms();
+        let members = crate::fabric::membership::members(node);
+        self.raft.voters.set(as_i64(
+            members.iter().filter(|m| m.role == "voter").count() as u64
+        ));
+        for member in members {
+            let name = member.node_id.unwrap_or_else(|| member.raft_id.to_string());
+            if let Some(lag) = member.lag {
+                self.raft
+                    .peer_lag
+                    .with_label_values(&[&name])
+                    .set(as_i64(lag));
+            }
+            if let Some(at) = node.peers().last_contact(&member.addr) {
+                self.raft
+                    .peer_contact_age
+                    .with_label_values(&[&name])
+                    .set(as_i64(now.saturating_sub(at)));
+            }
         }
         self.queue.depth.reset();
         self.queue.in_flight.reset();

@@ -171,6 +171,8 @@ async fn dashboards_and_alerts_use_only_exported_metrics() -> Result<()> {
         "MpregRpcErrorRate",
         "MpregSlowConsumerDrops",
         "MpregQueueDeadLetters",
+        "MpregNoLeader",
+        "MpregFollowerLagging",
     ] {
         ensure!(
             rules.contains(&format!("alert: {alert}")),
