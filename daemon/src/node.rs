@@ -17,7 +17,7 @@ use mpreg_storage::{
     AppliedState, DataDir, Event, EventBatch, EventKind, Identity, Inspector, OpenMode, Outcome,
     StorageMetrics, Views,
 };
-use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{ServerState, SnapshotPolicy};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -171,6 +171,8 @@ pub struct Node {
     /// Lower bound of the election timeout (health: how long a leader may
     /// go without hearing from a quorum).
     election_timeout: Duration,
+    /// Longest a write or a strong read waits for a leader.
+    patience: Duration,
     /// Holds the data dir lock for as long as the node runs.
     data_dir: DataDir,
 }
@@ -295,6 +297,7 @@ impl Node {
             raft_id,
             peers,
             election_timeout: config.election_timeout,
+            patience: config.propose_timeout(),
             data_dir,
         })
     }
@@ -434,18 +437,64 @@ impl Node {
         }
     }
 
-    /// Waits until this node is confirmed leader and has applied everything
-    /// committed when the call began (raft read index), so a read that
-    /// follows sees every write acknowledged before it.
+    /// Waits until this node has applied everything committed when the
+    /// call began (raft read index, confirmed by a quorum heartbeat of the
+    /// leader), so a read that follows sees every write acknowledged
+    /// before it, through any node. A follower asks the leader for the
+    /// index and waits until it applied that far.
     pub async fn read_barrier(&self) -> Result<()> {
+        let failed = |reason: String| Error::Propose {
+            kind: "read barrier",
+            reason,
+        };
+        let deadline = tokio::time::Instant::now() + self.patience;
+        let index = loop {
+            let attempt = if self.is_leader() {
+                self.read_index().await
+            } else {
+                match self.leader().and_then(|id| self.member_addr(id)) {
+                    None => Err(Refused::NotLeader { leader: None }),
+                    Some(addr) => {
+                        let remaining =
+                            deadline.saturating_duration_since(tokio::time::Instant::now());
+                        match self
+                            .peers
+                            .request(&addr, PeerRequest::ReadIndex, remaining)
+                            .await
+                        {
+                            Ok(PeerReply::ReadIndex(result)) => result,
+                            Ok(other) => Err(Refused::Failed(format!("leader answered {other:?}"))),
+                            Err(e) => Err(Refused::Failed(e.to_string())),
+                        }
+                    }
+                }
+            };
+            match attempt {
+                Ok(index) => break index,
+                Err(Refused::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(LEADER_POLL).await;
+                }
+                Err(e) => return Err(failed(format!("{e}; retry"))),
+            }
+        };
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         self.raft
-            .ensure_linearizable()
+            .wait(Some(remaining))
+            .applied_index_at_least(Some(index), "read index")
             .await
             .map(drop)
-            .map_err(|e| Error::Propose {
-                kind: "read barrier",
-                reason: e.to_string(),
-            })
+            .map_err(|e| failed(format!("did not apply up to the read index {index}: {e}")))
+    }
+
+    /// On the leader: the index a linearizable read must wait for.
+    pub async fn read_index(&self) -> std::result::Result<u64, Refused> {
+        match self.raft.get_read_log_id().await {
+            Ok((read, _applied)) => Ok(read.map_or(0, |id| id.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(Refused::NotLeader { leader: f.leader_id })
+            }
+            Err(e) => Err(Refused::Failed(e.to_string())),
+        }
     }
 
     /// What the state machine has applied (last_applied, digest).

@@ -276,6 +276,14 @@ async fn writes_through_every_node_are_on_every_node() {
         .cache(put_request("spread", "n0-0", json!("new")))
         .await
         .unwrap();
+    // A strong read on the follower waits for the leader's read index.
+    let strong = json!({"operation": "get", "options": {"consistency_level": "strong"},
+                        "key": {"namespace": "spread", "identifier": "n0-0"}});
+    assert_eq!(
+        reader.cache(strong).await.unwrap()["entry"]["value"],
+        json!("new"),
+        "a strong read on a follower sees the write acknowledged before it"
+    );
     cluster.wait_converged(&all, SETTLE).await.unwrap();
     assert_eq!(
         reader.cache(get).await.unwrap()["entry"]["value"],

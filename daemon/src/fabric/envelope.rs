@@ -75,6 +75,9 @@ pub enum PeerRequest {
     Publish {
         message: String,
     },
+    /// The leader's read index: the log index a linearizable read must
+    /// wait for (raft read-index, confirmed by a quorum heartbeat).
+    ReadIndex,
 }
 
 /// Why a forwarded request did not run; says whether retrying is safe.
@@ -106,6 +109,7 @@ pub enum PeerReply {
     /// The function's result as JSON text, or its error.
     Called(Result<String, RpcError>),
     Published(Result<(), String>),
+    ReadIndex(Result<u64, Refused>),
     /// The request could not be read or is not served by this node.
     Error(String),
 }

@@ -160,6 +160,7 @@ impl Fabric {
                 }
                 None => PeerReply::Error("the node is starting".to_string()),
             },
+            PeerRequest::ReadIndex => PeerReply::ReadIndex(self.node.read_index().await),
             PeerRequest::Publish { message } => match self.systems.get() {
                 Some(systems) => PeerReply::Published(systems.pubsub.publish_forwarded(&message)),
                 None => PeerReply::Error("the node is starting".to_string()),
