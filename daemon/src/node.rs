@@ -491,7 +491,9 @@ impl Node {
         match self.raft.get_read_log_id().await {
             Ok((read, _applied)) => Ok(read.map_or(0, |id| id.index)),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(Refused::NotLeader { leader: f.leader_id })
+                Err(Refused::NotLeader {
+                    leader: f.leader_id,
+                })
             }
             Err(e) => Err(Refused::Failed(e.to_string())),
         }
