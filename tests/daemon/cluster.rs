@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use mpreg_daemon::client::{Client, Worker};
 use mpreg_tests::cluster::Cluster;
-use mpreg_tests::replay;
+use mpreg_tests::{Daemon, TestDir, replay};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
@@ -654,6 +654,27 @@ async fn calls_publishes_and_queue_pushes_cross_nodes() {
     let caller = Client::connect(&url(b)).await.unwrap();
     let answer = caller.call("where", vec![json!(7)]).await.unwrap();
     assert_eq!(answer, json!({"ran_on": "a", "args": [7]}));
+    let peers = caller.call("list_peers", vec![]).await.unwrap();
+    let mut names: Vec<&str> = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["node_id"].as_str().unwrap())
+        .collect();
+    names.sort();
+    let mut others = vec![
+        cluster.members[a].name.as_str(),
+        cluster.members[leader].name.as_str(),
+    ];
+    others.sort();
+    assert_eq!(names, others, "{peers}");
+    let on_a = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["node_id"] == cluster.members[a].name.as_str())
+        .unwrap();
+    assert_eq!(on_a["funs"], json!(["where"]));
 
     let subscriber = Client::connect(&url(a)).await.unwrap();
     let mut sub = subscriber.subscribe(&["orders.#"], 0).await.unwrap();
@@ -690,4 +711,61 @@ async fn calls_publishes_and_queue_pushes_cross_nodes() {
         .expect("a pushed message within 10 s")
         .expect("subscription open");
     assert_eq!(message["payload"], json!("hi"));
+}
+
+/// Three nodes started at once with the same `--peers` list form one
+/// cluster of three voters, with one leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_started_together_with_peers_form_one_cluster() {
+    let dirs: Vec<TestDir> = (0..3).map(|_| TestDir::new()).collect();
+    let listen: Vec<String> = (0..3)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let peers: Vec<String> = listen.iter().map(|l| format!("ws://{l}")).collect();
+    let peers = peers.join(",");
+    let daemons: Vec<Daemon> = tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let starts: Vec<_> = (0..3)
+                .map(|i| {
+                    let (dir, listen, peers) = (&dirs[i], &listen[i], &peers);
+                    scope.spawn(move || {
+                        let name = format!("p{i}");
+                        Daemon::start(
+                            dir,
+                            &["--node-id", &name, "--listen", listen, "--peers", peers],
+                        )
+                    })
+                })
+                .collect();
+            starts
+                .into_iter()
+                .map(|s| s.join().unwrap().unwrap())
+                .collect()
+        })
+    });
+    let mut leaders = BTreeSet::new();
+    for daemon in &daemons {
+        let (code, body) = daemon.get("/cluster/members").await.unwrap();
+        assert_eq!(code, 200);
+        let members = body["members"].as_array().unwrap();
+        assert_eq!(members.len(), 3, "{body}");
+        assert!(members.iter().all(|m| m["role"] == "voter"), "{body}");
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let status = daemon.status().await.unwrap();
+            if let Some(leader) = status["leader"].as_u64() {
+                leaders.insert(leader);
+                break;
+            }
+            assert!(Instant::now() < deadline, "no leader: {status}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(leaders.len(), 1, "one leader: {leaders:?}");
 }

@@ -1,6 +1,6 @@
 //! Functions every node serves itself: `echo`, `echos`, `ping`,
 //! `list_peers`, `cluster_map`, `catalog_query` (upstream MPREG shapes,
-//! restricted to what exists in a single-node cluster).
+//! over the members of this cluster).
 
 use serde_json::{Map, Value, json};
 
@@ -38,13 +38,42 @@ pub fn call(
         },
         "echos" => Ok(Value::Array(args.to_vec())),
         "ping" => Ok(json!({"pong": true, "node_id": node.identity().node_id})),
-        "list_peers" => Ok(json!([])),
+        "list_peers" => Ok(list_peers(node)),
         "cluster_map" => Ok(cluster_map(node)),
         "catalog_query" => {
             catalog_query(node, args.first().or(Some(&Value::Object(kwargs.clone()))))
         }
         other => Err(format!("no built-in function {other}")),
     }
+}
+
+/// The other members of the cluster, with the functions their workers
+/// serve and their resources.
+fn list_peers(node: &Node) -> Value {
+    let me = &node.identity().node_id;
+    let catalog = node.views().catalog();
+    let peers: Vec<Value> = crate::fabric::membership::members(node)
+        .into_iter()
+        .filter_map(|member| {
+            let node_id = member.node_id.filter(|id| id != me)?;
+            let row = catalog.node(&node_id);
+            let funs: std::collections::BTreeSet<&str> = catalog
+                .functions()
+                .filter(|f| f.node_id == node_id && f.provider != PROVIDER)
+                .map(|f| f.name.as_str())
+                .collect();
+            Some(json!({
+                "url": member.addr,
+                "node_id": node_id,
+                "cluster_id": row.map(|r| r.cluster_id.as_str()),
+                "funs": funs,
+                "locs": row.map(|r| r.resources.clone()).unwrap_or_default(),
+                "last_seen": row.map(|r| r.joined_at_ms as f64 / 1000.0),
+                "role": member.role,
+            }))
+        })
+        .collect();
+    Value::Array(peers)
 }
 
 fn cluster_map(node: &Node) -> Value {

@@ -1,0 +1,250 @@
+"""Replicated writes on 3 local nodes: an mpreg cluster vs a 3-member etcd.
+
+    apt-get install -y etcd-server
+    pip install aiohttp websockets
+    CARGO_TARGET_DIR=/work/bench-target cargo build --release --workspace --bins
+    python3 benches-compare/cluster_vs_etcd.py
+
+Both clusters have 3 members on 127.0.0.1, each with its own data dir on the
+same disk; a write is acknowledged once a majority (2 of 3) has it in an
+fsynced log: mpreg fsyncs the RocksDB WAL before it acknowledges an append,
+etcd fsyncs its WAL (always; etcd has no setting to skip it).
+
+Both are driven by the SAME client loop below (`measure`): N writers (1, 16,
+256) over up to 16 connections; each writer sends one put and awaits its
+reply before the next, for T seconds; keys `k<i>` (i = a shared counter
+modulo 100,000), 100-byte values. All writes go to the leader. Only the
+"do one put" differs:
+
+- mpreg: a `cache-request` put over WebSocket (replies matched by `u`, so
+  several writers share a connection with requests pipelined);
+- etcd: `POST /v3/kv/put` on its gRPC gateway (JSON, base64 key and value),
+  through an aiohttp session per "connection" whose pool opens one HTTP/1.1
+  socket per request in flight.
+
+Client CPU per operation (this Python process) is reported: on a 2-core
+machine the client and the 3 servers share the CPUs, for both alike.
+Environment: BENCH_SECONDS (default 5), MPREG_DAEMON (default
+/work/bench-target/release/mpreg-daemon), ETCD (default `etcd` on PATH).
+"""
+
+import asyncio
+import base64
+import itertools
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import aiohttp
+import websockets
+
+SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
+WRITERS = (1, 16, 256)
+MAX_CONNECTIONS = 16
+KEYSPACE = 100_000
+VALUE = "v" * 100
+MPREG_DAEMON = os.environ.get("MPREG_DAEMON", "/work/bench-target/release/mpreg-daemon")
+ETCD = os.environ.get("ETCD") or shutil.which("etcd")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def measure(connect, put, writers: int) -> dict:
+    conns = [await connect() for _ in range(min(writers, MAX_CONNECTIONS))]
+    latencies: list[float] = []
+    errors = 0
+    counter = itertools.count()
+
+    async def writer(conn, deadline: float) -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            key = f"k{next(counter) % KEYSPACE}"
+            t0 = time.perf_counter()
+            try:
+                ok = await put(conn, key)
+            except Exception:
+                ok = False
+            if not ok:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - t0)
+
+    cpu0, start = time.process_time(), time.perf_counter()
+    deadline = start + SECONDS
+    await asyncio.gather(*(writer(conns[k % len(conns)], deadline) for k in range(writers)))
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    for conn in conns:
+        await conn.close()
+    latencies.sort()
+    n = len(latencies)
+    return {
+        "ops_per_s": n / elapsed,
+        "p50_ms": latencies[n // 2] * 1e3 if n else float("nan"),
+        "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1e3 if n else float("nan"),
+        "client_cpu_us": cpu / max(n, 1) * 1e6,
+        "errors": errors,
+    }
+
+
+# ---- mpreg -------------------------------------------------------------------
+
+class MpregConn:
+    def __init__(self, ws):
+        self.ws, self.pending, self.ids = ws, {}, itertools.count()
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self):
+        async for frame in self.ws:
+            reply = json.loads(frame)
+            fut = self.pending.pop(reply.get("u"), None)
+            if fut is not None and not fut.done():
+                fut.set_result(reply)
+
+    async def put(self, key: str) -> bool:
+        u = f"c{next(self.ids)}"
+        fut = self.pending[u] = asyncio.get_running_loop().create_future()
+        await self.ws.send(json.dumps({"role": "cache-request", "u": u, "operation": "put",
+                                       "key": {"namespace": "bench", "identifier": key},
+                                       "value": VALUE}))
+        reply = await fut
+        return reply.get("status") == "ok"
+
+    async def close(self):
+        await self.ws.close()
+        self.reader.cancel()
+
+
+async def http_json(url: str):
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url) as response:
+            return response.status, await response.json()
+
+
+async def bench_mpreg(tmp: str) -> list[tuple]:
+    ports = [(free_port(), free_port()) for _ in range(3)]
+    procs = []
+    try:
+        for i, (port, admin) in enumerate(ports):
+            args = [MPREG_DAEMON, "--data-dir", os.path.join(tmp, f"mpreg{i}"), "--node-id", f"n{i}",
+                    "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}",
+                    "--log", "warn"]
+            if i > 0:
+                args += ["--join", f"ws://127.0.0.1:{ports[0][0]}"]
+            log = open(os.path.join(tmp, f"mpreg{i}.log"), "wb")
+            procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT))
+            for _ in range(600):
+                try:
+                    code, _ = await http_json(f"http://127.0.0.1:{admin}/health")
+                    if code == 200:
+                        break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+        leader = None
+        for port, admin in ports:
+            _, status = await http_json(f"http://127.0.0.1:{admin}/status")
+            if status["role"] == "leader":
+                leader = port
+        url = f"ws://127.0.0.1:{leader}"
+
+        async def connect():
+            return MpregConn(await websockets.connect(url, max_size=None))
+
+        async def put(conn, key):
+            return await conn.put(key)
+
+        return [(n, await measure(connect, put, n)) for n in WRITERS]
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait()
+
+
+# ---- etcd --------------------------------------------------------------------
+
+class EtcdConn:
+    def __init__(self, url):
+        self.url = url
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+    async def put(self, key: str) -> bool:
+        body = {"key": base64.b64encode(key.encode()).decode(),
+                "value": base64.b64encode(VALUE.encode()).decode()}
+        async with self.session.post(f"{self.url}/v3/kv/put", json=body) as response:
+            reply = await response.json()
+            return response.status == 200 and "header" in reply
+
+    async def close(self):
+        await self.session.close()
+
+
+async def bench_etcd(tmp: str) -> list[tuple]:
+    members = [(f"e{i}", free_port(), free_port()) for i in range(3)]
+    cluster = ",".join(f"{name}=http://127.0.0.1:{peer}" for name, _, peer in members)
+    procs = []
+    try:
+        for name, client, peer in members:
+            args = [ETCD, "--name", name, "--data-dir", os.path.join(tmp, name),
+                    "--listen-client-urls", f"http://127.0.0.1:{client}",
+                    "--advertise-client-urls", f"http://127.0.0.1:{client}",
+                    "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                    "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                    "--initial-cluster", cluster, "--initial-cluster-state", "new",
+                    "--initial-cluster-token", "bench", "--log-level", "warn"]
+            log = open(os.path.join(tmp, f"{name}.log"), "wb")
+            procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT))
+        leader = None
+        for _ in range(600):
+            for _, client, _ in members:
+                try:
+                    async with aiohttp.ClientSession() as session:
+                        async with session.post(f"http://127.0.0.1:{client}/v3/maintenance/status",
+                                                json={}) as response:
+                            status = await response.json()
+                    if status.get("leader") and status.get("leader") == status["header"]["member_id"]:
+                        leader = client
+                except (aiohttp.ClientError, KeyError):
+                    pass
+            if leader:
+                break
+            await asyncio.sleep(0.1)
+        url = f"http://127.0.0.1:{leader}"
+
+        async def connect():
+            return EtcdConn(url)
+
+        async def put(conn, key):
+            return await conn.put(key)
+
+        return [(n, await measure(connect, put, n)) for n in WRITERS]
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait()
+
+
+async def main() -> None:
+    tmp = tempfile.mkdtemp(prefix="cluster-vs-etcd-")
+    try:
+        print(f"T = {SECONDS:g} s per case, load avg {os.getloadavg()[0]:.2f}, "
+              f"{os.cpu_count()} CPUs, value {len(VALUE)} bytes")
+        print("| system | writers | writes/s | p50 ms | p99 ms | client CPU µs/op | errors |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for label, run in [("mpreg 3 nodes", bench_mpreg), ("etcd 3.4 3 members", bench_etcd)]:
+            for n, r in await run(tmp):
+                print(f"| {label} | {n} | {r['ops_per_s']:,.0f} | {r['p50_ms']:.2f} | "
+                      f"{r['p99_ms']:.2f} | {r['client_cpu_us']:.0f} | {r['errors']} |", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
