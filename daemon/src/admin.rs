@@ -1,5 +1,5 @@
 //! Admin HTTP (axum) on `--admin-listen`: `/health`, `/status`, `/sql`,
-//! `/metrics` and `/cluster/members`.
+//! `/metrics`, `/cluster/members` and `/cluster/leave`.
 
 use std::sync::{Arc, OnceLock};
 
@@ -11,6 +11,7 @@ use axum::routing::get;
 use mpreg_query::SqlEngine;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use crate::fabric::envelope::{Envelope, PeerRequest, Refused};
 use crate::fabric::membership;
@@ -23,14 +24,17 @@ pub struct AdminState {
     node: Arc<OnceLock<Arc<Node>>>,
     sql: Arc<OnceLock<Arc<SqlEngine>>>,
     metrics: Arc<Metrics>,
+    /// Stops the node (after it left its cluster).
+    shutdown: CancellationToken,
 }
 
 impl AdminState {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<Metrics>, shutdown: CancellationToken) -> Self {
         AdminState {
             node: Arc::default(),
             sql: Arc::default(),
             metrics,
+            shutdown,
         }
     }
 
@@ -75,6 +79,7 @@ pub fn router(state: AdminState) -> Router {
             "/cluster/members/{node}",
             axum::routing::delete(remove_member),
         )
+        .route("/cluster/leave", axum::routing::post(leave))
         .with_state(state)
 }
 
@@ -209,4 +214,28 @@ async fn remove_member(
         PeerRequest::Remove { node: who.clone() },
     );
     membership_answer(membership::remove(node, &who, &envelope).await)
+}
+
+/// `POST /cluster/leave`: this node removes itself from its cluster, then
+/// shuts down (exit 0). A node that is only stopped stays a member.
+async fn leave(State(state): State<AdminState>) -> Response {
+    let Some(node) = state.node.get() else {
+        return starting();
+    };
+    let me = node.identity().node_id.clone();
+    let envelope = Envelope::local(
+        &node.identity().cluster_id,
+        PeerRequest::Remove { node: me.clone() },
+    );
+    let result = membership::remove(node, &me, &envelope).await;
+    if result.is_ok() {
+        tracing::info!(node_id = %me, "left the cluster; shutting down");
+        let shutdown = state.shutdown.clone();
+        tokio::spawn(async move {
+            // Let this answer reach the caller first.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            shutdown.cancel();
+        });
+    }
+    membership_answer(result)
 }

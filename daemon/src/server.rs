@@ -103,7 +103,7 @@ pub async fn start(
     let tasks = TaskTracker::new();
 
     let metrics = Arc::new(Metrics::new().map_err(Error::Metrics)?);
-    let admin_state = AdminState::new(metrics.clone());
+    let admin_state = AdminState::new(metrics.clone(), shutdown.clone());
     let admin_shutdown = shutdown.clone();
     let admin_server = axum::serve(listeners.admin, admin::router(admin_state.clone()))
         .with_graceful_shutdown(async move { admin_shutdown.cancelled().await });

@@ -455,6 +455,33 @@ async fn a_fourth_node_joins_and_a_member_is_removed() {
         .await
         .unwrap();
     assert_eq!(left, vec![json!({"status": "left"})]);
+
+    // n4 leaves by itself: removed from the membership, then it exits 0.
+    let out = std::process::Command::new(mpreg_tests::cli_bin())
+        .args([
+            "cluster",
+            "leave",
+            "--admin",
+            &cluster.members[fourth].admin_url,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(cluster.wait_exit(fourth).unwrap().success());
+    let two = [0, 2];
+    cluster.wait_leader(&two, SETTLE).await.unwrap();
+    assert_eq!(members(&cluster, 0).await, ["n1", "n3"]);
+    let writer = Client::connect(&cluster.members[2].client_url)
+        .await
+        .unwrap();
+    writer
+        .cache(put_request("grow", "after-leave", json!(1)))
+        .await
+        .unwrap();
     let refused = std::process::Command::new(mpreg_tests::cli_bin())
         .args([
             "cluster",

@@ -145,6 +145,12 @@ impl Cluster {
         daemon.stop().map(drop)
     }
 
+    /// Waits until member `i` exits by itself; returns its exit status.
+    pub fn wait_exit(&mut self, i: usize) -> Result<std::process::ExitStatus> {
+        let daemon = self.members[i].daemon.take().context("already stopped")?;
+        daemon.wait_exit()
+    }
+
     /// Starts a stopped member again on its dir and port.
     pub async fn restart(&mut self, i: usize) -> Result<()> {
         self.launch(i, None).await

@@ -85,6 +85,8 @@ enum ClusterOp {
     },
     /// Remove a member by node id.
     Remove { node_id: String },
+    /// Make the node at --admin leave its cluster, then stop.
+    Leave,
 }
 
 #[derive(Subcommand)]
@@ -373,6 +375,7 @@ async fn cluster(admin: &str, op: &ClusterOp) -> Result<String, String> {
             .post(&base)
             .json(&json!({"node_id": node_id, "url": url})),
         ClusterOp::Remove { node_id } => http.delete(format!("{base}/{node_id}")),
+        ClusterOp::Leave => http.post(format!("{}/cluster/leave", admin.trim_end_matches('/'))),
     };
     let response = request
         .send()
