@@ -622,7 +622,7 @@ async fn consume_jobs(urls: Vec<String>, ledger: Arc<Mutex<QueueLedger>>, done: 
                     l.returned_after_ack.push(id.clone());
                 }
             }
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 let body = json!({"queue_name": "jobs", "message_id": id,
                                   "subscriber_id": "consumer"});
                 let ack = tokio::time::timeout(Duration::from_secs(20), client.queue("ack", body));
