@@ -47,7 +47,6 @@ import subprocess
 import tempfile
 import time
 
-import redis.asyncio as aioredis
 import websockets
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
@@ -198,6 +197,8 @@ def free_port() -> int:
 
 
 async def bench_redis(tmp: str, appendfsync: str) -> list[tuple]:
+    import redis.asyncio as aioredis  # here, so other scripts can import the harness
+
     name = f"redis-{appendfsync}"
     store = os.path.join(tmp, name)
     os.makedirs(store)

@@ -10,7 +10,8 @@ same disk; a write is acknowledged once a majority (2 of 3) has it in an
 fsynced log: mpreg fsyncs the RocksDB WAL before it acknowledges an append,
 etcd fsyncs its WAL (always; etcd has no setting to skip it).
 
-Both are driven by the SAME client loop below (`measure`): N writers (1, 16,
+Both are driven by the SAME client loop (`measure`, shared with
+cache_vs_redis.py): N writers (1, 16,
 256) over up to 16 connections; each writer sends one put and awaits its
 reply before the next, for T seconds; keys `k<i>` (i = a shared counter
 modulo 100,000), 100-byte values. All writes go to the leader. Only the
@@ -31,96 +32,32 @@ Environment: BENCH_SECONDS (default 5), MPREG_DAEMON (default
 import asyncio
 import base64
 import itertools
-import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 
 import aiohttp
 import websockets
 
+from cache_vs_redis import MpregConn, free_port, measure
+
 SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
 WRITERS = (1, 16, 256)
-MAX_CONNECTIONS = 16
 KEYSPACE = 100_000
 VALUE = "v" * 100
 MPREG_DAEMON = os.environ.get("MPREG_DAEMON", "/work/bench-target/release/mpreg-daemon")
 ETCD = os.environ.get("ETCD") or shutil.which("etcd")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def measure(connect, put, writers: int) -> dict:
-    conns = [await connect() for _ in range(min(writers, MAX_CONNECTIONS))]
-    latencies: list[float] = []
-    errors = 0
+async def run_writers(connect, put) -> list[tuple]:
+    """The shared writer loop (`measure` of cache_vs_redis.py) per N."""
     counter = itertools.count()
-
-    async def writer(conn, deadline: float) -> None:
-        nonlocal errors
-        while time.perf_counter() < deadline:
-            key = f"k{next(counter) % KEYSPACE}"
-            t0 = time.perf_counter()
-            try:
-                ok = await put(conn, key)
-            except Exception:
-                ok = False
-            if not ok:
-                errors += 1
-                continue
-            latencies.append(time.perf_counter() - t0)
-
-    cpu0, start = time.process_time(), time.perf_counter()
-    deadline = start + SECONDS
-    await asyncio.gather(*(writer(conns[k % len(conns)], deadline) for k in range(writers)))
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
-    for conn in conns:
-        await conn.close()
-    latencies.sort()
-    n = len(latencies)
-    return {
-        "ops_per_s": n / elapsed,
-        "p50_ms": latencies[n // 2] * 1e3 if n else float("nan"),
-        "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1e3 if n else float("nan"),
-        "client_cpu_us": cpu / max(n, 1) * 1e6,
-        "errors": errors,
-    }
+    return [(n, await measure(connect, put, n, lambda: f"k{next(counter) % KEYSPACE}"))
+            for n in WRITERS]
 
 
 # ---- mpreg -------------------------------------------------------------------
-
-class MpregConn:
-    def __init__(self, ws):
-        self.ws, self.pending, self.ids = ws, {}, itertools.count()
-        self.reader = asyncio.create_task(self._read())
-
-    async def _read(self):
-        async for frame in self.ws:
-            reply = json.loads(frame)
-            fut = self.pending.pop(reply.get("u"), None)
-            if fut is not None and not fut.done():
-                fut.set_result(reply)
-
-    async def put(self, key: str) -> bool:
-        u = f"c{next(self.ids)}"
-        fut = self.pending[u] = asyncio.get_running_loop().create_future()
-        await self.ws.send(json.dumps({"role": "cache-request", "u": u, "operation": "put",
-                                       "key": {"namespace": "bench", "identifier": key},
-                                       "value": VALUE}))
-        reply = await fut
-        return reply.get("status") == "ok"
-
-    async def close(self):
-        await self.ws.close()
-        self.reader.cancel()
-
 
 async def http_json(url: str):
     async with aiohttp.ClientSession() as session:
@@ -159,9 +96,11 @@ async def bench_mpreg(tmp: str) -> list[tuple]:
             return MpregConn(await websockets.connect(url, max_size=None))
 
         async def put(conn, key):
-            return await conn.put(key)
+            reply = await conn.cache({"operation": "put", "value": VALUE,
+                                      "key": {"namespace": "bench", "identifier": key}})
+            return reply.get("status") == "ok"
 
-        return [(n, await measure(connect, put, n)) for n in WRITERS]
+        return await run_writers(connect, put)
     finally:
         for proc in procs:
             proc.terminate()
@@ -224,7 +163,7 @@ async def bench_etcd(tmp: str) -> list[tuple]:
         async def put(conn, key):
             return await conn.put(key)
 
-        return [(n, await measure(connect, put, n)) for n in WRITERS]
+        return await run_writers(connect, put)
     finally:
         for proc in procs:
             proc.terminate()

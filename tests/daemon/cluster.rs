@@ -397,6 +397,21 @@ async fn a_partitioned_minority_cannot_commit_and_the_majority_goes_on() {
     assert_eq!(code, 200);
 }
 
+/// `mpreg cluster <args>`: stdout, or stderr when it fails.
+fn cluster_cli(args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new(mpreg_tests::cli_bin())
+        .arg("cluster")
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    if out.status.success() {
+        Ok(text(&out.stdout))
+    } else {
+        Err(text(&out.stderr))
+    }
+}
+
 async fn members(cluster: &Cluster, i: usize) -> Vec<String> {
     let (code, body) = cluster.daemon(i).get("/cluster/members").await.unwrap();
     assert_eq!(code, 200, "{body}");
@@ -426,21 +441,13 @@ async fn a_fourth_node_joins_and_a_member_is_removed() {
     assert_eq!(roles, vec![json!({"peer": "n4", "state": "voter"})]);
 
     // Remove n2 through the CLI on n4, then stop it.
-    let out = std::process::Command::new(mpreg_tests::cli_bin())
-        .args([
-            "cluster",
-            "remove",
-            "n2",
-            "--admin",
-            &cluster.members[fourth].admin_url,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cluster_cli(&[
+        "remove",
+        "n2",
+        "--admin",
+        &cluster.members[fourth].admin_url,
+    ])
+    .expect("remove n2");
     cluster.stop(1).unwrap();
     let remaining = [0, 2, 3];
     cluster.wait_leader(&remaining, SETTLE).await.unwrap();
@@ -457,20 +464,7 @@ async fn a_fourth_node_joins_and_a_member_is_removed() {
     assert_eq!(left, vec![json!({"status": "left"})]);
 
     // n4 leaves by itself: removed from the membership, then it exits 0.
-    let out = std::process::Command::new(mpreg_tests::cli_bin())
-        .args([
-            "cluster",
-            "leave",
-            "--admin",
-            &cluster.members[fourth].admin_url,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cluster_cli(&["leave", "--admin", &cluster.members[fourth].admin_url]).expect("leave");
     assert!(cluster.wait_exit(fourth).unwrap().success());
     let two = [0, 2];
     cluster.wait_leader(&two, SETTLE).await.unwrap();
@@ -482,22 +476,9 @@ async fn a_fourth_node_joins_and_a_member_is_removed() {
         .cache(put_request("grow", "after-leave", json!(1)))
         .await
         .unwrap();
-    let refused = std::process::Command::new(mpreg_tests::cli_bin())
-        .args([
-            "cluster",
-            "remove",
-            "n9",
-            "--admin",
-            &cluster.members[0].admin_url,
-        ])
-        .output()
-        .unwrap();
-    assert!(!refused.status.success());
-    assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("not a member"),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
-    );
+    let refused = cluster_cli(&["remove", "n9", "--admin", &cluster.members[0].admin_url])
+        .expect_err("n9 is not a member");
+    assert!(refused.contains("not a member"), "{refused}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -185,28 +185,16 @@ impl Daemon {
     }
 
     /// SIGTERM, then waits for the exit status.
-    pub fn stop(mut self) -> Result<ExitStatus> {
-        let mut child = self.child.take().context("daemon already stopped")?;
-        let sent = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()?;
+    pub fn stop(self) -> Result<ExitStatus> {
+        let pid = self.pid().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status()?;
         if !sent.success() {
             bail!("kill -TERM failed");
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                child.kill()?;
-                bail!("daemon ignored SIGTERM for 30s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_exit()
     }
 
-    /// Waits for the process to exit by itself (within 30 s).
+    /// Waits for the process to exit (within 30 s; then it is killed).
     pub fn wait_exit(mut self) -> Result<ExitStatus> {
         let mut child = self.child.take().context("daemon already stopped")?;
         let deadline = Instant::now() + Duration::from_secs(30);
