@@ -875,3 +875,25 @@ async fn nodes_started_together_with_peers_form_one_cluster() {
     }
     assert_eq!(leaders.len(), 1, "one leader: {leaders:?}");
 }
+
+/// A node of another cluster id cannot join: it exits naming both ids, and
+/// the cluster keeps its members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_of_another_cluster_cannot_join() {
+    let cluster = Cluster::start(1, "").await.unwrap();
+    let dir = TestDir::new();
+    let join = cluster.members[0].client_url.clone();
+    let refused = tokio::task::block_in_place(|| {
+        Daemon::start(&dir, &["--cluster-id", "other", "--join", &join])
+    })
+    .err()
+    .expect("a node of cluster other must not join cluster local");
+    let message = format!("{refused:#}");
+    assert!(
+        message.contains("cannot join")
+            && message.contains("\"local\"")
+            && message.contains("\"other\""),
+        "{message}"
+    );
+    assert_eq!(members(&cluster, 0).await, ["n1"]);
+}

@@ -224,6 +224,11 @@ async fn hello(node: &Node, url: &str, shutdown: &CancellationToken) -> Result<S
                 }
                 return Ok(node_id);
             }
+            Ok(PeerReply::Error(reason)) => {
+                return Err(Error::InvalidSetting(format!(
+                    "peer {url} refused: {reason}"
+                )));
+            }
             Ok(other) => tracing::warn!(%url, ?other, "unexpected answer to hello"),
             Err(e) => tracing::debug!(%url, error = %e, "peer not reachable yet"),
         }
@@ -272,6 +277,11 @@ pub async fn join_via(
             }
             Ok(PeerReply::Membership(Err(e))) => {
                 tracing::warn!(%url, error = %e, "join refused; retrying")
+            }
+            Ok(PeerReply::Error(reason)) => {
+                return Err(Error::InvalidSetting(format!(
+                    "cannot join through {url}: {reason}"
+                )));
             }
             Ok(other) => tracing::warn!(%url, ?other, "unexpected answer to join"),
             Err(e) => tracing::info!(%url, error = %e, "cluster not reachable yet"),

@@ -109,7 +109,12 @@ impl Fabric {
             &mut envelope.body,
             Body::Reply(PeerReply::Error(String::new())),
         );
+        let cluster = &self.node.identity().cluster_id;
         let reply = match body {
+            Body::Request(_) if envelope.source_cluster != *cluster => PeerReply::Error(format!(
+                "node {me} is in cluster {cluster:?}, the request came from cluster {:?}",
+                envelope.source_cluster
+            )),
             Body::Request(request) if envelope.hop_budget > 0 => {
                 self.handle(request, &envelope).await
             }
