@@ -211,15 +211,31 @@ pub struct PubSubMetrics {
     pub dropped: IntCounter,
     pub subscriptions: IntGauge,
     pub backlog_bytes: IntGauge,
+    /// Publishes exchanged with other members, by [`FORWARD_OUTCOMES`].
+    pub forwarded: IntCounterVec,
 }
+
+/// Outcomes of `mpreg_pubsub_messages_forwarded_total`: sent to a member
+/// (and accepted), failed to reach it, received from one.
+pub const FORWARD_OUTCOMES: [&str; 3] = ["sent", "failed", "received"];
 
 impl PubSubMetrics {
     fn new(r: &Registry) -> prometheus::Result<Self> {
+        let forwarded = counter_vec(
+            r,
+            "mpreg_pubsub_messages_forwarded_total",
+            "Publishes sent to other members with matching subscribers (sent, failed) or received from them.",
+            &["outcome"],
+        )?;
+        for outcome in FORWARD_OUTCOMES {
+            forwarded.with_label_values(&[outcome]);
+        }
         Ok(PubSubMetrics {
+            forwarded,
             published: counter(
                 r,
                 "mpreg_pubsub_messages_published_total",
-                "Messages published.",
+                "Messages published by clients of this node.",
             )?,
             delivered: counter(
                 r,

@@ -796,6 +796,28 @@ async fn calls_publishes_and_queue_pushes_cross_nodes() {
         .expect("subscription open");
     assert_eq!(got.message.topic, "orders.eu.new");
     assert_eq!(got.message.payload, json!({"id": 1}));
+    let forwarded = |i: usize, outcome: &'static str| {
+        let admin = cluster.members[i].admin_url.clone();
+        async move {
+            let text = mpreg_tests::metrics_of(&admin).await.unwrap();
+            mpreg_tests::prom::parse(&text)
+                .unwrap()
+                .value(
+                    "mpreg_pubsub_messages_forwarded_total",
+                    &[("outcome", outcome)],
+                )
+                .unwrap_or(0.0)
+        }
+    };
+    assert_eq!(forwarded(a, "received").await, 1.0);
+    let deadline = Instant::now() + SETTLE;
+    while forwarded(b, "sent").await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the sender counts the forwarded publish"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let producer = Client::connect(&url(leader)).await.unwrap();
     producer

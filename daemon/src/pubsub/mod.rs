@@ -255,16 +255,25 @@ impl PubSub {
     /// pub/sub delivery is at most once).
     pub fn publish(&self, message: &PubSubMessage) -> Result<(), String> {
         let json = self.publish_here(message)?;
+        self.metrics.published.inc();
         for addr in self.remote_subscribers(&message.topic) {
             let peers = self.node.peers().clone();
             let message = json.to_string();
+            let forwarded = self.metrics.forwarded.clone();
             tokio::spawn(async move {
                 let request = PeerRequest::Publish { message };
-                match peers.request(&addr, request, FORWARD_TIMEOUT).await {
-                    Ok(PeerReply::Published(Ok(()))) => {}
-                    Ok(other) => tracing::warn!(%addr, ?other, "forwarded publish refused"),
-                    Err(e) => tracing::warn!(%addr, error = %e, "forwarded publish failed"),
-                }
+                let outcome = match peers.request(&addr, request, FORWARD_TIMEOUT).await {
+                    Ok(PeerReply::Published(Ok(()))) => "sent",
+                    Ok(other) => {
+                        tracing::warn!(%addr, ?other, "forwarded publish refused");
+                        "failed"
+                    }
+                    Err(e) => {
+                        tracing::warn!(%addr, error = %e, "forwarded publish failed");
+                        "failed"
+                    }
+                };
+                forwarded.with_label_values(&[outcome]).inc();
             });
         }
         Ok(())
@@ -274,7 +283,12 @@ impl PubSub {
     pub fn publish_forwarded(&self, message: &str) -> Result<(), String> {
         let message: PubSubMessage =
             serde_json::from_str(message).map_err(|e| format!("forwarded message: {e}"))?;
-        self.publish_here(&message).map(drop)
+        self.publish_here(&message)?;
+        self.metrics
+            .forwarded
+            .with_label_values(&["received"])
+            .inc();
+        Ok(())
     }
 
     /// Addresses of the other members with a subscription matching `topic`.
@@ -318,7 +332,6 @@ impl PubSub {
             &message.message_id,
             json.clone(),
         );
-        self.metrics.published.inc();
         self.metrics
             .backlog_bytes
             .set(i64::try_from(state.backlog.bytes()).unwrap_or(i64::MAX));
