@@ -23,10 +23,10 @@ use proptest::prelude::*;
 use serde_json::{Number, Value};
 
 use crate::codec;
-use crate::event::{AtomicOp, CacheKey, Event, EventKind, FiredTimers, Outcome};
+use crate::event::{AtomicOp, CacheKey, EventKind, FiredTimers, Outcome};
 use crate::replay::MemViews;
-use crate::test_views::{all_keys, all_rows};
-use crate::views::{CacheRow, Digest, RowStore, Timer, TimerKind, View, ViewTxn, apply};
+use crate::test_views::{AppliedViews, all_keys, all_rows};
+use crate::views::{CacheRow, RowStore, Timer, TimerKind, View};
 
 // ---------------------------------------------------------------- model
 
@@ -371,19 +371,7 @@ fn check_views(views: &MemViews, model: &Model) -> std::result::Result<(), TestC
 
 // -------------------------------------------------------------- harness
 
-/// Cache events applied to in-memory views, as replay applies them.
-#[derive(Default)]
-struct Views {
-    store: MemViews,
-    digest: Digest,
-}
-
-impl Views {
-    fn apply(&mut self, time_ms: u64, kind: EventKind) -> Outcome {
-        let event = Event { time_ms, kind };
-        apply(&mut ViewTxn::new(&mut self.store, &mut self.digest), &event).unwrap()
-    }
-
+impl AppliedViews {
     /// The stored row of `key`, live or not.
     fn entry(&self, key: &CacheKey) -> Option<CacheRow> {
         let bytes = self
@@ -787,7 +775,7 @@ fn event_kind(model: &Model, now: u64, op: &Op) -> EventKind {
 }
 
 fn check_run(ops: &[(u64, Op)]) -> std::result::Result<(), TestCaseError> {
-    let mut views = Views::default();
+    let mut views = AppliedViews::default();
     let mut model = Model::default();
     let mut now = 1_000;
     for (step, (dt, op)) in ops.iter().enumerate() {
@@ -826,7 +814,13 @@ fn key(identifier: &str) -> CacheKey {
     }
 }
 
-fn put(v: &mut Views, now: u64, key: &CacheKey, value: &str, ttl_ms: Option<u64>) -> Outcome {
+fn put(
+    v: &mut AppliedViews,
+    now: u64,
+    key: &CacheKey,
+    value: &str,
+    ttl_ms: Option<u64>,
+) -> Outcome {
     let kind = EventKind::CachePut {
         key: key.clone(),
         value: value.to_string(),
@@ -837,7 +831,7 @@ fn put(v: &mut Views, now: u64, key: &CacheKey, value: &str, ttl_ms: Option<u64>
     v.apply(now, kind)
 }
 
-fn atomic(v: &mut Views, now: u64, key: &CacheKey, operation: AtomicOp) -> Outcome {
+fn atomic(v: &mut AppliedViews, now: u64, key: &CacheKey, operation: AtomicOp) -> Outcome {
     let kind = EventKind::CacheAtomic {
         key: key.clone(),
         operation,
@@ -869,7 +863,7 @@ fn append(value: &str, prepend: bool) -> AtomicOp {
     }
 }
 
-fn fire(v: &mut Views, now: u64, max: u32) -> FiredTimers {
+fn fire(v: &mut AppliedViews, now: u64, max: u32) -> FiredTimers {
     match v.apply(now, EventKind::TimersFired { max }) {
         Outcome::TimersFired(fired) => fired,
         other => panic!("timers refused: {other:?}"),
@@ -898,7 +892,7 @@ fn is_rejected(outcome: &Outcome) -> bool {
 
 #[test]
 fn cache_put_replaces_with_the_next_revision_and_keeps_created_at() {
-    let mut v = Views::default();
+    let mut v = AppliedViews::default();
     let k = key("a");
     assert_eq!(put(&mut v, 10, &k, "1", None), written("1", 1));
     assert_eq!(
@@ -928,7 +922,7 @@ fn cache_put_replaces_with_the_next_revision_and_keeps_created_at() {
 
 #[test]
 fn cache_ttl_expires_through_timers_fired() {
-    let mut v = Views::default();
+    let mut v = AppliedViews::default();
     let k = key("a");
     put(&mut v, 100, &k, "\"x\"", Some(50));
     assert_eq!(v.entry(&k).unwrap().expires_at_ms, Some(150));
@@ -955,7 +949,7 @@ fn cache_ttl_expires_through_timers_fired() {
 
 #[test]
 fn cache_timers_fire_up_to_max() {
-    let mut v = Views::default();
+    let mut v = AppliedViews::default();
     put(&mut v, 0, &key("a"), "1", Some(10));
     put(&mut v, 0, &key("b"), "1", Some(10));
     put(&mut v, 0, &key("c"), "1", Some(20));
@@ -969,7 +963,7 @@ fn cache_timers_fire_up_to_max() {
 
 #[test]
 fn cache_expired_entry_is_absent_before_its_timer_fires() {
-    let mut v = Views::default();
+    let mut v = AppliedViews::default();
     let k = key("a");
     put(&mut v, 100, &k, "5", Some(50));
     // Expired at 150: still stored, but absent for a compare-and-swap.
@@ -1003,7 +997,7 @@ fn cache_expired_entry_is_absent_before_its_timer_fires() {
 
 #[test]
 fn cache_compare_and_swap_compares_json_values() {
-    let mut v = Views::default();
+    let mut v = AppliedViews::default();
     let k = key("a");
     assert_eq!(
         atomic(&mut v, 1, &k, cas(Some("1"), "2")),
@@ -1045,7 +1039,7 @@ fn cache_compare_and_swap_compares_json_values() {
 
 /// Increments a stored `value` by `by` (revision 2 on success).
 fn increment_stored(value: &str, by: &str) -> Outcome {
-    let mut v = Views::default();
+    let mut v = AppliedViews::default();
     put(&mut v, 0, &key("n"), value, None);
     let outcome = atomic(&mut v, 1, &key("n"), increment(by, "0"));
     if is_rejected(&outcome) {
@@ -1060,7 +1054,7 @@ fn increment_stored(value: &str, by: &str) -> Outcome {
 
 #[test]
 fn cache_increment_keeps_integers_and_refuses_overflow_and_non_numbers() {
-    let mut v = Views::default();
+    let mut v = AppliedViews::default();
     let k = key("n");
     // From the initial value, then from the stored one.
     assert_eq!(
@@ -1127,7 +1121,7 @@ fn cache_increment_keeps_integers_and_refuses_overflow_and_non_numbers() {
 
 #[test]
 fn cache_append_joins_strings_and_lists() {
-    let mut v = Views::default();
+    let mut v = AppliedViews::default();
     let s = key("s");
     assert_eq!(
         atomic(&mut v, 1, &s, append("\"b\"", false)),
@@ -1164,7 +1158,7 @@ fn cache_append_joins_strings_and_lists() {
 
 #[test]
 fn cache_extend_ttl_moves_the_expiry_of_a_live_entry() {
-    let mut v = Views::default();
+    let mut v = AppliedViews::default();
     let k = key("a");
     let extend = |ttl_ms| AtomicOp::ExtendTtl { ttl_ms };
     assert_eq!(atomic(&mut v, 1, &k, extend(10)), unchanged(None, 0));
@@ -1193,7 +1187,7 @@ fn cache_extend_ttl_moves_the_expiry_of_a_live_entry() {
 
 #[test]
 fn cache_invalidate_removes_matching_identifiers_and_counts_live_ones() {
-    let mut v = Views::default();
+    let mut v = AppliedViews::default();
     for id in ["a", "a.b", "a.b.c", "b.a", "ab"] {
         put(&mut v, 0, &key(id), "1", None);
     }
@@ -1240,7 +1234,7 @@ fn cache_invalidate_removes_matching_identifiers_and_counts_live_ones() {
 
 #[test]
 fn cache_delete_removes_the_entry_and_its_timer() {
-    let mut v = Views::default();
+    let mut v = AppliedViews::default();
     let k = key("a");
     let delete = || EventKind::CacheDeleted { key: k.clone() };
     assert_eq!(v.apply(0, delete()), unchanged(None, 0));

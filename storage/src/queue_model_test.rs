@@ -18,15 +18,14 @@ use proptest::prelude::*;
 
 use crate::codec;
 use crate::event::{
-    DeliveredMessage, Delivery, Event, EventKind, FiredTimers, NewMessage, Outcome, QueueSettings,
+    DeliveredMessage, Delivery, EventKind, FiredTimers, NewMessage, Outcome, QueueSettings,
     QueueType, SentMessage,
 };
 use crate::replay::MemViews;
-use crate::test_views::{all_keys, all_rows};
+use crate::test_views::{AppliedViews, all_keys, all_rows};
 use crate::topic::pattern_matches;
 use crate::views::{
-    DedupRow, Digest, MessageRow, MessageState, QueueRow, RowStore, Timer, TimerKind, View,
-    ViewTxn, apply,
+    DedupRow, MessageRow, MessageState, QueueRow, RowStore, Timer, TimerKind, View,
 };
 
 // ---------------------------------------------------------------- model
@@ -622,19 +621,7 @@ fn check_views(views: &MemViews, model: &Model) -> std::result::Result<(), TestC
 
 // -------------------------------------------------------------- harness
 
-/// Queue events applied to in-memory views, as replay applies them.
-#[derive(Default)]
-struct Views {
-    store: MemViews,
-    digest: Digest,
-}
-
-impl Views {
-    fn apply(&mut self, time_ms: u64, kind: EventKind) -> Outcome {
-        let event = Event { time_ms, kind };
-        apply(&mut ViewTxn::new(&mut self.store, &mut self.digest), &event).unwrap()
-    }
-
+impl AppliedViews {
     fn queue(&self, name: &str) -> QueueRow {
         let bytes = self.store.get(View::Queues, &QueueRow::key(name)).unwrap();
         codec::decode("queue", &bytes.expect("queue exists")).unwrap()
@@ -963,7 +950,7 @@ fn event_kind(run: &Run, op: &Op, leases: &[Held], deliveries: &[Held]) -> Event
 }
 
 fn check_run(run: &Run) -> std::result::Result<(), TestCaseError> {
-    let mut views = Views::default();
+    let mut views = AppliedViews::default();
     let mut model = Model::default();
     let mut deliveries: Vec<Held> = Vec::new();
     let mut now = 1_000;
@@ -1049,7 +1036,7 @@ fn message(id: &str) -> NewMessage {
     }
 }
 
-fn declare(views: &mut Views, now: u64, name: &str, settings: QueueSettings) {
+fn declare(views: &mut AppliedViews, now: u64, name: &str, settings: QueueSettings) {
     let kind = EventKind::QueueDeclared {
         name: name.to_string(),
         settings,
@@ -1057,7 +1044,7 @@ fn declare(views: &mut Views, now: u64, name: &str, settings: QueueSettings) {
     assert_eq!(views.apply(now, kind), Outcome::Applied);
 }
 
-fn send(views: &mut Views, now: u64, queue: &str, messages: Vec<NewMessage>) -> Outcome {
+fn send(views: &mut AppliedViews, now: u64, queue: &str, messages: Vec<NewMessage>) -> Outcome {
     let kind = EventKind::MessagesSent {
         queue: queue.to_string(),
         messages,
@@ -1066,7 +1053,7 @@ fn send(views: &mut Views, now: u64, queue: &str, messages: Vec<NewMessage>) -> 
 }
 
 fn lease(
-    views: &mut Views,
+    views: &mut AppliedViews,
     now: u64,
     queue: &str,
     max: u32,
@@ -1089,7 +1076,7 @@ fn ids(delivered: &[DeliveredMessage]) -> Vec<&str> {
     delivered.iter().map(|m| m.message_id.as_str()).collect()
 }
 
-fn fire(views: &mut Views, now: u64, max: u32) -> FiredTimers {
+fn fire(views: &mut AppliedViews, now: u64, max: u32) -> FiredTimers {
     match views.apply(now, EventKind::TimersFired { max }) {
         Outcome::TimersFired(fired) => fired,
         other => panic!("timers refused: {other:?}"),
@@ -1110,7 +1097,7 @@ fn sent(ids: &[(&str, bool)]) -> Outcome {
 
 #[test]
 fn queue_fifo_delivers_in_send_order() {
-    let mut v = Views::default();
+    let mut v = AppliedViews::default();
     declare(&mut v, 0, "q", fifo(10));
     let mut high = message("b");
     high.priority = 9;
@@ -1123,7 +1110,7 @@ fn queue_fifo_delivers_in_send_order() {
 
 #[test]
 fn queue_priority_delivers_highest_first_then_send_order() {
-    let mut v = Views::default();
+    let mut v = AppliedViews::default();
     declare(
         &mut v,
         0,
@@ -1155,7 +1142,7 @@ fn queue_priority_delivers_highest_first_then_send_order() {
 
 #[test]
 fn queue_delayed_message_is_ready_once_its_timer_fires() {
-    let mut v = Views::default();
+    let mut v = AppliedViews::default();
     declare(&mut v, 0, "q", fifo(10));
     let delayed = NewMessage {
         delay_ms: 50,
@@ -1176,7 +1163,7 @@ fn queue_delayed_message_is_ready_once_its_timer_fires() {
 
 #[test]
 fn queue_expired_lease_redelivers_with_one_more_attempt() {
-    let mut v = Views::default();
+    let mut v = AppliedViews::default();
     declare(&mut v, 0, "q", fifo(10));
     send(&mut v, 0, "q", vec![message("m")]);
     let first = lease(&mut v, 10, "q", 1, 20);
@@ -1199,7 +1186,7 @@ fn queue_expired_lease_redelivers_with_one_more_attempt() {
 
 #[test]
 fn queue_message_out_of_retries_lands_in_the_dead_letter_queue() {
-    let mut v = Views::default();
+    let mut v = AppliedViews::default();
     let settings = QueueSettings {
         max_retries: 1,
         dead_letter_queue: Some("dead".to_string()),
@@ -1240,7 +1227,7 @@ fn queue_message_out_of_retries_lands_in_the_dead_letter_queue() {
 
 #[test]
 fn queue_expired_lease_out_of_retries_is_dead_lettered_and_its_queue_named() {
-    let mut v = Views::default();
+    let mut v = AppliedViews::default();
     let settings = QueueSettings {
         max_retries: 0,
         dead_letter_queue: Some("dead".to_string()),
@@ -1260,7 +1247,7 @@ fn queue_expired_lease_out_of_retries_is_dead_lettered_and_its_queue_named() {
 
 #[test]
 fn queue_dedup_window_refuses_a_client_id_then_accepts_it_after_closing() {
-    let mut v = Views::default();
+    let mut v = AppliedViews::default();
     let settings = QueueSettings {
         dedup_window_ms: Some(100),
         ..fifo(10)
@@ -1271,7 +1258,7 @@ fn queue_dedup_window_refuses_a_client_id_then_accepts_it_after_closing() {
         ..message("once")
     };
     // Leases and acks the one message of the queue.
-    let take = |v: &mut Views, now| {
+    let take = |v: &mut AppliedViews, now| {
         assert_eq!(ids(&lease(v, now, "q", 1, 1)), ["once"]);
         let ack = EventKind::MessageAcked {
             queue: "q".to_string(),
@@ -1305,7 +1292,7 @@ fn queue_dedup_window_refuses_a_client_id_then_accepts_it_after_closing() {
 
 #[test]
 fn queue_ttl_removes_messages_in_any_state() {
-    let mut v = Views::default();
+    let mut v = AppliedViews::default();
     let settings = QueueSettings {
         message_ttl_ms: Some(50),
         ..fifo(10)
@@ -1336,7 +1323,7 @@ fn queue_ttl_removes_messages_in_any_state() {
 
 #[test]
 fn queue_redeclare_with_other_settings_is_refused_naming_the_field() {
-    let mut v = Views::default();
+    let mut v = AppliedViews::default();
     declare(&mut v, 0, "q", fifo(10));
     declare(&mut v, 1, "q", fifo(10));
     let other = QueueSettings {
@@ -1359,7 +1346,7 @@ fn queue_redeclare_with_other_settings_is_refused_naming_the_field() {
 
 #[test]
 fn queue_full_rejects_the_whole_send() {
-    let mut v = Views::default();
+    let mut v = AppliedViews::default();
     declare(&mut v, 0, "q", fifo(3));
     send(&mut v, 0, "q", vec![message("a"), message("b")]);
     let outcome = send(&mut v, 1, "q", vec![message("c"), message("d")]);
@@ -1377,7 +1364,7 @@ fn queue_full_rejects_the_whole_send() {
 
 #[test]
 fn queue_full_still_answers_duplicates() {
-    let mut v = Views::default();
+    let mut v = AppliedViews::default();
     declare(&mut v, 0, "q", fifo(2));
     send(&mut v, 0, "q", vec![message("a"), message("b")]);
     // A retried batch adds nothing, so it does not exceed max_size.
@@ -1389,7 +1376,7 @@ fn queue_full_still_answers_duplicates() {
 
 #[test]
 fn queue_timers_fire_up_to_max_even_when_one_removes_another() {
-    let mut v = Views::default();
+    let mut v = AppliedViews::default();
     declare(&mut v, 0, "q", fifo(10));
     // TTL at 10 removes "a" and with it its delay timer at 20.
     let a = NewMessage {
@@ -1410,7 +1397,7 @@ fn queue_timers_fire_up_to_max_even_when_one_removes_another() {
 
 #[test]
 fn queue_timer_removed_by_an_earlier_one_is_not_more_due() {
-    let mut v = Views::default();
+    let mut v = AppliedViews::default();
     declare(&mut v, 0, "q", fifo(10));
     // TTL at 1_000 fires first and takes the delay timer at 1_010 with it.
     let m = NewMessage {
