@@ -67,22 +67,9 @@ impl Inspector {
         prefix: &[u8],
         mut row: impl FnMut(T) -> Flow,
     ) -> Result<()> {
-        // A dir written before this view existed, opened read-only, lacks it.
-        let Some(family) = self.db.cf_handle(view.cf_name()) else {
-            return Ok(());
-        };
-        let snapshot = self.db.snapshot();
-        let iter = snapshot.iterator_cf(family, IteratorMode::From(prefix, Direction::Forward));
-        for item in iter {
-            let (key, value) = item.map_err(|e| Error::rocks("scan", view.cf_name(), e))?;
-            if !key.starts_with(prefix) {
-                break;
-            }
-            if row(codec::decode(view.cf_name(), &value)?) == Flow::Stop {
-                break;
-            }
-        }
-        Ok(())
+        self.scan_raw(view, prefix, |_, value| {
+            Ok(row(codec::decode(view.cf_name(), value)?))
+        })
     }
 
     /// Calls `key` for each key of `view` that starts with `prefix`, in key
@@ -93,14 +80,26 @@ impl Inspector {
         prefix: &[u8],
         mut key: impl FnMut(&[u8]) -> Flow,
     ) -> Result<()> {
+        self.scan_raw(view, prefix, |k, _| Ok(key(k)))
+    }
+
+    /// The snapshot scan under [`Inspector::scan_view`] and
+    /// [`Inspector::scan_keys`]: raw key and value of each row.
+    fn scan_raw(
+        &self,
+        view: View,
+        prefix: &[u8],
+        mut row: impl FnMut(&[u8], &[u8]) -> Result<Flow>,
+    ) -> Result<()> {
+        // A dir written before this view existed, opened read-only, lacks it.
         let Some(family) = self.db.cf_handle(view.cf_name()) else {
             return Ok(());
         };
         let snapshot = self.db.snapshot();
         let iter = snapshot.iterator_cf(family, IteratorMode::From(prefix, Direction::Forward));
         for item in iter {
-            let (k, _) = item.map_err(|e| Error::rocks("scan", view.cf_name(), e))?;
-            if !k.starts_with(prefix) || key(&k) == Flow::Stop {
+            let (key, value) = item.map_err(|e| Error::rocks("scan", view.cf_name(), e))?;
+            if !key.starts_with(prefix) || row(&key, &value)? == Flow::Stop {
                 break;
             }
         }
