@@ -46,18 +46,7 @@ type QueueSubscriptions = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Value>
 /// The messages pushed to one queue subscription, in delivery order. Each
 /// is the `message` object of a `queue-message` frame; ack it with
 /// [`Client::queue`] `("ack", ..)` and this subscription's `id`.
-pub struct QueueSubscription {
-    /// The subscriber id to ack with.
-    pub id: String,
-    messages: mpsc::UnboundedReceiver<Value>,
-}
-
-impl QueueSubscription {
-    /// The next message; `None` once the connection is gone.
-    pub async fn next(&mut self) -> Option<Value> {
-        self.messages.recv().await
-    }
-}
+pub type QueueSubscription = Subscription<Value>;
 
 /// A message delivered to a subscription.
 #[derive(Clone, Debug)]
@@ -67,15 +56,17 @@ pub struct Notification {
     pub dropped: u64,
 }
 
-/// The messages of one subscription, in delivery order.
-pub struct Subscription {
+/// The messages of one subscription (pub/sub, or a queue's pushed
+/// messages), in delivery order.
+pub struct Subscription<T = Notification> {
+    /// The subscription id (for a queue: the subscriber id to ack with).
     pub id: String,
-    messages: mpsc::UnboundedReceiver<Notification>,
+    messages: mpsc::UnboundedReceiver<T>,
 }
 
-impl Subscription {
+impl<T> Subscription<T> {
     /// The next message; `None` once the connection is gone.
-    pub async fn next(&mut self) -> Option<Notification> {
+    pub async fn next(&mut self) -> Option<T> {
         self.messages.recv().await
     }
 }
@@ -546,7 +537,7 @@ impl Client {
                     .to_string(),
             ));
         }
-        Ok(QueueSubscription { id, messages: rx })
+        Ok(Subscription { id, messages: rx })
     }
 
     /// Calls one function and returns its result.
