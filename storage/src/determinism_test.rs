@@ -331,7 +331,7 @@ fn mem_apply(events: &[Event]) -> (MemViews, Digest) {
     (views, digest)
 }
 
-fn entries(events: &[Event], first_index: u64) -> Vec<Entry<TypeConfig>> {
+pub(crate) fn entries(events: &[Event], first_index: u64) -> Vec<Entry<TypeConfig>> {
     events
         .iter()
         .enumerate()
@@ -355,7 +355,7 @@ fn write_log(dir: &DataDir, entries: &[Entry<TypeConfig>]) {
     }
 }
 
-fn open_sm(path: &std::path::Path) -> (DataDir, StateMachine) {
+pub(crate) fn open_sm(path: &std::path::Path) -> (DataDir, StateMachine) {
     let dir = DataDir::open(path, OpenMode::ReadWrite).unwrap();
     let (_, sm) = open_raft_storage(&dir, Default::default()).unwrap();
     (dir, sm)

@@ -375,6 +375,4 @@ pub struct FiredTimers {
     pub cache_expired: u64,
     /// More timers were already due than `max`.
     pub more_due: bool,
-    /// Queues whose messages changed (woken consumers look again).
-    pub queues: Vec<String>,
 }

@@ -40,7 +40,7 @@ pub use log_store::LogStore;
 pub use metrics::StorageMetrics;
 pub use raft_types::{TypeConfig, raft_id, typ};
 pub use replay::{ReplayReport, replay};
-pub use state_machine::{AppliedState, StateMachine, Views};
+pub use state_machine::{AppliedState, CacheChanges, QueueChanges, StateMachine, Views};
 
 /// Opens the raft log and state machine of an open data dir.
 pub fn open_raft_storage(
@@ -54,6 +54,8 @@ pub fn open_raft_storage(
 
 #[cfg(test)]
 mod cache_model_test;
+#[cfg(test)]
+mod change_feed_test;
 #[cfg(test)]
 mod determinism_test;
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! its own: the entries it applies are already synced in the log (same WAL),
 //! and a lost apply batch is re-applied from the log at restart.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
@@ -66,9 +66,21 @@ pub struct Views {
     /// Cache rows changed since the memory tier last took them: on every
     /// node, whoever proposed the write, so no tier serves a stale copy.
     cache_changes: Mutex<CacheChanges>,
-    /// Bumped after every apply batch that changed queue state, so
-    /// consumers on any node wake for messages sent through another.
-    queue_changes: tokio::sync::watch::Sender<u64>,
+    /// Queues whose row (counters, settings, existence) apply changed since
+    /// the consumers' waker last took them: on every node, whoever
+    /// proposed the change.
+    queue_changes: Mutex<QueueChanges>,
+    /// Signals new [`Views::queue_changes`].
+    queue_changed: tokio::sync::Notify,
+}
+
+/// What [`Views::next_queue_changes`] hands over.
+#[derive(Debug, Default)]
+pub struct QueueChanges {
+    /// Names of the queues whose row was written or deleted.
+    pub queues: BTreeSet<String>,
+    /// A snapshot was installed: any queue may have changed.
+    pub everything: bool,
 }
 
 /// Most changed cache keys kept for the memory tier; beyond it the tier
@@ -103,9 +115,26 @@ impl Views {
         std::mem::take(&mut *self.cache_changes.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// A receiver that changes whenever applied queue state changed.
-    pub fn watch_queues(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.queue_changes.subscribe()
+    /// Waits until apply changed a queue row, then takes every queue
+    /// changed since the last call.
+    pub async fn next_queue_changes(&self) -> QueueChanges {
+        loop {
+            let changes =
+                std::mem::take(&mut *self.queue_changes.lock().unwrap_or_else(|e| e.into_inner()));
+            if changes.everything || !changes.queues.is_empty() {
+                return changes;
+            }
+            // A change noted after the take left a permit: no wake is lost.
+            self.queue_changed.notified().await;
+        }
+    }
+
+    fn note_queue_changes(&self, queues: impl Iterator<Item = String>, everything: bool) {
+        let mut changes = self.queue_changes.lock().unwrap_or_else(|e| e.into_inner());
+        changes.queues.extend(queues);
+        changes.everything |= everything;
+        drop(changes);
+        self.queue_changed.notify_one();
     }
 
     fn note_cache_changes<'k>(&self, keys: impl Iterator<Item = &'k Vec<u8>>, everything: bool) {
@@ -148,8 +177,13 @@ impl Views {
             self.note_cache_changes(cache_keys, false);
             self.cache_generation.fetch_add(1, Ordering::SeqCst);
         }
-        if changes.keys().any(|(view, _)| view.is_queue()) {
-            self.queue_changes.send_modify(|n| *n = n.wrapping_add(1));
+        let mut queues = changes
+            .keys()
+            .filter(|(view, _)| *view == View::Queues)
+            .map(|(_, name)| String::from_utf8_lossy(name).into_owned())
+            .peekable();
+        if queues.peek().is_some() {
+            self.note_queue_changes(queues, false);
         }
         Ok(())
     }
@@ -159,7 +193,7 @@ impl Views {
         *self.applied.write().unwrap_or_else(|e| e.into_inner()) = applied;
         self.note_cache_changes(std::iter::empty(), true);
         self.cache_generation.fetch_add(1, Ordering::SeqCst);
-        self.queue_changes.send_modify(|n| *n = n.wrapping_add(1));
+        self.note_queue_changes(std::iter::empty(), true);
     }
 }
 

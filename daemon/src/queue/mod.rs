@@ -66,16 +66,22 @@ pub struct Queues {
     shutdown: CancellationToken,
 }
 
-/// Wakes consumers whenever applied queue state changed, so messages sent
-/// or released through another node reach this node's consumers at once.
+/// The one waker of consumers: whenever apply changed a queue's row (a
+/// send, lease, ack, release, fired timer, dead-letter, delete; proposed
+/// on this node or any other), wakes whoever waits on that queue.
 async fn wake_on_apply(queues: Arc<Queues>) {
-    let mut applied = queues.node.views().watch_queues();
+    let views = queues.node.views().clone();
     loop {
-        tokio::select! {
-            changed = applied.changed() => if changed.is_err() { return },
+        let changes = tokio::select! {
+            changes = views.next_queue_changes() => changes,
             () = queues.shutdown.cancelled() => return,
+        };
+        let counters = queues.changes.lock().unwrap_or_else(|e| e.into_inner());
+        for (queue, counter) in counters.iter() {
+            if changes.everything || changes.queues.contains(queue) {
+                counter.send_modify(|n| *n = n.wrapping_add(1));
+            }
         }
-        queues.changed_all();
     }
 }
 
@@ -120,14 +126,6 @@ impl Queues {
         queues
     }
 
-    /// Wakes every waiting consumer.
-    fn changed_all(&self) {
-        let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-        for counter in changes.values() {
-            counter.send_modify(|n| *n = n.wrapping_add(1));
-        }
-    }
-
     /// The consumer-id prefix of pushed subscriptions of this node and run.
     fn push_prefix(&self) -> String {
         format!("push:{}:{}:", self.node.identity().node_id, self.run)
@@ -170,27 +168,8 @@ impl Queues {
             .ok_or_else(|| unknown_queue(name))
     }
 
-    /// Wakes whoever waits for messages of `queue`.
-    fn changed(&self, queue: &str) {
-        let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(counter) = changes.get(queue) {
-            counter.send_modify(|n| *n = n.wrapping_add(1));
-        }
-    }
-
-    /// Like [`Queues::changed`], for messages that may also have moved to
-    /// the queue's dead-letter queue.
-    fn released(&self, queue: &str, dead_lettered: u64) {
-        self.changed(queue);
-        if dead_lettered > 0
-            && let Ok(row) = self.queue(queue)
-            && let Some(dlq) = row.settings.dead_letter_queue
-        {
-            self.changed(&dlq);
-        }
-    }
-
-    /// A receiver that sees every later [`Queues::changed`] of `queue`.
+    /// A receiver that changes whenever apply changed `queue` (see
+    /// [`wake_on_apply`]).
     fn watch(&self, queue: &str) -> watch::Receiver<u64> {
         let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
         changes
@@ -290,7 +269,6 @@ impl Queues {
         let added = sent.iter().filter(|m| !m.duplicate).count() as u64;
         self.metrics.enqueued.inc_by(added);
         self.metrics.duplicates.inc_by(sent.len() as u64 - added);
-        self.changed(&queue);
         let result = |m: &SentMessage, topic: &String| json!({"message_id": m.message_id, "duplicate": m.duplicate, "topic": topic});
         match (batch, sent.as_slice()) {
             (None, [one]) => Ok(json!({
@@ -440,7 +418,6 @@ impl Queues {
             } => {
                 self.metrics.nacked.inc_by(requeued + dead_lettered);
                 self.metrics.dead_lettered.inc_by(dead_lettered);
-                self.released(queue, dead_lettered);
             }
             other => return Err(unexpected(&other)),
         }
@@ -484,7 +461,6 @@ impl Queues {
             name: queue.clone(),
         })
         .await?;
-        self.changed(&queue);
         Ok(json!({"success": true, "queue_name": queue}))
     }
 
@@ -549,7 +525,6 @@ impl Queues {
         match released {
             Ok(Outcome::Released { dead_lettered, .. }) => {
                 self.metrics.dead_lettered.inc_by(dead_lettered);
-                self.released(queue, dead_lettered);
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(%queue, %consumer, error = %e, "failed to release leases"),

@@ -3,8 +3,8 @@
 //! unacked messages) and pushes them as `queue-message` frames.
 //!
 //! Subscriptions of one queue share its messages: each leases at most its
-//! free prefetch and an even share of what is ready, and wakes the others
-//! when more is left, so a burst spreads across them. A broadcast
+//! free prefetch and an even share of what is ready; its lease changes the
+//! queue's row, which wakes the others, so a burst spreads across them. A broadcast
 //! message is pushed to every subscription of the queue whose pattern
 //! matches. When the connection closes, its leases are released (events).
 
@@ -291,8 +291,9 @@ impl Queues {
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { return },
                 () = sub.settled.notified() => {}
-                // Timers make messages ready (and leases run out) without a
-                // change signal; look again now and then.
+                // Every applied change of the queue's row signals `changes`
+                // (sends, releases, fired timers, on any node); this
+                // periodic look is only a safety net.
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
                 () = sub.cancel.cancelled() => return,
             }
@@ -333,9 +334,6 @@ impl Queues {
         };
         if messages.is_empty() {
             return Pushed::Nothing;
-        }
-        if ready > messages.len() {
-            self.changed(&sub.queue);
         }
         for message in &messages {
             if let Some(deadline) = message.lease_deadline_ms {

@@ -73,8 +73,5 @@ async fn fire(queues: &Queues) -> Option<bool> {
     m.lease_expiries.inc_by(fired.leases_expired);
     m.expired.inc_by(fired.messages_expired);
     m.dead_lettered.inc_by(fired.dead_lettered);
-    for queue in &fired.queues {
-        queues.changed(queue);
-    }
     Some(fired.more_due)
 }

@@ -64,14 +64,6 @@ impl View {
         )
     }
 
-    /// Whether this view holds queue state (its changes wake consumers).
-    pub fn is_queue(self) -> bool {
-        matches!(
-            self,
-            View::Queues | View::QueueMessages | View::QueueReady | View::QueueTimers
-        )
-    }
-
     /// The RocksDB column family holding this view.
     pub fn cf_name(self) -> &'static str {
         match self {

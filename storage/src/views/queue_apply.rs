@@ -715,15 +715,7 @@ fn fire_one<S: RowStore>(
             fired.leases_expired += 1;
             match release(txn, &mut queue, message, now, 0)? {
                 Released::Requeued => {}
-                Released::DeadLettered { landed } => {
-                    fired.dead_lettered += 1;
-                    // The dead-letter queue got a ready message.
-                    if let (true, Some(dlq)) = (landed, &queue.settings.dead_letter_queue)
-                        && !fired.queues.contains(dlq)
-                    {
-                        fired.queues.push(dlq.clone());
-                    }
-                }
+                Released::DeadLettered { .. } => fired.dead_lettered += 1,
             }
         }
         (TimerKind::MessageExpires, _) if message.expires_at_ms == Some(timer.due_ms) => {
@@ -731,9 +723,6 @@ fn fire_one<S: RowStore>(
             fired.messages_expired += 1;
         }
         _ => return Ok(()),
-    }
-    if !fired.queues.contains(&queue.name) {
-        fired.queues.push(queue.name.clone());
     }
     save_queue(txn, &queue)
 }
