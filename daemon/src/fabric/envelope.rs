@@ -94,9 +94,10 @@ pub enum Refused {
 /// Answers to [`PeerRequest`]s.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum PeerReply {
+    /// The node id of the receiver (a peer of another cluster refuses
+    /// every request instead, naming both cluster ids).
     Hello {
         node_id: String,
-        cluster_id: String,
     },
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),

@@ -212,18 +212,8 @@ async fn hello(node: &Node, url: &str, shutdown: &CancellationToken) -> Result<S
             .request(url, PeerRequest::Hello, Duration::from_secs(2))
             .await
         {
-            Ok(PeerReply::Hello {
-                node_id,
-                cluster_id,
-            }) => {
-                if cluster_id != node.identity().cluster_id {
-                    return Err(Error::InvalidSetting(format!(
-                        "peer {url} is node {node_id} of cluster {cluster_id:?}, not {:?}",
-                        node.identity().cluster_id
-                    )));
-                }
-                return Ok(node_id);
-            }
+            Ok(PeerReply::Hello { node_id }) => return Ok(node_id),
+            // A peer of another cluster answers every request with this.
             Ok(PeerReply::Error(reason)) => {
                 return Err(Error::InvalidSetting(format!(
                     "peer {url} refused: {reason}"
@@ -232,10 +222,15 @@ async fn hello(node: &Node, url: &str, shutdown: &CancellationToken) -> Result<S
             Ok(other) => tracing::warn!(%url, ?other, "unexpected answer to hello"),
             Err(e) => tracing::debug!(%url, error = %e, "peer not reachable yet"),
         }
-        tokio::select! {
-            () = tokio::time::sleep(RETRY) => {}
-            () = shutdown.cancelled() => return Err(Error::RaftStart("shut down while forming the cluster".into())),
-        }
+        pause(shutdown, "forming the cluster").await?;
+    }
+}
+
+/// Waits [`RETRY`] before the next attempt; an error once `shutdown`.
+async fn pause(shutdown: &CancellationToken, doing: &str) -> Result<()> {
+    tokio::select! {
+        () = tokio::time::sleep(RETRY) => Ok(()),
+        () = shutdown.cancelled() => Err(Error::RaftStart(format!("shut down while {doing}"))),
     }
 }
 
@@ -286,9 +281,6 @@ pub async fn join_via(
             Ok(other) => tracing::warn!(%url, ?other, "unexpected answer to join"),
             Err(e) => tracing::info!(%url, error = %e, "cluster not reachable yet"),
         }
-        tokio::select! {
-            () = tokio::time::sleep(RETRY) => {}
-            () = shutdown.cancelled() => return Err(Error::RaftStart("shut down while joining".into())),
-        }
+        pause(shutdown, "joining").await?;
     }
 }

@@ -132,7 +132,6 @@ impl Fabric {
         match request {
             PeerRequest::Hello => PeerReply::Hello {
                 node_id: self.node.identity().node_id.clone(),
-                cluster_id: self.node.identity().cluster_id.clone(),
             },
             PeerRequest::AppendEntries(rpc) => {
                 PeerReply::AppendEntries(raft.append_entries(rpc).await)
