@@ -42,6 +42,16 @@ type Proposal = (
     oneshot::Sender<std::result::Result<Outcome, String>>,
 );
 
+/// The address member `id` registered in the membership `raft` applied.
+fn member_addr(raft: &Raft, id: NodeId) -> Option<String> {
+    raft.metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .get_node(&id)
+        .map(|n| n.addr.clone())
+}
+
 /// Commits proposals: on the leader through raft, on a follower by
 /// forwarding them to the leader. Everything queued while one batch
 /// commits goes into the next one (group commit).
@@ -86,17 +96,8 @@ impl Proposer {
         let deadline = tokio::time::Instant::now() + self.patience;
         let mut last_problem = "no leader is known".to_string();
         loop {
-            let (leader, addr) = {
-                let metrics = self.raft.metrics();
-                let m = metrics.borrow();
-                let addr = m.current_leader.and_then(|id| {
-                    m.membership_config
-                        .membership()
-                        .get_node(&id)
-                        .map(|n| n.addr.clone())
-                });
-                (m.current_leader, addr)
-            };
+            let leader = self.raft.metrics().borrow().current_leader;
+            let addr = leader.and_then(|id| member_addr(&self.raft, id));
             match (leader, addr) {
                 (Some(id), _) if id == self.me => {
                     let time_ms = now_ms();
@@ -576,13 +577,7 @@ impl Node {
 
     /// The address a member registered in the membership.
     pub fn member_addr(&self, id: NodeId) -> Option<String> {
-        self.raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .map(|n| n.addr.clone())
+        member_addr(&self.raft, id)
     }
 
     /// The address of the member whose node id is `node_id`.
