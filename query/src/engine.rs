@@ -18,9 +18,7 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures_util::StreamExt;
 use mpreg_storage::Inspector;
 
-use crate::cache::CacheTierSource;
-use crate::raft::RaftSource;
-use crate::tables::{InspectTable, Sources, TableId};
+use crate::tables::{CacheTierSource, InspectTable, RaftSource, Sources, TableId};
 
 /// Limits every query runs under; each is a config key of the daemon.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,39 +1,38 @@
 //! mpreg-query: read-only SQL over a node's state (DataFusion).
 //!
 //! Tables (`nodes`, `functions`, `subscriptions`, `routes`, `queues`,
-//! `queue_messages`, `cache_entries`, `events`, `raft`, plus
+//! `queue_messages`, `cache_entries`, `events`, `raft`, `peers`, plus
 //! `information_schema`) read the views and the log of one data dir through
 //! [`mpreg_storage::Inspector`], live on a running node (`/sql`) or offline
 //! on a stopped node's dir (`mpreg-daemon sql`).
 //!
 //! # Layout
-//! - [`engine`]: the session, the read-only guard, limits, errors;
-//! - [`tables`]: the tables and what each reads;
-//! - [`columns`]: column declarations and batch building;
-//! - [`scan`]: streaming a blocking RocksDB scan into a query;
-//! - [`pushdown`]: which filters narrow a scan;
-//! - [`raft`]: the `raft` table's row;
-//! - [`cache`]: the memory tier facts of `cache_entries`;
+//! - `engine`: the session, the read-only guard, limits, errors
+//!   ([`SqlEngine`], [`SqlLimits`], [`SqlError`]);
+//! - `tables`: the tables, dispatched by `TableId` to one file per table
+//!   (its columns, pushdown key and rows), and the sources the daemon
+//!   implements ([`RaftSource`], [`CacheTierSource`]);
+//! - `columns`: column declarations and batch building;
+//! - `scan`: streaming a blocking RocksDB scan into a query;
+//! - `pushdown`: which filters narrow a scan;
 //! - [`format`]: JSON, CSV, Arrow IPC and text table encodings.
 
-pub mod cache;
-pub mod columns;
-pub mod engine;
+mod columns;
+mod engine;
 pub mod format;
-pub mod pushdown;
-pub mod raft;
-pub mod scan;
-pub mod tables;
+mod pushdown;
+mod scan;
+mod tables;
 
 use std::path::Path;
 use std::sync::Arc;
 
-pub use cache::{CacheTierSource, StoppedCacheTier};
 pub use engine::{QueryOutput, SqlEngine, SqlError, SqlLimits};
 pub use format::Format;
-pub use raft::{PeerRow, RaftRow, RaftSource, StoredRaftSource, node_names};
+pub use tables::{CacheTierSource, PeerRow, RaftRow, RaftSource};
 
 use mpreg_storage::{DataDir, Inspector, OpenMode};
+use tables::{StoppedCacheTier, StoredRaftSource};
 
 /// Why an offline engine could not open its data dir.
 #[derive(Debug, thiserror::Error)]
@@ -59,11 +58,4 @@ pub fn open_offline(path: &Path, limits: SqlLimits) -> Result<SqlEngine, OpenErr
         Arc::new(StoppedCacheTier),
         limits,
     )?)
-}
-
-/// Now, in unix milliseconds (route expiry in `routes.state`).
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

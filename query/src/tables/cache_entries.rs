@@ -1,0 +1,99 @@
+//! The `cache_entries` table: one row per stored cache entry, from the
+//! `cache_entries` view, expired ones included until their timer removes
+//! them; `namespace = '...'` narrows the scan to that namespace's prefix.
+//!
+//! Columns: `namespace`, `identifier`, `version` (nullable: the key has
+//! none), `tags` (list), `size_bytes`, `revision`, `created_at`,
+//! `updated_at`, `expires_at` (nullable), `hits`, `tier` (`memory` or
+//! `disk`).
+//!
+//! `hits` and `tier` are the live half: whether an entry is in the node's
+//! memory tier and its hits there. The running cache answers
+//! ([`CacheTierSource`] implemented by the daemon); a stopped node has no
+//! memory tier ([`StoppedCacheTier`]).
+
+use datafusion::error::Result;
+use mpreg_storage::Inspector;
+use mpreg_storage::event::CacheKey;
+use mpreg_storage::views::{CacheRow, View};
+
+use super::scan_view;
+use crate::columns::{Column, Kind, Value};
+use crate::scan::RowSink;
+
+/// One row per stored entry, expired ones included until their timer
+/// removes them. `hits` and `tier` come from the node's memory tier when
+/// the row is read ([`CacheTierSource`]).
+pub(super) const COLUMNS: &[Column] = &[
+    Column::new("namespace", Kind::Text),
+    Column::new("identifier", Kind::Text),
+    Column::nullable("version", Kind::Text),
+    Column::new("tags", Kind::TextList),
+    Column::new("size_bytes", Kind::U64),
+    Column::new("revision", Kind::U64),
+    Column::new("created_at", Kind::Time),
+    Column::new("updated_at", Kind::Time),
+    Column::nullable("expires_at", Kind::Time),
+    Column::new("hits", Kind::U64),
+    Column::new("tier", Kind::Text),
+];
+
+/// The column whose equality narrows a scan.
+pub(super) const KEY: &str = "namespace";
+
+/// Tells, per entry, what the memory tier holds when a query reads it.
+pub trait CacheTierSource: Send + Sync {
+    /// Hits of `key` while in the memory tier; `None` when it is not there.
+    fn memory_hits(&self, key: &CacheKey) -> Option<u64>;
+}
+
+/// The memory tier of a stopped node: empty, so every entry is `disk`.
+pub struct StoppedCacheTier;
+
+impl CacheTierSource for StoppedCacheTier {
+    fn memory_hits(&self, _key: &CacheKey) -> Option<u64> {
+        None
+    }
+}
+
+pub(super) fn produce(
+    inspector: &Inspector,
+    tier: &dyn CacheTierSource,
+    namespace: Option<&str>,
+    sink: &mut RowSink,
+) -> Result<()> {
+    let prefix = namespace
+        .map(CacheRow::namespace_prefix)
+        .unwrap_or_default();
+    scan_view(
+        inspector,
+        View::CacheEntries,
+        &prefix,
+        sink,
+        |sink, r: CacheRow| {
+            let memory_hits = tier.memory_hits(&r.key);
+            let version = &r.key.version;
+            sink.push(&[
+                Value::Text(&r.key.namespace),
+                Value::Text(&r.key.identifier),
+                if version.is_empty() {
+                    Value::Null
+                } else {
+                    Value::Text(version)
+                },
+                Value::TextList(&r.tags),
+                Value::U64(u64::try_from(r.size_bytes()).unwrap_or(u64::MAX)),
+                Value::U64(r.revision),
+                Value::Time(r.created_at_ms),
+                Value::Time(r.updated_at_ms),
+                r.expires_at_ms.map_or(Value::Null, Value::Time),
+                Value::U64(memory_hits.unwrap_or(0)),
+                Value::Text(if memory_hits.is_some() {
+                    "memory"
+                } else {
+                    "disk"
+                }),
+            ])
+        },
+    )
+}

@@ -1,0 +1,88 @@
+//! The `events` table: the retained raft log, one row per event (one per
+//! membership entry), oldest first; ranges on `index` narrow the log scan.
+//!
+//! Columns: `index`, `term`, `time` (nullable: NULL for `membership`
+//! entries), `kind`, `summary` (the event's fields as one JSON object).
+
+use datafusion::error::Result;
+use mpreg_storage::{EventKind, Flow, Inspector};
+use openraft::{EntryPayload, RaftLogId};
+
+use super::storage;
+use crate::columns::{Column, Kind, Value};
+use crate::pushdown::Bounds;
+use crate::scan::RowSink;
+
+pub(super) const COLUMNS: &[Column] = &[
+    Column::new("index", Kind::U64),
+    Column::new("term", Kind::U64),
+    Column::nullable("time", Kind::Time),
+    Column::new("kind", Kind::Text),
+    Column::new("summary", Kind::Text),
+];
+
+/// The log index column, whose ranges narrow a scan.
+pub(super) const KEY: &str = "index";
+
+/// The fields of an event as one JSON object (the kind is its own column).
+fn summary(kind: &EventKind) -> String {
+    match serde_json::to_value(kind) {
+        Ok(serde_json::Value::Object(tagged)) => tagged
+            .into_iter()
+            .next()
+            .map_or_else(String::new, |(_, fields)| fields.to_string()),
+        Ok(other) => other.to_string(),
+        Err(e) => format!("{{\"error\":\"{e}\"}}"),
+    }
+}
+
+pub(super) fn produce(inspector: &Inspector, bounds: Bounds, sink: &mut RowSink) -> Result<()> {
+    if bounds.is_empty() {
+        return Ok(());
+    }
+    let mut failed = None;
+    inspector
+        .scan_log(bounds.low, bounds.high, |entry| {
+            let log_id = entry.get_log_id();
+            let batch = match &entry.payload {
+                EntryPayload::Normal(batch) => batch,
+                EntryPayload::Membership(membership) => {
+                    let summary_of = || serde_json::to_string(membership).unwrap_or_default();
+                    return match sink.push(&[
+                        Value::U64(log_id.index),
+                        Value::U64(log_id.leader_id.term),
+                        Value::Null,
+                        Value::Text("membership"),
+                        Value::LazyText(&summary_of),
+                    ]) {
+                        Ok(flow) => flow,
+                        Err(e) => {
+                            failed = Some(e);
+                            Flow::Stop
+                        }
+                    };
+                }
+                EntryPayload::Blank => return Flow::Continue,
+            };
+            for event in &batch.events {
+                let summary_of = || summary(&event.kind);
+                match sink.push(&[
+                    Value::U64(log_id.index),
+                    Value::U64(log_id.leader_id.term),
+                    Value::Time(event.time_ms),
+                    Value::Text(event.kind.name()),
+                    Value::LazyText(&summary_of),
+                ]) {
+                    Ok(Flow::Continue) => {}
+                    Ok(Flow::Stop) => return Flow::Stop,
+                    Err(e) => {
+                        failed = Some(e);
+                        return Flow::Stop;
+                    }
+                }
+            }
+            Flow::Continue
+        })
+        .map_err(storage)?;
+    failed.map_or(Ok(()), Err)
+}

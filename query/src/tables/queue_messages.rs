@@ -1,0 +1,74 @@
+//! The `queue_messages` table: one row per message in a queue (ready,
+//! delayed or leased), in send order per queue, from the `queue_messages`
+//! view; `queue = '...'` narrows the scan to that queue's messages.
+//!
+//! Columns: `queue`, `seq`, `message_id`, `state`, `consumer` (nullable),
+//! `priority`, `attempts`, `delivery`, `topic`, `enqueued_at`, `ready_at`,
+//! `lease_deadline` (nullable), `expires_at` (nullable), `size`.
+
+use datafusion::error::Result;
+use mpreg_storage::Inspector;
+use mpreg_storage::views::{MessageRow, MessageState, View, queue_prefix};
+
+use super::scan_view;
+use crate::columns::{Column, Kind, Value};
+use crate::scan::RowSink;
+
+pub(super) const COLUMNS: &[Column] = &[
+    Column::new("queue", Kind::Text),
+    Column::new("seq", Kind::U64),
+    Column::new("message_id", Kind::Text),
+    Column::new("state", Kind::Text),
+    Column::nullable("consumer", Kind::Text),
+    Column::new("priority", Kind::U32),
+    Column::new("attempts", Kind::U32),
+    Column::new("delivery", Kind::Text),
+    Column::new("topic", Kind::Text),
+    Column::new("enqueued_at", Kind::Time),
+    Column::new("ready_at", Kind::Time),
+    Column::nullable("lease_deadline", Kind::Time),
+    Column::nullable("expires_at", Kind::Time),
+    Column::new("size", Kind::U64),
+];
+
+/// The column whose equality narrows a scan.
+pub(super) const KEY: &str = "queue";
+
+pub(super) fn produce(
+    inspector: &Inspector,
+    queue: Option<&str>,
+    sink: &mut RowSink,
+) -> Result<()> {
+    let prefix = queue.map(queue_prefix).unwrap_or_default();
+    scan_view(
+        inspector,
+        View::QueueMessages,
+        &prefix,
+        sink,
+        |sink, m: MessageRow| {
+            let (consumer, lease_deadline) = match &m.state {
+                MessageState::Leased {
+                    consumer,
+                    deadline_ms,
+                } => (Value::Text(consumer), Value::Time(*deadline_ms)),
+                MessageState::Ready | MessageState::Delayed => (Value::Null, Value::Null),
+            };
+            sink.push(&[
+                Value::Text(&m.queue),
+                Value::U64(m.seq),
+                Value::Text(&m.message_id),
+                Value::Text(m.state.as_str()),
+                consumer,
+                Value::U32(u32::from(m.priority)),
+                Value::U32(m.attempts),
+                Value::Text(m.delivery.as_str()),
+                Value::Text(&m.topic),
+                Value::Time(m.enqueued_at_ms),
+                Value::Time(m.ready_at_ms),
+                lease_deadline,
+                m.expires_at_ms.map_or(Value::Null, Value::Time),
+                Value::U64(u64::try_from(m.size()).unwrap_or(u64::MAX)),
+            ])
+        },
+    )
+}
