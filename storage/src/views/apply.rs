@@ -2,134 +2,15 @@
 //!
 //! [`apply`] reads and writes rows only through a [`ViewTxn`] and takes time
 //! only from the event, so the same events give the same rows (and the same
-//! digest) on the live node, in replay and after a snapshot install.
+//! digest) on the live node, in replay and after a snapshot install. It
+//! applies node, function, subscription and route events itself and hands
+//! queue, cache and timer events to their modules.
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
-use super::{Digest, FunctionRow, NodeRow, NodeStatus, RouteRow, SubscriptionRow, View};
-use super::{cache, queue_apply};
-use crate::codec;
+use super::rows::{FunctionRow, NodeRow, NodeStatus, RouteRow, SubscriptionRow};
+use super::txn::{RowStore, ViewTxn, check_ids, rejected};
+use super::{View, cache, queue_apply, timers};
 use crate::error::Result;
 use crate::event::{Event, EventKind, Outcome};
-
-/// Raw row storage that apply writes through: the RocksDB batch on a live
-/// node, in-memory maps in replay.
-pub trait RowStore {
-    /// The current value of a row, including changes not yet committed.
-    fn get(&self, view: View, key: &[u8]) -> Result<Option<Vec<u8>>>;
-    /// Up to `limit` rows whose key starts with `prefix` and is not below
-    /// `from`, in key order.
-    fn scan(
-        &self,
-        view: View,
-        prefix: &[u8],
-        from: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
-    fn put(&mut self, view: View, key: Vec<u8>, value: Vec<u8>);
-    fn delete(&mut self, view: View, key: Vec<u8>);
-}
-
-/// Typed row access over a [`RowStore`] that keeps the digest current.
-pub struct ViewTxn<'a, S: RowStore> {
-    store: &'a mut S,
-    digest: &'a mut Digest,
-}
-
-impl<'a, S: RowStore> ViewTxn<'a, S> {
-    pub fn new(store: &'a mut S, digest: &'a mut Digest) -> Self {
-        ViewTxn { store, digest }
-    }
-
-    pub(super) fn get<T: DeserializeOwned>(&self, view: View, key: &[u8]) -> Result<Option<T>> {
-        match self.store.get(view, key)? {
-            Some(bytes) => Ok(Some(codec::decode(view.cf_name(), &bytes)?)),
-            None => Ok(None),
-        }
-    }
-
-    fn scan<T: DeserializeOwned>(&self, view: View, prefix: &[u8]) -> Result<Vec<T>> {
-        self.store
-            .scan(view, prefix, prefix, usize::MAX)?
-            .iter()
-            .map(|(_, bytes)| codec::decode(view.cf_name(), bytes))
-            .collect()
-    }
-
-    /// Up to `limit` decoded rows of `view` starting with `prefix`, from
-    /// `from` on, with their keys.
-    pub(super) fn rows<T: DeserializeOwned>(
-        &self,
-        view: View,
-        prefix: &[u8],
-        from: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, T)>> {
-        self.store
-            .scan(view, prefix, from, limit)?
-            .into_iter()
-            .map(|(key, bytes)| Ok((key, codec::decode(view.cf_name(), &bytes)?)))
-            .collect()
-    }
-
-    /// Up to `limit` keys of `view` starting with `prefix`, from `from` on.
-    pub(super) fn keys(
-        &self,
-        view: View,
-        prefix: &[u8],
-        from: &[u8],
-        limit: usize,
-    ) -> Result<Vec<Vec<u8>>> {
-        Ok(self
-            .store
-            .scan(view, prefix, from, limit)?
-            .into_iter()
-            .map(|(key, _)| key)
-            .collect())
-    }
-
-    pub(super) fn put<T: Serialize>(&mut self, view: View, key: Vec<u8>, row: &T) -> Result<()> {
-        let value = codec::encode(view.cf_name(), row)?;
-        if let Some(old) = self.store.get(view, &key)? {
-            self.digest.remove(view, &key, &old);
-        }
-        self.digest.add(view, &key, &value);
-        self.store.put(view, key, value);
-        Ok(())
-    }
-
-    /// Deletes a row; returns whether it existed.
-    pub(super) fn delete(&mut self, view: View, key: Vec<u8>) -> Result<bool> {
-        match self.store.get(view, &key)? {
-            Some(old) => {
-                self.digest.remove(view, &key, &old);
-                self.store.delete(view, key);
-                Ok(true)
-            }
-            None => Ok(false),
-        }
-    }
-}
-
-pub(super) fn rejected(reason: impl Into<String>) -> Outcome {
-    Outcome::Rejected {
-        reason: reason.into(),
-    }
-}
-
-/// Refuses identifiers that would break key encoding: empty or holding NUL.
-pub(super) fn check_ids(ids: &[(&str, &str)]) -> Option<Outcome> {
-    ids.iter().find_map(|(field, value)| {
-        if value.is_empty() {
-            Some(rejected(format!("{field} must not be empty")))
-        } else if value.contains('\0') {
-            Some(rejected(format!("{field} must not contain NUL")))
-        } else {
-            None
-        }
-    })
-}
 
 /// Applies one event to the views. `Err` means storage failed (the entry is
 /// not applied); a refused event is `Ok(Outcome::Rejected)` and changes nothing.
@@ -318,7 +199,7 @@ pub fn apply<S: RowStore>(txn: &mut ViewTxn<'_, S>, event: &Event) -> Result<Out
             consumer,
             message_ids,
         } => return queue_apply::release_leases(txn, now, queue, consumer, message_ids),
-        EventKind::TimersFired { max } => return queue_apply::fire_timers(txn, now, *max),
+        EventKind::TimersFired { max } => return timers::fire(txn, now, *max),
         EventKind::CachePut {
             key,
             value,

@@ -3,15 +3,17 @@
 //!
 //! `cache_entries` holds one [`CacheRow`] per key, keyed (namespace,
 //! identifier, version). An entry with a TTL also has a `CacheExpires`
-//! timer in `queue_timers`; it fires through `TimersFired`. An entry whose
+//! timer in `queue_timers`; it fires through `TimersFired` (see
+//! [`super::timers`], which calls [`expire`]). An entry whose
 //! expiry time has passed counts as absent for every operation even before
 //! its timer fires, so the outcome never depends on when the leader noticed.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::apply::{check_ids, rejected};
-use super::{RowStore, Timer, TimerKind, View, ViewTxn, row_key};
+use super::queue_rows::{Timer, TimerKind};
+use super::txn::{RowStore, ViewTxn, check_ids, rejected};
+use super::{View, row_key};
 use crate::error::Result;
 use crate::event::{AtomicOp, CacheKey, Outcome};
 use crate::topic::pattern_matches;

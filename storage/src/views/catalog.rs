@@ -6,7 +6,8 @@
 
 use std::collections::BTreeMap;
 
-use super::{FunctionRow, NodeRow, RouteRow, SubscriptionRow, View};
+use super::View;
+use super::rows::{FunctionRow, NodeRow, RouteRow, SubscriptionRow};
 use crate::codec;
 use crate::error::Result;
 

@@ -4,6 +4,27 @@
 //! turns one event into row changes through a [`ViewTxn`], which keeps the
 //! order-independent [`Digest`] of all rows current. [`Catalog`] is the
 //! in-memory index of the rows that routing reads on every call.
+//!
+//! The modules import one way only (each also uses [`View`] and
+//! [`row_key`] from this file):
+//!
+//! ```text
+//! apply       -> timers, cache, queue_apply, txn, rows
+//! timers      -> cache, queue_apply, txn, queue_rows
+//! cache       -> txn, queue_rows
+//! queue_apply -> txn, queue_rows
+//! catalog     -> rows
+//! txn         -> digest
+//! ```
+//!
+//! - `txn`: [`RowStore`], [`ViewTxn`] and the refusal helpers;
+//! - `apply`: the [`apply`] entry point; node, function, subscription and
+//!   route events;
+//! - `queue_apply`, `cache`: queue and cache events;
+//! - `timers`: `TimersFired`, dispatching each due timer to the queues or
+//!   the cache;
+//! - `rows`, `queue_rows`: the row types and their keys;
+//! - `catalog`: the in-memory index; `digest`: the digest of all rows.
 
 mod apply;
 mod cache;
@@ -12,8 +33,10 @@ mod digest;
 mod queue_apply;
 mod queue_rows;
 mod rows;
+mod timers;
+mod txn;
 
-pub use apply::{RowStore, ViewTxn, apply};
+pub use apply::apply;
 pub use cache::CacheRow;
 pub use catalog::Catalog;
 pub use digest::Digest;
@@ -21,6 +44,7 @@ pub use queue_rows::{
     DedupRow, MessageRow, MessageState, QueueRow, Timer, TimerKind, queue_prefix, seq_of_ready_key,
 };
 pub use rows::{FunctionRow, NodeRow, NodeStatus, RouteRow, SubscriptionRow};
+pub use txn::{RowStore, ViewTxn};
 
 /// One materialized view; each is stored in its own column family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

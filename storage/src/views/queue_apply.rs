@@ -1,5 +1,6 @@
-//! Apply for queue events: declare, send, lease, ack, nack, release, timers,
-//! purge and delete.
+//! Apply for queue events: declare, send, lease, ack, nack, release, purge
+//! and delete, and the firing of queue timers ([`fire`], called from
+//! [`super::timers`]).
 //!
 //! Every message is in exactly one state and has exactly the index rows of
 //! that state: ready → a `queue_ready` key; delayed → a delay timer; leased →
@@ -9,11 +10,11 @@
 
 use std::collections::BTreeSet;
 
-use super::apply::{check_ids, rejected};
-use super::{
-    DedupRow, MessageRow, MessageState, QueueRow, RowStore, Timer, TimerKind, View, ViewTxn,
-    queue_prefix, seq_of_ready_key,
+use super::View;
+use super::queue_rows::{
+    DedupRow, MessageRow, MessageState, QueueRow, Timer, TimerKind, queue_prefix, seq_of_ready_key,
 };
+use super::txn::{RowStore, ViewTxn, check_ids, rejected};
 use crate::error::Result;
 use crate::event::{
     DeliveredMessage, Delivery, FiredTimers, NewMessage, Outcome, QueueSettings, QueueType,
@@ -670,19 +671,14 @@ pub(super) fn release_leases<S: RowStore>(
     })
 }
 
-/// Fires one due timer; the timer row is already deleted.
-fn fire_one<S: RowStore>(
+/// Fires one due queue timer (delay, lease, message TTL or dedup window);
+/// the timer row is already deleted.
+pub(super) fn fire<S: RowStore>(
     txn: &mut ViewTxn<'_, S>,
     now: u64,
     timer: &Timer,
     fired: &mut FiredTimers,
 ) -> Result<()> {
-    if timer.kind == TimerKind::CacheExpires {
-        if super::cache::expire(txn, timer)? {
-            fired.cache_expired += 1;
-        }
-        return Ok(());
-    }
     let Some(mut queue) = load_queue(txn, &timer.queue)? else {
         return Ok(());
     };
@@ -725,43 +721,4 @@ fn fire_one<S: RowStore>(
         _ => return Ok(()),
     }
     save_queue(txn, &queue)
-}
-
-pub(super) fn fire_timers<S: RowStore>(
-    txn: &mut ViewTxn<'_, S>,
-    now: u64,
-    max: u32,
-) -> Result<Outcome> {
-    let mut fired = FiredTimers::default();
-    let max = max as usize;
-    let mut count = 0;
-    'scan: loop {
-        let keys = txn.keys(View::QueueTimers, &[], &[], (max - count).saturating_add(1))?;
-        if keys.is_empty() {
-            break;
-        }
-        for key in keys {
-            let Some(timer) = Timer::from_key(&key) else {
-                txn.delete(View::QueueTimers, key)?;
-                continue;
-            };
-            if timer.due_ms > now {
-                break 'scan;
-            }
-            // A timer fired before it in this loop may have removed it (a
-            // TTL ending a delayed or leased message): it neither fires nor
-            // counts as due.
-            if txn.get::<()>(View::QueueTimers, &key)?.is_none() {
-                continue;
-            }
-            if count == max {
-                fired.more_due = true;
-                break 'scan;
-            }
-            txn.delete(View::QueueTimers, key)?;
-            fire_one(txn, now, &timer, &mut fired)?;
-            count += 1;
-        }
-    }
-    Ok(Outcome::TimersFired(fired))
 }
