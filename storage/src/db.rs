@@ -354,3 +354,12 @@ pub(crate) fn scan_from(
     }
     Ok(rows)
 }
+
+/// Runs RocksDB work on the blocking pool, off the async runtime.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+}

@@ -10,7 +10,8 @@
 //! - [`raft_types`]: the openraft type configuration;
 //! - [`db`]: the data dir (lock, RocksDB, schema version, identity);
 //! - [`log_store`]: the raft log (`RaftLogStorage`);
-//! - [`state_machine`]: apply, snapshots (`RaftStateMachine`) and [`Views`];
+//! - [`state_machine`]: the raft state machine (`RaftStateMachine`): apply,
+//!   snapshot build and install, and the read side [`Views`];
 //! - [`views`]: rows, the apply function, the digest, the in-memory catalog;
 //! - [`snapshot`]: snapshot files;
 //! - [`replay`]: offline rebuild of the views;

@@ -18,7 +18,7 @@ use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftLogReader, 
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 
 use crate::codec;
-use crate::db::{CF_LOG, CF_META, cf, get_decoded, meta_key, write_synced};
+use crate::db::{CF_LOG, CF_META, blocking, cf, get_decoded, meta_key, write_synced};
 use crate::error::{Error, Result};
 use crate::metrics::StorageMetrics;
 use crate::raft_types::TypeConfig;
@@ -67,12 +67,6 @@ pub(crate) fn to_raft(
     verb: ErrorVerb,
 ) -> impl FnOnce(Error) -> StorageError {
     move |e| StorageIOError::new(subject, verb, openraft::AnyError::new(&e)).into()
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Task(e.to_string()))?
 }
 
 /// Reads the entries with index in `[start, end)` from the log.
