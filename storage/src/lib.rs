@@ -5,33 +5,43 @@
 //! views; replay rebuilds the same views from the log.
 //!
 //! # Layout
-//! - [`codec`]: the versioned encoding of every stored value;
+//! Public (used by the query engine, the daemon and the tests):
 //! - [`event`]: events and apply outcomes;
-//! - [`raft_types`]: the openraft type configuration;
-//! - [`db`]: the data dir (lock, RocksDB, schema version, identity);
-//! - [`log_store`]: the raft log (`RaftLogStorage`);
-//! - [`state_machine`]: the raft state machine (`RaftStateMachine`): apply,
-//!   snapshot build and install, and the read side [`Views`];
-//! - [`views`]: rows, the apply function, the digest, the in-memory catalog;
-//! - [`snapshot`]: snapshot files;
-//! - [`replay`]: offline rebuild of the views;
-//! - [`topic`]: AMQP-style topic patterns (queue delivery filters);
+//! - [`views`]: the rows of every view and the in-memory
+//!   [`views::Catalog`] (the apply function that turns events into rows
+//!   stays inside the crate);
 //! - [`inspect`]: read-only scans of the views and the log (for SQL);
-//! - [`metrics`]: Prometheus metrics of the log, apply and snapshots.
+//! - [`codec`]: the versioned encoding of every stored value;
+//! - [`topic`]: AMQP-style topic patterns (queue delivery filters, pub/sub).
+//!
+//! Inside the crate (their entry types are re-exported here):
+//! - `db`: the data dir ([`DataDir`]: lock, RocksDB, schema version,
+//!   identity);
+//! - `error`: [`Error`] and [`Result`];
+//! - `raft_types`: the openraft type configuration ([`TypeConfig`], [`typ`]);
+//! - `log_store`: the raft log ([`LogStore`], `RaftLogStorage`);
+//! - `state_machine`: the raft state machine ([`StateMachine`],
+//!   `RaftStateMachine`): apply, snapshot build and install, and the read
+//!   side [`Views`];
+//! - `snapshot`: the snapshot file format;
+//! - `replay`: offline rebuild of the views ([`replay()`]);
+//! - `metrics`: Prometheus metrics of the log, apply and snapshots
+//!   ([`StorageMetrics`]).
 
 pub mod codec;
-pub mod db;
-pub mod error;
 pub mod event;
 pub mod inspect;
-pub mod log_store;
-pub mod metrics;
-pub mod raft_types;
-pub mod replay;
-pub mod snapshot;
-pub mod state_machine;
 pub mod topic;
 pub mod views;
+
+mod db;
+mod error;
+mod log_store;
+mod metrics;
+mod raft_types;
+mod replay;
+mod snapshot;
+mod state_machine;
 
 pub use db::{DataDir, Identity, OpenMode, SCHEMA_VERSION};
 pub use error::{Error, Result};

@@ -45,7 +45,12 @@ fn with_prefix<T>(map: &BTreeMap<Vec<u8>, T>, prefix: Vec<u8>) -> impl Iterator<
 
 impl Catalog {
     /// Records one committed row change (`None` = deleted).
-    pub fn apply_change(&mut self, view: View, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+    pub(crate) fn apply_change(
+        &mut self,
+        view: View,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<()> {
         match view {
             View::Nodes => change(&mut self.nodes, view, key, value),
             View::Functions => change(&mut self.functions, view, key, value),

@@ -1,12 +1,13 @@
 //! Materialized views: the rows that committed events produce.
 //!
-//! Each [`View`] is one RocksDB column family of versioned rows. [`apply`]
-//! turns one event into row changes through a [`ViewTxn`], which keeps the
-//! order-independent [`Digest`] of all rows current. [`Catalog`] is the
-//! in-memory index of the rows that routing reads on every call.
+//! Each [`View`] is one RocksDB column family of versioned rows. `apply`
+//! turns one event into row changes through a `ViewTxn`, which keeps the
+//! order-independent `Digest` of all rows current. [`Catalog`] is the
+//! in-memory index of the rows that routing reads on every call. Only the
+//! rows, [`View`] and [`Catalog`] are public; apply is the crate's own.
 //!
 //! The modules import one way only (each also uses [`View`] and
-//! [`row_key`] from this file):
+//! `row_key` from this file):
 //!
 //! ```text
 //! apply       -> timers, cache, queue_apply, txn, rows
@@ -17,8 +18,8 @@
 //! txn         -> digest
 //! ```
 //!
-//! - `txn`: [`RowStore`], [`ViewTxn`] and the refusal helpers;
-//! - `apply`: the [`apply`] entry point; node, function, subscription and
+//! - `txn`: `RowStore`, `ViewTxn` and the refusal helpers;
+//! - `apply`: the `apply` entry point; node, function, subscription and
 //!   route events;
 //! - `queue_apply`, `cache`: queue and cache events;
 //! - `timers`: `TimersFired`, dispatching each due timer to the queues or
@@ -36,15 +37,16 @@ mod rows;
 mod timers;
 mod txn;
 
-pub use apply::apply;
 pub use cache::CacheRow;
 pub use catalog::Catalog;
-pub use digest::Digest;
 pub use queue_rows::{
-    DedupRow, MessageRow, MessageState, QueueRow, Timer, TimerKind, queue_prefix, seq_of_ready_key,
+    DedupRow, MessageRow, MessageState, QueueRow, Timer, TimerKind, queue_prefix,
 };
 pub use rows::{FunctionRow, NodeRow, NodeStatus, RouteRow, SubscriptionRow};
-pub use txn::{RowStore, ViewTxn};
+
+pub(crate) use apply::apply;
+pub(crate) use digest::Digest;
+pub(crate) use txn::{RowStore, ViewTxn};
 
 /// One materialized view; each is stored in its own column family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -64,7 +66,7 @@ pub enum View {
 
 impl View {
     /// Every view, in a fixed order (snapshot files and digests rely on it).
-    pub const ALL: [View; 11] = [
+    pub(crate) const ALL: [View; 11] = [
         View::Nodes,
         View::Functions,
         View::Subscriptions,
@@ -81,7 +83,7 @@ impl View {
     /// Whether the in-memory [`Catalog`] holds this view's rows (queue and
     /// cache views stay on disk only: they may hold millions of rows; the
     /// cache keeps its own bounded memory tier).
-    pub fn in_catalog(self) -> bool {
+    pub(crate) fn in_catalog(self) -> bool {
         matches!(
             self,
             View::Nodes | View::Functions | View::Subscriptions | View::Routes
@@ -89,7 +91,7 @@ impl View {
     }
 
     /// The RocksDB column family holding this view.
-    pub fn cf_name(self) -> &'static str {
+    pub(crate) fn cf_name(self) -> &'static str {
         match self {
             View::Nodes => "view_nodes",
             View::Functions => "view_functions",
@@ -106,7 +108,7 @@ impl View {
     }
 
     /// Stable one-byte tag of the view in snapshot files and digests.
-    pub fn tag(self) -> u8 {
+    pub(crate) fn tag(self) -> u8 {
         match self {
             View::Nodes => 1,
             View::Functions => 2,
@@ -123,13 +125,13 @@ impl View {
     }
 
     /// The view with the given tag, if any.
-    pub fn from_tag(tag: u8) -> Option<View> {
+    pub(crate) fn from_tag(tag: u8) -> Option<View> {
         View::ALL.into_iter().find(|v| v.tag() == tag)
     }
 }
 
 /// Joins key parts with a NUL separator, so a prefix scan on the first part
 /// finds exactly its rows. Apply refuses identifiers that contain NUL.
-pub fn row_key(parts: &[&str]) -> Vec<u8> {
+pub(crate) fn row_key(parts: &[&str]) -> Vec<u8> {
     parts.join("\0").into_bytes()
 }

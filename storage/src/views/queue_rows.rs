@@ -103,7 +103,7 @@ impl MessageRow {
     }
 
     /// Key in `queue_ready`.
-    pub fn ready_key(&self) -> Vec<u8> {
+    pub(crate) fn ready_key(&self) -> Vec<u8> {
         let mut key = queue_prefix(&self.queue);
         key.push(255 - self.priority);
         key.extend_from_slice(&self.ready_at_ms.to_be_bytes());
@@ -112,7 +112,7 @@ impl MessageRow {
     }
 
     /// Key in `queue_message_ids` (also the key in `queue_dedup`).
-    pub fn id_key(queue: &str, message_id: &str) -> Vec<u8> {
+    pub(crate) fn id_key(queue: &str, message_id: &str) -> Vec<u8> {
         let mut key = queue_prefix(queue);
         key.extend_from_slice(message_id.as_bytes());
         key
