@@ -1,10 +1,11 @@
 //! The events that change shared state, and what apply answers for each.
 //!
 //! An [`Event`] is what a node proposes to the log: an [`EventKind`] plus the
-//! time the leader stamped on it; a log entry holds an [`EventBatch`]. Apply reads time only from here, never from
-//! a clock. New kinds (queues, cache) are appended at the end of
-//! [`EventKind`]: bincode encodes the variant index, so existing logs stay
-//! readable; a change that breaks that bumps [`crate::codec::FORMAT_VERSION`].
+//! time the leader stamped on it; a log entry holds an [`EventBatch`]. Apply
+//! reads time only from here, never from a clock. New kinds (queues, cache)
+//! are appended at the end of [`EventKind`]: bincode encodes the variant
+//! index, so existing logs stay readable; a change that breaks that bumps
+//! [`crate::codec::FORMAT_VERSION`].
 
 use serde::{Deserialize, Serialize};
 

@@ -1,4 +1,6 @@
-//! The row types of each view and the keys they are stored under.
+//! The rows of the node, function, subscription and route views (the ones
+//! the in-memory catalog holds) and the keys they are stored under. Queue
+//! rows are in `queue_rows`, the cache row in `cache`.
 //!
 //! Rows are plain structs (no flatten, no untagged enums) so bincode encodes
 //! them exactly; they are stored with [`crate::codec`].
