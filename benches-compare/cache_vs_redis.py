@@ -2,7 +2,7 @@
 
     apt-get install -y redis-server
     pip install redis websockets
-    CARGO_TARGET_DIR=/work/bench-target cargo build --release --workspace --bins
+    cargo build --release -p mpreg-daemon      # from the repository root
     python3 benches-compare/cache_vs_redis.py
 
 Both systems run the SAME client loop below (`measure`): N clients (1, 64)
@@ -33,7 +33,7 @@ a small machine the client can be the bottleneck, for both systems alike.
 Servers listen on 127.0.0.1 only; their data dirs are in one temp dir (same
 disk). Environment: BENCH_SECONDS (T, default 5), BENCH_DIR (parent of the
 temp dir, default /tmp), MPREG_DAEMON (default
-/work/bench-target/release/mpreg-daemon), REDIS_SERVER (default
+target/release/mpreg-daemon of this repository), REDIS_SERVER (default
 `redis-server` on PATH).
 """
 
@@ -55,7 +55,10 @@ MAX_CONNECTIONS = 16
 KEYSPACE = 100_000
 HOT_KEYS = 1_000
 VALUE = ("v" * 100)  # 100 bytes, the same for every key and both systems
-MPREG_DAEMON = os.environ.get("MPREG_DAEMON", "/work/bench-target/release/mpreg-daemon")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MPREG_DAEMON = os.environ.get(
+    "MPREG_DAEMON", os.path.join(REPO, "target", "release", "mpreg-daemon")
+)
 REDIS_SERVER = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
 
 

@@ -2,7 +2,7 @@
 
     apt-get install -y etcd-server
     pip install aiohttp websockets
-    CARGO_TARGET_DIR=/work/bench-target cargo build --release --workspace --bins
+    cargo build --release -p mpreg-daemon      # from the repository root
     python3 benches-compare/cluster_vs_etcd.py
 
 Both clusters have 3 members on 127.0.0.1, each with its own data dir on the
@@ -26,7 +26,7 @@ modulo 100,000), 100-byte values. All writes go to the leader. Only the
 Client CPU per operation (this Python process) is reported: on a 2-core
 machine the client and the 3 servers share the CPUs, for both alike.
 Environment: BENCH_SECONDS (default 5), MPREG_DAEMON (default
-/work/bench-target/release/mpreg-daemon), ETCD (default `etcd` on PATH).
+target/release/mpreg-daemon of this repository), ETCD (default `etcd` on PATH).
 """
 
 import asyncio
@@ -46,7 +46,10 @@ SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
 WRITERS = (1, 16, 256)
 KEYSPACE = 100_000
 VALUE = "v" * 100
-MPREG_DAEMON = os.environ.get("MPREG_DAEMON", "/work/bench-target/release/mpreg-daemon")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MPREG_DAEMON = os.environ.get(
+    "MPREG_DAEMON", os.path.join(REPO, "target", "release", "mpreg-daemon")
+)
 ETCD = os.environ.get("ETCD") or shutil.which("etcd")
 
 

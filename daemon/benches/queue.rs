@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::percentile;
+use mpreg_client::Client;
 use mpreg_daemon::Node;
-use mpreg_daemon::client::Client;
 use serde_json::{Value, json};
 
 /// Producers share at most this many connections.

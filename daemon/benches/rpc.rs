@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::percentile;
-use mpreg_daemon::client::{Client, Worker};
+use mpreg_client::{Client, Worker};
 use serde_json::json;
 
 async fn case(url: &str, fun: &str, connections: usize, in_flight: usize, seconds: f64) {

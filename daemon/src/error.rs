@@ -47,8 +47,11 @@ pub enum Error {
     #[error("no leader elected within {0:?}")]
     NoLeader(std::time::Duration),
 
-    #[error("failed to commit event {kind}: {reason}")]
-    Propose { kind: &'static str, reason: String },
+    #[error("failed to commit event {kind}: {refused}")]
+    Propose {
+        kind: &'static str,
+        refused: crate::envelope::Refused,
+    },
 
     #[error("event {kind} was refused: {reason}")]
     Rejected { kind: &'static str, reason: String },

@@ -1,43 +1,53 @@
 //! mpreg-daemon: one node of an mpreg fabric.
 //!
 //! # Layout
-//! - [`config`]: settings from defaults, a TOML file and flags;
-//! - [`logging`]: `tracing` setup;
-//! - [`metrics`]: the node's Prometheus registry and `/metrics` text;
-//! - [`node`]: the data dir + raft; [`node::Node::propose`] is the one
-//!   way to change shared state;
-//! - [`fabric`]: node-to-node traffic (envelope, peer links, membership);
-//! - [`raft_network`]: raft RPCs over the fabric;
-//! - [`admin`]: admin HTTP (`/health`, `/status`, `/sql`, `/metrics`);
-//! - [`sql`]: the SQL engine of a live node and the `/sql` handlers;
-//! - [`protocol`]: MPREG JSON messages (parse, replies, error codes);
-//! - [`rpc`]: dependency-resolving RPC over built-ins and workers;
-//! - [`pubsub`]: topic fan-out with AMQP wildcards, backlog, slow consumers;
-//! - [`transport`]: WebSocket sessions on the client + peer listener;
-//! - [`client`]: the Rust client library (`Client`, `Worker`);
-//! - [`server`]: runs all of the above until shutdown.
+//!
+//! The modules form layers; each imports only from its own layer or the
+//! ones below, and none imports another in a cycle (`layering_test.rs`
+//! reads the `use` lines and checks both):
+//!
+//! 1. wire: [`config`] (settings and every system's limits), [`session`]
+//!    (what a system queues for a client connection), [`envelope`] (the
+//!    frame between nodes and its typed refusals), [`refusal`] (queue and
+//!    cache error replies), [`topic`] (valid topics and patterns),
+//!    [`error`], [`logging`], `clock`; the client wire types are
+//!    [`mpreg_client::protocol`];
+//! 2. [`metrics`]: the node's Prometheus registry and metric handles;
+//! 3. [`cluster`]: the node (data dir + raft, [`cluster::Node::propose`] is
+//!    the one way to change shared state), peer links, the raft network,
+//!    membership;
+//! 4. systems: [`rpc`] (dependency-resolving calls over built-ins and
+//!    workers), [`pubsub`] (topic fan-out, backlog, slow consumers),
+//!    [`queue`] (durable queues), [`cache`] (replicated cache + memory
+//!    tier);
+//! 5. edges: [`transport`] (client WebSocket sessions on `--listen`),
+//!    [`peer_server`] (what other nodes ask on `/peer`), [`admin`] (admin
+//!    HTTP: health, status, SQL, metrics, cluster membership);
+//! 6. [`server`]: runs all of the above until shutdown.
 
-pub mod admin;
-pub mod cache;
-pub mod client;
+mod admin;
+mod cache;
 mod clock;
+pub mod cluster;
 pub mod config;
+mod envelope;
 pub mod error;
-pub mod fabric;
 pub mod logging;
-pub mod metrics;
-pub mod node;
-pub mod protocol;
-pub mod pubsub;
-pub mod queue;
-pub mod raft_network;
-pub mod refusal;
-pub mod rpc;
+mod metrics;
+mod peer_server;
+mod pubsub;
+mod queue;
+mod refusal;
+mod rpc;
 pub mod server;
-pub mod sql;
-pub mod transport;
+mod session;
+mod topic;
+mod transport;
 
+#[cfg(test)]
+mod layering_test;
+
+pub use cluster::Node;
 pub use config::Config;
 pub use error::{Error, Result};
-pub use node::Node;
 pub use server::{Listeners, run};

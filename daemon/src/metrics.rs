@@ -12,15 +12,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use mpreg_storage::views::{QueueRow, View};
-use mpreg_storage::{Flow, StorageMetrics};
+use mpreg_storage::StorageMetrics;
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
-
-use crate::node::Node;
 
 /// Latency buckets, 50 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -279,8 +276,8 @@ pub struct QueueMetrics {
     /// From send to ack.
     pub end_to_end_seconds: Histogram,
     /// By `queue`, refreshed when metrics are read.
-    depth: IntGaugeVec,
-    in_flight: IntGaugeVec,
+    pub depth: IntGaugeVec,
+    pub in_flight: IntGaugeVec,
 }
 
 impl QueueMetrics {
@@ -453,18 +450,19 @@ impl SqlMetrics {
 }
 
 /// Raft positions, read when scraped.
-struct RaftGauges {
-    term: IntGauge,
-    is_leader: IntGauge,
-    last_log_index: IntGauge,
-    commit_index: IntGauge,
-    last_applied_index: IntGauge,
-    apply_lag: IntGauge,
-    log_bytes: IntGauge,
-    has_leader: IntGauge,
-    voters: IntGauge,
-    peer_lag: IntGaugeVec,
-    peer_contact_age: IntGaugeVec,
+/// Raft figures, read from the node when metrics are scraped.
+pub struct RaftGauges {
+    pub term: IntGauge,
+    pub is_leader: IntGauge,
+    pub last_log_index: IntGauge,
+    pub commit_index: IntGauge,
+    pub last_applied_index: IntGauge,
+    pub apply_lag: IntGauge,
+    pub log_bytes: IntGauge,
+    pub has_leader: IntGauge,
+    pub voters: IntGauge,
+    pub peer_lag: IntGaugeVec,
+    pub peer_contact_age: IntGaugeVec,
 }
 
 impl RaftGauges {
@@ -541,7 +539,7 @@ pub struct Metrics {
     pub queue: QueueMetrics,
     pub cache: CacheMetrics,
     pub sql: SqlMetrics,
-    raft: RaftGauges,
+    pub raft: RaftGauges,
     uptime: Gauge,
     started: Instant,
 }
@@ -603,69 +601,9 @@ impl Metrics {
         })
     }
 
-    /// Reads the figures kept elsewhere (raft, log size) from `node`.
-    fn refresh(&self, node: &Node) {
-        let status = node.raft_status();
-        let applied = node.applied().last_applied_index();
-        let committed = node.commit_index();
-        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        self.raft.term.set(as_i64(status.term));
-        self.raft.is_leader.set(i64::from(status.role == "leader"));
-        self.raft.last_log_index.set(as_i64(status.last_log_index));
-        self.raft.commit_index.set(as_i64(committed));
-        self.raft.last_applied_index.set(as_i64(applied));
-        self.raft
-            .apply_lag
-            .set(as_i64(committed.saturating_sub(applied)));
-        if let Ok(bytes) = node.inspector().log_bytes() {
-            self.raft.log_bytes.set(as_i64(bytes));
-        }
-        self.raft.has_leader.set(i64::from(node.has_leader()));
-        self.raft.peer_lag.reset();
-        self.raft.peer_contact_age.reset();
-        let now = crate::clock::now_ms();
-        let members = crate::fabric::membership::members(node);
-        self.raft.voters.set(as_i64(
-            members.iter().filter(|m| m.role == "voter").count() as u64
-        ));
-        for member in members {
-            let name = member.node_id.unwrap_or_else(|| member.raft_id.to_string());
-            if let Some(lag) = member.lag {
-                self.raft
-                    .peer_lag
-                    .with_label_values(&[&name])
-                    .set(as_i64(lag));
-            }
-            if let Some(at) = node.peers().last_contact(&member.addr) {
-                self.raft
-                    .peer_contact_age
-                    .with_label_values(&[&name])
-                    .set(as_i64(now.saturating_sub(at)));
-            }
-        }
-        self.queue.depth.reset();
-        self.queue.in_flight.reset();
-        let _ = node
-            .inspector()
-            .scan_view(View::Queues, &[], |q: QueueRow| {
-                let name = [q.name.as_str()];
-                self.queue
-                    .depth
-                    .with_label_values(&name)
-                    .set(as_i64(q.ready + q.delayed));
-                self.queue
-                    .in_flight
-                    .with_label_values(&name)
-                    .set(as_i64(q.in_flight));
-                Flow::Continue
-            });
-    }
-
-    /// The Prometheus text of every metric, with `node`'s figures read now.
-    pub fn render(&self, node: Option<&Node>) -> prometheus::Result<String> {
-        if let Some(node) = node {
-            self.refresh(node);
-        }
+    /// The Prometheus text of every metric (the gauges read at scrape time
+    /// are set by the caller first: `admin::metrics::refresh`).
+    pub fn render(&self) -> prometheus::Result<String> {
         self.uptime.set(self.started.elapsed().as_secs_f64());
         let mut text = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut text)?;
@@ -682,7 +620,7 @@ mod tests {
     #[test]
     fn every_known_label_value_is_exported_from_the_start() {
         let metrics = Metrics::new().expect("metrics");
-        let text = metrics.render(None).expect("text");
+        let text = metrics.render().expect("text");
         for kind in FRAME_ERROR_KINDS {
             let series = format!("mpreg_transport_frame_errors_total{{kind=\"{kind}\"}} 0");
             assert!(text.contains(&series), "{series}");

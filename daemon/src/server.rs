@@ -12,11 +12,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
 use crate::cache::Cache;
+use crate::cluster::{Node, membership};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::fabric::Fabric;
 use crate::metrics::Metrics;
-use crate::node::Node;
+use crate::peer_server::PeerServer;
 use crate::pubsub::PubSub;
 use crate::queue::Queues;
 use crate::rpc::Rpc;
@@ -114,7 +114,7 @@ pub async fn start(
         .clone()
         .unwrap_or_else(|| client_url.clone());
     let node = Arc::new(Node::open(&config, metrics.storage.clone()).await?);
-    let endpoints = Endpoints::new(Fabric::new(node.clone()));
+    let endpoints = Endpoints::new(PeerServer::new(node.clone()));
     tasks.spawn(transport::serve(
         listeners.client,
         endpoints.clone(),
@@ -123,7 +123,8 @@ pub async fn start(
         shutdown.child_token(),
         tasks.clone(),
     ));
-    let serving = node.serve(
+    let serving = membership::serve(
+        &node,
         &config,
         &own_url,
         vec![own_url.clone(), admin_url.clone()],
@@ -159,11 +160,11 @@ pub async fn start(
         config.cache.clone(),
         metrics.cache.clone(),
     ));
-    let sql = crate::sql::engine(node.clone(), cache.clone(), config.sql.clone())
+    let sql = admin::sql_engine(node.clone(), cache.clone(), config.sql.clone())
         .map_err(Error::SqlRuntime)?;
     admin_state.set_node(node.clone(), Arc::new(sql));
     let rpc = Arc::new(rpc);
-    endpoints.fabric.attach(rpc.clone(), pubsub.clone());
+    endpoints.peers.attach(rpc.clone(), pubsub.clone());
     endpoints.serve_clients(Arc::new(Services {
         rpc,
         queues,

@@ -1,6 +1,6 @@
 //! The client + peer listener on `--listen`: WebSocket connections carrying
 //! MPREG JSON frames, one session per connection; connections on path
-//! `/peer` are other nodes and go to the [`Fabric`].
+//! `/peer` are other nodes and go to the [`PeerServer`].
 //!
 //! Each session has a reader (parses frames, dispatches them), a writer
 //! (drains a bounded outbound queue, sends pings), a limit on requests in
@@ -10,9 +10,10 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_util::{SinkExt, StreamExt};
+use mpreg_client::protocol::{self, ErrorCode, Inbound, PubSubAck, RpcError, RpcResponse};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_tungstenite::WebSocketStream;
@@ -26,12 +27,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cache::Cache;
-use crate::fabric::Fabric;
+use crate::config::TransportLimits;
 use crate::metrics::TransportMetrics;
-use crate::protocol::{self, ErrorCode, Inbound, PubSubAck, RpcError, RpcResponse};
+use crate::peer_server::PeerServer;
 use crate::pubsub::PubSub;
 use crate::queue::{Queues, subscribe_ack};
 use crate::rpc::Rpc;
+use crate::session::{FrameKind, Outbound};
 
 /// The systems a session dispatches frames to.
 pub struct Services {
@@ -41,66 +43,17 @@ pub struct Services {
     pub cache: Arc<Cache>,
 }
 
-/// A frame queued for a connection.
-pub type Outbound = Message;
-
-/// Whether a connection speaks text or binary frames (replies match).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FrameKind {
-    Text,
-    Binary,
-}
-
-impl FrameKind {
-    pub fn message(self, json: String) -> Outbound {
-        match self {
-            FrameKind::Text => Message::text(json),
-            FrameKind::Binary => Message::binary(json.into_bytes()),
-        }
-    }
-}
-
-/// Per-connection limits.
-#[derive(Clone, Debug)]
-pub struct TransportLimits {
-    /// Largest frame (and message) accepted.
-    pub max_frame_bytes: usize,
-    /// Requests one connection may have in flight.
-    pub max_in_flight: usize,
-    /// Frames queued for a connection before senders wait.
-    pub outbound_queue: usize,
-    /// Interval of server pings.
-    pub ping_interval: Duration,
-    /// A connection that sends nothing (not even pongs) this long is closed.
-    pub idle_timeout: Duration,
-    /// Connections served at once.
-    pub max_connections: usize,
-}
-
-impl Default for TransportLimits {
-    fn default() -> Self {
-        TransportLimits {
-            max_frame_bytes: 20 * 1024 * 1024,
-            max_in_flight: 1024,
-            outbound_queue: 1024,
-            ping_interval: Duration::from_secs(20),
-            idle_timeout: Duration::from_secs(120),
-            max_connections: 10_000,
-        }
-    }
-}
-
 /// What the listener serves: peers from the start, clients once the
 /// node's systems run.
 pub struct Endpoints {
-    pub fabric: Arc<Fabric>,
+    pub peers: Arc<PeerServer>,
     services: OnceLock<Arc<Services>>,
 }
 
 impl Endpoints {
-    pub fn new(fabric: Arc<Fabric>) -> Arc<Self> {
+    pub fn new(peers: Arc<PeerServer>) -> Arc<Self> {
         Arc::new(Endpoints {
-            fabric,
+            peers,
             services: OnceLock::new(),
         })
     }
@@ -178,7 +131,7 @@ pub async fn serve(
             {
                 Err(e) => tracing::debug!(%peer, error = %e, "websocket handshake failed"),
                 Ok(ws) if is_peer.load(Ordering::SeqCst) => {
-                    endpoints.fabric.clone().serve(ws, peer, shutdown).await;
+                    endpoints.peers.clone().serve(ws, peer, shutdown).await;
                 }
                 Ok(mut ws) => match endpoints.services.get() {
                     Some(services) => {
@@ -444,7 +397,10 @@ impl Session {
                     self.rpc.workers().answer(&self.provider_id(), answer)
                 }
                 Ok(Inbound::Publish(publish)) => {
-                    let result = self.pubsub.publish(&publish.message);
+                    let result = self
+                        .pubsub
+                        .publish(&publish.message)
+                        .map_err(|e| e.to_string());
                     if outbound.send(ack(kind, &publish.u, result)).await.is_err() {
                         break;
                     }
@@ -471,7 +427,7 @@ impl Session {
                             )
                             .await;
                         if let Err(e) = subscribed {
-                            let _ = outbound.send(ack(kind, &u, Err(e))).await;
+                            let _ = outbound.send(ack(kind, &u, Err(e.to_string()))).await;
                         }
                     });
                 }
@@ -496,7 +452,10 @@ impl Session {
                     let pubsub = self.pubsub.clone();
                     let outbound = outbound.clone();
                     self.tasks.spawn(async move {
-                        let result = pubsub.unsubscribe(&unsubscribe.subscription_id).await;
+                        let result = pubsub
+                            .unsubscribe(&unsubscribe.subscription_id)
+                            .await
+                            .map_err(|e| e.to_string());
                         let _ = outbound.send(ack(kind, &unsubscribe.u, result)).await;
                     });
                 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use mpreg_daemon::client::{Client, ClientError};
+use mpreg_client::{Client, ClientError};
 use mpreg_tests::{Daemon, TestDir, replay};
 use serde_json::{Value, json};
 
@@ -345,7 +345,7 @@ async fn change_notifications_and_refused_input() {
             .await,
     );
     assert!(
-        big.contains("limit (cache_max_value_bytes) is 100") && big.contains("1008"),
+        big.contains("limit (cache_max_value_bytes) is 100") && big.contains("1006"),
         "{big}"
     );
     let unknown = refused(

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use mpreg_daemon::client::{Client, Worker};
+use mpreg_client::{Client, Worker};
 use mpreg_tests::cluster::Cluster;
 use mpreg_tests::{Daemon, TestDir, replay};
 use serde_json::{Value, json};

@@ -6,7 +6,7 @@
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, ensure};
-use mpreg_daemon::client::Client;
+use mpreg_client::Client;
 use mpreg_tests::prom::{self, Exposition};
 use mpreg_tests::{Daemon, RawClient, TestDir, metrics_of, sql_rows};
 use serde_json::{Value, json};
@@ -110,7 +110,7 @@ async fn counters_move_by_exactly_what_happened() -> Result<()> {
 
     // A registration is one event: appended, synced and applied once.
     let appended = value(&after, "mpreg_storage_events_applied_total", &[]);
-    let worker = mpreg_daemon::client::Worker::connect(&daemon.ready.client_url).await?;
+    let worker = mpreg_client::Worker::connect(&daemon.ready.client_url).await?;
     worker
         .register("metrics_probe", "1.0.0", &[], |_args, _kwargs| {
             Ok(json!(null))
@@ -224,7 +224,7 @@ async fn json_logs_parse_and_module_filters_include_and_exclude() -> Result<()> 
             "--log-format",
             "json",
             "--log",
-            "info,mpreg_daemon::node=warn",
+            "info,mpreg_daemon::cluster::node=warn",
         ],
     )?;
     let log = daemon.log();
@@ -245,12 +245,14 @@ async fn json_logs_parse_and_module_filters_include_and_exclude() -> Result<()> 
             .is_some_and(|u| u.starts_with("http://"))
     );
     assert!(
-        lines.iter().all(|l| l["target"] != "mpreg_daemon::node"),
+        lines
+            .iter()
+            .all(|l| l["target"] != "mpreg_daemon::cluster::node"),
         "node lines were not filtered out: {log}"
     );
 
     let dir = TestDir::new();
-    let daemon = Daemon::start(&dir, &["--log", "warn,mpreg_daemon::node=info"])?;
+    let daemon = Daemon::start(&dir, &["--log", "warn,mpreg_daemon::cluster::node=info"])?;
     let log = daemon.log();
     daemon.stop()?;
     assert!(log.contains("node serving"), "{log}");

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use mpreg_daemon::client::{Client, ClientError, Subscription};
-use mpreg_daemon::pubsub::topic::pattern_matches;
+use mpreg_client::{Client, ClientError, Subscription};
+use mpreg_storage::topic::pattern_matches;
 use mpreg_tests::{Daemon, RawClient, TestDir};
 use serde_json::{Value, json};
 

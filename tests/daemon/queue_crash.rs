@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use mpreg_daemon::client::Client;
+use mpreg_client::Client;
 use mpreg_tests::{Daemon, TestDir, replay};
 use serde_json::{Value, json};
 

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use mpreg_daemon::client::{Client, ClientError, QueueSubscription};
+use mpreg_client::{Client, ClientError, QueueSubscription};
 use mpreg_tests::{Daemon, TestDir};
 use serde_json::{Value, json};
 
@@ -380,7 +380,7 @@ async fn bad_requests_name_the_problem() {
     );
     let missing = refused(client.queue("ack", json!({"queue_name": "q"})).await);
     assert!(
-        missing.contains("message_id is required") && missing.contains("1008"),
+        missing.contains("message_id is required") && missing.contains("1006"),
         "{missing}"
     );
     send(&client, "q", json!({})).await;

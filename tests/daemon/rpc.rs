@@ -4,14 +4,14 @@
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use mpreg_daemon::client::{Client, ClientError, Request, Worker};
-use mpreg_daemon::protocol::RpcCommand;
+use mpreg_client::protocol::RpcCommand;
+use mpreg_client::{Client, ClientError, Request, Worker};
 use mpreg_tests::{Daemon, RawClient, TestDir};
 use serde_json::{Value, json};
 
 fn rpc_error(
     result: Result<impl std::fmt::Debug, ClientError>,
-) -> mpreg_daemon::protocol::RpcError {
+) -> mpreg_client::protocol::RpcError {
     match result {
         Err(ClientError::Rpc(e)) => e,
         other => panic!("expected an RPC error, got {other:?}"),

@@ -522,7 +522,7 @@ async fn queue_tables_show_counters_states_and_leases() -> Result<()> {
 /// Reads `namespace/identifier` through a `cache-request` get; returns the
 /// cache level that answered.
 async fn cache_get(
-    client: &mpreg_daemon::client::Client,
+    client: &mpreg_client::Client,
     namespace: &str,
     identifier: &str,
 ) -> Result<Value> {
@@ -545,7 +545,7 @@ async fn cache_entries_show_stored_rows_with_memory_tier_and_hits() -> Result<()
 
     // s1 is loaded into memory by one read (which does not count as a hit
     // there); u1 is read again from memory; u2 is never read.
-    let client = mpreg_daemon::client::Client::connect(&daemon.client_url).await?;
+    let client = mpreg_client::Client::connect(&daemon.client_url).await?;
     assert_eq!(cache_get(&client, "sessions", "s1").await?, "L2");
     assert_eq!(cache_get(&client, "users", "u1").await?, "L2");
     assert_eq!(cache_get(&client, "users", "u1").await?, "L1");
@@ -944,7 +944,7 @@ async fn offline_sql_on_a_stopped_dir_equals_live_sql_before_the_stop() -> Resul
     let dir = TestDir::new();
     let daemon = Daemon::start(&dir, &[])?;
     let admin = daemon.ready.admin_url.clone();
-    let client = mpreg_daemon::client::Client::connect(&daemon.ready.client_url).await?;
+    let client = mpreg_client::Client::connect(&daemon.ready.client_url).await?;
     let _sub = client.subscribe_with(&["orders.#"], 0, true).await?;
     let mut live = BTreeMap::new();
     for sql in COMPARED {

@@ -14,88 +14,28 @@ mod tier;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mpreg_client::protocol::{CacheRequest, ErrorCode, PubSubMessage, WireKey};
 use mpreg_storage::event::{AtomicOp, CacheKey};
 use mpreg_storage::views::{CacheRow, View};
 use mpreg_storage::{EventKind, Outcome};
-use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value, json};
 
 use crate::clock::{now_ms, now_secs};
+use crate::cluster::Node;
+use crate::config::CacheLimits;
 use crate::metrics::CacheMetrics;
-use crate::node::Node;
-use crate::protocol::PubSubMessage;
 use crate::pubsub::PubSub;
-use crate::pubsub::topic::{check_pattern, check_topic};
-use crate::refusal::{Refusal, RefusalCode, committed, unexpected};
+use crate::refusal::{Refusal, committed, unexpected};
+use crate::topic::{check_pattern, check_topic};
 use tier::Tier;
 
-/// Memory tier and value limits.
-#[derive(Clone, Debug)]
-pub struct CacheLimits {
-    /// Bytes the memory tier may hold (keys, values and bookkeeping).
-    pub memory_bytes: usize,
-    /// Largest value (JSON text) a write may store.
-    pub max_value_bytes: usize,
-}
-
-impl Default for CacheLimits {
-    fn default() -> Self {
-        CacheLimits {
-            memory_bytes: 64 << 20,
-            max_value_bytes: 1 << 20,
-        }
+/// The stored key a client's key names.
+fn cache_key(key: &WireKey) -> CacheKey {
+    CacheKey {
+        namespace: key.namespace.clone(),
+        identifier: key.identifier.clone(),
+        version: key.version.clone().unwrap_or_default(),
     }
-}
-
-/// `Some(value)` whenever the field is present, even as `null`.
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(d).map(Some)
-}
-
-/// A key as clients send it.
-#[derive(Clone, Debug, Deserialize)]
-pub struct WireKey {
-    pub namespace: String,
-    pub identifier: String,
-    #[serde(default)]
-    pub version: Option<String>,
-    #[serde(default)]
-    pub tags: Vec<String>,
-}
-
-impl WireKey {
-    fn key(&self) -> CacheKey {
-        CacheKey {
-            namespace: self.namespace.clone(),
-            identifier: self.identifier.clone(),
-            version: self.version.clone().unwrap_or_default(),
-        }
-    }
-}
-
-/// A `cache-request` frame (upstream field names).
-#[derive(Clone, Debug, Deserialize)]
-pub struct CacheRequest {
-    pub u: String,
-    pub operation: String,
-    #[serde(default)]
-    pub key: Option<WireKey>,
-    #[serde(default, deserialize_with = "present")]
-    pub value: Option<Value>,
-    #[serde(default)]
-    pub metadata: Map<String, Value>,
-    #[serde(default)]
-    pub options: Map<String, Value>,
-    /// Invalidate: identifiers to drop (AMQP wildcards).
-    #[serde(default)]
-    pub pattern: Option<String>,
-    /// Invalidate: the namespace, when no `key` names it.
-    #[serde(default)]
-    pub namespace: Option<String>,
-    #[serde(default)]
-    pub atomic_operation: Option<Map<String, Value>>,
-    #[serde(default)]
-    pub namespace_operation: Option<Map<String, Value>>,
 }
 
 type CacheResult<T> = Result<T, Refusal>;
@@ -221,11 +161,12 @@ impl Cache {
     }
 
     fn key(request: &CacheRequest) -> CacheResult<CacheKey> {
-        let key = request
-            .key
-            .as_ref()
-            .ok_or_else(|| Refusal::invalid(format!("{} needs a key", request.operation)))?
-            .key();
+        let key = cache_key(
+            request
+                .key
+                .as_ref()
+                .ok_or_else(|| Refusal::invalid(format!("{} needs a key", request.operation)))?,
+        );
         if key.namespace.is_empty() || key.identifier.is_empty() {
             return Err(Refusal::invalid(
                 "key.namespace and key.identifier must not be empty",
@@ -272,7 +213,7 @@ impl Cache {
             .node
             .inspector()
             .get(View::CacheEntries, &row_key)
-            .map_err(|e| Refusal::new(RefusalCode::Unavailable, e.to_string()))?;
+            .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
         let Some(row) = stored.filter(|row| row.is_live(now)) else {
             return Ok(None);
         };
@@ -290,7 +231,7 @@ impl Cache {
             self.node
                 .read_barrier()
                 .await
-                .map_err(|e| Refusal::new(RefusalCode::Unavailable, e.to_string()))?;
+                .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
         }
         match self.lookup(&key)? {
             Some((row, hits, level)) => {
@@ -635,7 +576,7 @@ mod test {
         .unwrap();
         assert_eq!(request.value, Some(Value::Null), "a null value is present");
         assert_eq!(ttl_ms(&request.metadata).unwrap(), Some(7500));
-        assert_eq!(request.key.unwrap().key().version, "v1");
+        assert_eq!(cache_key(&request.key.unwrap()).version, "v1");
         let missing: CacheRequest =
             serde_json::from_value(json!({"u": "c2", "operation": "put"})).unwrap();
         assert_eq!(missing.value, None);

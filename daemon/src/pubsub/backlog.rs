@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use super::Queued;
-use super::topic::pattern_matches;
+use mpreg_storage::topic::pattern_matches;
 
 struct Entry {
     at: f64,

@@ -15,12 +15,13 @@
 //! (or, with the `disconnect` policy, the subscriber is disconnected).
 
 mod backlog;
-pub mod topic;
+mod trie;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mpreg_client::protocol::{PubSubMessage, PubSubSubscription};
 use mpreg_storage::topic::pattern_matches;
 use mpreg_storage::{EventKind, Outcome};
 use serde_json::Value;
@@ -28,52 +29,28 @@ use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::clock::now_secs;
-use crate::fabric::envelope::{PeerReply, PeerRequest};
+use crate::cluster::Node;
+use crate::config::{PubSubLimits, SlowConsumerPolicy};
+use crate::envelope::{PeerReply, PeerRequest, Refused};
 use crate::metrics::PubSubMetrics;
-use crate::node::Node;
-use crate::protocol::{PubSubMessage, PubSubSubscription};
-use crate::transport::{FrameKind, Outbound};
+use crate::session::{FrameKind, Outbound};
 use backlog::Backlog;
-use topic::TopicTrie;
+use trie::TopicTrie;
 
 /// Longest a forwarded publish waits for the other node's answer.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What happens when a subscriber's buffer is full.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SlowConsumerPolicy {
-    /// Drop the oldest buffered message and report the count.
-    #[default]
-    DropOldest,
-    /// Close the subscriber's connection.
-    Disconnect,
-}
-
-/// Pub/sub limits.
-#[derive(Clone, Debug)]
-pub struct PubSubLimits {
-    /// Messages buffered per subscription.
-    pub subscriber_buffer: usize,
-    pub slow_consumer: SlowConsumerPolicy,
-    /// Largest payload (serialized message) accepted.
-    pub max_payload_bytes: usize,
-    /// Longest backlog window.
-    pub backlog_window: Duration,
-    /// Bytes the backlog may hold.
-    pub backlog_bytes: usize,
-}
-
-impl Default for PubSubLimits {
-    fn default() -> Self {
-        PubSubLimits {
-            subscriber_buffer: 10_000,
-            slow_consumer: SlowConsumerPolicy::DropOldest,
-            max_payload_bytes: 1024 * 1024,
-            backlog_window: Duration::from_secs(300),
-            backlog_bytes: 64 * 1024 * 1024,
-        }
-    }
+/// Why a publish, subscribe or unsubscribe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PubSubError {
+    /// Refused as sent (a bad topic or pattern, an empty id, too large, an
+    /// unknown or duplicate subscription); the same request fails again.
+    #[error("{0}")]
+    Invalid(String),
+    /// The subscription change could not be committed to the log (the
+    /// error says whether it may still commit).
+    #[error(transparent)]
+    Log(#[from] crate::Error),
 }
 
 /// A message as queued: its JSON, serialized once for every subscriber.
@@ -253,7 +230,7 @@ impl PubSub {
     /// Fans a message out to every matching subscription: here, and on
     /// every other member with a matching subscription (in the background;
     /// pub/sub delivery is at most once).
-    pub fn publish(&self, message: &PubSubMessage) -> Result<(), String> {
+    pub fn publish(&self, message: &PubSubMessage) -> Result<(), PubSubError> {
         let json = self.publish_here(message)?;
         self.metrics.published.inc();
         for addr in self.remote_subscribers(&message.topic) {
@@ -280,10 +257,11 @@ impl PubSub {
     }
 
     /// Fans out a message another node forwarded (JSON), here only.
-    pub fn publish_forwarded(&self, message: &str) -> Result<(), String> {
-        let message: PubSubMessage =
-            serde_json::from_str(message).map_err(|e| format!("forwarded message: {e}"))?;
-        self.publish_here(&message)?;
+    pub fn publish_forwarded(&self, message: &str) -> Result<(), Refused> {
+        let message: PubSubMessage = serde_json::from_str(message)
+            .map_err(|e| Refused::Invalid(format!("forwarded message: {e}")))?;
+        self.publish_here(&message)
+            .map_err(|e| Refused::Invalid(e.to_string()))?;
         self.metrics
             .forwarded
             .with_label_values(&["received"])
@@ -311,18 +289,19 @@ impl PubSub {
 
     /// Fans a message out to the matching subscriptions of this node and
     /// keeps it in the backlog; returns it as JSON.
-    fn publish_here(&self, message: &PubSubMessage) -> Result<Queued, String> {
-        topic::check_topic(&message.topic)?;
+    fn publish_here(&self, message: &PubSubMessage) -> Result<Queued, PubSubError> {
+        crate::topic::check_topic(&message.topic).map_err(PubSubError::Invalid)?;
         if message.message_id.is_empty() {
-            return Err("message_id must not be empty".into());
+            return Err(PubSubError::Invalid("message_id must not be empty".into()));
         }
-        let json = serde_json::to_string(message).map_err(|e| e.to_string())?;
+        let json =
+            serde_json::to_string(message).map_err(|e| PubSubError::Invalid(e.to_string()))?;
         if json.len() > self.limits.max_payload_bytes {
-            return Err(format!(
+            return Err(PubSubError::Invalid(format!(
                 "message of {} bytes is larger than the limit of {} bytes",
                 json.len(),
                 self.limits.max_payload_bytes
-            ));
+            )));
         }
         let json: Queued = json.into();
         let mut state = self.lock();
@@ -395,16 +374,17 @@ impl PubSub {
         outbound: mpsc::Sender<Outbound>,
         frame: FrameKind,
         ack: impl std::future::Future<Output = ()>,
-    ) -> Result<(), String> {
+    ) -> Result<(), PubSubError> {
+        let invalid = |text: String| PubSubError::Invalid(text);
         if sub.subscription_id.is_empty() {
-            return Err("subscription_id must not be empty".into());
+            return Err(invalid("subscription_id must not be empty".into()));
         }
         if sub.patterns.is_empty() {
-            return Err("a subscription needs at least one pattern".into());
+            return Err(invalid("a subscription needs at least one pattern".into()));
         }
         let patterns: Vec<String> = sub.patterns.iter().map(|p| p.pattern.clone()).collect();
         for pattern in &patterns {
-            topic::check_pattern(pattern)?;
+            crate::topic::check_pattern(pattern).map_err(invalid)?;
         }
         let mut sink = Some(Sink {
             outbound,
@@ -419,10 +399,10 @@ impl PubSub {
                 Some(existing) => {
                     let mut buffer = existing.queue.lock();
                     if !existing.durable || buffer.sink.is_some() {
-                        return Err(format!(
+                        return Err(invalid(format!(
                             "subscription {} already exists",
                             sub.subscription_id
-                        ));
+                        )));
                     }
                     buffer.sink = sink.take();
                     Some(existing.queue.clone())
@@ -443,10 +423,9 @@ impl PubSub {
                 node_id: self.node.identity().node_id.clone(),
                 durable: sub.durable,
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         if let Outcome::Rejected { reason } = outcome {
-            return Err(reason);
+            return Err(invalid(reason));
         }
         let backlog = if sub.get_backlog {
             sub.backlog_seconds.max(1)
@@ -473,17 +452,16 @@ impl PubSub {
     }
 
     /// Handles `pubsub-unsubscribe`.
-    pub async fn unsubscribe(&self, id: &str) -> Result<(), String> {
+    pub async fn unsubscribe(&self, id: &str) -> Result<(), PubSubError> {
         if self.forget(id).is_none() {
-            return Err(format!("unknown subscription {id}"));
+            return Err(PubSubError::Invalid(format!("unknown subscription {id}")));
         }
         self.node
             .propose_ok(EventKind::SubscriptionRemoved {
                 subscription_id: id.to_string(),
             })
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+            .await?;
+        Ok(())
     }
 
     /// Connection `conn_id` closed: its subscriptions go, except durable

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mpreg_client::protocol::ErrorCode;
 use mpreg_storage::event::{DeliveredMessage, NewMessage, SentMessage};
 use mpreg_storage::views::{QueueRow, View};
 use mpreg_storage::{EventKind, Outcome};
@@ -25,11 +26,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
+use crate::cluster::Node;
 use crate::metrics::QueueMetrics;
-use crate::node::Node;
-use crate::refusal::{Refusal, RefusalCode, committed, unexpected};
+use crate::refusal::{Refusal, committed, unexpected};
 use args::{Fields, body, millis};
-pub use subscriptions::{QueueSubscribe, subscribe_ack};
+pub use subscriptions::subscribe_ack;
 
 /// The functions clients call, all served by every node.
 pub const FUNCTIONS: [&str; 8] = [
@@ -164,7 +165,7 @@ impl Queues {
         self.node
             .inspector()
             .get(View::Queues, &QueueRow::key(name))
-            .map_err(|e| Refusal::new(RefusalCode::Unavailable, e.to_string()))?
+            .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?
             .ok_or_else(|| unknown_queue(name))
     }
 
@@ -209,7 +210,7 @@ impl Queues {
             Some(topic) => topic.to_string(),
             None => format!("mpreg.queue.{queue}"),
         };
-        crate::pubsub::topic::check_topic(&topic).map_err(Refusal::invalid)?;
+        crate::topic::check_topic(&topic).map_err(Refusal::invalid)?;
         let priority = f.uint("priority")?.unwrap_or(0);
         let priority = u8::try_from(priority)
             .map_err(|_| Refusal::invalid(format!("priority must be 0..=255, got {priority}")))?;
@@ -325,7 +326,7 @@ impl Queues {
         let pattern = match f.str("topic_pattern")? {
             None | Some("#") => None,
             Some(p) => {
-                crate::pubsub::topic::check_pattern(p).map_err(Refusal::invalid)?;
+                crate::topic::check_pattern(p).map_err(Refusal::invalid)?;
                 Some(p.to_string())
             }
         };
@@ -498,7 +499,7 @@ impl Queues {
                 rows.push(row);
                 mpreg_storage::Flow::Continue
             })
-            .map_err(|e| Refusal::new(RefusalCode::Unavailable, e.to_string()))?;
+            .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
         Ok(rows)
     }
 
@@ -533,5 +534,5 @@ impl Queues {
 }
 
 fn unknown_queue(queue: &str) -> Refusal {
-    Refusal::new(RefusalCode::NotFound, format!("unknown queue {queue}"))
+    Refusal::new(ErrorCode::NotFound, format!("unknown queue {queue}"))
 }

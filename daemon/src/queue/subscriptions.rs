@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mpreg_client::protocol::QueueSubscribe;
 use mpreg_storage::Flow;
 use mpreg_storage::event::{DeliveredMessage, Delivery};
 use mpreg_storage::topic::pattern_matches;
@@ -23,29 +24,12 @@ use tokio_util::sync::CancellationToken;
 use super::{QueueResult, Queues, message_json};
 use crate::clock::now_ms;
 use crate::refusal::Refusal;
-use crate::transport::{FrameKind, Outbound};
+use crate::session::{FrameKind, Outbound};
 
 /// Prefetch when the subscriber names none.
 const DEFAULT_PREFETCH: u64 = 10;
 /// Most unacked messages one subscription may hold.
 const MAX_PREFETCH: u64 = 1000;
-
-/// A `queue-subscribe` request.
-#[derive(Clone, Debug, serde::Deserialize)]
-pub struct QueueSubscribe {
-    pub u: String,
-    pub queue_name: String,
-    #[serde(default)]
-    pub subscriber_id: Option<String>,
-    #[serde(default)]
-    pub topic_pattern: Option<String>,
-    /// Most unacked messages pushed at once.
-    #[serde(default)]
-    pub prefetch: Option<u64>,
-    /// Ack each message as it is pushed (at-most-once for this subscriber).
-    #[serde(default)]
-    pub auto_acknowledge: bool,
-}
 
 /// What one lease-and-push round did.
 enum Pushed {
@@ -219,7 +203,7 @@ impl Queues {
         let pattern = match request.topic_pattern.as_deref() {
             None | Some("#") => None,
             Some(p) => {
-                crate::pubsub::topic::check_pattern(p).map_err(Refusal::invalid)?;
+                crate::topic::check_pattern(p).map_err(Refusal::invalid)?;
                 Some(p.to_string())
             }
         };

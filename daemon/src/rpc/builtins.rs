@@ -5,7 +5,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::clock::now_secs;
-use crate::node::Node;
+use crate::cluster::Node;
 
 /// Provider id of built-in functions in the `functions` view.
 pub const PROVIDER: &str = "builtin";
@@ -52,7 +52,7 @@ pub fn call(
 fn list_peers(node: &Node) -> Value {
     let me = &node.identity().node_id;
     let catalog = node.views().catalog();
-    let peers: Vec<Value> = crate::fabric::membership::members(node)
+    let peers: Vec<Value> = crate::cluster::membership::members(node)
         .into_iter()
         .filter_map(|member| {
             let node_id = member.node_id.filter(|id| id != me)?;

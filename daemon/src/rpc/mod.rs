@@ -16,40 +16,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
+use mpreg_client::protocol::{
+    ErrorCode, ExecutionSummary, IntermediateResult, RpcCommand, RpcError, RpcRequest, RpcResponse,
+    WorkerFunction, WorkerWithdrawal,
+};
 use mpreg_storage::EventKind;
 use mpreg_storage::views::FunctionRow;
 use serde_json::{Map, Value};
 
 use crate::clock::now_secs;
-use crate::fabric::envelope::{PeerReply, PeerRequest};
+use crate::cluster::Node;
+use crate::config::RpcLimits;
+use crate::envelope::{PeerReply, PeerRequest};
 use crate::metrics::RpcMetrics;
-use crate::node::Node;
-use crate::protocol::{
-    ErrorCode, ExecutionSummary, IntermediateResult, RpcCommand, RpcError, RpcRequest, RpcResponse,
-    WorkerFunction, WorkerWithdrawal,
-};
 use crate::queue::{self, Queues};
 pub use plan::{Plan, plan, substitute};
 use select::Selector;
 pub use workers::Workers;
-
-/// Limits of the RPC engine.
-#[derive(Clone, Debug)]
-pub struct RpcLimits {
-    /// Whole-request timeout.
-    pub request_timeout: Duration,
-    /// Most commands one request may hold.
-    pub max_commands: usize,
-}
-
-impl Default for RpcLimits {
-    fn default() -> Self {
-        RpcLimits {
-            request_timeout: Duration::from_secs(30),
-            max_commands: 10_000,
-        }
-    }
-}
 
 /// The RPC engine of a node.
 pub struct Rpc {

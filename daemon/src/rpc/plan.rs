@@ -9,9 +9,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use mpreg_client::protocol::{ErrorCode, RpcCommand, RpcError};
 use serde_json::Value;
-
-use crate::protocol::{ErrorCode, RpcCommand, RpcError};
 
 /// Command indexes grouped into levels that run one after another.
 #[derive(Clone, Debug, PartialEq, Eq)]

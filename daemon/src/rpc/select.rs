@@ -11,9 +11,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use mpreg_client::protocol::{ErrorCode, RpcCommand, RpcError};
 use mpreg_storage::views::{Catalog, FunctionRow};
-
-use crate::protocol::{ErrorCode, RpcCommand, RpcError};
 
 /// Prefixes newer MPREG clients put in front of function names.
 const NAME_PREFIXES: [&str; 2] = ["app.", "mpreg.system."];

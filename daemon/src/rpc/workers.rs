@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use mpreg_client::protocol::{ErrorCode, InternalAnswer, InternalRpc, RpcError};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::protocol::{ErrorCode, InternalAnswer, InternalRpc, RpcError};
-use crate::transport::{FrameKind, Outbound};
+use crate::session::{FrameKind, Outbound};
 
 type Reply = Result<Value, RpcError>;
 

@@ -11,11 +11,19 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use mpreg_daemon::client::{Client, Request};
-use mpreg_daemon::protocol::RpcCommand;
-use mpreg_query::Format;
+use clap::{Parser, Subcommand, ValueEnum};
+use mpreg_client::protocol::RpcCommand;
+use mpreg_client::{Client, Request};
 use serde_json::{Value, json};
+
+/// How `mpreg sql` prints rows; the daemon renders each (`format=` of `/sql`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// Aligned text.
+    Table,
+    Json,
+    Csv,
+}
 
 #[derive(Parser)]
 #[command(name = "mpreg", version, about = "mpreg command-line client")]
@@ -68,7 +76,7 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:6670")]
         admin: String,
         /// Output: table (aligned text), json or csv.
-        #[arg(long, default_value = "table")]
+        #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
 }
@@ -393,16 +401,12 @@ async fn cluster(admin: &str, op: &ClusterOp) -> Result<String, String> {
     Ok(serde_json::to_string_pretty(&body).unwrap_or_default())
 }
 
-/// Runs `sql` on the daemon at `admin` and renders the rows.
+/// Runs `sql` on the daemon at `admin` and prints the rows as it renders them.
 async fn sql(admin: &str, sql: &str, format: Format) -> Result<String, String> {
-    let wire = match format {
-        Format::Table => Format::Arrow,
-        other => other,
-    };
-    let wire_name = match wire {
+    let wire_name = match format {
+        Format::Table => "table",
         Format::Json => "json",
         Format::Csv => "csv",
-        Format::Arrow | Format::Table => "arrow",
     };
     let url = format!("{}/sql", admin.trim_end_matches('/'));
     let response = reqwest::Client::new()
@@ -424,13 +428,7 @@ async fn sql(admin: &str, sql: &str, format: Format) -> Result<String, String> {
             .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
         return Err(format!("{status}: {message}"));
     }
-    if format != Format::Table {
-        return Ok(String::from_utf8_lossy(&body).trim_end().to_string());
-    }
-    let output = mpreg_query::format::read_arrow_ipc(&body).map_err(|e| e.to_string())?;
-    mpreg_query::format::table(&output.schema, &output.batches)
-        .map(|t| t.trim_end().to_string())
-        .map_err(|e| e.to_string())
+    Ok(String::from_utf8_lossy(&body).trim_end().to_string())
 }
 
 fn parse_arg(arg: &str) -> Value {

@@ -1,8 +1,9 @@
 //! Outbound links to other nodes: one WebSocket per peer address, requests
 //! multiplexed on it by id, reconnect with exponential backoff.
 //!
-//! A link connects to `<addr>/peer?from=<node id>`: the listener ignores
-//! the path, and a fault-injecting proxy can read who is calling.
+//! A link connects to `<addr>/peer?from=<node id>`: the path tells the
+//! listener this is a peer, and a fault-injecting proxy reads who is
+//! calling from the query.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use super::envelope::{Body, Envelope, PeerReply, PeerRequest};
+use crate::envelope::{Body, Envelope, PeerReply, PeerRequest};
 
 /// First wait after a failed connect; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(20);

@@ -1,16 +1,7 @@
-//! The fabric: traffic between the nodes of a cluster. Entry type
-//! [`Fabric`] serves the peer connections other nodes open on `--listen`
-//! (WebSocket path `/peer`): raft RPCs, proposals forwarded by followers,
-//! membership requests, and calls and publishes routed to the node that
-//! holds the worker or the subscriber.
-//!
-//! - [`envelope`]: the frame between nodes (routing headers + payload);
-//! - [`peer`]: outbound links to other nodes;
-//! - [`membership`]: forming, joining and changing the raft membership.
-
-pub mod envelope;
-pub mod membership;
-pub mod peer;
+//! The peer server: answers the connections other nodes open on
+//! `--listen` (WebSocket path `/peer`): raft RPCs, proposals forwarded by
+//! followers, membership requests, and calls and publishes routed to the
+//! node that holds the worker or the subscriber. Entry type [`PeerServer`].
 
 use std::sync::{Arc, OnceLock};
 
@@ -21,10 +12,10 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::node::Node;
+use crate::cluster::{Node, membership};
+use crate::envelope::{Body, Envelope, PeerReply, PeerRequest, Refused};
 use crate::pubsub::PubSub;
 use crate::rpc::Rpc;
-use envelope::{Body, Envelope, PeerReply, PeerRequest, Refused};
 
 /// The systems forwarded calls and publishes run on, once started.
 struct Systems {
@@ -33,14 +24,14 @@ struct Systems {
 }
 
 /// Serves requests from other nodes.
-pub struct Fabric {
+pub struct PeerServer {
     node: Arc<Node>,
     systems: OnceLock<Systems>,
 }
 
-impl Fabric {
+impl PeerServer {
     pub fn new(node: Arc<Node>) -> Arc<Self> {
-        Arc::new(Fabric {
+        Arc::new(PeerServer {
             node,
             systems: OnceLock::new(),
         })
@@ -87,10 +78,10 @@ impl Fabric {
                     break;
                 }
             };
-            let fabric = self.clone();
+            let server = self.clone();
             let replies = replies.clone();
             tokio::spawn(async move {
-                let reply = fabric.answer(envelope).await;
+                let reply = server.answer(envelope).await;
                 match reply.encode() {
                     Ok(bytes) => {
                         let _ = replies.send(Message::binary(bytes)).await;
@@ -107,22 +98,26 @@ impl Fabric {
         let me = self.node.identity().node_id.clone();
         let body = std::mem::replace(
             &mut envelope.body,
-            Body::Reply(PeerReply::Error(String::new())),
+            Body::Reply(PeerReply::Refused(Refused::Invalid(String::new()))),
         );
         let cluster = &self.node.identity().cluster_id;
         let reply = match body {
-            Body::Request(_) if envelope.source_cluster != *cluster => PeerReply::Error(format!(
-                "node {me} is in cluster {cluster:?}, the request came from cluster {:?}",
-                envelope.source_cluster
-            )),
+            Body::Request(_) if envelope.source_cluster != *cluster => {
+                PeerReply::Refused(Refused::Invalid(format!(
+                    "node {me} is in cluster {cluster:?}, the request came from cluster {:?}",
+                    envelope.source_cluster
+                )))
+            }
             Body::Request(request) if envelope.hop_budget > 0 => {
                 self.handle(request, &envelope).await
             }
-            Body::Request(_) => PeerReply::Error(format!(
+            Body::Request(_) => PeerReply::Refused(Refused::Invalid(format!(
                 "hop budget spent after {:?}",
                 envelope.routing_path
-            )),
-            Body::Reply(_) => PeerReply::Error("a reply is not a request".to_string()),
+            ))),
+            Body::Reply(_) => {
+                PeerReply::Refused(Refused::Invalid("a reply is not a request".to_string()))
+            }
         };
         envelope.reply(&me, reply)
     }
@@ -146,7 +141,7 @@ impl Fabric {
                         leader: self.node.leader(),
                     }));
                 }
-                PeerReply::Proposed(self.node.propose_all(kinds).await.map_err(Refused::Failed))
+                PeerReply::Proposed(self.node.propose_all(kinds).await)
             }
             PeerRequest::Join { node_id, addr } => {
                 PeerReply::Membership(membership::join(&self.node, &node_id, &addr, envelope).await)
@@ -162,13 +157,17 @@ impl Fabric {
                 Some(systems) => {
                     PeerReply::Called(systems.rpc.call_forwarded(&function, &args, &kwargs).await)
                 }
-                None => PeerReply::Error("the node is starting".to_string()),
+                None => PeerReply::Refused(starting()),
             },
             PeerRequest::ReadIndex => PeerReply::ReadIndex(self.node.read_index().await),
             PeerRequest::Publish { message } => match self.systems.get() {
                 Some(systems) => PeerReply::Published(systems.pubsub.publish_forwarded(&message)),
-                None => PeerReply::Error("the node is starting".to_string()),
+                None => PeerReply::Refused(starting()),
             },
         }
     }
+}
+
+fn starting() -> Refused {
+    Refused::Unavailable("the node is starting".to_string())
 }

@@ -20,8 +20,8 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 
-use crate::fabric::envelope::{PeerReply, PeerRequest};
-use crate::fabric::peer::{PeerError, Peers};
+use super::peer::{PeerError, Peers};
+use crate::envelope::{PeerReply, PeerRequest};
 
 /// Slowest transfer rate a snapshot chunk is given time for (1 MiB/s).
 const SNAPSHOT_BYTES_PER_SEC: u64 = 1 << 20;
@@ -76,9 +76,12 @@ impl PeerClient {
             _ => RPCTypes::AppendEntries,
         };
         match self.peers.request(&self.addr, request, timeout).await {
-            Ok(PeerReply::Error(reason)) => Err(RPCError::Network(NetworkError::new(&WireError(
-                format!("peer {} refused the request: {reason}", self.target),
-            )))),
+            Ok(PeerReply::Refused(reason)) => {
+                Err(RPCError::Network(NetworkError::new(&WireError(format!(
+                    "peer {} refused the request: {reason}",
+                    self.target
+                )))))
+            }
             Ok(reply) => Ok(reply),
             Err(e @ PeerError::Unreachable { .. }) => {
                 Err(RPCError::Unreachable(Unreachable::new(&e)))

@@ -1,5 +1,6 @@
-//! Admin HTTP (axum) on `--admin-listen`: `/health`, `/status`, `/sql`,
-//! `/metrics`, `/cluster/members` and `/cluster/leave`.
+//! Admin HTTP (axum) on `--admin-listen`: `/health`, `/status`, `/sql`
+//! ([`sql`]), `/metrics` ([`gauges`] reads the node's figures when
+//! scraped), `/cluster/members` and `/cluster/leave`.
 
 use std::sync::{Arc, OnceLock};
 
@@ -13,10 +14,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::fabric::envelope::{Envelope, PeerRequest, Refused};
-use crate::fabric::membership;
+use crate::cluster::{Node, RaftStatus, membership};
+use crate::envelope::{Envelope, PeerRequest, Refused};
 use crate::metrics::Metrics;
-use crate::node::{Node, RaftStatus};
+
+mod gauges;
+mod sql;
+
+pub use sql::engine as sql_engine;
 
 /// What the handlers read; the node appears once it has started.
 #[derive(Clone)]
@@ -72,7 +77,7 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/status", get(status))
-        .route("/sql", get(crate::sql::get).post(crate::sql::post))
+        .route("/sql", get(sql::get).post(sql::post))
         .route("/metrics", get(metrics))
         .route("/cluster/members", get(members).post(add_member))
         .route(
@@ -129,7 +134,10 @@ async fn status(State(state): State<AdminState>) -> Response {
 
 /// `GET /metrics`: Prometheus text format.
 async fn metrics(State(state): State<AdminState>) -> Response {
-    match state.metrics.render(state.node.get().map(Arc::as_ref)) {
+    if let Some(node) = state.node.get() {
+        gauges::refresh(&state.metrics, node);
+    }
+    match state.metrics.render() {
         Ok(text) => (
             [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
             text,
@@ -168,8 +176,13 @@ fn membership_answer(result: Result<Vec<String>, Refused>) -> Response {
             Json(json!({"error": format!("no leader to change the membership: {e}; retry")})),
         )
             .into_response(),
-        Err(Refused::Failed(reason)) => {
-            (StatusCode::CONFLICT, Json(json!({"error": reason}))).into_response()
+        Err(e @ Refused::Unavailable(_)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": format!("{e}; retry")})),
+        )
+            .into_response(),
+        Err(e @ (Refused::Uncertain(_) | Refused::Invalid(_))) => {
+            (StatusCode::CONFLICT, Json(json!({"error": e.to_string()}))).into_response()
         }
     }
 }

@@ -8,11 +8,11 @@ use std::time::Duration;
 use mpreg_query::SqlLimits;
 use serde::Deserialize;
 
-use crate::cache::CacheLimits;
 use crate::error::{Error, Result};
-use crate::pubsub::{PubSubLimits, SlowConsumerPolicy};
-use crate::rpc::RpcLimits;
-use crate::transport::TransportLimits;
+
+mod limits;
+
+pub use limits::{CacheLimits, PubSubLimits, RpcLimits, SlowConsumerPolicy, TransportLimits};
 
 /// Default client + peer listener.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6666";

@@ -23,13 +23,12 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::peer::{PeerError, Peers};
+use super::raft_network::FabricNetwork;
 use crate::clock::now_ms;
 use crate::config::{Config, DEFAULT_CLUSTER_ID};
+use crate::envelope::{PeerReply, PeerRequest, Refused};
 use crate::error::{Error, Result};
-use crate::fabric::envelope::{PeerReply, PeerRequest, Refused};
-use crate::fabric::membership;
-use crate::fabric::peer::{PeerError, Peers};
-use crate::raft_network::FabricNetwork;
 
 /// Most events in one log entry.
 const MAX_BATCH: usize = 1024;
@@ -39,8 +38,12 @@ const LEADER_POLL: Duration = Duration::from_millis(50);
 /// An event waiting to be proposed, and where its outcome goes.
 type Proposal = (
     EventKind,
-    oneshot::Sender<std::result::Result<Outcome, String>>,
+    oneshot::Sender<std::result::Result<Outcome, Refused>>,
 );
+
+fn shutting_down() -> Refused {
+    Refused::Unavailable("the node is shutting down".to_string())
+}
 
 /// The address member `id` registered in the membership `raft` applied.
 fn member_addr(raft: &Raft, id: NodeId) -> Option<String> {
@@ -92,7 +95,7 @@ impl Proposer {
     /// Commits `kinds` in one entry, wherever the leader is. Retries only
     /// where nothing can have been committed (no leader yet, leader not
     /// reachable, or it said it is not the leader).
-    async fn commit(&self, kinds: Vec<EventKind>) -> std::result::Result<Vec<Outcome>, String> {
+    async fn commit(&self, kinds: Vec<EventKind>) -> std::result::Result<Vec<Outcome>, Refused> {
         let deadline = tokio::time::Instant::now() + self.patience;
         let mut last_problem = "no leader is known".to_string();
         loop {
@@ -114,12 +117,12 @@ impl Proposer {
                         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
                             last_problem = "leadership moved".to_string();
                         }
-                        Ok(Err(e)) => return Err(e.to_string()),
+                        Ok(Err(e)) => return Err(Refused::Uncertain(e.to_string())),
                         Err(_) => {
-                            return Err(format!(
+                            return Err(Refused::Uncertain(format!(
                                 "not committed within {:?} (no quorum?); it may still commit: retry with an idempotent request",
                                 self.patience
-                            ));
+                            )));
                         }
                     }
                 }
@@ -134,15 +137,19 @@ impl Proposer {
                         Ok(PeerReply::Proposed(Err(Refused::NotLeader { .. }))) => {
                             last_problem = format!("node {id} is no longer the leader");
                         }
-                        Ok(PeerReply::Proposed(Err(Refused::Failed(reason)))) => {
-                            return Err(reason);
+                        Ok(PeerReply::Proposed(Err(refused)) | PeerReply::Refused(refused)) => {
+                            return Err(refused);
                         }
-                        Ok(other) => return Err(format!("leader {id} answered {other:?}")),
+                        Ok(other) => {
+                            return Err(Refused::Uncertain(format!(
+                                "leader {id} answered {other:?}"
+                            )));
+                        }
                         Err(e @ PeerError::Unreachable { .. }) => last_problem = e.to_string(),
                         Err(e) => {
-                            return Err(format!(
+                            return Err(Refused::Uncertain(format!(
                                 "forwarded to leader {id}: {e}; the write may or may not have committed"
-                            ));
+                            )));
                         }
                     }
                 }
@@ -150,10 +157,10 @@ impl Proposer {
                 (None, _) => {}
             }
             if tokio::time::Instant::now() + LEADER_POLL >= deadline {
-                return Err(format!(
+                return Err(Refused::Unavailable(format!(
                     "no leader accepted the write within {:?} ({last_problem}); it was not committed: retry",
                     self.patience
-                ));
+                )));
             }
             tokio::time::sleep(LEADER_POLL).await;
         }
@@ -312,37 +319,29 @@ impl Node {
     ) -> Result<Node> {
         let node = Node::open(config, metrics).await?;
         let own_url = addresses.first().cloned().unwrap_or_default();
-        node.serve(config, &own_url, addresses, &CancellationToken::new())
-            .await?;
+        if !node.is_initialized().await? {
+            node.initialize(BTreeMap::from([(node.raft_id, RaftNode::new(own_url))]))
+                .await?;
+        }
+        node.announce(addresses, &CancellationToken::new()).await?;
         Ok(node)
     }
 
-    /// Makes the node a serving member: on first start it forms a cluster
-    /// (alone, or with `--peers`) or joins one (`--join`); then it waits
-    /// for a leader and records `NodeJoined` and the route to its cluster.
-    /// `own_url` is the address other nodes reach it at.
-    pub async fn serve(
+    /// Whether raft has a log or membership already (this is not a first start).
+    pub async fn is_initialized(&self) -> Result<bool> {
+        self.raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::RaftStart(e.to_string()))
+    }
+
+    /// Once the node is a member: waits for a leader and records
+    /// `NodeJoined` and the route to its cluster.
+    pub async fn announce(
         &self,
-        config: &Config,
-        own_url: &str,
         addresses: Vec<String>,
         shutdown: &CancellationToken,
     ) -> Result<()> {
-        let initialized = self
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|e| Error::RaftStart(e.to_string()))?;
-        if !initialized {
-            if let Some(url) = &config.join {
-                membership::join_via(self, url, own_url, shutdown).await?;
-            } else if !config.peers.is_empty() {
-                membership::form(self, own_url, &config.peers, shutdown).await?;
-            } else {
-                let members = BTreeMap::from([(self.raft_id, RaftNode::new(own_url))]);
-                self.initialize(members).await?;
-            }
-        }
         self.wait_for_leader(shutdown).await?;
         self.propose_ok(EventKind::NodeJoined {
             node_id: self.identity.node_id.clone(),
@@ -417,7 +416,7 @@ impl Node {
         let (reply, outcome) = oneshot::channel();
         let stopped = || Error::Propose {
             kind: name,
-            reason: "the node is shutting down".to_string(),
+            refused: shutting_down(),
         };
         self.proposals
             .send((kind, reply))
@@ -426,7 +425,10 @@ impl Node {
         outcome
             .await
             .map_err(|_| stopped())?
-            .map_err(|reason| Error::Propose { kind: name, reason })
+            .map_err(|refused| Error::Propose {
+                kind: name,
+                refused,
+            })
     }
 
     /// Like [`Node::propose`], but a refused event is an error.
@@ -444,9 +446,9 @@ impl Node {
     /// before it, through any node. A follower asks the leader for the
     /// index and waits until it applied that far.
     pub async fn read_barrier(&self) -> Result<()> {
-        let failed = |reason: String| Error::Propose {
+        let failed = |refused: Refused| Error::Propose {
             kind: "read barrier",
-            reason,
+            refused,
         };
         let deadline = tokio::time::Instant::now() + self.patience;
         let index = loop {
@@ -464,8 +466,14 @@ impl Node {
                             .await
                         {
                             Ok(PeerReply::ReadIndex(result)) => result,
-                            Ok(other) => Err(Refused::Failed(format!("leader answered {other:?}"))),
-                            Err(e) => Err(Refused::Failed(e.to_string())),
+                            Ok(PeerReply::Refused(refused)) => Err(refused),
+                            Ok(other) => {
+                                Err(Refused::Uncertain(format!("leader answered {other:?}")))
+                            }
+                            Err(e @ PeerError::Unreachable { .. }) => {
+                                Err(Refused::Unavailable(e.to_string()))
+                            }
+                            Err(e) => Err(Refused::Uncertain(e.to_string())),
                         }
                     }
                 }
@@ -475,7 +483,13 @@ impl Node {
                 Err(Refused::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(LEADER_POLL).await;
                 }
-                Err(e) => return Err(failed(format!("{e}; retry"))),
+                Err(e @ Refused::NotLeader { .. }) => {
+                    return Err(failed(Refused::Unavailable(format!(
+                        "no leader gave a read index within {:?} ({e}); retry",
+                        self.patience
+                    ))));
+                }
+                Err(e) => return Err(failed(e)),
             }
         };
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -484,7 +498,11 @@ impl Node {
             .applied_index_at_least(Some(index), "read index")
             .await
             .map(drop)
-            .map_err(|e| failed(format!("did not apply up to the read index {index}: {e}")))
+            .map_err(|e| {
+                failed(Refused::Unavailable(format!(
+                    "did not apply up to the read index {index}: {e}"
+                )))
+            })
     }
 
     /// On the leader: the index a linearizable read must wait for.
@@ -496,7 +514,7 @@ impl Node {
                     leader: f.leader_id,
                 })
             }
-            Err(e) => Err(Refused::Failed(e.to_string())),
+            Err(e) => Err(Refused::Unavailable(e.to_string())),
         }
     }
 
@@ -590,8 +608,8 @@ impl Node {
     pub async fn propose_all(
         &self,
         kinds: Vec<EventKind>,
-    ) -> std::result::Result<Vec<Outcome>, String> {
-        let stopping = || "the node is shutting down".to_string();
+    ) -> std::result::Result<Vec<Outcome>, Refused> {
+        let stopping = shutting_down;
         let mut waiting = Vec::with_capacity(kinds.len());
         for kind in kinds {
             let (reply, outcome) = oneshot::channel();

@@ -1,10 +1,11 @@
 //! The node-to-node envelope: routing headers and a bincode payload behind
-//! a version byte, carried in binary WebSocket frames on `--listen`.
-//!
-//! A client frame is JSON and starts with `{` (or whitespace); a peer frame
-//! starts with [`ENVELOPE_VERSION`], so one listener serves both. Requests
-//! carry an id; the reply to a request carries the same id.
+//! a version byte ([`ENVELOPE_VERSION`]), carried in binary WebSocket
+//! frames on connections opened on path `/peer` of `--listen` (the
+//! transport tells peers from clients at the handshake). Requests carry an
+//! id; the reply to a request carries the same id. Errors that cross
+//! nodes are typed ([`Refused`]) and say whether a retry is safe.
 
+use mpreg_client::protocol::RpcError;
 use mpreg_storage::typ::NodeId;
 use mpreg_storage::views::FunctionRow;
 use mpreg_storage::{EventKind, Outcome, TypeConfig, codec};
@@ -15,10 +16,10 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::RpcError;
-
-/// First byte of every peer frame written by this binary.
-pub const ENVELOPE_VERSION: u8 = 0xB1;
+/// First byte of every peer frame written by this binary. 0xB2: typed
+/// refusals ([`Refused`], [`PeerReply::Refused`]); a node that still writes
+/// 0xB1 is refused with an error naming both versions.
+pub const ENVELOPE_VERSION: u8 = 0xB2;
 
 /// Most nodes a forwarded message may cross.
 pub const DEFAULT_HOP_BUDGET: u8 = 8;
@@ -80,15 +81,35 @@ pub enum PeerRequest {
     ReadIndex,
 }
 
-/// Why a forwarded request did not run; says whether retrying is safe.
-#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+/// Why a request to another node did not (certainly) take effect. Each
+/// variant says whether retrying is safe ([`Refused::retry_safe`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum Refused {
-    /// The receiver is not the leader; nothing was proposed.
+    /// The receiver is not the leader; nothing was proposed. Retry at the
+    /// leader.
     #[error("not the leader (leader is {leader:?})")]
     NotLeader { leader: Option<NodeId> },
-    /// The request ran and failed; it may or may not have taken effect.
+    /// The receiver could not take it now (starting, no leader in time, the
+    /// leader unreachable); nothing ran. Retry later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// It was sent or ran and then failed (a timeout, a closed link, a raft
+    /// error mid-change); it may have taken effect. Retry only what is
+    /// idempotent.
+    #[error("outcome unknown: {0}")]
+    Uncertain(String),
+    /// Refused as asked (another cluster, hop budget spent, not a member,
+    /// the last voter, not a request); nothing ran, and the same request
+    /// will be refused again.
     #[error("{0}")]
-    Failed(String),
+    Invalid(String),
+}
+
+impl Refused {
+    /// Whether nothing ran, so sending the same request again is safe.
+    pub fn retry_safe(&self) -> bool {
+        matches!(self, Refused::NotLeader { .. } | Refused::Unavailable(_))
+    }
 }
 
 /// Answers to [`PeerRequest`]s.
@@ -109,10 +130,11 @@ pub enum PeerReply {
     Membership(Result<Vec<String>, Refused>),
     /// The function's result as JSON text, or its error.
     Called(Result<String, RpcError>),
-    Published(Result<(), String>),
+    Published(Result<(), Refused>),
     ReadIndex(Result<u64, Refused>),
-    /// The request could not be read or is not served by this node.
-    Error(String),
+    /// The request is not served (another cluster, hop budget spent, the
+    /// node is starting, a reply sent as a request).
+    Refused(Refused),
 }
 
 impl Envelope {
@@ -160,11 +182,6 @@ impl Envelope {
     }
 }
 
-/// Whether a binary frame is a peer envelope rather than client JSON.
-pub fn is_envelope(bytes: &[u8]) -> bool {
-    bytes.first() == Some(&ENVELOPE_VERSION)
-}
-
 #[cfg(test)]
 mod test {
     use super::*;
@@ -194,7 +211,7 @@ mod test {
         };
         let envelope = Envelope::request("a", "c", 9, PeerRequest::AppendEntries(request));
         let bytes = envelope.encode().unwrap();
-        assert!(is_envelope(&bytes));
+        assert_eq!(bytes.first(), Some(&ENVELOPE_VERSION));
         let back = Envelope::decode(&bytes).unwrap();
         assert_eq!(back.id, 9);
         let Body::Request(PeerRequest::AppendEntries(request)) = back.body else {

@@ -1,8 +1,9 @@
 //! The raft membership: forming a cluster from `--peers`, joining one with
-//! `--join`, and adding or removing members. Changes run on the leader
+//! `--join` (then [`serve`] makes the node a serving member), and adding or
+//! removing members. Changes run on the leader
 //! (add as learner, wait until it caught up, then promote to voter); a
 //! follower forwards the request there. Raft ids are derived from node ids
-//! ([`crate::node::raft_id`]), so a node id names a member everywhere.
+//! ([`super::node::raft_id`]), so a node id names a member everywhere.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -13,9 +14,11 @@ use openraft::ChangeMembers;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::envelope::{Envelope, PeerReply, PeerRequest, Refused};
+use super::node::{Node, raft_id};
+use super::peer::PeerError;
+use crate::config::Config;
+use crate::envelope::{Envelope, PeerReply, PeerRequest, Refused};
 use crate::error::{Error, Result};
-use crate::node::{Node, raft_id};
 
 /// How long a join may take: adding a learner waits until it caught up.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
@@ -102,8 +105,10 @@ async fn via_leader(
         .await
     {
         Ok(PeerReply::Membership(result)) => result,
-        Ok(other) => Err(Refused::Failed(format!("leader answered {other:?}"))),
-        Err(e) => Err(Refused::Failed(e.to_string())),
+        Ok(PeerReply::Refused(refused)) => Err(refused),
+        Ok(other) => Err(Refused::Uncertain(format!("leader answered {other:?}"))),
+        Err(e @ PeerError::Unreachable { .. }) => Err(Refused::Unavailable(e.to_string())),
+        Err(e) => Err(Refused::Uncertain(e.to_string())),
     }
 }
 
@@ -137,11 +142,11 @@ pub async fn join(
     tracing::info!(%node_id, %addr, "adding a learner");
     raft.add_learner(id, RaftNode::new(addr), true)
         .await
-        .map_err(|e| Refused::Failed(format!("adding {node_id} as a learner failed: {e}")))?;
+        .map_err(|e| Refused::Uncertain(format!("adding {node_id} as a learner failed: {e}")))?;
     tracing::info!(%node_id, "learner caught up; promoting it to voter");
     raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
         .await
-        .map_err(|e| Refused::Failed(format!("promoting {node_id} to voter failed: {e}")))?;
+        .map_err(|e| Refused::Uncertain(format!("promoting {node_id} to voter failed: {e}")))?;
     Ok(member_names(node))
 }
 
@@ -168,10 +173,10 @@ pub async fn remove(
         .into_iter()
         .chain(who.parse::<NodeId>().ok())
         .find(|id| membership.get_node(id).is_some())
-        .ok_or_else(|| Refused::Failed(format!("{who} is not a member of this cluster")))?;
+        .ok_or_else(|| Refused::Invalid(format!("{who} is not a member of this cluster")))?;
     let is_voter = membership.voter_ids().any(|v| v == id);
     if is_voter && membership.voter_ids().count() == 1 {
-        return Err(Refused::Failed(format!(
+        return Err(Refused::Invalid(format!(
             "{who} is the only voter; a cluster cannot remove its last voter"
         )));
     }
@@ -182,7 +187,7 @@ pub async fn remove(
     };
     raft.change_membership(change, false)
         .await
-        .map_err(|e| Refused::Failed(format!("removing {who} failed: {e}")))?;
+        .map_err(|e| Refused::Uncertain(format!("removing {who} failed: {e}")))?;
     let node_id = node_name(node, id).unwrap_or_else(|| who.to_string());
     if let Err(e) = node
         .propose_ok(EventKind::NodeLeft {
@@ -214,7 +219,7 @@ async fn hello(node: &Node, url: &str, shutdown: &CancellationToken) -> Result<S
         {
             Ok(PeerReply::Hello { node_id }) => return Ok(node_id),
             // A peer of another cluster answers every request with this.
-            Ok(PeerReply::Error(reason)) => {
+            Ok(PeerReply::Refused(reason)) => {
                 return Err(Error::InvalidSetting(format!(
                     "peer {url} refused: {reason}"
                 )));
@@ -237,7 +242,7 @@ async fn pause(shutdown: &CancellationToken, doing: &str) -> Result<()> {
 /// First start with `--peers`: learns every peer's node id and initializes
 /// the cluster with all of them as voters. Every node of the list does the
 /// same with the same members, which openraft allows.
-pub async fn form(
+async fn form(
     node: &Node,
     own_url: &str,
     peer_urls: &[String],
@@ -254,7 +259,7 @@ pub async fn form(
 
 /// First start with `--join URL`: asks a member (which forwards to the
 /// leader) to add this node, until it is a voter.
-pub async fn join_via(
+async fn join_via(
     node: &Node,
     url: &str,
     own_url: &str,
@@ -273,7 +278,7 @@ pub async fn join_via(
             Ok(PeerReply::Membership(Err(e))) => {
                 tracing::warn!(%url, error = %e, "join refused; retrying")
             }
-            Ok(PeerReply::Error(reason)) => {
+            Ok(PeerReply::Refused(reason)) => {
                 return Err(Error::InvalidSetting(format!(
                     "cannot join through {url}: {reason}"
                 )));
@@ -283,4 +288,28 @@ pub async fn join_via(
         }
         pause(shutdown, "joining").await?;
     }
+}
+
+/// Makes `node` a serving member: on first start it forms a cluster (alone,
+/// or with `--peers`) or joins one (`--join`); then it waits for a leader
+/// and records itself ([`Node::announce`]). `own_url` is the address other
+/// nodes reach it at.
+pub async fn serve(
+    node: &Node,
+    config: &Config,
+    own_url: &str,
+    addresses: Vec<String>,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    if !node.is_initialized().await? {
+        if let Some(url) = &config.join {
+            join_via(node, url, own_url, shutdown).await?;
+        } else if !config.peers.is_empty() {
+            form(node, own_url, &config.peers, shutdown).await?;
+        } else {
+            let members = BTreeMap::from([(node.raft_id(), RaftNode::new(own_url))]);
+            node.initialize(members).await?;
+        }
+    }
+    node.announce(addresses, shutdown).await
 }

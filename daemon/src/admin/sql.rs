@@ -15,9 +15,9 @@ use mpreg_storage::event::CacheKey;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::admin::AdminState;
+use super::AdminState;
 use crate::cache::Cache;
-use crate::node::Node;
+use crate::cluster::{Node, membership};
 
 /// The `raft` row of the running node.
 struct LiveRaft(Arc<Node>);
@@ -28,7 +28,7 @@ impl RaftSource for LiveRaft {
         let status = node.raft_status();
         let last_applied = node.applied().last_applied_index();
         let leader = status.leader.map(|leader| {
-            crate::fabric::membership::node_name(node, leader).unwrap_or_else(|| leader.to_string())
+            membership::node_name(node, leader).unwrap_or_else(|| leader.to_string())
         });
         Ok(RaftRow {
             node_id: node.identity().node_id.clone(),
@@ -44,7 +44,7 @@ impl RaftSource for LiveRaft {
 
     fn peers(&self) -> mpreg_storage::Result<Vec<PeerRow>> {
         let node = &self.0;
-        Ok(crate::fabric::membership::members(node)
+        Ok(membership::members(node)
             .into_iter()
             .map(|m| PeerRow {
                 peer: m.node_id.unwrap_or_else(|| m.raft_id.to_string()),

@@ -9,7 +9,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// Error codes sent to clients (see docs/protocol.md).
+/// The one table of error codes mpreg answers with (docs/protocol.md,
+/// "Error codes"): RPC replies carry them in `error.code`, queue and cache
+/// replies in `error_code`. Each meaning has one code and each code one
+/// meaning; 1001-1004 are upstream MPREG's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorCode {
     /// 1001: no function of that name anywhere.
@@ -20,29 +23,63 @@ pub enum ErrorCode {
     ExecutionFailed,
     /// 1004: the role is unknown.
     InvalidRole,
-    /// 1004: the request did not finish within the request timeout.
-    Timeout,
     /// 1005: commands reference each other in a cycle (or themselves).
     DependencyCycle,
-    /// 1006: the frame is not a valid request.
+    /// 1006: the frame or a field of it is not valid (missing, malformed,
+    /// too large for its limit).
     BadRequest,
     /// 1007: the frame is larger than the frame size limit.
     FrameTooLarge,
     /// 1008: the connection has too many requests in flight.
     Busy,
+    /// 1009: the queue or message does not exist.
+    NotFound,
+    /// 1010: the log refused the change (settings conflict, full queue,
+    /// message leased by someone else or no longer leased, a cache value of
+    /// the wrong type for an atomic operation).
+    Refused,
+    /// 1011: the delivery guarantee is not offered.
+    UnsupportedDelivery,
+    /// 1012: the request did not finish within the request timeout.
+    Timeout,
+    /// 1013: the change could not be committed (no leader, shutting down);
+    /// the message says whether it may still commit.
+    Unavailable,
 }
 
 impl ErrorCode {
+    /// Every code, in numeric order.
+    pub const ALL: [ErrorCode; 13] = [
+        ErrorCode::UnknownFunction,
+        ErrorCode::NoMatchingProvider,
+        ErrorCode::ExecutionFailed,
+        ErrorCode::InvalidRole,
+        ErrorCode::DependencyCycle,
+        ErrorCode::BadRequest,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::Busy,
+        ErrorCode::NotFound,
+        ErrorCode::Refused,
+        ErrorCode::UnsupportedDelivery,
+        ErrorCode::Timeout,
+        ErrorCode::Unavailable,
+    ];
+
     pub fn code(self) -> i64 {
         match self {
             ErrorCode::UnknownFunction => 1001,
             ErrorCode::NoMatchingProvider => 1002,
             ErrorCode::ExecutionFailed => 1003,
-            ErrorCode::InvalidRole | ErrorCode::Timeout => 1004,
+            ErrorCode::InvalidRole => 1004,
             ErrorCode::DependencyCycle => 1005,
             ErrorCode::BadRequest => 1006,
             ErrorCode::FrameTooLarge => 1007,
             ErrorCode::Busy => 1008,
+            ErrorCode::NotFound => 1009,
+            ErrorCode::Refused => 1010,
+            ErrorCode::UnsupportedDelivery => 1011,
+            ErrorCode::Timeout => 1012,
+            ErrorCode::Unavailable => 1013,
         }
     }
 
@@ -52,11 +89,15 @@ impl ErrorCode {
             ErrorCode::NoMatchingProvider => "No matching provider",
             ErrorCode::ExecutionFailed => "RPC execution failed",
             ErrorCode::InvalidRole => "Invalid RPC request role",
-            ErrorCode::Timeout => "RPC execution timed out",
             ErrorCode::DependencyCycle => "Dependency cycle",
             ErrorCode::BadRequest => "Bad request",
             ErrorCode::FrameTooLarge => "Frame too large",
             ErrorCode::Busy => "Too many requests in flight",
+            ErrorCode::NotFound => "Not found",
+            ErrorCode::Refused => "Refused by the log",
+            ErrorCode::UnsupportedDelivery => "Delivery guarantee not offered",
+            ErrorCode::Timeout => "RPC execution timed out",
+            ErrorCode::Unavailable => "Unavailable",
         }
     }
 }
@@ -362,9 +403,67 @@ pub enum Inbound {
     WorkerRegister(WorkerRegister),
     WorkerWithdraw(WorkerWithdraw),
     InternalAnswer(InternalAnswer),
-    QueueSubscribe(crate::queue::QueueSubscribe),
+    QueueSubscribe(QueueSubscribe),
     QueueUnsubscribe(QueueUnsubscribe),
-    CacheRequest(crate::cache::CacheRequest),
+    CacheRequest(CacheRequest),
+}
+
+/// A `queue-subscribe` request.
+#[derive(Clone, Debug, Deserialize)]
+pub struct QueueSubscribe {
+    pub u: String,
+    pub queue_name: String,
+    #[serde(default)]
+    pub subscriber_id: Option<String>,
+    #[serde(default)]
+    pub topic_pattern: Option<String>,
+    /// Most unacked messages pushed at once.
+    #[serde(default)]
+    pub prefetch: Option<u64>,
+    /// Ack each message as it is pushed (at-most-once for this subscriber).
+    #[serde(default)]
+    pub auto_acknowledge: bool,
+}
+
+/// A `cache-request` frame (upstream field names).
+#[derive(Clone, Debug, Deserialize)]
+pub struct CacheRequest {
+    pub u: String,
+    pub operation: String,
+    #[serde(default)]
+    pub key: Option<WireKey>,
+    #[serde(default, deserialize_with = "present")]
+    pub value: Option<Value>,
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+    #[serde(default)]
+    pub options: Map<String, Value>,
+    /// Invalidate: identifiers to drop (AMQP wildcards).
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// Invalidate: the namespace, when no `key` names it.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub atomic_operation: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub namespace_operation: Option<Map<String, Value>>,
+}
+
+/// `Some(value)` whenever the field is present, even as `null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// A cache key as clients send it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct WireKey {
+    pub namespace: String,
+    pub identifier: String,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 /// A `queue-unsubscribe` request.
@@ -445,7 +544,35 @@ pub fn parse(bytes: &[u8]) -> Result<Inbound, Refused> {
 
 #[cfg(test)]
 mod test {
+    use std::collections::BTreeSet;
+
     use super::*;
+
+    #[test]
+    fn each_error_code_has_one_meaning_and_the_docs_list_them() {
+        let codes: BTreeSet<i64> = ErrorCode::ALL.iter().map(|c| c.code()).collect();
+        assert_eq!(codes.len(), ErrorCode::ALL.len(), "a code used twice");
+        let messages: BTreeSet<&str> = ErrorCode::ALL.iter().map(|c| c.message()).collect();
+        assert_eq!(messages.len(), ErrorCode::ALL.len(), "a message used twice");
+        let docs = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/protocol.md"),
+        )
+        .expect("docs/protocol.md");
+        let rows: Vec<(i64, String)> = docs
+            .lines()
+            .filter_map(|line| {
+                let mut cells = line.split('|').map(str::trim).skip(1);
+                let code = cells.next()?.parse().ok()?;
+                let message = cells.next()?.trim_matches('`').to_string();
+                Some((code, message))
+            })
+            .collect();
+        let table: Vec<(i64, String)> = ErrorCode::ALL
+            .iter()
+            .map(|c| (c.code(), c.message().to_string()))
+            .collect();
+        assert_eq!(rows, table, "docs/protocol.md's error table");
+    }
 
     fn refused(bytes: &[u8]) -> Refused {
         match parse(bytes) {

@@ -1,0 +1,15 @@
+//! mpreg-client: what a program needs to talk to an mpreg daemon, without
+//! the daemon's storage, raft or SQL engine (so it builds in a minute).
+//!
+//! # Layout
+//! - [`protocol`]: the MPREG JSON wire types of every client frame, their
+//!   parser, and the one table of error codes ([`protocol::ErrorCode`]);
+//! - [`client`]: the Rust client library ([`Client`], [`Worker`]);
+//! - `src/bin/mpreg.rs`: the `mpreg` command-line client.
+
+pub mod client;
+pub mod protocol;
+
+pub use client::{
+    Client, ClientError, Handler, Notification, QueueSubscription, Request, Subscription, Worker,
+};

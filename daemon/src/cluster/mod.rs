@@ -1,0 +1,17 @@
+//! The cluster: one raft group of nodes sharing a cluster id.
+//!
+//! - [`node`]: the data dir + raft; [`Node::propose`] is the one way to
+//!   change shared state;
+//! - [`peer`]: outbound links to other nodes (one WebSocket per address);
+//! - [`raft_network`]: raft RPCs over those links;
+//! - [`membership`]: forming, joining and changing the raft membership.
+//!
+//! What other nodes ask of this one is answered by
+//! [`crate::peer_server`], which sits above the systems.
+
+pub(crate) mod membership;
+mod node;
+pub(crate) mod peer;
+mod raft_network;
+
+pub use node::{Node, RaftStatus, raft_id};

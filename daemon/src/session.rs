@@ -1,0 +1,24 @@
+//! What a system needs to write to a client connection: the frame type
+//! the connection speaks and the frames queued for it. The transport owns
+//! the connections; systems (pub/sub, queue pushes, workers) only queue.
+
+use tokio_tungstenite::tungstenite::Message;
+
+/// A frame queued for a connection.
+pub type Outbound = Message;
+
+/// Whether a connection speaks text or binary frames (replies match).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameKind {
+    Text,
+    Binary,
+}
+
+impl FrameKind {
+    pub fn message(self, json: String) -> Outbound {
+        match self {
+            FrameKind::Text => Message::text(json),
+            FrameKind::Binary => Message::binary(json.into_bytes()),
+        }
+    }
+}
