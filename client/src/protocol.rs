@@ -581,6 +581,65 @@ mod test {
         }
     }
 
+    fn cases() -> u32 {
+        let soak = std::env::var("MPREG_SOAK").is_ok_and(|v| v == "1");
+        if soak { 50_000 } else { 2_000 }
+    }
+
+    /// One real frame of every client role.
+    const FRAMES: &[&str] = &[
+        r#"{"role":"rpc","u":"r1","cmds":[{"name":"a","fun":"echo","args":[1],"kwargs":{"k":"v"},"locs":["cpu"],"version_constraint":">=1.0.0"}]}"#,
+        r#"{"role":"worker-register","u":"w1","functions":[{"name":"add","function_id":"add","version":"1.0.0","resources":["cpu"]}]}"#,
+        r#"{"role":"worker-withdraw","u":"w2","functions":[{"name":"add","function_id":"add","version":"1.0.0"}]}"#,
+        r#"{"role":"internal-answer","u":"i1","answer":5}"#,
+        r#"{"role":"pubsub-publish","u":"p1","message":{"topic":"a.b","payload":{"x":1},"timestamp":1.5,"message_id":"m1","publisher":"me"}}"#,
+        r#"{"role":"pubsub-subscribe","u":"s1","subscription":{"subscription_id":"s","patterns":[{"pattern":"a.#","exact_match":false}],"subscriber":"me","created_at":1.0}}"#,
+        r#"{"role":"pubsub-unsubscribe","u":"s2","subscription_id":"s"}"#,
+        r#"{"role":"queue-subscribe","u":"q1","queue_name":"jobs","prefetch":4}"#,
+        r#"{"role":"queue-unsubscribe","u":"q2","subscriber_id":"w"}"#,
+        r#"{"role":"cache-request","u":"c1","operation":"put","key":{"namespace":"n","identifier":"i"},"value":{"a":[1,2]},"options":{}}"#,
+    ];
+
+    #[test]
+    fn every_real_frame_parses() {
+        for frame in FRAMES {
+            assert!(parse(frame.as_bytes()).is_ok(), "{frame}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(cases()))]
+
+        #[test]
+        fn random_bytes_are_answered(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            if let Err(refused) = parse(&bytes) {
+                proptest::prop_assert!(refused.error.details.is_some());
+            }
+        }
+
+        #[test]
+        fn damaged_real_frames_are_answered(
+            pick in 0..FRAMES.len(),
+            at in proptest::prelude::any::<usize>(),
+            byte in proptest::prelude::any::<u8>(),
+            cut in proptest::prelude::any::<bool>(),
+        ) {
+            let mut frame = FRAMES[pick].as_bytes().to_vec();
+            let at = at % frame.len();
+            if cut {
+                frame.truncate(at);
+                // A JSON object cut short is never valid.
+                let refused = parse(&frame).unwrap_err();
+                proptest::prop_assert_eq!(refused.error.code, ErrorCode::BadRequest.code());
+            } else {
+                frame[at] = byte;
+                if let Err(refused) = parse(&frame) {
+                    proptest::prop_assert!(refused.error.details.is_some());
+                }
+            }
+        }
+    }
+
     #[test]
     fn minimal_and_full_rpc_parse() {
         let Inbound::Rpc(req) =

@@ -242,4 +242,74 @@ mod test {
         let garbage = Envelope::decode(&[ENVELOPE_VERSION, 200, 200]).unwrap_err();
         assert!(garbage.contains("peer envelope"), "{garbage}");
     }
+
+    #[test]
+    fn eleven_bytes_claiming_a_terabyte_are_an_error() {
+        // The version byte, then a routing path whose first string claims 2^40 bytes.
+        let mut frame = vec![ENVELOPE_VERSION, 1, 253];
+        frame.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        let err = Envelope::decode(&frame).unwrap_err();
+        assert!(err.contains("claims more memory"), "{err}");
+    }
+
+    fn cases() -> u32 {
+        let soak = std::env::var("MPREG_SOAK").is_ok_and(|v| v == "1");
+        if soak { 50_000 } else { 2_000 }
+    }
+
+    /// Real envelopes of several kinds, as a peer would write them.
+    fn real(pick: u8, text: String) -> Envelope {
+        let request = match pick % 6 {
+            0 => PeerRequest::Hello,
+            1 => PeerRequest::Propose(vec![EventKind::NodeLeft {
+                node_id: text.clone(),
+            }]),
+            2 => PeerRequest::Join {
+                node_id: text.clone(),
+                addr: format!("ws://{text}"),
+            },
+            3 => PeerRequest::Publish {
+                message: format!("{{\"topic\":{text:?}}}"),
+            },
+            4 => PeerRequest::Remove { node: text.clone() },
+            _ => PeerRequest::ReadIndex,
+        };
+        let envelope = Envelope::request(&text, "c1", u64::from(pick), request);
+        if pick.is_multiple_of(2) {
+            envelope
+        } else {
+            envelope.reply("b", PeerReply::Refused(Refused::Unavailable(text)))
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(cases()))]
+
+        #[test]
+        fn random_frames_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let mut frame = vec![ENVELOPE_VERSION];
+            frame.extend_from_slice(&bytes);
+            let _ = Envelope::decode(&frame);
+        }
+
+        #[test]
+        fn damaged_real_frames_decode_or_fail(
+            pick in proptest::prelude::any::<u8>(),
+            text in ".{0,40}",
+            at in proptest::prelude::any::<usize>(),
+            mask in 1..=255u8,
+            cut in proptest::prelude::any::<bool>(),
+        ) {
+            let bytes = real(pick, text).encode().unwrap();
+            proptest::prop_assert!(Envelope::decode(&bytes).is_ok());
+            let mut damaged = bytes.clone();
+            if cut {
+                damaged.truncate(at % bytes.len());
+                proptest::prop_assert!(Envelope::decode(&damaged).is_err());
+            } else {
+                damaged[at % bytes.len()] ^= mask;
+                let _ = Envelope::decode(&damaged);
+            }
+        }
+    }
 }

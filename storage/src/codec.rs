@@ -3,6 +3,12 @@
 //! Log entries, view rows, metadata and snapshot headers all go through
 //! [`encode`] and [`decode`], so an unknown version byte is a clear error
 //! ([`Error::UnknownFormat`]) and never a panic or a misread.
+//!
+//! Decoding is bounded: a length read from the bytes (of a string or a
+//! byte buffer) may claim at most a limit that grows with the input
+//! ([`decode_body`]), so bytes that claim a terabyte are a decode error,
+//! never an allocation. Sequences are not preallocated beyond what serde
+//! allows (1 MiB), so they can only grow as far as the input goes.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -54,11 +60,16 @@ pub fn decode_versioned<T: DeserializeOwned>(known: u8, what: &str, bytes: &[u8]
             known,
         });
     }
-    let (value, used) =
-        bincode::serde::decode_from_slice(body, config()).map_err(|e| Error::Decode {
-            what: what.to_string(),
-            reason: e.to_string(),
-        })?;
+    let (value, used) = decode_body(body).map_err(|e| Error::Decode {
+        what: what.to_string(),
+        reason: match e {
+            bincode::error::DecodeError::LimitExceeded => format!(
+                "a length in it claims more memory than its {} bytes can hold",
+                body.len()
+            ),
+            other => other.to_string(),
+        },
+    })?;
     if used != body.len() {
         return Err(Error::Decode {
             what: what.to_string(),
@@ -66,6 +77,48 @@ pub fn decode_versioned<T: DeserializeOwned>(known: u8, what: &str, bytes: &[u8]
         });
     }
     Ok(value)
+}
+
+/// Like [`decode`], for a row: an error names `key` as well.
+pub fn decode_row<T: DeserializeOwned>(what: &str, key: &[u8], bytes: &[u8]) -> Result<T> {
+    decode(what, bytes).map_err(|e| match e {
+        Error::Decode { what, reason } => Error::Decode {
+            what: format!("{what} row {}", key.escape_ascii()),
+            reason,
+        },
+        Error::UnknownFormat {
+            what,
+            version,
+            known,
+        } => Error::UnknownFormat {
+            what: format!("{what} row {}", key.escape_ascii()),
+            version,
+            known,
+        },
+        other => other,
+    })
+}
+
+/// Decodes a bincode body. Every string or byte buffer in a valid body is
+/// at most as long as the body, so lengths may claim at most the next
+/// bound above the body's size (4 KiB, 64 KiB, 1 MiB, 16 MiB, 256 MiB,
+/// 4 GiB); a larger claim is [`bincode::error::DecodeError::LimitExceeded`]
+/// before anything is allocated.
+fn decode_body<T: DeserializeOwned>(
+    body: &[u8],
+) -> std::result::Result<(T, usize), bincode::error::DecodeError> {
+    use bincode::serde::decode_from_slice;
+    const KIB: usize = 1 << 10;
+    const MIB: usize = 1 << 20;
+    let c = config();
+    match body.len() {
+        n if n <= 4 * KIB => decode_from_slice(body, c.with_limit::<{ 4 * KIB }>()),
+        n if n <= 64 * KIB => decode_from_slice(body, c.with_limit::<{ 64 * KIB }>()),
+        n if n <= MIB => decode_from_slice(body, c.with_limit::<{ MIB }>()),
+        n if n <= 16 * MIB => decode_from_slice(body, c.with_limit::<{ 16 * MIB }>()),
+        n if n <= 256 * MIB => decode_from_slice(body, c.with_limit::<{ 256 * MIB }>()),
+        _ => decode_from_slice(body, c.with_limit::<{ 4096 * MIB }>()),
+    }
 }
 
 #[cfg(test)]
@@ -87,6 +140,39 @@ mod test {
         let err = decode::<u32>("n", &bytes).unwrap_err();
         assert!(
             err.to_string().contains("unknown format version 9"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn lengths_cannot_claim_more_than_the_bytes_allow() {
+        // A string whose length prefix says 2^40 bytes (varint 253 + u64).
+        let mut bytes = vec![FORMAT_VERSION, 253];
+        bytes.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        let err = decode::<String>("s", &bytes).unwrap_err();
+        assert!(err.to_string().contains("claims more memory"), "{err}");
+        // The same inside a struct; a sequence claiming as much runs out of
+        // bytes instead (serde preallocates at most 1 MiB of it).
+        let mut pair = vec![FORMAT_VERSION, 1];
+        pair.extend_from_slice(&bytes[1..]);
+        let err = decode::<(u8, String)>("pair", &pair).unwrap_err();
+        assert!(err.to_string().contains("claims more memory"), "{err}");
+        let err = decode::<(u8, Vec<u64>)>("pair", &pair).unwrap_err();
+        assert!(err.to_string().contains("UnexpectedEnd"), "{err}");
+        // Large valid values still decode.
+        for len in [0, 4095, 4096, 70_000, 2 << 20] {
+            let big = "x".repeat(len);
+            let back: String = decode("s", &encode("s", &big).unwrap()).unwrap();
+            assert_eq!(back.len(), len);
+        }
+    }
+
+    #[test]
+    fn a_row_that_does_not_decode_names_its_key() {
+        let err =
+            decode_row::<String>("queue_messages", b"q\x00m1", &[FORMAT_VERSION, 200]).unwrap_err();
+        assert!(
+            err.to_string().contains("queue_messages row q\\x00m1"),
             "{err}"
         );
     }

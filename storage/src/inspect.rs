@@ -67,8 +67,8 @@ impl Inspector {
         prefix: &[u8],
         mut row: impl FnMut(T) -> Flow,
     ) -> Result<()> {
-        self.scan_raw(view, prefix, |_, value| {
-            Ok(row(codec::decode(view.cf_name(), value)?))
+        self.scan_raw(view, prefix, |key, value| {
+            Ok(row(codec::decode_row(view.cf_name(), key, value)?))
         })
     }
 
@@ -116,7 +116,7 @@ impl Inspector {
             .get_cf(family, key)
             .map_err(|e| Error::rocks("read", view.cf_name(), e))?
         {
-            Some(bytes) => Ok(Some(codec::decode(view.cf_name(), &bytes)?)),
+            Some(bytes) => Ok(Some(codec::decode_row(view.cf_name(), key, &bytes)?)),
             None => Ok(None),
         }
     }

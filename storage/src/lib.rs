@@ -70,6 +70,8 @@ mod change_feed_test;
 #[cfg(test)]
 mod determinism_test;
 #[cfg(test)]
+mod fuzz_test;
+#[cfg(test)]
 mod queue_model_test;
 #[cfg(test)]
 mod raft_suite_test;

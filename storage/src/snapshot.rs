@@ -111,6 +111,8 @@ struct HashingReader<'a> {
     inner: BufReader<File>,
     hash: Xxh3,
     path: &'a Path,
+    /// Bytes of the file not read yet: no field may claim more.
+    remaining: u64,
 }
 
 impl HashingReader<'_> {
@@ -118,6 +120,7 @@ impl HashingReader<'_> {
         self.inner
             .read_exact(buf)
             .map_err(|e| bad(self.path, format!("truncated file: {e}")))?;
+        self.remaining = self.remaining.saturating_sub(buf.len() as u64);
         self.hash.update(buf);
         Ok(())
     }
@@ -130,8 +133,14 @@ impl HashingReader<'_> {
 
     fn field(&mut self, what: &str) -> Result<Vec<u8>> {
         let len = self.u32()?;
-        if len > MAX_FIELD {
-            return Err(bad(self.path, format!("{what} length {len} is too large")));
+        if len > MAX_FIELD || u64::from(len) > self.remaining {
+            return Err(bad(
+                self.path,
+                format!(
+                    "{what} length {len} is larger than the {} bytes left in the file",
+                    self.remaining
+                ),
+            ));
         }
         let mut buf = vec![0u8; len as usize];
         self.exact(&mut buf)?;
@@ -146,10 +155,12 @@ pub fn read(
     mut on_row: impl FnMut(View, Vec<u8>, Vec<u8>) -> Result<()>,
 ) -> Result<SnapshotHeader> {
     let file = File::open(path).map_err(io("open", path))?;
+    let remaining = file.metadata().map_err(io("stat", path))?.len();
     let mut r = HashingReader {
         inner: BufReader::new(file),
         hash: Xxh3::new(),
         path,
+        remaining,
     };
     let mut magic = [0u8; 8];
     r.exact(&mut magic)?;

@@ -7,6 +7,7 @@ mod cache;
 mod cli;
 mod cluster;
 mod durability;
+mod hostile;
 mod metrics;
 mod migrations;
 mod pubsub;

@@ -288,7 +288,10 @@ impl Peers {
                         }
                     }
                     Ok(_) => tracing::debug!(%peer, "peer sent a request on an outbound link"),
-                    Err(e) => tracing::warn!(%peer, error = %e, "unreadable peer frame"),
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "closing the link to a peer that sent an unreadable frame");
+                        break;
+                    }
                 }
             }
             reader_closed.store(true, Ordering::SeqCst);

@@ -28,7 +28,7 @@ fn change<T: serde::de::DeserializeOwned>(
 ) -> Result<()> {
     match value {
         Some(bytes) => {
-            map.insert(key.to_vec(), codec::decode(view.cf_name(), bytes)?);
+            map.insert(key.to_vec(), codec::decode_row(view.cf_name(), key, bytes)?);
         }
         None => {
             map.remove(key);

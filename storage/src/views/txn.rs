@@ -43,7 +43,7 @@ impl<'a, S: RowStore> ViewTxn<'a, S> {
 
     pub(super) fn get<T: DeserializeOwned>(&self, view: View, key: &[u8]) -> Result<Option<T>> {
         match self.store.get(view, key)? {
-            Some(bytes) => Ok(Some(codec::decode(view.cf_name(), &bytes)?)),
+            Some(bytes) => Ok(Some(codec::decode_row(view.cf_name(), key, &bytes)?)),
             None => Ok(None),
         }
     }
@@ -52,7 +52,7 @@ impl<'a, S: RowStore> ViewTxn<'a, S> {
         self.store
             .scan(view, prefix, prefix, usize::MAX)?
             .iter()
-            .map(|(_, bytes)| codec::decode(view.cf_name(), bytes))
+            .map(|(key, bytes)| codec::decode_row(view.cf_name(), key, bytes))
             .collect()
     }
 
@@ -68,7 +68,10 @@ impl<'a, S: RowStore> ViewTxn<'a, S> {
         self.store
             .scan(view, prefix, from, limit)?
             .into_iter()
-            .map(|(key, bytes)| Ok((key, codec::decode(view.cf_name(), &bytes)?)))
+            .map(|(key, bytes)| {
+                let row = codec::decode_row(view.cf_name(), &key, &bytes)?;
+                Ok((key, row))
+            })
             .collect()
     }
 

@@ -1,0 +1,96 @@
+//! Hostile peers: frames on `/peer` that claim huge lengths, are garbage or
+//! are damaged real envelopes close that connection with a logged reason;
+//! the daemon keeps serving clients and loses nothing it acknowledged.
+
+use anyhow::{Context, Result};
+use mpreg_client::Client;
+use mpreg_tests::{Daemon, RawClient, TestDir, replay};
+use serde_json::json;
+
+/// The peer envelope's version byte (daemon/src/envelope.rs).
+const ENVELOPE_VERSION: u8 = 0xB2;
+
+/// Frames an attacker who reaches the client port can send as a "peer".
+fn hostile_frames() -> Vec<Vec<u8>> {
+    // A routing path whose first string claims 2^40 bytes: 11 bytes that
+    // once aborted the process with a failed 1 TB allocation.
+    let mut terabyte = vec![ENVELOPE_VERSION, 1, 253];
+    terabyte.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    let mut huge_count = vec![ENVELOPE_VERSION, 253];
+    huge_count.extend_from_slice(&u64::MAX.to_le_bytes());
+    vec![
+        terabyte,
+        huge_count,
+        vec![ENVELOPE_VERSION],
+        vec![0xB1, 0, 0, 0],
+        b"{\"role\":\"rpc\"}".to_vec(),
+        (0..=255u8).cycle().take(4096).collect(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_peer_frames_close_the_link_and_the_node_keeps_serving() -> Result<()> {
+    let dir = TestDir::new();
+    let daemon = Daemon::start(&dir, &[])?;
+    let url = daemon.ready.client_url.clone();
+    let client = Client::connect(&url).await?;
+    client
+        .queue("create", json!({"queue_name": "kept"}))
+        .await
+        .context("declare")?;
+    let mut sent = Vec::new();
+    for n in 0..20 {
+        let reply = client
+            .queue("send", json!({"queue_name": "kept", "payload": {"n": n}}))
+            .await
+            .context("send")?;
+        sent.push(
+            reply["message_id"]
+                .as_str()
+                .context("message_id")?
+                .to_string(),
+        );
+    }
+
+    for frame in hostile_frames() {
+        let mut peer = RawClient::connect(&format!("{url}/peer?from=attacker")).await?;
+        peer.send_binary(frame.clone()).await?;
+        assert!(
+            peer.closed().await,
+            "the daemon kept a peer link open after {:?}",
+            &frame[..frame.len().min(16)]
+        );
+    }
+
+    // Still serving: health, a call, and every acknowledged message.
+    let (code, health) = daemon.get("/health").await?;
+    assert_eq!(code, 200, "{health}");
+    let echoed = client.call("echo", vec![json!("still here")]).await?;
+    assert_eq!(echoed, json!("still here"));
+    let received = client
+        .queue(
+            "receive",
+            json!({"queue_name": "kept", "subscriber_id": "w", "max_messages": 100, "timeout_seconds": 1}),
+        )
+        .await?;
+    let mut got: Vec<String> = received["messages"]
+        .as_array()
+        .context("messages")?
+        .iter()
+        .filter_map(|m| m["message_id"].as_str().map(str::to_string))
+        .collect();
+    got.sort();
+    sent.sort();
+    assert_eq!(got, sent, "acknowledged sends after hostile peer frames");
+
+    let log = daemon.log();
+    assert!(
+        log.contains("claims more memory"),
+        "no logged reason for the terabyte frame: {log}"
+    );
+    let status = daemon.status().await?;
+    daemon.stop()?;
+    let replayed = replay(&dir.data())?;
+    assert_eq!(replayed["views_digest"], status["views_digest"]);
+    Ok(())
+}
