@@ -6,6 +6,8 @@ use mpreg_client::protocol::ErrorCode;
 use mpreg_storage::Outcome;
 use serde_json::{Value, json};
 
+use crate::envelope::Refused;
+
 /// Why a call failed.
 #[derive(Clone, Debug)]
 pub struct Refusal {
@@ -40,7 +42,8 @@ impl Refusal {
 
 /// What a proposal answered, as a call's result: a refusal by apply is
 /// [`ErrorCode::NotFound`] for an unknown queue, else
-/// [`ErrorCode::Refused`]; a proposal that could not commit is
+/// [`ErrorCode::Refused`]; an event refused before it was proposed (too
+/// large) is [`ErrorCode::BadRequest`]; a proposal that could not commit is
 /// [`ErrorCode::Unavailable`] (its message says whether it may still
 /// commit).
 pub fn committed(proposed: crate::Result<Outcome>) -> Result<Outcome, Refusal> {
@@ -54,6 +57,13 @@ pub fn committed(proposed: crate::Result<Outcome>) -> Result<Outcome, Refusal> {
             Err(Refusal::new(code, reason))
         }
         Ok(outcome) => Ok(outcome),
+        // Refused as asked (an event over max_entry_bytes): retrying fails too.
+        Err(
+            e @ crate::Error::Propose {
+                refused: Refused::Invalid(_),
+                ..
+            },
+        ) => Err(Refusal::new(ErrorCode::BadRequest, e.to_string())),
         Err(e) => Err(Refusal::new(ErrorCode::Unavailable, e.to_string())),
     }
 }

@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use mpreg_client::protocol::{self, ErrorCode, Inbound, PubSubAck, RpcError, RpcResponse};
@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cache::Cache;
+use crate::cluster::peer::MAX_PEER_FRAME;
 use crate::config::TransportLimits;
 use crate::metrics::TransportMetrics;
 use crate::peer_server::PeerServer;
@@ -61,6 +62,25 @@ impl Endpoints {
     /// Opens the listener to clients.
     pub fn serve_clients(&self, services: Arc<Services>) {
         let _ = self.services.set(services);
+    }
+}
+
+/// Whether the HTTP request waiting on `stream` asks for path `/peer`, read
+/// without consuming it (the handshake reads it again), so a peer's
+/// connection gets the peer frame limit from its first frame. A request
+/// that is slow to arrive is treated as a client's.
+async fn asks_for_peer(stream: &TcpStream) -> bool {
+    const PREFIX: &[u8] = b"GET /peer";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut buf = [0u8; PREFIX.len()];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) if n >= PREFIX.len() => return buf == *PREFIX,
+            Ok(Ok(n)) if n > 0 && buf[..n] == PREFIX[..n] => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            _ => return false,
+        }
     }
 }
 
@@ -119,8 +139,13 @@ pub async fn serve(
         metrics.connections_open.inc();
         tasks.spawn(async move {
             // Frames up to twice the limit are read whole and refused with
-            // the connection kept; only larger ones break the stream.
-            let hard_cap = limits.max_frame_bytes.saturating_mul(2);
+            // the connection kept; only larger ones break the stream. Peers
+            // have their own limit, which raft batches are built to fit.
+            let hard_cap = if asks_for_peer(&stream).await {
+                MAX_PEER_FRAME
+            } else {
+                limits.max_frame_bytes.saturating_mul(2)
+            };
             let config = WebSocketConfig::default()
                 .max_message_size(Some(hard_cap))
                 .max_frame_size(Some(hard_cap));

@@ -40,6 +40,18 @@ pub fn encode_versioned<T: Serialize>(version: u8, what: &str, value: &T) -> Res
     Ok(out)
 }
 
+/// The bytes [`encode`] writes for `value` (without the version byte),
+/// counted without building them.
+pub fn encoded_len<T: Serialize>(value: &T) -> usize {
+    let mut size = bincode::enc::write::SizeWriter::default();
+    match bincode::serde::encode_into_writer(value, &mut size, config()) {
+        Ok(()) => size.bytes_written,
+        // Encoding fails only for types bincode cannot carry, which the
+        // real encode refuses too; never let such a value through a cap.
+        Err(_) => usize::MAX,
+    }
+}
+
 /// Decodes a value written by [`encode`]; `what` names it in errors.
 pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
     decode_versioned(FORMAT_VERSION, what, bytes)
@@ -164,6 +176,14 @@ mod test {
             let big = "x".repeat(len);
             let back: String = decode("s", &encode("s", &big).unwrap()).unwrap();
             assert_eq!(back.len(), len);
+        }
+    }
+
+    #[test]
+    fn encoded_len_counts_what_encode_writes() {
+        for value in ["", "abc", &"x".repeat(70_000)] {
+            let pair = (value.to_string(), 7u64, vec![1u32, 2]);
+            assert_eq!(encoded_len(&pair) + 1, encode("pair", &pair).unwrap().len());
         }
     }
 

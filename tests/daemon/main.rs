@@ -14,4 +14,5 @@ mod pubsub;
 mod queue_crash;
 mod queues;
 mod rpc;
+mod sizes;
 mod sql;

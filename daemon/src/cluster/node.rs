@@ -15,7 +15,7 @@ use std::time::Duration;
 use mpreg_storage::typ::{Node as RaftNode, NodeId, Raft};
 use mpreg_storage::{
     AppliedState, DataDir, Event, EventBatch, EventKind, Identity, Inspector, OpenMode, Outcome,
-    StorageMetrics, Views,
+    StorageMetrics, Views, codec,
 };
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{ServerState, SnapshotPolicy};
@@ -36,10 +36,12 @@ const MAX_BATCH: usize = 1024;
 const LEADER_POLL: Duration = Duration::from_millis(50);
 
 /// An event waiting to be proposed, and where its outcome goes.
-type Proposal = (
-    EventKind,
-    oneshot::Sender<std::result::Result<Outcome, Refused>>,
-);
+struct Proposal {
+    kind: EventKind,
+    /// Its encoded size, counted by the proposing task.
+    bytes: usize,
+    reply: oneshot::Sender<std::result::Result<Outcome, Refused>>,
+}
 
 fn shutting_down() -> Refused {
     Refused::Unavailable("the node is shutting down".to_string())
@@ -64,19 +66,39 @@ struct Proposer {
     me: NodeId,
     /// Longest a batch waits for a leader, or for its commit.
     patience: Duration,
+    /// Most encoded bytes of events in one entry.
+    max_entry_bytes: usize,
 }
 
 impl Proposer {
     async fn run(self, mut queue: mpsc::Receiver<Proposal>) {
-        while let Some(first) = queue.recv().await {
+        // A proposal that did not fit the previous entry starts the next.
+        let mut carried: Option<Proposal> = None;
+        loop {
+            let first = match carried.take() {
+                Some(first) => first,
+                None => match queue.recv().await {
+                    Some(first) => first,
+                    None => return,
+                },
+            };
+            let mut bytes = first.bytes;
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match queue.try_recv() {
-                    Ok(more) => batch.push(more),
+                    Ok(more) if bytes.saturating_add(more.bytes) > self.max_entry_bytes => {
+                        carried = Some(more);
+                        break;
+                    }
+                    Ok(more) => {
+                        bytes += more.bytes;
+                        batch.push(more);
+                    }
                     Err(_) => break,
                 }
             }
-            let (kinds, replies): (Vec<EventKind>, Vec<_>) = batch.into_iter().unzip();
+            let (kinds, replies): (Vec<EventKind>, Vec<_>) =
+                batch.into_iter().map(|p| (p.kind, p.reply)).unzip();
             match self.commit(kinds).await {
                 Ok(outcomes) => {
                     for (reply, outcome) in replies.into_iter().zip(outcomes) {
@@ -181,6 +203,8 @@ pub struct Node {
     election_timeout: Duration,
     /// Longest a write or a strong read waits for a leader.
     patience: Duration,
+    /// Largest event (encoded) a proposal may carry.
+    max_entry_bytes: usize,
     /// Holds the data dir lock for as long as the node runs.
     data_dir: DataDir,
 }
@@ -295,6 +319,7 @@ impl Node {
             peers: peers.clone(),
             me: raft_id,
             patience: config.propose_timeout(),
+            max_entry_bytes: config.max_entry_bytes,
         };
         tokio::spawn(proposer.run(queue));
         Ok(Node {
@@ -306,6 +331,7 @@ impl Node {
             peers,
             election_timeout: config.election_timeout,
             patience: config.propose_timeout(),
+            max_entry_bytes: config.max_entry_bytes,
             data_dir,
         })
     }
@@ -410,18 +436,43 @@ impl Node {
         &self.views
     }
 
+    /// The proposal of `kind`, unless it is larger than a log entry may be.
+    fn proposal(
+        &self,
+        kind: EventKind,
+    ) -> std::result::Result<
+        (
+            Proposal,
+            oneshot::Receiver<std::result::Result<Outcome, Refused>>,
+        ),
+        Refused,
+    > {
+        let bytes = codec::encoded_len(&kind);
+        if bytes > self.max_entry_bytes {
+            return Err(Refused::Invalid(format!(
+                "event {} is {bytes} bytes encoded, more than max_entry_bytes ({})",
+                kind.name(),
+                self.max_entry_bytes
+            )));
+        }
+        let (reply, outcome) = oneshot::channel();
+        Ok((Proposal { kind, bytes, reply }, outcome))
+    }
+
     /// Appends an event and waits until it is committed, fsynced and applied.
+    /// An event larger than `max_entry_bytes` is refused before it is
+    /// proposed.
     pub async fn propose(&self, kind: EventKind) -> Result<Outcome> {
         let name = kind.name();
-        let (reply, outcome) = oneshot::channel();
         let stopped = || Error::Propose {
             kind: name,
             refused: shutting_down(),
         };
-        self.proposals
-            .send((kind, reply))
-            .await
-            .map_err(|_| stopped())?;
+        let (proposal, outcome) = self.proposal(kind).map_err(|refused| Error::Propose {
+            kind: name,
+            refused,
+        })?;
+        self.proposals.send(proposal).await.map_err(|_| stopped())?;
         outcome
             .await
             .map_err(|_| stopped())?
@@ -612,9 +663,9 @@ impl Node {
         let stopping = shutting_down;
         let mut waiting = Vec::with_capacity(kinds.len());
         for kind in kinds {
-            let (reply, outcome) = oneshot::channel();
+            let (proposal, outcome) = self.proposal(kind)?;
             self.proposals
-                .send((kind, reply))
+                .send(proposal)
                 .await
                 .map_err(|_| stopping())?;
             waiting.push(outcome);

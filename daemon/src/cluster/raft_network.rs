@@ -8,11 +8,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mpreg_storage::TypeConfig;
 use mpreg_storage::typ::{Node, NodeId};
+use mpreg_storage::{TypeConfig, codec};
 use openraft::RPCTypes;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -21,6 +22,7 @@ use openraft::raft::{
 };
 
 use super::peer::{PeerError, Peers};
+use crate::config::PEER_BATCH_BYTES;
 use crate::envelope::{PeerReply, PeerRequest};
 
 /// Slowest transfer rate a snapshot chunk is given time for (1 MiB/s).
@@ -117,6 +119,15 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        // A batch over the frame budget is split by openraft (it retries
+        // with the hinted number of entries); one entry always fits, as
+        // max_entry_bytes is at most half the budget.
+        let entries = rpc.entries.len() as u64;
+        if entries > 1 && codec::encoded_len(&rpc) > PEER_BATCH_BYTES {
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(entries / 2),
+            ));
+        }
         match self
             .call(PeerRequest::AppendEntries(rpc), option.hard_ttl())
             .await?

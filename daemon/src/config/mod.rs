@@ -18,6 +18,15 @@ pub use limits::{CacheLimits, PubSubLimits, RpcLimits, SlowConsumerPolicy, Trans
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6666";
 /// Default admin HTTP listener.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:6670";
+/// Default largest log entry (`max_entry_bytes`).
+pub const DEFAULT_MAX_ENTRY_BYTES: usize = 8 << 20;
+/// Highest `max_entry_bytes`: an entry must fit one AppendEntries frame
+/// ([`PEER_BATCH_BYTES`]).
+pub const MAX_ENTRY_BYTES: usize = PEER_BATCH_BYTES / 2;
+/// Most bytes of entries one AppendEntries request carries; larger batches
+/// are split (openraft's `PayloadTooLarge`). Well under the peer frame
+/// limit, so replication always makes progress.
+pub const PEER_BATCH_BYTES: usize = 32 << 20;
 /// Default cluster id of a node started without `--cluster-id`.
 pub const DEFAULT_CLUSTER_ID: &str = "local";
 
@@ -48,6 +57,7 @@ pub struct FileConfig {
     pub snapshot_interval: Option<u64>,
     pub log_retention: Option<u64>,
     pub election_timeout_ms: Option<u64>,
+    pub max_entry_bytes: Option<usize>,
     pub max_frame_bytes: Option<usize>,
     pub max_in_flight_per_connection: Option<usize>,
     pub request_timeout_ms: Option<u64>,
@@ -104,6 +114,9 @@ pub struct Config {
     pub log_retention: u64,
     /// Lower bound of the raft election timeout (upper bound is twice it).
     pub election_timeout: Duration,
+    /// Largest log entry (all events proposed together), encoded; an event
+    /// larger on its own is refused before it is proposed.
+    pub max_entry_bytes: usize,
     /// Client connection limits.
     pub transport: TransportLimits,
     /// RPC engine limits.
@@ -134,6 +147,7 @@ impl Config {
             snapshot_interval: 10_000,
             log_retention: 1_000,
             election_timeout: Duration::from_millis(500),
+            max_entry_bytes: DEFAULT_MAX_ENTRY_BYTES,
             transport: TransportLimits::default(),
             rpc: RpcLimits::default(),
             pubsub: PubSubLimits::default(),
@@ -159,6 +173,7 @@ impl Config {
             snapshot_interval,
             log_retention,
             election_timeout_ms,
+            max_entry_bytes,
             max_frame_bytes,
             max_in_flight_per_connection,
             request_timeout_ms,
@@ -202,6 +217,9 @@ impl Config {
         }
         if let Some(v) = log_retention {
             self.log_retention = v;
+        }
+        if let Some(v) = max_entry_bytes {
+            self.max_entry_bytes = v;
         }
         if let Some(v) = election_timeout_ms {
             self.election_timeout = Duration::from_millis(v);
@@ -308,6 +326,11 @@ impl Config {
             return Err(Error::InvalidSetting(
                 "cache_max_value_bytes must be at least 1".into(),
             ));
+        }
+        if !(1024..=MAX_ENTRY_BYTES).contains(&self.max_entry_bytes) {
+            return Err(Error::InvalidSetting(format!(
+                "max_entry_bytes must be between 1024 and {MAX_ENTRY_BYTES} (a raft batch of peer frames must hold one entry)"
+            )));
         }
         if self.election_timeout < Duration::from_millis(50) {
             return Err(Error::InvalidSetting(
