@@ -111,11 +111,14 @@ pub fn decode_row<T: DeserializeOwned>(what: &str, key: &[u8], bytes: &[u8]) -> 
     })
 }
 
-/// Decodes a bincode body. Every string or byte buffer in a valid body is
-/// at most as long as the body, so lengths may claim at most the next
-/// bound above the body's size (4 KiB, 64 KiB, 1 MiB, 16 MiB, 256 MiB,
-/// 4 GiB); a larger claim is [`bincode::error::DecodeError::LimitExceeded`]
-/// before anything is allocated.
+/// Decodes a bincode body. bincode claims memory as it decodes: a number
+/// its in-memory width (a `u128` of one varint byte claims 16), a string or
+/// byte buffer its length. A valid body claims at most 16 times its size
+/// for numbers plus its size for text, so lengths may claim up to the
+/// first bound (4 KiB, 64 KiB, 1 MiB, 16 MiB, 256 MiB, 1 GiB, 4 GiB) at or
+/// above 32 times the body; a larger claim is
+/// [`bincode::error::DecodeError::LimitExceeded`] before anything is
+/// allocated.
 fn decode_body<T: DeserializeOwned>(
     body: &[u8],
 ) -> std::result::Result<(T, usize), bincode::error::DecodeError> {
@@ -123,12 +126,13 @@ fn decode_body<T: DeserializeOwned>(
     const KIB: usize = 1 << 10;
     const MIB: usize = 1 << 20;
     let c = config();
-    match body.len() {
+    match body.len().saturating_mul(32) {
         n if n <= 4 * KIB => decode_from_slice(body, c.with_limit::<{ 4 * KIB }>()),
         n if n <= 64 * KIB => decode_from_slice(body, c.with_limit::<{ 64 * KIB }>()),
         n if n <= MIB => decode_from_slice(body, c.with_limit::<{ MIB }>()),
         n if n <= 16 * MIB => decode_from_slice(body, c.with_limit::<{ 16 * MIB }>()),
         n if n <= 256 * MIB => decode_from_slice(body, c.with_limit::<{ 256 * MIB }>()),
+        n if n <= 1024 * MIB => decode_from_slice(body, c.with_limit::<{ 1024 * MIB }>()),
         _ => decode_from_slice(body, c.with_limit::<{ 4096 * MIB }>()),
     }
 }
@@ -171,6 +175,14 @@ mod test {
         assert!(err.to_string().contains("claims more memory"), "{err}");
         let err = decode::<(u8, Vec<u64>)>("pair", &pair).unwrap_err();
         assert!(err.to_string().contains("UnexpectedEnd"), "{err}");
+        // Values made of small numbers claim 8 or 16 bytes per encoded
+        // byte, and still decode.
+        for n in [1, 100, 3_000, 100_000] {
+            let numbers: Vec<(u128, u64, u32)> = (0..n).map(|i| (i % 7, 1, 2)).collect();
+            let back: Vec<(u128, u64, u32)> =
+                decode("numbers", &encode("numbers", &numbers).unwrap()).unwrap();
+            assert_eq!(back, numbers);
+        }
         // Large valid values still decode.
         for len in [0, 4095, 4096, 70_000, 2 << 20] {
             let big = "x".repeat(len);
