@@ -65,6 +65,10 @@ impl Endpoints {
     }
 }
 
+/// Peer connections served at once (other members of the cluster; each
+/// opens one link per address).
+const MAX_PEER_CONNECTIONS: usize = 256;
+
 /// Whether the HTTP request waiting on `stream` asks for path `/peer`, read
 /// without consuming it (the handshake reads it again), so a peer's
 /// connection gets the peer frame limit from its first frame. A request
@@ -110,7 +114,12 @@ pub async fn serve(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    // Connections whose first request line is not read yet, then clients
+    // and peers on their own limits: clients filling theirs never keep the
+    // other members of the cluster out.
+    let unclassified = Arc::new(Semaphore::new(limits.max_connections));
+    let client_slots = Arc::new(Semaphore::new(limits.max_connections));
+    let peer_slots = Arc::new(Semaphore::new(MAX_PEER_CONNECTIONS));
     let next_id = Arc::new(AtomicU64::new(1));
     loop {
         let (stream, peer) = tokio::select! {
@@ -123,10 +132,11 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => return,
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Ok(classifying) = unclassified.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "connection limit reached; closing new connection");
             continue;
         };
+        let (client_slots, peer_slots) = (client_slots.clone(), peer_slots.clone());
         let (endpoints, limits, metrics, shutdown, tasks_inner, next_id) = (
             endpoints.clone(),
             limits.clone(),
@@ -135,13 +145,25 @@ pub async fn serve(
             tasks.clone(),
             next_id.clone(),
         );
-        metrics.connections_accepted.inc();
-        metrics.connections_open.inc();
         tasks.spawn(async move {
+            let asks_for_peer = asks_for_peer(&stream).await;
+            drop(classifying);
+            let slots = if asks_for_peer {
+                peer_slots
+            } else {
+                client_slots
+            };
+            let Ok(slot) = slots.try_acquire_owned() else {
+                let what = if asks_for_peer { "peer" } else { "client" };
+                tracing::warn!(%peer, what, "connection limit reached; closing new connection");
+                return;
+            };
+            metrics.connections_accepted.inc();
+            metrics.connections_open.inc();
             // Frames up to twice the limit are read whole and refused with
             // the connection kept; only larger ones break the stream. Peers
             // have their own limit, which raft batches are built to fit.
-            let hard_cap = if asks_for_peer(&stream).await {
+            let hard_cap = if asks_for_peer {
                 MAX_PEER_FRAME
             } else {
                 limits.max_frame_bytes.saturating_mul(2)

@@ -1,9 +1,14 @@
-//! Hostile peers: frames on `/peer` that claim huge lengths, are garbage or
-//! are damaged real envelopes close that connection with a logged reason;
-//! the daemon keeps serving clients and loses nothing it acknowledged.
+//! Hostile peers and greedy clients: frames on `/peer` that claim huge
+//! lengths, are garbage or are damaged real envelopes close that connection
+//! with a logged reason, and the daemon keeps serving and loses nothing it
+//! acknowledged; clients that fill the connection limit do not keep the
+//! other members of the cluster out.
 
 use anyhow::{Context, Result};
 use mpreg_client::Client;
+use std::time::Duration;
+
+use mpreg_tests::cluster::Cluster;
 use mpreg_tests::{Daemon, RawClient, TestDir, replay};
 use serde_json::json;
 
@@ -92,5 +97,45 @@ async fn hostile_peer_frames_close_the_link_and_the_node_keeps_serving() -> Resu
     daemon.stop()?;
     let replayed = replay(&dir.data())?;
     assert_eq!(replayed["views_digest"], status["views_digest"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_at_the_connection_limit_do_not_keep_peers_out() -> Result<()> {
+    let mut cluster = Cluster::start(3, "max_connections = 2\n").await?;
+    // Every member's client slots taken (peer links do not count).
+    let mut held = Vec::new();
+    for member in &cluster.members {
+        for _ in 0..2 {
+            held.push(RawClient::connect(&member.client_url).await?);
+        }
+        assert!(
+            Client::connect(&member.client_url).await.is_err(),
+            "a third client got past max_connections = 2"
+        );
+    }
+    // A restarted member rejoins through peers whose client slots are full.
+    let leader = cluster
+        .wait_leader(&[0, 1, 2], Duration::from_secs(30))
+        .await?;
+    let other = (leader + 1) % 3;
+    cluster.stop(other)?;
+    cluster.restart(other).await?;
+    cluster
+        .wait_leader(&[0, 1, 2], Duration::from_secs(30))
+        .await?;
+    // Free the leader's client slots for one writer.
+    drop(held.drain(2 * leader..2 * leader + 2));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let client = Client::connect(&cluster.members[leader].client_url).await?;
+    client
+        .cache(
+            json!({"operation": "put", "key": {"namespace": "n", "identifier": "k"}, "value": 1}),
+        )
+        .await?;
+    cluster
+        .wait_converged(&[0, 1, 2], Duration::from_secs(30))
+        .await
+        .context("members did not converge with client slots full")?;
     Ok(())
 }

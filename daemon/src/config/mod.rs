@@ -60,6 +60,7 @@ pub struct FileConfig {
     pub max_entry_bytes: Option<usize>,
     pub max_frame_bytes: Option<usize>,
     pub max_in_flight_per_connection: Option<usize>,
+    pub max_connections: Option<usize>,
     pub request_timeout_ms: Option<u64>,
     pub max_commands_per_request: Option<usize>,
     pub subscriber_buffer: Option<usize>,
@@ -176,6 +177,7 @@ impl Config {
             max_entry_bytes,
             max_frame_bytes,
             max_in_flight_per_connection,
+            max_connections,
             request_timeout_ms,
             max_commands_per_request,
             subscriber_buffer,
@@ -229,6 +231,9 @@ impl Config {
         }
         if let Some(v) = max_in_flight_per_connection {
             self.transport.max_in_flight = v;
+        }
+        if let Some(v) = max_connections {
+            self.transport.max_connections = v;
         }
         if let Some(v) = request_timeout_ms {
             self.rpc.request_timeout = Duration::from_millis(v);
@@ -306,10 +311,11 @@ impl Config {
         }
         if self.transport.max_frame_bytes < 1024
             || self.transport.max_in_flight == 0
+            || self.transport.max_connections == 0
             || self.rpc.max_commands == 0
         {
             return Err(Error::InvalidSetting(
-                "max_frame_bytes must be at least 1024, max_in_flight_per_connection and max_commands_per_request at least 1"
+                "max_frame_bytes must be at least 1024, max_in_flight_per_connection, max_connections and max_commands_per_request at least 1"
                     .into(),
             ));
         }
