@@ -86,6 +86,36 @@ async fn wake_on_apply(queues: Arc<Queues>) {
     }
 }
 
+/// Waits for changes of one queue; dropping the last waiter of a queue
+/// removes its entry, so waiting leaves nothing behind.
+struct Watch<'a> {
+    changes: &'a Mutex<HashMap<String, watch::Sender<u64>>>,
+    queue: String,
+    receiver: Option<watch::Receiver<u64>>,
+}
+
+impl Watch<'_> {
+    async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+        match &mut self.receiver {
+            Some(receiver) => receiver.changed().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        self.receiver = None;
+        let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        if changes
+            .get(&self.queue)
+            .is_some_and(|sender| sender.receiver_count() == 0)
+        {
+            changes.remove(&self.queue);
+        }
+    }
+}
+
 /// A message as clients see it.
 fn message_json(m: &DeliveredMessage) -> Value {
     let payload: Value = serde_json::from_str(&m.payload).unwrap_or(Value::Null);
@@ -169,14 +199,19 @@ impl Queues {
             .ok_or_else(|| unknown_queue(name))
     }
 
-    /// A receiver that changes whenever apply changed `queue` (see
-    /// [`wake_on_apply`]).
-    fn watch(&self, queue: &str) -> watch::Receiver<u64> {
+    /// A waiter that wakes whenever apply changed `queue` (see
+    /// [`wake_on_apply`]); the queue's entry goes with its last waiter.
+    fn watch(&self, queue: &str) -> Watch<'_> {
         let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-        changes
+        let receiver = changes
             .entry(queue.to_string())
             .or_insert_with(|| watch::channel(0).0)
-            .subscribe()
+            .subscribe();
+        Watch {
+            changes: &self.changes,
+            queue: queue.to_string(),
+            receiver: Some(receiver),
+        }
     }
 
     fn generated_id(&self) -> String {
@@ -339,6 +374,8 @@ impl Queues {
         let auto_ack = f.bool("auto_acknowledge", false)?;
         let wait = args::receive_timeout(&f)?.min(self.max_receive_wait);
         let deadline = tokio::time::Instant::now() + wait;
+        // An unknown queue is refused before anything waits on it.
+        self.queue(&queue)?;
         let mut changes = self.watch(&queue);
         let messages = loop {
             let row = self.queue(&queue)?;
@@ -535,4 +572,68 @@ impl Queues {
 
 fn unknown_queue(queue: &str) -> Refusal {
     Refusal::new(ErrorCode::NotFound, format!("unknown queue {queue}"))
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+
+    #[tokio::test]
+    async fn receivers_leave_no_waiters_behind() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = Config::new(dir.path().to_path_buf());
+        let node = Arc::new(
+            Node::start(&config, vec![], Default::default())
+                .await
+                .expect("node"),
+        );
+        let metrics = Metrics::new().expect("metrics");
+        let shutdown = CancellationToken::new();
+        let queues = Queues::start(
+            node.clone(),
+            metrics.queue.clone(),
+            Duration::from_secs(30),
+            shutdown.clone(),
+        );
+        let waiting = || {
+            queues
+                .changes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .len()
+        };
+        let call = |fun: &'static str, body: Value| {
+            let queues = queues.clone();
+            async move {
+                let Value::Object(kwargs) = body else {
+                    unreachable!("bodies are objects")
+                };
+                queues.call(fun, &[], &kwargs).await
+            }
+        };
+        let unknown = call(
+            "mpreg.queue.receive",
+            json!({"queue_name": "nope", "timeout_seconds": 0.05}),
+        )
+        .await;
+        assert_eq!(unknown["error_code"], 1009, "{unknown}");
+        assert_eq!(
+            waiting(),
+            0,
+            "a receive on an unknown queue registered a waiter"
+        );
+
+        call("mpreg.queue.create", json!({"queue_name": "q"})).await;
+        let empty = call(
+            "mpreg.queue.receive",
+            json!({"queue_name": "q", "timeout_seconds": 0.05}),
+        )
+        .await;
+        assert_eq!(empty["empty"], true, "{empty}");
+        assert_eq!(waiting(), 0, "a finished receive left its waiter");
+        shutdown.cancel();
+        node.shutdown().await;
+    }
 }
