@@ -8,7 +8,7 @@
 //! One slow or hostile connection only ever waits on its own queue.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -17,9 +17,6 @@ use mpreg_client::protocol::{self, ErrorCode, Inbound, PubSubAck, RpcError, RpcR
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::server::{
-    Callback, ErrorResponse, Request as HandshakeRequest, Response as HandshakeResponse,
-};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -70,9 +67,10 @@ impl Endpoints {
 const MAX_PEER_CONNECTIONS: usize = 256;
 
 /// Whether the HTTP request waiting on `stream` asks for path `/peer`, read
-/// without consuming it (the handshake reads it again), so a peer's
-/// connection gets the peer frame limit from its first frame. A request
-/// that is slow to arrive is treated as a client's.
+/// without consuming it (the handshake reads it again). This one answer
+/// picks the connection's slot, frame limit and server, so a peer has the
+/// peer frame limit from its first frame. A request line that is slow to
+/// arrive is treated as a client's.
 async fn asks_for_peer(stream: &TcpStream) -> bool {
     const PREFIX: &[u8] = b"GET /peer";
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
@@ -85,21 +83,6 @@ async fn asks_for_peer(stream: &TcpStream) -> bool {
             }
             _ => return false,
         }
-    }
-}
-
-/// Notes whether a WebSocket handshake asked for path `/peer`.
-struct PeerPath(Arc<AtomicBool>);
-
-impl Callback for PeerPath {
-    fn on_request(
-        self,
-        request: &HandshakeRequest,
-        response: HandshakeResponse,
-    ) -> Result<HandshakeResponse, ErrorResponse> {
-        self.0
-            .store(request.uri().path().starts_with("/peer"), Ordering::SeqCst);
-        Ok(response)
     }
 }
 
@@ -171,13 +154,9 @@ pub async fn serve(
             let config = WebSocketConfig::default()
                 .max_message_size(Some(hard_cap))
                 .max_frame_size(Some(hard_cap));
-            let is_peer = Arc::new(AtomicBool::new(false));
-            let callback = PeerPath(is_peer.clone());
-            match tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
-                .await
-            {
+            match tokio_tungstenite::accept_async_with_config(stream, Some(config)).await {
                 Err(e) => tracing::debug!(%peer, error = %e, "websocket handshake failed"),
-                Ok(ws) if is_peer.load(Ordering::SeqCst) => {
+                Ok(ws) if asks_for_peer => {
                     endpoints.peers.clone().serve(ws, peer, shutdown).await;
                 }
                 Ok(mut ws) => match endpoints.services.get() {

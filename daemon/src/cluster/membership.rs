@@ -15,7 +15,6 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::node::{Node, raft_id};
-use super::peer::PeerError;
 use crate::config::Config;
 use crate::envelope::{Envelope, PeerReply, PeerRequest, Refused};
 use crate::error::{Error, Result};
@@ -107,8 +106,7 @@ async fn via_leader(
         Ok(PeerReply::Membership(result)) => result,
         Ok(PeerReply::Refused(refused)) => Err(refused),
         Ok(other) => Err(Refused::Uncertain(format!("leader answered {other:?}"))),
-        Err(e @ PeerError::Unreachable { .. }) => Err(Refused::Unavailable(e.to_string())),
-        Err(e) => Err(Refused::Uncertain(e.to_string())),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -307,8 +305,7 @@ pub async fn serve(
         } else if !config.peers.is_empty() {
             form(node, own_url, &config.peers, shutdown).await?;
         } else {
-            let members = BTreeMap::from([(node.raft_id(), RaftNode::new(own_url))]);
-            node.initialize(members).await?;
+            node.initialize_alone(own_url).await?;
         }
     }
     node.announce(addresses, shutdown).await

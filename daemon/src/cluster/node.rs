@@ -291,7 +291,7 @@ fn raft_config(config: &Config, cluster_id: &str) -> Result<openraft::Config> {
 impl Node {
     /// Opens the data dir and starts raft over the node transport. The
     /// node serves peers from here on, but is not a member of a cluster
-    /// with a leader until [`Node::serve`].
+    /// with a leader until `membership::serve` (or [`Node::start`]).
     pub async fn open(config: &Config, metrics: Arc<StorageMetrics>) -> Result<Node> {
         let path = config.data_dir.clone();
         let data_dir =
@@ -346,8 +346,7 @@ impl Node {
         let node = Node::open(config, metrics).await?;
         let own_url = addresses.first().cloned().unwrap_or_default();
         if !node.is_initialized().await? {
-            node.initialize(BTreeMap::from([(node.raft_id, RaftNode::new(own_url))]))
-                .await?;
+            node.initialize_alone(&own_url).await?;
         }
         node.announce(addresses, &CancellationToken::new()).await?;
         Ok(node)
@@ -387,6 +386,12 @@ impl Node {
         .await?;
         tracing::info!(node_id = %self.identity.node_id, cluster_id = %self.identity.cluster_id, "node serving");
         Ok(())
+    }
+
+    /// Forms a cluster of this node alone, reached at `own_url`.
+    pub async fn initialize_alone(&self, own_url: &str) -> Result<()> {
+        self.initialize(BTreeMap::from([(self.raft_id, RaftNode::new(own_url))]))
+            .await
     }
 
     /// Initializes raft with `members`; a node that already has a log
@@ -521,10 +526,7 @@ impl Node {
                             Ok(other) => {
                                 Err(Refused::Uncertain(format!("leader answered {other:?}")))
                             }
-                            Err(e @ PeerError::Unreachable { .. }) => {
-                                Err(Refused::Unavailable(e.to_string()))
-                            }
-                            Err(e) => Err(Refused::Uncertain(e.to_string())),
+                            Err(e) => Err(e.into()),
                         }
                     }
                 }

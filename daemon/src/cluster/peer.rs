@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::envelope::{Body, Envelope, PeerReply, PeerRequest};
+use crate::envelope::{Body, Envelope, PeerReply, PeerRequest, Refused};
 
 /// First wait after a failed connect; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(20);
@@ -37,6 +37,20 @@ pub enum PeerError {
     /// Sent, but the connection closed before the reply; it may have run.
     #[error("the connection to peer {addr} closed before it answered")]
     Closed { addr: String },
+}
+
+/// Across nodes, a failed request says whether it can have run: nothing
+/// was sent when the peer was unreachable; after a timeout or a closed link
+/// it may have.
+impl From<PeerError> for Refused {
+    fn from(e: PeerError) -> Self {
+        match e {
+            PeerError::Unreachable { .. } => Refused::Unavailable(e.to_string()),
+            PeerError::Timeout { .. } | PeerError::Closed { .. } => {
+                Refused::Uncertain(e.to_string())
+            }
+        }
+    }
 }
 
 type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<PeerReply>>>>;
