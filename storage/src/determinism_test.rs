@@ -162,6 +162,22 @@ fn queue_event_kind() -> impl Strategy<Value = EventKind> {
             .prop_map(|(name, settings)| EventKind::QueueDeclared { name, settings }),
         1 => queue_name().prop_map(|name| EventKind::QueueDeleted { name }),
         1 => queue_name().prop_map(|name| EventKind::QueuePurged { name }),
+        1 => (queue_name(), 0u64..6, proptest::option::of(0u64..8), 0u32..4).prop_map(
+            |(name, from_seq, below_seq, limit)| EventKind::QueueTrimmed {
+                name,
+                from_seq,
+                below_seq,
+                limit,
+            }
+        ),
+        1 => (queue_name(), 0u64..6, prop_oneof![Just(""), Just("m1")], 0u32..4).prop_map(
+            |(name, from_seq, from_id, limit)| EventKind::QueueDeleteStep {
+                name,
+                from_seq,
+                from_id: from_id.to_string(),
+                limit,
+            }
+        ),
         6 => (queue_name(), proptest::collection::vec(new_message(), 0..4))
             .prop_map(|(queue, messages)| EventKind::MessagesSent { queue, messages }),
         4 => (
@@ -282,6 +298,18 @@ fn cache_event_kind() -> impl Strategy<Value = EventKind> {
             .prop_map(|(namespace, pattern)| EventKind::CacheInvalidated {
                 namespace,
                 pattern: pattern.map(String::from),
+            }),
+        1 => (
+            (0u8..2).prop_map(|n| format!("ns{n}")),
+            proptest::option::of(prop_oneof![Just("a.*"), Just("#")]),
+            prop_oneof![Just(Vec::new()), Just(b"a".to_vec())],
+            0u32..3,
+        )
+            .prop_map(|(namespace, pattern, from, limit)| EventKind::CacheInvalidateStep {
+                namespace,
+                pattern: pattern.map(String::from),
+                from,
+                limit,
             }),
         4 => (cache_key(), operation)
             .prop_map(|(key, operation)| EventKind::CacheAtomic { key, operation }),

@@ -81,9 +81,13 @@ pub enum EventKind {
         name: String,
         settings: QueueSettings,
     },
-    /// A queue and all its messages went away.
+    /// A queue and all its messages went away, in one apply. Written by
+    /// daemons before bulk steps; the daemon now writes
+    /// [`EventKind::QueueTrimmed`] and [`EventKind::QueueDeleteStep`].
     QueueDeleted { name: String },
-    /// Every message of a queue went away; the queue stays.
+    /// Every message of a queue went away, in one apply; the queue stays.
+    /// Written by daemons before bulk steps; the daemon now writes
+    /// [`EventKind::QueueTrimmed`].
     QueuePurged { name: String },
     /// Messages were sent to a queue, in order.
     MessagesSent {
@@ -147,6 +151,34 @@ pub enum EventKind {
     },
     /// An atomic read-modify-write of one entry, decided inside apply.
     CacheAtomic { key: CacheKey, operation: AtomicOp },
+    /// One bounded step of a purge: up to `limit` messages of `name` whose
+    /// seq is in `from_seq..below_seq` go away. `below_seq: None` stands
+    /// for the queue's next seq when the step applies, so a purge takes
+    /// exactly the messages sent before its first step.
+    QueueTrimmed {
+        name: String,
+        from_seq: u64,
+        below_seq: Option<u64>,
+        limit: u32,
+    },
+    /// One bounded step of deleting a queue: up to `limit` of its messages
+    /// (seq `from_seq` on), then of its dedup windows (message id `from_id`
+    /// on) go away; the queue goes with the last of them.
+    QueueDeleteStep {
+        name: String,
+        from_seq: u64,
+        from_id: String,
+        limit: u32,
+    },
+    /// One bounded step of an invalidation: of the first `limit` entries of
+    /// `namespace` at or after `from` (the key after the namespace), those
+    /// whose identifier matches `pattern` go away.
+    CacheInvalidateStep {
+        namespace: String,
+        pattern: Option<String>,
+        from: Vec<u8>,
+        limit: u32,
+    },
 }
 
 /// A cache key: upstream's namespace + identifier (+ version).
@@ -213,10 +245,19 @@ impl EventKind {
             EventKind::CachePut { .. } => "cache_put",
             EventKind::CacheDeleted { .. } => "cache_deleted",
             EventKind::CacheInvalidated { .. } => "cache_invalidated",
+            EventKind::QueueTrimmed { .. } => "queue_trimmed",
+            EventKind::QueueDeleteStep { .. } => "queue_delete_step",
+            EventKind::CacheInvalidateStep { .. } => "cache_invalidate_step",
             EventKind::CacheAtomic { .. } => "cache_atomic",
         }
     }
 }
+
+/// Rows one bulk step (`QueueTrimmed`, `QueueDeleteStep`,
+/// `CacheInvalidateStep`) removes when the daemon proposes it.
+pub const BULK_STEP_ROWS: u32 = 4096;
+/// Most rows a bulk step may ask for; a larger limit is refused.
+pub const MAX_STEP_ROWS: u32 = 65_536;
 
 /// The payload of one log entry: the events proposed together (group
 /// commit), applied in order. openraft 0.9 syncs each entry on its own, so
@@ -253,6 +294,14 @@ pub enum Outcome {
     },
     /// `CacheInvalidated`: how many entries went away.
     CacheRemoved { entries: u64 },
+    /// A bulk step (`QueueTrimmed`, `QueueDeleteStep`,
+    /// `CacheInvalidateStep`): how many rows went away (messages and dedup
+    /// windows; live entries, for the cache) and the step to propose next
+    /// (`None`: done).
+    Stepped {
+        removed: u64,
+        next: Option<Box<EventKind>>,
+    },
 }
 
 /// How a queue orders its ready messages.

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use mpreg_client::{Client, ClientError, QueueSubscription};
-use mpreg_tests::{Daemon, TestDir};
+use mpreg_tests::{Daemon, TestDir, sql_rows};
 use serde_json::{Value, json};
 
 async fn start() -> (TestDir, Daemon, Client) {
@@ -456,5 +456,81 @@ async fn after_kill9_pushed_leases_of_the_dead_run_are_released_at_once() {
     for m in &again {
         ack(&fresh, "crash", &sub.id, m["message_id"].as_str().unwrap()).await;
     }
+    daemon.stop().unwrap();
+}
+
+/// The `summary` of every event of `kind` in the log, parsed.
+async fn events_of(daemon: &Daemon, kind: &str) -> Vec<Value> {
+    let sql = format!("SELECT summary FROM events WHERE kind = '{kind}' ORDER BY index");
+    sql_rows(&daemon.ready.admin_url, &sql)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| serde_json::from_str(row["summary"].as_str().unwrap()).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_and_delete_of_many_messages_go_in_bounded_steps() {
+    let (_dir, daemon, client) = start().await;
+    declare(&client, json!({"queue_name": "big", "max_size": 20_000})).await;
+    let fill = |round: usize| {
+        let client = &client;
+        async move {
+            for batch in 0..10 {
+                let messages: Vec<Value> = (0..1000)
+                    .map(|i| json!({"payload": [round, batch, i]}))
+                    .collect();
+                client
+                    .queue("send", json!({"queue_name": "big", "messages": messages}))
+                    .await
+                    .expect("batch send");
+            }
+        }
+    };
+    fill(0).await;
+    let leased = receive(&client, "big", "s1", 1.0).await;
+    assert!(leased.is_object(), "a leased message is purged too");
+
+    client
+        .queue("purge", json!({"queue_name": "big"}))
+        .await
+        .expect("purge");
+    let stats = client
+        .queue("stats", json!({"queue_name": "big"}))
+        .await
+        .unwrap();
+    assert_eq!(stats["queues"][0]["depth"], json!(0), "{stats}");
+    assert_eq!(stats["queues"][0]["in_flight"], json!(0), "{stats}");
+    assert!(events_of(&daemon, "queue_purged").await.is_empty());
+    let steps = events_of(&daemon, "queue_trimmed").await;
+    assert!(steps.len() >= 3, "10,000 messages in steps of at most 4096: {steps:?}");
+    assert!(steps.iter().all(|s| s["limit"] == json!(4096)), "{steps:?}");
+    // The first step takes the queue's next seq as the bound; the others
+    // carry it, so messages sent meanwhile stay.
+    assert_eq!(steps[0]["below_seq"], Value::Null);
+    assert!(steps[1..].iter().all(|s| s["below_seq"] == json!(10_001)), "{steps:?}");
+    send(&client, "big", json!({"payload": "after"})).await;
+    assert_eq!(receive(&client, "big", "s1", 5.0).await["payload"], json!("after"));
+
+    fill(1).await;
+    client
+        .queue("delete", json!({"queue_name": "big"}))
+        .await
+        .expect("delete");
+    assert!(events_of(&daemon, "queue_deleted").await.is_empty());
+    assert!(events_of(&daemon, "queue_delete_step").await.len() >= 3);
+    let left = sql_rows(
+        &daemon.ready.admin_url,
+        "SELECT count(*) AS n FROM queue_messages WHERE queue = 'big'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(left[0]["n"], json!(0));
+    let refused = client
+        .queue("stats", json!({"queue_name": "big"}))
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("unknown queue big"), "{refused}");
     daemon.stop().unwrap();
 }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mpreg_client::protocol::{CacheRequest, ErrorCode, PubSubMessage, WireKey};
-use mpreg_storage::event::{AtomicOp, CacheKey};
+use mpreg_storage::event::{AtomicOp, BULK_STEP_ROWS, CacheKey};
 use mpreg_storage::views::{CacheRow, View};
 use mpreg_storage::{EventKind, Outcome};
 use serde_json::{Map, Value, json};
@@ -396,18 +396,22 @@ impl Cache {
         if let Some(p) = pattern {
             check_pattern(p).map_err(Refusal::invalid)?;
         }
-        let outcome = self
-            .propose(EventKind::CacheInvalidated {
-                namespace: namespace.to_string(),
-                pattern: pattern.map(str::to_string),
-            })
-            .await?;
+        let first = EventKind::CacheInvalidateStep {
+            namespace: namespace.to_string(),
+            pattern: pattern.map(str::to_string),
+            from: Vec::new(),
+            limit: BULK_STEP_ROWS,
+        };
+        let outcome = committed(self.node.propose_steps(first).await)?;
         self.tier
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove_prefix(&CacheRow::namespace_prefix(namespace));
         self.metrics.writes.with_label_values(&["invalidate"]).inc();
-        let Outcome::CacheRemoved { entries } = outcome else {
+        let Outcome::Stepped {
+            removed: entries, ..
+        } = outcome
+        else {
             return Err(unexpected(&outcome));
         };
         Ok(json!({"success": true, "status": "ok", "invalidated": entries}))

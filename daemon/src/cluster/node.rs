@@ -487,6 +487,33 @@ impl Node {
             })
     }
 
+    /// Proposes a bulk step and then each step it names next (see
+    /// `Outcome::Stepped`), one at a time, so no apply removes more than
+    /// one step's rows. Answers `Stepped` with the rows removed in all and
+    /// no next step, or the first other outcome (a refusal) as it is. A
+    /// failure part way leaves the steps before it applied.
+    pub async fn propose_steps(&self, first: EventKind) -> Result<Outcome> {
+        let mut step = first;
+        let mut total = 0;
+        loop {
+            match self.propose(step).await? {
+                Outcome::Stepped { removed, next } => {
+                    total += removed;
+                    match next {
+                        Some(next) => step = *next,
+                        None => {
+                            return Ok(Outcome::Stepped {
+                                removed: total,
+                                next: None,
+                            });
+                        }
+                    }
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
     /// Like [`Node::propose`], but a refused event is an error.
     pub async fn propose_ok(&self, kind: EventKind) -> Result<Outcome> {
         let name = kind.name();

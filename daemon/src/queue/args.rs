@@ -88,6 +88,8 @@ pub fn millis(d: Duration) -> u64 {
 
 /// Upstream defaults of `QueueConfiguration`.
 const DEFAULT_MAX_SIZE: u64 = 10_000;
+/// The largest `max_size` a queue may be declared with.
+pub const MAX_QUEUE_SIZE: u64 = 100_000_000;
 const DEFAULT_VISIBILITY: Duration = Duration::from_secs(30);
 const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(300);
@@ -112,8 +114,10 @@ pub fn declare(body: &Map<String, Value>) -> Result<(String, QueueSettings), Ref
         }
     };
     let max_size = f.uint("max_size")?.unwrap_or(DEFAULT_MAX_SIZE);
-    if max_size == 0 {
-        return Err(Refusal::invalid("max_size must be at least 1"));
+    if !(1..=MAX_QUEUE_SIZE).contains(&max_size) {
+        return Err(Refusal::invalid(format!(
+            "max_size must be 1 to {MAX_QUEUE_SIZE}, got {max_size}"
+        )));
     }
     let max_retries = f.uint("max_retries")?.unwrap_or(DEFAULT_MAX_RETRIES);
     let max_retries = u32::try_from(max_retries)

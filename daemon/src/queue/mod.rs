@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mpreg_client::protocol::ErrorCode;
-use mpreg_storage::event::{DeliveredMessage, NewMessage, SentMessage};
+use mpreg_storage::event::{BULK_STEP_ROWS, DeliveredMessage, NewMessage, SentMessage};
 use mpreg_storage::views::{QueueRow, View};
 use mpreg_storage::{EventKind, Outcome};
 use serde_json::{Map, Value, json};
@@ -486,19 +486,31 @@ impl Queues {
 
     async fn purge(&self, body: &Map<String, Value>) -> QueueResult<Value> {
         let queue = Fields(body).required_str("queue_name")?.to_string();
-        self.propose(EventKind::QueuePurged {
-            name: queue.clone(),
-        })
-        .await?;
+        committed(
+            self.node
+                .propose_steps(EventKind::QueueTrimmed {
+                    name: queue.clone(),
+                    from_seq: 0,
+                    below_seq: None,
+                    limit: BULK_STEP_ROWS,
+                })
+                .await,
+        )?;
         Ok(json!({"success": true, "queue_name": queue}))
     }
 
     async fn delete(&self, body: &Map<String, Value>) -> QueueResult<Value> {
         let queue = Fields(body).required_str("queue_name")?.to_string();
-        self.propose(EventKind::QueueDeleted {
-            name: queue.clone(),
-        })
-        .await?;
+        committed(
+            self.node
+                .propose_steps(EventKind::QueueDeleteStep {
+                    name: queue.clone(),
+                    from_seq: 0,
+                    from_id: String::new(),
+                    limit: BULK_STEP_ROWS,
+                })
+                .await,
+        )?;
         Ok(json!({"success": true, "queue_name": queue}))
     }
 

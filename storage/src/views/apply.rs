@@ -214,6 +214,27 @@ pub fn apply<S: RowStore>(txn: &mut ViewTxn<'_, S>, event: &Event) -> Result<Out
         EventKind::CacheAtomic { key, operation } => {
             return cache::atomic(txn, now, key, operation);
         }
+        EventKind::QueueTrimmed {
+            name,
+            from_seq,
+            below_seq,
+            limit,
+        } => return queue_apply::trim(txn, name, (*from_seq, *below_seq), *limit),
+        EventKind::QueueDeleteStep {
+            name,
+            from_seq,
+            from_id,
+            limit,
+        } => return queue_apply::delete_step(txn, name, (*from_seq, from_id), *limit),
+        EventKind::CacheInvalidateStep {
+            namespace,
+            pattern,
+            from,
+            limit,
+        } => {
+            let target = (namespace.as_str(), pattern.as_deref());
+            return cache::invalidate_step(txn, now, target, from, *limit);
+        }
     }
     Ok(Outcome::Applied)
 }

@@ -12,10 +12,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::queue_rows::{Timer, TimerKind};
-use super::txn::{RowStore, ViewTxn, check_ids, rejected};
+use super::txn::{RowStore, ViewTxn, check_ids, check_step_limit, rejected, stepped};
 use super::{View, row_key};
 use crate::error::Result;
-use crate::event::{AtomicOp, CacheKey, Outcome};
+use crate::event::{AtomicOp, CacheKey, EventKind, Outcome};
 use crate::topic::pattern_matches;
 
 /// Rows read per scan step of an invalidation.
@@ -215,6 +215,41 @@ pub(super) fn invalidate<S: RowStore>(
         }
     }
     Ok(Outcome::CacheRemoved { entries })
+}
+
+/// One step of an invalidation (see [`EventKind::CacheInvalidateStep`]).
+pub(super) fn invalidate_step<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    now: u64,
+    (namespace, pattern): (&str, Option<&str>),
+    from: &[u8],
+    limit: u32,
+) -> Result<Outcome> {
+    if let Some(refused) = check_ids(&[("namespace", namespace)]).or(check_step_limit(limit)) {
+        return Ok(refused);
+    }
+    let prefix = CacheRow::namespace_prefix(namespace);
+    let start = [prefix.as_slice(), from].concat();
+    let rows = txn.rows::<CacheRow>(View::CacheEntries, &prefix, &start, limit as usize + 1)?;
+    let mut entries = 0;
+    for (scanned, (key, row)) in rows.into_iter().enumerate() {
+        if scanned == limit as usize {
+            let next = EventKind::CacheInvalidateStep {
+                namespace: namespace.to_string(),
+                pattern: pattern.map(str::to_string),
+                from: key[prefix.len()..].to_vec(),
+                limit,
+            };
+            return Ok(stepped(entries, Some(next)));
+        }
+        if pattern.is_none_or(|p| pattern_matches(p, &row.key.identifier)) {
+            if row.is_live(now) {
+                entries += 1;
+            }
+            remove(txn, &row.key)?;
+        }
+    }
+    Ok(stepped(entries, None))
 }
 
 /// A JSON number as an exact integer, if it is one (serde_json holds

@@ -14,16 +14,18 @@ use super::View;
 use super::queue_rows::{
     DedupRow, MessageRow, MessageState, QueueRow, Timer, TimerKind, queue_prefix, seq_of_ready_key,
 };
-use super::txn::{RowStore, ViewTxn, check_ids, rejected};
+use super::txn::{RowStore, ViewTxn, check_ids, check_step_limit, rejected, stepped};
 use crate::error::Result;
 use crate::event::{
-    DeliveredMessage, Delivery, FiredTimers, NewMessage, Outcome, QueueSettings, QueueType,
+    DeliveredMessage, Delivery, EventKind, FiredTimers, NewMessage, Outcome, QueueSettings, QueueType,
     SentMessage,
 };
 use crate::topic::pattern_matches;
 
 /// Rows read per scan step.
 const SCAN_CHUNK: usize = 256;
+/// [`SCAN_CHUNK`] as a step limit.
+const SCAN_CHUNK_U32: u32 = SCAN_CHUNK as u32;
 /// Most ready messages one lease looks at when a topic pattern filters them.
 const MAX_LEASE_SCAN: usize = 10_000;
 
@@ -310,18 +312,70 @@ pub(super) fn declare<S: RowStore>(
     Ok(Outcome::Applied)
 }
 
-/// Removes every message of `queue` (counters included).
-fn remove_all_messages<S: RowStore>(txn: &mut ViewTxn<'_, S>, queue: &mut QueueRow) -> Result<()> {
+/// Removes up to `limit` messages of `queue` whose seq is in
+/// `from..below` (counters included). Returns how many went and the seq to
+/// resume at when some are left.
+fn remove_messages<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    queue: &mut QueueRow,
+    (from, below): (u64, u64),
+    limit: u32,
+) -> Result<(u64, Option<u64>)> {
     let prefix = queue_prefix(&queue.name);
-    loop {
-        let rows = txn.rows::<MessageRow>(View::QueueMessages, &prefix, &prefix, SCAN_CHUNK)?;
-        if rows.is_empty() {
-            return Ok(());
+    let start = MessageRow::key(&queue.name, from);
+    let rows = txn.rows::<MessageRow>(View::QueueMessages, &prefix, &start, limit as usize + 1)?;
+    let mut removed = 0;
+    for (_, message) in rows {
+        if message.seq >= below {
+            break;
         }
-        for (_, message) in rows {
-            remove(txn, queue, &message)?;
+        if removed == u64::from(limit) {
+            return Ok((removed, Some(message.seq)));
         }
+        remove(txn, queue, &message)?;
+        removed += 1;
     }
+    Ok((removed, None))
+}
+
+/// Removes every message of `queue` in one apply (the events written before
+/// bulk steps).
+fn remove_all_messages<S: RowStore>(txn: &mut ViewTxn<'_, S>, queue: &mut QueueRow) -> Result<()> {
+    let mut from = 0;
+    while let (_, Some(resume)) = remove_messages(txn, queue, (from, u64::MAX), SCAN_CHUNK_U32)? {
+        from = resume;
+    }
+    Ok(())
+}
+
+/// Removes up to `limit` dedup windows of `queue` from message id `from_id`
+/// on. Returns how many went and the id to resume at when some are left.
+fn remove_dedup_windows<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    name: &str,
+    from_id: &str,
+    limit: u64,
+) -> Result<(u64, Option<String>)> {
+    let prefix = queue_prefix(name);
+    let start = MessageRow::id_key(name, from_id);
+    let rows = txn.rows::<DedupRow>(View::QueueDedup, &prefix, &start, limit as usize + 1)?;
+    let mut removed = 0;
+    for (key, window) in rows {
+        let id = &key[prefix.len()..];
+        if removed == limit {
+            return Ok((removed, Some(String::from_utf8_lossy(id).into_owned())));
+        }
+        let timer = Timer {
+            due_ms: window.expires_at_ms,
+            kind: TimerKind::DedupEnds,
+            queue: name.to_string(),
+            target: id.to_vec(),
+        };
+        txn.delete(View::QueueTimers, timer.key())?;
+        txn.delete(View::QueueDedup, key)?;
+        removed += 1;
+    }
+    Ok((removed, None))
 }
 
 pub(super) fn purge<S: RowStore>(txn: &mut ViewTxn<'_, S>, name: &str) -> Result<Outcome> {
@@ -338,25 +392,79 @@ pub(super) fn delete<S: RowStore>(txn: &mut ViewTxn<'_, S>, name: &str) -> Resul
         return Ok(unknown_queue(name));
     };
     remove_all_messages(txn, &mut queue)?;
-    let prefix = queue_prefix(name);
-    loop {
-        let windows = txn.rows::<DedupRow>(View::QueueDedup, &prefix, &prefix, SCAN_CHUNK)?;
-        if windows.is_empty() {
-            break;
-        }
-        for (key, window) in windows {
-            let timer = Timer {
-                due_ms: window.expires_at_ms,
-                kind: TimerKind::DedupEnds,
-                queue: name.to_string(),
-                target: key[prefix.len()..].to_vec(),
-            };
-            txn.delete(View::QueueTimers, timer.key())?;
-            txn.delete(View::QueueDedup, key)?;
-        }
+    let mut from_id = String::new();
+    while let (_, Some(resume)) =
+        remove_dedup_windows(txn, name, &from_id, u64::from(SCAN_CHUNK_U32))?
+    {
+        from_id = resume;
     }
     txn.delete(View::Queues, QueueRow::key(name))?;
     Ok(Outcome::Applied)
+}
+
+/// One step of a purge (see [`EventKind::QueueTrimmed`]).
+pub(super) fn trim<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    name: &str,
+    (from_seq, below_seq): (u64, Option<u64>),
+    limit: u32,
+) -> Result<Outcome> {
+    if let Some(refused) = check_step_limit(limit) {
+        return Ok(refused);
+    }
+    let Some(mut queue) = load_queue(txn, name)? else {
+        return Ok(unknown_queue(name));
+    };
+    let below = below_seq.unwrap_or(queue.next_seq);
+    let (removed, resume) = remove_messages(txn, &mut queue, (from_seq, below), limit)?;
+    save_queue(txn, &queue)?;
+    let next = resume.map(|from_seq| EventKind::QueueTrimmed {
+        name: name.to_string(),
+        from_seq,
+        below_seq: Some(below),
+        limit,
+    });
+    Ok(stepped(removed, next))
+}
+
+/// One step of deleting a queue (see [`EventKind::QueueDeleteStep`]):
+/// messages first, then dedup windows, then the queue.
+pub(super) fn delete_step<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    name: &str,
+    (from_seq, from_id): (u64, &str),
+    limit: u32,
+) -> Result<Outcome> {
+    if let Some(refused) = check_step_limit(limit) {
+        return Ok(refused);
+    }
+    let Some(mut queue) = load_queue(txn, name)? else {
+        return Ok(unknown_queue(name));
+    };
+    let next = |from_seq, from_id: &str| EventKind::QueueDeleteStep {
+        name: name.to_string(),
+        from_seq,
+        from_id: from_id.to_string(),
+        limit,
+    };
+    let (messages, resume) = remove_messages(txn, &mut queue, (from_seq, u64::MAX), limit)?;
+    if let Some(seq) = resume {
+        save_queue(txn, &queue)?;
+        return Ok(stepped(messages, Some(next(seq, from_id))));
+    }
+    let budget = u64::from(limit) - messages;
+    let (windows, resume) = remove_dedup_windows(txn, name, from_id, budget)?;
+    let removed = messages + windows;
+    match resume {
+        Some(id) => {
+            save_queue(txn, &queue)?;
+            Ok(stepped(removed, Some(next(queue.next_seq, &id))))
+        }
+        None => {
+            txn.delete(View::Queues, QueueRow::key(name))?;
+            Ok(stepped(removed, None))
+        }
+    }
 }
 
 /// Whether `message_id` is in the queue or inside its dedup window.

@@ -10,7 +10,7 @@ use super::View;
 use super::digest::Digest;
 use crate::codec;
 use crate::error::Result;
-use crate::event::Outcome;
+use crate::event::{EventKind, MAX_STEP_ROWS, Outcome};
 
 /// Raw row storage that apply writes through: the RocksDB batch on a live
 /// node, in-memory maps in replay.
@@ -131,4 +131,17 @@ pub(super) fn check_ids(ids: &[(&str, &str)]) -> Option<Outcome> {
             None
         }
     })
+}
+
+/// Refuses a bulk step limit outside `1..=MAX_STEP_ROWS`.
+pub(super) fn check_step_limit(limit: u32) -> Option<Outcome> {
+    (!(1..=MAX_STEP_ROWS).contains(&limit))
+        .then(|| rejected(format!("step limit {limit} is outside 1..={MAX_STEP_ROWS}")))
+}
+
+pub(super) fn stepped(removed: u64, next: Option<EventKind>) -> Outcome {
+    Outcome::Stepped {
+        removed,
+        next: next.map(Box::new),
+    }
 }
