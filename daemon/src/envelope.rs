@@ -16,10 +16,11 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 
-/// First byte of every peer frame written by this binary. 0xB2: typed
-/// refusals ([`Refused`], [`PeerReply::Refused`]); a node that still writes
-/// 0xB1 is refused with an error naming both versions.
-pub const ENVELOPE_VERSION: u8 = 0xB2;
+/// First byte of every peer frame written by this binary. 0xB3: forwarded
+/// calls carry their caller's remaining time (`PeerRequest::Call`); 0xB2
+/// brought typed refusals ([`Refused`], [`PeerReply::Refused`]). A node
+/// that writes an older version is refused with an error naming both.
+pub const ENVELOPE_VERSION: u8 = 0xB3;
 
 /// Most nodes a forwarded message may cross.
 pub const DEFAULT_HOP_BUDGET: u8 = 8;
@@ -71,6 +72,9 @@ pub enum PeerRequest {
         function: FunctionRow,
         args: String,
         kwargs: String,
+        /// What is left of the caller's deadline: the receiver drops the
+        /// call when it passes.
+        timeout_ms: u64,
     },
     /// Fan a pub/sub message (JSON) out to the receiver's subscribers.
     Publish {
@@ -79,6 +83,41 @@ pub enum PeerRequest {
     /// The leader's read index: the log index a linearizable read must
     /// wait for (raft read-index, confirmed by a quorum heartbeat).
     ReadIndex,
+}
+
+/// The connection a request travels on. Raft and membership traffic has
+/// its own, so a burst of forwarded publishes, calls and writes queues
+/// behind other bulk traffic, never in front of a heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Lane {
+    Raft,
+    Bulk,
+}
+
+impl Lane {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Raft => "raft",
+            Lane::Bulk => "bulk",
+        }
+    }
+}
+
+impl PeerRequest {
+    pub fn lane(&self) -> Lane {
+        match self {
+            PeerRequest::Hello
+            | PeerRequest::AppendEntries(_)
+            | PeerRequest::Vote(_)
+            | PeerRequest::InstallSnapshot(_)
+            | PeerRequest::Join { .. }
+            | PeerRequest::Remove { .. }
+            | PeerRequest::ReadIndex => Lane::Raft,
+            PeerRequest::Propose(_) | PeerRequest::Call { .. } | PeerRequest::Publish { .. } => {
+                Lane::Bulk
+            }
+        }
+    }
 }
 
 /// Why a request to another node did not (certainly) take effect. Each

@@ -9,7 +9,8 @@
 //! figures are read when scraped; everything else is counted where it
 //! happens. The list with meanings is docs/metrics.md.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use mpreg_storage::StorageMetrics;
@@ -32,13 +33,14 @@ pub const FRAME_ERROR_KINDS: [&str; 4] = ["too_large", "malformed", "unknown_rol
 pub const RPC_REQUEST_OUTCOMES: [&str; 4] = ["ok", "error", "timeout", "refused"];
 
 /// `outcome` values of `mpreg_sql_queries_total`.
-pub const SQL_OUTCOMES: [&str; 7] = [
+pub const SQL_OUTCOMES: [&str; 8] = [
     "ok",
     "invalid",
     "refused",
     "timeout",
     "memory_limit",
     "row_limit",
+    "busy",
     "internal",
 ];
 
@@ -160,12 +162,17 @@ pub struct RpcMetrics {
     pub requests: IntCounterVec,
     pub request_seconds: Histogram,
     pub requests_in_flight: IntGauge,
+    /// Calls sent to this node's workers, not yet answered.
+    pub worker_calls_in_flight: IntGauge,
     pub request_levels: Histogram,
+    /// Bounds the `function` label of `calls`.
+    pub functions: Arc<LabelCap>,
 }
 
 impl RpcMetrics {
-    fn new(r: &Registry) -> prometheus::Result<Self> {
+    fn new(r: &Registry, max_label_values: usize) -> prometheus::Result<Self> {
         Ok(RpcMetrics {
+            functions: Arc::new(LabelCap::new(max_label_values)),
             calls: counter_vec(
                 r,
                 "mpreg_rpc_calls_total",
@@ -188,6 +195,11 @@ impl RpcMetrics {
                 r,
                 "mpreg_rpc_requests_in_flight",
                 "RPC requests being answered.",
+            )?,
+            worker_calls_in_flight: gauge(
+                r,
+                "mpreg_rpc_worker_calls_in_flight",
+                "Calls sent to workers connected to this node, waiting for their answer (forwarded calls are dropped at their caller's deadline).",
             )?,
             request_levels: histogram(
                 r,
@@ -529,9 +541,42 @@ impl RaftGauges {
     }
 }
 
+/// The label value that stands for every value past a [`LabelCap`].
+pub const OTHER_LABEL: &str = "_other";
+
+/// Bounds the distinct values of a label taken from user input: the first
+/// `max` values seen keep their own series, later ones share
+/// [`OTHER_LABEL`], so no client can grow the registry without end.
+pub struct LabelCap {
+    max: usize,
+    seen: Mutex<HashSet<String>>,
+}
+
+impl LabelCap {
+    pub fn new(max: usize) -> Self {
+        LabelCap {
+            max,
+            seen: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// `value` while it has (or gets) its own series, else [`OTHER_LABEL`].
+    pub fn admit<'a>(&self, value: &'a str) -> &'a str {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(value) || (seen.len() < self.max && seen.insert(value.to_string())) {
+            value
+        } else {
+            OTHER_LABEL
+        }
+    }
+}
+
 /// Every metric of one node.
 pub struct Metrics {
     registry: Registry,
+    /// Queues with their own depth and in-flight series
+    /// (`metrics_max_label_values`); the rest are summed under `_other`.
+    pub max_queue_labels: usize,
     pub storage: Arc<StorageMetrics>,
     pub transport: TransportMetrics,
     pub rpc: RpcMetrics,
@@ -546,7 +591,9 @@ pub struct Metrics {
 
 impl Metrics {
     /// A registry with every metric of a node, process metrics and build info.
-    pub fn new() -> prometheus::Result<Metrics> {
+    /// `max_label_values` bounds labels taken from user input (see
+    /// [`LabelCap`]).
+    pub fn new(max_label_values: usize) -> prometheus::Result<Metrics> {
         let registry = Registry::new();
         let storage = Arc::new(StorageMetrics::default());
         storage.register(&registry)?;
@@ -567,7 +614,7 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("MPREG_GIT_SHA")])
             .set(1);
         let transport = TransportMetrics::new(&registry)?;
-        let rpc = RpcMetrics::new(&registry)?;
+        let rpc = RpcMetrics::new(&registry, max_label_values)?;
         let sql = SqlMetrics::new(&registry)?;
         // Every known label value is exported from the start, so dashboards
         // and alerts see zeros rather than missing series.
@@ -581,6 +628,7 @@ impl Metrics {
             sql.queries.with_label_values(&[outcome]);
         }
         Ok(Metrics {
+            max_queue_labels: max_label_values,
             transport,
             rpc,
             pubsub: PubSubMetrics::new(&registry)?,
@@ -618,8 +666,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn label_values_past_the_cap_share_other() {
+        let cap = LabelCap::new(2);
+        assert_eq!(cap.admit("a"), "a");
+        assert_eq!(cap.admit("b"), "b");
+        assert_eq!(cap.admit("c"), OTHER_LABEL);
+        assert_eq!(cap.admit("a"), "a", "an admitted value keeps its series");
+        let calls = RpcMetrics::new(&Registry::new(), 3).unwrap();
+        for i in 0..1000 {
+            let name = format!("f{i}");
+            let function = calls.functions.admit(&name);
+            calls.calls.with_label_values(&[function, "ok"]).inc();
+        }
+        assert_eq!(calls.calls.collect()[0].get_metric().len(), 4);
+    }
+
+    #[test]
     fn every_known_label_value_is_exported_from_the_start() {
-        let metrics = Metrics::new().expect("metrics");
+        let metrics = Metrics::new(100).expect("metrics");
         let text = metrics.render().expect("text");
         for kind in FRAME_ERROR_KINDS {
             let series = format!("mpreg_transport_frame_errors_total{{kind=\"{kind}\"}} 0");
@@ -638,6 +702,7 @@ mod tests {
                 detail: String::new(),
             },
             SqlError::RowLimit(0),
+            SqlError::Busy(0),
             SqlError::Internal(String::new()),
         ];
         for kind in errors.iter().map(SqlError::kind).chain(["ok"]) {
@@ -649,8 +714,8 @@ mod tests {
 
     #[test]
     fn nodes_in_one_process_keep_their_own_counts() {
-        let a = Metrics::new().expect("metrics");
-        let b = Metrics::new().expect("metrics");
+        let a = Metrics::new(100).expect("metrics");
+        let b = Metrics::new(100).expect("metrics");
         a.pubsub.published.inc();
         assert_eq!(a.pubsub.published.get(), 1);
         assert_eq!(b.pubsub.published.get(), 0);

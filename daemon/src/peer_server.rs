@@ -4,6 +4,7 @@
 //! node that holds the worker or the subscriber. Entry type [`PeerServer`].
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -12,6 +13,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::peer::{MAX_IN_FLIGHT_PER_LINK, PEER_IDLE_TIMEOUT};
 use crate::cluster::{Node, membership};
 use crate::envelope::{Body, Envelope, PeerReply, PeerRequest, Refused};
 use crate::pubsub::PubSub;
@@ -43,8 +45,10 @@ impl PeerServer {
         let _ = self.systems.set(Systems { rpc, pubsub });
     }
 
-    /// Serves one peer connection until it closes: each request runs on
-    /// its own task and its reply is written when ready.
+    /// Serves one peer connection until it closes (or reads nothing for
+    /// [`PEER_IDLE_TIMEOUT`]): each request runs on its own task, at most
+    /// [`MAX_IN_FLIGHT_PER_LINK`] at once, and its reply is written when
+    /// ready.
     pub async fn serve(
         self: Arc<Self>,
         ws: WebSocketStream<TcpStream>,
@@ -53,6 +57,7 @@ impl PeerServer {
     ) {
         let (mut sink, mut frames) = ws.split();
         let (replies, mut queue) = mpsc::channel::<Message>(256);
+        let running = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT_PER_LINK));
         let writer = tokio::spawn(async move {
             while let Some(message) = queue.recv().await {
                 if sink.send(message).await.is_err() {
@@ -63,13 +68,17 @@ impl PeerServer {
         });
         loop {
             let frame = tokio::select! {
-                frame = frames.next() => frame,
+                frame = tokio::time::timeout(PEER_IDLE_TIMEOUT, frames.next()) => frame,
                 () = shutdown.cancelled() => break,
             };
             let bytes = match frame {
-                Some(Ok(Message::Binary(bytes))) => bytes,
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => continue,
+                Ok(Some(Ok(Message::Binary(bytes)))) => bytes,
+                Ok(Some(Ok(Message::Close(_))) | None | Some(Err(_))) => break,
+                Ok(Some(Ok(_))) => continue,
+                Err(_) => {
+                    tracing::debug!(%peer, "closing an idle peer connection");
+                    break;
+                }
             };
             let envelope = match Envelope::decode(&bytes) {
                 Ok(envelope) => envelope,
@@ -78,9 +87,15 @@ impl PeerServer {
                     break;
                 }
             };
+            // At most MAX_IN_FLIGHT_PER_LINK requests of one connection run
+            // at once; past that this stops reading it (TCP pushes back).
+            let Ok(permit) = running.clone().acquire_owned().await else {
+                break;
+            };
             let server = self.clone();
             let replies = replies.clone();
             tokio::spawn(async move {
+                let _running = permit;
                 let reply = server.answer(envelope).await;
                 match reply.encode() {
                     Ok(bytes) => {
@@ -153,9 +168,14 @@ impl PeerServer {
                 function,
                 args,
                 kwargs,
+                timeout_ms,
             } => match self.systems.get() {
                 Some(systems) => {
-                    PeerReply::Called(systems.rpc.call_forwarded(&function, &args, &kwargs).await)
+                    let timeout = Duration::from_millis(timeout_ms);
+                    let called = systems
+                        .rpc
+                        .call_forwarded(&function, (&args, &kwargs), timeout);
+                    PeerReply::Called(called.await)
                 }
                 None => PeerReply::Refused(starting()),
             },

@@ -102,7 +102,7 @@ pub async fn start(
     let admin_url = format!("http://{admin_addr}");
     let tasks = TaskTracker::new();
 
-    let metrics = Arc::new(Metrics::new().map_err(Error::Metrics)?);
+    let metrics = Arc::new(Metrics::new(config.metrics_max_label_values).map_err(Error::Metrics)?);
     let admin_state = AdminState::new(metrics.clone(), shutdown.clone());
     let admin_shutdown = shutdown.clone();
     let admin_server = axum::serve(listeners.admin, admin::router(admin_state.clone()))

@@ -426,6 +426,7 @@ impl Session {
                     let result = self
                         .pubsub
                         .publish(&publish.message)
+                        .await
                         .map_err(|e| e.to_string());
                     if outbound.send(ack(kind, &publish.u, result)).await.is_err() {
                         break;

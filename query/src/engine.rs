@@ -30,6 +30,9 @@ pub struct SqlLimits {
     pub memory_limit_bytes: usize,
     /// `sql_max_rows`: a result with more rows is refused.
     pub max_rows: usize,
+    /// `sql_max_concurrent`: queries running at once; one more is refused
+    /// at once ([`SqlError::Busy`]), not queued.
+    pub max_concurrent: usize,
 }
 
 impl Default for SqlLimits {
@@ -38,6 +41,7 @@ impl Default for SqlLimits {
             timeout: Duration::from_secs(10),
             memory_limit_bytes: 256 << 20,
             max_rows: 100_000,
+            max_concurrent: 4,
         }
     }
 }
@@ -61,6 +65,10 @@ pub enum SqlError {
         "query cancelled: the result has more than {0} rows (sql_max_rows); add a LIMIT or aggregate"
     )]
     RowLimit(usize),
+    #[error(
+        "too many SQL queries: {0} are running (sql_max_concurrent); try again when one has finished"
+    )]
+    Busy(usize),
     #[error("internal error while running the query: {0}")]
     Internal(String),
 }
@@ -74,13 +82,14 @@ impl SqlError {
             SqlError::Timeout(_) => "timeout",
             SqlError::MemoryLimit { .. } => "memory_limit",
             SqlError::RowLimit(_) => "row_limit",
+            SqlError::Busy(_) => "busy",
             SqlError::Internal(_) => "internal",
         }
     }
 
     /// Whether the query (not the node) is at fault.
     pub fn is_client_error(&self) -> bool {
-        !matches!(self, SqlError::Internal(_))
+        !matches!(self, SqlError::Internal(_) | SqlError::Busy(_))
     }
 }
 
@@ -121,6 +130,8 @@ impl Drop for AbortOnDrop {
 pub struct SqlEngine {
     sources: Arc<Sources>,
     limits: SqlLimits,
+    /// One permit per query running (`limits.max_concurrent`).
+    running: Arc<tokio::sync::Semaphore>,
     runtime: QueryRuntime,
 }
 
@@ -144,6 +155,7 @@ impl SqlEngine {
                 raft,
                 cache,
             }),
+            running: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent)),
             limits,
             runtime: QueryRuntime(Some(runtime)),
         })
@@ -185,6 +197,11 @@ impl SqlEngine {
 
     /// Runs one SQL statement and returns all its rows.
     pub async fn query(&self, sql: &str) -> Result<QueryOutput, SqlError> {
+        let permit = self
+            .running
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| SqlError::Busy(self.limits.max_concurrent))?;
         let ctx = self.context()?;
         let sql = sql.to_string();
         let limits = self.limits.clone();
@@ -194,6 +211,7 @@ impl SqlEngine {
             .as_ref()
             .ok_or_else(|| SqlError::Internal("the SQL runtime is shut down".to_string()))?;
         let task = runtime.spawn(async move {
+            let _running = permit;
             tokio::time::timeout(limits.timeout, run(ctx, &sql, &limits))
                 .await
                 .unwrap_or(Err(SqlError::Timeout(limits.timeout.as_millis())))

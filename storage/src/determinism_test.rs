@@ -373,7 +373,7 @@ pub(crate) fn entries(events: &[Event], first_index: u64) -> Vec<Entry<TypeConfi
 }
 
 /// Writes entries straight into the log family, as an append would.
-fn write_log(dir: &DataDir, entries: &[Entry<TypeConfig>]) {
+pub(crate) fn write_log(dir: &DataDir, entries: &[Entry<TypeConfig>]) {
     let db = dir.db();
     let family = crate::db::cf(db, crate::db::CF_LOG).unwrap();
     for entry in entries {

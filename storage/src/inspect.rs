@@ -106,6 +106,18 @@ impl Inspector {
         Ok(())
     }
 
+    /// [`Inspector::get`] on the blocking pool, for callers on the async
+    /// reactor: a read that misses RocksDB's cache waits on the disk there,
+    /// not on a reactor thread.
+    pub async fn get_blocking<T: DeserializeOwned + Send + 'static>(
+        &self,
+        view: View,
+        key: Vec<u8>,
+    ) -> Result<Option<T>> {
+        let inspector = self.clone();
+        crate::db::blocking(move || inspector.get(view, &key)).await
+    }
+
     /// One row of `view`, as last applied (`None` if absent).
     pub fn get<T: DeserializeOwned>(&self, view: View, key: &[u8]) -> Result<Option<T>> {
         let Some(family) = self.db.cf_handle(view.cf_name()) else {

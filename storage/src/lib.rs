@@ -47,7 +47,7 @@ pub use db::{DataDir, Identity, OpenMode, SCHEMA_VERSION};
 pub use error::{Error, Result};
 pub use event::{Event, EventBatch, EventKind, Outcome};
 pub use inspect::{Flow, Inspector, StoredRaft};
-pub use log_store::LogStore;
+pub use log_store::{EventClock, LogStore};
 pub use metrics::StorageMetrics;
 pub use raft_types::{TypeConfig, raft_id, typ};
 pub use replay::{ReplayReport, replay};
@@ -58,7 +58,7 @@ pub fn open_raft_storage(
     dir: &DataDir,
     metrics: std::sync::Arc<StorageMetrics>,
 ) -> Result<(LogStore, StateMachine)> {
-    let log = LogStore::new(dir.db().clone(), metrics.clone());
+    let log = LogStore::new(dir.db().clone(), metrics.clone())?;
     let sm = StateMachine::open(dir.db().clone(), dir.snapshot_dir(), metrics)?;
     Ok((log, sm))
 }

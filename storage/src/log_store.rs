@@ -8,10 +8,20 @@
 //! fires them. So nothing is acknowledged before it is on disk, and all
 //! appends that arrive while one sync runs share the next one: that is the
 //! group commit.
+//!
+//! Every RocksDB write and read here runs on the blocking pool, never on
+//! the async reactor, so a RocksDB write stall delays the log, not the
+//! heartbeats and connections sharing the reactor.
+//!
+//! The store also keeps the [`EventClock`]: the latest event time in the
+//! log, which the leader stamps no earlier than.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use openraft::EntryPayload;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftLogReader, StorageIOError};
@@ -29,6 +39,38 @@ pub(crate) fn log_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
+/// Log entries read back at open to find the latest event time.
+const CLOCK_SCAN_ENTRIES: usize = 4096;
+
+/// The latest event time (unix ms) in this node's log: of every entry it
+/// holds at open (its newest few thousand) and every entry appended since,
+/// whoever stamped it. A leader stamps no earlier ([`EventClock::stamp`]),
+/// so event time never goes back when leadership moves to a node whose
+/// wall clock is behind, and a leader's log holds every committed entry.
+#[derive(Clone, Debug, Default)]
+pub struct EventClock(Arc<AtomicU64>);
+
+impl EventClock {
+    /// The time to stamp on events proposed at wall-clock time `now_ms`:
+    /// `now_ms`, or the latest event time when that is later.
+    pub fn stamp(&self, now_ms: u64) -> u64 {
+        self.0.fetch_max(now_ms, Ordering::AcqRel).max(now_ms)
+    }
+
+    /// The latest event time seen.
+    pub fn latest(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn saw(&self, entry: &Entry) {
+        if let EntryPayload::Normal(batch) = &entry.payload
+            && let Some(latest) = batch.events.iter().map(|e| e.time_ms).max()
+        {
+            self.0.fetch_max(latest, Ordering::AcqRel);
+        }
+    }
+}
+
 /// The raft log store; cheap to clone (all clones share the database).
 #[derive(Clone)]
 pub struct LogStore {
@@ -36,6 +78,21 @@ pub struct LogStore {
     /// Callbacks of appended entries waiting for the next WAL sync.
     flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
     metrics: Arc<StorageMetrics>,
+    clock: EventClock,
+}
+
+/// The latest event time among the newest `CLOCK_SCAN_ENTRIES` entries.
+fn latest_event_time(db: &DB) -> Result<EventClock> {
+    let clock = EventClock::default();
+    for item in db
+        .iterator_cf(cf(db, CF_LOG)?, IteratorMode::End)
+        .take(CLOCK_SCAN_ENTRIES)
+    {
+        let (key, value) = item.map_err(|e| Error::rocks("read", "log", e))?;
+        let entry: Entry = codec::decode(&format!("log entry {key:?}"), &value)?;
+        clock.saw(&entry);
+    }
+    Ok(clock)
 }
 
 /// Syncs the WAL for every group of waiting appends, then acknowledges them.
@@ -120,7 +177,8 @@ fn bounds(range: impl RangeBounds<u64>) -> (u64, u64) {
 impl LogStore {
     /// Opens the log store and starts its flusher (on the tokio blocking
     /// pool when in a runtime, so the runtime's shutdown waits for it).
-    pub fn new(db: Arc<DB>, metrics: Arc<StorageMetrics>) -> Self {
+    pub fn new(db: Arc<DB>, metrics: Arc<StorageMetrics>) -> Result<Self> {
+        let clock = latest_event_time(&db)?;
         let (flusher, waiting) = std::sync::mpsc::channel();
         let flush_db = db.clone();
         let flush_metrics = metrics.clone();
@@ -129,11 +187,17 @@ impl LogStore {
             Ok(runtime) => drop(runtime.spawn_blocking(flush)),
             Err(_) => drop(std::thread::spawn(flush)),
         }
-        LogStore {
+        Ok(LogStore {
             db,
             flusher,
             metrics,
-        }
+            clock,
+        })
+    }
+
+    /// The clock of the latest event time in this log.
+    pub fn event_clock(&self) -> EventClock {
+        self.clock.clone()
     }
 
     fn put_meta_synced<T: serde::Serialize>(
@@ -197,7 +261,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        get_decoded(&self.db, CF_META, meta_key::VOTE)
+        let db = self.db.clone();
+        blocking(move || get_decoded(&db, CF_META, meta_key::VOTE))
+            .await
             .map_err(to_raft(ErrorSubject::Vote, ErrorVerb::Read))
     }
 
@@ -211,8 +277,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        let committed: Option<Option<LogId>> = get_decoded(&self.db, CF_META, meta_key::COMMITTED)
-            .map_err(to_raft(ErrorSubject::Store, ErrorVerb::Read))?;
+        let db = self.db.clone();
+        let committed: Option<Option<LogId>> =
+            blocking(move || get_decoded(&db, CF_META, meta_key::COMMITTED))
+                .await
+                .map_err(to_raft(ErrorSubject::Store, ErrorVerb::Read))?;
         Ok(committed.flatten())
     }
 
@@ -225,24 +294,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        // The entries are written (unsynced, but readable at once) here;
-        // the flusher syncs the WAL and fires the callback.
-        let timer = self.metrics.log_append_seconds.start_timer();
-        let written = (|| -> Result<()> {
-            let family = cf(&self.db, CF_LOG)?;
+        // The entries are written (unsynced, but readable at once) here,
+        // on the blocking pool; the flusher syncs the WAL and fires the
+        // callback.
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let store = self.clone();
+        let written = blocking(move || {
+            let timer = store.metrics.log_append_seconds.start_timer();
+            let family = cf(&store.db, CF_LOG)?;
             let mut batch = WriteBatch::default();
-            for entry in entries {
+            for entry in &entries {
                 let index = entry.get_log_id().index;
-                batch.put_cf(family, log_key(index), codec::encode("log entry", &entry)?);
+                batch.put_cf(family, log_key(index), codec::encode("log entry", entry)?);
+                store.clock.saw(entry);
             }
             let appended = batch.len() as u64;
-            self.db
+            store
+                .db
                 .write(batch)
                 .map_err(|e| Error::rocks("write", "log append", e))?;
-            self.metrics.log_entries_appended.inc_by(appended);
+            store.metrics.log_entries_appended.inc_by(appended);
+            timer.observe_duration();
             Ok(())
-        })();
-        timer.observe_duration();
+        })
+        .await;
         match written {
             Ok(()) => {
                 if let Err(unsent) = self.flusher.send(callback) {
@@ -288,5 +363,40 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await
         .map_err(to_raft(ErrorSubject::Logs, ErrorVerb::Delete))
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use crate::db::{DataDir, OpenMode};
+    use crate::determinism_test::{entries, write_log};
+    use crate::event::{Event, EventKind};
+
+    fn event(time_ms: u64) -> Event {
+        Event {
+            time_ms,
+            kind: EventKind::TimersFired { max: 1 },
+        }
+    }
+
+    #[tokio::test]
+    async fn stamps_never_go_below_the_latest_event_in_the_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path(), OpenMode::ReadWrite).unwrap();
+        // An earlier leader, whose clock ran an hour ahead, wrote these.
+        let ahead = 1_700_000_000_000 + 3_600_000;
+        write_log(
+            &dir,
+            &entries(&[event(ahead - 5), event(ahead), event(7)], 1),
+        );
+        let clock = LogStore::new(dir.db().clone(), Default::default())
+            .unwrap()
+            .event_clock();
+        assert_eq!(clock.latest(), ahead);
+        let now = 1_700_000_000_000;
+        assert_eq!(clock.stamp(now), ahead, "not below the log's latest event");
+        assert_eq!(clock.stamp(ahead + 10), ahead + 10, "a later clock wins");
+        assert_eq!(clock.stamp(now), ahead + 10, "nor below an earlier stamp");
     }
 }

@@ -43,14 +43,12 @@ impl AppliedViews {
                 from_id: String::new(),
                 limit,
             },
-            EventKind::CacheInvalidated { namespace, pattern } => {
-                EventKind::CacheInvalidateStep {
-                    namespace,
-                    pattern,
-                    from: Vec::new(),
-                    limit,
-                }
-            }
+            EventKind::CacheInvalidated { namespace, pattern } => EventKind::CacheInvalidateStep {
+                namespace,
+                pattern,
+                from: Vec::new(),
+                limit,
+            },
             other => return self.apply(time_ms, other),
         };
         let cache = matches!(first, EventKind::CacheInvalidateStep { .. });

@@ -10,6 +10,7 @@ mod durability;
 mod hostile;
 mod metrics;
 mod migrations;
+mod peers;
 mod pubsub;
 mod queue_crash;
 mod queues;

@@ -504,14 +504,23 @@ async fn purge_and_delete_of_many_messages_go_in_bounded_steps() {
     assert_eq!(stats["queues"][0]["in_flight"], json!(0), "{stats}");
     assert!(events_of(&daemon, "queue_purged").await.is_empty());
     let steps = events_of(&daemon, "queue_trimmed").await;
-    assert!(steps.len() >= 3, "10,000 messages in steps of at most 4096: {steps:?}");
+    assert!(
+        steps.len() >= 3,
+        "10,000 messages in steps of at most 4096: {steps:?}"
+    );
     assert!(steps.iter().all(|s| s["limit"] == json!(4096)), "{steps:?}");
     // The first step takes the queue's next seq as the bound; the others
     // carry it, so messages sent meanwhile stay.
     assert_eq!(steps[0]["below_seq"], Value::Null);
-    assert!(steps[1..].iter().all(|s| s["below_seq"] == json!(10_001)), "{steps:?}");
+    assert!(
+        steps[1..].iter().all(|s| s["below_seq"] == json!(10_001)),
+        "{steps:?}"
+    );
     send(&client, "big", json!({"payload": "after"})).await;
-    assert_eq!(receive(&client, "big", "s1", 5.0).await["payload"], json!("after"));
+    assert_eq!(
+        receive(&client, "big", "s1", 5.0).await["payload"],
+        json!("after")
+    );
 
     fill(1).await;
     client
@@ -531,6 +540,9 @@ async fn purge_and_delete_of_many_messages_go_in_bounded_steps() {
         .queue("stats", json!({"queue_name": "big"}))
         .await
         .unwrap_err();
-    assert!(refused.to_string().contains("unknown queue big"), "{refused}");
+    assert!(
+        refused.to_string().contains("unknown queue big"),
+        "{refused}"
+    );
     daemon.stop().unwrap();
 }

@@ -914,6 +914,46 @@ async fn timeout_memory_and_row_limits_cancel_cleanly() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_over_the_concurrency_limit_get_503_and_the_rest_run() -> Result<()> {
+    let dir = TestDir::new();
+    let flags = dir.config("sql_timeout_ms = 3000\nsql_max_concurrent = 2\n");
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let daemon = Daemon::start(&dir, &flags)?;
+    let admin = daemon.ready.admin_url.clone();
+    let slow = "SELECT count(*) FROM generate_series(1, 100000000000)";
+    let running: Vec<_> = (0..2)
+        .map(|_| {
+            let admin = admin.clone();
+            tokio::spawn(async move { sql_get(&admin, slow, "json").await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let refused = sql_get(&admin, "SELECT 1", "json").await?;
+    let body = refused.json()?;
+    assert_eq!(
+        (refused.status, &body["kind"]),
+        (503, &json!("busy")),
+        "{body}"
+    );
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("sql_max_concurrent")),
+        "{body}"
+    );
+    let (code, _) = daemon.get("/health").await?;
+    assert_eq!(code, 200, "the admin surface serves while SQL is saturated");
+    for query in running {
+        assert_eq!(query.await??.status, 400, "the slow ones time out");
+    }
+    assert_eq!(
+        sql_rows(&admin, "SELECT 1 AS one").await?,
+        [json!({"one": 1})]
+    );
+    Ok(())
+}
+
 const COMPARED: [&str; 5] = [
     "SELECT * FROM nodes ORDER BY node_id",
     "SELECT * FROM functions ORDER BY name, version, provider",
@@ -1026,8 +1066,10 @@ fn dir_listing(dir: &std::path::Path) -> Result<Vec<(String, u64, std::time::Sys
 async fn queries_stay_consistent_while_a_thousand_writes_commit() -> Result<()> {
     const WRITERS: usize = 10;
     const PER_WRITER: usize = 100;
+    const READERS: usize = 20;
     let dir = TestDir::new();
-    let daemon = InProcess::start(&dir, |_| {}).await?;
+    // Every reader runs at once: the concurrency limit must not refuse one.
+    let daemon = InProcess::start(&dir, |c| c.sql.max_concurrent = READERS).await?;
     let node = daemon.node.clone();
     let admin = daemon.admin_url.clone();
 
@@ -1051,7 +1093,7 @@ async fn queries_stay_consistent_while_a_thousand_writes_commit() -> Result<()> 
         }));
     }
     let mut readers = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..READERS {
         let admin = admin.clone();
         readers.push(tokio::spawn(async move {
             let mut seen = 0usize;

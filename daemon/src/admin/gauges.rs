@@ -6,7 +6,7 @@ use mpreg_storage::views::{QueueRow, View};
 
 use crate::clock::now_ms;
 use crate::cluster::{Node, membership};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, OTHER_LABEL};
 
 /// Sets the gauges read at scrape time (raft, log size, members, queue
 /// depths) from `node`.
@@ -60,9 +60,19 @@ pub fn refresh(metrics: &Metrics, node: &Node) {
     }
     metrics.queue.depth.reset();
     metrics.queue.in_flight.reset();
+    // The first `max_queue_labels` queues (in name order) get their own
+    // series; the rest are summed under `_other`.
+    let mut queues = 0;
+    let (mut other_depth, mut other_in_flight) = (0, 0);
     let _ = node
         .inspector()
         .scan_view(View::Queues, &[], |q: QueueRow| {
+            queues += 1;
+            if queues > metrics.max_queue_labels {
+                other_depth += q.ready + q.delayed;
+                other_in_flight += q.in_flight;
+                return Flow::Continue;
+            }
             let name = [q.name.as_str()];
             metrics
                 .queue
@@ -76,4 +86,17 @@ pub fn refresh(metrics: &Metrics, node: &Node) {
                 .set(as_i64(q.in_flight));
             Flow::Continue
         });
+    if queues > metrics.max_queue_labels {
+        let other = [OTHER_LABEL];
+        metrics
+            .queue
+            .depth
+            .with_label_values(&other)
+            .set(as_i64(other_depth));
+        metrics
+            .queue
+            .in_flight
+            .with_label_values(&other)
+            .set(as_i64(other_in_flight));
+    }
 }

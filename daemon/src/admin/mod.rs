@@ -135,7 +135,12 @@ async fn status(State(state): State<AdminState>) -> Response {
 /// `GET /metrics`: Prometheus text format.
 async fn metrics(State(state): State<AdminState>) -> Response {
     if let Some(node) = state.node.get() {
-        gauges::refresh(&state.metrics, node);
+        // The refresh scans the queues view: off the reactor.
+        let (metrics, node) = (state.metrics.clone(), node.clone());
+        let refreshed = tokio::task::spawn_blocking(move || gauges::refresh(&metrics, &node));
+        if let Err(e) = refreshed.await {
+            tracing::warn!(error = %e, "the metrics refresh failed");
+        }
     }
     match state.metrics.render() {
         Ok(text) => (

@@ -124,7 +124,9 @@ async fn answer(state: &AdminState, sql: Option<String>, format: Option<String>)
             ),
         },
         Err(e) => {
-            let status = if e.is_client_error() {
+            let status = if matches!(e, SqlError::Busy(_)) {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else if e.is_client_error() {
                 StatusCode::BAD_REQUEST
             } else {
                 StatusCode::INTERNAL_SERVER_ERROR

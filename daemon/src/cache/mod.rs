@@ -195,7 +195,10 @@ impl Cache {
     /// The live entry of `key`: from memory, else from the view (then kept
     /// in memory unless a write committed meanwhile). `None` when absent or
     /// expired.
-    fn lookup(&self, key: &CacheKey) -> CacheResult<Option<(Arc<CacheRow>, u64, &'static str)>> {
+    async fn lookup(
+        &self,
+        key: &CacheKey,
+    ) -> CacheResult<Option<(Arc<CacheRow>, u64, &'static str)>> {
         let row_key = CacheRow::key(key);
         let now = now_ms();
         {
@@ -212,7 +215,8 @@ impl Cache {
         let stored: Option<CacheRow> = self
             .node
             .inspector()
-            .get(View::CacheEntries, &row_key)
+            .get_blocking(View::CacheEntries, row_key.clone())
+            .await
             .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
         let Some(row) = stored.filter(|row| row.is_live(now)) else {
             return Ok(None);
@@ -233,7 +237,7 @@ impl Cache {
                 .await
                 .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
         }
-        match self.lookup(&key)? {
+        match self.lookup(&key).await? {
             Some((row, hits, level)) => {
                 self.metrics.hits.with_label_values(&[level]).inc();
                 Ok(json!({
@@ -282,7 +286,7 @@ impl Cache {
     }
 
     /// Publishes a committed change on `topic`.
-    fn notify(
+    async fn notify(
         &self,
         topic: String,
         request: &CacheRequest,
@@ -308,13 +312,13 @@ impl Cache {
             routing_path: None,
             current_hop: None,
         };
-        if let Err(e) = self.pubsub.publish(&message) {
+        if let Err(e) = self.pubsub.publish(&message).await {
             tracing::warn!(topic = %message.topic, error = %e, "cache change notification not published");
         }
     }
 
     /// The reply to a committed single-key write.
-    fn written(
+    async fn written(
         &self,
         request: &CacheRequest,
         key: &CacheKey,
@@ -336,7 +340,8 @@ impl Cache {
             } else {
                 "deleted"
             };
-            self.notify(topic, request, key, kind, value.as_deref());
+            self.notify(topic, request, key, kind, value.as_deref())
+                .await;
         }
         let value: Option<Value> = value.and_then(|v| serde_json::from_str(&v).ok());
         Ok(json!({
@@ -376,7 +381,7 @@ impl Cache {
             })
             .await?;
         self.metrics.writes.with_label_values(&["put"]).inc();
-        self.written(request, &key, topic, outcome)
+        self.written(request, &key, topic, outcome).await
     }
 
     async fn delete(&self, request: &CacheRequest) -> CacheResult<Value> {
@@ -386,7 +391,7 @@ impl Cache {
             .propose(EventKind::CacheDeleted { key: key.clone() })
             .await?;
         self.metrics.writes.with_label_values(&["delete"]).inc();
-        self.written(request, &key, topic, outcome)
+        self.written(request, &key, topic, outcome).await
     }
 
     async fn remove_matching(&self, namespace: &str, pattern: Option<&str>) -> CacheResult<Value> {
@@ -536,7 +541,7 @@ impl Cache {
             })
             .await?;
         self.metrics.writes.with_label_values(&["atomic"]).inc();
-        self.written(request, &key, topic, outcome)
+        self.written(request, &key, topic, outcome).await
     }
 
     /// Moves new tier evictions into the eviction counter.

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use mpreg_storage::typ::{Node as RaftNode, NodeId, Raft};
 use mpreg_storage::{
-    AppliedState, DataDir, Event, EventBatch, EventKind, Identity, Inspector, OpenMode, Outcome,
-    StorageMetrics, Views, codec,
+    AppliedState, DataDir, Event, EventBatch, EventClock, EventKind, Identity, Inspector, OpenMode,
+    Outcome, StorageMetrics, Views, codec,
 };
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{ServerState, SnapshotPolicy};
@@ -68,6 +68,8 @@ struct Proposer {
     patience: Duration,
     /// Most encoded bytes of events in one entry.
     max_entry_bytes: usize,
+    /// The latest event time in the log: stamps never go below it.
+    clock: EventClock,
 }
 
 impl Proposer {
@@ -125,7 +127,7 @@ impl Proposer {
             let addr = leader.and_then(|id| member_addr(&self.raft, id));
             match (leader, addr) {
                 (Some(id), _) if id == self.me => {
-                    let time_ms = now_ms();
+                    let time_ms = self.clock.stamp(now_ms());
                     let events = kinds
                         .iter()
                         .map(|kind| Event {
@@ -302,6 +304,7 @@ impl Node {
         let raft_id = raft_id(&identity.node_id);
         let (log_store, state_machine) = mpreg_storage::open_raft_storage(&data_dir, metrics)?;
         let views = state_machine.views();
+        let clock = log_store.event_clock();
         let raft_config = Arc::new(raft_config(config, &identity.cluster_id)?);
         let peers = Arc::new(Peers::new(&identity.node_id, &identity.cluster_id));
         let raft = Raft::new(
@@ -320,6 +323,7 @@ impl Node {
             me: raft_id,
             patience: config.propose_timeout(),
             max_entry_bytes: config.max_entry_bytes,
+            clock,
         };
         tokio::spawn(proposer.run(queue));
         Ok(Node {

@@ -1,9 +1,17 @@
-//! Outbound links to other nodes: one WebSocket per peer address, requests
-//! multiplexed on it by id, reconnect with exponential backoff.
+//! Outbound links to other nodes: per peer address, one WebSocket per
+//! [`Lane`] (raft and membership traffic; forwarded writes, calls and
+//! publishes), requests multiplexed on it by id, reconnect with exponential
+//! backoff.
 //!
-//! A link connects to `<addr>/peer?from=<node id>`: the path tells the
-//! listener this is a peer, and a fault-injecting proxy reads who is
-//! calling from the query.
+//! A link connects to `<addr>/peer?from=<node id>&lane=<lane>`: the path
+//! tells the listener this is a peer, and a fault-injecting proxy reads who
+//! is calling from the query.
+//!
+//! Each link bounds its requests in flight ([`MAX_IN_FLIGHT_PER_LINK`]); a
+//! request over the bound waits for room within its timeout, then fails
+//! with nothing sent. A full link is slow, not dead: only a read or write
+//! error, or [`PEER_IDLE_TIMEOUT`] without a frame from the peer, closes
+//! it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::envelope::{Body, Envelope, PeerReply, PeerRequest, Refused};
+use crate::envelope::{Body, Envelope, Lane, PeerReply, PeerRequest, Refused};
 
 /// First wait after a failed connect; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(20);
@@ -24,6 +32,11 @@ const MAX_BACKOFF: Duration = Duration::from_millis(200);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest peer frame read (raft batches and snapshot chunks).
 pub const MAX_PEER_FRAME: usize = 64 * 1024 * 1024;
+/// Most requests waiting for their reply on one link.
+pub const MAX_IN_FLIGHT_PER_LINK: usize = 1024;
+/// A link (either end) that reads no frame for this long is closed; raft
+/// heartbeats keep the raft lane far busier than this.
+pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a request to a peer failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +73,8 @@ struct Connection {
     outbound: mpsc::Sender<Message>,
     waiters: Waiters,
     closed: Arc<AtomicBool>,
+    /// One permit per request waiting for its reply.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// The state of the link to one address.
@@ -70,11 +85,14 @@ struct Link {
     retry_at: Option<Instant>,
 }
 
+/// A link, locked while it connects.
+type SharedLink = Arc<tokio::sync::Mutex<Link>>;
+
 /// Links to every peer this node talks to.
 pub struct Peers {
     node_id: String,
     cluster_id: String,
-    links: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Link>>>>,
+    links: Mutex<HashMap<(String, Lane), SharedLink>>,
     /// When each address last answered (unix ms).
     last_contact: Arc<Mutex<HashMap<String, u64>>>,
     next_id: AtomicU64,
@@ -141,13 +159,32 @@ impl Peers {
         mut envelope: Envelope,
         timeout: Duration,
     ) -> Result<PeerReply, PeerError> {
-        let connection = self.connection(addr).await?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        envelope.id = id;
-        let bytes = envelope.encode().map_err(|reason| PeerError::Unreachable {
+        let started = tokio::time::Instant::now();
+        let deadline = started + timeout;
+        let lane = match &envelope.body {
+            Body::Request(request) => request.lane(),
+            Body::Reply(_) => Lane::Bulk,
+        };
+        let unsent = |reason: String| PeerError::Unreachable {
             addr: addr.to_string(),
             reason,
-        })?;
+        };
+        let connection = self.connection(addr, lane).await?;
+        let permit = tokio::time::timeout_at(
+            deadline,
+            connection.in_flight.clone().acquire_owned(),
+        )
+        .await
+        .map_err(|_| {
+            unsent(format!(
+                "{MAX_IN_FLIGHT_PER_LINK} requests in flight on its {} link for {timeout:?}",
+                lane.as_str()
+            ))
+        })?
+        .map_err(|_| unsent("connection closed".to_string()))?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        envelope.id = id;
+        let bytes = envelope.encode().map_err(unsent)?;
         let (reply, answer) = oneshot::channel();
         connection
             .waiters
@@ -161,20 +198,27 @@ impl Peers {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&id);
         };
-        if let Err(e) = connection.outbound.try_send(Message::binary(bytes)) {
-            forget();
-            // A full queue means the peer stopped reading: start over.
-            connection.closed.store(true, Ordering::SeqCst);
-            let reason = match e {
-                mpsc::error::TrySendError::Full(_) => "the peer stopped reading",
-                mpsc::error::TrySendError::Closed(_) => "connection closed",
-            };
-            return Err(PeerError::Unreachable {
-                addr: addr.to_string(),
-                reason: reason.to_string(),
-            });
+        // A full queue waits (the link is slow, not dead), within the
+        // request's time; nothing is sent if it stays full.
+        match tokio::time::timeout_at(deadline, connection.outbound.send(Message::binary(bytes)))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                forget();
+                return Err(unsent("connection closed".to_string()));
+            }
+            Err(_) => {
+                forget();
+                return Err(unsent(format!(
+                    "its {} link stayed full for {timeout:?}",
+                    lane.as_str()
+                )));
+            }
         }
-        match tokio::time::timeout(timeout, answer).await {
+        let replied = tokio::time::timeout_at(deadline, answer).await;
+        drop(permit);
+        match replied {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(PeerError::Closed {
                 addr: addr.to_string(),
@@ -198,14 +242,14 @@ impl Peers {
             .copied()
     }
 
-    /// The open connection to `addr`, connecting unless a recent failure
-    /// says to wait.
-    async fn connection(&self, addr: &str) -> Result<Arc<Connection>, PeerError> {
+    /// The open connection to `addr` on `lane`, connecting unless a recent
+    /// failure says to wait.
+    async fn connection(&self, addr: &str, lane: Lane) -> Result<Arc<Connection>, PeerError> {
         let link = self
             .links
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(addr.to_string())
+            .entry((addr.to_string(), lane))
             .or_default()
             .clone();
         let mut link = link.lock().await;
@@ -227,7 +271,7 @@ impl Peers {
                 ),
             });
         }
-        match self.connect(addr).await {
+        match self.connect(addr, lane).await {
             Ok(connection) => {
                 link.failures = 0;
                 link.retry_at = None;
@@ -248,8 +292,13 @@ impl Peers {
         }
     }
 
-    async fn connect(&self, addr: &str) -> Result<Arc<Connection>, String> {
-        let url = format!("{}/peer?from={}", addr.trim_end_matches('/'), self.node_id);
+    async fn connect(&self, addr: &str, lane: Lane) -> Result<Arc<Connection>, String> {
+        let url = format!(
+            "{}/peer?from={}&lane={}",
+            addr.trim_end_matches('/'),
+            self.node_id,
+            lane.as_str()
+        );
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_PEER_FRAME))
             .max_frame_size(Some(MAX_PEER_FRAME));
@@ -261,6 +310,7 @@ impl Peers {
             .map_err(|e| e.to_string())?;
         let (mut sink, mut stream) = ws.split();
         let (outbound, mut queue) = mpsc::channel::<Message>(256);
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT_PER_LINK));
         let waiters: Waiters = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
         let writer_closed = closed.clone();
@@ -274,10 +324,19 @@ impl Peers {
             let _ = sink.close().await;
         });
         let (reader_waiters, reader_closed) = (waiters.clone(), closed.clone());
+        let reader_in_flight = in_flight.clone();
         let last_contact = self.last_contact.clone();
         let peer = addr.to_string();
         tokio::spawn(async move {
-            while let Some(Ok(message)) = stream.next().await {
+            loop {
+                let message = match tokio::time::timeout(PEER_IDLE_TIMEOUT, stream.next()).await {
+                    Ok(Some(Ok(message))) => message,
+                    Ok(_) => break,
+                    Err(_) => {
+                        tracing::debug!(%peer, lane = lane.as_str(), "closing an idle link");
+                        break;
+                    }
+                };
                 let bytes = match message {
                     Message::Binary(bytes) => bytes,
                     Message::Close(_) => break,
@@ -309,6 +368,7 @@ impl Peers {
                 }
             }
             reader_closed.store(true, Ordering::SeqCst);
+            reader_in_flight.close();
             reader_waiters
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -318,6 +378,7 @@ impl Peers {
             outbound,
             waiters,
             closed,
+            in_flight,
         }))
     }
 }

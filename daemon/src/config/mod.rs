@@ -18,6 +18,8 @@ pub use limits::{CacheLimits, PubSubLimits, RpcLimits, SlowConsumerPolicy, Trans
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6666";
 /// Default admin HTTP listener.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:6670";
+/// Default `metrics_max_label_values`.
+pub const DEFAULT_METRICS_MAX_LABEL_VALUES: usize = 100;
 /// Default largest log entry (`max_entry_bytes`).
 pub const DEFAULT_MAX_ENTRY_BYTES: usize = 8 << 20;
 /// Highest `max_entry_bytes`: an entry must fit one AppendEntries frame
@@ -71,6 +73,8 @@ pub struct FileConfig {
     pub sql_timeout_ms: Option<u64>,
     pub sql_memory_limit_bytes: Option<usize>,
     pub sql_max_rows: Option<usize>,
+    pub sql_max_concurrent: Option<usize>,
+    pub metrics_max_label_values: Option<usize>,
     pub cache_memory_bytes: Option<usize>,
     pub cache_max_value_bytes: Option<usize>,
 }
@@ -118,6 +122,9 @@ pub struct Config {
     /// Largest log entry (all events proposed together), encoded; an event
     /// larger on its own is refused before it is proposed.
     pub max_entry_bytes: usize,
+    /// Distinct values a metric label taken from user input (function and
+    /// queue names) gets its own series for; the rest share `_other`.
+    pub metrics_max_label_values: usize,
     /// Client connection limits.
     pub transport: TransportLimits,
     /// RPC engine limits.
@@ -149,6 +156,7 @@ impl Config {
             log_retention: 1_000,
             election_timeout: Duration::from_millis(500),
             max_entry_bytes: DEFAULT_MAX_ENTRY_BYTES,
+            metrics_max_label_values: DEFAULT_METRICS_MAX_LABEL_VALUES,
             transport: TransportLimits::default(),
             rpc: RpcLimits::default(),
             pubsub: PubSubLimits::default(),
@@ -188,6 +196,8 @@ impl Config {
             sql_timeout_ms,
             sql_memory_limit_bytes,
             sql_max_rows,
+            sql_max_concurrent,
+            metrics_max_label_values,
             cache_memory_bytes,
             cache_max_value_bytes,
         } = file;
@@ -265,6 +275,12 @@ impl Config {
         if let Some(v) = sql_max_rows {
             self.sql.max_rows = v;
         }
+        if let Some(v) = sql_max_concurrent {
+            self.sql.max_concurrent = v;
+        }
+        if let Some(v) = metrics_max_label_values {
+            self.metrics_max_label_values = v;
+        }
         if let Some(v) = cache_memory_bytes {
             self.cache.memory_bytes = v;
         }
@@ -319,12 +335,18 @@ impl Config {
                     .into(),
             ));
         }
+        if self.metrics_max_label_values == 0 {
+            return Err(Error::InvalidSetting(
+                "metrics_max_label_values must be at least 1".into(),
+            ));
+        }
         if self.sql.timeout.is_zero()
             || self.sql.memory_limit_bytes < 1 << 20
             || self.sql.max_rows == 0
+            || self.sql.max_concurrent == 0
         {
             return Err(Error::InvalidSetting(
-                "sql_timeout_ms and sql_max_rows must be at least 1, sql_memory_limit_bytes at least 1048576"
+                "sql_timeout_ms, sql_max_rows and sql_max_concurrent must be at least 1, sql_memory_limit_bytes at least 1048576"
                     .into(),
             ));
         }

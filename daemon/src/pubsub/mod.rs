@@ -39,6 +39,8 @@ use trie::TopicTrie;
 
 /// Longest a forwarded publish waits for the other node's answer.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Forwarded publishes of this node waiting for their member's answer.
+const MAX_FORWARDS_IN_FLIGHT: usize = 4096;
 
 /// Why a publish, subscribe or unsubscribe failed.
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +180,10 @@ pub struct PubSub {
     limits: PubSubLimits,
     state: Mutex<State>,
     metrics: PubSubMetrics,
+    /// One permit per forwarded publish not yet answered by its member
+    /// ([`MAX_FORWARDS_IN_FLIGHT`]); a publish waits for room, so a burst
+    /// slows its publishers instead of piling up tasks.
+    forwards: Arc<tokio::sync::Semaphore>,
 }
 
 impl PubSub {
@@ -205,6 +211,7 @@ impl PubSub {
             }),
             limits,
             metrics,
+            forwards: Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS_IN_FLIGHT)),
         };
         for row in rows {
             if row.durable {
@@ -228,16 +235,21 @@ impl PubSub {
     }
 
     /// Fans a message out to every matching subscription: here, and on
-    /// every other member with a matching subscription (in the background;
-    /// pub/sub delivery is at most once).
-    pub fn publish(&self, message: &PubSubMessage) -> Result<(), PubSubError> {
+    /// every other member with a matching subscription (in the background,
+    /// once there is room among the forwards in flight; pub/sub delivery is
+    /// at most once).
+    pub async fn publish(&self, message: &PubSubMessage) -> Result<(), PubSubError> {
         let json = self.publish_here(message)?;
         self.metrics.published.inc();
         for addr in self.remote_subscribers(&message.topic) {
+            let Ok(permit) = self.forwards.clone().acquire_owned().await else {
+                break;
+            };
             let peers = self.node.peers().clone();
             let message = json.to_string();
             let forwarded = self.metrics.forwarded.clone();
             tokio::spawn(async move {
+                let _forwarding = permit;
                 let request = PeerRequest::Publish { message };
                 let outcome = match peers.request(&addr, request, FORWARD_TIMEOUT).await {
                     Ok(PeerReply::Published(Ok(()))) => "sent",

@@ -180,7 +180,7 @@ impl Queues {
             Some("nack") => self.nack(body).await,
             Some("purge") => self.purge(body).await,
             Some("delete") => self.delete(body).await,
-            Some("stats") => self.stats(body),
+            Some("stats") => self.stats(body).await,
             _ => Err(Refusal::invalid(format!("no queue function {fun}"))),
         }
     }
@@ -190,11 +190,12 @@ impl Queues {
         committed(self.node.propose(kind).await)
     }
 
-    /// The queue's row, as last applied.
-    fn queue(&self, name: &str) -> QueueResult<QueueRow> {
+    /// The queue's row, as last applied (read off the reactor).
+    async fn queue(&self, name: &str) -> QueueResult<QueueRow> {
         self.node
             .inspector()
-            .get(View::Queues, &QueueRow::key(name))
+            .get_blocking(View::Queues, QueueRow::key(name))
+            .await
             .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?
             .ok_or_else(|| unknown_queue(name))
     }
@@ -375,10 +376,10 @@ impl Queues {
         let wait = args::receive_timeout(&f)?.min(self.max_receive_wait);
         let deadline = tokio::time::Instant::now() + wait;
         // An unknown queue is refused before anything waits on it.
-        self.queue(&queue)?;
+        self.queue(&queue).await?;
         let mut changes = self.watch(&queue);
         let messages = loop {
-            let row = self.queue(&queue)?;
+            let row = self.queue(&queue).await?;
             if row.ready > 0 {
                 let lease_ms = row.settings.visibility_timeout_ms;
                 let got = self
@@ -515,10 +516,10 @@ impl Queues {
     }
 
     /// Settings and counters of one queue (`queue_name`) or of all.
-    fn stats(&self, body: &Map<String, Value>) -> QueueResult<Value> {
+    async fn stats(&self, body: &Map<String, Value>) -> QueueResult<Value> {
         let rows = match Fields(body).str("queue_name")? {
-            Some(name) => vec![self.queue(name)?],
-            None => self.all_queues()?,
+            Some(name) => vec![self.queue(name).await?],
+            None => self.all_queues().await?,
         };
         let queues: Vec<Value> = rows
             .iter()
@@ -539,17 +540,22 @@ impl Queues {
         Ok(json!({"success": true, "queues": queues}))
     }
 
-    /// Every queue row, in name order.
-    pub fn all_queues(&self) -> QueueResult<Vec<QueueRow>> {
-        let mut rows = Vec::new();
-        self.node
-            .inspector()
-            .scan_view(View::Queues, &[], |row: QueueRow| {
-                rows.push(row);
-                mpreg_storage::Flow::Continue
-            })
-            .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
-        Ok(rows)
+    /// Every queue row, in name order (read off the reactor).
+    async fn all_queues(&self) -> QueueResult<Vec<QueueRow>> {
+        let inspector = self.node.inspector();
+        let scan = tokio::task::spawn_blocking(move || {
+            let mut rows = Vec::new();
+            inspector
+                .scan_view(View::Queues, &[], |row: QueueRow| {
+                    rows.push(row);
+                    mpreg_storage::Flow::Continue
+                })
+                .map(|_| rows)
+        });
+        let unavailable = |e: String| Refusal::new(ErrorCode::Unavailable, e);
+        scan.await
+            .map_err(|e| unavailable(e.to_string()))?
+            .map_err(|e| unavailable(e.to_string()))
     }
 
     /// Connection `conn_id` closed: its subscriptions end and the messages
@@ -601,7 +607,7 @@ mod test {
                 .await
                 .expect("node"),
         );
-        let metrics = Metrics::new().expect("metrics");
+        let metrics = Metrics::new(100).expect("metrics");
         let shutdown = CancellationToken::new();
         let queues = Queues::start(
             node.clone(),

@@ -78,6 +78,11 @@ impl Subscription {
         }
     }
 
+    /// Leased messages not yet settled.
+    fn held_count(&self) -> usize {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     fn matches(&self, topic: &str) -> bool {
         self.pattern
             .as_deref()
@@ -178,7 +183,9 @@ impl Queues {
         kind: FrameKind,
     ) {
         let u = request.u.clone();
-        let result = self.register(request, conn_id, outbound.clone(), kind);
+        let result = self
+            .register(request, conn_id, outbound.clone(), kind)
+            .await;
         let ack = kind.message(
             subscribe_ack(
                 &u,
@@ -192,14 +199,14 @@ impl Queues {
         }
     }
 
-    fn register(
+    async fn register(
         &self,
         request: QueueSubscribe,
         conn_id: u64,
         outbound: mpsc::Sender<Outbound>,
         kind: FrameKind,
     ) -> QueueResult<Arc<Subscription>> {
-        self.queue(&request.queue_name)?;
+        self.queue(&request.queue_name).await?;
         let pattern = match request.topic_pattern.as_deref() {
             None | Some("#") => None,
             Some(p) => {
@@ -284,10 +291,25 @@ impl Queues {
         }
     }
 
+    /// How many of `ready` messages `sub` may lease now: enough to hold an
+    /// even share of what this node's subscriptions of the queue hold and
+    /// could take, so a burst spreads over them instead of filling the one
+    /// woken first; all of them when no other subscription has room.
+    fn share(&self, sub: &Subscription, ready: usize) -> usize {
+        let subs = self.subscriptions.of_queue(&sub.queue);
+        let others_have_room = subs.iter().any(|s| s.id != sub.id && s.room() > 0);
+        if !others_have_room {
+            return ready;
+        }
+        let held: usize = subs.iter().map(|s| s.held_count()).sum();
+        let fair = ready.saturating_add(held).div_ceil(subs.len().max(1));
+        fair.saturating_sub(sub.held_count())
+    }
+
     /// Leases up to `room` messages (at most an even share of the ready
     /// ones) for `sub` and pushes them.
     async fn push_some(&self, sub: &Subscription, room: usize) -> Pushed {
-        let row = match self.queue(&sub.queue) {
+        let row = match self.queue(&sub.queue).await {
             Ok(row) if row.ready > 0 => row,
             Ok(_) => return Pushed::Nothing,
             Err(e) => {
@@ -295,10 +317,10 @@ impl Queues {
                 return Pushed::Nothing;
             }
         };
-        // An even share of what is ready, so a burst spreads over the
-        // subscriptions instead of filling the first one woken.
-        let ready = usize::try_from(row.ready).unwrap_or(usize::MAX);
-        let share = ready.div_ceil(self.subscriptions.count(&sub.queue).max(1));
+        let share = self.share(sub, usize::try_from(row.ready).unwrap_or(usize::MAX));
+        if share == 0 {
+            return Pushed::Nothing;
+        }
         let lease_ms = row.settings.ack_timeout_ms;
         let messages = match self
             .lease(

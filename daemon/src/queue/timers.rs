@@ -18,9 +18,15 @@ const MAX_FIRED: u32 = 1024;
 /// with sends, nacks and leases without waking this task).
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 
-/// Due time of the earliest pending timer.
-fn earliest_due(queues: &Queues) -> Option<u64> {
-    match queues.node.inspector().first_key(View::QueueTimers) {
+/// Due time of the earliest pending timer (read off the reactor: the seek
+/// may step over many deleted timers).
+async fn earliest_due(queues: &Queues) -> Option<u64> {
+    let inspector = queues.node.inspector();
+    let first = tokio::task::spawn_blocking(move || inspector.first_key(View::QueueTimers))
+        .await
+        .map_err(|e| mpreg_storage::Error::Task(e.to_string()))
+        .and_then(|read| read);
+    match first {
         Ok(key) => key.and_then(|k| Timer::from_key(&k)).map(|t| t.due_ms),
         Err(e) => {
             tracing::warn!(error = %e, "failed to read queue timers");
@@ -34,7 +40,7 @@ pub(super) async fn run(queues: Arc<Queues>) {
         let now = now_ms();
         // Only the leader proposes firings; every node applies them.
         let due = if queues.node.is_leader() {
-            earliest_due(&queues)
+            earliest_due(&queues).await
         } else {
             None
         };

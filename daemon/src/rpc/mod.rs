@@ -26,6 +26,7 @@ use serde_json::{Map, Value};
 
 use crate::clock::now_secs;
 use crate::cluster::Node;
+use crate::cluster::peer::PeerError;
 use crate::config::RpcLimits;
 use crate::envelope::{PeerReply, PeerRequest};
 use crate::metrics::RpcMetrics;
@@ -170,8 +171,8 @@ impl Rpc {
     pub async fn call_forwarded(
         &self,
         function: &FunctionRow,
-        args: &str,
-        kwargs: &str,
+        (args, kwargs): (&str, &str),
+        timeout: Duration,
     ) -> Result<String, RpcError> {
         let bad = |what: &str, e: serde_json::Error| {
             RpcError::new(
@@ -182,10 +183,23 @@ impl Rpc {
         let args: Vec<Value> = serde_json::from_str(args).map_err(|e| bad("arguments", e))?;
         let kwargs: Map<String, Value> =
             serde_json::from_str(kwargs).map_err(|e| bad("keyword arguments", e))?;
-        let result = self
+        let _pending = InFlight::new(&self.metrics.worker_calls_in_flight);
+        let call = self
             .workers
-            .call(&function.provider, function, args, kwargs)
-            .await?;
+            .call(&function.provider, function, args, kwargs);
+        // Past the caller's deadline nobody waits for the answer: the call
+        // is dropped here, and the worker's late answer is discarded.
+        let result = tokio::time::timeout(timeout, call).await.map_err(|_| {
+            RpcError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "dropped {}: the caller's deadline ({} ms) passed before worker {} answered",
+                    function.name,
+                    timeout.as_millis(),
+                    function.provider
+                ),
+            )
+        })??;
         Ok(result.to_string())
     }
 
@@ -193,25 +207,22 @@ impl Rpc {
     async fn call_remote(
         &self,
         function: &FunctionRow,
-        args: Vec<Value>,
-        kwargs: Map<String, Value>,
+        (args, kwargs): (Vec<Value>, Map<String, Value>),
+        deadline: tokio::time::Instant,
     ) -> Result<Value, RpcError> {
         let failed = |e: String| RpcError::new(ErrorCode::ExecutionFailed, e);
         let addr = self
             .node
             .member_addr_of(&function.node_id)
             .ok_or_else(|| failed(format!("node {} is not a member", function.node_id)))?;
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let request = PeerRequest::Call {
             function: function.clone(),
             args: Value::Array(args).to_string(),
             kwargs: Value::Object(kwargs).to_string(),
+            timeout_ms: u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX),
         };
-        match self
-            .node
-            .peers()
-            .request(&addr, request, self.limits.request_timeout)
-            .await
-        {
+        match self.node.peers().request(&addr, request, remaining).await {
             Ok(PeerReply::Called(Ok(json))) => serde_json::from_str(&json)
                 .map_err(|e| failed(format!("node {} answered bad JSON: {e}", function.node_id))),
             Ok(PeerReply::Called(Err(e))) => Err(e),
@@ -219,6 +230,10 @@ impl Rpc {
                 "node {} answered {other:?}",
                 function.node_id
             ))),
+            Err(e @ PeerError::Timeout { .. }) => Err(RpcError::new(
+                ErrorCode::Timeout,
+                format!("node {}: {e}", function.node_id),
+            )),
             Err(e) => Err(failed(format!("routing to node {}: {e}", function.node_id))),
         }
     }
@@ -258,8 +273,8 @@ impl Rpc {
             .request_levels
             .observe(plan.levels.len() as f64);
         let start = Instant::now();
-        let run = match tokio::time::timeout(self.limits.request_timeout, self.run(&request, &plan))
-            .await
+        let deadline = tokio::time::Instant::now() + self.limits.request_timeout;
+        let run = match tokio::time::timeout_at(deadline, self.run(&request, &plan, deadline)).await
         {
             Ok(Ok(run)) => run,
             Ok(Err(e)) => return RpcResponse::error(Some(u), e),
@@ -308,7 +323,12 @@ impl Rpc {
         Ok(())
     }
 
-    async fn run(&self, request: &RpcRequest, plan: &Plan) -> Result<Run, RpcError> {
+    async fn run(
+        &self,
+        request: &RpcRequest,
+        plan: &Plan,
+        deadline: tokio::time::Instant,
+    ) -> Result<Run, RpcError> {
         let mut results: HashMap<String, Value> = HashMap::new();
         let mut accumulated = Map::new();
         let mut intermediate = Vec::new();
@@ -318,7 +338,7 @@ impl Rpc {
             let started = Instant::now();
             let calls = level
                 .iter()
-                .map(|&i| self.run_command(&request.cmds[i], &results));
+                .map(|&i| self.run_command(&request.cmds[i], &results, deadline));
             let outputs = join_all(calls).await;
             last_level = Map::new();
             for (&i, output) in level.iter().zip(outputs) {
@@ -354,6 +374,7 @@ impl Rpc {
         &self,
         cmd: &RpcCommand,
         results: &HashMap<String, Value>,
+        deadline: tokio::time::Instant,
     ) -> Result<Value, RpcError> {
         let args: Vec<Value> = cmd.args.iter().map(|a| substitute(a, results)).collect();
         let kwargs: Map<String, Value> = cmd
@@ -361,11 +382,12 @@ impl Rpc {
             .iter()
             .map(|(k, v)| (k.clone(), substitute(v, results)))
             .collect();
-        let result = self.call(cmd, args, kwargs).await;
+        let result = self.call(cmd, args, kwargs, deadline).await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
+        let function = self.metrics.functions.admit(&cmd.fun);
         self.metrics
             .calls
-            .with_label_values(&[cmd.fun.as_str(), outcome])
+            .with_label_values(&[function, outcome])
             .inc();
         result
     }
@@ -376,6 +398,7 @@ impl Rpc {
         cmd: &RpcCommand,
         args: Vec<Value>,
         kwargs: Map<String, Value>,
+        deadline: tokio::time::Instant,
     ) -> Result<Value, RpcError> {
         let function = {
             let catalog = self.node.views().catalog();
@@ -394,10 +417,17 @@ impl Rpc {
         } else if function.provider == builtins::PROVIDER {
             builtins::call(&self.node, &function.name, &args, &kwargs).map_err(failed)
         } else if function.node_id != self.node.identity().node_id {
-            self.call_remote(&function, args, kwargs)
+            self.call_remote(&function, (args, kwargs), deadline)
                 .await
-                .map_err(|e| failed(e.details.unwrap_or(e.message)))
+                .map_err(|e| {
+                    if e.code == ErrorCode::Timeout.code() {
+                        e
+                    } else {
+                        failed(e.details.unwrap_or(e.message))
+                    }
+                })
         } else {
+            let _pending = InFlight::new(&self.metrics.worker_calls_in_flight);
             self.workers
                 .call(&function.provider, &function, args, kwargs)
                 .await

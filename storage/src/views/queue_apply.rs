@@ -17,8 +17,8 @@ use super::queue_rows::{
 use super::txn::{RowStore, ViewTxn, check_ids, check_step_limit, rejected, stepped};
 use crate::error::Result;
 use crate::event::{
-    DeliveredMessage, Delivery, EventKind, FiredTimers, NewMessage, Outcome, QueueSettings, QueueType,
-    SentMessage,
+    DeliveredMessage, Delivery, EventKind, FiredTimers, NewMessage, Outcome, QueueSettings,
+    QueueType, SentMessage,
 };
 use crate::topic::pattern_matches;
 
