@@ -40,8 +40,36 @@ pub type Handler =
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>>;
 type Handlers = Arc<Mutex<HashMap<String, Handler>>>;
-type Subscriptions = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Notification>>>>;
-type QueueSubscriptions = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Value>>>>;
+type Subscriptions = Arc<Mutex<HashMap<String, NotificationSender>>>;
+type QueueSubscriptions = Arc<Mutex<HashMap<String, mpsc::Sender<Value>>>>;
+
+/// Notifications one pub/sub subscription buffers before the application
+/// reads them; past this, new ones are dropped and counted in the next
+/// delivered one's `dropped` (pub/sub delivery is at most once).
+pub const SUBSCRIPTION_BUFFER: usize = 10_000;
+/// Most queue messages one queue subscription buffers (the largest
+/// prefetch): the daemon pushes no more than the prefetch unacked, so only
+/// leases that ran out unread can overflow it, and those are delivered
+/// again.
+pub const QUEUE_SUBSCRIPTION_BUFFER: usize = 1000;
+
+/// The sending side of a pub/sub subscription, with the notifications it
+/// dropped because the application did not keep up.
+struct NotificationSender {
+    tx: mpsc::Sender<Notification>,
+    dropped: u64,
+}
+
+impl NotificationSender {
+    fn deliver(&mut self, mut notification: Notification) {
+        notification.dropped += self.dropped;
+        match self.tx.try_send(notification) {
+            Ok(()) => self.dropped = 0,
+            Err(mpsc::error::TrySendError::Full(lost)) => self.dropped = lost.dropped + 1,
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
 
 /// The messages pushed to one queue subscription, in delivery order. Each
 /// is the `message` object of a `queue-message` frame; ack it with
@@ -61,7 +89,7 @@ pub struct Notification {
 pub struct Subscription<T = Notification> {
     /// The subscription id (for a queue: the subscriber id to ack with).
     pub id: String,
-    messages: mpsc::UnboundedReceiver<T>,
+    messages: mpsc::Receiver<T>,
 }
 
 impl<T> Subscription<T> {
@@ -247,11 +275,11 @@ impl Client {
                         let Ok(message) = serde_json::from_value(frame["message"].clone()) else {
                             continue;
                         };
-                        let subscriptions = reader_subscriptions
+                        let mut subscriptions = reader_subscriptions
                             .lock()
                             .unwrap_or_else(|e| e.into_inner());
-                        if let Some(tx) = subscriptions.get(&id) {
-                            let _ = tx.send(Notification { message, dropped });
+                        if let Some(sender) = subscriptions.get_mut(&id) {
+                            sender.deliver(Notification { message, dropped });
                         }
                         continue;
                     }
@@ -261,7 +289,7 @@ impl Client {
                             .lock()
                             .unwrap_or_else(|e| e.into_inner());
                         if let Some(tx) = subscriptions.get(id) {
-                            let _ = tx.send(frame["message"].clone());
+                            let _ = tx.try_send(frame["message"].clone());
                         }
                         continue;
                     }
@@ -400,11 +428,11 @@ impl Client {
     ) -> Result<Subscription, ClientError> {
         let u = self.next_u();
         let id = format!("s-{u}");
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
         self.subscriptions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone(), tx);
+            .insert(id.clone(), NotificationSender { tx, dropped: 0 });
         let subscription = PubSubSubscription {
             subscription_id: id.clone(),
             patterns: patterns
@@ -511,7 +539,7 @@ impl Client {
     ) -> Result<QueueSubscription, ClientError> {
         let u = self.next_u();
         let id = format!("q-{u}");
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUE_SUBSCRIPTION_BUFFER);
         self.queue_subscriptions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -594,5 +622,36 @@ impl Worker {
     /// The worker's connection, for calls.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    fn notification(i: u64) -> Notification {
+        let message = serde_json::from_value(
+            json!({"topic": "t", "payload": i, "message_id": i.to_string()}),
+        );
+        Notification {
+            message: message.unwrap(),
+            dropped: 0,
+        }
+    }
+
+    #[test]
+    fn a_full_subscription_drops_and_counts_what_it_dropped() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let mut sender = NotificationSender { tx, dropped: 0 };
+        for i in 0..5 {
+            sender.deliver(notification(i));
+        }
+        let kept: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|n| n.dropped)
+            .collect();
+        assert_eq!(kept, [0, 0], "the buffer holds two");
+        sender.deliver(notification(5));
+        let next = rx.try_recv().unwrap();
+        assert_eq!((next.message.payload, next.dropped), (json!(5), 3));
     }
 }

@@ -30,6 +30,7 @@ use crate::metrics::TransportMetrics;
 use crate::peer_server::PeerServer;
 use crate::pubsub::PubSub;
 use crate::queue::{Queues, subscribe_ack};
+use crate::refusal::Refusal;
 use crate::rpc::Rpc;
 use crate::session::{FrameKind, Outbound};
 
@@ -225,21 +226,65 @@ fn reply(kind: FrameKind, response: &RpcResponse) -> Outbound {
     }))
 }
 
+/// The in-flight bounds of one connection: requests running in the
+/// background hold one request slot and their frame's size in bytes until
+/// their reply is queued.
+struct Admission {
+    requests: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    max_bytes: usize,
+}
+
+/// A request's place among the connection's in-flight ones.
+struct Admitted {
+    _request: tokio::sync::OwnedSemaphorePermit,
+    _bytes: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Admission {
+    fn new(limits: &TransportLimits) -> Self {
+        Admission {
+            requests: Arc::new(Semaphore::new(limits.max_in_flight)),
+            bytes: Arc::new(Semaphore::new(limits.max_in_flight_bytes)),
+            max_bytes: limits.max_in_flight_bytes,
+        }
+    }
+
+    /// Room for a request of `frame_bytes`, or `None` (refuse it: busy).
+    fn admit(&self, frame_bytes: usize) -> Option<Admitted> {
+        let weight = u32::try_from(frame_bytes.clamp(1, self.max_bytes)).unwrap_or(u32::MAX);
+        let request = self.requests.clone().try_acquire_owned().ok()?;
+        let bytes = self.bytes.clone().try_acquire_many_owned(weight).ok()?;
+        Some(Admitted {
+            _request: request,
+            _bytes: bytes,
+        })
+    }
+}
+
 impl Session {
-    /// The reply to a request over the connection's in-flight limit.
-    fn busy(&self, kind: FrameKind, u: String) -> Outbound {
+    /// Why a frame over the connection's in-flight limit is refused
+    /// (counted as a frame error).
+    fn busy_details(&self) -> String {
         self.metrics
             .frame_errors
             .with_label_values(&[frame_error_kind(ErrorCode::Busy.code())])
             .inc();
-        let details = format!(
-            "{} requests in flight on this connection",
-            self.limits.max_in_flight
-        );
-        reply(
-            kind,
-            &RpcResponse::error(Some(u), RpcError::new(ErrorCode::Busy, details)),
+        format!(
+            "{} requests or {} bytes of requests in flight on this connection (max_in_flight_per_connection, max_in_flight_bytes_per_connection)",
+            self.limits.max_in_flight, self.limits.max_in_flight_bytes
         )
+    }
+
+    /// The reply to an RPC-shaped request over the in-flight limit.
+    fn busy(&self, kind: FrameKind, u: String) -> Outbound {
+        let error = RpcError::new(ErrorCode::Busy, self.busy_details());
+        reply(kind, &RpcResponse::error(Some(u), error))
+    }
+
+    /// The reply to a pub/sub frame over the in-flight limit.
+    fn busy_ack(&self, kind: FrameKind, u: &str) -> Outbound {
+        ack(kind, u, Err(self.busy_details()))
     }
 
     fn provider_id(&self) -> String {
@@ -290,7 +335,7 @@ impl Session {
             let _ = sink.close().await;
         });
 
-        let in_flight = Arc::new(Semaphore::new(self.limits.max_in_flight));
+        let in_flight = Admission::new(&self.limits);
         let mut worker = false;
         let mut last_seen = Instant::now();
         loop {
@@ -366,7 +411,7 @@ impl Session {
                     }
                 }
                 Ok(Inbound::Rpc(request)) => {
-                    let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                    let Some(permit) = in_flight.admit(bytes.len()) else {
                         let _ = outbound.send(self.busy(kind, request.u)).await;
                         continue;
                     };
@@ -379,7 +424,7 @@ impl Session {
                     });
                 }
                 Ok(Inbound::CacheRequest(request)) => {
-                    let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                    let Some(permit) = in_flight.admit(bytes.len()) else {
                         let _ = outbound.send(self.busy(kind, request.u)).await;
                         continue;
                     };
@@ -392,6 +437,10 @@ impl Session {
                     });
                 }
                 Ok(Inbound::WorkerRegister(register)) => {
+                    let Some(permit) = in_flight.admit(bytes.len()) else {
+                        let _ = outbound.send(self.busy(kind, register.u)).await;
+                        continue;
+                    };
                     let provider = self.provider_id();
                     self.rpc
                         .workers()
@@ -405,9 +454,14 @@ impl Session {
                             Err(e) => RpcResponse::error(Some(register.u), e),
                         };
                         let _ = outbound.send(reply(kind, &response)).await;
+                        drop(permit);
                     });
                 }
                 Ok(Inbound::WorkerWithdraw(withdraw)) => {
+                    let Some(permit) = in_flight.admit(bytes.len()) else {
+                        let _ = outbound.send(self.busy(kind, withdraw.u)).await;
+                        continue;
+                    };
                     let provider = self.provider_id();
                     let rpc = self.rpc.clone();
                     let outbound = outbound.clone();
@@ -417,6 +471,7 @@ impl Session {
                             Err(e) => RpcResponse::error(Some(withdraw.u), e),
                         };
                         let _ = outbound.send(reply(kind, &response)).await;
+                        drop(permit);
                     });
                 }
                 Ok(Inbound::InternalAnswer(answer)) => {
@@ -433,6 +488,10 @@ impl Session {
                     }
                 }
                 Ok(Inbound::Subscribe(subscribe)) => {
+                    let Some(permit) = in_flight.admit(bytes.len()) else {
+                        let _ = outbound.send(self.busy_ack(kind, &subscribe.u)).await;
+                        continue;
+                    };
                     let pubsub = self.pubsub.clone();
                     let outbound = outbound.clone();
                     let conn_id = self.id;
@@ -456,6 +515,7 @@ impl Session {
                         if let Err(e) = subscribed {
                             let _ = outbound.send(ack(kind, &u, Err(e.to_string()))).await;
                         }
+                        drop(permit);
                     });
                 }
                 Ok(Inbound::QueueSubscribe(subscribe)) => {
@@ -464,6 +524,12 @@ impl Session {
                         .await;
                 }
                 Ok(Inbound::QueueUnsubscribe(unsubscribe)) => {
+                    let Some(permit) = in_flight.admit(bytes.len()) else {
+                        let busy = Refusal::new(ErrorCode::Busy, self.busy_details());
+                        let refused = subscribe_ack(&unsubscribe.u, &Err(busy));
+                        let _ = outbound.send(kind.message(refused.to_string())).await;
+                        continue;
+                    };
                     let queues = self.queues.clone();
                     let outbound = outbound.clone();
                     self.tasks.spawn(async move {
@@ -473,9 +539,14 @@ impl Session {
                         let _ = outbound
                             .send(kind.message(subscribe_ack(&u, &result).to_string()))
                             .await;
+                        drop(permit);
                     });
                 }
                 Ok(Inbound::Unsubscribe(unsubscribe)) => {
+                    let Some(permit) = in_flight.admit(bytes.len()) else {
+                        let _ = outbound.send(self.busy_ack(kind, &unsubscribe.u)).await;
+                        continue;
+                    };
                     let pubsub = self.pubsub.clone();
                     let outbound = outbound.clone();
                     self.tasks.spawn(async move {
@@ -484,6 +555,7 @@ impl Session {
                             .await
                             .map_err(|e| e.to_string());
                         let _ = outbound.send(ack(kind, &unsubscribe.u, result)).await;
+                        drop(permit);
                     });
                 }
             }

@@ -139,3 +139,125 @@ async fn clients_at_the_connection_limit_do_not_keep_peers_out() -> Result<()> {
         .context("members did not converge with client slots full")?;
     Ok(())
 }
+
+/// One frame of each kind that runs in the background, numbered `i`.
+fn background_frames(i: usize) -> [String; 4] {
+    [
+        json!({"role": "worker-register", "u": format!("r{i}"),
+               "functions": [{"name": format!("f{i}"), "version": "1.0.0", "resources": []}]})
+        .to_string(),
+        json!({"role": "pubsub-subscribe", "u": format!("s{i}"),
+               "subscription": {"subscription_id": format!("sub-{i}"),
+                                "patterns": [{"pattern": "x.#"}], "subscriber": "h"}})
+        .to_string(),
+        json!({"role": "pubsub-unsubscribe", "u": format!("x{i}"), "subscription_id": format!("sub-{i}")})
+            .to_string(),
+        json!({"role": "queue-unsubscribe", "u": format!("q{i}"), "subscriber_id": format!("q-{i}")})
+            .to_string(),
+    ]
+}
+
+/// Every frame kind that runs in the background counts against
+/// `max_in_flight_per_connection`: a burst of registers, subscribes and
+/// unsubscribes gets refusals naming the limit, every frame is answered,
+/// and the connection keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_frame_kind_counts_against_the_in_flight_limit() -> Result<()> {
+    const BURST: usize = 60;
+    let dir = TestDir::new();
+    let flags = dir.config("max_in_flight_per_connection = 2\n");
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let daemon = Daemon::start(&dir, &flags)?;
+    let mut raw = RawClient::connect(&daemon.ready.client_url).await?;
+    for i in 0..BURST {
+        for frame in background_frames(i) {
+            raw.send_text(frame).await?;
+        }
+    }
+    let mut busy_by_kind = std::collections::BTreeMap::<char, usize>::new();
+    for _ in 0..BURST * 4 {
+        let (_, reply) = raw.recv().await?;
+        let id = reply["operation_id"]
+            .as_str()
+            .or(reply["u"].as_str())
+            .context("a reply names its frame")?
+            .to_string();
+        if reply.to_string().contains("requests in flight") {
+            *busy_by_kind
+                .entry(id.chars().next().unwrap_or('?'))
+                .or_default() += 1;
+        }
+    }
+    let kinds: Vec<char> = busy_by_kind.keys().copied().collect();
+    assert_eq!(
+        kinds,
+        ['q', 'r', 's', 'x'],
+        "refused per kind: {busy_by_kind:?}"
+    );
+    let client = Client::connect(&daemon.ready.client_url).await?;
+    assert_eq!(client.call("echo", vec![json!(1)]).await?, json!(1));
+    daemon.stop()?;
+    Ok(())
+}
+
+/// Resident memory of a process, from /proc (bytes).
+fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS in /proc/<pid>/status")?;
+    Ok(kib * 1024)
+}
+
+/// Many connections that each send far more than their in-flight limits
+/// allow (calls, subscribes, registers) and never read a reply: the
+/// daemon's memory stays under a stated bound, and it keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_pushing_their_limits_keep_memory_bounded() -> Result<()> {
+    const CONNECTIONS: usize = 100;
+    const FRAMES: usize = 2000;
+    /// The bound this test states for the whole daemon.
+    const RSS_BOUND: u64 = 512 << 20;
+    let dir = TestDir::new();
+    let daemon = Daemon::start(&dir, &[])?;
+    let before = rss_bytes(daemon.pid())?;
+    let filler = "x".repeat(1024);
+    let mut raws = Vec::new();
+    for c in 0..CONNECTIONS {
+        let mut raw = RawClient::connect(&daemon.ready.client_url).await?;
+        for i in 0..FRAMES {
+            let frame = match i % 8 {
+                0 => json!({"role": "pubsub-subscribe", "u": format!("s{i}"),
+                            "subscription": {"subscription_id": format!("c{c}-{i}"),
+                                             "patterns": [{"pattern": format!("p.{i}.#")}],
+                                             "subscriber": "h"}}),
+                1 => json!({"role": "worker-register", "u": format!("r{i}"),
+                            "functions": [{"name": format!("c{c}f{i}"), "version": "1.0.0", "resources": []}]}),
+                _ => json!({"role": "rpc", "u": format!("e{i}"),
+                            "cmds": [{"name": "e", "fun": "echo", "args": [filler], "locs": []}]}),
+            };
+            raw.send_text(frame.to_string()).await?;
+        }
+        raws.push(raw);
+    }
+    let pushed = rss_bytes(daemon.pid())?;
+    println!(
+        "daemon RSS: {} MiB before, {} MiB with {CONNECTIONS} connections that sent {FRAMES} frames each unread (bound {} MiB)",
+        before >> 20,
+        pushed >> 20,
+        RSS_BOUND >> 20
+    );
+    assert!(pushed < RSS_BOUND, "RSS {} MiB", pushed >> 20);
+    drop(raws);
+    let (code, health) = daemon.get("/health").await?;
+    assert_eq!(code, 200, "{health}");
+    let client = Client::connect(&daemon.ready.client_url).await?;
+    assert_eq!(
+        client.call("echo", vec![json!("after")]).await?,
+        json!("after")
+    );
+    daemon.stop()?;
+    Ok(())
+}

@@ -10,6 +10,9 @@ pub struct TransportLimits {
     pub max_frame_bytes: usize,
     /// Requests one connection may have in flight.
     pub max_in_flight: usize,
+    /// Bytes of request frames one connection may have in flight (at least
+    /// `max_frame_bytes`, so one frame of any allowed size gets in).
+    pub max_in_flight_bytes: usize,
     /// Frames queued for a connection before senders wait.
     pub outbound_queue: usize,
     /// Interval of server pings.
@@ -25,6 +28,7 @@ impl Default for TransportLimits {
         TransportLimits {
             max_frame_bytes: 20 * 1024 * 1024,
             max_in_flight: 1024,
+            max_in_flight_bytes: 64 * 1024 * 1024,
             outbound_queue: 1024,
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(120),

@@ -62,6 +62,7 @@ pub struct FileConfig {
     pub max_entry_bytes: Option<usize>,
     pub max_frame_bytes: Option<usize>,
     pub max_in_flight_per_connection: Option<usize>,
+    pub max_in_flight_bytes_per_connection: Option<usize>,
     pub max_connections: Option<usize>,
     pub request_timeout_ms: Option<u64>,
     pub max_commands_per_request: Option<usize>,
@@ -185,6 +186,7 @@ impl Config {
             max_entry_bytes,
             max_frame_bytes,
             max_in_flight_per_connection,
+            max_in_flight_bytes_per_connection,
             max_connections,
             request_timeout_ms,
             max_commands_per_request,
@@ -238,6 +240,9 @@ impl Config {
         }
         if let Some(v) = max_frame_bytes {
             self.transport.max_frame_bytes = v;
+        }
+        if let Some(v) = max_in_flight_bytes_per_connection {
+            self.transport.max_in_flight_bytes = v;
         }
         if let Some(v) = max_in_flight_per_connection {
             self.transport.max_in_flight = v;
@@ -334,6 +339,13 @@ impl Config {
                 "max_frame_bytes must be at least 1024, max_in_flight_per_connection, max_connections and max_commands_per_request at least 1"
                     .into(),
             ));
+        }
+        let bytes = self.transport.max_in_flight_bytes;
+        if bytes < self.transport.max_frame_bytes || u32::try_from(bytes).is_err() {
+            return Err(Error::InvalidSetting(format!(
+                "max_in_flight_bytes_per_connection ({bytes}) must be at least max_frame_bytes ({}) and below 4 GiB",
+                self.transport.max_frame_bytes
+            )));
         }
         if self.metrics_max_label_values == 0 {
             return Err(Error::InvalidSetting(
