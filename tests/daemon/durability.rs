@@ -4,9 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use mpreg_client::Client;
 use mpreg_daemon::{Config, Node};
 use mpreg_storage::EventKind;
-use mpreg_tests::{Daemon, TestDir, replay};
+use mpreg_tests::{Daemon, TestDir, replay, sql_rows};
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_restart_keeps_identity_and_replay_matches_status() {
@@ -18,20 +20,41 @@ async fn kill9_restart_keeps_identity_and_replay_matches_status() {
     assert_eq!(before["node_id"], first.ready.node_id.as_str());
     assert_eq!(before["role"], "leader");
     let applied_before = before["last_applied"].as_u64().unwrap();
-    assert!(
-        applied_before >= 2,
-        "initial membership + node_joined: {before}"
-    );
+    // A first start records its membership (index 0), a blank leader entry
+    // (index 1), node_joined, the route to its own cluster and one
+    // registration per built-in function, each in an entry of its own.
+    let builtins = sql_rows(
+        &first.ready.admin_url,
+        "SELECT count(*) AS n FROM functions WHERE provider = 'builtin'",
+    )
+    .await
+    .unwrap()[0]["n"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(builtins, 14, "the built-in functions of docs/protocol.md");
+    let first_kinds = event_kinds(&first.ready.admin_url).await;
+    let mut expected = vec!["membership", "node_joined", "route_announced"];
+    expected.extend(std::iter::repeat_n(
+        "function_registered",
+        builtins as usize,
+    ));
+    assert_eq!(first_kinds, expected);
+    assert_eq!(applied_before, 3 + builtins, "{before}");
     first.kill9().unwrap();
 
     let second = Daemon::start(&dir, &[]).unwrap();
     let after = second.status().await.unwrap();
     assert_eq!(after["node_id"], before["node_id"]);
     assert_eq!(after["cluster_id"], before["cluster_id"]);
-    assert!(
-        after["last_applied"].as_u64().unwrap() > applied_before,
-        "restart appends node_joined: {after}"
+    // A restart (same term: no new leader entry) appends node_joined and
+    // the own route; the built-ins are registered already.
+    assert_eq!(
+        after["last_applied"].as_u64().unwrap(),
+        applied_before + 2,
+        "{after}"
     );
+    expected.extend(["node_joined", "route_announced"]);
+    assert_eq!(event_kinds(&second.ready.admin_url).await, expected);
     let status = second.status().await.unwrap();
     let exit = second.stop().unwrap();
     assert!(exit.success(), "clean stop exits 0: {exit}");
@@ -45,8 +68,23 @@ async fn kill9_restart_keeps_identity_and_replay_matches_status() {
         replayed["views_digest"], status["views_digest"],
         "{replayed} vs {status}"
     );
-    // Two node_joined events (one per start) and the built-in functions.
-    assert!(replayed["events"].as_u64().unwrap() >= 2, "{replayed}");
+    // Every event but the membership entry (raft's, not an event): two
+    // node_joined and two own routes (one per start) and the built-ins.
+    assert_eq!(
+        replayed["events"].as_u64(),
+        Some(expected.len() as u64 - 1),
+        "{replayed}"
+    );
+}
+
+/// The `kind` of every row of the `events` table, in log order.
+async fn event_kinds(admin_url: &str) -> Vec<String> {
+    sql_rows(admin_url, "SELECT kind FROM events ORDER BY index")
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row["kind"].as_str().unwrap_or("?").to_string())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,9 +112,16 @@ async fn health_and_status_shapes() {
         );
     }
     assert_eq!(status["views_digest"].as_str().unwrap().len(), 32);
-    let client =
-        tokio::net::TcpStream::connect(daemon.ready.client_url.trim_start_matches("ws://")).await;
-    assert!(client.is_ok(), "client listener accepts connections");
+    assert_eq!(status["node_id"], "alpha");
+    assert_eq!(status["cluster_id"], "c1");
+    assert_eq!(status["role"], "leader");
+    assert_eq!(status["raft"]["role"], "leader");
+    assert_eq!(status["term"], 1);
+    assert_eq!(status["leader"], status["raft"]["leader"]);
+    // The client URL serves the protocol, not just TCP: a call answers.
+    let client = Client::connect(&daemon.ready.client_url).await.unwrap();
+    let pong = client.call("ping", vec![]).await.unwrap();
+    assert_eq!(pong, json!({"pong": true, "node_id": "alpha"}));
 }
 
 /// Stops a node cleanly, replays its dir, and checks replay rebuilt what
@@ -140,7 +185,6 @@ fn acknowledged_concurrent_proposals_survive_an_unclean_drop() {
         drop(rt);
         acked
     };
-    assert_eq!(acknowledged.len(), proposers);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -156,6 +200,14 @@ fn acknowledged_concurrent_proposals_survive_an_unclean_drop() {
                     "acknowledged route to {dest} lost"
                 );
             }
+            // Nothing but the acknowledged routes and the node's route to
+            // its own cluster.
+            let mut dests: Vec<String> = catalog.routes().map(|r| r.dest.clone()).collect();
+            dests.sort();
+            let mut expected = acknowledged.clone();
+            expected.push("local".to_string());
+            expected.sort();
+            assert_eq!(dests, expected);
         }
         stop_and_replay(node, &dir).await;
     });

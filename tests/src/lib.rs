@@ -4,10 +4,18 @@
 //! The binary is found next to the test executable (`target/<profile>/`);
 //! `scripts/test` builds it first (`cargo build --workspace --all-targets`).
 //! `MPREG_DAEMON_BIN` overrides the path.
+//!
+//! Every process-level step has a deadline, so a stuck daemon fails the
+//! test instead of hanging it: start (ready file), stop (exit), admin HTTP
+//! requests and subcommands. Each start writes its own log file, and the
+//! tail of it is printed when the [`Daemon`] is dropped: the test harness
+//! shows that output only for a test that failed.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -21,6 +29,49 @@ pub mod proxy;
 
 /// How long a daemon may take to write its ready file.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a daemon may take to exit after SIGTERM (then it is killed).
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long one admin HTTP request may take (a paused daemon never answers).
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a subcommand (`replay`, `sql`, a refused start) may run.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Lines of a daemon's log printed when it is dropped.
+const LOG_TAIL_LINES: usize = 60;
+
+/// Numbers the log files of this test process, so a restart on the same
+/// dir never overwrites the log of the run before.
+static STARTS: AtomicU64 = AtomicU64::new(0);
+
+/// An HTTP client whose every request ends within [`HTTP_TIMEOUT`].
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(HTTP_TIMEOUT)
+        .build()
+        .expect("reqwest client")
+}
+
+/// Polls `check` every 20 ms until it returns `Ok`; after `timeout` fails
+/// naming `what` and the last thing `check` saw (its `Err`).
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return Ok(value),
+            Err(seen) if Instant::now() > deadline => {
+                bail!("{what}: not within {timeout:?}; last seen: {seen}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
 
 /// Path of the `mpreg-daemon` binary under test.
 pub fn daemon_bin() -> PathBuf {
@@ -117,7 +168,7 @@ impl Daemon {
         let _ = std::fs::remove_file(&ready_file);
         let log_path = dir.path().join(format!(
             "daemon-{}.log",
-            Instant::now().elapsed().as_nanos()
+            STARTS.fetch_add(1, Ordering::Relaxed)
         ));
         let log = std::fs::File::create(&log_path)?;
         let child = daemon_command(&dir.data(), &ready_file, extra)
@@ -171,6 +222,18 @@ impl Daemon {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Where this start's stderr goes.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// The last `lines` lines of the log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
@@ -194,17 +257,22 @@ impl Daemon {
         self.wait_exit()
     }
 
-    /// Waits for the process to exit (within 30 s; then it is killed).
+    /// Waits for the process to exit (within [`STOP_TIMEOUT`]; then it is
+    /// killed).
     pub fn wait_exit(mut self) -> Result<ExitStatus> {
         let mut child = self.child.take().context("daemon already stopped")?;
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             if let Some(status) = child.try_wait()? {
                 return Ok(status);
             }
             if Instant::now() > deadline {
                 child.kill()?;
-                bail!("daemon still running after 30s: {}", self.log());
+                let _ = child.wait();
+                bail!(
+                    "daemon still running {STOP_TIMEOUT:?} after it was asked to stop: {}",
+                    self.log_tail(LOG_TAIL_LINES)
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -220,7 +288,9 @@ impl Daemon {
     /// GET an admin endpoint; returns status code and parsed JSON body.
     pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
         let url = format!("{}{path}", self.ready.admin_url);
-        let resp = reqwest::get(&url)
+        let resp = http()
+            .get(&url)
+            .send()
             .await
             .with_context(|| format!("GET {url}"))?;
         let code = resp.status().as_u16();
@@ -238,18 +308,29 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// Kills the process, then prints the tail of its log: captured by the
+    /// test harness, it shows only when the test fails.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+        eprintln!(
+            "--- last {LOG_TAIL_LINES} lines of {} (node {}) ---\n{}\n--- end of {} ---",
+            self.log_path.display(),
+            self.ready.node_id,
+            self.log_tail(LOG_TAIL_LINES),
+            self.log_path.display(),
+        );
     }
 }
 
 /// `/status` of the daemon whose admin HTTP is at `admin_url`.
 pub async fn status_of(admin_url: &str) -> Result<Value> {
     let url = format!("{admin_url}/status");
-    let resp = reqwest::get(&url)
+    let resp = http()
+        .get(&url)
+        .send()
         .await
         .with_context(|| format!("GET {url}"))?;
     let code = resp.status().as_u16();
@@ -266,7 +347,9 @@ pub async fn status_of(admin_url: &str) -> Result<Value> {
 /// The `/metrics` text of the daemon whose admin HTTP is at `admin_url`.
 pub async fn metrics_of(admin_url: &str) -> Result<String> {
     let url = format!("{admin_url}/metrics");
-    let resp = reqwest::get(&url)
+    let resp = http()
+        .get(&url)
+        .send()
         .await
         .with_context(|| format!("GET {url}"))?;
     if !resp.status().is_success() {
@@ -275,30 +358,57 @@ pub async fn metrics_of(admin_url: &str) -> Result<String> {
     resp.text().await.context("/metrics body")
 }
 
+/// Runs `cmd` to completion within `timeout`, collecting its output; kills
+/// it (and fails) when it runs longer.
+pub fn output_within(mut cmd: Command, timeout: Duration) -> Result<Output> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawn {cmd:?}"))?;
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(output) => Ok(output?),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            let partial = rx.recv_timeout(Duration::from_secs(5));
+            bail!("{cmd:?} still running after {timeout:?}; killed: {partial:?}")
+        }
+    }
+}
+
 /// Runs the daemon binary to completion (for refusals and subcommands).
 pub fn run_daemon(args: &[&std::ffi::OsStr]) -> Result<Output> {
-    Command::new(daemon_bin())
-        .args(args)
-        .output()
-        .context("run mpreg-daemon")
+    let mut cmd = Command::new(daemon_bin());
+    cmd.args(args);
+    output_within(cmd, RUN_TIMEOUT)
 }
 
 /// Starts a daemon on `dir` expecting it to exit; returns its output.
 pub fn start_expecting_exit(dir: &TestDir) -> Result<Output> {
+    start_expecting_exit_with(dir, &[])
+}
+
+/// Starts a daemon on `dir` with `extra` flags expecting it to exit (a
+/// refused start); returns its output.
+pub fn start_expecting_exit_with(dir: &TestDir, extra: &[&str]) -> Result<Output> {
     let ready_file = dir.path().join("refused-ready.json");
-    let mut child = daemon_command(&dir.data(), &ready_file, &[])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            child.kill()?;
-            bail!("daemon kept running on a dir it should refuse");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let out = output_within(daemon_command(&dir.data(), &ready_file, extra), RUN_TIMEOUT)
+        .context("a daemon kept running on a dir it should refuse")?;
+    if ready_file.exists() {
+        bail!(
+            "the daemon wrote its ready file before exiting: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    Ok(child.wait_with_output()?)
+    Ok(out)
 }
 
 /// `mpreg-daemon replay --data-dir D`, parsed.
@@ -333,8 +443,9 @@ pub struct RawClient {
 
 impl RawClient {
     pub async fn connect(url: &str) -> Result<RawClient> {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        let (ws, _) = tokio::time::timeout(HTTP_TIMEOUT, tokio_tungstenite::connect_async(url))
             .await
+            .with_context(|| format!("no WebSocket handshake from {url} within {HTTP_TIMEOUT:?}"))?
             .context("connect")?;
         Ok(RawClient { ws })
     }
@@ -463,7 +574,7 @@ impl SqlAnswer {
 
 /// `GET {admin_url}/sql?q=...&format=...`.
 pub async fn sql_get(admin_url: &str, sql: &str, format: &str) -> Result<SqlAnswer> {
-    let response = reqwest::Client::new()
+    let response = http()
         .get(format!("{admin_url}/sql"))
         .query(&[("q", sql), ("format", format)])
         .send()
@@ -474,7 +585,7 @@ pub async fn sql_get(admin_url: &str, sql: &str, format: &str) -> Result<SqlAnsw
 
 /// `POST {admin_url}/sql` with the SQL as the body.
 pub async fn sql_post(admin_url: &str, sql: &str) -> Result<SqlAnswer> {
-    let response = reqwest::Client::new()
+    let response = http()
         .post(format!("{admin_url}/sql"))
         .body(sql.to_string())
         .send()
