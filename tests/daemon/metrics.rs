@@ -1,5 +1,5 @@
 //! Observability against a real daemon: `/metrics` parses (our strict
-//! parser, and promtool when installed), counters move by exactly what
+//! parser, and promtool, which `scripts/setup` installs), counters move by exactly what
 //! happened, dashboards and alerts name only exported metrics, JSON logs
 //! parse and module filters include and exclude.
 
@@ -11,39 +11,53 @@ use mpreg_tests::prom::{self, Exposition};
 use mpreg_tests::{Daemon, RawClient, TestDir, metrics_of, sql_rows};
 use serde_json::{Value, json};
 
-/// Runs promtool on `stdin` (or a file argument) when it is installed;
-/// `None` when it is not.
-fn promtool(args: &[&str], stdin: Option<&str>) -> Option<std::process::Output> {
+/// Runs promtool on `stdin` (or a file argument). A missing promtool
+/// fails the test: `scripts/setup` installs it.
+fn promtool(args: &[&str], stdin: Option<&str>) -> Result<std::process::Output> {
     let mut child = Command::new("promtool")
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .ok()?;
+        .context(
+            "promtool is not installed: run ./scripts/setup (Debian/Ubuntu: apt-get install prometheus)",
+        )?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
         use std::io::Write;
-        pipe.write_all(text.as_bytes()).ok()?;
+        pipe.write_all(text.as_bytes())?;
     }
-    child.wait_with_output().ok()
+    Ok(child.wait_with_output()?)
 }
 
 async fn scrape(admin: &str) -> Result<Exposition> {
     let text = metrics_of(admin).await?;
     let exposition = prom::parse(&text).context("/metrics is not valid exposition text")?;
-    if let Some(out) = promtool(&["check", "metrics"], Some(&text)) {
-        // promtool exits 3 for lint findings only (e.g. naming advice) and 1
-        // for text it cannot parse.
-        ensure!(
-            out.status.code() != Some(1),
-            "promtool rejects /metrics: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let out = promtool(&["check", "metrics"], Some(&text))?;
+    // promtool exits 3 for lint findings only (e.g. naming advice) and 1
+    // for text it cannot parse.
+    ensure!(
+        out.status.code() != Some(1),
+        "promtool rejects /metrics: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(exposition)
 }
 
+/// The value of a series that must be exported.
 fn value(exposition: &Exposition, name: &str, labels: &[(&str, &str)]) -> f64 {
+    exposition
+        .value(name, labels)
+        .unwrap_or_else(|| panic!("/metrics lacks {name}{labels:?}"))
+}
+
+/// A counter series: one not exported yet has not been incremented.
+fn counter(exposition: &Exposition, name: &str, labels: &[(&str, &str)]) -> f64 {
+    assert!(
+        exposition.types.get(name).is_some_and(|t| t == "counter")
+            || name.ends_with("_count") && exposition.has_family(name),
+        "{name} is not an exported counter"
+    );
     exposition.value(name, labels).unwrap_or(0.0)
 }
 
@@ -64,8 +78,10 @@ async fn counters_move_by_exactly_what_happened() -> Result<()> {
     raw.recv().await?;
     let after = scrape(&admin).await?;
 
+    // Counters that moved must be exported afterwards; before, a labelled
+    // series not incremented yet is absent and counts as 0.
     let delta = |name: &str, labels: &[(&str, &str)]| {
-        value(&after, name, labels) - value(&before, name, labels)
+        value(&after, name, labels) - counter(&before, name, labels)
     };
     let echo_ok = [("function", "echo"), ("outcome", "ok")];
     assert_eq!(delta("mpreg_rpc_calls_total", &echo_ok), 1.0);
@@ -97,8 +113,18 @@ async fn counters_move_by_exactly_what_happened() -> Result<()> {
         status["last_applied"].as_f64().context("last_applied")?
     );
     assert_eq!(value(&after, "mpreg_raft_term", &[]), 1.0);
-    assert!(value(&after, "mpreg_storage_wal_fsync_seconds_count", &[]) >= 1.0);
-    assert!(value(&after, "mpreg_storage_log_entries_appended_total", &[]) >= 1.0);
+    // Calls, publishes, SQL and a bad frame write nothing to the log.
+    assert_eq!(delta("mpreg_storage_wal_fsync_seconds_count", &[]), 0.0);
+    assert_eq!(delta("mpreg_storage_log_entries_appended_total", &[]), 0.0);
+    // Every entry of the log was appended by this process: indexes 0 (the
+    // initial membership) to last_log_index.
+    assert_eq!(
+        value(&after, "mpreg_storage_log_entries_appended_total", &[]),
+        status["raft"]["last_log_index"]
+            .as_f64()
+            .context("last_log_index")?
+            + 1.0
+    );
     assert!(value(&after, "process_resident_memory_bytes", &[]) > 0.0);
     let build = after
         .samples
@@ -109,7 +135,9 @@ async fn counters_move_by_exactly_what_happened() -> Result<()> {
     assert!(!build.labels["git_sha"].is_empty());
 
     // A registration is one event: appended, synced and applied once.
-    let appended = value(&after, "mpreg_storage_events_applied_total", &[]);
+    let applied = value(&after, "mpreg_storage_events_applied_total", &[]);
+    let appended = value(&after, "mpreg_storage_log_entries_appended_total", &[]);
+    let synced = value(&after, "mpreg_storage_wal_fsync_seconds_count", &[]);
     let worker = mpreg_client::Worker::connect(&daemon.ready.client_url).await?;
     worker
         .register("metrics_probe", "1.0.0", &[], |_args, _kwargs| {
@@ -118,7 +146,15 @@ async fn counters_move_by_exactly_what_happened() -> Result<()> {
         .await?;
     let registered = scrape(&admin).await?;
     assert_eq!(
-        value(&registered, "mpreg_storage_events_applied_total", &[]) - appended,
+        value(&registered, "mpreg_storage_events_applied_total", &[]) - applied,
+        1.0
+    );
+    assert_eq!(
+        value(&registered, "mpreg_storage_log_entries_appended_total", &[]) - appended,
+        1.0
+    );
+    assert_eq!(
+        value(&registered, "mpreg_storage_wal_fsync_seconds_count", &[]) - synced,
         1.0
     );
     Ok(())
@@ -163,22 +199,33 @@ async fn dashboards_and_alerts_use_only_exported_metrics() -> Result<()> {
     let rules = std::fs::read_to_string(format!("{root}/alerts.yml"))?;
     let mut used = metric_names(&dashboard);
     used.extend(metric_names(&rules));
-    for alert in [
-        "MpregNodeDown",
-        "MpregNoLeader",
-        "MpregApplyLagGrowing",
-        "MpregFsyncSlow",
-        "MpregRpcErrorRate",
-        "MpregSlowConsumerDrops",
-        "MpregQueueDeadLetters",
-        "MpregNoLeader",
-        "MpregFollowerLagging",
-    ] {
-        ensure!(
-            rules.contains(&format!("alert: {alert}")),
-            "no {alert} rule"
-        );
-    }
+    // Every rule has its own name, and docs/operations.md lists each one
+    // (and no other).
+    let alerts = alert_names(&rules);
+    let mut unique = alerts.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        alerts.len(),
+        unique.len(),
+        "an alert is defined twice: {alerts:?}"
+    );
+    assert_eq!(alerts.len(), 11, "{alerts:?}");
+    let operations = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/operations.md"
+    ))?;
+    let mut documented: Vec<String> = operations
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `Mpreg"))
+        .filter_map(|rest| rest.split('`').next())
+        .map(|name| format!("Mpreg{name}"))
+        .collect();
+    documented.sort();
+    assert_eq!(
+        documented, unique,
+        "docs/operations.md \"Alerts\" vs alerts.yml"
+    );
 
     let dir = TestDir::new();
     let daemon = Daemon::start(&dir, &[])?;
@@ -204,15 +251,28 @@ async fn dashboards_and_alerts_use_only_exported_metrics() -> Result<()> {
         "not in docs/metrics.md: {undocumented:?}"
     );
 
-    if let Some(out) = promtool(&["check", "rules", &format!("{root}/alerts.yml")], None) {
-        assert!(
-            out.status.success(),
-            "promtool check rules: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let out = promtool(&["check", "rules", &format!("{root}/alerts.yml")], None)?;
+    assert!(
+        out.status.success(),
+        "promtool check rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let checked = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        checked.contains(&format!("SUCCESS: {} rules found", alerts.len())),
+        "{checked}"
+    );
     Ok(())
+}
+
+/// The name of every `- alert:` rule in a rules file, in file order.
+fn alert_names(rules: &str) -> Vec<String> {
+    rules
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("- alert:"))
+        .map(|name| name.trim().to_string())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

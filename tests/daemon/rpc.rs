@@ -447,6 +447,18 @@ async fn bad_input_is_answered_and_others_keep_working() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_example_worker_serves_calls() {
+    // A missing python3 or websockets fails here, saying what to install.
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import websockets"])
+        .output()
+        .expect(
+            "python3 is not installed: run ./scripts/setup (it installs python3 and websockets)",
+        );
+    assert!(
+        probe.status.success(),
+        "python3 cannot import websockets: run ./scripts/setup (or pip install websockets): {}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
     let (_dir, daemon) = start();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/worker.py");
     let mut python = tokio::process::Command::new("python3")
