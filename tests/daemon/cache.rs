@@ -124,14 +124,32 @@ async fn expired_entries_are_never_served() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let rows = mpreg_tests::sql_rows(
-        &daemon.ready.admin_url,
-        "SELECT kind FROM events WHERE kind = 'timers_fired'",
+    let admin = daemon.ready.admin_url.as_str();
+    mpreg_tests::eventually(
+        "the leader proposes the expiry",
+        Duration::from_secs(10),
+        || async move {
+            let fired =
+                mpreg_tests::sql_rows(admin, "SELECT kind FROM events WHERE kind = 'timers_fired'")
+                    .await
+                    .map_err(|e| e.to_string())?;
+            let left = mpreg_tests::sql_rows(
+                admin,
+                "SELECT identifier FROM cache_entries WHERE namespace = 't'",
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            if !fired.is_empty() && left.iter().all(|r| r["identifier"] != "short") {
+                Ok(())
+            } else {
+                Err(format!(
+                    "timers_fired events {fired:?}, entries of t {left:?}"
+                ))
+            }
+        },
     )
     .await
     .unwrap();
-    assert!(!rows.is_empty(), "the leader proposed the expiry");
     assert_eq!(get(&client, "t", "short").await["status"], json!("miss"));
     daemon.stop().unwrap();
 }

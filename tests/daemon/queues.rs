@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use mpreg_client::{Client, ClientError, QueueSubscription};
-use mpreg_tests::{Daemon, TestDir, sql_rows};
+use mpreg_tests::{Daemon, TestDir, eventually, sql_rows};
 use serde_json::{Value, json};
 
 async fn start() -> (TestDir, Daemon, Client) {
@@ -209,6 +209,7 @@ async fn dedup_window_refuses_repeats_of_a_client_message_id() {
         .await
         .unwrap();
     assert_eq!(first["duplicate"], json!(false));
+    let first_sent = Instant::now();
     let m = receive(&client, "dd", "w", 1.0).await;
     ack(&client, "dd", "w", m["message_id"].as_str().unwrap()).await;
     let repeat = client
@@ -224,16 +225,35 @@ async fn dedup_window_refuses_repeats_of_a_client_message_id() {
         "acked but inside the window"
     );
     assert_eq!(receive(&client, "dd", "w", 0.1).await, Value::Null);
-    tokio::time::sleep(Duration::from_millis(1300)).await;
-    let after = client
-        .queue(
-            "send",
-            json!({"queue_name": "dd", "message_id": "order-1", "payload": 3}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(after["duplicate"], json!(false), "the window closed");
-    assert_eq!(receive(&client, "dd", "w", 1.0).await["payload"], json!(3));
+    // Repeat the send until the window closes: each repeat inside it is a
+    // duplicate, so nothing is enqueued until the first one that is not.
+    let client = &client;
+    eventually(
+        "the dedup window closes",
+        Duration::from_secs(10),
+        || async move {
+            let after = client
+                .queue(
+                    "send",
+                    json!({"queue_name": "dd", "message_id": "order-1", "payload": 3}),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            match after["duplicate"].as_bool() {
+                Some(false) => Ok(()),
+                _ => Err(format!("{after}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        first_sent.elapsed() >= Duration::from_secs(1),
+        "the window closed early, after {:?}",
+        first_sent.elapsed()
+    );
+    assert_eq!(receive(client, "dd", "w", 1.0).await["payload"], json!(3));
+    assert_eq!(receive(client, "dd", "w", 0.1).await, Value::Null);
     daemon.stop().unwrap();
 }
 
@@ -247,7 +267,23 @@ async fn ttl_removes_unconsumed_messages() {
     .await;
     send(&client, "t", json!({"payload": "short"})).await;
     send(&client, "t", json!({"payload": "long", "ttl_seconds": 30})).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let admin = daemon.ready.admin_url.as_str();
+    eventually(
+        "the short-lived message expires",
+        Duration::from_secs(10),
+        || async move {
+            let rows = sql_rows(admin, "SELECT seq FROM queue_messages WHERE queue = 't'")
+                .await
+                .map_err(|e| e.to_string())?;
+            if rows.len() == 1 && rows[0]["seq"] == 2 {
+                Ok(())
+            } else {
+                Err(format!("queue t holds {rows:?}"))
+            }
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(
         receive(&client, "t", "w", 1.0).await["payload"],
         json!("long")
