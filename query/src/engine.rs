@@ -235,7 +235,35 @@ fn classify(e: DataFusionError, limits: &SqlLimits) -> SqlError {
     }
 }
 
+/// Whether `sql` is a transaction statement (`BEGIN`, `START TRANSACTION`,
+/// `COMMIT`, `ROLLBACK`, savepoints). DataFusion answers these "not
+/// implemented" before the read-only check could refuse them; docs/sql.md
+/// lists transactions as refused.
+fn is_transaction(ctx: &SessionContext, sql: &str) -> bool {
+    use datafusion::sql::parser::Statement as DfStatement;
+    use datafusion::sql::sqlparser::ast::Statement;
+    let state = ctx.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    match state.sql_to_statement(sql, &dialect) {
+        Ok(DfStatement::Statement(statement)) => matches!(
+            *statement,
+            Statement::StartTransaction { .. }
+                | Statement::Commit { .. }
+                | Statement::Rollback { .. }
+                | Statement::Savepoint { .. }
+                | Statement::ReleaseSavepoint { .. }
+        ),
+        _ => false,
+    }
+}
+
 async fn run(ctx: SessionContext, sql: &str, limits: &SqlLimits) -> Result<QueryOutput, SqlError> {
+    if is_transaction(&ctx, sql) {
+        return Err(SqlError::Refused(format!(
+            "transactions are not supported: {}",
+            sql.trim()
+        )));
+    }
     let plan = ctx
         .state()
         .create_logical_plan(sql)

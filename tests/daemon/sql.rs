@@ -792,17 +792,31 @@ async fn writes_and_file_access_are_refused_and_bad_sql_is_named() -> Result<()>
         "UPDATE routes SET cost = 1",
         "COPY routes TO '/tmp/mpreg-copy.csv'",
         "SET datafusion.execution.batch_size = 1",
+        "PREPARE q(INT) AS SELECT dest FROM routes WHERE cost = $1",
+        "EXECUTE q(1)",
+        "BEGIN",
+        "START TRANSACTION",
+        "COMMIT",
+        "ROLLBACK",
         "CREATE FUNCTION f(a INT) RETURNS INT RETURN a",
     ];
+    // No refused statement changes what the node serves.
+    let before = daemon.status().await?;
     for sql in refused {
         let answer = sql_get(&admin, sql, "json").await?;
         let body = answer.json()?;
         assert_eq!(answer.status, 400, "{sql}: {body}");
+        let now = daemon.status().await?;
+        assert_eq!(
+            (&now["views_digest"], &now["last_applied"]),
+            (&before["views_digest"], &before["last_applied"]),
+            "{sql} changed the views"
+        );
         assert!(
             body["kind"] == "refused" || body["kind"] == "invalid",
             "{sql}: {body}"
         );
-        if !sql.starts_with("CREATE FUNCTION") {
+        if !sql.starts_with("CREATE FUNCTION") && !sql.starts_with("EXECUTE") {
             assert_eq!(body["kind"], "refused", "{sql}: {body}");
             assert!(
                 body["error"]
