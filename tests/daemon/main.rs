@@ -6,6 +6,7 @@ mod bad_data_dir;
 mod cache;
 mod cli;
 mod cluster;
+mod documented;
 mod durability;
 mod hostile;
 mod metrics;

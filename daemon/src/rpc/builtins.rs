@@ -21,6 +21,20 @@ pub const NAMES: [&str; 6] = [
     "catalog_query",
 ];
 
+/// Whether a call of `name` reaches a built-in: one of [`NAMES`] or the
+/// queue functions, bare or under a prefix callers may put in front
+/// (`app.`, `mpreg.system.`). A worker may not register such a name: it
+/// would replace or shadow the built-in.
+pub fn is_reserved(name: &str) -> bool {
+    let bare = super::select::NAME_PREFIXES
+        .iter()
+        .find_map(|prefix| name.strip_prefix(prefix))
+        .unwrap_or(name);
+    [name, bare]
+        .iter()
+        .any(|n| NAMES.contains(n) || crate::queue::FUNCTIONS.contains(n))
+}
+
 /// Runs built-in `name`; `Err` is the failure text sent to the client.
 pub fn call(
     node: &Node,

@@ -450,7 +450,7 @@ impl Rpc {
                     format!("function {} has invalid version {version:?}: {e}", f.name),
                 ));
             }
-            if builtins::NAMES.contains(&f.name.as_str()) {
+            if builtins::is_reserved(&f.name) {
                 return Err(RpcError::new(
                     ErrorCode::BadRequest,
                     format!("{} is a built-in function and cannot be registered", f.name),

@@ -15,7 +15,7 @@ use mpreg_client::protocol::{ErrorCode, RpcCommand, RpcError};
 use mpreg_storage::views::{Catalog, FunctionRow};
 
 /// Prefixes newer MPREG clients put in front of function names.
-const NAME_PREFIXES: [&str; 2] = ["app.", "mpreg.system."];
+pub(super) const NAME_PREFIXES: [&str; 2] = ["app.", "mpreg.system."];
 
 /// Round-robin state of provider selection.
 #[derive(Default)]
