@@ -57,11 +57,6 @@ impl EventClock {
         self.0.fetch_max(now_ms, Ordering::AcqRel).max(now_ms)
     }
 
-    /// The latest event time seen.
-    pub fn latest(&self) -> u64 {
-        self.0.load(Ordering::Acquire)
-    }
-
     fn saw(&self, entry: &Entry) {
         if let EntryPayload::Normal(batch) = &entry.payload
             && let Some(latest) = batch.events.iter().map(|e| e.time_ms).max()
@@ -393,7 +388,6 @@ mod test {
         let clock = LogStore::new(dir.db().clone(), Default::default())
             .unwrap()
             .event_clock();
-        assert_eq!(clock.latest(), ahead);
         let now = 1_700_000_000_000;
         assert_eq!(clock.stamp(now), ahead, "not below the log's latest event");
         assert_eq!(clock.stamp(ahead + 10), ahead + 10, "a later clock wins");
