@@ -299,8 +299,13 @@ impl Session {
     async fn run(self, ws: WebSocketStream<TcpStream>, shutdown: CancellationToken) {
         let (mut sink, mut frames) = ws.split();
         let (outbound, mut queue) = mpsc::channel::<Outbound>(self.limits.outbound_queue);
+        // Cancelled to drop the connection at once, even when the client
+        // reads nothing and the writer waits on a full socket (a slow
+        // consumer under `slow_consumer_policy = "disconnect"`).
+        let hang_up = CancellationToken::new();
         let ping_interval = self.limits.ping_interval;
         let metrics = self.metrics.clone();
+        let writer_hang_up = hang_up.clone();
         let writer = tokio::spawn(async move {
             let mut ping = tokio::time::interval(ping_interval);
             ping.tick().await;
@@ -313,6 +318,7 @@ impl Session {
                         None => break,
                     },
                     _ = ping.tick() => Message::Ping(Vec::new().into()),
+                    () = writer_hang_up.cancelled() => break,
                 };
                 let waiting = i64::try_from(queue.len()).unwrap_or(i64::MAX);
                 metrics.outbound_queue_frames.add(waiting - queued);
@@ -323,7 +329,11 @@ impl Session {
                     Message::Binary(bytes) => Some(bytes.len()),
                     _ => None,
                 };
-                if sink.send(message).await.is_err() || closing {
+                let sent = tokio::select! {
+                    sent = sink.send(message) => sent.is_ok(),
+                    () = writer_hang_up.cancelled() => false,
+                };
+                if !sent || closing {
                     break;
                 }
                 if let Some(bytes) = payload {
@@ -332,7 +342,9 @@ impl Session {
                 }
             }
             metrics.outbound_queue_frames.sub(queued);
-            let _ = sink.close().await;
+            if !writer_hang_up.is_cancelled() {
+                let _ = sink.close().await;
+            }
         });
 
         let in_flight = Admission::new(&self.limits);
@@ -344,6 +356,10 @@ impl Session {
             let frame = tokio::select! {
                 frame = frames.next() => frame,
                 () = shutdown.cancelled() => break,
+                () = hang_up.cancelled() => {
+                    tracing::debug!("hanging up");
+                    break;
+                }
                 () = tokio::time::sleep_until(idle_deadline) => {
                     tracing::debug!("closing idle connection");
                     let _ = outbound.send(Message::Close(None)).await;
@@ -494,6 +510,7 @@ impl Session {
                     };
                     let pubsub = self.pubsub.clone();
                     let outbound = outbound.clone();
+                    let hang_up = hang_up.clone();
                     let conn_id = self.id;
                     self.tasks.spawn(async move {
                         let u = subscribe.u;
@@ -508,6 +525,7 @@ impl Session {
                                 subscribe.subscription,
                                 conn_id,
                                 outbound.clone(),
+                                hang_up.clone(),
                                 kind,
                                 ack_ok,
                             )

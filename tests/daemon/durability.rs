@@ -254,3 +254,45 @@ fn snapshot_and_purge_keep_replay_equal() {
         );
     });
 }
+
+/// Fsync before the reply (docs/metrics.md: "every acknowledged write
+/// waits for one" WAL sync). With a single writer and nothing else
+/// writing, each acknowledged cache put appended exactly one log entry and
+/// synced the WAL exactly once before its reply: scraped right after each
+/// reply, both counters moved by exactly one. (kill -9 keeps the page
+/// cache, so the kill tests alone would pass with the sync turned off.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_write_waited_for_its_own_wal_sync() {
+    let dir = TestDir::new();
+    let daemon = Daemon::start(&dir, &[]).unwrap();
+    let admin = daemon.ready.admin_url.clone();
+    let client = Client::connect(&daemon.ready.client_url).await.unwrap();
+    let counts = || async {
+        let text = mpreg_tests::metrics_of(&admin).await.unwrap();
+        let exposition = mpreg_tests::prom::parse(&text).unwrap();
+        let value = |name: &str| {
+            exposition
+                .value(name, &[])
+                .unwrap_or_else(|| panic!("/metrics lacks {name}"))
+        };
+        (
+            value("mpreg_storage_wal_fsync_seconds_count"),
+            value("mpreg_storage_log_entries_appended_total"),
+        )
+    };
+    let (synced, appended) = counts().await;
+    for n in 1..=20u32 {
+        let reply = client
+            .cache(json!({"operation": "put",
+                          "key": {"namespace": "sync", "identifier": format!("k{n}")},
+                          "value": n}))
+            .await
+            .unwrap();
+        assert_eq!(reply["status"], "ok", "{reply}");
+        assert_eq!(
+            counts().await,
+            (synced + f64::from(n), appended + f64::from(n)),
+            "after acknowledged write {n}: (WAL syncs, entries appended)"
+        );
+    }
+}

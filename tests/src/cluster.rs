@@ -5,7 +5,20 @@
 //! Member `i` is node `n<i+1>`. Every member advertises its proxy's URL,
 //! so all raft traffic between nodes crosses the proxies; tests talk to
 //! the nodes directly. The first member forms the cluster, the others
-//! `--join` it. A restarted member keeps its data dir and listen port.
+//! `--join` it.
+//!
+//! Ports: the proxy binds port 0 and its URL is what the membership
+//! records (`--advertise-url`), so a member keeps its address across
+//! restarts whatever port its process listens on. The proxy must reach
+//! the node before the node is ready (a joining or restarted member hears
+//! from the leader before it writes its ready file), so the harness picks
+//! the node's `--listen` port itself: it binds port 0, reads the port and
+//! closes it. Another process may take that port before the daemon binds
+//! it; the start then fails with `Address already in use` and the harness
+//! retries with a fresh port ([`BIND_RETRIES`]). A restart reuses the
+//! member's last port when it is free, else picks a new one the same way;
+//! only the proxy's target changes. Admin ports are port 0, read from the
+//! ready file.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -15,6 +28,9 @@ use serde_json::Value;
 
 use crate::proxy::Proxy;
 use crate::{Daemon, TestDir, sql_rows, status_of};
+
+/// Starts tried when a picked `--listen` port was taken in between.
+const BIND_RETRIES: usize = 5;
 
 /// One member and its fault-injection handles.
 pub struct Member {
@@ -64,12 +80,20 @@ impl Cluster {
 
     /// Starts one more member, joining through the first live member.
     pub async fn add(&mut self) -> Result<usize> {
-        let index = self.members.len();
         let join = self
             .members
             .iter()
             .find(|m| m.daemon.is_some())
             .map(|m| m.proxy.url());
+        let index = self.prepare().await?;
+        self.launch(index, join).await?;
+        Ok(index)
+    }
+
+    /// A member that is not started yet: its name, dir and proxy (so its
+    /// URL is known before it runs). Start it with [`Cluster::start_joining`].
+    pub async fn prepare(&mut self) -> Result<usize> {
+        let index = self.members.len();
         let member = Member {
             name: format!("n{}", index + 1),
             dir: TestDir::new(),
@@ -80,11 +104,38 @@ impl Cluster {
             admin_url: String::new(),
         };
         self.members.push(member);
-        self.launch(index, join).await?;
         Ok(index)
     }
 
+    /// Starts prepared member `i` with `--join join`; returns once it is
+    /// ready (a voter that knows a leader).
+    pub async fn start_joining(&mut self, i: usize, join: String) -> Result<()> {
+        self.launch(i, Some(join)).await
+    }
+
+    /// Starts member `i`, retrying with a fresh `--listen` port when the
+    /// picked one was taken before the daemon bound it.
     async fn launch(&mut self, i: usize, join: Option<String>) -> Result<()> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.launch_once(i, join.clone()).await {
+                Err(e)
+                    if attempt < BIND_RETRIES
+                        && format!("{e:#}").contains("Address already in use") =>
+                {
+                    eprintln!(
+                        "{}: listen port taken before the daemon bound it; retrying: {e:#}",
+                        self.members[i].name
+                    );
+                    self.members[i].listen = None;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn launch_once(&mut self, i: usize, join: Option<String>) -> Result<()> {
         let config = self.config.clone();
         let member = &mut self.members[i];
         let mut args = member.dir.config(&config);
@@ -95,7 +146,7 @@ impl Cluster {
             member.proxy.url(),
         ]);
         // The proxy must reach the node while it joins, before it is
-        // ready: pick its port up front (and keep it across restarts).
+        // ready: pick its port up front (see the module comment).
         let listen = match &member.listen {
             Some(listen) => listen.clone(),
             None => std::net::TcpListener::bind("127.0.0.1:0")?

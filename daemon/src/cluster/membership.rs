@@ -256,7 +256,8 @@ async fn form(
 }
 
 /// First start with `--join URL`: asks a member (which forwards to the
-/// leader) to add this node, until it is a voter.
+/// leader) to add this node, until it is a voter (by this request or by
+/// one a member got, e.g. `POST /cluster/members`).
 async fn join_via(
     node: &Node,
     url: &str,
@@ -268,6 +269,21 @@ async fn join_via(
         addr: own_url.to_string(),
     };
     loop {
+        // Another member may have added this node meanwhile (`POST
+        // /cluster/members` while the join target is unreachable).
+        let me = node.raft_id();
+        let voter = node
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == me);
+        if voter {
+            tracing::info!("added to the cluster by a member");
+            return Ok(());
+        }
         match node.peers().request(url, request(), JOIN_TIMEOUT).await {
             Ok(PeerReply::Membership(Ok(members))) => {
                 tracing::info!(?members, "joined the cluster");

@@ -382,3 +382,60 @@ impl Peers {
         }))
     }
 }
+
+#[cfg(test)]
+mod test {
+    use std::time::Duration;
+
+    use super::{PeerError, Peers};
+    use crate::envelope::{Envelope, PeerRequest};
+
+    /// Nothing listens there: a request that is really sent fails to
+    /// connect, one the guard stops never tries.
+    const NOWHERE: &str = "ws://127.0.0.1:9";
+
+    fn forward_reason(peers: &Peers, received: &Envelope) -> String {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let sent = runtime.block_on(peers.forward(
+            NOWHERE,
+            PeerRequest::Hello,
+            received,
+            Duration::from_millis(300),
+        ));
+        match sent {
+            Err(PeerError::Unreachable { reason, .. }) => reason,
+            other => panic!("expected Unreachable, got {other:?}"),
+        }
+    }
+
+    /// docs/cluster.md: "a node never forwards a request whose budget is
+    /// spent or whose path already holds it".
+    #[test]
+    fn the_hop_budget_and_the_routing_path_stop_a_forward() {
+        let peers = Peers::new("n2", "c");
+        let mut received = Envelope::request("n1", "c", 1, PeerRequest::Hello);
+
+        received.hop_budget = 1;
+        assert_eq!(
+            forward_reason(&peers, &received),
+            r#"not forwarded: routing path ["n1"], hop budget 1"#
+        );
+
+        received.hop_budget = 8;
+        received.routing_path = vec!["n1".into(), "n2".into(), "n3".into()];
+        assert_eq!(
+            forward_reason(&peers, &received),
+            r#"not forwarded: routing path ["n1", "n2", "n3"], hop budget 8"#
+        );
+
+        // With budget left and a path without this node it is sent (and
+        // fails to connect).
+        received.routing_path = vec!["n1".into()];
+        received.hop_budget = 2;
+        let reason = forward_reason(&peers, &received);
+        assert!(!reason.starts_with("not forwarded"), "{reason}");
+    }
+}

@@ -27,6 +27,7 @@ use mpreg_storage::{EventKind, Outcome};
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_secs;
 use crate::cluster::Node;
@@ -61,6 +62,9 @@ type Queued = Arc<str>;
 /// Where a subscription's notifications go.
 struct Sink {
     outbound: mpsc::Sender<Outbound>,
+    /// Drops the subscriber's connection (`slow_consumer_policy =
+    /// "disconnect"`): a close frame would wait behind a full queue.
+    hang_up: CancellationToken,
     frame: FrameKind,
     conn_id: u64,
 }
@@ -70,6 +74,10 @@ struct Buffer {
     items: VecDeque<(String, Queued)>,
     dropped: u64,
     sink: Option<Sink>,
+    /// The connection the subscription belongs to while attached: kept
+    /// when the sink goes on a failed send or a slow-consumer hang-up, so
+    /// [`PubSub::disconnected`] still finds it.
+    owner: Option<u64>,
     closed: bool,
 }
 
@@ -100,6 +108,7 @@ impl SubQueue {
                     buffer.items.clear();
                     if let Some(sink) = buffer.sink.take() {
                         let _ = sink.outbound.try_send(Message::Close(None));
+                        sink.hang_up.cancel();
                     }
                     return;
                 }
@@ -349,6 +358,7 @@ impl PubSub {
         let queue = Arc::new(SubQueue {
             id: id.to_string(),
             buffer: Mutex::new(Buffer {
+                owner: sink.as_ref().map(|k| k.conn_id),
                 sink,
                 ..Buffer::default()
             }),
@@ -384,6 +394,7 @@ impl PubSub {
         sub: PubSubSubscription,
         conn_id: u64,
         outbound: mpsc::Sender<Outbound>,
+        hang_up: CancellationToken,
         frame: FrameKind,
         ack: impl std::future::Future<Output = ()>,
     ) -> Result<(), PubSubError> {
@@ -400,6 +411,7 @@ impl PubSub {
         }
         let mut sink = Some(Sink {
             outbound,
+            hang_up,
             frame,
             conn_id,
         });
@@ -416,6 +428,7 @@ impl PubSub {
                             sub.subscription_id
                         )));
                     }
+                    buffer.owner = sink.as_ref().map(|k| k.conn_id);
                     buffer.sink = sink.take();
                     Some(existing.queue.clone())
                 }
@@ -484,20 +497,16 @@ impl PubSub {
             state
                 .subs
                 .iter()
-                .filter(|(_, s)| {
-                    s.queue
-                        .lock()
-                        .sink
-                        .as_ref()
-                        .is_some_and(|k| k.conn_id == conn_id)
-                })
+                .filter(|(_, s)| s.queue.lock().owner == Some(conn_id))
                 .map(|(id, s)| (id.clone(), s.durable))
                 .collect()
         };
         for (id, durable) in owned {
             if durable {
                 if let Some(sub) = self.lock().subs.get(&id) {
-                    sub.queue.lock().sink = None;
+                    let mut buffer = sub.queue.lock();
+                    buffer.sink = None;
+                    buffer.owner = None;
                 }
             } else if let Err(e) = self.unsubscribe(&id).await {
                 tracing::warn!(subscription_id = %id, error = %e, "failed to remove subscription");
