@@ -669,7 +669,8 @@ async fn queue_sends_and_acks_survive_leader_kills() {
         .queue(
             "create",
             json!({"queue_name": "jobs", "default_visibility_timeout_seconds": 1,
-                   "max_retries": 1000}),
+                   "max_retries": 1000, "enable_deduplication": true,
+                   "deduplication_window_seconds": 3600}),
         )
         .await
         .unwrap();
@@ -695,7 +696,10 @@ async fn queue_sends_and_acks_survive_leader_kills() {
                             ledger.lock().await.sent.insert(id);
                             n += 1;
                         }
-                        // Retry the same id elsewhere: dedup makes it safe.
+                        // Retry the same id elsewhere: the send may have
+                        // committed, and the queue's dedup window (longer
+                        // than the test) refuses a second copy even after
+                        // the first was acked, answering `duplicate`.
                         _ => client = connect_any(&urls, &mut at).await,
                     }
                 }
@@ -778,7 +782,13 @@ async fn queue_sends_and_acks_survive_leader_kills() {
         l.acked
     );
     drop(l);
-    cluster.wait_converged(&all, SETTLE).await.unwrap();
+    let (applied, digest) = cluster.wait_converged(&all, SETTLE).await.unwrap();
+    // Replay of a stopped member's log rebuilds the views every member
+    // served.
+    cluster.stop(2).unwrap();
+    let replayed = replay(&cluster.members[2].dir.data()).unwrap();
+    assert_eq!(replayed["views_digest"], digest.as_str(), "{replayed}");
+    assert_eq!(replayed["last_applied"], applied, "{replayed}");
 }
 
 /// A call made on one node runs on the worker connected to another; a
