@@ -1,5 +1,5 @@
 //! Observability against a real daemon: `/metrics` parses (our strict
-//! parser, and promtool, which `scripts/setup` installs), counters move by exactly what
+//! parser, and promtool, which `scripts/setup --test-tools` installs), counters move by exactly what
 //! happened, dashboards and alerts name only exported metrics, JSON logs
 //! parse and module filters include and exclude.
 
@@ -12,7 +12,7 @@ use mpreg_tests::{Daemon, RawClient, TestDir, metrics_of, sql_rows};
 use serde_json::{Value, json};
 
 /// Runs promtool on `stdin` (or a file argument). A missing promtool
-/// fails the test: `scripts/setup` installs it.
+/// fails the test: `scripts/setup --test-tools` installs it.
 fn promtool(args: &[&str], stdin: Option<&str>) -> Result<std::process::Output> {
     let mut child = Command::new("promtool")
         .args(args)
@@ -21,7 +21,7 @@ fn promtool(args: &[&str], stdin: Option<&str>) -> Result<std::process::Output> 
         .stderr(Stdio::piped())
         .spawn()
         .context(
-            "promtool is not installed: run ./scripts/setup (Debian/Ubuntu: apt-get install prometheus)",
+            "promtool is not installed: run ./scripts/setup --test-tools (Debian/Ubuntu: apt-get install prometheus)",
         )?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
         use std::io::Write;
