@@ -13,7 +13,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::peer::{MAX_IN_FLIGHT_PER_LINK, PEER_IDLE_TIMEOUT};
+use crate::cluster::peer::{MAX_IN_FLIGHT_PER_LINK, PEER_SERVE_IDLE_TIMEOUT};
 use crate::cluster::{Node, membership};
 use crate::envelope::{Body, Envelope, PeerReply, PeerRequest, Refused};
 use crate::pubsub::PubSub;
@@ -46,7 +46,7 @@ impl PeerServer {
     }
 
     /// Serves one peer connection until it closes (or reads nothing for
-    /// [`PEER_IDLE_TIMEOUT`]): each request runs on its own task, at most
+    /// [`PEER_SERVE_IDLE_TIMEOUT`]): each request runs on its own task, at most
     /// [`MAX_IN_FLIGHT_PER_LINK`] at once, and its reply is written when
     /// ready.
     pub async fn serve(
@@ -68,7 +68,7 @@ impl PeerServer {
         });
         loop {
             let frame = tokio::select! {
-                frame = tokio::time::timeout(PEER_IDLE_TIMEOUT, frames.next()) => frame,
+                frame = tokio::time::timeout(PEER_SERVE_IDLE_TIMEOUT, frames.next()) => frame,
                 () = shutdown.cancelled() => break,
             };
             let bytes = match frame {

@@ -10,8 +10,8 @@
 //! Each link bounds its requests in flight ([`MAX_IN_FLIGHT_PER_LINK`]); a
 //! request over the bound waits for room within its timeout, then fails
 //! with nothing sent. A full link is slow, not dead: only a read or write
-//! error, or [`PEER_IDLE_TIMEOUT`] without a frame from the peer, closes
-//! it.
+//! error, or [`PEER_IDLE_TIMEOUT`] without a frame from the peer and with
+//! nothing in flight, closes it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,9 +34,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const MAX_PEER_FRAME: usize = 64 * 1024 * 1024;
 /// Most requests waiting for their reply on one link.
 pub const MAX_IN_FLIGHT_PER_LINK: usize = 1024;
-/// A link (either end) that reads no frame for this long is closed; raft
-/// heartbeats keep the raft lane far busier than this.
+/// An outbound link that reads no frame for this long, with no request
+/// waiting, is closed; raft heartbeats keep the raft lane far busier than
+/// this. The serving end waits twice as long ([`PEER_SERVE_IDLE_TIMEOUT`]),
+/// so the caller, which knows whether a request is on its way, closes first.
 pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A served peer connection that brings no frame for this long is closed.
+pub const PEER_SERVE_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Why a request to a peer failed.
 #[derive(Debug, thiserror::Error)]
@@ -332,6 +336,16 @@ impl Peers {
                 let message = match tokio::time::timeout(PEER_IDLE_TIMEOUT, stream.next()).await {
                     Ok(Some(Ok(message))) => message,
                     Ok(_) => break,
+                    // Idle: close only with nothing in flight, so no request
+                    // races the close (the next one reconnects).
+                    Err(_)
+                        if !reader_waiters
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .is_empty() =>
+                    {
+                        continue;
+                    }
                     Err(_) => {
                         tracing::debug!(%peer, lane = lane.as_str(), "closing an idle link");
                         break;
