@@ -7,6 +7,7 @@
 
 use mpreg_client::protocol::RpcError;
 use mpreg_storage::typ::NodeId;
+use mpreg_storage::federation::Announcement;
 use mpreg_storage::views::FunctionRow;
 use mpreg_storage::{EventKind, Outcome, TypeConfig, codec};
 use openraft::error::{InstallSnapshotError, RaftError};
@@ -16,11 +17,12 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 
-/// First byte of every peer frame written by this binary. 0xB3: forwarded
+/// First byte of every peer frame written by this binary. 0xB4: requests
+/// from neighbour clusters (`PeerRequest::Federation`); 0xB3: forwarded
 /// calls carry their caller's remaining time (`PeerRequest::Call`); 0xB2
 /// brought typed refusals ([`Refused`], [`PeerReply::Refused`]). A node
 /// that writes an older version is refused with an error naming both.
-pub const ENVELOPE_VERSION: u8 = 0xB3;
+pub const ENVELOPE_VERSION: u8 = 0xB4;
 
 /// Most nodes a forwarded message may cross.
 pub const DEFAULT_HOP_BUDGET: u8 = 8;
@@ -83,6 +85,48 @@ pub enum PeerRequest {
     /// The leader's read index: the log index a linearizable read must
     /// wait for (raft read-index, confirmed by a quorum heartbeat).
     ReadIndex,
+    /// From a neighbour cluster (the one request another cluster may make).
+    Federation(FederationRequest),
+}
+
+/// What a neighbour cluster's leader asks of a member of this cluster.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FederationRequest {
+    /// Who are you? Any member answers; nothing changes.
+    Hello { cluster_id: String },
+    /// The sender's whole route table for the receiver: routes missing from
+    /// it are withdrawn. Only the receiver's leader takes it. `urls`: the
+    /// sender's members, so the link survives the loss of any one.
+    Announce {
+        cluster_id: String,
+        urls: Vec<String>,
+        routes: Vec<Announcement>,
+    },
+    /// The sender removed its link to the receiver.
+    Unlink { cluster_id: String },
+    /// A round trip, to measure the link and see that it lives.
+    Ping,
+}
+
+/// Answers to [`FederationRequest`]s.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FederationReply {
+    /// The receiver's cluster, its members' client URLs and its leader's.
+    Hello {
+        cluster_id: String,
+        urls: Vec<String>,
+        leader_url: Option<String>,
+    },
+    /// How many routes the announcement brought in (new, changed or
+    /// refreshed) and how many were refused, by reason.
+    Announced {
+        accepted: u32,
+        rejected: Vec<(String, u32)>,
+    },
+    /// Only the leader takes announcements; this is where it is.
+    NotLeader { leader_url: Option<String> },
+    Unlinked,
+    Pong,
 }
 
 /// The connection a request travels on. Raft and membership traffic has
@@ -113,9 +157,10 @@ impl PeerRequest {
             | PeerRequest::Join { .. }
             | PeerRequest::Remove { .. }
             | PeerRequest::ReadIndex => Lane::Raft,
-            PeerRequest::Propose(_) | PeerRequest::Call { .. } | PeerRequest::Publish { .. } => {
-                Lane::Bulk
-            }
+            PeerRequest::Propose(_)
+            | PeerRequest::Call { .. }
+            | PeerRequest::Publish { .. }
+            | PeerRequest::Federation(_) => Lane::Bulk,
         }
     }
 }
@@ -171,6 +216,7 @@ pub enum PeerReply {
     Called(Result<String, RpcError>),
     Published(Result<(), Refused>),
     ReadIndex(Result<u64, Refused>),
+    Federation(Result<FederationReply, Refused>),
     /// The request is not served (another cluster, hop budget spent, the
     /// node is starting, a reply sent as a request).
     Refused(Refused),

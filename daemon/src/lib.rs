@@ -19,7 +19,7 @@
 //! 4. systems: [`rpc`] (dependency-resolving calls over built-ins and
 //!    workers), [`pubsub`] (topic fan-out, backlog, slow consumers),
 //!    [`queue`] (durable queues), [`cache`] (replicated cache + memory
-//!    tier);
+//!    tier), [`federation`] (links to neighbour clusters, route control);
 //! 5. edges: [`transport`] (client WebSocket sessions on `--listen`),
 //!    [`peer_server`] (what other nodes ask on `/peer`), [`admin`] (admin
 //!    HTTP: health, status, SQL, metrics, cluster membership);
@@ -32,6 +32,7 @@ pub mod cluster;
 pub mod config;
 mod envelope;
 pub mod error;
+mod federation;
 pub mod logging;
 mod metrics;
 mod peer_server;

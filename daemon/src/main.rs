@@ -70,6 +70,10 @@ struct RunArgs {
     /// First start only: form a cluster with these members (comma-separated URLs).
     #[arg(long, value_delimiter = ',')]
     peers: Option<Vec<String>>,
+    /// Neighbour clusters to link, each named by the client URL of any of
+    /// its members (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    federate: Option<Vec<String>>,
     /// Log directives, RUST_LOG style, e.g. "info,mpreg_daemon::node=debug".
     #[arg(long)]
     log: Option<String>,
@@ -89,6 +93,7 @@ fn config_from(args: RunArgs) -> mpreg_daemon::Result<Config> {
         .or(file.data_dir.clone())
         .ok_or_else(|| mpreg_daemon::Error::InvalidSetting("--data-dir is required".into()))?;
     let mut config = Config::new(data_dir);
+    config.config_file = args.config.clone();
     config.merge_file(file);
     config.merge_file(FileConfig {
         listen: args.listen,
@@ -99,6 +104,7 @@ fn config_from(args: RunArgs) -> mpreg_daemon::Result<Config> {
         advertise_url: args.advertise_url,
         join: args.join,
         peers: args.peers,
+        federate: args.federate,
         log: args.log.or_else(|| std::env::var("RUST_LOG").ok()),
         log_format: args.log_format,
         ..FileConfig::default()

@@ -461,6 +461,97 @@ impl SqlMetrics {
     }
 }
 
+/// `outcome` values of `mpreg_federation_announcements_total`.
+pub const ANNOUNCEMENT_OUTCOMES: [&str; 3] = ["accepted", "unchanged", "rejected"];
+
+/// `state` values of `mpreg_federation_routes`.
+pub const ROUTE_STATES: [&str; 5] = ["active", "backup", "expired", "held_down", "suppressed"];
+
+/// Federation: links to neighbour clusters and route control.
+#[derive(Clone)]
+pub struct FederationMetrics {
+    /// Links this node's cluster has up (0 on followers: the leader speaks).
+    pub links_up: IntGauge,
+    /// Links that answer nothing (0 on followers).
+    pub links_down: IntGauge,
+    /// Destinations learned once that have no usable route now.
+    pub unreachable_destinations: IntGauge,
+    /// Route announcements received, by `outcome`.
+    pub announcements: IntCounterVec,
+    /// Refused announcements, by `reason`.
+    pub rejections: IntCounterVec,
+    /// Routes withdrawn (by a neighbour, or with a lost link).
+    pub withdrawals: IntCounter,
+    /// Routes by `state`.
+    pub routes: IntGaugeVec,
+    /// Seconds since the route table last changed.
+    pub seconds_since_route_change: IntGauge,
+}
+
+impl FederationMetrics {
+    fn new(r: &Registry) -> prometheus::Result<Self> {
+        let metrics = FederationMetrics {
+            links_up: gauge(
+                r,
+                "mpreg_federation_links_up",
+                "Links to neighbour clusters that answer (counted on the leader).",
+            )?,
+            links_down: gauge(
+                r,
+                "mpreg_federation_links_down",
+                "Links to neighbour clusters that answer nothing (counted on the leader).",
+            )?,
+            unreachable_destinations: gauge(
+                r,
+                "mpreg_federation_unreachable_destinations",
+                "Destination clusters with routes held but none usable (all expired or withdrawn).",
+            )?,
+            announcements: counter_vec(
+                r,
+                "mpreg_federation_announcements_total",
+                "Route announcements received from neighbours, by outcome (accepted, unchanged, rejected).",
+                &["outcome"],
+            )?,
+            rejections: counter_vec(
+                r,
+                "mpreg_federation_rejections_total",
+                "Route announcements refused, by reason.",
+                &["reason"],
+            )?,
+            withdrawals: counter(
+                r,
+                "mpreg_federation_withdrawals_total",
+                "Routes withdrawn, by a neighbour or with a lost link.",
+            )?,
+            routes: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "mpreg_federation_routes",
+                        "Routes to other clusters, by state (active, backup, expired, held_down, suppressed).",
+                    ),
+                    &["state"],
+                )?,
+            )?,
+            seconds_since_route_change: gauge(
+                r,
+                "mpreg_federation_seconds_since_route_change",
+                "Seconds since this node's route table last changed (convergence).",
+            )?,
+        };
+        for outcome in ANNOUNCEMENT_OUTCOMES {
+            metrics.announcements.with_label_values(&[outcome]);
+        }
+        for reason in mpreg_storage::federation::Reject::ALL {
+            metrics.rejections.with_label_values(&[reason.as_str()]);
+        }
+        for state in ROUTE_STATES {
+            metrics.routes.with_label_values(&[state]);
+        }
+        Ok(metrics)
+    }
+}
+
 /// Raft positions, read when scraped.
 /// Raft figures, read from the node when metrics are scraped.
 pub struct RaftGauges {
@@ -584,6 +675,7 @@ pub struct Metrics {
     pub queue: QueueMetrics,
     pub cache: CacheMetrics,
     pub sql: SqlMetrics,
+    pub federation: FederationMetrics,
     pub raft: RaftGauges,
     uptime: Gauge,
     started: Instant,
@@ -635,6 +727,7 @@ impl Metrics {
             queue: QueueMetrics::new(&registry)?,
             cache: CacheMetrics::new(&registry)?,
             sql,
+            federation: FederationMetrics::new(&registry)?,
             raft: RaftGauges::new(&registry)?,
             uptime: register(
                 &registry,

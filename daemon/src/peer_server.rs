@@ -16,13 +16,16 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::peer::{MAX_IN_FLIGHT_PER_LINK, PEER_SERVE_IDLE_TIMEOUT};
 use crate::cluster::{Node, membership};
 use crate::envelope::{Body, Envelope, PeerReply, PeerRequest, Refused};
+use crate::federation::Federation;
 use crate::pubsub::PubSub;
 use crate::rpc::Rpc;
 
-/// The systems forwarded calls and publishes run on, once started.
+/// The systems forwarded calls, publishes and neighbour clusters'
+/// requests run on, once started.
 struct Systems {
     rpc: Arc<Rpc>,
     pubsub: Arc<PubSub>,
+    federation: Arc<Federation>,
 }
 
 /// Serves requests from other nodes.
@@ -41,8 +44,12 @@ impl PeerServer {
 
     /// Serves forwarded calls and publishes from now on (before, they are
     /// refused as "starting").
-    pub fn attach(&self, rpc: Arc<Rpc>, pubsub: Arc<PubSub>) {
-        let _ = self.systems.set(Systems { rpc, pubsub });
+    pub fn attach(&self, rpc: Arc<Rpc>, pubsub: Arc<PubSub>, federation: Arc<Federation>) {
+        let _ = self.systems.set(Systems {
+            rpc,
+            pubsub,
+            federation,
+        });
     }
 
     /// Serves one peer connection until it closes (or reads nothing for
@@ -117,6 +124,10 @@ impl PeerServer {
         );
         let cluster = &self.node.identity().cluster_id;
         let reply = match body {
+            Body::Request(PeerRequest::Federation(request)) => match self.systems.get() {
+                Some(systems) => PeerReply::Federation(systems.federation.handle(request).await),
+                None => PeerReply::Refused(starting()),
+            },
             Body::Request(_) if envelope.source_cluster != *cluster => {
                 PeerReply::Refused(Refused::Invalid(format!(
                     "node {me} is in cluster {cluster:?}, the request came from cluster {:?}",
@@ -184,6 +195,9 @@ impl PeerServer {
                 Some(systems) => PeerReply::Published(systems.pubsub.publish_forwarded(&message)),
                 None => PeerReply::Refused(starting()),
             },
+            PeerRequest::Federation(_) => PeerReply::Refused(Refused::Invalid(
+                "a federation request is answered before this".to_string(),
+            )),
         }
     }
 }

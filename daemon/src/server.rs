@@ -15,6 +15,7 @@ use crate::cache::Cache;
 use crate::cluster::{Node, membership};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::federation::Federation;
 use crate::metrics::Metrics;
 use crate::peer_server::PeerServer;
 use crate::pubsub::PubSub;
@@ -163,8 +164,20 @@ pub async fn start(
     let sql = admin::sql_engine(node.clone(), cache.clone(), config.sql.clone())
         .map_err(Error::SqlRuntime)?;
     admin_state.set_node(node.clone(), Arc::new(sql));
+    let federation = Federation::start(
+        node.clone(),
+        config.federation.clone(),
+        config.config_file.clone(),
+        metrics.federation.clone(),
+        shutdown.child_token(),
+    );
+    admin_state.set_federation(federation.clone());
+    #[cfg(unix)]
+    tasks.spawn(reload_on_sighup(federation.clone(), shutdown.clone()));
     let rpc = Arc::new(rpc);
-    endpoints.peers.attach(rpc.clone(), pubsub.clone());
+    endpoints
+        .peers
+        .attach(rpc.clone(), pubsub.clone(), federation);
     endpoints.serve_clients(Arc::new(Services {
         rpc,
         queues,
@@ -224,6 +237,29 @@ impl Running {
             .map_err(|e| Error::Admin(std::io::Error::other(e)))?;
         self.node.shutdown().await;
         admin_result
+    }
+}
+
+/// Reads the federation policies again on each SIGHUP.
+#[cfg(unix)]
+async fn reload_on_sighup(federation: Arc<Federation>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            tracing::warn!(error = %e, "SIGHUP not watched: reload with POST /federation/reload");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            Some(()) = hangups.recv() => {
+                if let Err(e) = federation.reload() {
+                    tracing::warn!(error = %e, "SIGHUP: federation policies not reloaded");
+                }
+            }
+            () = shutdown.cancelled() => return,
+        }
     }
 }
 

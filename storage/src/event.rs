@@ -9,6 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::federation::{Damping, LearnedRoute};
+
 /// One proposed state change, as stored in a log entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -179,6 +181,37 @@ pub enum EventKind {
         from: Vec<u8>,
         limit: u32,
     },
+    /// A neighbour cluster was linked, or the URLs of its members changed.
+    FederationLinked { cluster_id: String, urls: Vec<String> },
+    /// The link to a neighbour cluster went away, with every route learned
+    /// through it and their damping state.
+    FederationUnlinked { cluster_id: String },
+    /// The leader accepted routes from neighbour `via`: each replaces the
+    /// one held from `via` to its destination unless that one is newer, and
+    /// expires `ttl_ms` after the event. Per destination the best
+    /// `max_routes` candidates stay.
+    RoutesLearned {
+        via: String,
+        routes: Vec<LearnedRoute>,
+        ttl_ms: u64,
+        max_routes: u32,
+    },
+    /// `via` announced its routes again, unchanged: each route held from it
+    /// now expires `ttl_ms` after the event.
+    RoutesRefreshed { via: String, ttl_ms: u64 },
+    /// The routes to `dests` through `via` were withdrawn (by `via`, or
+    /// because the link to it was lost). Each withdrawal starts hold-down
+    /// and counts a flap per `damping`; a route still damped stays, marked
+    /// withdrawn, until [`EventKind::RoutesExpired`] removes it.
+    RoutesWithdrawn {
+        via: String,
+        dests: Vec<String>,
+        damping: Damping,
+    },
+    /// Proposed by the leader's timer: of these `(dest, next_hop)` routes,
+    /// those expired at the event's time, and withdrawn ones no longer
+    /// damped, go.
+    RoutesExpired { routes: Vec<(String, String)> },
 }
 
 /// A cache key: upstream's namespace + identifier (+ version).
@@ -249,6 +282,12 @@ impl EventKind {
             EventKind::QueueDeleteStep { .. } => "queue_delete_step",
             EventKind::CacheInvalidateStep { .. } => "cache_invalidate_step",
             EventKind::CacheAtomic { .. } => "cache_atomic",
+            EventKind::FederationLinked { .. } => "federation_linked",
+            EventKind::FederationUnlinked { .. } => "federation_unlinked",
+            EventKind::RoutesLearned { .. } => "routes_learned",
+            EventKind::RoutesRefreshed { .. } => "routes_refreshed",
+            EventKind::RoutesWithdrawn { .. } => "routes_withdrawn",
+            EventKind::RoutesExpired { .. } => "routes_expired",
         }
     }
 }

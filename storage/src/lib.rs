@@ -7,6 +7,8 @@
 //! # Layout
 //! Public (used by the query engine, the daemon and the tests):
 //! - [`event`]: events and apply outcomes;
+//! - [`federation`]: route announcements, the accept and reject rules and
+//!   route ranking, as pure functions;
 //! - [`views`]: the rows of every view and the in-memory
 //!   [`views::Catalog`] (the apply function that turns events into rows
 //!   stays inside the crate);
@@ -30,6 +32,7 @@
 
 pub mod codec;
 pub mod event;
+pub mod federation;
 pub mod inspect;
 pub mod topic;
 pub mod views;

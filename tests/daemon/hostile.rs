@@ -13,7 +13,7 @@ use mpreg_tests::{Daemon, RawClient, TestDir, replay};
 use serde_json::json;
 
 /// The peer envelope's version byte (daemon/src/envelope.rs).
-const ENVELOPE_VERSION: u8 = 0xB3;
+const ENVELOPE_VERSION: u8 = 0xB4;
 
 /// Frames an attacker who reaches the client port can send as a "peer".
 fn hostile_frames() -> Vec<Vec<u8>> {

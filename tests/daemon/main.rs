@@ -8,6 +8,7 @@ mod cli;
 mod cluster;
 mod documented;
 mod durability;
+mod federation;
 mod hostile;
 mod metrics;
 mod migrations;

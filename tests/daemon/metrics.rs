@@ -210,7 +210,7 @@ async fn dashboards_and_alerts_use_only_exported_metrics() -> Result<()> {
         unique.len(),
         "an alert is defined twice: {alerts:?}"
     );
-    assert_eq!(alerts.len(), 11, "{alerts:?}");
+    assert_eq!(alerts.len(), 13, "{alerts:?}");
     let operations = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../docs/operations.md"

@@ -69,6 +69,14 @@ enum Command {
         #[arg(long, global = true, default_value = "http://127.0.0.1:6670")]
         admin: String,
     },
+    /// List, add and remove the links to neighbour clusters (admin HTTP).
+    Federation {
+        #[command(subcommand)]
+        op: FederationOp,
+        /// Admin URL of any member.
+        #[arg(long, global = true, default_value = "http://127.0.0.1:6670")]
+        admin: String,
+    },
     /// Run read-only SQL on the daemon (admin HTTP /sql) and print a table.
     Sql {
         sql: String,
@@ -95,6 +103,18 @@ enum ClusterOp {
     Remove { node_id: String },
     /// Make the node at --admin leave its cluster, then stop.
     Leave,
+}
+
+#[derive(Subcommand)]
+enum FederationOp {
+    /// Print the links: neighbour cluster, URLs, state, round trip, counters.
+    Links,
+    /// Link the cluster of the node at URL (its client URL, ws://host:port).
+    Link { url: String },
+    /// Remove the link to a neighbour cluster.
+    Unlink { cluster_id: String },
+    /// Read the neighbour policies from the daemon's --config again.
+    Reload,
 }
 
 #[derive(Subcommand)]
@@ -373,6 +393,19 @@ fn queue_call(op: QueueOp) -> (&'static str, Value) {
     }
 }
 
+/// Runs a federation operation through the admin HTTP of `admin`.
+async fn federation(admin: &str, op: &FederationOp) -> Result<String, String> {
+    let base = format!("{}/federation", admin.trim_end_matches('/'));
+    let http = reqwest::Client::new();
+    let request = match op {
+        FederationOp::Links => http.get(format!("{base}/links")),
+        FederationOp::Link { url } => http.post(format!("{base}/links")).json(&json!({"url": url})),
+        FederationOp::Unlink { cluster_id } => http.delete(format!("{base}/links/{cluster_id}")),
+        FederationOp::Reload => http.post(format!("{base}/reload")),
+    };
+    admin_answer(&base, request).await
+}
+
 /// Runs a cluster membership operation through the admin HTTP of `admin`.
 async fn cluster(admin: &str, op: &ClusterOp) -> Result<String, String> {
     let base = format!("{}/cluster/members", admin.trim_end_matches('/'));
@@ -385,6 +418,12 @@ async fn cluster(admin: &str, op: &ClusterOp) -> Result<String, String> {
         ClusterOp::Remove { node_id } => http.delete(format!("{base}/{node_id}")),
         ClusterOp::Leave => http.post(format!("{}/cluster/leave", admin.trim_end_matches('/'))),
     };
+    admin_answer(&base, request).await
+}
+
+/// Sends an admin HTTP request and prints its JSON answer; an error status
+/// is an error carrying the answer's message.
+async fn admin_answer(base: &str, request: reqwest::RequestBuilder) -> Result<String, String> {
     let response = request
         .send()
         .await
@@ -479,6 +518,9 @@ async fn run(cli: Cli) -> Result<String, String> {
     if let Command::Cluster { op, admin } = &cli.command {
         return cluster(admin, op).await;
     }
+    if let Command::Federation { op, admin } = &cli.command {
+        return federation(admin, op).await;
+    }
     let client = Client::connect(&cli.url).await.map_err(|e| e.to_string())?;
     let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
     match cli.command {
@@ -547,8 +589,8 @@ async fn run(cli: Cli) -> Result<String, String> {
                 .map_err(|e| e.to_string())?;
             Ok(pretty(&reply))
         }
-        Command::Sql { .. } | Command::Cluster { .. } => {
-            Err("sql and cluster run over admin HTTP, without a client connection".into())
+        Command::Sql { .. } | Command::Cluster { .. } | Command::Federation { .. } => {
+            Err("sql, cluster and federation run over admin HTTP, without a client connection".into())
         }
     }
 }

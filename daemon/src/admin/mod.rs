@@ -1,6 +1,7 @@
 //! Admin HTTP (axum) on `--admin-listen`: `/health`, `/status`, `/sql`
 //! ([`sql`]), `/metrics` ([`gauges`] reads the node's figures when
-//! scraped), `/cluster/members` and `/cluster/leave`.
+//! scraped), `/cluster/members` and `/cluster/leave`, and `/federation/*`
+//! ([`federation`]).
 
 use std::sync::{Arc, OnceLock};
 
@@ -16,8 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Node, RaftStatus, membership};
 use crate::envelope::{Envelope, PeerRequest, Refused};
+use crate::federation::Federation;
 use crate::metrics::Metrics;
 
+mod federation;
 mod gauges;
 mod sql;
 
@@ -28,6 +31,7 @@ pub use sql::engine as sql_engine;
 pub struct AdminState {
     node: Arc<OnceLock<Arc<Node>>>,
     sql: Arc<OnceLock<Arc<SqlEngine>>>,
+    federation: Arc<OnceLock<Arc<Federation>>>,
     metrics: Arc<Metrics>,
     /// Stops the node (after it left its cluster).
     shutdown: CancellationToken,
@@ -38,6 +42,7 @@ impl AdminState {
         AdminState {
             node: Arc::default(),
             sql: Arc::default(),
+            federation: Arc::default(),
             metrics,
             shutdown,
         }
@@ -51,6 +56,11 @@ impl AdminState {
     pub fn set_node(&self, node: Arc<Node>, sql: Arc<SqlEngine>) {
         let _ = self.node.set(node);
         let _ = self.sql.set(sql);
+    }
+
+    /// Serves `/federation/*` from now on.
+    pub fn set_federation(&self, federation: Arc<Federation>) {
+        let _ = self.federation.set(federation);
     }
 
     /// The SQL engine, once the node has started.
@@ -85,6 +95,15 @@ pub fn router(state: AdminState) -> Router {
             axum::routing::delete(remove_member),
         )
         .route("/cluster/leave", axum::routing::post(leave))
+        .route(
+            "/federation/links",
+            get(federation::links).post(federation::link),
+        )
+        .route(
+            "/federation/links/{cluster}",
+            axum::routing::delete(federation::unlink),
+        )
+        .route("/federation/reload", axum::routing::post(federation::reload))
         .with_state(state)
 }
 

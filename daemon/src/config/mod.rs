@@ -10,7 +10,10 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
+mod federation;
 mod limits;
+
+pub use federation::{FederationSettings, PolicyDirectory};
 
 pub use limits::{CacheLimits, PubSubLimits, RpcLimits, SlowConsumerPolicy, TransportLimits};
 
@@ -78,6 +81,16 @@ pub struct FileConfig {
     pub metrics_max_label_values: Option<usize>,
     pub cache_memory_bytes: Option<usize>,
     pub cache_max_value_bytes: Option<usize>,
+    pub federate: Option<Vec<String>>,
+    pub announce_interval_seconds: Option<u64>,
+    pub route_ttl_seconds: Option<u64>,
+    pub link_dead_seconds: Option<u64>,
+    pub max_routes_per_dest: Option<u32>,
+    pub hold_down_seconds: Option<u64>,
+    pub flap_threshold: Option<u32>,
+    pub flap_window_seconds: Option<u64>,
+    pub import_policy: Option<PolicyDirectory>,
+    pub export_policy: Option<PolicyDirectory>,
 }
 
 impl FileConfig {
@@ -136,6 +149,10 @@ pub struct Config {
     pub sql: SqlLimits,
     /// Cache memory tier and value limits.
     pub cache: CacheLimits,
+    /// Links to other clusters and route control.
+    pub federation: FederationSettings,
+    /// The config file the settings came from, read again on reload.
+    pub config_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -163,6 +180,8 @@ impl Config {
             pubsub: PubSubLimits::default(),
             sql: SqlLimits::default(),
             cache: CacheLimits::default(),
+            federation: FederationSettings::default(),
+            config_file: None,
         }
     }
 
@@ -202,6 +221,16 @@ impl Config {
             metrics_max_label_values,
             cache_memory_bytes,
             cache_max_value_bytes,
+            federate,
+            announce_interval_seconds,
+            route_ttl_seconds,
+            link_dead_seconds,
+            max_routes_per_dest,
+            hold_down_seconds,
+            flap_threshold,
+            flap_window_seconds,
+            import_policy,
+            export_policy,
         } = file;
         if let Some(v) = data_dir {
             self.data_dir = v;
@@ -292,6 +321,37 @@ impl Config {
         if let Some(v) = cache_max_value_bytes {
             self.cache.max_value_bytes = v;
         }
+        let federation = &mut self.federation;
+        if let Some(v) = federate {
+            federation.federate = v;
+        }
+        if let Some(v) = announce_interval_seconds {
+            federation.announce_interval = Duration::from_secs(v);
+        }
+        if let Some(v) = route_ttl_seconds {
+            federation.route_ttl = Duration::from_secs(v);
+        }
+        if let Some(v) = link_dead_seconds {
+            federation.link_dead = Duration::from_secs(v);
+        }
+        if let Some(v) = max_routes_per_dest {
+            federation.max_routes_per_dest = v;
+        }
+        if let Some(v) = hold_down_seconds {
+            federation.damping.hold_down_ms = v.saturating_mul(1000);
+        }
+        if let Some(v) = flap_threshold {
+            federation.damping.flap_threshold = v;
+        }
+        if let Some(v) = flap_window_seconds {
+            federation.damping.flap_window_ms = v.saturating_mul(1000);
+        }
+        if let Some(v) = import_policy {
+            federation.import = v;
+        }
+        if let Some(v) = export_policy {
+            federation.export = v;
+        }
     }
 
     /// Longest a write waits for a leader to take it, or for its commit:
@@ -313,12 +373,25 @@ impl Config {
             .iter()
             .chain(&self.peers)
             .chain(&self.advertise_url)
+            .chain(&self.federation.federate)
         {
             if !(url.starts_with("ws://") || url.starts_with("wss://")) {
                 return Err(Error::InvalidSetting(format!(
                     "{url:?} is not a node URL: expected ws://host:port"
                 )));
             }
+        }
+        let federation = &self.federation;
+        if federation.announce_interval.is_zero()
+            || federation.link_dead.is_zero()
+            || federation.max_routes_per_dest == 0
+            || federation.route_ttl <= federation.announce_interval
+        {
+            return Err(Error::InvalidSetting(format!(
+                "announce_interval_seconds, link_dead_seconds and max_routes_per_dest must be at least 1, and route_ttl_seconds ({}) above announce_interval_seconds ({})",
+                federation.route_ttl.as_secs(),
+                federation.announce_interval.as_secs()
+            )));
         }
         if self.snapshot_interval == 0 {
             return Err(Error::InvalidSetting(

@@ -8,7 +8,7 @@
 
 use super::rows::{FunctionRow, NodeRow, NodeStatus, RouteRow, SubscriptionRow};
 use super::txn::{RowStore, ViewTxn, check_ids, rejected};
-use super::{View, cache, queue_apply, timers};
+use super::{View, cache, federation_apply, queue_apply, timers};
 use crate::error::Result;
 use crate::event::{Event, EventKind, Outcome};
 
@@ -158,6 +158,29 @@ pub fn apply<S: RowStore>(txn: &mut ViewTxn<'_, S>, event: &Event) -> Result<Out
             if !txn.delete(View::Routes, RouteRow::key(dest, advertiser))? {
                 return Ok(rejected(format!("no route to {dest} from {advertiser}")));
             }
+        }
+        EventKind::FederationLinked { cluster_id, urls } => {
+            return federation_apply::link(txn, now, cluster_id, urls);
+        }
+        EventKind::FederationUnlinked { cluster_id } => {
+            return federation_apply::unlink(txn, cluster_id);
+        }
+        EventKind::RoutesLearned {
+            via,
+            routes,
+            ttl_ms,
+            max_routes,
+        } => return federation_apply::learn(txn, now, via, routes, *ttl_ms, *max_routes),
+        EventKind::RoutesRefreshed { via, ttl_ms } => {
+            return federation_apply::refresh(txn, now, via, *ttl_ms);
+        }
+        EventKind::RoutesWithdrawn {
+            via,
+            dests,
+            damping,
+        } => return federation_apply::withdraw(txn, now, via, dests, damping),
+        EventKind::RoutesExpired { routes } => {
+            return federation_apply::expire(txn, now, routes);
         }
         EventKind::QueueDeclared { name, settings } => {
             return queue_apply::declare(txn, now, name, settings);

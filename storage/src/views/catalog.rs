@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use super::View;
+use super::federation_rows::{CandidateRow, DampingRow, LinkRow};
 use super::rows::{FunctionRow, NodeRow, RouteRow, SubscriptionRow};
 use crate::codec;
 use crate::error::Result;
@@ -18,6 +19,9 @@ pub struct Catalog {
     functions: BTreeMap<Vec<u8>, FunctionRow>,
     subscriptions: BTreeMap<Vec<u8>, SubscriptionRow>,
     routes: BTreeMap<Vec<u8>, RouteRow>,
+    links: BTreeMap<Vec<u8>, LinkRow>,
+    candidates: BTreeMap<Vec<u8>, CandidateRow>,
+    damping: BTreeMap<Vec<u8>, DampingRow>,
 }
 
 fn change<T: serde::de::DeserializeOwned>(
@@ -56,6 +60,9 @@ impl Catalog {
             View::Functions => change(&mut self.functions, view, key, value),
             View::Subscriptions => change(&mut self.subscriptions, view, key, value),
             View::Routes => change(&mut self.routes, view, key, value),
+            View::FederationLinks => change(&mut self.links, view, key, value),
+            View::RouteCandidates => change(&mut self.candidates, view, key, value),
+            View::RouteDamping => change(&mut self.damping, view, key, value),
             View::Queues
             | View::QueueMessages
             | View::QueueReady
@@ -94,5 +101,32 @@ impl Catalog {
     /// Every known route to cluster `dest`.
     pub fn routes_to(&self, dest: &str) -> impl Iterator<Item = &RouteRow> {
         with_prefix(&self.routes, RouteRow::dest_prefix(dest))
+    }
+
+    /// Links to neighbour clusters.
+    pub fn links(&self) -> impl Iterator<Item = &LinkRow> {
+        self.links.values()
+    }
+
+    pub fn link(&self, cluster_id: &str) -> Option<&LinkRow> {
+        self.links.get(&LinkRow::key(cluster_id))
+    }
+
+    /// Every route learned from a neighbour, by destination.
+    pub fn candidates(&self) -> impl Iterator<Item = &CandidateRow> {
+        self.candidates.values()
+    }
+
+    /// The routes learned to `dest`.
+    pub fn candidates_to(&self, dest: &str) -> impl Iterator<Item = &CandidateRow> {
+        with_prefix(&self.candidates, CandidateRow::dest_prefix(dest))
+    }
+
+    pub fn candidate(&self, dest: &str, next_hop: &str) -> Option<&CandidateRow> {
+        self.candidates.get(&CandidateRow::key(dest, next_hop))
+    }
+
+    pub fn damping(&self, dest: &str, advertiser: &str) -> Option<&DampingRow> {
+        self.damping.get(&DampingRow::key(dest, advertiser))
     }
 }

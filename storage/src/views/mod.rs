@@ -10,7 +10,8 @@
 //! `row_key` from this file):
 //!
 //! ```text
-//! apply       -> timers, cache, queue_apply, txn, rows
+//! apply       -> timers, cache, queue_apply, federation_apply, txn, rows
+//! federation_apply -> txn, federation_rows
 //! timers      -> cache, queue_apply, txn, queue_rows
 //! cache       -> txn, queue_rows
 //! queue_apply -> txn, queue_rows
@@ -25,12 +26,16 @@
 //! - `timers`: `TimersFired`, dispatching each due timer to the queues or
 //!   the cache;
 //! - `rows`, `queue_rows`: the row types and their keys;
+//! - `federation_apply`, `federation_rows`: links to neighbour clusters,
+//!   the routes learned through them and their damping;
 //! - `catalog`: the in-memory index; `digest`: the digest of all rows.
 
 mod apply;
 mod cache;
 mod catalog;
 mod digest;
+mod federation_apply;
+mod federation_rows;
 mod queue_apply;
 mod queue_rows;
 mod rows;
@@ -39,6 +44,7 @@ mod txn;
 
 pub use cache::CacheRow;
 pub use catalog::Catalog;
+pub use federation_rows::{CandidateRow, DampingRow, LinkRow};
 pub use queue_rows::{
     DedupRow, MessageRow, MessageState, QueueRow, Timer, TimerKind, queue_prefix,
 };
@@ -62,11 +68,14 @@ pub enum View {
     QueueDedup,
     QueueTimers,
     CacheEntries,
+    FederationLinks,
+    RouteCandidates,
+    RouteDamping,
 }
 
 impl View {
     /// Every view, in a fixed order (snapshot files and digests rely on it).
-    pub(crate) const ALL: [View; 11] = [
+    pub(crate) const ALL: [View; 14] = [
         View::Nodes,
         View::Functions,
         View::Subscriptions,
@@ -78,6 +87,9 @@ impl View {
         View::QueueDedup,
         View::QueueTimers,
         View::CacheEntries,
+        View::FederationLinks,
+        View::RouteCandidates,
+        View::RouteDamping,
     ];
 
     /// Whether the in-memory [`Catalog`] holds this view's rows (queue and
@@ -86,7 +98,13 @@ impl View {
     pub(crate) fn in_catalog(self) -> bool {
         matches!(
             self,
-            View::Nodes | View::Functions | View::Subscriptions | View::Routes
+            View::Nodes
+                | View::Functions
+                | View::Subscriptions
+                | View::Routes
+                | View::FederationLinks
+                | View::RouteCandidates
+                | View::RouteDamping
         )
     }
 
@@ -104,6 +122,9 @@ impl View {
             View::QueueDedup => "view_queue_dedup",
             View::QueueTimers => "view_queue_timers",
             View::CacheEntries => "view_cache_entries",
+            View::FederationLinks => "view_federation_links",
+            View::RouteCandidates => "view_route_candidates",
+            View::RouteDamping => "view_route_damping",
         }
     }
 
@@ -121,6 +142,9 @@ impl View {
             View::QueueDedup => 9,
             View::QueueTimers => 10,
             View::CacheEntries => 11,
+            View::FederationLinks => 12,
+            View::RouteCandidates => 13,
+            View::RouteDamping => 14,
         }
     }
 

@@ -1,0 +1,414 @@
+//! Federation: this cluster's links to neighbour clusters and the
+//! path-vector route control over them. Entry type [`Federation`].
+//!
+//! The raft leader speaks for the cluster: it dials each neighbour
+//! ([`speaker`]), sends it the whole route table on an interval and at once
+//! when the table changes, measures each link's round trip, and withdraws
+//! the routes of a link that answers nothing for `link_dead_seconds`. It
+//! judges what neighbours announce ([`receive`]) and proposes what it
+//! accepts as events, so every member holds the same routes, a restart
+//! replays them, and a new leader carries on from the views. Links and
+//! routes are views; what is kept only in memory is each link's live state
+//! (up or down, round trip, counters), shown by `federation_links`.
+
+mod receive;
+mod speaker;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use mpreg_storage::EventKind;
+use mpreg_storage::federation::{Announcement, RouteMetrics, rank};
+use mpreg_storage::views::{CandidateRow, Catalog};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::now_ms;
+use crate::cluster::{Node, membership};
+use crate::config::{FederationSettings, FileConfig};
+use crate::envelope::{FederationReply, FederationRequest, PeerReply, PeerRequest, Refused};
+use crate::metrics::FederationMetrics;
+
+/// Longest a request to a neighbour may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most member URLs kept per link.
+const MAX_LINK_URLS: usize = 16;
+
+/// What this node knows of one link while it runs (kept in memory).
+#[derive(Clone, Debug, Default)]
+pub struct LinkRuntime {
+    /// `up`, `down`, `connecting`, or `standby` on a member that is not the
+    /// leader.
+    pub state: &'static str,
+    pub rtt_us: Option<u64>,
+    pub last_seen_ms: Option<u64>,
+    pub announcements_in: u64,
+    pub announcements_out: u64,
+    pub rejections: BTreeMap<&'static str, u64>,
+}
+
+/// Links to neighbour clusters and route control.
+pub struct Federation {
+    node: Arc<Node>,
+    settings: RwLock<FederationSettings>,
+    /// Read again by [`Federation::reload`].
+    config_file: Option<PathBuf>,
+    metrics: FederationMetrics,
+    links: Mutex<BTreeMap<String, LinkRuntime>>,
+    /// The last epoch this node announced with.
+    epoch: AtomicU64,
+    /// Clusters unlinked lately, by when: their announcements still in
+    /// flight must not link them again.
+    unlinked: Mutex<BTreeMap<String, std::time::Instant>>,
+}
+
+/// How long an unlinked cluster's announcements are refused.
+const UNLINK_QUARANTINE: Duration = Duration::from_secs(30);
+
+/// Why a federation admin operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FederationError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no link to cluster {0}")]
+    NoSuchLink(String),
+    #[error("{url} did not answer: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("{0}")]
+    Refused(#[from] Refused),
+}
+
+impl Federation {
+    /// Starts speaking for the cluster whenever this node leads it.
+    pub fn start(
+        node: Arc<Node>,
+        settings: FederationSettings,
+        config_file: Option<PathBuf>,
+        metrics: FederationMetrics,
+        shutdown: CancellationToken,
+    ) -> Arc<Federation> {
+        let federation = Arc::new(Federation {
+            node,
+            settings: RwLock::new(settings),
+            config_file,
+            metrics,
+            links: Mutex::default(),
+            epoch: AtomicU64::new(0),
+            unlinked: Mutex::default(),
+        });
+        tokio::spawn(speaker::run(federation.clone(), shutdown));
+        federation
+    }
+
+    fn settings(&self) -> FederationSettings {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn local(&self) -> &str {
+        &self.node.identity().cluster_id
+    }
+
+    fn runtime<T>(&self, cluster: &str, f: impl FnOnce(&mut LinkRuntime) -> T) -> T {
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        f(links.entry(cluster.to_string()).or_default())
+    }
+
+    /// The live state of the link to `cluster`, if this node has one.
+    pub fn link_runtime(&self, cluster: &str) -> Option<LinkRuntime> {
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links.get(cluster).cloned()
+    }
+
+    fn mark_unlinked(&self, cluster: &str) {
+        let mut unlinked = self.unlinked.lock().unwrap_or_else(|e| e.into_inner());
+        unlinked.retain(|_, at| at.elapsed() < UNLINK_QUARANTINE);
+        unlinked.insert(cluster.to_string(), std::time::Instant::now());
+        self.links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(cluster);
+    }
+
+    /// Whether `cluster` was unlinked within [`UNLINK_QUARANTINE`].
+    fn recently_unlinked(&self, cluster: &str) -> bool {
+        let unlinked = self.unlinked.lock().unwrap_or_else(|e| e.into_inner());
+        unlinked
+            .get(cluster)
+            .is_some_and(|at| at.elapsed() < UNLINK_QUARANTINE)
+    }
+
+    /// An epoch above every one this node used (announcement time in ms,
+    /// so a new leader starts above its predecessor's).
+    fn next_epoch(&self) -> u64 {
+        let now = now_ms();
+        let mut current = self.epoch.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(current + 1);
+            match self
+                .epoch
+                .compare_exchange(current, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return next,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    /// Client URLs of this cluster's members, and its leader's.
+    fn own_urls(&self) -> (Vec<String>, Option<String>) {
+        let urls = membership::members(&self.node)
+            .into_iter()
+            .map(|m| m.addr)
+            .take(MAX_LINK_URLS)
+            .collect();
+        let leader = self.node.leader().and_then(|id| self.node.member_addr(id));
+        (urls, leader)
+    }
+
+    /// Answers a request from a neighbour cluster.
+    pub async fn handle(&self, request: FederationRequest) -> Result<FederationReply, Refused> {
+        match request {
+            FederationRequest::Hello { .. } => {
+                let (urls, leader_url) = self.own_urls();
+                Ok(FederationReply::Hello {
+                    cluster_id: self.local().to_string(),
+                    urls,
+                    leader_url,
+                })
+            }
+            FederationRequest::Ping => Ok(FederationReply::Pong),
+            FederationRequest::Announce {
+                cluster_id,
+                urls,
+                routes,
+            } => receive::announce(self, &cluster_id, urls, routes).await,
+            FederationRequest::Unlink { cluster_id } => {
+                if !self.node.is_leader() {
+                    let (_, leader_url) = self.own_urls();
+                    return Ok(FederationReply::NotLeader { leader_url });
+                }
+                self.mark_unlinked(&cluster_id);
+                if self.node.views().catalog().link(&cluster_id).is_some() {
+                    self.propose(vec![EventKind::FederationUnlinked { cluster_id }])
+                        .await?;
+                }
+                Ok(FederationReply::Unlinked)
+            }
+        }
+    }
+
+    async fn propose(&self, events: Vec<EventKind>) -> Result<(), Refused> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        for outcome in self.node.propose_all(events).await? {
+            if let mpreg_storage::Outcome::Rejected { reason } = outcome {
+                tracing::warn!(%reason, "a federation event was refused");
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks the node at `url` which cluster it is in.
+    async fn hello(&self, url: &str) -> Result<(String, Vec<String>, Option<String>), FederationError> {
+        let request = FederationRequest::Hello {
+            cluster_id: self.local().to_string(),
+        };
+        match self.request(url, request).await? {
+            FederationReply::Hello {
+                cluster_id,
+                urls,
+                leader_url,
+            } => Ok((cluster_id, urls, leader_url)),
+            other => Err(FederationError::Unreachable {
+                url: url.to_string(),
+                reason: format!("answered Hello with {other:?}"),
+            }),
+        }
+    }
+
+    async fn request(
+        &self,
+        url: &str,
+        request: FederationRequest,
+    ) -> Result<FederationReply, FederationError> {
+        let unreachable = |reason: String| FederationError::Unreachable {
+            url: url.to_string(),
+            reason,
+        };
+        let reply = self
+            .node
+            .peers()
+            .request(url, PeerRequest::Federation(request), REQUEST_TIMEOUT)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        match reply {
+            PeerReply::Federation(Ok(reply)) => Ok(reply),
+            PeerReply::Federation(Err(refused)) | PeerReply::Refused(refused) => {
+                Err(unreachable(refused.to_string()))
+            }
+            other => Err(unreachable(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Links the cluster of the node at `url` (admin `POST
+    /// /federation/links`); its id. A URL of this cluster is refused.
+    pub async fn link(&self, url: &str) -> Result<String, FederationError> {
+        if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+            return Err(FederationError::Invalid(format!(
+                "{url:?} is not a node URL: expected ws://host:port"
+            )));
+        }
+        let (cluster_id, urls, _) = self.hello(url).await?;
+        if cluster_id == self.local() {
+            return Err(FederationError::Invalid(format!(
+                "{url} is a member of this cluster ({cluster_id}); a cluster does not link to itself"
+            )));
+        }
+        self.unlinked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&cluster_id);
+        let mut all = vec![url.to_string()];
+        all.extend(urls.into_iter().filter(|u| u != url));
+        all.truncate(MAX_LINK_URLS);
+        self.propose(vec![EventKind::FederationLinked {
+            cluster_id: cluster_id.clone(),
+            urls: all,
+        }])
+        .await?;
+        Ok(cluster_id)
+    }
+
+    /// Removes the link to `cluster` (admin `DELETE
+    /// /federation/links/{cluster}`), telling the neighbour first so it
+    /// does not link back.
+    pub async fn unlink(&self, cluster: &str) -> Result<(), FederationError> {
+        let urls = match self.node.views().catalog().link(cluster) {
+            Some(row) => row.urls.clone(),
+            None => return Err(FederationError::NoSuchLink(cluster.to_string())),
+        };
+        self.mark_unlinked(cluster);
+        for url in &urls {
+            let request = FederationRequest::Unlink {
+                cluster_id: self.local().to_string(),
+            };
+            match self.request(url, request).await {
+                Ok(FederationReply::NotLeader {
+                    leader_url: Some(leader),
+                }) => {
+                    let request = FederationRequest::Unlink {
+                        cluster_id: self.local().to_string(),
+                    };
+                    if self.request(&leader, request).await.is_ok() {
+                        break;
+                    }
+                }
+                Ok(_) => break,
+                Err(e) => tracing::debug!(error = %e, "neighbour not told of the unlink"),
+            }
+        }
+        self.propose(vec![EventKind::FederationUnlinked {
+            cluster_id: cluster.to_string(),
+        }])
+        .await?;
+        Ok(())
+    }
+
+    /// Reads the neighbour policies (and damping) from the config file
+    /// again; they apply to messages from now on.
+    pub fn reload(&self) -> Result<(), FederationError> {
+        let Some(path) = &self.config_file else {
+            return Err(FederationError::Invalid(
+                "the daemon was started without --config: there is nothing to reload".into(),
+            ));
+        };
+        let file = FileConfig::load(path).map_err(|e| FederationError::Invalid(e.to_string()))?;
+        let mut settings = self.settings.write().unwrap_or_else(|e| e.into_inner());
+        settings.import = file.import_policy.unwrap_or_default();
+        settings.export = file.export_policy.unwrap_or_default();
+        tracing::info!(path = %path.display(), "federation policies reloaded");
+        Ok(())
+    }
+}
+
+/// Per destination, the candidates in rank order (best first), ranked at
+/// `now_ms`.
+fn ranked(catalog: &Catalog, now_ms: u64) -> BTreeMap<&str, Vec<&CandidateRow>> {
+    let mut by_dest: BTreeMap<&str, Vec<&CandidateRow>> = BTreeMap::new();
+    for row in catalog.candidates() {
+        by_dest.entry(&row.route.dest).or_default().push(row);
+    }
+    for rows in by_dest.values_mut() {
+        let candidates: Vec<_> = rows.iter().map(|r| r.candidate()).collect();
+        let order = rank(&candidates, now_ms);
+        *rows = order.into_iter().map(|i| rows[i]).collect();
+    }
+    by_dest
+}
+
+/// Whether a candidate can carry traffic at `now_ms`.
+fn usable(row: &CandidateRow, now_ms: u64) -> bool {
+    row.withdrawn_at_ms.is_none() && row.expires_at_ms > now_ms
+}
+
+/// The route table this cluster announces to `to`: itself, then its
+/// selected route to every other destination that neither goes through
+/// `to` nor is refused by the export policy.
+fn export_table(
+    federation: &Federation,
+    to: &str,
+    settings: &FederationSettings,
+) -> Vec<Announcement> {
+    let local = federation.local().to_string();
+    let now = now_ms();
+    let epoch = federation.next_epoch();
+    let policy = settings.export.lookup(to);
+    let ttl_ms = settings.route_ttl.as_millis() as u64;
+    let announce = |dest: &str, path: Vec<String>, metrics: RouteMetrics, tags: Vec<String>| {
+        Announcement {
+            dest: dest.to_string(),
+            path,
+            metrics,
+            advertiser: local.clone(),
+            advertised_at_ms: now,
+            ttl_ms,
+            epoch,
+            tags,
+            signature: None,
+        }
+    };
+    let mut table = vec![announce(
+        &local,
+        vec![local.clone()],
+        RouteMetrics::origin(),
+        Vec::new(),
+    )];
+    let catalog = federation.node.views().catalog();
+    for (dest, rows) in ranked(&catalog, now) {
+        let Some(best) = rows.first().filter(|r| usable(r, now)) else {
+            continue;
+        };
+        let route = &best.route;
+        if route.path.iter().any(|c| c == to)
+            || !policy.allows(dest, &local, &route.tags)
+            || policy
+                .max_hops
+                .is_some_and(|max| route.metrics.hops.saturating_add(1) > max)
+        {
+            continue;
+        }
+        table.push(announce(
+            dest,
+            route.path.clone(),
+            route.metrics.clone(),
+            route.tags.clone(),
+        ));
+    }
+    table
+}

@@ -1,0 +1,355 @@
+//! The leader's side of each link: resolve the configured neighbours,
+//! keep one task per link that pings the neighbour, sends it the route
+//! table (on an interval and at once when it changes) and withdraws the
+//! link's routes when it stops answering; and a timer that proposes the
+//! expiry of routes nobody refreshed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mpreg_storage::EventKind;
+use mpreg_storage::federation::Announcement;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Federation, FederationError, export_table, ranked, usable};
+use crate::clock::now_ms;
+use crate::envelope::{FederationReply, FederationRequest};
+use crate::metrics::ROUTE_STATES;
+
+/// How often the speaker looks at links, leadership and the route table.
+const TICK: Duration = Duration::from_millis(50);
+/// How often the expiry timer and the route gauges run.
+const SWEEP: Duration = Duration::from_secs(1);
+/// Wait before asking an unresolved `--federate` URL again.
+const RESOLVE_RETRY: Duration = Duration::from_secs(1);
+
+pub(super) async fn run(federation: Arc<Federation>, shutdown: CancellationToken) {
+    let mut tasks: BTreeMap<String, CancellationToken> = BTreeMap::new();
+    let mut resolved: BTreeSet<String> = BTreeSet::new();
+    let mut last_resolve = Instant::now() - RESOLVE_RETRY;
+    let mut last_sweep = Instant::now() - SWEEP;
+    let mut last_table = Vec::new();
+    let mut changed_at = Instant::now();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(TICK) => {}
+            () = shutdown.cancelled() => break,
+        }
+        let table = route_fingerprint(&federation);
+        if table != last_table {
+            last_table = table;
+            changed_at = Instant::now();
+        }
+        let sweep = last_sweep.elapsed() >= SWEEP;
+        if sweep {
+            last_sweep = Instant::now();
+            federation
+                .metrics
+                .seconds_since_route_change
+                .set(changed_at.elapsed().as_secs() as i64);
+            route_gauges(&federation);
+        }
+        if !federation.node.is_leader() {
+            for (cluster, task) in std::mem::take(&mut tasks) {
+                task.cancel();
+                federation.runtime(&cluster, |r| r.state = "standby");
+            }
+            federation.metrics.links_up.set(0);
+            federation.metrics.links_down.set(0);
+            continue;
+        }
+        if last_resolve.elapsed() >= RESOLVE_RETRY {
+            last_resolve = Instant::now();
+            resolve_configured(&federation, &mut resolved).await;
+        }
+        let linked: BTreeSet<String> = federation
+            .node
+            .views()
+            .catalog()
+            .links()
+            .map(|row| row.cluster_id.clone())
+            .collect();
+        tasks.retain(|cluster, task| {
+            let keep = linked.contains(cluster) && !task.is_cancelled();
+            if !keep {
+                task.cancel();
+            }
+            keep
+        });
+        for cluster in linked {
+            if !tasks.contains_key(&cluster) {
+                let token = shutdown.child_token();
+                tokio::spawn(link_task(federation.clone(), cluster.clone(), token.clone()));
+                tasks.insert(cluster, token);
+            }
+        }
+        let (up, down) = {
+            let links = federation.links.lock().unwrap_or_else(|e| e.into_inner());
+            let count = |state| links.values().filter(|r| r.state == state).count() as i64;
+            (count("up"), count("down"))
+        };
+        federation.metrics.links_up.set(up);
+        federation.metrics.links_down.set(down);
+        if sweep {
+            expire(&federation).await;
+        }
+    }
+    for task in tasks.values() {
+        task.cancel();
+    }
+}
+
+/// Links the clusters of the `--federate` URLs not linked yet. A URL of
+/// this cluster is refused once, with an error naming it.
+async fn resolve_configured(federation: &Federation, resolved: &mut BTreeSet<String>) {
+    for url in federation.settings().federate {
+        if resolved.contains(&url) {
+            continue;
+        }
+        let linked = {
+            let catalog = federation.node.views().catalog();
+            catalog.links().any(|row| row.urls.contains(&url))
+        };
+        if linked {
+            resolved.insert(url);
+            continue;
+        }
+        match federation.link(&url).await {
+            Ok(cluster) => {
+                tracing::info!(%url, %cluster, "linked a neighbour cluster");
+                resolved.insert(url);
+            }
+            Err(FederationError::Invalid(reason)) => {
+                tracing::error!(%url, %reason, "--federate URL refused");
+                resolved.insert(url);
+            }
+            Err(e) => tracing::debug!(%url, error = %e, "neighbour not reached yet"),
+        }
+    }
+}
+
+/// What the table a neighbour would be sent depends on: every candidate's
+/// destination, next hop, path and whether it is usable.
+fn route_fingerprint(federation: &Federation) -> Vec<(String, String, Vec<String>, bool)> {
+    let now = now_ms();
+    let catalog = federation.node.views().catalog();
+    catalog
+        .candidates()
+        .map(|row| {
+            (
+                row.route.dest.clone(),
+                row.route.next_hop.clone(),
+                row.route.path.clone(),
+                usable(row, now),
+            )
+        })
+        .collect()
+}
+
+fn route_gauges(federation: &Federation) {
+    let now = now_ms();
+    let mut counts: BTreeMap<&str, i64> = ROUTE_STATES.iter().map(|s| (*s, 0)).collect();
+    let mut unreachable = 0;
+    {
+        let catalog = federation.node.views().catalog();
+        for rows in ranked(&catalog, now).values() {
+            if !rows.first().is_some_and(|row| usable(row, now)) {
+                unreachable += 1;
+            }
+            for (i, row) in rows.iter().enumerate() {
+                let state = if row.withdrawn_at_ms.is_some() {
+                    catalog
+                        .damping(&row.route.dest, &row.route.next_hop)
+                        .and_then(|d| d.state(now))
+                        .unwrap_or("expired")
+                } else if !usable(row, now) {
+                    "expired"
+                } else if i == 0 {
+                    "active"
+                } else {
+                    "backup"
+                };
+                *counts.entry(state).or_default() += 1;
+            }
+        }
+    }
+    for (state, count) in counts {
+        federation.metrics.routes.with_label_values(&[state]).set(count);
+    }
+    federation.metrics.unreachable_destinations.set(unreachable);
+}
+
+/// Proposes the expiry of routes past their time and of withdrawn routes
+/// no longer damped.
+async fn expire(federation: &Federation) {
+    let now = now_ms();
+    let routes: Vec<(String, String)> = {
+        let catalog = federation.node.views().catalog();
+        catalog
+            .candidates()
+            .filter(|row| match row.withdrawn_at_ms {
+                None => row.expires_at_ms <= now,
+                Some(_) => !catalog
+                    .damping(&row.route.dest, &row.route.next_hop)
+                    .is_some_and(|d| d.active(now)),
+            })
+            .map(|row| (row.route.dest.clone(), row.route.next_hop.clone()))
+            .collect()
+    };
+    if !routes.is_empty()
+        && let Err(e) = federation
+            .propose(vec![EventKind::RoutesExpired { routes }])
+            .await
+    {
+        tracing::debug!(error = %e, "route expiry not proposed");
+    }
+}
+
+/// The part of an announced table that matters for "did it change".
+fn table_key(table: &[Announcement]) -> Vec<(String, Vec<String>, u32, u32, Vec<String>)> {
+    table
+        .iter()
+        .map(|a| {
+            (
+                a.dest.clone(),
+                a.path.clone(),
+                a.metrics.hops,
+                a.metrics.cost,
+                a.tags.clone(),
+            )
+        })
+        .collect()
+}
+
+/// Speaks for this cluster on the link to `cluster` until cancelled.
+async fn link_task(federation: Arc<Federation>, cluster: String, cancel: CancellationToken) {
+    let settings = federation.settings();
+    let ping_every = (settings.link_dead / 3).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let mut urls: Vec<String> = federation
+        .node
+        .views()
+        .catalog()
+        .link(&cluster)
+        .map(|row| row.urls.clone())
+        .unwrap_or_default();
+    let mut target = 0usize;
+    let mut last_ok = Instant::now();
+    let mut last_ping = Instant::now() - ping_every;
+    let mut lost = false;
+    let mut last_sent: Option<Vec<(String, Vec<String>, u32, u32, Vec<String>)>> = None;
+    let mut sent_at = Instant::now();
+    federation.runtime(&cluster, |r| r.state = "connecting");
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(TICK) => {}
+            () = cancel.cancelled() => break,
+        }
+        let settings = federation.settings();
+        if urls.is_empty() {
+            continue;
+        }
+        let url = urls[target % urls.len()].clone();
+        if last_ping.elapsed() >= ping_every {
+            last_ping = Instant::now();
+            let started = Instant::now();
+            match federation.request(&url, FederationRequest::Ping).await {
+                Ok(_) => {
+                    let rtt = started.elapsed().as_micros() as u64;
+                    last_ok = Instant::now();
+                    federation.runtime(&cluster, |r| {
+                        r.rtt_us = Some(rtt);
+                        r.last_seen_ms = Some(now_ms());
+                        r.state = "up";
+                    });
+                    if lost {
+                        lost = false;
+                        last_sent = None;
+                        tracing::info!(%cluster, "link back up");
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(%cluster, %url, error = %e, "ping failed");
+                    target += 1;
+                    if let Some(row) = federation.node.views().catalog().link(&cluster) {
+                        urls = row.urls.clone();
+                    }
+                }
+            }
+        }
+        if !lost && last_ok.elapsed() > settings.link_dead {
+            lost = true;
+            federation.runtime(&cluster, |r| r.state = "down");
+            tracing::warn!(%cluster, after = ?settings.link_dead, "link lost: withdrawing its routes");
+            withdraw_all(&federation, &cluster, &settings.damping).await;
+        }
+        if lost {
+            continue;
+        }
+        let table = export_table(&federation, &cluster, &settings);
+        let key = table_key(&table);
+        let due = sent_at.elapsed() >= settings.announce_interval;
+        if last_sent.as_ref() == Some(&key) && !due {
+            continue;
+        }
+        let count = table.len() as u64;
+        let (own_urls, _) = federation.own_urls();
+        let request = FederationRequest::Announce {
+            cluster_id: federation.local().to_string(),
+            urls: own_urls,
+            routes: table,
+        };
+        match federation.request(&url, request).await {
+            Ok(FederationReply::Announced { .. }) => {
+                last_sent = Some(key);
+                sent_at = Instant::now();
+                federation.runtime(&cluster, |r| r.announcements_out += count);
+            }
+            Ok(FederationReply::NotLeader { leader_url }) => {
+                if let Some(leader) = leader_url {
+                    match urls.iter().position(|u| *u == leader) {
+                        Some(i) => target = i,
+                        None => {
+                            urls.push(leader);
+                            target = urls.len() - 1;
+                        }
+                    }
+                }
+            }
+            Ok(other) => tracing::warn!(%cluster, ?other, "unexpected answer to an announcement"),
+            Err(e) => {
+                tracing::debug!(%cluster, %url, error = %e, "announcement not delivered");
+                target += 1;
+            }
+        }
+    }
+}
+
+/// Withdraws every route learned through `cluster` (its link is lost).
+async fn withdraw_all(
+    federation: &Federation,
+    cluster: &str,
+    damping: &mpreg_storage::federation::Damping,
+) {
+    let dests: Vec<String> = federation
+        .node
+        .views()
+        .catalog()
+        .candidates()
+        .filter(|row| row.route.next_hop == cluster && row.withdrawn_at_ms.is_none())
+        .map(|row| row.route.dest.clone())
+        .collect();
+    if dests.is_empty() {
+        return;
+    }
+    federation.metrics.withdrawals.inc_by(dests.len() as u64);
+    let event = EventKind::RoutesWithdrawn {
+        via: cluster.to_string(),
+        dests,
+        damping: *damping,
+    };
+    if let Err(e) = federation.propose(vec![event]).await {
+        tracing::warn!(%cluster, error = %e, "withdrawal not proposed");
+    }
+}

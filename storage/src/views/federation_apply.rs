@@ -1,0 +1,236 @@
+//! Apply of the federation events: links to neighbour clusters, routes
+//! learned, refreshed, withdrawn and expired, and their damping state.
+//! The leader judged each route before proposing it; apply only stores
+//! what it decided, with the event's time, and keeps the best
+//! candidates per destination.
+
+use super::View;
+use super::federation_rows::{CandidateRow, DampingRow, LinkRow};
+use super::txn::{RowStore, ViewTxn, check_ids, rejected};
+use crate::error::Result;
+use crate::event::Outcome;
+use crate::federation::{Damping, LearnedRoute, newer, rank};
+
+pub(super) fn link<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    now: u64,
+    cluster_id: &str,
+    urls: &[String],
+) -> Result<Outcome> {
+    if let Some(refused) = check_ids(&[("cluster_id", cluster_id)]) {
+        return Ok(refused);
+    }
+    let key = LinkRow::key(cluster_id);
+    let linked_at_ms = txn
+        .get::<LinkRow>(View::FederationLinks, &key)?
+        .map_or(now, |row| row.linked_at_ms);
+    let row = LinkRow {
+        cluster_id: cluster_id.to_string(),
+        urls: urls.to_vec(),
+        linked_at_ms,
+    };
+    txn.put(View::FederationLinks, key, &row)?;
+    Ok(Outcome::Applied)
+}
+
+pub(super) fn unlink<S: RowStore>(txn: &mut ViewTxn<'_, S>, cluster_id: &str) -> Result<Outcome> {
+    if !txn.delete(View::FederationLinks, LinkRow::key(cluster_id))? {
+        return Ok(rejected(format!("no link to cluster {cluster_id}")));
+    }
+    for row in txn.scan::<CandidateRow>(View::RouteCandidates, &[])? {
+        if row.route.next_hop == cluster_id {
+            txn.delete(
+                View::RouteCandidates,
+                CandidateRow::key(&row.route.dest, cluster_id),
+            )?;
+        }
+    }
+    for row in txn.scan::<DampingRow>(View::RouteDamping, &[])? {
+        if row.advertiser == cluster_id {
+            txn.delete(View::RouteDamping, DampingRow::key(&row.dest, cluster_id))?;
+        }
+    }
+    Ok(Outcome::Applied)
+}
+
+pub(super) fn learn<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    now: u64,
+    via: &str,
+    routes: &[LearnedRoute],
+    ttl_ms: u64,
+    max_routes: u32,
+) -> Result<Outcome> {
+    if let Some(refused) = check_ids(&[("via", via)]) {
+        return Ok(refused);
+    }
+    if let Some(wrong) = routes.iter().find(|r| r.next_hop != via) {
+        return Ok(rejected(format!(
+            "a route to {} learned from {via} names next hop {}",
+            wrong.dest, wrong.next_hop
+        )));
+    }
+    if let Some(refused) = routes
+        .iter()
+        .find_map(|r| check_ids(&[("dest", &r.dest)]))
+    {
+        return Ok(refused);
+    }
+    for route in routes {
+        let key = CandidateRow::key(&route.dest, via);
+        let held = txn.get::<CandidateRow>(View::RouteCandidates, &key)?;
+        let learned_at_ms = match &held {
+            Some(h) if h.withdrawn_at_ms.is_none() => {
+                if !newer(
+                    (route.epoch, route.advertised_at_ms),
+                    (h.route.epoch, h.route.advertised_at_ms),
+                ) {
+                    continue;
+                }
+                if h.route.path == route.path {
+                    h.learned_at_ms
+                } else {
+                    now
+                }
+            }
+            _ => now,
+        };
+        let row = CandidateRow {
+            route: route.clone(),
+            learned_at_ms,
+            expires_at_ms: now.saturating_add(ttl_ms),
+            withdrawn_at_ms: None,
+        };
+        txn.put(View::RouteCandidates, key, &row)?;
+        keep_best(txn, now, &route.dest, max_routes.max(1) as usize)?;
+    }
+    Ok(Outcome::Applied)
+}
+
+/// Drops the worst candidates to `dest` beyond `max`.
+fn keep_best<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    now: u64,
+    dest: &str,
+    max: usize,
+) -> Result<()> {
+    let rows: Vec<CandidateRow> =
+        txn.scan(View::RouteCandidates, &CandidateRow::dest_prefix(dest))?;
+    if rows.len() <= max {
+        return Ok(());
+    }
+    let candidates: Vec<_> = rows.iter().map(CandidateRow::candidate).collect();
+    let order = rank(&candidates, now);
+    for &index in order.iter().skip(max) {
+        txn.delete(
+            View::RouteCandidates,
+            CandidateRow::key(dest, &rows[index].route.next_hop),
+        )?;
+    }
+    Ok(())
+}
+
+pub(super) fn refresh<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    now: u64,
+    via: &str,
+    ttl_ms: u64,
+) -> Result<Outcome> {
+    for mut row in txn.scan::<CandidateRow>(View::RouteCandidates, &[])? {
+        if row.route.next_hop == via && row.withdrawn_at_ms.is_none() {
+            row.expires_at_ms = now.saturating_add(ttl_ms);
+            let key = CandidateRow::key(&row.route.dest, via);
+            txn.put(View::RouteCandidates, key, &row)?;
+        }
+    }
+    Ok(Outcome::Applied)
+}
+
+pub(super) fn withdraw<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    now: u64,
+    via: &str,
+    dests: &[String],
+    damping: &Damping,
+) -> Result<Outcome> {
+    for dest in dests {
+        let key = CandidateRow::key(dest, via);
+        let Some(mut row) = txn.get::<CandidateRow>(View::RouteCandidates, &key)? else {
+            continue;
+        };
+        if row.withdrawn_at_ms.is_some() {
+            continue;
+        }
+        let damped = damp(txn, now, dest, via, damping)?;
+        if damped {
+            row.withdrawn_at_ms = Some(now);
+            txn.put(View::RouteCandidates, key, &row)?;
+        } else {
+            txn.delete(View::RouteCandidates, key)?;
+        }
+    }
+    Ok(Outcome::Applied)
+}
+
+/// Starts hold-down and counts a flap for (`dest`, `advertiser`); whether
+/// the route is now damped.
+fn damp<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    now: u64,
+    dest: &str,
+    advertiser: &str,
+    damping: &Damping,
+) -> Result<bool> {
+    let counting = damping.flap_threshold > 0 && damping.flap_window_ms > 0;
+    if damping.hold_down_ms == 0 && !counting {
+        return Ok(false);
+    }
+    let key = DampingRow::key(dest, advertiser);
+    let mut row = txn
+        .get::<DampingRow>(View::RouteDamping, &key)?
+        .unwrap_or_else(|| DampingRow {
+            dest: dest.to_string(),
+            advertiser: advertiser.to_string(),
+            window_start_ms: now,
+            ..DampingRow::default()
+        });
+    if damping.hold_down_ms > 0 {
+        row.held_down_until_ms = Some(now.saturating_add(damping.hold_down_ms));
+    }
+    if counting {
+        if now.saturating_sub(row.window_start_ms) > damping.flap_window_ms {
+            row.flaps = 0;
+            row.window_start_ms = now;
+        }
+        row.flaps = row.flaps.saturating_add(1);
+        if row.flaps >= damping.flap_threshold {
+            row.suppressed_until_ms = Some(now.saturating_add(damping.flap_window_ms));
+        }
+    }
+    let damped = row.active(now);
+    txn.put(View::RouteDamping, key, &row)?;
+    Ok(damped)
+}
+
+pub(super) fn expire<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    now: u64,
+    routes: &[(String, String)],
+) -> Result<Outcome> {
+    for (dest, next_hop) in routes {
+        let key = CandidateRow::key(dest, next_hop);
+        let Some(row) = txn.get::<CandidateRow>(View::RouteCandidates, &key)? else {
+            continue;
+        };
+        let gone = match row.withdrawn_at_ms {
+            None => row.expires_at_ms <= now,
+            Some(_) => !txn
+                .get::<DampingRow>(View::RouteDamping, &DampingRow::key(dest, next_hop))?
+                .is_some_and(|d| d.active(now)),
+        };
+        if gone {
+            txn.delete(View::RouteCandidates, key)?;
+        }
+    }
+    Ok(Outcome::Applied)
+}

@@ -1,0 +1,344 @@
+//! Federation between real daemons, each its own cluster: links made with
+//! `--federate` and `/federation/links`, routes learned over them in a
+//! line and a ring, withdrawn when a cluster dies (well before the route
+//! TTL), learned again when it returns, and kept across restarts.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use mpreg_tests::{Daemon, TestDir, eventually, http, replay, sql_rows, status_of};
+use serde_json::Value;
+
+/// Longest a route change may take to spread over a few clusters.
+const CONVERGE: Duration = Duration::from_secs(30);
+
+/// One single-node cluster of a test federation.
+struct Cluster {
+    id: String,
+    dir: TestDir,
+    daemon: Option<Daemon>,
+}
+
+impl Cluster {
+    fn start(id: &str, federate: &[&Cluster], extra: &[&str]) -> Result<Cluster> {
+        let dir = TestDir::new();
+        let mut cluster = Cluster {
+            id: id.to_string(),
+            dir,
+            daemon: None,
+        };
+        cluster.restart(federate, extra)?;
+        Ok(cluster)
+    }
+
+    fn restart(&mut self, federate: &[&Cluster], extra: &[&str]) -> Result<()> {
+        let urls: Vec<String> = federate
+            .iter()
+            .map(|c| c.client_url())
+            .collect::<Result<_>>()?;
+        let joined = urls.join(",");
+        let mut args = vec!["--cluster-id", &self.id];
+        if !urls.is_empty() {
+            args.extend(["--federate", joined.as_str()]);
+        }
+        args.extend(extra);
+        self.daemon = Some(Daemon::start(&self.dir, &args)?);
+        Ok(())
+    }
+
+    fn daemon(&self) -> Result<&Daemon> {
+        self.daemon
+            .as_ref()
+            .with_context(|| format!("cluster {} is not running", self.id))
+    }
+
+    fn client_url(&self) -> Result<String> {
+        Ok(self.daemon()?.ready.client_url.clone())
+    }
+
+    fn admin(&self) -> Result<String> {
+        Ok(self.daemon()?.ready.admin_url.clone())
+    }
+
+    fn kill9(&mut self) -> Result<()> {
+        if let Some(daemon) = self.daemon.take() {
+            daemon.kill9()?;
+        }
+        Ok(())
+    }
+}
+
+/// `(dest, next_hop, path, hops)` of the active route of each destination
+/// other than the cluster itself.
+type Active = BTreeMap<String, (String, Vec<String>, u64)>;
+
+async fn active_routes(cluster: &Cluster) -> Result<Active> {
+    let rows = sql_rows(
+        &cluster.admin()?,
+        &format!(
+            "SELECT dest, next_hop, path, hops FROM routes WHERE state = 'active' AND dest <> '{}'",
+            cluster.id
+        ),
+    )
+    .await?;
+    let mut active = Active::new();
+    for row in rows {
+        let text = |k: &str| row[k].as_str().map(str::to_string).context(k.to_string());
+        let path: Vec<String> = serde_json::from_value(row["path"].clone())?;
+        let hops = row["hops"].as_u64().context("hops")?;
+        if active
+            .insert(text("dest")?, (text("next_hop")?, path, hops))
+            .is_some()
+        {
+            bail!("two active routes to one destination on {}", cluster.id);
+        }
+    }
+    Ok(active)
+}
+
+/// Every route row of `cluster` starts at it, ends at its destination
+/// and visits no cluster twice.
+async fn assert_loop_free(cluster: &Cluster) -> Result<()> {
+    let rows = sql_rows(
+        &cluster.admin()?,
+        &format!("SELECT dest, path FROM routes WHERE dest <> '{}'", cluster.id),
+    )
+    .await?;
+    for row in rows {
+        let path: Vec<String> = serde_json::from_value(row["path"].clone())?;
+        let mut seen = path.clone();
+        seen.sort();
+        seen.dedup();
+        ensure!(seen.len() == path.len(), "{}: a loop in {path:?}", cluster.id);
+        ensure!(path.first() == Some(&cluster.id), "{}: {path:?}", cluster.id);
+        ensure!(path.last() == row["dest"].as_str().map(str::to_string).as_ref());
+    }
+    Ok(())
+}
+
+/// Waits until `cluster` has an active route to exactly the destinations
+/// of `expected`, each along one of the paths given for it (equal-hop
+/// alternatives are listed twice: measured latency picks one); next hop
+/// and hops must follow from the path.
+async fn wait_for_routes(cluster: &Cluster, expected: &[(&str, &[&str])]) -> Result<Duration> {
+    let started = Instant::now();
+    let mut want: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
+    for (dest, path) in expected {
+        want.entry(dest.to_string())
+            .or_default()
+            .push(path.iter().map(|s| s.to_string()).collect());
+    }
+    eventually(
+        &format!("routes of {} to be one of {want:?}", cluster.id),
+        CONVERGE,
+        || async {
+            let seen = active_routes(cluster).await.map_err(|e| e.to_string())?;
+            let matches = seen.len() == want.len()
+                && seen.iter().all(|(dest, (next_hop, path, hops))| {
+                    want.get(dest).is_some_and(|paths| paths.contains(path))
+                        && path.get(1) == Some(next_hop)
+                        && *hops == path.len() as u64 - 1
+                });
+            if matches { Ok(()) } else { Err(format!("{seen:?}")) }
+        },
+    )
+    .await?;
+    Ok(started.elapsed())
+}
+
+async fn links(cluster: &Cluster) -> Result<Vec<Value>> {
+    let body: Value = http()
+        .get(format!("{}/federation/links", cluster.admin()?))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(body["links"].as_array().cloned().unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_clusters_in_a_line_route_through_the_middle() -> Result<()> {
+    let c1 = Cluster::start("c1", &[], &[])?;
+    let c2 = Cluster::start("c2", &[&c1], &[])?;
+    let c3 = Cluster::start("c3", &[&c2], &[])?;
+
+    wait_for_routes(&c1, &[("c2", &["c1", "c2"]), ("c3", &["c1", "c2", "c3"])]).await?;
+    wait_for_routes(&c2, &[("c1", &["c2", "c1"]), ("c3", &["c2", "c3"])]).await?;
+    wait_for_routes(&c3, &[("c1", &["c3", "c2", "c1"]), ("c2", &["c3", "c2"])]).await?;
+    for cluster in [&c1, &c2, &c3] {
+        assert_loop_free(cluster).await?;
+    }
+
+    // The query, verbatim, on the first cluster.
+    let rows = sql_rows(
+        &c1.admin()?,
+        "SELECT dest,next_hop,path,hops,state FROM routes WHERE dest='c3'",
+    )
+    .await?;
+    assert_eq!(
+        rows,
+        [serde_json::json!({"dest":"c3","next_hop":"c2","path":["c1","c2","c3"],"hops":2,"state":"active"})]
+    );
+
+    // c1 was linked by c2's --federate, and holds the link too.
+    let seen = links(&c1).await?;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0]["cluster_id"], "c2");
+    eventually("c1's link to c2 to be up", CONVERGE, || async {
+        let seen = links(&c1).await.map_err(|e| e.to_string())?;
+        match seen.first().map(|l| (l["state"].clone(), l["rtt_ms"].clone())) {
+            Some((state, rtt)) if state == "up" && rtt.is_f64() => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_reroutes_around_a_dead_cluster_before_the_ttl_and_heals() -> Result<()> {
+    let c1 = Cluster::start("c1", &[], &[])?;
+    let mut c2 = Cluster::start("c2", &[&c1], &[])?;
+    let c3 = Cluster::start("c3", &[&c2], &[])?;
+    let c4 = Cluster::start("c4", &[&c3, &c1], &[])?;
+
+    let whole_ring_from_c1: &[(&str, &[&str])] = &[
+        ("c2", &["c1", "c2"]),
+        ("c4", &["c1", "c4"]),
+        ("c3", &["c1", "c2", "c3"]),
+        ("c3", &["c1", "c4", "c3"]),
+    ];
+    wait_for_routes(&c1, whole_ring_from_c1).await?;
+    wait_for_routes(&c2, &[
+        ("c1", &["c2", "c1"]),
+        ("c3", &["c2", "c3"]),
+        ("c4", &["c2", "c1", "c4"]),
+        ("c4", &["c2", "c3", "c4"]),
+    ])
+    .await?;
+    for cluster in [&c1, &c2, &c3, &c4] {
+        assert_loop_free(cluster).await?;
+        ensure!(
+            active_routes(cluster).await?.len() == 3,
+            "{} misses a destination",
+            cluster.id
+        );
+    }
+
+    let cut = Instant::now();
+    c2.kill9()?;
+    // link_dead is 3 s and the route TTL 30 s by default: rerouting must
+    // come from withdrawals, not from expiry.
+    wait_for_routes(&c1, &[("c4", &["c1", "c4"]), ("c3", &["c1", "c4", "c3"])]).await?;
+    wait_for_routes(&c3, &[("c4", &["c3", "c4"]), ("c1", &["c3", "c4", "c1"])]).await?;
+    wait_for_routes(&c4, &[("c1", &["c4", "c1"]), ("c3", &["c4", "c3"])]).await?;
+    let rerouted = cut.elapsed();
+    ensure!(
+        rerouted < Duration::from_secs(20),
+        "rerouting took {rerouted:?}: that is expiry (30 s), not withdrawal"
+    );
+    for cluster in [&c1, &c3, &c4] {
+        assert_loop_free(cluster).await?;
+    }
+
+    // c2 comes back on a new port with no --federate: its links are in its
+    // log, and its neighbours learn its new URL from its announcements.
+    c2.restart(&[], &[])?;
+    wait_for_routes(&c1, whole_ring_from_c1).await?;
+    wait_for_routes(&c2, &[
+        ("c1", &["c2", "c1"]),
+        ("c3", &["c2", "c3"]),
+        ("c4", &["c2", "c1", "c4"]),
+        ("c4", &["c2", "c3", "c4"]),
+    ])
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_cluster_has_its_links_and_routes_from_its_log() -> Result<()> {
+    let mut c1 = Cluster::start("c1", &[], &[])?;
+    let mut c2 = Cluster::start("c2", &[&c1], &[])?;
+    let c3 = Cluster::start("c3", &[&c2], &[])?;
+    wait_for_routes(&c1, &[("c2", &["c1", "c2"]), ("c3", &["c1", "c2", "c3"])]).await?;
+
+    // With c2 dead, nothing can announce to c1: what it shows after its
+    // restart comes from its log.
+    c2.kill9()?;
+    c1.kill9()?;
+    c1.restart(&[], &[])?;
+    let rows = sql_rows(
+        &c1.admin()?,
+        "SELECT dest, next_hop, path FROM routes WHERE dest <> 'c1' ORDER BY dest",
+    )
+    .await?;
+    assert_eq!(
+        rows,
+        [
+            serde_json::json!({"dest":"c2","next_hop":"c2","path":["c1","c2"]}),
+            serde_json::json!({"dest":"c3","next_hop":"c2","path":["c1","c2","c3"]}),
+        ]
+    );
+    let seen = links(&c1).await?;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0]["cluster_id"], "c2");
+
+    // The dead link is found and its routes withdrawn.
+    wait_for_routes(&c1, &[]).await?;
+
+    let status = status_of(&c1.admin()?).await?;
+    c1.daemon.take().context("c1 runs")?.stop()?;
+    let replayed = replay(&c1.dir.data())?;
+    assert_eq!(replayed["last_applied"], status["last_applied"]);
+    assert_eq!(replayed["views_digest"], status["views_digest"]);
+    drop(c3);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_are_added_refused_and_removed_at_run_time() -> Result<()> {
+    let c1 = Cluster::start("c1", &[], &[])?;
+    let c2 = Cluster::start("c2", &[], &[])?;
+    let admin = c1.admin()?;
+    let post = |url: String| {
+        let admin = admin.clone();
+        async move {
+            let response = http()
+                .post(format!("{admin}/federation/links"))
+                .json(&serde_json::json!({ "url": url }))
+                .send()
+                .await?;
+            let status = response.status().as_u16();
+            let body: Value = response.json().await?;
+            anyhow::Ok((status, body))
+        }
+    };
+
+    let (status, body) = post(c1.client_url()?).await?;
+    assert_eq!(status, 400, "{body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(error.contains(&c1.client_url()?) && error.contains("(c1)"), "{error}");
+
+    let (status, body) = post(c2.client_url()?).await?;
+    assert_eq!((status, body["cluster_id"].as_str()), (200, Some("c2")), "{body}");
+    wait_for_routes(&c1, &[("c2", &["c1", "c2"])]).await?;
+    wait_for_routes(&c2, &[("c1", &["c2", "c1"])]).await?;
+
+    let response = http()
+        .delete(format!("{admin}/federation/links/c2"))
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 200);
+    wait_for_routes(&c1, &[]).await?;
+    wait_for_routes(&c2, &[]).await?;
+    assert!(links(&c1).await?.is_empty());
+    assert!(links(&c2).await?.is_empty());
+
+    let response = http()
+        .delete(format!("{admin}/federation/links/c9"))
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 404);
+    Ok(())
+}
