@@ -11,6 +11,7 @@ use crate::db::{DataDir, OpenMode};
 use crate::event::{
     AtomicOp, CacheKey, Delivery, Event, EventKind, NewMessage, QueueSettings, QueueType,
 };
+use crate::federation::{Damping, LearnedRoute, RouteMetrics};
 use crate::replay::MemViews;
 use crate::views::{Digest, ViewTxn, apply};
 use crate::{StateMachine, TypeConfig, open_raft_storage};
@@ -316,11 +317,114 @@ fn cache_event_kind() -> impl Strategy<Value = EventKind> {
     ]
 }
 
+/// Three cluster names, so federation events meet.
+fn cluster() -> impl Strategy<Value = String> {
+    (0u8..3).prop_map(|n| format!("k{n}"))
+}
+
+/// A route learned through `via`: a path of any shape (apply stores what
+/// the leader judged, and must be deterministic whatever it is), metrics
+/// that tie often, a few epochs and times so newer and older meet.
+fn learned_route(via: String) -> impl Strategy<Value = LearnedRoute> {
+    (
+        cluster(),
+        proptest::collection::vec(cluster(), 0..3),
+        (
+            0u32..3,
+            0u64..3,
+            0u32..2,
+            prop_oneof![Just(1_000_000u32), Just(500_000)],
+            0u32..3,
+        ),
+        0u64..3,
+        prop_oneof![Just(1_000_000u64), Just(1_001_000), Just(999_000)],
+        proptest::collection::vec(prop_oneof![Just("gold"), Just("eu")], 0..2),
+    )
+        .prop_map(
+            move |(
+                dest,
+                middle,
+                (hops, latency_ms, bandwidth, reliability, cost),
+                epoch,
+                at,
+                tags,
+            )| {
+                let mut path = vec!["local".to_string(), via.clone()];
+                path.extend(middle);
+                path.push(dest.clone());
+                LearnedRoute {
+                    dest,
+                    next_hop: via.clone(),
+                    path,
+                    metrics: RouteMetrics {
+                        hops,
+                        latency_us: latency_ms * 1000,
+                        bandwidth_mbps: bandwidth * 100,
+                        reliability_ppm: reliability,
+                        cost,
+                    },
+                    advertised_at_ms: at,
+                    epoch,
+                    tags: tags.into_iter().map(String::from).collect(),
+                }
+            },
+        )
+}
+
+/// Federation events over three clusters: links, routes learned (now and
+/// then naming a wrong next hop, which apply refuses), refreshed,
+/// withdrawn with and without damping, and expired.
+fn federation_event_kind() -> impl Strategy<Value = EventKind> {
+    let ttl = || prop_oneof![Just(0u64), 1u64..5_000];
+    let damping = prop_oneof![
+        Just(Damping::default()),
+        (0u64..4_000, 0u32..3, 0u64..6_000).prop_map(
+            |(hold_down_ms, flap_threshold, flap_window_ms)| Damping {
+                hold_down_ms,
+                flap_threshold,
+                flap_window_ms,
+            }
+        ),
+    ];
+    let learned = (cluster(), any::<bool>()).prop_flat_map(|(via, wrong)| {
+        let route_via = if wrong { "k9".to_string() } else { via.clone() };
+        (
+            Just(via),
+            proptest::collection::vec(learned_route(route_via), 1..4),
+            prop_oneof![Just(0u64), 1u64..5_000],
+            1u32..4,
+        )
+    });
+    prop_oneof![
+        2 => (cluster(), proptest::collection::vec(Just("ws://127.0.0.1:1".to_string()), 0..2))
+            .prop_map(|(cluster_id, urls)| EventKind::FederationLinked { cluster_id, urls }),
+        1 => cluster().prop_map(|cluster_id| EventKind::FederationUnlinked { cluster_id }),
+        6 => learned.prop_map(|(via, routes, ttl_ms, max_routes)| EventKind::RoutesLearned {
+            via,
+            routes,
+            ttl_ms,
+            max_routes,
+        }),
+        2 => (cluster(), ttl())
+            .prop_map(|(via, ttl_ms)| EventKind::RoutesRefreshed { via, ttl_ms }),
+        3 => (cluster(), proptest::collection::vec(cluster(), 0..4), damping).prop_map(
+            |(via, dests, damping)| EventKind::RoutesWithdrawn {
+                via,
+                dests,
+                damping,
+            }
+        ),
+        2 => proptest::collection::vec((cluster(), cluster()), 0..4)
+            .prop_map(|routes| EventKind::RoutesExpired { routes }),
+    ]
+}
+
 fn event_kind() -> impl Strategy<Value = EventKind> {
     prop_oneof![
         registry_event_kind(),
         queue_event_kind(),
-        cache_event_kind()
+        cache_event_kind(),
+        federation_event_kind()
     ]
 }
 
