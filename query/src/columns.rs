@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, ListBuilder, StringBuilder, TimestampMillisecondBuilder,
-    UInt32Builder, UInt64Builder,
+    ArrayRef, BooleanBuilder, Float64Builder, ListBuilder, StringBuilder,
+    TimestampMillisecondBuilder, UInt32Builder, UInt64Builder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
@@ -24,6 +24,7 @@ pub enum Kind {
     Time,
     U64,
     U32,
+    F64,
     Bool,
 }
 
@@ -59,6 +60,7 @@ impl Column {
             Kind::Time => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
             Kind::U64 => DataType::UInt64,
             Kind::U32 => DataType::UInt32,
+            Kind::F64 => DataType::Float64,
             Kind::Bool => DataType::Boolean,
         }
     }
@@ -84,6 +86,7 @@ pub enum Value<'a> {
     Time(u64),
     U64(u64),
     U32(u32),
+    F64(f64),
     Bool(bool),
     Null,
 }
@@ -94,6 +97,7 @@ enum Builder {
     Time(TimestampMillisecondBuilder),
     U64(UInt64Builder),
     U32(UInt32Builder),
+    F64(Float64Builder),
     Bool(BooleanBuilder),
 }
 
@@ -115,6 +119,7 @@ impl Builder {
             Kind::Time => Builder::Time(TimestampMillisecondBuilder::new().with_timezone("UTC")),
             Kind::U64 => Builder::U64(UInt64Builder::new()),
             Kind::U32 => Builder::U32(UInt32Builder::new()),
+            Kind::F64 => Builder::F64(Float64Builder::new()),
             Kind::Bool => Builder::Bool(BooleanBuilder::new()),
         }
     }
@@ -132,6 +137,7 @@ impl Builder {
             (Builder::Time(b), Value::Time(ms)) => b.append_value(millis(*ms)),
             (Builder::U64(b), Value::U64(v)) => b.append_value(*v),
             (Builder::U32(b), Value::U32(v)) => b.append_value(*v),
+            (Builder::F64(b), Value::F64(v)) => b.append_value(*v),
             (Builder::Bool(b), Value::Bool(v)) => b.append_value(*v),
             (builder, Value::Null) if column.nullable => match builder {
                 Builder::Text(b) => b.append_null(),
@@ -139,6 +145,7 @@ impl Builder {
                 Builder::Time(b) => b.append_null(),
                 Builder::U64(b) => b.append_null(),
                 Builder::U32(b) => b.append_null(),
+                Builder::F64(b) => b.append_null(),
                 Builder::Bool(b) => b.append_null(),
             },
             _ => return Err(mismatch(column.name, column.kind)),
@@ -153,6 +160,7 @@ impl Builder {
             Builder::Time(b) => Arc::new(b.finish()),
             Builder::U64(b) => Arc::new(b.finish()),
             Builder::U32(b) => Arc::new(b.finish()),
+            Builder::F64(b) => Arc::new(b.finish()),
             Builder::Bool(b) => Arc::new(b.finish()),
         }
     }

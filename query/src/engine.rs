@@ -18,7 +18,9 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures_util::StreamExt;
 use mpreg_storage::Inspector;
 
-use crate::tables::{CacheTierSource, InspectTable, RaftSource, Sources, TableId};
+use crate::tables::{
+    CacheTierSource, InspectTable, LinkStateSource, RaftSource, RouteExplain, Sources, TableId,
+};
 
 /// Limits every query runs under; each is a config key of the daemon.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,11 +156,20 @@ impl SqlEngine {
                 inspector,
                 raft,
                 cache,
+                links: std::sync::OnceLock::new(),
             }),
             running: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent)),
             limits,
             runtime: QueryRuntime(Some(runtime)),
         })
+    }
+
+    /// Sets where the live columns of `federation_links` come from (state,
+    /// round trip, last seen, counters); until then every link is
+    /// `unknown`. Only the first call counts: it returns whether this
+    /// `source` was taken.
+    pub fn set_link_states(&self, source: Arc<dyn LinkStateSource>) -> bool {
+        self.sources.links.set(source).is_ok()
     }
 
     pub fn limits(&self) -> &SqlLimits {
@@ -168,6 +179,11 @@ impl SqlEngine {
     /// Names of the tables, in the order `SHOW TABLES` lists ours.
     pub fn table_names() -> impl Iterator<Item = &'static str> {
         TableId::ALL.into_iter().map(TableId::name)
+    }
+
+    /// Names of the table functions (`SELECT * FROM route_explain('c3')`).
+    pub fn table_function_names() -> impl Iterator<Item = &'static str> {
+        [crate::tables::ROUTE_EXPLAIN].into_iter()
     }
 
     fn context(&self) -> Result<SessionContext, SqlError> {
@@ -192,6 +208,10 @@ impl SqlEngine {
             )
             .map_err(|e| SqlError::Internal(e.to_string()))?;
         }
+        ctx.register_udtf(
+            crate::tables::ROUTE_EXPLAIN,
+            Arc::new(RouteExplain::new(self.sources.clone())),
+        );
         Ok(ctx)
     }
 

@@ -1,17 +1,18 @@
 //! mpreg-query: read-only SQL over a node's state (DataFusion).
 //!
-//! Tables (`nodes`, `functions`, `subscriptions`, `routes`, `queues`,
-//! `queue_messages`, `cache_entries`, `events`, `raft`, `peers`, plus
-//! `information_schema`) read the views and the log of one data dir through
-//! [`mpreg_storage::Inspector`], live on a running node (`/sql`) or offline
-//! on a stopped node's dir (`mpreg-daemon sql`).
+//! Tables (`nodes`, `functions`, `subscriptions`, `routes`,
+//! `federation_links`, `queues`, `queue_messages`, `cache_entries`,
+//! `events`, `raft`, `peers`, plus `information_schema`) and the table
+//! function `route_explain('dest')` read the views and the log of one data
+//! dir through [`mpreg_storage::Inspector`], live on a running node
+//! (`/sql`) or offline on a stopped node's dir (`mpreg-daemon sql`).
 //!
 //! # Layout
 //! - `engine`: the session, the read-only guard, limits, errors
 //!   ([`SqlEngine`], [`SqlLimits`], [`SqlError`]);
 //! - `tables`: the tables, dispatched by `TableId` to one file per table
 //!   (its columns, pushdown key and rows), and the sources the daemon
-//!   implements ([`RaftSource`], [`CacheTierSource`]);
+//!   implements ([`RaftSource`], [`CacheTierSource`], [`LinkStateSource`]);
 //! - `columns`: column declarations and batch building;
 //! - `scan`: streaming a blocking RocksDB scan into a query;
 //! - `pushdown`: which filters narrow a scan;
@@ -29,7 +30,7 @@ use std::sync::Arc;
 
 pub use engine::{QueryOutput, SqlEngine, SqlError, SqlLimits};
 pub use format::Format;
-pub use tables::{CacheTierSource, PeerRow, RaftRow, RaftSource};
+pub use tables::{CacheTierSource, LinkState, LinkStateSource, PeerRow, RaftRow, RaftSource};
 
 use mpreg_storage::{DataDir, Inspector, OpenMode};
 use tables::{StoppedCacheTier, StoredRaftSource};

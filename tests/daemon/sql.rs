@@ -1,6 +1,7 @@
 //! SQL over HTTP and offline: every table after known events, the queue
 //! tables after sends, leases and a dead-lettering, the cache table with
-//! entries in memory and on disk, pushdown in `EXPLAIN`,
+//! entries in memory and on disk, federation routes, `route_explain` and
+//! links after federation events, pushdown in `EXPLAIN`,
 //! the three formats, refusals, limits, offline equals live, and queries
 //! while writes commit.
 
@@ -12,6 +13,7 @@ use mpreg_storage::EventKind;
 use mpreg_storage::event::{
     CacheKey, DeliveredMessage, Delivery, NewMessage, Outcome, QueueSettings, QueueType,
 };
+use mpreg_storage::federation::{Damping, LearnedRoute, RouteMetrics};
 use mpreg_tests::{Daemon, InProcess, TestDir, run_daemon, sql_get, sql_post, sql_rows};
 use serde_json::{Value, json};
 
@@ -72,6 +74,71 @@ async fn seed(node: &mpreg_daemon::Node) -> Result<()> {
 }
 
 const HOUR_MS: u64 = 3_600_000;
+
+/// Keeps the links of [`seed_federation`] (to nowhere) from being
+/// declared dead, which would withdraw their routes while a test reads them.
+fn keep_links(config: &mut mpreg_daemon::Config) {
+    config.federation.link_dead = Duration::from_secs(3600);
+}
+
+/// A route to `c3` the leader accepted from `via`, with `metrics`.
+fn learned_c3(via: &str, path: &[&str], metrics: RouteMetrics) -> LearnedRoute {
+    LearnedRoute {
+        dest: "c3".into(),
+        next_hop: via.into(),
+        path: path.iter().map(|s| s.to_string()).collect(),
+        metrics,
+        advertised_at_ms: unix_ms(),
+        epoch: 1,
+        tags: vec!["eu".into()],
+    }
+}
+
+/// Links to neighbours `c2` and `c4` (at URLs nobody answers) and a route
+/// to `c3` through each, their metrics chosen so the scores are exact:
+/// through c2 `12 + 10·2 + 5 + 50·0 − 0.05·100 = 32`, through c4
+/// `30.5 + 10·3 + 10 + 50·0.5 − 0 = 95.5`.
+async fn seed_federation(node: &mpreg_daemon::Node) -> Result<()> {
+    for cluster in ["c2", "c4"] {
+        node.propose_ok(EventKind::FederationLinked {
+            cluster_id: cluster.into(),
+            urls: vec![format!("ws://127.0.0.1:9/{cluster}")],
+        })
+        .await?;
+    }
+    let via_c2 = learned_c3(
+        "c2",
+        &["local", "c2", "c3"],
+        RouteMetrics {
+            hops: 2,
+            latency_us: 12_000,
+            bandwidth_mbps: 100,
+            reliability_ppm: 1_000_000,
+            cost: 5,
+        },
+    );
+    let via_c4 = learned_c3(
+        "c4",
+        &["local", "c4", "c5", "c3"],
+        RouteMetrics {
+            hops: 3,
+            latency_us: 30_500,
+            bandwidth_mbps: 0,
+            reliability_ppm: 500_000,
+            cost: 10,
+        },
+    );
+    for (via, route) in [("c2", via_c2), ("c4", via_c4)] {
+        node.propose_ok(EventKind::RoutesLearned {
+            via: via.into(),
+            routes: vec![route],
+            ttl_ms: HOUR_MS,
+            max_routes: 4,
+        })
+        .await?;
+    }
+    Ok(())
+}
 
 fn message(id: &str, priority: u8, delay_ms: u64, delivery: Delivery) -> NewMessage {
     NewMessage {
@@ -385,7 +452,7 @@ async fn each_table_returns_what_the_views_hold() -> Result<()> {
         );
     }
     let columns = sql_rows(admin, "DESCRIBE routes").await?;
-    assert_eq!(columns.len(), 9);
+    assert_eq!(columns.len(), 15);
     daemon.stop().await
 }
 
@@ -702,6 +769,179 @@ async fn routes_to_c2_and_explain_shows_the_pushed_filter() -> Result<()> {
             "{sql}: {logical}"
         );
     }
+    daemon.stop().await
+}
+
+/// `route_explain`'s two rows for `c3` after [`seed_federation`], with
+/// the verdict on the route through c4.
+fn explained_c3(c4_reason: &str) -> Value {
+    json!([
+        {"dest": "c3", "next_hop": "c2", "advertiser": "c2", "path": ["local", "c2", "c3"],
+         "hops": 2, "latency_ms": 12.0, "reliability": 1.0, "bandwidth_mbps": 100, "cost": 5,
+         "score": 32.0, "rank": 1, "selected": true, "filtered_reason": null},
+        {"dest": "c3", "next_hop": "c4", "advertiser": "c4", "path": ["local", "c4", "c5", "c3"],
+         "hops": 3, "latency_ms": 30.5, "reliability": 0.5, "bandwidth_mbps": 0, "cost": 10,
+         "score": 95.5, "rank": 2, "selected": false, "filtered_reason": c4_reason}
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federation_routes_explain_and_links_after_federation_events() -> Result<()> {
+    let dir = TestDir::new();
+    let daemon = InProcess::start(&dir, keep_links).await?;
+    seed(&daemon.node).await?;
+    seed_federation(&daemon.node).await?;
+    let admin = daemon.admin_url.as_str();
+
+    let c3 = "SELECT dest,next_hop,path,hops,state FROM routes WHERE dest='c3' ORDER BY next_hop";
+    assert_eq!(
+        Value::Array(sql_rows(admin, c3).await?),
+        json!([
+            {"dest": "c3", "next_hop": "c2", "path": ["local", "c2", "c3"], "hops": 2, "state": "active"},
+            {"dest": "c3", "next_hop": "c4", "path": ["local", "c4", "c5", "c3"], "hops": 3, "state": "backup"}
+        ])
+    );
+    let full = sql_rows(
+        admin,
+        "SELECT * FROM routes WHERE dest='c3' ORDER BY next_hop",
+    )
+    .await?;
+    let c2 = &full[0];
+    assert_eq!(
+        (
+            &c2["latency_ms"],
+            &c2["bandwidth_mbps"],
+            &c2["reliability"],
+            &c2["cost"],
+            &c2["score"],
+            &c2["advertiser"],
+            &c2["epoch"],
+            &c2["tags"]
+        ),
+        (
+            &json!(12.0),
+            &json!(100),
+            &json!(1.0),
+            &json!(5),
+            &json!(32.0),
+            &json!("c2"),
+            &json!(1),
+            &json!(["eu"])
+        )
+    );
+    assert!(
+        timestamp(&c2["learned_at"]) && timestamp(&c2["expires_at"]),
+        "{c2}"
+    );
+    // Rows of the `routes` view keep their shape next to the candidates.
+    let own = sql_rows(
+        admin,
+        "SELECT path, hops, latency_ms, reliability, score, epoch, tags, state FROM routes WHERE dest = 'local'",
+    )
+    .await?;
+    assert_eq!(
+        own,
+        [
+            json!({"path": [], "hops": 0, "latency_ms": 0.0, "reliability": 1.0, "score": 0.0,
+                "epoch": 0, "tags": [], "state": "active"})
+        ]
+    );
+    let c2_legacy = sql_rows(
+        admin,
+        "SELECT next_hop, hops, score, state FROM routes WHERE dest = 'c2' ORDER BY next_hop",
+    )
+    .await?;
+    assert_eq!(
+        c2_legacy,
+        [
+            json!({"next_hop": "c3", "hops": 2, "score": 30.0, "state": "active"}),
+            json!({"next_hop": "c9", "hops": 2, "score": 40.0, "state": "active"})
+        ]
+    );
+    let plan = sql_rows(admin, "EXPLAIN SELECT * FROM routes WHERE dest='c3'").await?;
+    assert!(
+        plan.iter().any(|r| r["plan"]
+            .as_str()
+            .is_some_and(|p| p.contains("routes.dest = Utf8(\"c3\")"))),
+        "{plan:?}"
+    );
+
+    let explained = sql_rows(admin, "SELECT * FROM route_explain('c3')").await?;
+    assert_eq!(Value::Array(explained), explained_c3("lower_rank"));
+    let itself = sql_rows(admin, "SELECT * FROM route_explain('local')").await?;
+    assert_eq!(
+        itself,
+        [
+            json!({"dest": "local", "next_hop": "local", "advertiser": "local", "path": [],
+                "hops": 0, "latency_ms": 0.0, "reliability": 1.0, "bandwidth_mbps": 0, "cost": 0,
+                "score": 0.0, "rank": 1, "selected": true, "filtered_reason": null})
+        ]
+    );
+    assert!(
+        sql_rows(admin, "SELECT * FROM route_explain('nowhere')")
+            .await?
+            .is_empty()
+    );
+    for bad in [
+        "SELECT * FROM route_explain(3)",
+        "SELECT * FROM route_explain()",
+        "SELECT * FROM route_explain('c3', 'c4')",
+        "SELECT * FROM route_explain(NULL)",
+    ] {
+        let answer = sql_get(admin, bad, "json").await?;
+        let body = answer.json()?;
+        assert_eq!(answer.status, 400, "{bad}: {body}");
+        assert_eq!(body["kind"], "invalid", "{bad}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("route_explain")),
+            "{bad}: {body}"
+        );
+    }
+
+    // No link state source is wired: every link is `unknown`.
+    let links = sql_rows(admin, "SELECT * FROM federation_links ORDER BY cluster_id").await?;
+    assert_eq!(links.len(), 2);
+    for (row, cluster) in links.iter().zip(["c2", "c4"]) {
+        assert!(timestamp(&row["linked_at"]), "{row}");
+        let mut row = row.clone();
+        row["linked_at"] = json!("*");
+        assert_eq!(
+            row,
+            json!({"cluster_id": cluster, "urls": [format!("ws://127.0.0.1:9/{cluster}")],
+                   "linked_at": "*", "state": "unknown", "rtt_ms": null, "last_seen": null,
+                   "announcements_in": 0, "announcements_out": 0, "rejections": "{}"})
+        );
+    }
+
+    // Withdrawn with a hold-down, the route through c4 stays, held down.
+    daemon
+        .node
+        .propose_ok(EventKind::RoutesWithdrawn {
+            via: "c4".into(),
+            dests: vec!["c3".into()],
+            damping: Damping {
+                hold_down_ms: HOUR_MS,
+                flap_threshold: 0,
+                flap_window_ms: 0,
+            },
+        })
+        .await?;
+    let states = sql_rows(
+        admin,
+        "SELECT next_hop, state FROM routes WHERE dest='c3' ORDER BY next_hop",
+    )
+    .await?;
+    assert_eq!(
+        states,
+        [
+            json!({"next_hop": "c2", "state": "active"}),
+            json!({"next_hop": "c4", "state": "held_down"})
+        ]
+    );
+    let explained = sql_rows(admin, "SELECT * FROM route_explain('c3')").await?;
+    assert_eq!(Value::Array(explained), explained_c3("withdrawn"));
     daemon.stop().await
 }
 
@@ -1186,8 +1426,9 @@ async fn every_example_in_the_sql_docs_runs() -> Result<()> {
         .map(str::trim)
         .collect();
     let dir = TestDir::new();
-    let daemon = InProcess::start(&dir, |_| {}).await?;
+    let daemon = InProcess::start(&dir, keep_links).await?;
     seed(&daemon.node).await?;
+    seed_federation(&daemon.node).await?;
     seed_queues(&daemon.node).await?;
     seed_cache(&daemon.node).await?;
     let me = daemon.node.identity().node_id.clone();
@@ -1248,8 +1489,8 @@ fn age_ms(v: &Value) -> bool {
     v.as_u64().is_some_and(|ms| ms < 60_000)
 }
 
-/// What each example of docs/sql.md returns after `seed`, `seed_queues`
-/// and `seed_cache` on node `me` (client URL `url`, last applied `last`),
+/// What each example of docs/sql.md returns after `seed`,
+/// `seed_federation`, `seed_queues` and `seed_cache` on node `me` (client URL `url`, last applied `last`),
 /// in the order the doc shows them.
 fn docs_expectations(me: &str, url: &str, last: u64) -> Vec<DocsExpectation> {
     vec![
@@ -1257,6 +1498,7 @@ fn docs_expectations(me: &str, url: &str, last: u64) -> Vec<DocsExpectation> {
             sql: "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name",
             rows: json!([
                 {"table_name": "cache_entries"}, {"table_name": "events"},
+                {"table_name": "federation_links"},
                 {"table_name": "functions"}, {"table_name": "nodes"},
                 {"table_name": "peers"}, {"table_name": "queue_messages"},
                 {"table_name": "queues"}, {"table_name": "raft"},
@@ -1292,6 +1534,34 @@ fn docs_expectations(me: &str, url: &str, last: u64) -> Vec<DocsExpectation> {
             rows: json!([
                 {"dest": "c2", "next_hop": "c3", "hops": 2, "cost": 10, "state": "active"},
                 {"dest": "c2", "next_hop": "c9", "hops": 2, "cost": 20, "state": "active"}
+            ]),
+            varying: &[],
+            ordered: true,
+        },
+        DocsExpectation {
+            sql: "SELECT dest, next_hop, path, hops, latency_ms, score, state FROM routes WHERE dest = 'c3' ORDER BY score",
+            rows: json!([
+                {"dest": "c3", "next_hop": "c2", "path": ["local", "c2", "c3"], "hops": 2, "latency_ms": 12.0, "score": 32.0, "state": "active"},
+                {"dest": "c3", "next_hop": "c4", "path": ["local", "c4", "c5", "c3"], "hops": 3, "latency_ms": 30.5, "score": 95.5, "state": "backup"}
+            ]),
+            varying: &[],
+            ordered: true,
+        },
+        DocsExpectation {
+            sql: "SELECT next_hop, path, score, rank, selected, filtered_reason FROM route_explain('c3') ORDER BY rank",
+            rows: json!([
+                {"next_hop": "c2", "path": ["local", "c2", "c3"], "score": 32.0, "rank": 1, "selected": true, "filtered_reason": null},
+                {"next_hop": "c4", "path": ["local", "c4", "c5", "c3"], "score": 95.5, "rank": 2, "selected": false, "filtered_reason": "lower_rank"}
+            ]),
+            varying: &[],
+            ordered: true,
+        },
+        DocsExpectation {
+            sql: "SELECT cluster_id, urls, state, rtt_ms, announcements_in, rejections FROM federation_links ORDER BY cluster_id",
+            // No link state source is wired into the engine yet.
+            rows: json!([
+                {"cluster_id": "c2", "urls": ["ws://127.0.0.1:9/c2"], "state": "unknown", "rtt_ms": null, "announcements_in": 0, "rejections": "{}"},
+                {"cluster_id": "c4", "urls": ["ws://127.0.0.1:9/c4"], "state": "unknown", "rtt_ms": null, "announcements_in": 0, "rejections": "{}"}
             ]),
             varying: &[],
             ordered: true,
@@ -1391,6 +1661,8 @@ fn docs_expectations(me: &str, url: &str, last: u64) -> Vec<DocsExpectation> {
                 {"kind": "cache_put", "events": 4},
                 {"kind": "queue_declared", "events": 3},
                 {"kind": "node_joined", "events": 2},
+                {"kind": "federation_linked", "events": 2},
+                {"kind": "routes_learned", "events": 2},
                 {"kind": "messages_sent", "events": 2},
                 {"kind": "messages_leased", "events": 2},
                 {"kind": "membership", "events": 1},

@@ -12,24 +12,33 @@
 //! asked of the memory tier as each row is read.
 //!
 //! # Tables
-//! - [`nodes`], [`functions`], [`subscriptions`], [`routes`], [`queues`],
+//! - [`nodes`], [`functions`], [`subscriptions`], [`queues`],
 //!   [`queue_messages`], [`cache_entries`]: one view each;
+//! - [`routes`]: the `routes` and `route_candidates` views, ranked;
+//! - [`federation_links`]: one view, with the live link state from a
+//!   [`LinkStateSource`];
 //! - [`events`]: the raft log;
 //! - [`raft`], [`peers`]: the raft state, through a [`RaftSource`].
+//!
+//! # Table functions
+//! - [`route_explain`]: `route_explain('dest')`, the candidates to one
+//!   destination, explained.
 
 mod cache_entries;
 mod events;
+mod federation_links;
 mod functions;
 mod nodes;
 mod peers;
 mod queue_messages;
 mod queues;
 mod raft;
+mod route_explain;
 mod routes;
 mod subscriptions;
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -44,8 +53,10 @@ use mpreg_storage::{Flow, Inspector};
 use serde::de::DeserializeOwned;
 
 pub use cache_entries::{CacheTierSource, StoppedCacheTier};
+pub use federation_links::{LinkState, LinkStateSource};
 pub use peers::PeerRow;
 pub use raft::{RaftRow, RaftSource, StoredRaftSource};
+pub use route_explain::{NAME as ROUTE_EXPLAIN, RouteExplain};
 
 use crate::columns::{Column, RowWriter, schema};
 use crate::pushdown::{Bounds, text_equality};
@@ -58,6 +69,7 @@ pub enum TableId {
     Functions,
     Subscriptions,
     Routes,
+    FederationLinks,
     Queues,
     QueueMessages,
     CacheEntries,
@@ -67,11 +79,12 @@ pub enum TableId {
 }
 
 impl TableId {
-    pub const ALL: [TableId; 10] = [
+    pub const ALL: [TableId; 11] = [
         TableId::Nodes,
         TableId::Functions,
         TableId::Subscriptions,
         TableId::Routes,
+        TableId::FederationLinks,
         TableId::Queues,
         TableId::QueueMessages,
         TableId::CacheEntries,
@@ -86,6 +99,7 @@ impl TableId {
             TableId::Functions => "functions",
             TableId::Subscriptions => "subscriptions",
             TableId::Routes => "routes",
+            TableId::FederationLinks => "federation_links",
             TableId::Queues => "queues",
             TableId::QueueMessages => "queue_messages",
             TableId::CacheEntries => "cache_entries",
@@ -101,6 +115,7 @@ impl TableId {
             TableId::Functions => functions::COLUMNS,
             TableId::Subscriptions => subscriptions::COLUMNS,
             TableId::Routes => routes::COLUMNS,
+            TableId::FederationLinks => federation_links::COLUMNS,
             TableId::Queues => queues::COLUMNS,
             TableId::QueueMessages => queue_messages::COLUMNS,
             TableId::CacheEntries => cache_entries::COLUMNS,
@@ -119,7 +134,11 @@ impl TableId {
             TableId::QueueMessages => Some(queue_messages::KEY),
             TableId::CacheEntries => Some(cache_entries::KEY),
             TableId::Events => Some(events::KEY),
-            TableId::Nodes | TableId::Subscriptions | TableId::Raft | TableId::Peers => None,
+            TableId::Nodes
+            | TableId::Subscriptions
+            | TableId::FederationLinks
+            | TableId::Raft
+            | TableId::Peers => None,
         }
     }
 }
@@ -164,6 +183,9 @@ pub struct Sources {
     pub raft: Arc<dyn RaftSource>,
     /// Which cache entries are in the memory tier, and their hits there.
     pub cache: Arc<dyn CacheTierSource>,
+    /// The live state of federation links, once the daemon sets it
+    /// ([`crate::SqlEngine::set_link_states`]); unset, links are `unknown`.
+    pub links: OnceLock<Arc<dyn LinkStateSource>>,
 }
 
 /// One SQL table over the node's state.
@@ -197,6 +219,9 @@ impl InspectTable {
             TableId::Functions => functions::produce(inspector, equals, sink),
             TableId::Subscriptions => subscriptions::produce(inspector, sink),
             TableId::Routes => routes::produce(inspector, equals, sink),
+            TableId::FederationLinks => {
+                federation_links::produce(inspector, self.sources.links.get().map(|l| &**l), sink)
+            }
             TableId::Queues => queues::produce(inspector, equals, sink),
             TableId::QueueMessages => queue_messages::produce(inspector, equals, sink),
             TableId::CacheEntries => {
@@ -291,22 +316,38 @@ impl TableProvider for InspectTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let narrowing = Narrowing::from_filters(self.id, filters);
-        let columns = self.id.columns();
-        let projection = projection.cloned();
-        let make_writer = Arc::new(move || RowWriter::new(columns, projection.as_deref()));
         let table = self.clone();
-        let producer = Arc::new(move |sink: &mut RowSink| table.produce(&narrowing, sink));
-        let scan = BlockingScan::new(self.id.name(), make_writer, producer, limit)?;
-        let schema = datafusion::physical_plan::streaming::PartitionStream::schema(&scan).clone();
-        Ok(Arc::new(StreamingTableExec::try_new(
-            schema,
-            vec![Arc::new(scan)],
-            None,
-            [],
-            false,
+        streaming_scan(
+            self.id.name(),
+            self.id.columns(),
+            projection,
             limit,
-        )?))
+            move |sink| table.produce(&narrowing, sink),
+        )
     }
+}
+
+/// The plan of a scan of `columns` (those in `projection`) whose rows
+/// `produce` writes on a blocking thread.
+fn streaming_scan(
+    name: &'static str,
+    columns: &'static [Column],
+    projection: Option<&Vec<usize>>,
+    limit: Option<usize>,
+    produce: impl Fn(&mut RowSink) -> Result<()> + Send + Sync + 'static,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let projection = projection.cloned();
+    let make_writer = Arc::new(move || RowWriter::new(columns, projection.as_deref()));
+    let scan = BlockingScan::new(name, make_writer, Arc::new(produce), limit)?;
+    let schema = datafusion::physical_plan::streaming::PartitionStream::schema(&scan).clone();
+    Ok(Arc::new(StreamingTableExec::try_new(
+        schema,
+        vec![Arc::new(scan)],
+        None,
+        [],
+        false,
+        limit,
+    )?))
 }
 
 #[cfg(test)]
