@@ -6,8 +6,8 @@
 //! nodes are typed ([`Refused`]) and say whether a retry is safe.
 
 use mpreg_client::protocol::RpcError;
-use mpreg_storage::typ::NodeId;
 use mpreg_storage::federation::Announcement;
+use mpreg_storage::typ::NodeId;
 use mpreg_storage::views::FunctionRow;
 use mpreg_storage::{EventKind, Outcome, TypeConfig, codec};
 use openraft::error::{InstallSnapshotError, RaftError};
@@ -124,7 +124,9 @@ pub enum FederationReply {
         rejected: Vec<(String, u32)>,
     },
     /// Only the leader takes announcements; this is where it is.
-    NotLeader { leader_url: Option<String> },
+    NotLeader {
+        leader_url: Option<String>,
+    },
     Unlinked,
     Pong,
 }

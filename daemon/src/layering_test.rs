@@ -23,7 +23,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("metrics", &["metrics"]),
     ("cluster", &["cluster"]),
-    ("systems", &["cache", "federation", "pubsub", "queue", "rpc"]),
+    (
+        "systems",
+        &["cache", "federation", "pubsub", "queue", "rpc"],
+    ),
     ("edges", &["admin", "peer_server", "transport"]),
     ("server", &["server"]),
 ];

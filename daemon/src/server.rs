@@ -161,9 +161,7 @@ pub async fn start(
         config.cache.clone(),
         metrics.cache.clone(),
     ));
-    let sql = admin::sql_engine(node.clone(), cache.clone(), config.sql.clone())
-        .map_err(Error::SqlRuntime)?;
-    admin_state.set_node(node.clone(), Arc::new(sql));
+
     let federation = Federation::start(
         node.clone(),
         config.federation.clone(),
@@ -171,6 +169,10 @@ pub async fn start(
         metrics.federation.clone(),
         shutdown.child_token(),
     );
+    let sql = admin::sql_engine(node.clone(), cache.clone(), config.sql.clone())
+        .map_err(Error::SqlRuntime)?;
+    sql.set_link_states(federation.clone());
+    admin_state.set_node(node.clone(), Arc::new(sql));
     admin_state.set_federation(federation.clone());
     #[cfg(unix)]
     tasks.spawn(reload_on_sighup(federation.clone(), shutdown.clone()));

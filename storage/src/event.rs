@@ -182,7 +182,10 @@ pub enum EventKind {
         limit: u32,
     },
     /// A neighbour cluster was linked, or the URLs of its members changed.
-    FederationLinked { cluster_id: String, urls: Vec<String> },
+    FederationLinked {
+        cluster_id: String,
+        urls: Vec<String>,
+    },
     /// The link to a neighbour cluster went away, with every route learned
     /// through it and their damping state.
     FederationUnlinked { cluster_id: String },

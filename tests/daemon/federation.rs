@@ -102,7 +102,10 @@ async fn active_routes(cluster: &Cluster) -> Result<Active> {
 async fn assert_loop_free(cluster: &Cluster) -> Result<()> {
     let rows = sql_rows(
         &cluster.admin()?,
-        &format!("SELECT dest, path FROM routes WHERE dest <> '{}'", cluster.id),
+        &format!(
+            "SELECT dest, path FROM routes WHERE dest <> '{}'",
+            cluster.id
+        ),
     )
     .await?;
     for row in rows {
@@ -110,8 +113,16 @@ async fn assert_loop_free(cluster: &Cluster) -> Result<()> {
         let mut seen = path.clone();
         seen.sort();
         seen.dedup();
-        ensure!(seen.len() == path.len(), "{}: a loop in {path:?}", cluster.id);
-        ensure!(path.first() == Some(&cluster.id), "{}: {path:?}", cluster.id);
+        ensure!(
+            seen.len() == path.len(),
+            "{}: a loop in {path:?}",
+            cluster.id
+        );
+        ensure!(
+            path.first() == Some(&cluster.id),
+            "{}: {path:?}",
+            cluster.id
+        );
         ensure!(path.last() == row["dest"].as_str().map(str::to_string).as_ref());
     }
     Ok(())
@@ -140,7 +151,11 @@ async fn wait_for_routes(cluster: &Cluster, expected: &[(&str, &[&str])]) -> Res
                         && path.get(1) == Some(next_hop)
                         && *hops == path.len() as u64 - 1
                 });
-            if matches { Ok(()) } else { Err(format!("{seen:?}")) }
+            if matches {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
         },
     )
     .await?;
@@ -178,7 +193,9 @@ async fn three_clusters_in_a_line_route_through_the_middle() -> Result<()> {
     .await?;
     assert_eq!(
         rows,
-        [serde_json::json!({"dest":"c3","next_hop":"c2","path":["c1","c2","c3"],"hops":2,"state":"active"})]
+        [
+            serde_json::json!({"dest":"c3","next_hop":"c2","path":["c1","c2","c3"],"hops":2,"state":"active"})
+        ]
     );
 
     // c1 was linked by c2's --federate, and holds the link too.
@@ -187,7 +204,10 @@ async fn three_clusters_in_a_line_route_through_the_middle() -> Result<()> {
     assert_eq!(seen[0]["cluster_id"], "c2");
     eventually("c1's link to c2 to be up", CONVERGE, || async {
         let seen = links(&c1).await.map_err(|e| e.to_string())?;
-        match seen.first().map(|l| (l["state"].clone(), l["rtt_ms"].clone())) {
+        match seen
+            .first()
+            .map(|l| (l["state"].clone(), l["rtt_ms"].clone()))
+        {
             Some((state, rtt)) if state == "up" && rtt.is_f64() => Ok(()),
             other => Err(format!("{other:?}")),
         }
@@ -210,12 +230,15 @@ async fn a_ring_reroutes_around_a_dead_cluster_before_the_ttl_and_heals() -> Res
         ("c3", &["c1", "c4", "c3"]),
     ];
     wait_for_routes(&c1, whole_ring_from_c1).await?;
-    wait_for_routes(&c2, &[
-        ("c1", &["c2", "c1"]),
-        ("c3", &["c2", "c3"]),
-        ("c4", &["c2", "c1", "c4"]),
-        ("c4", &["c2", "c3", "c4"]),
-    ])
+    wait_for_routes(
+        &c2,
+        &[
+            ("c1", &["c2", "c1"]),
+            ("c3", &["c2", "c3"]),
+            ("c4", &["c2", "c1", "c4"]),
+            ("c4", &["c2", "c3", "c4"]),
+        ],
+    )
     .await?;
     for cluster in [&c1, &c2, &c3, &c4] {
         assert_loop_free(cluster).await?;
@@ -246,12 +269,15 @@ async fn a_ring_reroutes_around_a_dead_cluster_before_the_ttl_and_heals() -> Res
     // log, and its neighbours learn its new URL from its announcements.
     c2.restart(&[], &[])?;
     wait_for_routes(&c1, whole_ring_from_c1).await?;
-    wait_for_routes(&c2, &[
-        ("c1", &["c2", "c1"]),
-        ("c3", &["c2", "c3"]),
-        ("c4", &["c2", "c1", "c4"]),
-        ("c4", &["c2", "c3", "c4"]),
-    ])
+    wait_for_routes(
+        &c2,
+        &[
+            ("c1", &["c2", "c1"]),
+            ("c3", &["c2", "c3"]),
+            ("c4", &["c2", "c1", "c4"]),
+            ("c4", &["c2", "c3", "c4"]),
+        ],
+    )
     .await?;
     Ok(())
 }
@@ -318,10 +344,17 @@ async fn links_are_added_refused_and_removed_at_run_time() -> Result<()> {
     let (status, body) = post(c1.client_url()?).await?;
     assert_eq!(status, 400, "{body}");
     let error = body["error"].as_str().unwrap_or_default();
-    assert!(error.contains(&c1.client_url()?) && error.contains("(c1)"), "{error}");
+    assert!(
+        error.contains(&c1.client_url()?) && error.contains("(c1)"),
+        "{error}"
+    );
 
     let (status, body) = post(c2.client_url()?).await?;
-    assert_eq!((status, body["cluster_id"].as_str()), (200, Some("c2")), "{body}");
+    assert_eq!(
+        (status, body["cluster_id"].as_str()),
+        (200, Some("c2")),
+        "{body}"
+    );
     wait_for_routes(&c1, &[("c2", &["c1", "c2"])]).await?;
     wait_for_routes(&c2, &[("c1", &["c2", "c1"])]).await?;
 
@@ -340,5 +373,81 @@ async fn links_are_added_refused_and_removed_at_run_time() -> Result<()> {
         .send()
         .await?;
     assert_eq!(response.status().as_u16(), 404);
+    Ok(())
+}
+
+/// The destinations member `i` of `cluster` has an active route to.
+async fn active_on_member(
+    cluster: &mpreg_tests::cluster::Cluster,
+    i: usize,
+) -> Result<Vec<String>> {
+    let rows = cluster
+        .sql(
+            i,
+            "SELECT dest FROM routes WHERE state = 'active' AND dest <> 'c1' ORDER BY dest",
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| r["dest"].as_str().map(str::to_string))
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_node_cluster_keeps_its_links_and_routes_when_its_leader_dies() -> Result<()> {
+    let mut c1 = mpreg_tests::cluster::Cluster::start(3, "cluster_id = \"c1\"\n").await?;
+    let c2 = Cluster::start("c2", &[], &[])?;
+    // Linked through one member only: the others are learned from
+    // announcements.
+    let response = http()
+        .post(format!("{}/federation/links", c2.admin()?))
+        .json(&serde_json::json!({ "url": c1.members[0].client_url }))
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 200);
+    wait_for_routes(&c2, &[("c1", &["c2", "c1"])]).await?;
+    for i in 0..3 {
+        eventually(
+            &format!("member {i} of c1 to route to c2"),
+            CONVERGE,
+            || async {
+                match active_on_member(&c1, i).await {
+                    Ok(dests) if dests == ["c2"] => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await?;
+    }
+    eventually("c2 to know every member of c1", CONVERGE, || async {
+        let seen = links(&c2).await.map_err(|e| e.to_string())?;
+        match seen.first().and_then(|l| l["urls"].as_array()) {
+            Some(urls) if urls.len() == 3 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+
+    let all = [0, 1, 2];
+    let leader = c1.wait_leader(&all, CONVERGE).await?;
+    c1.kill9(leader)?;
+    let rest: Vec<usize> = all.into_iter().filter(|&i| i != leader).collect();
+    c1.wait_leader(&rest, CONVERGE).await?;
+    // Through the change of leader, c2 never loses its route to c1, and
+    // the surviving members of c1 keep theirs to c2.
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(6) {
+        let seen = active_routes(&c2).await?;
+        ensure!(seen.contains_key("c1"), "c2 lost its route to c1: {seen:?}");
+        for &i in &rest {
+            ensure!(
+                active_on_member(&c1, i).await? == ["c2"],
+                "member {i} of c1 lost its route to c2"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seen = links(&c2).await?;
+    assert_eq!(seen[0]["state"], "up", "{seen:?}");
     Ok(())
 }

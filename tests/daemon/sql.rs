@@ -14,7 +14,9 @@ use mpreg_storage::event::{
     CacheKey, DeliveredMessage, Delivery, NewMessage, Outcome, QueueSettings, QueueType,
 };
 use mpreg_storage::federation::{Damping, LearnedRoute, RouteMetrics};
-use mpreg_tests::{Daemon, InProcess, TestDir, run_daemon, sql_get, sql_post, sql_rows};
+use mpreg_tests::{
+    Daemon, InProcess, TestDir, eventually, run_daemon, sql_get, sql_post, sql_rows,
+};
 use serde_json::{Value, json};
 
 fn route(dest: &str, advertiser: &str, path: &[&str], cost: u32) -> EventKind {
@@ -900,9 +902,23 @@ async fn federation_routes_explain_and_links_after_federation_events() -> Result
         );
     }
 
-    // No link state source is wired: every link is `unknown`.
-    let links = sql_rows(admin, "SELECT * FROM federation_links ORDER BY cluster_id").await?;
-    assert_eq!(links.len(), 2);
+    // The leader dials each link (to nowhere): `connecting`, with no round
+    // trip yet (`down` would take link_dead, an hour here).
+    let links = eventually(
+        "both links to be dialled",
+        Duration::from_secs(10),
+        || async {
+            let links = sql_rows(admin, "SELECT * FROM federation_links ORDER BY cluster_id")
+                .await
+                .map_err(|e| e.to_string())?;
+            if links.len() == 2 && links.iter().all(|l| l["state"] == "connecting") {
+                Ok(links)
+            } else {
+                Err(format!("{links:?}"))
+            }
+        },
+    )
+    .await?;
     for (row, cluster) in links.iter().zip(["c2", "c4"]) {
         assert!(timestamp(&row["linked_at"]), "{row}");
         let mut row = row.clone();
@@ -910,7 +926,7 @@ async fn federation_routes_explain_and_links_after_federation_events() -> Result
         assert_eq!(
             row,
             json!({"cluster_id": cluster, "urls": [format!("ws://127.0.0.1:9/{cluster}")],
-                   "linked_at": "*", "state": "unknown", "rtt_ms": null, "last_seen": null,
+                   "linked_at": "*", "state": "connecting", "rtt_ms": null, "last_seen": null,
                    "announcements_in": 0, "announcements_out": 0, "rejections": "{}"})
         );
     }
@@ -1480,6 +1496,11 @@ struct DocsExpectation {
     ordered: bool,
 }
 
+/// A link state before the first answer.
+fn dialling(v: &Value) -> bool {
+    v == "connecting" || v == "unknown"
+}
+
 fn timestamp(v: &Value) -> bool {
     v.as_str()
         .is_some_and(|t| t.starts_with("20") && t.ends_with('Z'))
@@ -1558,12 +1579,13 @@ fn docs_expectations(me: &str, url: &str, last: u64) -> Vec<DocsExpectation> {
         },
         DocsExpectation {
             sql: "SELECT cluster_id, urls, state, rtt_ms, announcements_in, rejections FROM federation_links ORDER BY cluster_id",
-            // No link state source is wired into the engine yet.
+            // The links lead nowhere: the leader is still dialling them
+            // (`unknown` until its first try).
             rows: json!([
-                {"cluster_id": "c2", "urls": ["ws://127.0.0.1:9/c2"], "state": "unknown", "rtt_ms": null, "announcements_in": 0, "rejections": "{}"},
-                {"cluster_id": "c4", "urls": ["ws://127.0.0.1:9/c4"], "state": "unknown", "rtt_ms": null, "announcements_in": 0, "rejections": "{}"}
+                {"cluster_id": "c2", "urls": ["ws://127.0.0.1:9/c2"], "state": "connecting", "rtt_ms": null, "announcements_in": 0, "rejections": "{}"},
+                {"cluster_id": "c4", "urls": ["ws://127.0.0.1:9/c4"], "state": "connecting", "rtt_ms": null, "announcements_in": 0, "rejections": "{}"}
             ]),
-            varying: &[],
+            varying: &[("state", dialling)],
             ordered: true,
         },
         DocsExpectation {

@@ -399,7 +399,9 @@ async fn federation(admin: &str, op: &FederationOp) -> Result<String, String> {
     let http = reqwest::Client::new();
     let request = match op {
         FederationOp::Links => http.get(format!("{base}/links")),
-        FederationOp::Link { url } => http.post(format!("{base}/links")).json(&json!({"url": url})),
+        FederationOp::Link { url } => http
+            .post(format!("{base}/links"))
+            .json(&json!({"url": url})),
         FederationOp::Unlink { cluster_id } => http.delete(format!("{base}/links/{cluster_id}")),
         FederationOp::Reload => http.post(format!("{base}/reload")),
     };
@@ -589,9 +591,9 @@ async fn run(cli: Cli) -> Result<String, String> {
                 .map_err(|e| e.to_string())?;
             Ok(pretty(&reply))
         }
-        Command::Sql { .. } | Command::Cluster { .. } | Command::Federation { .. } => {
-            Err("sql, cluster and federation run over admin HTTP, without a client connection".into())
-        }
+        Command::Sql { .. } | Command::Cluster { .. } | Command::Federation { .. } => Err(
+            "sql, cluster and federation run over admin HTTP, without a client connection".into(),
+        ),
     }
 }
 

@@ -103,7 +103,10 @@ pub fn router(state: AdminState) -> Router {
             "/federation/links/{cluster}",
             axum::routing::delete(federation::unlink),
         )
-        .route("/federation/reload", axum::routing::post(federation::reload))
+        .route(
+            "/federation/reload",
+            axum::routing::post(federation::reload),
+        )
         .with_state(state)
 }
 

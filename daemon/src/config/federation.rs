@@ -81,13 +81,15 @@ mod test {
 
     #[test]
     fn a_neighbours_policy_replaces_the_default_and_none_allows_all() {
-        let directory: PolicyDirectory = toml::from_str(
-            "[default]\ndeny_tags = [\"beta\"]\n[neighbors.c2]\nmax_hops = 3\n",
-        )
-        .unwrap();
+        let directory: PolicyDirectory =
+            toml::from_str("[default]\ndeny_tags = [\"beta\"]\n[neighbors.c2]\nmax_hops = 3\n")
+                .unwrap();
         assert_eq!(directory.lookup("c2").max_hops, Some(3));
         assert!(directory.lookup("c2").deny_tags.is_empty());
         assert_eq!(directory.lookup("c9").deny_tags, ["beta"]);
-        assert_eq!(PolicyDirectory::default().lookup("c9"), RoutePolicy::default());
+        assert_eq!(
+            PolicyDirectory::default().lookup("c9"),
+            RoutePolicy::default()
+        );
     }
 }

@@ -215,7 +215,10 @@ impl Federation {
     }
 
     /// Asks the node at `url` which cluster it is in.
-    async fn hello(&self, url: &str) -> Result<(String, Vec<String>, Option<String>), FederationError> {
+    async fn hello(
+        &self,
+        url: &str,
+    ) -> Result<(String, Vec<String>, Option<String>), FederationError> {
         let request = FederationRequest::Hello {
             cluster_id: self.local().to_string(),
         };
@@ -337,6 +340,24 @@ impl Federation {
     }
 }
 
+impl mpreg_query::LinkStateSource for Federation {
+    fn link_state(&self, cluster_id: &str) -> Option<mpreg_query::LinkState> {
+        let live = self.link_runtime(cluster_id)?;
+        Some(mpreg_query::LinkState {
+            state: live.state.to_string(),
+            rtt_ms: live.rtt_us.map(|us| us as f64 / 1000.0),
+            last_seen_ms: live.last_seen_ms,
+            announcements_in: live.announcements_in,
+            announcements_out: live.announcements_out,
+            rejections: live
+                .rejections
+                .iter()
+                .map(|(reason, count)| (reason.to_string(), *count))
+                .collect(),
+        })
+    }
+}
+
 /// Per destination, the candidates in rank order (best first), ranked at
 /// `now_ms`.
 fn ranked(catalog: &Catalog, now_ms: u64) -> BTreeMap<&str, Vec<&CandidateRow>> {
@@ -370,8 +391,8 @@ fn export_table(
     let epoch = federation.next_epoch();
     let policy = settings.export.lookup(to);
     let ttl_ms = settings.route_ttl.as_millis() as u64;
-    let announce = |dest: &str, path: Vec<String>, metrics: RouteMetrics, tags: Vec<String>| {
-        Announcement {
+    let announce =
+        |dest: &str, path: Vec<String>, metrics: RouteMetrics, tags: Vec<String>| Announcement {
             dest: dest.to_string(),
             path,
             metrics,
@@ -381,8 +402,7 @@ fn export_table(
             epoch,
             tags,
             signature: None,
-        }
-    };
+        };
     let mut table = vec![announce(
         &local,
         vec![local.clone()],

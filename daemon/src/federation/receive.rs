@@ -175,9 +175,7 @@ pub(super) async fn announce(
 /// the link row does not hold (or there is no link yet: a link is
 /// symmetric); `None` when nothing is new.
 fn merge_urls(known: Option<&[String]>, announced: &[String]) -> Option<Vec<String>> {
-    let valid = |u: &&String| {
-        u.len() <= 256 && (u.starts_with("ws://") || u.starts_with("wss://"))
-    };
+    let valid = |u: &&String| u.len() <= 256 && (u.starts_with("ws://") || u.starts_with("wss://"));
     match known {
         None => Some(
             announced

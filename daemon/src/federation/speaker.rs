@@ -79,11 +79,15 @@ pub(super) async fn run(federation: Arc<Federation>, shutdown: CancellationToken
             keep
         });
         for cluster in linked {
-            if !tasks.contains_key(&cluster) {
+            tasks.entry(cluster).or_insert_with_key(|cluster| {
                 let token = shutdown.child_token();
-                tokio::spawn(link_task(federation.clone(), cluster.clone(), token.clone()));
-                tasks.insert(cluster, token);
-            }
+                tokio::spawn(link_task(
+                    federation.clone(),
+                    cluster.clone(),
+                    token.clone(),
+                ));
+                token
+            });
         }
         let (up, down) = {
             let links = federation.links.lock().unwrap_or_else(|e| e.into_inner());
@@ -176,7 +180,11 @@ fn route_gauges(federation: &Federation) {
         }
     }
     for (state, count) in counts {
-        federation.metrics.routes.with_label_values(&[state]).set(count);
+        federation
+            .metrics
+            .routes
+            .with_label_values(&[state])
+            .set(count);
     }
     federation.metrics.unreachable_destinations.set(unreachable);
 }
@@ -207,8 +215,12 @@ async fn expire(federation: &Federation) {
     }
 }
 
+/// What of one announced route matters for "did the table change":
+/// destination, path, hops, cost and tags.
+type RouteKey = (String, Vec<String>, u32, u32, Vec<String>);
+
 /// The part of an announced table that matters for "did it change".
-fn table_key(table: &[Announcement]) -> Vec<(String, Vec<String>, u32, u32, Vec<String>)> {
+fn table_key(table: &[Announcement]) -> Vec<RouteKey> {
     table
         .iter()
         .map(|a| {
@@ -226,7 +238,8 @@ fn table_key(table: &[Announcement]) -> Vec<(String, Vec<String>, u32, u32, Vec<
 /// Speaks for this cluster on the link to `cluster` until cancelled.
 async fn link_task(federation: Arc<Federation>, cluster: String, cancel: CancellationToken) {
     let settings = federation.settings();
-    let ping_every = (settings.link_dead / 3).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let ping_every =
+        (settings.link_dead / 3).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut urls: Vec<String> = federation
         .node
         .views()
@@ -238,7 +251,7 @@ async fn link_task(federation: Arc<Federation>, cluster: String, cancel: Cancell
     let mut last_ok = Instant::now();
     let mut last_ping = Instant::now() - ping_every;
     let mut lost = false;
-    let mut last_sent: Option<Vec<(String, Vec<String>, u32, u32, Vec<String>)>> = None;
+    let mut last_sent: Option<Vec<RouteKey>> = None;
     let mut sent_at = Instant::now();
     federation.runtime(&cluster, |r| r.state = "connecting");
     loop {

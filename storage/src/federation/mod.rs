@@ -17,8 +17,10 @@
 mod judge;
 mod rank;
 
-pub use judge::{Damping, JudgeContext, MAX_ID_BYTES, MAX_PATH_CLUSTERS, MAX_TAGS, Reject, RoutePolicy, judge};
 pub(crate) use judge::newer;
+pub use judge::{
+    Damping, JudgeContext, MAX_ID_BYTES, MAX_PATH_CLUSTERS, MAX_TAGS, Reject, RoutePolicy, judge,
+};
 pub use rank::{Candidate, Explained, explain, rank, score};
 
 use serde::{Deserialize, Serialize};

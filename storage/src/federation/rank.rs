@@ -19,8 +19,7 @@ pub struct Candidate<'a> {
 /// The score of a route (lower is better):
 /// `latency_ms + 10·hops + cost + 50·(1 − reliability) − 0.05·bandwidth_mbps`.
 pub fn score(m: &RouteMetrics) -> f64 {
-    m.latency_ms() + 10.0 * f64::from(m.hops) + f64::from(m.cost)
-        + 50.0 * (1.0 - m.reliability())
+    m.latency_ms() + 10.0 * f64::from(m.hops) + f64::from(m.cost) + 50.0 * (1.0 - m.reliability())
         - 0.05 * f64::from(m.bandwidth_mbps)
 }
 

@@ -70,10 +70,7 @@ pub(super) fn learn<S: RowStore>(
             wrong.dest, wrong.next_hop
         )));
     }
-    if let Some(refused) = routes
-        .iter()
-        .find_map(|r| check_ids(&[("dest", &r.dest)]))
-    {
+    if let Some(refused) = routes.iter().find_map(|r| check_ids(&[("dest", &r.dest)])) {
         return Ok(refused);
     }
     for route in routes {
