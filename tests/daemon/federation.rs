@@ -419,11 +419,17 @@ async fn a_three_node_cluster_keeps_its_links_and_routes_when_its_leader_dies() 
         )
         .await?;
     }
+    // c2 learns every member's advertised URL from c1's announcements.
+    let members: Vec<Value> = c1
+        .members
+        .iter()
+        .map(|m| Value::from(m.proxy.url()))
+        .collect();
     eventually("c2 to know every member of c1", CONVERGE, || async {
         let seen = links(&c2).await.map_err(|e| e.to_string())?;
         match seen.first().and_then(|l| l["urls"].as_array()) {
-            Some(urls) if urls.len() == 3 => Ok(()),
-            other => Err(format!("{other:?}")),
+            Some(urls) if members.iter().all(|m| urls.contains(m)) => Ok(()),
+            other => Err(format!("{other:?}, want {members:?}")),
         }
     })
     .await?;
