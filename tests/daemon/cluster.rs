@@ -428,7 +428,20 @@ async fn a_partitioned_minority_cannot_commit_and_the_majority_goes_on() {
     let healed = Client::connect(&cluster.members[old_leader].client_url)
         .await
         .unwrap();
-    let read = healed.cache(strong).await.unwrap();
+    // Just healed, its link to the leader may still be waiting out a
+    // connect backoff: that answer is 1013 (retry), so retry it.
+    let read = mpreg_tests::eventually("a strong read on the healed old leader", SETTLE, || {
+        let (healed, strong) = (&healed, strong.clone());
+        async move {
+            match healed.cache(strong).await {
+                Ok(read) => Ok(read),
+                Err(e) if e.to_string().contains("1013") => Err(e.to_string()),
+                Err(e) => panic!("a strong read failed with a non-retry error: {e}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
     assert_eq!(read["status"], "miss", "{read}");
 }
 
