@@ -31,16 +31,23 @@ pub(super) async fn run(federation: Arc<Federation>, shutdown: CancellationToken
     let mut last_resolve = Instant::now() - RESOLVE_RETRY;
     let mut last_sweep = Instant::now() - SWEEP;
     let mut last_table = Vec::new();
+    let mut seen_index = None;
     let mut changed_at = Instant::now();
     loop {
         tokio::select! {
             () = tokio::time::sleep(TICK) => {}
             () = shutdown.cancelled() => break,
         }
-        let table = route_fingerprint(&federation);
-        if table != last_table {
-            last_table = table;
-            changed_at = Instant::now();
+        // The table only changes with an applied entry (or a route's
+        // expiry, which the sweep catches).
+        let index = federation.node.applied().last_applied_index();
+        if seen_index != Some(index) || last_sweep.elapsed() >= SWEEP {
+            seen_index = Some(index);
+            let table = route_fingerprint(&federation);
+            if table != last_table {
+                last_table = table;
+                changed_at = Instant::now();
+            }
         }
         let sweep = last_sweep.elapsed() >= SWEEP;
         if sweep {
@@ -253,6 +260,8 @@ async fn link_task(federation: Arc<Federation>, cluster: String, cancel: Cancell
     let mut lost = false;
     let mut last_sent: Option<Vec<RouteKey>> = None;
     let mut sent_at = Instant::now();
+    let mut built_at_index = None;
+    let mut built_at = Instant::now();
     federation.runtime(&cluster, |r| r.state = "connecting");
     loop {
         tokio::select! {
@@ -269,10 +278,12 @@ async fn link_task(federation: Arc<Federation>, cluster: String, cancel: Cancell
             let started = Instant::now();
             match federation.request(&url, FederationRequest::Ping).await {
                 Ok(_) => {
-                    let rtt = started.elapsed().as_micros() as u64;
+                    let sample = started.elapsed().as_micros() as u64;
                     last_ok = Instant::now();
                     federation.runtime(&cluster, |r| {
-                        r.rtt_us = Some(rtt);
+                        // Smoothed (EWMA, 1/8 per sample, as TCP's SRTT), so
+                        // one slow answer does not move the routes.
+                        r.rtt_us = Some(r.rtt_us.map_or(sample, |rtt| (rtt * 7 + sample) / 8));
                         r.last_seen_ms = Some(now_ms());
                         r.state = "up";
                     });
@@ -300,9 +311,22 @@ async fn link_task(federation: Arc<Federation>, cluster: String, cancel: Cancell
         if lost {
             continue;
         }
+        // The table changes only with an applied entry, or with a route's
+        // expiry: build it when one happened, when sending is due, or
+        // every second.
+        let due = sent_at.elapsed() >= settings.announce_interval;
+        let index = federation.node.applied().last_applied_index();
+        if last_sent.is_some()
+            && !due
+            && built_at_index == Some(index)
+            && built_at.elapsed() < SWEEP
+        {
+            continue;
+        }
+        built_at_index = Some(index);
+        built_at = Instant::now();
         let table = export_table(&federation, &cluster, &settings);
         let key = table_key(&table);
-        let due = sent_at.elapsed() >= settings.announce_interval;
         if last_sent.as_ref() == Some(&key) && !due {
             continue;
         }

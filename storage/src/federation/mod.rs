@@ -40,6 +40,9 @@ pub struct RouteMetrics {
     pub cost: u32,
 }
 
+/// Latency changes up to this are not news (see [`LearnedRoute::same_as`]).
+pub const LATENCY_TOLERANCE_US: u64 = 5_000;
+
 /// Reliability 1.0 in [`RouteMetrics::reliability_ppm`] units.
 pub const FULL_RELIABILITY: u32 = 1_000_000;
 
@@ -144,10 +147,12 @@ pub struct LearnedRoute {
 impl LearnedRoute {
     /// Whether `other` says the same thing as this route, apart from its
     /// epoch and time: the same path, tags and metrics, latency within
-    /// 10% or 1 ms. A re-announcement like that only refreshes the route.
+    /// 25% or 5 ms (jitter is not news: a route whose latency follows every
+    /// measurement makes the best paths flap). A re-announcement like that
+    /// only refreshes the route.
     pub fn same_as(&self, other: &LearnedRoute) -> bool {
         let (a, b) = (self.metrics.latency_us, other.metrics.latency_us);
-        let tolerance = (a.max(b) / 10).max(1000);
+        let tolerance = (a.max(b) / 4).max(LATENCY_TOLERANCE_US);
         self.dest == other.dest
             && self.next_hop == other.next_hop
             && self.path == other.path
@@ -162,3 +167,34 @@ impl LearnedRoute {
 
 #[cfg(test)]
 mod test;
+
+#[cfg(test)]
+mod same_as_test {
+    use super::*;
+
+    fn route(latency_us: u64) -> LearnedRoute {
+        LearnedRoute {
+            dest: "c3".into(),
+            next_hop: "c2".into(),
+            path: vec!["c1".into(), "c2".into(), "c3".into()],
+            metrics: RouteMetrics {
+                latency_us,
+                ..RouteMetrics::origin()
+            },
+            advertised_at_ms: 1,
+            epoch: 1,
+            tags: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn latency_jitter_is_not_news_but_a_real_change_is() {
+        assert!(route(1_000).same_as(&route(6_000)));
+        assert!(!route(1_000).same_as(&route(6_001)));
+        assert!(route(100_000).same_as(&route(125_000)));
+        assert!(!route(100_000).same_as(&route(140_000)));
+        let mut longer = route(1_000);
+        longer.path.push("c4".into());
+        assert!(!route(1_000).same_as(&longer));
+    }
+}
