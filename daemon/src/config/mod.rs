@@ -35,6 +35,11 @@ pub const PEER_BATCH_BYTES: usize = 32 << 20;
 /// Default cluster id of a node started without `--cluster-id`.
 pub const DEFAULT_CLUSTER_ID: &str = "local";
 
+/// Whether `url` names a node (its client listener): `ws://` or `wss://`.
+pub fn is_node_url(url: &str) -> bool {
+    url.starts_with("ws://") || url.starts_with("wss://")
+}
+
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -375,7 +380,7 @@ impl Config {
             .chain(&self.advertise_url)
             .chain(&self.federation.federate)
         {
-            if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+            if !is_node_url(url) {
                 return Err(Error::InvalidSetting(format!(
                     "{url:?} is not a node URL: expected ws://host:port"
                 )));

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
 use crate::cluster::{Node, membership};
-use crate::config::{FederationSettings, FileConfig};
+use crate::config::{FederationSettings, FileConfig, is_node_url};
 use crate::envelope::{FederationReply, FederationRequest, PeerReply, PeerRequest, Refused};
 use crate::metrics::FederationMetrics;
 
@@ -262,7 +262,7 @@ impl Federation {
     /// Links the cluster of the node at `url` (admin `POST
     /// /federation/links`); its id. A URL of this cluster is refused.
     pub async fn link(&self, url: &str) -> Result<String, FederationError> {
-        if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+        if !is_node_url(url) {
             return Err(FederationError::Invalid(format!(
                 "{url:?} is not a node URL: expected ws://host:port"
             )));
@@ -297,18 +297,15 @@ impl Federation {
             None => return Err(FederationError::NoSuchLink(cluster.to_string())),
         };
         self.mark_unlinked(cluster);
+        let request = || FederationRequest::Unlink {
+            cluster_id: self.local().to_string(),
+        };
         for url in &urls {
-            let request = FederationRequest::Unlink {
-                cluster_id: self.local().to_string(),
-            };
-            match self.request(url, request).await {
+            match self.request(url, request()).await {
                 Ok(FederationReply::NotLeader {
                     leader_url: Some(leader),
                 }) => {
-                    let request = FederationRequest::Unlink {
-                        cluster_id: self.local().to_string(),
-                    };
-                    if self.request(&leader, request).await.is_ok() {
+                    if self.request(&leader, request()).await.is_ok() {
                         break;
                     }
                 }

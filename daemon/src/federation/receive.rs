@@ -12,6 +12,7 @@ use mpreg_storage::federation::{Announcement, JudgeContext, LinkMetrics, Reject,
 
 use super::{Federation, MAX_LINK_URLS};
 use crate::clock::now_ms;
+use crate::config::is_node_url;
 use crate::envelope::{FederationReply, Refused};
 
 /// Most routes one announcement may carry.
@@ -175,7 +176,7 @@ pub(super) async fn announce(
 /// the link row does not hold (or there is no link yet: a link is
 /// symmetric); `None` when nothing is new.
 fn merge_urls(known: Option<&[String]>, announced: &[String]) -> Option<Vec<String>> {
-    let valid = |u: &&String| u.len() <= 256 && (u.starts_with("ws://") || u.starts_with("wss://"));
+    let valid = |u: &&String| u.len() <= 256 && is_node_url(u);
     match known {
         None => Some(
             announced

@@ -204,11 +204,9 @@ async fn expire(federation: &Federation) {
         let catalog = federation.node.views().catalog();
         catalog
             .candidates()
-            .filter(|row| match row.withdrawn_at_ms {
-                None => row.expires_at_ms <= now,
-                Some(_) => !catalog
-                    .damping(&row.route.dest, &row.route.next_hop)
-                    .is_some_and(|d| d.active(now)),
+            .filter(|row| {
+                let damping = catalog.damping(&row.route.dest, &row.route.next_hop);
+                row.gone_at(now, damping)
             })
             .map(|row| (row.route.dest.clone(), row.route.next_hop.clone()))
             .collect()

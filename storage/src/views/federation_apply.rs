@@ -219,13 +219,13 @@ pub(super) fn expire<S: RowStore>(
         let Some(row) = txn.get::<CandidateRow>(View::RouteCandidates, &key)? else {
             continue;
         };
-        let gone = match row.withdrawn_at_ms {
-            None => row.expires_at_ms <= now,
-            Some(_) => !txn
-                .get::<DampingRow>(View::RouteDamping, &DampingRow::key(dest, next_hop))?
-                .is_some_and(|d| d.active(now)),
+        let damping = match row.withdrawn_at_ms {
+            None => None,
+            Some(_) => {
+                txn.get::<DampingRow>(View::RouteDamping, &DampingRow::key(dest, next_hop))?
+            }
         };
-        if gone {
+        if row.gone_at(now, damping.as_ref()) {
             txn.delete(View::RouteCandidates, key)?;
         }
     }

@@ -62,6 +62,17 @@ impl CandidateRow {
     pub fn metrics(&self) -> &RouteMetrics {
         &self.route.metrics
     }
+
+    /// Whether the route goes at `now_ms`: a live one once it expired, a
+    /// withdrawn one once `damping` (its row, if any) no longer holds it.
+    /// Apply decides with this at the event's time; the leader's timer
+    /// with it picks what to propose.
+    pub fn gone_at(&self, now_ms: u64, damping: Option<&DampingRow>) -> bool {
+        match self.withdrawn_at_ms {
+            None => self.expires_at_ms <= now_ms,
+            Some(_) => !damping.is_some_and(|d| d.active(now_ms)),
+        }
+    }
 }
 
 /// `route_damping` view: hold-down and flap state per (destination,
