@@ -6,7 +6,7 @@
 //! nodes are typed ([`Refused`]) and say whether a retry is safe.
 
 use mpreg_client::protocol::RpcError;
-use mpreg_storage::federation::Announcement;
+use mpreg_storage::federation::{Announcement, KeyAd, TableSignature};
 use mpreg_storage::typ::NodeId;
 use mpreg_storage::views::FunctionRow;
 use mpreg_storage::{EventKind, Outcome, TypeConfig, codec};
@@ -101,6 +101,10 @@ pub enum FederationRequest {
         cluster_id: String,
         urls: Vec<String>,
         routes: Vec<Announcement>,
+        /// The sender's public keys (only the sender's own are taken).
+        keys: Option<KeyAd>,
+        /// Over `mpreg_storage::federation::table_bytes`; none when unsigned.
+        signatures: Vec<TableSignature>,
     },
     /// The sender removed its link to the receiver.
     Unlink { cluster_id: String },

@@ -34,8 +34,9 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("failed to write ready file {path}")]
-    ReadyFile {
+    /// The ready or listening file could not be written.
+    #[error("failed to write {path}")]
+    StateFile {
         path: PathBuf,
         #[source]
         source: std::io::Error,

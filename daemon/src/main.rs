@@ -52,6 +52,10 @@ struct RunArgs {
     /// When serving, atomically write JSON with the bound addresses here.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// As soon as the listeners are bound (before joining or electing),
+    /// atomically write JSON with the bound client and admin URLs here.
+    #[arg(long)]
+    listening_file: Option<PathBuf>,
     /// TOML config file; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -99,6 +103,7 @@ fn config_from(args: RunArgs) -> mpreg_daemon::Result<Config> {
         listen: args.listen,
         admin_listen: args.admin_listen,
         ready_file: args.ready_file,
+        listening_file: args.listening_file,
         node_id: args.node_id,
         cluster_id: args.cluster_id,
         advertise_url: args.advertise_url,

@@ -1,6 +1,7 @@
 //! Runs a node: binds nothing itself (it takes listeners, so tests can bind
-//! port 0), serves admin HTTP, starts the node, writes the ready file, and
-//! shuts everything down in order when the token is cancelled.
+//! port 0), writes the listening file, serves admin HTTP, starts the node,
+//! writes the ready file, and shuts everything down in order when the token
+//! is cancelled.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -55,15 +56,22 @@ struct Ready<'a> {
     admin_url: &'a str,
 }
 
-/// Writes the ready file atomically (temp file + rename).
-fn write_ready_file(path: &Path, ready: &Ready<'_>) -> Result<()> {
-    let err = |source| Error::ReadyFile {
+/// Contents of `--listening-file`.
+#[derive(Serialize)]
+struct Listening<'a> {
+    client_url: &'a str,
+    admin_url: &'a str,
+}
+
+/// Writes a ready or listening file atomically (temp file + rename).
+fn write_state_file(path: &Path, contents: &impl Serialize) -> Result<()> {
+    let err = |source| Error::StateFile {
         path: path.to_path_buf(),
         source,
     };
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
-    let body = serde_json::to_vec(ready).map_err(|e| err(e.into()))?;
+    let body = serde_json::to_vec(contents).map_err(|e| err(e.into()))?;
     std::fs::write(&tmp, body).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
 }
@@ -101,6 +109,15 @@ pub async fn start(
     let admin_addr = local_addr(&listeners.admin, "admin", config.admin_listen)?;
     let client_url = format!("ws://{client_addr}");
     let admin_url = format!("http://{admin_addr}");
+    if let Some(path) = &config.listening_file {
+        write_state_file(
+            path,
+            &Listening {
+                client_url: &client_url,
+                admin_url: &admin_url,
+            },
+        )?;
+    }
     let tasks = TaskTracker::new();
 
     let metrics = Arc::new(Metrics::new(config.metrics_max_label_values).map_err(Error::Metrics)?);
@@ -166,9 +183,10 @@ pub async fn start(
         node.clone(),
         config.federation.clone(),
         config.config_file.clone(),
+        &config.data_dir,
         metrics.federation.clone(),
         shutdown.child_token(),
-    );
+    )?;
     let sql = admin::sql_engine(node.clone(), cache.clone(), config.sql.clone())
         .map_err(Error::SqlRuntime)?;
     sql.set_link_states(federation.clone());
@@ -189,7 +207,7 @@ pub async fn start(
 
     if let Some(path) = &config.ready_file {
         let identity = node.identity();
-        write_ready_file(
+        write_state_file(
             path,
             &Ready {
                 node_id: &identity.node_id,

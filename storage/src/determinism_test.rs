@@ -11,7 +11,7 @@ use crate::db::{DataDir, OpenMode};
 use crate::event::{
     AtomicOp, CacheKey, Delivery, Event, EventKind, NewMessage, QueueSettings, QueueType,
 };
-use crate::federation::{Damping, LearnedRoute, RouteMetrics};
+use crate::federation::{Damping, KeyAd, LearnedRoute, RouteKey, RouteMetrics};
 use crate::replay::MemViews;
 use crate::views::{Digest, ViewTxn, apply};
 use crate::{StateMachine, TypeConfig, open_raft_storage};
@@ -416,7 +416,49 @@ fn federation_event_kind() -> impl Strategy<Value = EventKind> {
         ),
         2 => proptest::collection::vec((cluster(), cluster()), 0..4)
             .prop_map(|routes| EventKind::RoutesExpired { routes }),
+        2 => (cluster(), route_key(), any::<bool>()).prop_map(|(cluster_id, key, primary)| {
+            EventKind::RouteKeyAdded {
+                cluster_id,
+                key,
+                primary,
+            }
+        }),
+        1 => (cluster(), key_id(), 0u64..6_000).prop_map(|(cluster_id, key_id, expires_at_ms)| {
+            EventKind::RouteKeyRetired {
+                cluster_id,
+                key_id,
+                expires_at_ms,
+            }
+        }),
+        1 => (cluster(), proptest::collection::vec(route_key(), 0..3), key_id()).prop_map(
+            |(cluster_id, keys, primary_key_id)| EventKind::RouteKeysLearned {
+                keys: KeyAd {
+                    cluster_id,
+                    keys,
+                    primary_key_id,
+                },
+            }
+        ),
+        1 => proptest::collection::vec((cluster(), key_id()), 0..3)
+            .prop_map(|keys| EventKind::RouteKeysExpired { keys }),
     ]
+}
+
+fn key_id() -> impl Strategy<Value = String> {
+    (0u8..3).prop_map(|n| format!("route_key_{n}"))
+}
+
+/// A route key as an event carries it: apply takes the id and times as
+/// they are, so a few ids with varied times cover its cases.
+fn route_key() -> impl Strategy<Value = RouteKey> {
+    (key_id(), 0u64..6_000, proptest::option::of(0u64..6_000)).prop_map(
+        |(key_id, added_at_ms, expires_at_ms)| RouteKey {
+            public_key: format!("{key_id}-public"),
+            key_id,
+            added_at_ms,
+            expires_at_ms,
+        },
+    )
 }
 
 fn event_kind() -> impl Strategy<Value = EventKind> {

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::federation::{Damping, LearnedRoute};
+use crate::federation::{Damping, KeyAd, LearnedRoute, RouteKey};
 
 /// One proposed state change, as stored in a log entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,6 +215,27 @@ pub enum EventKind {
     /// those expired at the event's time, and withdrawn ones no longer
     /// damped, go.
     RoutesExpired { routes: Vec<(String, String)> },
+    /// A member of cluster `cluster_id` (this one) signs with `key`; with
+    /// `primary`, it is the leader's and signs the tables now. The key's
+    /// `added_at_ms` is the event's time.
+    RouteKeyAdded {
+        cluster_id: String,
+        key: RouteKey,
+        primary: bool,
+    },
+    /// Key `key_id` of `cluster_id` was rotated out: it verifies until
+    /// `expires_at_ms`.
+    RouteKeyRetired {
+        cluster_id: String,
+        key_id: String,
+        expires_at_ms: u64,
+    },
+    /// A neighbour announced its keys (under a signature the leader
+    /// checked): they replace the ones held for it.
+    RouteKeysLearned { keys: KeyAd },
+    /// Proposed by the leader's timer: of these `(cluster, key_id)` keys,
+    /// those expired at the event's time go.
+    RouteKeysExpired { keys: Vec<(String, String)> },
 }
 
 /// A cache key: upstream's namespace + identifier (+ version).
@@ -291,6 +312,10 @@ impl EventKind {
             EventKind::RoutesRefreshed { .. } => "routes_refreshed",
             EventKind::RoutesWithdrawn { .. } => "routes_withdrawn",
             EventKind::RoutesExpired { .. } => "routes_expired",
+            EventKind::RouteKeyAdded { .. } => "route_key_added",
+            EventKind::RouteKeyRetired { .. } => "route_key_retired",
+            EventKind::RouteKeysLearned { .. } => "route_keys_learned",
+            EventKind::RouteKeysExpired { .. } => "route_keys_expired",
         }
     }
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use mpreg_client::{Client, Worker};
 use mpreg_tests::cluster::Cluster;
+use mpreg_tests::proxy::Proxy;
 use mpreg_tests::{Daemon, TestDir, replay};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -926,27 +927,36 @@ async fn calls_publishes_and_queue_pushes_cross_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nodes_started_together_with_peers_form_one_cluster() {
     let dirs: Vec<TestDir> = (0..3).map(|_| TestDir::new()).collect();
-    let listen: Vec<String> = (0..3)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    let peers: Vec<String> = listen.iter().map(|l| format!("ws://{l}")).collect();
+    // Each node binds port 0 behind a proxy whose URL is known up front:
+    // the `--peers` list must name every node before any has started.
+    let mut proxies = Vec::new();
+    for _ in 0..3 {
+        proxies.push(Proxy::start().await.unwrap());
+    }
+    let peers: Vec<String> = proxies.iter().map(Proxy::url).collect();
     let peers = peers.join(",");
     let daemons: Vec<Daemon> = tokio::task::block_in_place(|| {
         std::thread::scope(|scope| {
             let starts: Vec<_> = (0..3)
                 .map(|i| {
-                    let (dir, listen, peers) = (&dirs[i], &listen[i], &peers);
+                    let (dir, proxy, peers) = (&dirs[i], &proxies[i], &peers);
                     scope.spawn(move || {
                         let name = format!("p{i}");
-                        Daemon::start(
+                        let own = proxy.url();
+                        Daemon::start_with(
                             dir,
-                            &["--node-id", &name, "--listen", listen, "--peers", peers],
+                            &[
+                                "--node-id",
+                                &name,
+                                "--advertise-url",
+                                &own,
+                                "--peers",
+                                peers,
+                            ],
+                            |addr| {
+                                proxy.set_target(addr);
+                                Ok(())
+                            },
                         )
                     })
                 })

@@ -472,3 +472,192 @@ async fn a_three_node_cluster_keeps_its_links_and_routes_when_its_leader_dies() 
     assert_eq!(seen[0]["state"], "up", "{seen:?}");
     Ok(())
 }
+
+/// Rows of `route_keys` for `cluster` on `on`: `(key_id, expires_at set, primary)`.
+async fn route_keys(on: &Cluster, cluster: &str) -> Result<Vec<(String, bool, bool)>> {
+    let rows = sql_rows(
+        &on.admin()?,
+        &format!(
+            "SELECT key_id, expires_at, \"primary\" FROM route_keys WHERE cluster = '{cluster}' ORDER BY key_id"
+        ),
+    )
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r["key_id"].as_str().unwrap_or_default().to_string(),
+                !r["expires_at"].is_null(),
+                r["primary"] == true,
+            )
+        })
+        .collect())
+}
+
+/// The rejections `on` counted from neighbour `cluster`, by reason.
+async fn rejections(on: &Cluster, cluster: &str) -> Result<Value> {
+    let link = links(on)
+        .await?
+        .into_iter()
+        .find(|l| l["cluster_id"] == cluster)
+        .with_context(|| format!("no link to {cluster}"))?;
+    Ok(link["rejections"].clone())
+}
+
+/// Signed tables between real daemons that require signatures: each
+/// learns the other's key on first contact; a rotation is learned under
+/// the old key, both verify during the overlap, then only the new one,
+/// and no table is refused along the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_tables_carry_a_rotated_key_through_its_overlap() -> Result<()> {
+    let config = TestDir::new();
+    let args = config.config("require_signatures = true\nkey_overlap_seconds = 2\n");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let c1 = Cluster::start("c1", &[], &args)?;
+    let c2 = Cluster::start("c2", &[&c1], &args)?;
+    wait_for_routes(&c1, &[("c2", &["c1", "c2"])]).await?;
+    wait_for_routes(&c2, &[("c1", &["c2", "c1"])]).await?;
+
+    let key_file = c2.dir.data().join("route_keys.json");
+    let mode = std::fs::metadata(&key_file)
+        .with_context(|| format!("{}", key_file.display()))?
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    let first = eventually("c1 holds c2's key", CONVERGE, || async {
+        match route_keys(&c1, "c2").await {
+            Ok(keys) if keys.len() == 1 && keys[0].2 && !keys[0].1 => Ok(keys[0].0.clone()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    assert_eq!(
+        route_keys(&c2, "c2").await?,
+        [(first.clone(), false, true)],
+        "c2's own log holds the key c1 learned"
+    );
+
+    let response = http()
+        .post(format!("{}/federation/rotate-key", c2.admin()?))
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 200);
+    let rotated: Value = response.json().await?;
+    assert_eq!(rotated["previous_key_id"], first.as_str(), "{rotated}");
+    let second = rotated["key_id"].as_str().context("key_id")?.to_string();
+    assert_ne!(second, first);
+
+    let mut both = vec![(first.clone(), true, false), (second.clone(), false, true)];
+    both.sort();
+    eventually(
+        "c1 holds both keys during the overlap",
+        CONVERGE,
+        || async {
+            match route_keys(&c1, "c2").await {
+                Ok(keys) if keys == both => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await?;
+    for on in [&c1, &c2] {
+        eventually("only the new key after the overlap", CONVERGE, || async {
+            match route_keys(on, "c2").await {
+                Ok(keys) if keys == [(second.clone(), false, true)] => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await?;
+    }
+    // Tables signed by the new key alone still pass (the interval sends
+    // c2's table again) and none was refused.
+    let taken = |links: &[Value]| {
+        links
+            .iter()
+            .find(|l| l["cluster_id"] == "c2")
+            .and_then(|l| l["announcements_in"].as_u64())
+            .unwrap_or(0)
+    };
+    let before = taken(&links(&c1).await?);
+    eventually(
+        "c1 takes a table signed by the new key alone",
+        CONVERGE,
+        || async {
+            let now = taken(&links(&c1).await.map_err(|e| e.to_string())?);
+            if now > before {
+                Ok(())
+            } else {
+                Err(format!("{now} routes taken, {before} before"))
+            }
+        },
+    )
+    .await?;
+    assert_eq!(
+        rejections(&c1, "c2").await?,
+        serde_json::json!({}),
+        "no table of c2 was refused"
+    );
+    assert_eq!(active_routes(&c1).await?["c2"].0, "c2");
+    Ok(())
+}
+
+/// A neighbour whose key changed without a rotation (its key file lost)
+/// is refused by reason `signature`: its routes are not refreshed by
+/// those tables, the refusals are counted, and both sides keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_signed_by_an_unknown_key_is_refused_and_counted() -> Result<()> {
+    let c1 = Cluster::start("c1", &[], &[])?;
+    let mut c2 = Cluster::start("c2", &[&c1], &[])?;
+    wait_for_routes(&c1, &[("c2", &["c1", "c2"])]).await?;
+    wait_for_routes(&c2, &[("c1", &["c2", "c1"])]).await?;
+    eventually("c1 holds c2's key", CONVERGE, || async {
+        match route_keys(&c1, "c2").await {
+            Ok(keys) if keys.len() == 1 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+
+    c2.kill9()?;
+    std::fs::remove_file(c2.dir.data().join("route_keys.json"))?;
+    c2.restart(&[], &[])?;
+
+    let refused = eventually("c1 refuses c2's new key", CONVERGE, || async {
+        let seen = rejections(&c1, "c2").await.map_err(|e| e.to_string())?;
+        match seen["signature"].as_u64() {
+            Some(n) if n > 0 => Ok(seen),
+            _ => Err(seen.to_string()),
+        }
+    })
+    .await?;
+    assert_eq!(
+        refused.as_object().map(|o| o.len()),
+        Some(1),
+        "only signature refusals: {refused}"
+    );
+    let metrics = mpreg_tests::metrics_of(&c1.admin()?).await?;
+    let counted = mpreg_tests::prom::parse(&metrics)?
+        .samples
+        .iter()
+        .filter(|s| {
+            s.name == "mpreg_federation_rejections_total"
+                && s.labels.get("reason").map(String::as_str) == Some("signature")
+        })
+        .map(|s| s.value)
+        .sum::<f64>();
+    assert!(
+        counted >= 1.0,
+        "signature rejections in /metrics: {counted}"
+    );
+    assert_eq!(
+        route_keys(&c1, "c2").await?.len(),
+        1,
+        "the unknown key was not learned"
+    );
+    // c1 still signs with the key c2 holds: c2 keeps learning from c1.
+    wait_for_routes(&c2, &[("c1", &["c2", "c1"])]).await?;
+    assert_eq!(rejections(&c2, "c1").await?, serde_json::json!({}));
+    Ok(())
+}

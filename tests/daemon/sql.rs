@@ -1447,6 +1447,23 @@ async fn every_example_in_the_sql_docs_runs() -> Result<()> {
     seed_federation(&daemon.node).await?;
     seed_queues(&daemon.node).await?;
     seed_cache(&daemon.node).await?;
+    // Linked, the node puts its signing key on the log within a second:
+    // wait for it, so the log ends where the examples say.
+    eventually(
+        "the node's route key on the log",
+        Duration::from_secs(30),
+        || async {
+            let keys = sql_rows(&daemon.admin_url, "SELECT key_id FROM route_keys")
+                .await
+                .map_err(|e| e.to_string())?;
+            if keys.len() == 1 {
+                Ok(())
+            } else {
+                Err(format!("{keys:?}"))
+            }
+        },
+    )
+    .await?;
     let me = daemon.node.identity().node_id.clone();
     let last = daemon.node.applied().last_applied_index();
     let expectations = docs_expectations(&me, &daemon.client_url, last);
@@ -1523,6 +1540,7 @@ fn docs_expectations(me: &str, url: &str, last: u64) -> Vec<DocsExpectation> {
                 {"table_name": "functions"}, {"table_name": "nodes"},
                 {"table_name": "peers"}, {"table_name": "queue_messages"},
                 {"table_name": "queues"}, {"table_name": "raft"},
+                {"table_name": "route_keys"},
                 {"table_name": "routes"}, {"table_name": "subscriptions"}
             ]),
             varying: &[],
@@ -1586,6 +1604,13 @@ fn docs_expectations(me: &str, url: &str, last: u64) -> Vec<DocsExpectation> {
                 {"cluster_id": "c4", "urls": ["ws://127.0.0.1:9/c4"], "state": "*", "rtt_ms": null, "announcements_in": 0, "rejections": "{}"}
             ]),
             varying: &[("state", dialling)],
+            ordered: true,
+        },
+        DocsExpectation {
+            sql: "SELECT cluster, \"primary\", active, expires_at FROM route_keys ORDER BY cluster",
+            // Linked, this node put its own key on the log.
+            rows: json!([{"cluster": "local", "primary": true, "active": true, "expires_at": null}]),
+            varying: &[],
             ordered: true,
         },
         DocsExpectation {

@@ -7,18 +7,13 @@
 //! the nodes directly. The first member forms the cluster, the others
 //! `--join` it.
 //!
-//! Ports: the proxy binds port 0 and its URL is what the membership
-//! records (`--advertise-url`), so a member keeps its address across
-//! restarts whatever port its process listens on. The proxy must reach
-//! the node before the node is ready (a joining or restarted member hears
-//! from the leader before it writes its ready file), so the harness picks
-//! the node's `--listen` port itself: it binds port 0, reads the port and
-//! closes it. Another process may take that port before the daemon binds
-//! it; the start then fails with `Address already in use` and the harness
-//! retries with a fresh port ([`BIND_RETRIES`]). A restart reuses the
-//! member's last port when it is free, else picks a new one the same way;
-//! only the proxy's target changes. Admin ports are port 0, read from the
-//! ready file.
+//! Ports: every daemon binds port 0. The proxy binds port 0 too and its
+//! URL is what the membership records (`--advertise-url`), so a member
+//! keeps its address across restarts whatever port its process gets. The
+//! proxy must reach the node before the node is ready (a joining or
+//! restarted member hears from the leader before it writes its ready
+//! file), so the harness points the proxy at the node as soon as the
+//! daemon's `--listening-file` names its port.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -29,16 +24,11 @@ use serde_json::Value;
 use crate::proxy::Proxy;
 use crate::{Daemon, TestDir, sql_rows, status_of};
 
-/// Starts tried when a picked `--listen` port was taken in between.
-const BIND_RETRIES: usize = 5;
-
 /// One member and its fault-injection handles.
 pub struct Member {
     pub name: String,
     pub dir: TestDir,
     pub proxy: Proxy,
-    /// `127.0.0.1:P` once started, reused on restart.
-    listen: Option<String>,
     daemon: Option<Daemon>,
     /// Client and admin URL of the last run (kept while stopped).
     pub client_url: String,
@@ -98,7 +88,6 @@ impl Cluster {
             name: format!("n{}", index + 1),
             dir: TestDir::new(),
             proxy: Proxy::start().await?,
-            listen: None,
             daemon: None,
             client_url: String::new(),
             admin_url: String::new(),
@@ -113,29 +102,7 @@ impl Cluster {
         self.launch(i, Some(join)).await
     }
 
-    /// Starts member `i`, retrying with a fresh `--listen` port when the
-    /// picked one was taken before the daemon bound it.
     async fn launch(&mut self, i: usize, join: Option<String>) -> Result<()> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.launch_once(i, join.clone()).await {
-                Err(e)
-                    if attempt < BIND_RETRIES
-                        && format!("{e:#}").contains("Address already in use") =>
-                {
-                    eprintln!(
-                        "{}: listen port taken before the daemon bound it; retrying: {e:#}",
-                        self.members[i].name
-                    );
-                    self.members[i].listen = None;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    async fn launch_once(&mut self, i: usize, join: Option<String>) -> Result<()> {
         let config = self.config.clone();
         let member = &mut self.members[i];
         let mut args = member.dir.config(&config);
@@ -145,28 +112,18 @@ impl Cluster {
             "--advertise-url".to_string(),
             member.proxy.url(),
         ]);
-        // The proxy must reach the node while it joins, before it is
-        // ready: pick its port up front (see the module comment).
-        let listen = match &member.listen {
-            Some(listen) => listen.clone(),
-            None => std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .to_string(),
-        };
-        member
-            .proxy
-            .set_target(listen.parse().context("listen address")?);
-        args.extend(["--listen".to_string(), listen.clone()]);
         if let Some(join) = join {
             args.extend(["--join".to_string(), join]);
         }
-        let dir = &member.dir;
+        let (dir, proxy) = (&member.dir, &member.proxy);
         let daemon = tokio::task::block_in_place(|| {
             let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            Daemon::start(dir, &refs)
+            Daemon::start_with(dir, &refs, |addr| {
+                proxy.set_target(addr);
+                Ok(())
+            })
         })
         .with_context(|| format!("start {}", member.name))?;
-        member.listen = Some(listen);
         member.client_url = daemon.ready.client_url.clone();
         member.admin_url = daemon.ready.admin_url.clone();
         member.daemon = Some(daemon);
@@ -202,7 +159,8 @@ impl Cluster {
         daemon.wait_exit()
     }
 
-    /// Starts a stopped member again on its dir and port.
+    /// Starts a stopped member again on its dir (on a new port, behind
+    /// the same proxy).
     pub async fn restart(&mut self, i: usize) -> Result<()> {
         self.launch(i, None).await
     }

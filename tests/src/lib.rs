@@ -164,14 +164,30 @@ fn daemon_command(data_dir: &Path, ready_file: &Path, extra: &[&str]) -> Command
 impl Daemon {
     /// Starts a daemon on `dir` (port 0) and waits for its ready file.
     pub fn start(dir: &TestDir, extra: &[&str]) -> Result<Daemon> {
+        Daemon::start_with(dir, extra, |_| Ok(()))
+    }
+
+    /// Like [`Daemon::start`], and calls `on_listening` with the bound
+    /// client address as soon as the daemon reports it (its listening
+    /// file), before it is ready: a proxy in front of a joining node must
+    /// reach it before the node can finish joining.
+    pub fn start_with(
+        dir: &TestDir,
+        extra: &[&str],
+        mut on_listening: impl FnMut(std::net::SocketAddr) -> Result<()>,
+    ) -> Result<Daemon> {
         let ready_file = dir.path().join("ready.json");
+        let listening_file = dir.path().join("listening.json");
         let _ = std::fs::remove_file(&ready_file);
+        let _ = std::fs::remove_file(&listening_file);
         let log_path = dir.path().join(format!(
             "daemon-{}.log",
             STARTS.fetch_add(1, Ordering::Relaxed)
         ));
         let log = std::fs::File::create(&log_path)?;
         let child = daemon_command(&dir.data(), &ready_file, extra)
+            .arg("--listening-file")
+            .arg(&listening_file)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -187,7 +203,18 @@ impl Daemon {
             log_path,
         };
         let deadline = Instant::now() + START_TIMEOUT;
+        let mut listening = false;
         loop {
+            if !listening && let Ok(text) = std::fs::read_to_string(&listening_file) {
+                let v: Value = serde_json::from_str(&text).context("listening file is JSON")?;
+                let addr = v["client_url"]
+                    .as_str()
+                    .and_then(|url| url.strip_prefix("ws://"))
+                    .and_then(|addr| addr.parse().ok())
+                    .with_context(|| format!("listening file client_url: {v}"))?;
+                on_listening(addr)?;
+                listening = true;
+            }
             if let Ok(text) = std::fs::read_to_string(&ready_file) {
                 let v: Value = serde_json::from_str(&text).context("ready file is JSON")?;
                 let field = |k: &str| {

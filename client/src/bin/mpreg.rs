@@ -115,6 +115,9 @@ enum FederationOp {
     Unlink { cluster_id: String },
     /// Read the neighbour policies from the daemon's --config again.
     Reload,
+    /// Give the node at --admin a new route signing key; its old key stays
+    /// valid for key_overlap_seconds.
+    RotateKey,
 }
 
 #[derive(Subcommand)]
@@ -404,6 +407,7 @@ async fn federation(admin: &str, op: &FederationOp) -> Result<String, String> {
             .json(&json!({"url": url})),
         FederationOp::Unlink { cluster_id } => http.delete(format!("{base}/links/{cluster_id}")),
         FederationOp::Reload => http.post(format!("{base}/reload")),
+        FederationOp::RotateKey => http.post(format!("{base}/rotate-key")),
     };
     admin_answer(&base, request).await
 }

@@ -1,11 +1,13 @@
-//! `/federation/*`: list, add and remove links to neighbour clusters, and
-//! reload the neighbour policies.
+//! `/federation/*`: list, add and remove links to neighbour clusters,
+//! reload the neighbour policies, and rotate this node's signing key.
 //!
 //! - `GET /federation/links`: every link with its live state;
 //! - `POST /federation/links` `{"url":"ws://.."}`: links the cluster of
 //!   that node (a URL of this cluster is refused with 400);
 //! - `DELETE /federation/links/{cluster}`: removes a link (404 if none);
-//! - `POST /federation/reload`: reads the policies from `--config` again.
+//! - `POST /federation/reload`: reads the policies from `--config` again;
+//! - `POST /federation/rotate-key`: a new signing key for this node; the
+//!   old one verifies for `key_overlap_seconds` more.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -23,6 +25,7 @@ fn error(e: FederationError) -> Response {
         FederationError::Unreachable { .. } => StatusCode::BAD_GATEWAY,
         FederationError::Refused(r) if r.retry_safe() => StatusCode::SERVICE_UNAVAILABLE,
         FederationError::Refused(_) => StatusCode::CONFLICT,
+        FederationError::Local(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     (status, Json(json!({"error": e.to_string()}))).into_response()
 }
@@ -105,6 +108,17 @@ pub(super) async fn reload(State(state): State<AdminState>) -> Response {
     };
     match federation.reload() {
         Ok(()) => Json(json!({"reloaded": true})).into_response(),
+        Err(e) => error(e),
+    }
+}
+
+/// `POST /federation/rotate-key`.
+pub(super) async fn rotate_key(State(state): State<AdminState>) -> Response {
+    let Some(federation) = state.federation.get() else {
+        return starting();
+    };
+    match federation.rotate_key().await {
+        Ok(rotated) => Json(rotated).into_response(),
         Err(e) => error(e),
     }
 }

@@ -107,6 +107,10 @@ pub fn router(state: AdminState) -> Router {
             "/federation/reload",
             axum::routing::post(federation::reload),
         )
+        .route(
+            "/federation/rotate-key",
+            axum::routing::post(federation::rotate_key),
+        )
         .with_state(state)
 }
 

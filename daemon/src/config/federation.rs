@@ -16,6 +16,8 @@ pub const DEFAULT_ROUTE_TTL: Duration = Duration::from_secs(30);
 pub const DEFAULT_LINK_DEAD: Duration = Duration::from_secs(3);
 /// Default `max_routes_per_dest`.
 pub const DEFAULT_MAX_ROUTES_PER_DEST: u32 = 4;
+/// Default `key_overlap_seconds` (upstream's rotation overlap).
+pub const DEFAULT_KEY_OVERLAP: Duration = Duration::from_secs(60);
 
 /// Policies per neighbour cluster, with a default: a neighbour's own policy
 /// replaces the default; with neither, everything passes.
@@ -54,6 +56,13 @@ pub struct FederationSettings {
     pub max_routes_per_dest: u32,
     /// Hold-down and flap damping of withdrawn routes (off by default).
     pub damping: Damping,
+    /// Refuse unsigned route tables even from neighbours that never
+    /// signed (tables are always signed; a neighbour that signed once
+    /// must keep signing either way).
+    pub require_signatures: bool,
+    /// After `rotate-key`, the old key stays valid (and keeps signing)
+    /// this long.
+    pub key_overlap: Duration,
     /// What to accept from each neighbour.
     pub import: PolicyDirectory,
     /// What to announce to each neighbour.
@@ -69,6 +78,8 @@ impl Default for FederationSettings {
             link_dead: DEFAULT_LINK_DEAD,
             max_routes_per_dest: DEFAULT_MAX_ROUTES_PER_DEST,
             damping: Damping::default(),
+            require_signatures: false,
+            key_overlap: DEFAULT_KEY_OVERLAP,
             import: PolicyDirectory::default(),
             export: PolicyDirectory::default(),
         }

@@ -57,6 +57,7 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
     pub ready_file: Option<PathBuf>,
+    pub listening_file: Option<PathBuf>,
     pub node_id: Option<String>,
     pub cluster_id: Option<String>,
     pub advertise_url: Option<String>,
@@ -94,6 +95,8 @@ pub struct FileConfig {
     pub hold_down_seconds: Option<u64>,
     pub flap_threshold: Option<u32>,
     pub flap_window_seconds: Option<u64>,
+    pub require_signatures: Option<bool>,
+    pub key_overlap_seconds: Option<u64>,
     pub import_policy: Option<PolicyDirectory>,
     pub export_policy: Option<PolicyDirectory>,
 }
@@ -119,6 +122,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub ready_file: Option<PathBuf>,
+    /// Written as soon as the listeners are bound (before the node is ready).
+    pub listening_file: Option<PathBuf>,
     /// Node id to use; a new dir without one gets a generated id.
     pub node_id: Option<String>,
     /// Cluster id to use; a new dir without one joins [`DEFAULT_CLUSTER_ID`].
@@ -168,6 +173,7 @@ impl Config {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             admin_listen: DEFAULT_ADMIN_LISTEN.parse().expect("valid default address"),
             ready_file: None,
+            listening_file: None,
             node_id: None,
             cluster_id: None,
             advertise_url: None,
@@ -197,6 +203,7 @@ impl Config {
             listen,
             admin_listen,
             ready_file,
+            listening_file,
             node_id,
             cluster_id,
             advertise_url,
@@ -234,6 +241,8 @@ impl Config {
             hold_down_seconds,
             flap_threshold,
             flap_window_seconds,
+            require_signatures,
+            key_overlap_seconds,
             import_policy,
             export_policy,
         } = file;
@@ -247,6 +256,7 @@ impl Config {
             self.admin_listen = v;
         }
         self.ready_file = ready_file.or(self.ready_file.take());
+        self.listening_file = listening_file.or(self.listening_file.take());
         self.node_id = node_id.or(self.node_id.take());
         self.cluster_id = cluster_id.or(self.cluster_id.take());
         self.advertise_url = advertise_url.or(self.advertise_url.take());
@@ -350,6 +360,12 @@ impl Config {
         }
         if let Some(v) = flap_window_seconds {
             federation.damping.flap_window_ms = v.saturating_mul(1000);
+        }
+        if let Some(v) = require_signatures {
+            federation.require_signatures = v;
+        }
+        if let Some(v) = key_overlap_seconds {
+            federation.key_overlap = Duration::from_secs(v);
         }
         if let Some(v) = import_policy {
             federation.import = v;

@@ -10,18 +10,26 @@
 //! replays them, and a new leader carries on from the views. Links and
 //! routes are views; what is kept only in memory is each link's live state
 //! (up or down, round trip, counters), shown by `federation_links`.
+//!
+//! Tables are signed with this node's key ([`keys`]); the cluster's public
+//! keys are on its log (`route_keys`), and each table carries them, so a
+//! neighbour learns a rotated key or a new leader's key under a signature
+//! it already trusts.
 
+mod keys;
 mod receive;
 mod speaker;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use mpreg_storage::EventKind;
-use mpreg_storage::federation::{Announcement, RouteMetrics, rank};
+use mpreg_storage::federation::{
+    Announcement, KeyAd, RouteMetrics, TableSignature, rank, table_bytes,
+};
 use mpreg_storage::views::{CandidateRow, Catalog};
 use tokio_util::sync::CancellationToken;
 
@@ -29,7 +37,9 @@ use crate::clock::now_ms;
 use crate::cluster::{Node, membership};
 use crate::config::{FederationSettings, FileConfig, is_node_url};
 use crate::envelope::{FederationReply, FederationRequest, PeerReply, PeerRequest, Refused};
+use crate::error::Result;
 use crate::metrics::FederationMetrics;
+use keys::NodeKeys;
 
 /// Longest a request to a neighbour may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -47,6 +57,9 @@ pub struct LinkRuntime {
     pub announcements_in: u64,
     pub announcements_out: u64,
     pub rejections: BTreeMap<&'static str, u64>,
+    /// Highest epoch of a table taken from the neighbour: an older table
+    /// (replayed, or late) is refused whole.
+    pub table_epoch: u64,
 }
 
 /// Links to neighbour clusters and route control.
@@ -62,6 +75,17 @@ pub struct Federation {
     /// Clusters unlinked lately, by when: their announcements still in
     /// flight must not link them again.
     unlinked: Mutex<BTreeMap<String, std::time::Instant>>,
+    /// This node's signing keys.
+    keys: RwLock<Arc<NodeKeys>>,
+}
+
+/// A rotated key: the new one, and until when the previous one verifies.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RotatedKey {
+    pub key_id: String,
+    pub public_key: String,
+    pub previous_key_id: String,
+    pub previous_expires_at_ms: u64,
 }
 
 /// How long an unlinked cluster's announcements are refused.
@@ -78,17 +102,23 @@ pub enum FederationError {
     Unreachable { url: String, reason: String },
     #[error("{0}")]
     Refused(#[from] Refused),
+    /// This node's own state failed (its key file).
+    #[error("{0}")]
+    Local(String),
 }
 
 impl Federation {
-    /// Starts speaking for the cluster whenever this node leads it.
+    /// Starts speaking for the cluster whenever this node leads it; opens
+    /// (or creates) this node's signing keys in `data_dir`.
     pub fn start(
         node: Arc<Node>,
         settings: FederationSettings,
         config_file: Option<PathBuf>,
+        data_dir: &Path,
         metrics: FederationMetrics,
         shutdown: CancellationToken,
-    ) -> Arc<Federation> {
+    ) -> Result<Arc<Federation>> {
+        let keys = NodeKeys::open(data_dir, now_ms())?;
         let federation = Arc::new(Federation {
             node,
             settings: RwLock::new(settings),
@@ -97,9 +127,90 @@ impl Federation {
             links: Mutex::default(),
             epoch: AtomicU64::new(0),
             unlinked: Mutex::default(),
+            keys: RwLock::new(Arc::new(keys)),
         });
         tokio::spawn(speaker::run(federation.clone(), shutdown));
-        federation
+        Ok(federation)
+    }
+
+    fn keys(&self) -> Arc<NodeKeys> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// This cluster's keys as a table carries them: those on the log that
+    /// still verify, and this node's own (it signs), which is primary.
+    fn key_ad(&self, now_ms: u64) -> KeyAd {
+        let keys = self.keys();
+        let own = keys.current();
+        let mut ad = self
+            .node
+            .views()
+            .catalog()
+            .route_keys(self.local())
+            .cloned()
+            .unwrap_or_else(|| KeyAd {
+                cluster_id: self.local().to_string(),
+                keys: Vec::new(),
+                primary_key_id: own.key_id.clone(),
+            });
+        ad.keys.retain(|k| k.active(now_ms));
+        if !ad.keys.iter().any(|k| k.key_id == own.key_id) {
+            ad.keys.push(own.clone());
+        }
+        ad.primary_key_id = own.key_id.clone();
+        ad.normalized()
+    }
+
+    /// Signs the table this cluster sends: by every key of this node that
+    /// still verifies.
+    fn sign_table(
+        &self,
+        urls: &[String],
+        routes: &[Announcement],
+        keys: &KeyAd,
+        now_ms: u64,
+    ) -> Vec<TableSignature> {
+        let bytes = table_bytes(self.local(), urls, routes, Some(keys));
+        self.keys().sign(&bytes, now_ms)
+    }
+
+    /// Replaces this node's signing key (admin `POST
+    /// /federation/rotate-key`): the new key goes on the log (primary when
+    /// this node leads) and the old one verifies, and signs, for
+    /// `key_overlap_seconds` more.
+    pub async fn rotate_key(&self) -> std::result::Result<RotatedKey, FederationError> {
+        let now = now_ms();
+        let overlap = self.settings().key_overlap.as_millis() as u64;
+        let expires_at_ms = now.saturating_add(overlap);
+        let previous = {
+            let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+            let rotated = keys
+                .rotate(now, expires_at_ms)
+                .map_err(|e| FederationError::Local(e.to_string()))?;
+            std::mem::replace(&mut *keys, Arc::new(rotated))
+        };
+        let old = previous.current().clone();
+        let new = self.keys().current().clone();
+        let local = self.local().to_string();
+        self.propose(vec![
+            EventKind::RouteKeyAdded {
+                cluster_id: local.clone(),
+                key: new.clone(),
+                primary: self.node.is_leader(),
+            },
+            EventKind::RouteKeyRetired {
+                cluster_id: local,
+                key_id: old.key_id.clone(),
+                expires_at_ms,
+            },
+        ])
+        .await?;
+        Ok(RotatedKey {
+            key_id: new.key_id,
+            public_key: new.public_key,
+            previous_key_id: old.key_id,
+            previous_expires_at_ms: expires_at_ms,
+        })
     }
 
     fn settings(&self) -> FederationSettings {
@@ -186,7 +297,18 @@ impl Federation {
                 cluster_id,
                 urls,
                 routes,
-            } => receive::announce(self, &cluster_id, urls, routes).await,
+                keys,
+                signatures,
+            } => {
+                let table = receive::Table {
+                    sender: cluster_id,
+                    urls,
+                    routes,
+                    keys,
+                    signatures,
+                };
+                receive::announce(self, table).await
+            }
             FederationRequest::Unlink { cluster_id } => {
                 if !self.node.is_leader() {
                     let (_, leader_url) = self.own_urls();
@@ -398,7 +520,6 @@ fn export_table(
             ttl_ms,
             epoch,
             tags,
-            signature: None,
         };
     let mut table = vec![announce(
         &local,

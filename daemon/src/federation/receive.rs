@@ -3,12 +3,16 @@
 //! withdrawal of what the neighbour no longer announces, the routes that
 //! are new or changed, and a refresh of the rest when it is due.
 //! Re-announcements that change nothing add nothing to the log until
-//! half the route TTL has passed.
+//! half the route TTL has passed. A table whose signature does not check
+//! out, or older than one already taken, changes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use mpreg_storage::EventKind;
-use mpreg_storage::federation::{Announcement, JudgeContext, LinkMetrics, Reject, judge};
+use mpreg_storage::federation::{
+    Announcement, JudgeContext, KeyAd, LinkMetrics, Reject, SignatureContext, TableSignature,
+    check_table, judge, table_bytes,
+};
 
 use super::{Federation, MAX_LINK_URLS};
 use crate::clock::now_ms;
@@ -18,12 +22,27 @@ use crate::envelope::{FederationReply, Refused};
 /// Most routes one announcement may carry.
 pub const MAX_ANNOUNCED_ROUTES: usize = 100_000;
 
+/// A neighbour's table, as it arrived.
+pub(super) struct Table {
+    pub sender: String,
+    pub urls: Vec<String>,
+    pub routes: Vec<Announcement>,
+    pub keys: Option<KeyAd>,
+    pub signatures: Vec<TableSignature>,
+}
+
 pub(super) async fn announce(
     federation: &Federation,
-    sender: &str,
-    urls: Vec<String>,
-    routes: Vec<Announcement>,
+    table: Table,
 ) -> Result<FederationReply, Refused> {
+    let Table {
+        sender,
+        urls,
+        routes,
+        keys,
+        signatures,
+    } = table;
+    let sender = sender.as_str();
     let local = federation.local().to_string();
     if sender == local {
         return Err(Refused::Invalid(format!(
@@ -48,6 +67,48 @@ pub(super) async fn announce(
     let settings = federation.settings();
     let now = now_ms();
     let ttl_ms = settings.route_ttl.as_millis() as u64;
+    let mut events = Vec::new();
+    let checked = {
+        let catalog = federation.node.views().catalog();
+        let ctx = SignatureContext {
+            sender,
+            now_ms: now,
+            known: catalog.route_keys(sender),
+            require_signatures: settings.require_signatures,
+        };
+        let bytes = table_bytes(sender, &urls, &routes, keys.as_ref());
+        check_table(&ctx, keys.as_ref(), &signatures, &bytes)
+    };
+    match checked {
+        Ok(checked) => {
+            if checked.foreign_key_ad {
+                count_rejections(
+                    federation,
+                    sender,
+                    &BTreeMap::from([(Reject::ForeignKey, 1)]),
+                );
+            }
+            if let Some(keys) = checked.learned {
+                events.push(EventKind::RouteKeysLearned { keys });
+            }
+        }
+        Err(reason) => return Ok(refuse_table(federation, sender, reason, routes.len())),
+    }
+    if let Some(epoch) = routes.iter().map(|r| r.epoch).max() {
+        let replayed = federation.runtime(sender, |r| {
+            let replayed = epoch <= r.table_epoch;
+            r.table_epoch = r.table_epoch.max(epoch);
+            replayed
+        });
+        if replayed {
+            return Ok(refuse_table(
+                federation,
+                sender,
+                Reject::Stale,
+                routes.len(),
+            ));
+        }
+    }
     let runtime = federation.runtime(sender, |r| {
         r.last_seen_ms = Some(now);
         r.announcements_in += routes.len() as u64;
@@ -59,7 +120,6 @@ pub(super) async fn announce(
     };
     let policy = settings.import.lookup(sender);
 
-    let mut events = Vec::new();
     let mut rejected: BTreeMap<Reject, u32> = BTreeMap::new();
     let mut learned = Vec::new();
     let mut still_announced = BTreeSet::new();
@@ -147,12 +207,27 @@ pub(super) async fn announce(
             ttl_ms,
         });
     }
+    count_rejections(federation, sender, &rejected);
+    federation.propose(events).await?;
+    Ok(FederationReply::Announced {
+        accepted,
+        rejected: rejected
+            .into_iter()
+            .map(|(reason, count)| (reason.as_str().to_string(), count))
+            .collect(),
+    })
+}
+
+/// Counts refused announcements from `sender` by reason, in the link's
+/// counters and the metrics.
+fn count_rejections(federation: &Federation, sender: &str, rejected: &BTreeMap<Reject, u32>) {
     federation.runtime(sender, |r| {
-        for (reason, count) in &rejected {
+        for (reason, count) in rejected {
             *r.rejections.entry(reason.as_str()).or_default() += u64::from(*count);
         }
     });
-    for (reason, count) in &rejected {
+    let metrics = &federation.metrics;
+    for (reason, count) in rejected {
         metrics
             .announcements
             .with_label_values(&["rejected"])
@@ -162,14 +237,24 @@ pub(super) async fn announce(
             .with_label_values(&[reason.as_str()])
             .inc_by(u64::from(*count));
     }
-    federation.propose(events).await?;
-    Ok(FederationReply::Announced {
-        accepted,
-        rejected: rejected
-            .into_iter()
-            .map(|(reason, count)| (reason.as_str().to_string(), count))
-            .collect(),
-    })
+}
+
+/// The answer to a table refused as a whole (bad signature, replayed):
+/// every route in it counts as refused for `reason`, nothing is proposed,
+/// and nothing held is withdrawn.
+fn refuse_table(
+    federation: &Federation,
+    sender: &str,
+    reason: Reject,
+    routes: usize,
+) -> FederationReply {
+    let count = u32::try_from(routes.max(1)).unwrap_or(u32::MAX);
+    tracing::warn!(%sender, reason = reason.as_str(), routes, "route table refused");
+    count_rejections(federation, sender, &BTreeMap::from([(reason, count)]));
+    FederationReply::Announced {
+        accepted: 0,
+        rejected: vec![(reason.as_str().to_string(), count)],
+    }
 }
 
 /// The URLs to record for a neighbour when its announcement names members

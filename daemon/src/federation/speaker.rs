@@ -1,15 +1,16 @@
 //! The leader's side of each link: resolve the configured neighbours,
 //! keep one task per link that pings the neighbour, sends it the route
 //! table (on an interval and at once when it changes) and withdraws the
-//! link's routes when it stops answering; and a timer that proposes the
-//! expiry of routes nobody refreshed.
+//! link's routes when it stops answering; a timer that proposes the
+//! expiry of routes nobody refreshed and of rotated-out keys; and, on
+//! every member, the registration of its signing key on the log.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use mpreg_storage::EventKind;
-use mpreg_storage::federation::Announcement;
+use mpreg_storage::federation::{Announcement, KeyAd};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -52,6 +53,7 @@ pub(super) async fn run(federation: Arc<Federation>, shutdown: CancellationToken
         let sweep = last_sweep.elapsed() >= SWEEP;
         if sweep {
             last_sweep = Instant::now();
+            register_key(&federation).await;
             federation
                 .metrics
                 .seconds_since_route_change
@@ -105,6 +107,7 @@ pub(super) async fn run(federation: Arc<Federation>, shutdown: CancellationToken
         federation.metrics.links_down.set(down);
         if sweep {
             expire(&federation).await;
+            expire_keys(&federation).await;
         }
     }
     for task in tasks.values() {
@@ -220,6 +223,66 @@ async fn expire(federation: &Federation) {
     }
 }
 
+/// Once the cluster has a link, puts this node's signing key on the log
+/// if it is not there, and makes it the primary one while this node
+/// leads, so neighbours hold every member's key before that member leads.
+/// (A cluster that never federates records no key.)
+async fn register_key(federation: &Federation) {
+    let own = federation.keys().current().clone();
+    let leader = federation.node.is_leader();
+    let registered = {
+        let catalog = federation.node.views().catalog();
+        if catalog.links().next().is_none() {
+            return;
+        }
+        catalog.route_keys(federation.local()).map(|ad| {
+            (
+                ad.keys.iter().any(|k| k.key_id == own.key_id),
+                ad.primary_key_id == own.key_id,
+            )
+        })
+    };
+    let needed = match registered {
+        None | Some((false, _)) => true,
+        Some((true, primary)) => leader && !primary,
+    };
+    if !needed {
+        return;
+    }
+    let event = EventKind::RouteKeyAdded {
+        cluster_id: federation.local().to_string(),
+        key: own,
+        primary: leader,
+    };
+    if let Err(e) = federation.propose(vec![event]).await {
+        tracing::debug!(error = %e, "signing key not registered yet");
+    }
+}
+
+/// Proposes the expiry of rotated-out keys whose overlap ended.
+async fn expire_keys(federation: &Federation) {
+    let now = now_ms();
+    let keys: Vec<(String, String)> = {
+        let catalog = federation.node.views().catalog();
+        catalog
+            .all_route_keys()
+            .flat_map(|ad| {
+                ad.keys
+                    .iter()
+                    .filter(move |k| !k.active(now))
+                    .map(|k| (ad.cluster_id.clone(), k.key_id.clone()))
+            })
+            .collect()
+    };
+    if !keys.is_empty()
+        && let Err(e) = federation
+            .propose(vec![EventKind::RouteKeysExpired { keys }])
+            .await
+    {
+        tracing::debug!(error = %e, "key expiry not proposed");
+    }
+}
+
 /// What of one announced route matters for "did the table change":
 /// destination, path, hops, cost and tags.
 type RouteKey = (String, Vec<String>, u32, u32, Vec<String>);
@@ -256,7 +319,7 @@ async fn link_task(federation: Arc<Federation>, cluster: String, cancel: Cancell
     let mut last_ok = Instant::now();
     let mut last_ping = Instant::now() - ping_every;
     let mut lost = false;
-    let mut last_sent: Option<Vec<RouteKey>> = None;
+    let mut last_sent: Option<(Vec<RouteKey>, KeyAd)> = None;
     let mut sent_at = Instant::now();
     let mut built_at_index = None;
     let mut built_at = Instant::now();
@@ -324,16 +387,22 @@ async fn link_task(federation: Arc<Federation>, cluster: String, cancel: Cancell
         built_at_index = Some(index);
         built_at = Instant::now();
         let table = export_table(&federation, &cluster, &settings);
-        let key = table_key(&table);
+        let now = now_ms();
+        // A new key (a rotation, a new member) goes out at once too.
+        let keys = federation.key_ad(now);
+        let key = (table_key(&table), keys.clone());
         if last_sent.as_ref() == Some(&key) && !due {
             continue;
         }
         let count = table.len() as u64;
         let (own_urls, _) = federation.own_urls();
+        let signatures = federation.sign_table(&own_urls, &table, &keys, now);
         let request = FederationRequest::Announce {
             cluster_id: federation.local().to_string(),
             urls: own_urls,
             routes: table,
+            keys: Some(keys),
+            signatures,
         };
         match federation.request(&url, request).await {
             Ok(FederationReply::Announced { .. }) => {

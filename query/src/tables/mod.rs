@@ -17,6 +17,7 @@
 //! - [`routes`]: the `routes` and `route_candidates` views, ranked;
 //! - [`federation_links`]: one view, with the live link state from a
 //!   [`LinkStateSource`];
+//! - [`route_keys`]: the route signing keys, one row per key;
 //! - [`events`]: the raft log;
 //! - [`raft`], [`peers`]: the raft state, through a [`RaftSource`].
 //!
@@ -34,6 +35,7 @@ mod queue_messages;
 mod queues;
 mod raft;
 mod route_explain;
+mod route_keys;
 mod routes;
 mod subscriptions;
 
@@ -70,6 +72,7 @@ pub enum TableId {
     Subscriptions,
     Routes,
     FederationLinks,
+    RouteKeys,
     Queues,
     QueueMessages,
     CacheEntries,
@@ -79,12 +82,13 @@ pub enum TableId {
 }
 
 impl TableId {
-    pub const ALL: [TableId; 11] = [
+    pub const ALL: [TableId; 12] = [
         TableId::Nodes,
         TableId::Functions,
         TableId::Subscriptions,
         TableId::Routes,
         TableId::FederationLinks,
+        TableId::RouteKeys,
         TableId::Queues,
         TableId::QueueMessages,
         TableId::CacheEntries,
@@ -100,6 +104,7 @@ impl TableId {
             TableId::Subscriptions => "subscriptions",
             TableId::Routes => "routes",
             TableId::FederationLinks => "federation_links",
+            TableId::RouteKeys => "route_keys",
             TableId::Queues => "queues",
             TableId::QueueMessages => "queue_messages",
             TableId::CacheEntries => "cache_entries",
@@ -116,6 +121,7 @@ impl TableId {
             TableId::Subscriptions => subscriptions::COLUMNS,
             TableId::Routes => routes::COLUMNS,
             TableId::FederationLinks => federation_links::COLUMNS,
+            TableId::RouteKeys => route_keys::COLUMNS,
             TableId::Queues => queues::COLUMNS,
             TableId::QueueMessages => queue_messages::COLUMNS,
             TableId::CacheEntries => cache_entries::COLUMNS,
@@ -137,6 +143,7 @@ impl TableId {
             TableId::Nodes
             | TableId::Subscriptions
             | TableId::FederationLinks
+            | TableId::RouteKeys
             | TableId::Raft
             | TableId::Peers => None,
         }
@@ -222,6 +229,7 @@ impl InspectTable {
             TableId::FederationLinks => {
                 federation_links::produce(inspector, self.sources.links.get().map(|l| &**l), sink)
             }
+            TableId::RouteKeys => route_keys::produce(inspector, sink),
             TableId::Queues => queues::produce(inspector, equals, sink),
             TableId::QueueMessages => queue_messages::produce(inspector, equals, sink),
             TableId::CacheEntries => {

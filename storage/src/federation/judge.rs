@@ -39,10 +39,12 @@ pub enum Reject {
     Signature,
     /// Oversized or unreadable fields.
     Malformed,
+    /// A key announcement naming another cluster than its sender (ignored).
+    ForeignKey,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 12] = [
+    pub const ALL: [Reject; 13] = [
         Reject::Expired,
         Reject::SelfOrigin,
         Reject::Policy,
@@ -55,6 +57,7 @@ impl Reject {
         Reject::Stale,
         Reject::Signature,
         Reject::Malformed,
+        Reject::ForeignKey,
     ];
 
     /// The reason's name in SQL, metrics and logs.
@@ -72,6 +75,7 @@ impl Reject {
             Reject::Stale => "stale",
             Reject::Signature => "signature",
             Reject::Malformed => "malformed",
+            Reject::ForeignKey => "foreign_key",
         }
     }
 }

@@ -12,16 +12,22 @@
 //!
 //! - `judge`: [`judge`], one announcement in, a [`LearnedRoute`] or a
 //!   [`Reject`] reason out; [`RoutePolicy`];
-//! - `rank`: [`score`], [`rank`] and [`explain`].
+//! - `rank`: [`score`], [`rank`] and [`explain`];
+//! - `sign`: signed route tables and keys: [`table_bytes`], [`check_table`].
 
 mod judge;
 mod rank;
+mod sign;
 
 pub(crate) use judge::newer;
 pub use judge::{
     Damping, JudgeContext, MAX_ID_BYTES, MAX_PATH_CLUSTERS, MAX_TAGS, Reject, RoutePolicy, judge,
 };
 pub use rank::{Candidate, Explained, explain, rank, score};
+pub use sign::{
+    ALGORITHM, Checked, KeyAd, MAX_KEYS, RouteKey, SignatureContext, TableSignature, check_table,
+    key_id, table_bytes, verify,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -124,8 +130,6 @@ pub struct Announcement {
     /// replaces a lower one.
     pub epoch: u64,
     pub tags: Vec<String>,
-    /// Ed25519 signature (hex) over the announcement's canonical bytes.
-    pub signature: Option<String>,
 }
 
 /// A route a cluster accepted from neighbour `next_hop`, as stored.
@@ -165,6 +169,8 @@ impl LearnedRoute {
     }
 }
 
+#[cfg(test)]
+mod sign_test;
 #[cfg(test)]
 mod test;
 

@@ -30,7 +30,6 @@ fn ann(advertiser: &str, path: &[&str]) -> Announcement {
         ttl_ms: 30_000,
         epoch: 1,
         tags: vec![],
-        signature: None,
     }
 }
 

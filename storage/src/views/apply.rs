@@ -182,6 +182,20 @@ pub fn apply<S: RowStore>(txn: &mut ViewTxn<'_, S>, event: &Event) -> Result<Out
         EventKind::RoutesExpired { routes } => {
             return federation_apply::expire(txn, now, routes);
         }
+        EventKind::RouteKeyAdded {
+            cluster_id,
+            key,
+            primary,
+        } => return federation_apply::add_key(txn, now, cluster_id, key, *primary),
+        EventKind::RouteKeyRetired {
+            cluster_id,
+            key_id,
+            expires_at_ms,
+        } => return federation_apply::retire_key(txn, cluster_id, key_id, *expires_at_ms),
+        EventKind::RouteKeysLearned { keys } => return federation_apply::learn_keys(txn, keys),
+        EventKind::RouteKeysExpired { keys } => {
+            return federation_apply::expire_keys(txn, now, keys);
+        }
         EventKind::QueueDeclared { name, settings } => {
             return queue_apply::declare(txn, now, name, settings);
         }

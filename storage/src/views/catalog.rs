@@ -7,10 +7,11 @@
 use std::collections::BTreeMap;
 
 use super::View;
-use super::federation_rows::{CandidateRow, DampingRow, LinkRow};
+use super::federation_rows::{CandidateRow, DampingRow, LinkRow, keys_key};
 use super::rows::{FunctionRow, NodeRow, RouteRow, SubscriptionRow};
 use crate::codec;
 use crate::error::Result;
+use crate::federation::KeyAd;
 
 /// Decoded rows of every view, keyed as in RocksDB.
 #[derive(Clone, Debug, Default)]
@@ -22,6 +23,7 @@ pub struct Catalog {
     links: BTreeMap<Vec<u8>, LinkRow>,
     candidates: BTreeMap<Vec<u8>, CandidateRow>,
     damping: BTreeMap<Vec<u8>, DampingRow>,
+    keys: BTreeMap<Vec<u8>, KeyAd>,
 }
 
 fn change<T: serde::de::DeserializeOwned>(
@@ -63,6 +65,7 @@ impl Catalog {
             View::FederationLinks => change(&mut self.links, view, key, value),
             View::RouteCandidates => change(&mut self.candidates, view, key, value),
             View::RouteDamping => change(&mut self.damping, view, key, value),
+            View::RouteKeys => change(&mut self.keys, view, key, value),
             View::Queues
             | View::QueueMessages
             | View::QueueReady
@@ -128,5 +131,15 @@ impl Catalog {
 
     pub fn damping(&self, dest: &str, advertiser: &str) -> Option<&DampingRow> {
         self.damping.get(&DampingRow::key(dest, advertiser))
+    }
+
+    /// The route signing keys of `cluster` (this one or a neighbour).
+    pub fn route_keys(&self, cluster: &str) -> Option<&KeyAd> {
+        self.keys.get(&keys_key(cluster))
+    }
+
+    /// The route signing keys of every cluster known.
+    pub fn all_route_keys(&self) -> impl Iterator<Item = &KeyAd> {
+        self.keys.values()
     }
 }

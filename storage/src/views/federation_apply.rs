@@ -2,14 +2,14 @@
 //! learned, refreshed, withdrawn and expired, and their damping state.
 //! The leader judged each route before proposing it; apply only stores
 //! what it decided, with the event's time, and keeps the best
-//! candidates per destination.
+//! candidates per destination. Route signing keys are stored per cluster.
 
 use super::View;
-use super::federation_rows::{CandidateRow, DampingRow, LinkRow};
+use super::federation_rows::{CandidateRow, DampingRow, LinkRow, keys_key};
 use super::txn::{RowStore, ViewTxn, check_ids, rejected};
 use crate::error::Result;
 use crate::event::Outcome;
-use crate::federation::{Damping, LearnedRoute, newer, rank};
+use crate::federation::{Damping, KeyAd, LearnedRoute, MAX_KEYS, RouteKey, newer, rank};
 
 pub(super) fn link<S: RowStore>(
     txn: &mut ViewTxn<'_, S>,
@@ -50,6 +50,7 @@ pub(super) fn unlink<S: RowStore>(txn: &mut ViewTxn<'_, S>, cluster_id: &str) ->
             txn.delete(View::RouteDamping, DampingRow::key(&row.dest, cluster_id))?;
         }
     }
+    txn.delete(View::RouteKeys, keys_key(cluster_id))?;
     Ok(Outcome::Applied)
 }
 
@@ -227,6 +228,106 @@ pub(super) fn expire<S: RowStore>(
         };
         if row.gone_at(now, damping.as_ref()) {
             txn.delete(View::RouteCandidates, key)?;
+        }
+    }
+    Ok(Outcome::Applied)
+}
+
+pub(super) fn add_key<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    now: u64,
+    cluster_id: &str,
+    key: &RouteKey,
+    primary: bool,
+) -> Result<Outcome> {
+    if let Some(refused) = check_ids(&[("cluster_id", cluster_id), ("key_id", &key.key_id)]) {
+        return Ok(refused);
+    }
+    let row_key = keys_key(cluster_id);
+    let mut row = txn
+        .get::<KeyAd>(View::RouteKeys, &row_key)?
+        .unwrap_or_else(|| KeyAd {
+            cluster_id: cluster_id.to_string(),
+            keys: Vec::new(),
+            primary_key_id: key.key_id.clone(),
+        });
+    if !row.keys.iter().any(|k| k.key_id == key.key_id) {
+        if row.keys.len() >= MAX_KEYS {
+            return Ok(rejected(format!(
+                "cluster {cluster_id} already has {MAX_KEYS} route keys"
+            )));
+        }
+        row.keys.push(RouteKey {
+            added_at_ms: now,
+            expires_at_ms: None,
+            ..key.clone()
+        });
+    }
+    if primary {
+        row.primary_key_id = key.key_id.clone();
+    }
+    txn.put(View::RouteKeys, row_key, &row.normalized())?;
+    Ok(Outcome::Applied)
+}
+
+pub(super) fn retire_key<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    cluster_id: &str,
+    key_id: &str,
+    expires_at_ms: u64,
+) -> Result<Outcome> {
+    let row_key = keys_key(cluster_id);
+    let Some(mut row) = txn.get::<KeyAd>(View::RouteKeys, &row_key)? else {
+        return Ok(rejected(format!("no route keys of cluster {cluster_id}")));
+    };
+    let Some(key) = row.keys.iter_mut().find(|k| k.key_id == key_id) else {
+        return Ok(rejected(format!(
+            "no route key {key_id} of cluster {cluster_id}"
+        )));
+    };
+    key.expires_at_ms = Some(
+        key.expires_at_ms
+            .map_or(expires_at_ms, |t| t.min(expires_at_ms)),
+    );
+    txn.put(View::RouteKeys, row_key, &row)?;
+    Ok(Outcome::Applied)
+}
+
+pub(super) fn learn_keys<S: RowStore>(txn: &mut ViewTxn<'_, S>, keys: &KeyAd) -> Result<Outcome> {
+    if let Some(refused) = check_ids(&[("cluster_id", &keys.cluster_id)]) {
+        return Ok(refused);
+    }
+    if keys.keys.len() > MAX_KEYS {
+        return Ok(rejected(format!(
+            "{} route keys of cluster {}, above {MAX_KEYS}",
+            keys.keys.len(),
+            keys.cluster_id
+        )));
+    }
+    let row = keys.clone().normalized();
+    txn.put(View::RouteKeys, keys_key(&keys.cluster_id), &row)?;
+    Ok(Outcome::Applied)
+}
+
+pub(super) fn expire_keys<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    now: u64,
+    keys: &[(String, String)],
+) -> Result<Outcome> {
+    for (cluster_id, key_id) in keys {
+        let row_key = keys_key(cluster_id);
+        let Some(mut row) = txn.get::<KeyAd>(View::RouteKeys, &row_key)? else {
+            continue;
+        };
+        let before = row.keys.len();
+        row.keys.retain(|k| k.key_id != *key_id || k.active(now));
+        if row.keys.len() == before {
+            continue;
+        }
+        if row.keys.is_empty() {
+            txn.delete(View::RouteKeys, row_key)?;
+        } else {
+            txn.put(View::RouteKeys, row_key, &row)?;
         }
     }
     Ok(Outcome::Applied)

@@ -1,10 +1,17 @@
 //! Row types of the federation views: links to neighbour clusters, the
-//! route candidates learned through them, and route damping state.
+//! route candidates learned through them, route damping state, and the
+//! route signing keys (a [`crate::federation::KeyAd`] per cluster, keyed
+//! by [`keys_key`]).
 
 use serde::{Deserialize, Serialize};
 
 use super::row_key;
 use crate::federation::{Candidate, LearnedRoute, RouteMetrics};
+
+/// Key of the `route_keys` row of `cluster_id`.
+pub fn keys_key(cluster_id: &str) -> Vec<u8> {
+    row_key(&[cluster_id])
+}
 
 /// `federation_links` view: one row per neighbour cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -44,7 +44,7 @@ mod txn;
 
 pub use cache::CacheRow;
 pub use catalog::Catalog;
-pub use federation_rows::{CandidateRow, DampingRow, LinkRow};
+pub use federation_rows::{CandidateRow, DampingRow, LinkRow, keys_key};
 pub use queue_rows::{
     DedupRow, MessageRow, MessageState, QueueRow, Timer, TimerKind, queue_prefix,
 };
@@ -71,11 +71,12 @@ pub enum View {
     FederationLinks,
     RouteCandidates,
     RouteDamping,
+    RouteKeys,
 }
 
 impl View {
     /// Every view, in a fixed order (snapshot files and digests rely on it).
-    pub(crate) const ALL: [View; 14] = [
+    pub(crate) const ALL: [View; 15] = [
         View::Nodes,
         View::Functions,
         View::Subscriptions,
@@ -90,6 +91,7 @@ impl View {
         View::FederationLinks,
         View::RouteCandidates,
         View::RouteDamping,
+        View::RouteKeys,
     ];
 
     /// Whether the in-memory [`Catalog`] holds this view's rows (queue and
@@ -105,6 +107,7 @@ impl View {
                 | View::FederationLinks
                 | View::RouteCandidates
                 | View::RouteDamping
+                | View::RouteKeys
         )
     }
 
@@ -125,6 +128,7 @@ impl View {
             View::FederationLinks => "view_federation_links",
             View::RouteCandidates => "view_route_candidates",
             View::RouteDamping => "view_route_damping",
+            View::RouteKeys => "view_route_keys",
         }
     }
 
@@ -145,6 +149,7 @@ impl View {
             View::FederationLinks => 12,
             View::RouteCandidates => 13,
             View::RouteDamping => 14,
+            View::RouteKeys => 15,
         }
     }
 
