@@ -533,11 +533,19 @@ async fn signed_tables_carry_a_rotated_key_through_its_overlap() -> Result<()> {
         }
     })
     .await?;
-    assert_eq!(
-        route_keys(&c2, "c2").await?,
-        [(first.clone(), false, true)],
-        "c2's own log holds the key c1 learned"
-    );
+    // c2 puts its own key on its log within a second of being linked.
+    let own = [(first.clone(), false, true)];
+    eventually(
+        "c2's own log holds the key c1 learned",
+        CONVERGE,
+        || async {
+            match route_keys(&c2, "c2").await {
+                Ok(keys) if keys == own => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await?;
 
     let response = http()
         .post(format!("{}/federation/rotate-key", c2.admin()?))
