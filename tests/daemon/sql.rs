@@ -1445,10 +1445,9 @@ async fn every_example_in_the_sql_docs_runs() -> Result<()> {
     let daemon = InProcess::start(&dir, keep_links).await?;
     seed(&daemon.node).await?;
     seed_federation(&daemon.node).await?;
-    seed_queues(&daemon.node).await?;
-    seed_cache(&daemon.node).await?;
     // Linked, the node puts its signing key on the log within a second:
-    // wait for it, so the log ends where the examples say.
+    // wait for it, so it lands before the later seeds,
+    // where the examples expect it.
     eventually(
         "the node's route key on the log",
         Duration::from_secs(30),
@@ -1464,6 +1463,8 @@ async fn every_example_in_the_sql_docs_runs() -> Result<()> {
         },
     )
     .await?;
+    seed_queues(&daemon.node).await?;
+    seed_cache(&daemon.node).await?;
     let me = daemon.node.identity().node_id.clone();
     let last = daemon.node.applied().last_applied_index();
     let expectations = docs_expectations(&me, &daemon.client_url, last);
@@ -1715,7 +1716,8 @@ fn docs_expectations(me: &str, url: &str, last: u64) -> Vec<DocsExpectation> {
                 {"kind": "membership", "events": 1},
                 {"kind": "node_left", "events": 1},
                 {"kind": "message_nacked", "events": 1},
-                {"kind": "subscription_added", "events": 1}
+                {"kind": "subscription_added", "events": 1},
+                {"kind": "route_key_added", "events": 1}
             ]),
             varying: &[],
             // Kinds with the same count tie.
