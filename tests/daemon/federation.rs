@@ -494,6 +494,22 @@ async fn route_keys(on: &Cluster, cluster: &str) -> Result<Vec<(String, bool, bo
         .collect())
 }
 
+/// Waits until `route_keys` of `cluster` on `on` is exactly `expected`.
+async fn wait_for_keys(
+    on: &Cluster,
+    cluster: &str,
+    expected: &[(String, bool, bool)],
+) -> Result<()> {
+    let what = format!("route keys of {cluster} on {} to be {expected:?}", on.id);
+    eventually(&what, CONVERGE, || async {
+        match route_keys(on, cluster).await {
+            Ok(keys) if keys == expected => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}
+
 /// The rejections `on` counted from neighbour `cluster`, by reason.
 async fn rejections(on: &Cluster, cluster: &str) -> Result<Value> {
     let link = links(on)
@@ -534,18 +550,7 @@ async fn signed_tables_carry_a_rotated_key_through_its_overlap() -> Result<()> {
     })
     .await?;
     // c2 puts its own key on its log within a second of being linked.
-    let own = [(first.clone(), false, true)];
-    eventually(
-        "c2's own log holds the key c1 learned",
-        CONVERGE,
-        || async {
-            match route_keys(&c2, "c2").await {
-                Ok(keys) if keys == own => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await?;
+    wait_for_keys(&c2, "c2", &[(first.clone(), false, true)]).await?;
 
     let response = http()
         .post(format!("{}/federation/rotate-key", c2.admin()?))
@@ -559,25 +564,10 @@ async fn signed_tables_carry_a_rotated_key_through_its_overlap() -> Result<()> {
 
     let mut both = vec![(first.clone(), true, false), (second.clone(), false, true)];
     both.sort();
-    eventually(
-        "c1 holds both keys during the overlap",
-        CONVERGE,
-        || async {
-            match route_keys(&c1, "c2").await {
-                Ok(keys) if keys == both => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await?;
+    // During the overlap c1 holds both keys; after it, only the new one.
+    wait_for_keys(&c1, "c2", &both).await?;
     for on in [&c1, &c2] {
-        eventually("only the new key after the overlap", CONVERGE, || async {
-            match route_keys(on, "c2").await {
-                Ok(keys) if keys == [(second.clone(), false, true)] => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        })
-        .await?;
+        wait_for_keys(on, "c2", &[(second.clone(), false, true)]).await?;
     }
     // Tables signed by the new key alone still pass (the interval sends
     // c2's table again) and none was refused.
