@@ -4,6 +4,9 @@
 //! transport tells peers from clients at the handshake). Requests carry an
 //! id; the reply to a request carries the same id. Errors that cross
 //! nodes are typed ([`Refused`]) and say whether a retry is safe.
+//!
+//! Public so that a test can speak for a neighbour cluster over the wire
+//! (`tests/daemon/federation/wire.rs`); it is not a client protocol.
 
 use mpreg_client::protocol::RpcError;
 use mpreg_storage::federation::{Announcement, KeyAd, TableSignature};

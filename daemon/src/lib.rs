@@ -30,7 +30,7 @@ mod cache;
 mod clock;
 pub mod cluster;
 pub mod config;
-mod envelope;
+pub mod envelope;
 pub mod error;
 mod federation;
 pub mod logging;

@@ -464,9 +464,6 @@ impl SqlMetrics {
 /// `outcome` values of `mpreg_federation_announcements_total`.
 pub const ANNOUNCEMENT_OUTCOMES: [&str; 3] = ["accepted", "unchanged", "rejected"];
 
-/// `state` values of `mpreg_federation_routes`.
-pub const ROUTE_STATES: [&str; 5] = ["active", "backup", "expired", "held_down", "suppressed"];
-
 /// Federation: links to neighbour clusters and route control.
 #[derive(Clone)]
 pub struct FederationMetrics {
@@ -545,7 +542,7 @@ impl FederationMetrics {
         for reason in mpreg_storage::federation::Reject::ALL {
             metrics.rejections.with_label_values(&[reason.as_str()]);
         }
-        for state in ROUTE_STATES {
+        for state in mpreg_storage::federation::ROUTE_STATES {
             metrics.routes.with_label_values(&[state]);
         }
         Ok(metrics)

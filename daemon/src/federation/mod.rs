@@ -27,10 +27,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use mpreg_storage::EventKind;
-use mpreg_storage::federation::{
-    Announcement, KeyAd, RouteMetrics, TableSignature, rank, table_bytes,
-};
-use mpreg_storage::views::{CandidateRow, Catalog};
+use mpreg_storage::federation::{Announcement, ExportContext, KeyAd, TableSignature, table_bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
@@ -477,76 +474,21 @@ impl mpreg_query::LinkStateSource for Federation {
     }
 }
 
-/// Per destination, the candidates in rank order (best first), ranked at
-/// `now_ms`.
-fn ranked(catalog: &Catalog, now_ms: u64) -> BTreeMap<&str, Vec<&CandidateRow>> {
-    let mut by_dest: BTreeMap<&str, Vec<&CandidateRow>> = BTreeMap::new();
-    for row in catalog.candidates() {
-        by_dest.entry(&row.route.dest).or_default().push(row);
-    }
-    for rows in by_dest.values_mut() {
-        let candidates: Vec<_> = rows.iter().map(|r| r.candidate()).collect();
-        let order = rank(&candidates, now_ms);
-        *rows = order.into_iter().map(|i| rows[i]).collect();
-    }
-    by_dest
-}
-
-/// Whether a candidate can carry traffic at `now_ms`.
-fn usable(row: &CandidateRow, now_ms: u64) -> bool {
-    row.withdrawn_at_ms.is_none() && row.expires_at_ms > now_ms
-}
-
-/// The route table this cluster announces to `to`: itself, then its
-/// selected route to every other destination that neither goes through
-/// `to` nor is refused by the export policy.
+/// The route table this cluster announces to `to` now (see
+/// [`mpreg_storage::federation::export_table`]).
 fn export_table(
     federation: &Federation,
     to: &str,
     settings: &FederationSettings,
 ) -> Vec<Announcement> {
-    let local = federation.local().to_string();
-    let now = now_ms();
-    let epoch = federation.next_epoch();
     let policy = settings.export.lookup(to);
-    let ttl_ms = settings.route_ttl.as_millis() as u64;
-    let announce =
-        |dest: &str, path: Vec<String>, metrics: RouteMetrics, tags: Vec<String>| Announcement {
-            dest: dest.to_string(),
-            path,
-            metrics,
-            advertiser: local.clone(),
-            advertised_at_ms: now,
-            ttl_ms,
-            epoch,
-            tags,
-        };
-    let mut table = vec![announce(
-        &local,
-        vec![local.clone()],
-        RouteMetrics::origin(),
-        Vec::new(),
-    )];
-    let catalog = federation.node.views().catalog();
-    for (dest, rows) in ranked(&catalog, now) {
-        let Some(best) = rows.first().filter(|r| usable(r, now)) else {
-            continue;
-        };
-        let route = &best.route;
-        if route.path.iter().any(|c| c == to)
-            || !policy.allows(dest, &local, &route.tags)
-            || policy
-                .max_hops
-                .is_some_and(|max| route.metrics.hops.saturating_add(1) > max)
-        {
-            continue;
-        }
-        table.push(announce(
-            dest,
-            route.path.clone(),
-            route.metrics.clone(),
-            route.tags.clone(),
-        ));
-    }
-    table
+    let ctx = ExportContext {
+        local: federation.local(),
+        to,
+        now_ms: now_ms(),
+        epoch: federation.next_epoch(),
+        ttl_ms: settings.route_ttl.as_millis() as u64,
+        policy: &policy,
+    };
+    mpreg_storage::federation::export_table(&federation.node.views().catalog(), &ctx)
 }

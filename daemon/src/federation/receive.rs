@@ -1,17 +1,16 @@
-//! What the leader does with a neighbour's announcement: judge every
-//! route against the views, then propose, in one log entry, the
-//! withdrawal of what the neighbour no longer announces, the routes that
-//! are new or changed, and a refresh of the rest when it is due.
-//! Re-announcements that change nothing add nothing to the log until
-//! half the route TTL has passed. A table whose signature does not check
-//! out, or older than one already taken, changes nothing.
+//! What the leader does with a neighbour's announcement: check its
+//! signature and epoch, judge its routes against the views
+//! ([`import_table`]), and propose in one log entry the neighbour's new
+//! member URLs and keys and what its table changes. A table whose
+//! signature does not check out, or older than one already taken, changes
+//! nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use mpreg_storage::EventKind;
 use mpreg_storage::federation::{
-    Announcement, JudgeContext, KeyAd, LinkMetrics, Reject, SignatureContext, TableSignature,
-    check_table, judge, table_bytes,
+    Announcement, ImportContext, Imported, KeyAd, LinkMetrics, Reject, SignatureContext,
+    TableSignature, check_table, import_table, table_bytes,
 };
 
 use super::{Federation, MAX_LINK_URLS};
@@ -66,7 +65,6 @@ pub(super) async fn announce(
     }
     let settings = federation.settings();
     let now = now_ms();
-    let ttl_ms = settings.route_ttl.as_millis() as u64;
     let mut events = Vec::new();
     let checked = {
         let catalog = federation.node.views().catalog();
@@ -119,72 +117,37 @@ pub(super) async fn announce(
         ..LinkMetrics::default()
     };
     let policy = settings.import.lookup(sender);
-
-    let mut rejected: BTreeMap<Reject, u32> = BTreeMap::new();
-    let mut learned = Vec::new();
-    let mut still_announced = BTreeSet::new();
-    let mut refresh_due = false;
-    let mut unchanged = 0u64;
-    {
+    let imported = {
         let catalog = federation.node.views().catalog();
         let known_urls = catalog.link(sender).map(|row| row.urls.clone());
-        let merged = merge_urls(known_urls.as_deref(), &urls);
-        if let Some(urls) = merged {
+        if let Some(urls) = merge_urls(known_urls.as_deref(), &urls) {
             events.push(EventKind::FederationLinked {
                 cluster_id: sender.to_string(),
                 urls,
             });
         }
-        for route in &routes {
-            let held = catalog
-                .candidate(&route.dest, sender)
-                .filter(|row| row.withdrawn_at_ms.is_none());
-            let damping = catalog.damping(&route.dest, sender);
-            let ctx = JudgeContext {
-                local: &local,
-                sender,
-                now_ms: now,
-                link: &link,
-                policy: &policy,
-                held: held.map(|h| (h.route.epoch, h.route.advertised_at_ms)),
-                held_down_until_ms: damping.and_then(|d| d.held_down_until_ms),
-                suppressed_until_ms: damping.and_then(|d| d.suppressed_until_ms),
-            };
-            match judge(route, &ctx) {
-                Ok(accepted) => {
-                    still_announced.insert(route.dest.clone());
-                    match held {
-                        Some(h) if h.route.same_as(&accepted) => {
-                            unchanged += 1;
-                            refresh_due |= h.expires_at_ms.saturating_sub(now) < ttl_ms / 2;
-                        }
-                        _ => learned.push(accepted),
-                    }
-                }
-                Err(Reject::Stale) => {
-                    still_announced.insert(route.dest.clone());
-                    *rejected.entry(Reject::Stale).or_default() += 1;
-                }
-                Err(reason) => *rejected.entry(reason).or_default() += 1,
-            }
-        }
-        let gone: Vec<String> = catalog
-            .candidates()
-            .filter(|row| row.route.next_hop == sender && row.withdrawn_at_ms.is_none())
-            .map(|row| row.route.dest.clone())
-            .filter(|dest| !still_announced.contains(dest))
-            .collect();
-        if !gone.is_empty() {
-            federation.metrics.withdrawals.inc_by(gone.len() as u64);
-            events.push(EventKind::RoutesWithdrawn {
-                via: sender.to_string(),
-                dests: gone,
-                damping: settings.damping,
-            });
-        }
-    }
-    let accepted = learned.len() as u32;
+        let ctx = ImportContext {
+            local: &local,
+            sender,
+            now_ms: now,
+            link: &link,
+            policy: &policy,
+            ttl_ms: settings.route_ttl.as_millis() as u64,
+            max_routes: settings.max_routes_per_dest,
+            damping: settings.damping,
+        };
+        import_table(&catalog, &ctx, &routes)
+    };
+    let Imported {
+        events: route_events,
+        accepted,
+        unchanged,
+        withdrawn,
+        rejected,
+    } = imported;
+    events.extend(route_events);
     let metrics = &federation.metrics;
+    metrics.withdrawals.inc_by(withdrawn);
     metrics
         .announcements
         .with_label_values(&["accepted"])
@@ -193,20 +156,6 @@ pub(super) async fn announce(
         .announcements
         .with_label_values(&["unchanged"])
         .inc_by(unchanged);
-    if !learned.is_empty() {
-        events.push(EventKind::RoutesLearned {
-            via: sender.to_string(),
-            routes: learned,
-            ttl_ms,
-            max_routes: settings.max_routes_per_dest,
-        });
-    }
-    if refresh_due {
-        events.push(EventKind::RoutesRefreshed {
-            via: sender.to_string(),
-            ttl_ms,
-        });
-    }
     count_rejections(federation, sender, &rejected);
     federation.propose(events).await?;
     Ok(FederationReply::Announced {

@@ -10,14 +10,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mpreg_storage::EventKind;
-use mpreg_storage::federation::{Announcement, KeyAd};
+use mpreg_storage::federation::{
+    KeyAd, ROUTE_STATES, RouteShape, explain, ranked, route_state, routes_gone, routes_via,
+    table_shape, usable,
+};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Federation, FederationError, export_table, ranked, usable};
+use super::{Federation, FederationError, export_table};
 use crate::clock::now_ms;
 use crate::envelope::{FederationReply, FederationRequest};
-use crate::metrics::ROUTE_STATES;
 
 /// How often the speaker looks at links, leadership and the route table.
 const TICK: Duration = Duration::from_millis(50);
@@ -172,20 +174,11 @@ fn route_gauges(federation: &Federation) {
             if !rows.first().is_some_and(|row| usable(row, now)) {
                 unreachable += 1;
             }
-            for (i, row) in rows.iter().enumerate() {
-                let state = if row.withdrawn_at_ms.is_some() {
-                    catalog
-                        .damping(&row.route.dest, &row.route.next_hop)
-                        .and_then(|d| d.state(now))
-                        .unwrap_or("expired")
-                } else if !usable(row, now) {
-                    "expired"
-                } else if i == 0 {
-                    "active"
-                } else {
-                    "backup"
-                };
-                *counts.entry(state).or_default() += 1;
+            let candidates: Vec<_> = rows.iter().map(|row| row.candidate()).collect();
+            for e in explain(&candidates, now, &[]) {
+                let route = &rows[e.index].route;
+                let damping = catalog.damping(&route.dest, &route.next_hop);
+                *counts.entry(route_state(&e, damping, now)).or_default() += 1;
             }
         }
     }
@@ -202,18 +195,7 @@ fn route_gauges(federation: &Federation) {
 /// Proposes the expiry of routes past their time and of withdrawn routes
 /// no longer damped.
 async fn expire(federation: &Federation) {
-    let now = now_ms();
-    let routes: Vec<(String, String)> = {
-        let catalog = federation.node.views().catalog();
-        catalog
-            .candidates()
-            .filter(|row| {
-                let damping = catalog.damping(&row.route.dest, &row.route.next_hop);
-                row.gone_at(now, damping)
-            })
-            .map(|row| (row.route.dest.clone(), row.route.next_hop.clone()))
-            .collect()
-    };
+    let routes = routes_gone(&federation.node.views().catalog(), now_ms());
     if !routes.is_empty()
         && let Err(e) = federation
             .propose(vec![EventKind::RoutesExpired { routes }])
@@ -283,26 +265,6 @@ async fn expire_keys(federation: &Federation) {
     }
 }
 
-/// What of one announced route matters for "did the table change":
-/// destination, path, hops, cost and tags.
-type RouteKey = (String, Vec<String>, u32, u32, Vec<String>);
-
-/// The part of an announced table that matters for "did it change".
-fn table_key(table: &[Announcement]) -> Vec<RouteKey> {
-    table
-        .iter()
-        .map(|a| {
-            (
-                a.dest.clone(),
-                a.path.clone(),
-                a.metrics.hops,
-                a.metrics.cost,
-                a.tags.clone(),
-            )
-        })
-        .collect()
-}
-
 /// Speaks for this cluster on the link to `cluster` until cancelled.
 async fn link_task(federation: Arc<Federation>, cluster: String, cancel: CancellationToken) {
     let settings = federation.settings();
@@ -319,7 +281,7 @@ async fn link_task(federation: Arc<Federation>, cluster: String, cancel: Cancell
     let mut last_ok = Instant::now();
     let mut last_ping = Instant::now() - ping_every;
     let mut lost = false;
-    let mut last_sent: Option<(Vec<RouteKey>, KeyAd)> = None;
+    let mut last_sent: Option<(Vec<RouteShape>, KeyAd)> = None;
     let mut sent_at = Instant::now();
     let mut built_at_index = None;
     let mut built_at = Instant::now();
@@ -390,7 +352,7 @@ async fn link_task(federation: Arc<Federation>, cluster: String, cancel: Cancell
         let now = now_ms();
         // A new key (a rotation, a new member) goes out at once too.
         let keys = federation.key_ad(now);
-        let key = (table_key(&table), keys.clone());
+        let key = (table_shape(&table), keys.clone());
         if last_sent.as_ref() == Some(&key) && !due {
             continue;
         }
@@ -436,14 +398,7 @@ async fn withdraw_all(
     cluster: &str,
     damping: &mpreg_storage::federation::Damping,
 ) {
-    let dests: Vec<String> = federation
-        .node
-        .views()
-        .catalog()
-        .candidates()
-        .filter(|row| row.route.next_hop == cluster && row.withdrawn_at_ms.is_none())
-        .map(|row| row.route.dest.clone())
-        .collect();
+    let dests = routes_via(&federation.node.views().catalog(), cluster);
     if dests.is_empty() {
         return;
     }

@@ -8,15 +8,15 @@
 //! Columns: `dest`, `next_hop`, `path` (list), `hops`, `latency_ms`,
 //! `bandwidth_mbps`, `reliability`, `cost`, `score`, `advertiser`, `epoch`,
 //! `tags` (list), `learned_at`, `expires_at` (nullable), `state`:
-//! `active` (the selected candidate, or a view row not expired),
-//! `backup` (usable, ranked lower), `expired`, and for a withdrawn
-//! candidate `held_down`, `suppressed` or `withdrawn`.
+//! `active` (the selected candidate, or a view row not expired), and for
+//! a candidate [`route_state`]'s `backup`, `expired`, `withdrawn`,
+//! `held_down` or `suppressed`.
 //!
 //! The two views are read at two snapshots, a moment apart at most.
 
 use datafusion::error::Result;
 use mpreg_storage::federation::{
-    Candidate, Explained, FULL_RELIABILITY, RouteMetrics, explain, score,
+    Candidate, Explained, FULL_RELIABILITY, RouteMetrics, explain, route_state, score,
 };
 use mpreg_storage::views::{CandidateRow, DampingRow, RouteRow, View};
 use mpreg_storage::{Flow, Inspector};
@@ -158,19 +158,16 @@ fn push_candidates(
     for e in explained(rows, now) {
         let row = &rows[e.index];
         let route = &row.route;
-        let state = match e.filtered_reason {
-            None => "active",
-            Some("lower_rank") => "backup",
+        let damping = match e.filtered_reason {
             Some("withdrawn") => inspector
                 .get::<DampingRow>(
                     View::RouteDamping,
                     &DampingRow::key(&route.dest, &route.next_hop),
                 )
-                .map_err(storage)?
-                .and_then(|d| d.state(now))
-                .unwrap_or("withdrawn"),
-            Some(reason) => reason,
+                .map_err(storage)?,
+            _ => None,
         };
+        let state = route_state(&e, damping.as_ref(), now);
         let m = &route.metrics;
         let flow = sink.push(&[
             Value::Text(&route.dest),

@@ -13,11 +13,16 @@
 //! - `judge`: [`judge`], one announcement in, a [`LearnedRoute`] or a
 //!   [`Reject`] reason out; [`RoutePolicy`];
 //! - `rank`: [`score`], [`rank`] and [`explain`];
-//! - `sign`: signed route tables and keys: [`table_bytes`], [`check_table`].
+//! - `sign`: signed route tables and keys: [`table_bytes`], [`check_table`];
+//! - `speak`: what a speaker decides from its catalog: [`export_table`],
+//!   [`import_table`], [`ranked`], [`route_state`];
+//! - `sim`: those rules run by many clusters in memory, in virtual time.
 
 mod judge;
 mod rank;
 mod sign;
+pub mod sim;
+mod speak;
 
 pub(crate) use judge::newer;
 pub use judge::{
@@ -27,6 +32,10 @@ pub use rank::{Candidate, Explained, explain, rank, score};
 pub use sign::{
     ALGORITHM, Checked, KeyAd, MAX_KEYS, RouteKey, SignatureContext, TableSignature, check_table,
     key_id, table_bytes, verify,
+};
+pub use speak::{
+    ExportContext, ImportContext, Imported, ROUTE_STATES, RouteShape, export_table, import_table,
+    ranked, route_state, routes_gone, routes_via, table_shape, usable,
 };
 
 use serde::{Deserialize, Serialize};

@@ -1,49 +1,112 @@
 //! Federation between real daemons, each its own cluster: links made with
 //! `--federate` and `/federation/links`, routes learned over them in a
 //! line and a ring, withdrawn when a cluster dies (well before the route
-//! TTL), learned again when it returns, and kept across restarts.
+//! TTL), learned again when it returns, and kept across restarts; a link
+//! cut at its proxies; a hostile neighbour speaking the peer protocol
+//! (`wire`).
+
+mod wire;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use mpreg_tests::proxy::Proxy;
 use mpreg_tests::{Daemon, TestDir, eventually, http, replay, sql_rows, status_of};
 use serde_json::Value;
 
 /// Longest a route change may take to spread over a few clusters.
 const CONVERGE: Duration = Duration::from_secs(30);
 
-/// One single-node cluster of a test federation.
+/// One single-node cluster of a test federation, optionally behind a
+/// proxy it advertises as its URL (node id `<cluster>-n1`), so that every
+/// link to it crosses the proxy and can be cut there.
 struct Cluster {
     id: String,
     dir: TestDir,
     daemon: Option<Daemon>,
+    proxy: Option<Proxy>,
 }
 
 impl Cluster {
     fn start(id: &str, federate: &[&Cluster], extra: &[&str]) -> Result<Cluster> {
-        let dir = TestDir::new();
         let mut cluster = Cluster {
             id: id.to_string(),
-            dir,
+            dir: TestDir::new(),
             daemon: None,
+            proxy: None,
         };
         cluster.restart(federate, extra)?;
+        Ok(cluster)
+    }
+
+    async fn start_behind_proxy(id: &str, federate: &[&Cluster]) -> Result<Cluster> {
+        let mut cluster = Cluster {
+            id: id.to_string(),
+            dir: TestDir::new(),
+            daemon: None,
+            proxy: Some(Proxy::start().await?),
+        };
+        tokio::task::block_in_place(|| cluster.restart(federate, &[]))?;
         Ok(cluster)
     }
 
     fn restart(&mut self, federate: &[&Cluster], extra: &[&str]) -> Result<()> {
         let urls: Vec<String> = federate
             .iter()
-            .map(|c| c.client_url())
+            .map(|c| c.link_url())
             .collect::<Result<_>>()?;
         let joined = urls.join(",");
-        let mut args = vec!["--cluster-id", &self.id];
+        let mut args: Vec<String> = vec!["--cluster-id".into(), self.id.clone()];
         if !urls.is_empty() {
-            args.extend(["--federate", joined.as_str()]);
+            args.extend(["--federate".into(), joined]);
         }
-        args.extend(extra);
-        self.daemon = Some(Daemon::start(&self.dir, &args)?);
+        if let Some(proxy) = &self.proxy {
+            args.extend([
+                "--node-id".into(),
+                self.node_id(),
+                "--advertise-url".into(),
+                proxy.url(),
+            ]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let daemon = Daemon::start_with(&self.dir, &args, |addr| {
+            if let Some(proxy) = &self.proxy {
+                proxy.set_target(addr);
+            }
+            Ok(())
+        })?;
+        self.daemon = Some(daemon);
+        Ok(())
+    }
+
+    /// The node id of a cluster behind a proxy.
+    fn node_id(&self) -> String {
+        format!("{}-n1", self.id)
+    }
+
+    /// The URL neighbours link to: the proxy's, else the node's.
+    fn link_url(&self) -> Result<String> {
+        match &self.proxy {
+            Some(proxy) => Ok(proxy.url()),
+            None => self.client_url(),
+        }
+    }
+
+    /// Cuts the link between this cluster and `other` (both behind
+    /// proxies) both ways, or heals every cut of both.
+    fn cut(&self, other: &Cluster, cut: bool) -> Result<()> {
+        let (Some(mine), Some(theirs)) = (&self.proxy, &other.proxy) else {
+            bail!("{} and {} are not both behind proxies", self.id, other.id);
+        };
+        if cut {
+            mine.block(&other.node_id());
+            theirs.block(&self.node_id());
+        } else {
+            mine.unblock_all();
+            theirs.unblock_all();
+        }
         Ok(())
     }
 
@@ -294,6 +357,72 @@ async fn a_ring_reroutes_around_a_dead_cluster_before_the_ttl_and_heals() -> Res
         ],
     )
     .await?;
+    Ok(())
+}
+
+/// The state of `cluster`'s link to `neighbour` in `/federation/links`.
+async fn link_state(cluster: &Cluster, neighbour: &str) -> Result<String> {
+    let links = links(cluster).await?;
+    let link = links
+        .iter()
+        .find(|l| l["cluster_id"] == neighbour)
+        .with_context(|| format!("{} has no link to {neighbour}: {links:?}", cluster.id))?;
+    Ok(link["state"].as_str().unwrap_or_default().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_reroutes_around_a_link_cut_at_its_proxies_and_takes_it_back_when_healed()
+-> Result<()> {
+    let c1 = Cluster::start_behind_proxy("c1", &[]).await?;
+    let c2 = Cluster::start_behind_proxy("c2", &[&c1]).await?;
+    let c3 = Cluster::start_behind_proxy("c3", &[&c2]).await?;
+    let c4 = Cluster::start_behind_proxy("c4", &[&c3, &c1]).await?;
+    let whole_ring_from_c1: &[(&str, &[&str])] = &[
+        ("c2", &["c1", "c2"]),
+        ("c4", &["c1", "c4"]),
+        ("c3", &["c1", "c2", "c3"]),
+        ("c3", &["c1", "c4", "c3"]),
+    ];
+    let whole_ring_from_c2: &[(&str, &[&str])] = &[
+        ("c1", &["c2", "c1"]),
+        ("c3", &["c2", "c3"]),
+        ("c4", &["c2", "c1", "c4"]),
+        ("c4", &["c2", "c3", "c4"]),
+    ];
+    wait_for_routes(&c1, whole_ring_from_c1).await?;
+    wait_for_routes(&c2, whole_ring_from_c2).await?;
+
+    // Both clusters live on; only the link between them is gone, so each
+    // side must find it dead by itself.
+    c1.cut(&c2, true)?;
+    wait_for_routes(
+        &c1,
+        &[
+            ("c4", &["c1", "c4"]),
+            ("c3", &["c1", "c4", "c3"]),
+            ("c2", &["c1", "c4", "c3", "c2"]),
+        ],
+    )
+    .await?;
+    wait_for_routes(
+        &c2,
+        &[
+            ("c3", &["c2", "c3"]),
+            ("c4", &["c2", "c3", "c4"]),
+            ("c1", &["c2", "c3", "c4", "c1"]),
+        ],
+    )
+    .await?;
+    ensure!(link_state(&c1, "c2").await? == "down");
+    ensure!(link_state(&c2, "c1").await? == "down");
+    for cluster in [&c1, &c2, &c3, &c4] {
+        assert_loop_free(cluster).await?;
+    }
+
+    c1.cut(&c2, false)?;
+    wait_for_routes(&c1, whole_ring_from_c1).await?;
+    wait_for_routes(&c2, whole_ring_from_c2).await?;
+    ensure!(link_state(&c1, "c2").await? == "up");
     Ok(())
 }
 

@@ -1,0 +1,306 @@
+//! A hostile neighbour over the wire: the test speaks the peer protocol as
+//! cluster `evil` and sends malformed, oversized, expired, looping,
+//! flapping and replayed route tables. Each is refused with its reason
+//! and counted; what was good in them is taken, and the cluster keeps
+//! serving its real neighbour.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail, ensure};
+use futures_util::{SinkExt, StreamExt};
+use mpreg_daemon::envelope::{
+    Body, Envelope, FederationReply, FederationRequest, PeerReply, PeerRequest, Refused,
+};
+use mpreg_storage::federation::{Announcement, RouteMetrics};
+use mpreg_tests::{TestDir, sql_rows};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{Cluster, links, wait_for_routes};
+
+const EVIL: &str = "evil";
+const EVIL_NODE: &str = "evil-n1";
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A peer connection to a member of the cluster under test, speaking for
+/// cluster `evil`.
+struct Neighbour {
+    ws: Ws,
+    next_id: u64,
+}
+
+impl Neighbour {
+    async fn connect(client_url: &str) -> Result<Neighbour> {
+        let url = format!("{client_url}/peer?from={EVIL_NODE}&lane=bulk");
+        let (ws, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .with_context(|| format!("connect {url}"))?;
+        Ok(Neighbour { ws, next_id: 0 })
+    }
+
+    async fn send(&mut self, request: FederationRequest) -> Result<u64> {
+        self.next_id += 1;
+        let envelope = Envelope::request(
+            EVIL_NODE,
+            EVIL,
+            self.next_id,
+            PeerRequest::Federation(request),
+        );
+        let bytes = envelope.encode().map_err(anyhow::Error::msg)?;
+        self.ws.send(Message::binary(bytes)).await?;
+        Ok(self.next_id)
+    }
+
+    /// Sends `request` and waits for its answer.
+    async fn ask(
+        &mut self,
+        request: FederationRequest,
+    ) -> Result<Result<FederationReply, Refused>> {
+        let id = self.send(request).await?;
+        loop {
+            let frame = tokio::time::timeout(std::time::Duration::from_secs(30), self.ws.next())
+                .await
+                .context("no answer within 30 s")?
+                .context("connection closed")??;
+            let Message::Binary(bytes) = frame else {
+                continue;
+            };
+            let envelope = Envelope::decode(&bytes).map_err(anyhow::Error::msg)?;
+            if envelope.id != id {
+                continue;
+            }
+            return match envelope.body {
+                Body::Reply(PeerReply::Federation(answer)) => Ok(answer),
+                Body::Reply(PeerReply::Refused(refused)) => Ok(Err(refused)),
+                other => bail!("unexpected answer {other:?}"),
+            };
+        }
+    }
+
+    /// Announces `routes` (unsigned, as a neighbour that never signed
+    /// may) and returns (accepted, rejected by reason).
+    async fn announce(
+        &mut self,
+        routes: Vec<Announcement>,
+    ) -> Result<(u32, BTreeMap<String, u32>)> {
+        let request = FederationRequest::Announce {
+            cluster_id: EVIL.to_string(),
+            urls: Vec::new(),
+            routes,
+            keys: None,
+            signatures: Vec::new(),
+        };
+        match self.ask(request).await? {
+            Ok(FederationReply::Announced { accepted, rejected }) => {
+                Ok((accepted, rejected.into_iter().collect()))
+            }
+            other => bail!("announcement answered {other:?}"),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// An announcement by `advertiser` of `path` to `dest`, sent now.
+fn route(advertiser: &str, dest: &str, path: &[&str], epoch: u64) -> Announcement {
+    Announcement {
+        dest: dest.to_string(),
+        path: path.iter().map(|c| c.to_string()).collect(),
+        metrics: RouteMetrics {
+            hops: path.len().saturating_sub(1) as u32,
+            ..RouteMetrics::origin()
+        },
+        advertiser: advertiser.to_string(),
+        advertised_at_ms: now_ms(),
+        ttl_ms: 30_000,
+        epoch,
+        tags: Vec::new(),
+    }
+}
+
+/// `evil`'s own route and its route to `far`.
+fn good(epoch: u64, with_far: bool) -> Vec<Announcement> {
+    let mut table = vec![route(EVIL, EVIL, &[EVIL], epoch)];
+    if with_far {
+        table.push(route(EVIL, "far", &[EVIL, "far"], epoch));
+    }
+    table
+}
+
+fn reasons(items: &[(&str, u32)]) -> BTreeMap<String, u32> {
+    items.iter().map(|(r, n)| (r.to_string(), *n)).collect()
+}
+
+/// `(dest, path, state)` of every route `cluster` holds through `evil`.
+async fn held_from_evil(cluster: &Cluster) -> Result<Vec<(String, Vec<String>, String)>> {
+    let rows = sql_rows(
+        &cluster.admin()?,
+        "SELECT dest, path, state FROM routes WHERE next_hop = 'evil' ORDER BY dest",
+    )
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row["dest"].as_str().context("dest")?.to_string(),
+                serde_json::from_value(row["path"].clone())?,
+                row["state"].as_str().context("state")?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+fn path(clusters: &[&str]) -> Vec<String> {
+    clusters.iter().map(|c| c.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_neighbour_is_refused_by_reason_and_the_cluster_keeps_serving() -> Result<()> {
+    let config = TestDir::new();
+    let args = config.config("flap_threshold = 2\nflap_window_seconds = 60\n");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let c1 = Cluster::start("c1", &[], &args)?;
+    let c2 = Cluster::start("c2", &[&c1], &[])?;
+    wait_for_routes(&c2, &[("c1", &["c2", "c1"])]).await?;
+    let mut evil = Neighbour::connect(&c1.client_url()?).await?;
+
+    // One table with a good route and one of each kind of bad one.
+    let long: Vec<String> = (0..70).map(|i| format!("x{i}")).collect();
+    let long: Vec<&str> = std::iter::once(EVIL)
+        .chain(long.iter().map(String::as_str))
+        .collect();
+    let mut expired = route(EVIL, "old", &[EVIL, "old"], 1);
+    expired.advertised_at_ms = now_ms() - 3_600_000;
+    let mut table = good(1, true);
+    table.extend([
+        expired,
+        route(EVIL, "c9", &[EVIL, "c1", "c9"], 1),
+        route(EVIL, "x69", &long, 1),
+        route(EVIL, "nowhere", &[], 1),
+        route("other", "o", &["other", "o"], 1),
+        route(EVIL, "a", &[EVIL, "b"], 1),
+    ]);
+    let (accepted, rejected) = evil.announce(table).await?;
+    assert_eq!(accepted, 2);
+    assert_eq!(
+        rejected,
+        reasons(&[
+            ("advertiser_mismatch", 1),
+            ("destination_mismatch", 1),
+            ("empty_path", 1),
+            ("expired", 1),
+            ("loop", 1),
+            ("malformed", 1),
+        ])
+    );
+    let active = |dest: &str, p: &[&str]| (dest.to_string(), path(p), "active".to_string());
+    assert_eq!(
+        held_from_evil(&c1).await?,
+        [
+            active("evil", &["c1", "evil"]),
+            active("far", &["c1", "evil", "far"])
+        ]
+    );
+    // What was good goes on to the real neighbour.
+    wait_for_routes(
+        &c2,
+        &[
+            ("c1", &["c2", "c1"]),
+            ("evil", &["c2", "c1", "evil"]),
+            ("far", &["c2", "c1", "evil", "far"]),
+        ],
+    )
+    .await?;
+
+    // Oversized: more routes than one table may carry.
+    let huge: Vec<Announcement> = (0..100_001)
+        .map(|i| route(EVIL, &format!("d{i}"), &[EVIL, &format!("d{i}")], 2))
+        .collect();
+    match evil
+        .ask(FederationRequest::Announce {
+            cluster_id: EVIL.to_string(),
+            urls: Vec::new(),
+            routes: huge,
+            keys: None,
+            signatures: Vec::new(),
+        })
+        .await?
+    {
+        Err(Refused::Invalid(message)) => ensure!(
+            message.contains("100001 routes") && message.contains("limit of 100000"),
+            "{message}"
+        ),
+        other => bail!("an oversized table was answered {other:?}"),
+    }
+
+    // Flapping: far withdrawn twice within the window is suppressed.
+    assert_eq!(evil.announce(good(3, false)).await?, (0, reasons(&[])));
+    assert_eq!(evil.announce(good(4, true)).await?, (1, reasons(&[])));
+    assert_eq!(evil.announce(good(5, false)).await?, (0, reasons(&[])));
+    assert_eq!(
+        evil.announce(good(6, true)).await?,
+        (0, reasons(&[("suppressed", 1)]))
+    );
+    let suppressed = held_from_evil(&c1).await?;
+    ensure!(
+        suppressed.contains(&(
+            "far".to_string(),
+            path(&["c1", "evil", "far"]),
+            "suppressed".to_string()
+        )),
+        "{suppressed:?}"
+    );
+
+    // Replayed: a table no newer than one taken is refused whole.
+    assert_eq!(
+        evil.announce(good(4, true)).await?,
+        (0, reasons(&[("stale", 2)]))
+    );
+
+    // A frame that is no envelope closes that connection only.
+    evil.ws
+        .send(Message::binary(vec![0xB4, 0xFF, 0xFF]))
+        .await?;
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), evil.ws.next())
+        .await
+        .context("connection still open 10 s after garbage")?;
+    ensure!(
+        !matches!(closed, Some(Ok(Message::Binary(_)))),
+        "garbage was answered"
+    );
+
+    // Counted by reason on the link, and the cluster serves on.
+    let links = links(&c1).await?;
+    let link = links
+        .iter()
+        .find(|l| l["cluster_id"] == EVIL)
+        .context("no link to evil")?;
+    let counted: BTreeMap<String, u32> = serde_json::from_value(link["rejections"].clone())?;
+    assert_eq!(
+        counted,
+        reasons(&[
+            ("advertiser_mismatch", 1),
+            ("destination_mismatch", 1),
+            ("empty_path", 1),
+            ("expired", 1),
+            ("loop", 1),
+            ("malformed", 1),
+            ("stale", 2),
+            ("suppressed", 1),
+        ])
+    );
+    let mut again = Neighbour::connect(&c1.client_url()?).await?;
+    assert_eq!(again.announce(good(7, false)).await?, (0, reasons(&[])));
+    wait_for_routes(
+        &c2,
+        &[("c1", &["c2", "c1"]), ("evil", &["c2", "c1", "evil"])],
+    )
+    .await?;
+    Ok(())
+}
