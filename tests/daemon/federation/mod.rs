@@ -280,6 +280,75 @@ async fn three_clusters_in_a_line_route_through_the_middle() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_mesh_routes_directly_with_every_other_neighbour_as_backup() -> Result<()> {
+    let c1 = Cluster::start("c1", &[], &[])?;
+    let c2 = Cluster::start("c2", &[&c1], &[])?;
+    let c3 = Cluster::start("c3", &[&c1, &c2], &[])?;
+    let c4 = Cluster::start("c4", &[&c1, &c2, &c3], &[])?;
+    let all = [&c1, &c2, &c3, &c4];
+    for cluster in all {
+        let direct: Vec<(String, [String; 2])> = all
+            .iter()
+            .filter(|other| other.id != cluster.id)
+            .map(|other| (other.id.clone(), [cluster.id.clone(), other.id.clone()]))
+            .collect();
+        let expected: Vec<(&str, Vec<&str>)> = direct
+            .iter()
+            .map(|(dest, path)| (dest.as_str(), path.iter().map(String::as_str).collect()))
+            .collect();
+        let expected: Vec<(&str, &[&str])> = expected
+            .iter()
+            .map(|(dest, path)| (*dest, path.as_slice()))
+            .collect();
+        wait_for_routes(cluster, &expected).await?;
+        assert_loop_free(cluster).await?;
+    }
+    // Each of the two other neighbours announces its direct route: two
+    // backups of two hops per destination, on every cluster.
+    for cluster in all {
+        eventually(
+            &format!("two backups per destination on {}", cluster.id),
+            CONVERGE,
+            || async {
+                let rows = sql_rows(
+                    &cluster.admin().map_err(|e| e.to_string())?,
+                    &format!(
+                        "SELECT dest, count(*) AS n, min(hops) AS lo, max(hops) AS hi FROM routes \
+                         WHERE state = 'backup' AND dest <> '{}' GROUP BY dest ORDER BY dest",
+                        cluster.id
+                    ),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                let seen: Vec<(String, u64, u64, u64)> = rows
+                    .iter()
+                    .map(|r| {
+                        (
+                            r["dest"].as_str().unwrap_or_default().to_string(),
+                            r["n"].as_u64().unwrap_or_default(),
+                            r["lo"].as_u64().unwrap_or_default(),
+                            r["hi"].as_u64().unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                let want: Vec<(String, u64, u64, u64)> = all
+                    .iter()
+                    .filter(|other| other.id != cluster.id)
+                    .map(|other| (other.id.clone(), 2, 2, 2))
+                    .collect();
+                if seen == want {
+                    Ok(())
+                } else {
+                    Err(format!("{seen:?}"))
+                }
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ring_reroutes_around_a_dead_cluster_before_the_ttl_and_heals() -> Result<()> {
     let c1 = Cluster::start("c1", &[], &[])?;
     let mut c2 = Cluster::start("c2", &[&c1], &[])?;
