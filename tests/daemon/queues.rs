@@ -121,8 +121,10 @@ async fn delayed_message_waits_for_its_delay() {
     );
     let later = receive(&client, "d", "w", 5.0).await;
     assert_eq!(later["payload"], json!("later"));
+    // Event times are whole milliseconds: the delay runs from the send's
+    // time rounded down, up to 1 ms before the send arrived.
     assert!(
-        sent.elapsed() >= Duration::from_millis(1000),
+        sent.elapsed() >= Duration::from_millis(999),
         "delivered after {:?}, before its 1 s delay",
         sent.elapsed()
     );
@@ -201,6 +203,9 @@ async fn dedup_window_refuses_repeats_of_a_client_message_id() {
         json!({"queue_name": "dd", "enable_deduplication": true, "deduplication_window_seconds": 1.0}),
     )
     .await;
+    // The window opens at the send's event time, after this instant and
+    // before the reply.
+    let first_sent = Instant::now();
     let first = client
         .queue(
             "send",
@@ -209,7 +214,6 @@ async fn dedup_window_refuses_repeats_of_a_client_message_id() {
         .await
         .unwrap();
     assert_eq!(first["duplicate"], json!(false));
-    let first_sent = Instant::now();
     let m = receive(&client, "dd", "w", 1.0).await;
     ack(&client, "dd", "w", m["message_id"].as_str().unwrap()).await;
     let repeat = client
@@ -247,8 +251,10 @@ async fn dedup_window_refuses_repeats_of_a_client_message_id() {
     )
     .await
     .unwrap();
+    // Event times are whole milliseconds: the window runs from the send's
+    // time rounded down, up to 1 ms before the send arrived.
     assert!(
-        first_sent.elapsed() >= Duration::from_secs(1),
+        first_sent.elapsed() >= Duration::from_millis(999),
         "the window closed early, after {:?}",
         first_sent.elapsed()
     );
