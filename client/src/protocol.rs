@@ -45,11 +45,23 @@ pub enum ErrorCode {
     /// 1013: the change could not be committed (no leader, shutting down);
     /// the message says whether it may still commit.
     Unavailable,
+    /// 1014: no route to the cluster that serves the function (or to the
+    /// command's `target_cluster`); nothing ran.
+    NoRoute,
+    /// 1015: the target cluster is more cluster hops away than the hop
+    /// budget allows; nothing ran.
+    HopBudgetExhausted,
+    /// 1016: a forwarded call came back to a cluster it had crossed;
+    /// nothing ran.
+    LoopDetected,
+    /// 1017: the link toward the target cluster failed; the message says
+    /// whether the call may have run.
+    LinkFailed,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::UnknownFunction,
         ErrorCode::NoMatchingProvider,
         ErrorCode::ExecutionFailed,
@@ -63,6 +75,10 @@ impl ErrorCode {
         ErrorCode::UnsupportedDelivery,
         ErrorCode::Timeout,
         ErrorCode::Unavailable,
+        ErrorCode::NoRoute,
+        ErrorCode::HopBudgetExhausted,
+        ErrorCode::LoopDetected,
+        ErrorCode::LinkFailed,
     ];
 
     pub fn code(self) -> i64 {
@@ -80,6 +96,10 @@ impl ErrorCode {
             ErrorCode::UnsupportedDelivery => 1011,
             ErrorCode::Timeout => 1012,
             ErrorCode::Unavailable => 1013,
+            ErrorCode::NoRoute => 1014,
+            ErrorCode::HopBudgetExhausted => 1015,
+            ErrorCode::LoopDetected => 1016,
+            ErrorCode::LinkFailed => 1017,
         }
     }
 
@@ -98,6 +118,10 @@ impl ErrorCode {
             ErrorCode::UnsupportedDelivery => "Delivery guarantee not offered",
             ErrorCode::Timeout => "RPC execution timed out",
             ErrorCode::Unavailable => "Unavailable",
+            ErrorCode::NoRoute => "No route to cluster",
+            ErrorCode::HopBudgetExhausted => "Hop budget exhausted",
+            ErrorCode::LoopDetected => "Loop detected",
+            ErrorCode::LinkFailed => "Federation link failed",
         }
     }
 }

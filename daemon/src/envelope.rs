@@ -9,7 +9,7 @@
 //! (`tests/daemon/federation/wire.rs`); it is not a client protocol.
 
 use mpreg_client::protocol::RpcError;
-use mpreg_storage::federation::{Announcement, KeyAd, TableSignature};
+use mpreg_storage::federation::{Announcement, CatalogAd, KeyAd, TableSignature};
 use mpreg_storage::typ::NodeId;
 use mpreg_storage::views::FunctionRow;
 use mpreg_storage::{EventKind, Outcome, TypeConfig, codec};
@@ -20,12 +20,14 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 
-/// First byte of every peer frame written by this binary. 0xB4: requests
-/// from neighbour clusters (`PeerRequest::Federation`); 0xB3: forwarded
+/// First byte of every peer frame written by this binary. 0xB5: route
+/// tables carry catalog summaries, and calls cross clusters
+/// (`FederationRequest::Call`); 0xB4: requests from neighbour clusters
+/// (`PeerRequest::Federation`); 0xB3: forwarded
 /// calls carry their caller's remaining time (`PeerRequest::Call`); 0xB2
 /// brought typed refusals ([`Refused`], [`PeerReply::Refused`]). A node
 /// that writes an older version is refused with an error naming both.
-pub const ENVELOPE_VERSION: u8 = 0xB4;
+pub const ENVELOPE_VERSION: u8 = 0xB5;
 
 /// Most nodes a forwarded message may cross.
 pub const DEFAULT_HOP_BUDGET: u8 = 8;
@@ -92,8 +94,8 @@ pub enum PeerRequest {
     Federation(FederationRequest),
 }
 
-/// What a neighbour cluster's leader asks of a member of this cluster.
-#[derive(Debug, Serialize, Deserialize)]
+/// What a neighbour cluster asks of a member of this cluster.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum FederationRequest {
     /// Who are you? Any member answers; nothing changes.
     Hello { cluster_id: String },
@@ -106,6 +108,8 @@ pub enum FederationRequest {
         routes: Vec<Announcement>,
         /// The sender's public keys (only the sender's own are taken).
         keys: Option<KeyAd>,
+        /// The catalog summaries the sender holds (its own first).
+        catalogs: Vec<CatalogAd>,
         /// Over `mpreg_storage::federation::table_bytes`; none when unsigned.
         signatures: Vec<TableSignature>,
     },
@@ -113,6 +117,22 @@ pub enum FederationRequest {
     Unlink { cluster_id: String },
     /// A round trip, to measure the link and see that it lives.
     Ping,
+    /// Run a function in the envelope's `target_cluster`, or carry the call
+    /// one cluster closer to it. Any member takes it.
+    Call(FederatedCall),
+}
+
+/// A command forwarded to another cluster. Values travel as JSON text.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FederatedCall {
+    pub fun: String,
+    pub function_id: Option<String>,
+    pub version_constraint: Option<String>,
+    pub locs: Vec<String>,
+    pub args: String,
+    pub kwargs: String,
+    /// What is left of the caller's deadline.
+    pub timeout_ms: u64,
 }
 
 /// Answers to [`FederationRequest`]s.
@@ -136,6 +156,9 @@ pub enum FederationReply {
     },
     Unlinked,
     Pong,
+    /// The result of a [`FederationRequest::Call`] (JSON text), or its
+    /// error, whose details name the cluster it arose in.
+    Called(Result<String, RpcError>),
 }
 
 /// The connection a request travels on. Raft and membership traffic has

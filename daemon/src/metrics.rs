@@ -167,6 +167,9 @@ pub struct RpcMetrics {
     pub request_levels: Histogram,
     /// Bounds the `function` label of `calls`.
     pub functions: Arc<LabelCap>,
+    /// Calls across clusters, by `role`: `sent` (from here), `relayed`
+    /// (carried on toward another cluster), `served` (run here).
+    pub federated_calls: IntCounterVec,
 }
 
 impl RpcMetrics {
@@ -178,6 +181,12 @@ impl RpcMetrics {
                 "mpreg_rpc_calls_total",
                 "Function calls run, by function and outcome (ok, error).",
                 &["function", "outcome"],
+            )?,
+            federated_calls: counter_vec(
+                r,
+                "mpreg_rpc_federated_calls_total",
+                "Calls across clusters, by role (sent, relayed, served).",
+                &["role"],
             )?,
             requests: counter_vec(
                 r,

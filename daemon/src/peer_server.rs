@@ -1,7 +1,8 @@
 //! The peer server: answers the connections other nodes open on
 //! `--listen` (WebSocket path `/peer`): raft RPCs, proposals forwarded by
 //! followers, membership requests, and calls and publishes routed to the
-//! node that holds the worker or the subscriber. Entry type [`PeerServer`].
+//! node that holds the worker or the subscriber, and calls from other
+//! clusters. Entry type [`PeerServer`].
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -15,8 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::peer::{MAX_IN_FLIGHT_PER_LINK, PEER_SERVE_IDLE_TIMEOUT};
 use crate::cluster::{Node, membership};
-use crate::envelope::{Body, Envelope, PeerReply, PeerRequest, Refused};
-use crate::federation::Federation;
+use crate::envelope::{
+    Body, Envelope, FederationReply, FederationRequest, PeerReply, PeerRequest, Refused,
+};
+use crate::federation::{Federation, Routing};
 use crate::pubsub::PubSub;
 use crate::rpc::Rpc;
 
@@ -124,6 +127,20 @@ impl PeerServer {
         );
         let cluster = &self.node.identity().cluster_id;
         let reply = match body {
+            Body::Request(PeerRequest::Federation(FederationRequest::Call(call))) => {
+                match self.systems.get() {
+                    Some(systems) => {
+                        let routing = Routing {
+                            target: envelope.target_cluster.clone().unwrap_or_default(),
+                            path: envelope.federation_path.clone(),
+                            budget: envelope.hop_budget,
+                        };
+                        let called = systems.rpc.call_federated(call, routing).await;
+                        PeerReply::Federation(Ok(FederationReply::Called(called)))
+                    }
+                    None => PeerReply::Refused(starting()),
+                }
+            }
             Body::Request(PeerRequest::Federation(request)) => match self.systems.get() {
                 Some(systems) => PeerReply::Federation(systems.federation.handle(request).await),
                 None => PeerReply::Refused(starting()),

@@ -163,11 +163,20 @@ pub async fn start(
         config.rpc.request_timeout,
         shutdown.child_token(),
     );
+    let federation = Federation::start(
+        node.clone(),
+        config.federation.clone(),
+        config.config_file.clone(),
+        &config.data_dir,
+        metrics.federation.clone(),
+        shutdown.child_token(),
+    )?;
     let rpc = Rpc::start(
         node.clone(),
         config.rpc.clone(),
         metrics.rpc.clone(),
         queues.clone(),
+        federation.clone(),
     )
     .await?;
     let pubsub =
@@ -179,14 +188,6 @@ pub async fn start(
         metrics.cache.clone(),
     ));
 
-    let federation = Federation::start(
-        node.clone(),
-        config.federation.clone(),
-        config.config_file.clone(),
-        &config.data_dir,
-        metrics.federation.clone(),
-        shutdown.child_token(),
-    )?;
     let sql = admin::sql_engine(node.clone(), cache.clone(), config.sql.clone())
         .map_err(Error::SqlRuntime)?;
     sql.set_link_states(federation.clone());

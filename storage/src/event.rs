@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::federation::{Damping, KeyAd, LearnedRoute, RouteKey};
+use crate::federation::{CatalogAd, Damping, KeyAd, LearnedRoute, RouteKey};
 
 /// One proposed state change, as stored in a log entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -236,6 +236,17 @@ pub enum EventKind {
     /// Proposed by the leader's timer: of these `(cluster, key_id)` keys,
     /// those expired at the event's time go.
     RouteKeysExpired { keys: Vec<(String, String)> },
+    /// The leader accepted catalog summaries from neighbour `via`: each
+    /// replaces the one held for its cluster unless that one has an equal
+    /// or higher epoch, and goes `ttl_ms` after the event.
+    CatalogsLearned {
+        via: String,
+        catalogs: Vec<CatalogAd>,
+        ttl_ms: u64,
+    },
+    /// Proposed by the leader's timer: of the summaries of these clusters,
+    /// those expired at the event's time go.
+    CatalogsExpired { clusters: Vec<String> },
 }
 
 /// A cache key: upstream's namespace + identifier (+ version).
@@ -316,6 +327,8 @@ impl EventKind {
             EventKind::RouteKeyRetired { .. } => "route_key_retired",
             EventKind::RouteKeysLearned { .. } => "route_keys_learned",
             EventKind::RouteKeysExpired { .. } => "route_keys_expired",
+            EventKind::CatalogsLearned { .. } => "catalogs_learned",
+            EventKind::CatalogsExpired { .. } => "catalogs_expired",
         }
     }
 }

@@ -132,6 +132,23 @@ impl Peers {
         self.send(addr, envelope, timeout).await
     }
 
+    /// Sends `request` toward another cluster: the envelope carries the
+    /// `federation_path` (clusters crossed, this one last), the cluster
+    /// `hop_budget` left and the `target_cluster`.
+    pub async fn request_across(
+        &self,
+        addr: &str,
+        request: PeerRequest,
+        (federation_path, hop_budget, target): (Vec<String>, u8, &str),
+        timeout: Duration,
+    ) -> Result<PeerReply, PeerError> {
+        let mut envelope = Envelope::request(&self.node_id, &self.cluster_id, 0, request);
+        envelope.federation_path = federation_path;
+        envelope.hop_budget = hop_budget;
+        envelope.target_cluster = Some(target.to_string());
+        self.send(addr, envelope, timeout).await
+    }
+
     /// Sends `request`, which arrived in `received`, on to `addr`: the
     /// routing path grows by this node and the hop budget shrinks by one.
     pub async fn forward(

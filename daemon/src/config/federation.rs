@@ -16,6 +16,9 @@ pub const DEFAULT_ROUTE_TTL: Duration = Duration::from_secs(30);
 pub const DEFAULT_LINK_DEAD: Duration = Duration::from_secs(3);
 /// Default `max_routes_per_dest`.
 pub const DEFAULT_MAX_ROUTES_PER_DEST: u32 = 4;
+/// Default `hop_budget`: most cluster hops a forwarded call or message
+/// crosses (upstream's planner default).
+pub const DEFAULT_HOP_BUDGET: u8 = 5;
 /// Default `key_overlap_seconds` (upstream's rotation overlap).
 pub const DEFAULT_KEY_OVERLAP: Duration = Duration::from_secs(60);
 
@@ -63,6 +66,9 @@ pub struct FederationSettings {
     /// After `rotate-key`, the old key stays valid (and keeps signing)
     /// this long.
     pub key_overlap: Duration,
+    /// Most cluster hops a call or message forwarded from this cluster
+    /// may cross.
+    pub hop_budget: u8,
     /// What to accept from each neighbour.
     pub import: PolicyDirectory,
     /// What to announce to each neighbour.
@@ -80,6 +86,7 @@ impl Default for FederationSettings {
             damping: Damping::default(),
             require_signatures: false,
             key_overlap: DEFAULT_KEY_OVERLAP,
+            hop_budget: DEFAULT_HOP_BUDGET,
             import: PolicyDirectory::default(),
             export: PolicyDirectory::default(),
         }

@@ -97,6 +97,7 @@ pub struct FileConfig {
     pub flap_window_seconds: Option<u64>,
     pub require_signatures: Option<bool>,
     pub key_overlap_seconds: Option<u64>,
+    pub hop_budget: Option<u8>,
     pub import_policy: Option<PolicyDirectory>,
     pub export_policy: Option<PolicyDirectory>,
 }
@@ -243,6 +244,7 @@ impl Config {
             flap_window_seconds,
             require_signatures,
             key_overlap_seconds,
+            hop_budget,
             import_policy,
             export_policy,
         } = file;
@@ -360,6 +362,9 @@ impl Config {
         }
         if let Some(v) = flap_window_seconds {
             federation.damping.flap_window_ms = v.saturating_mul(1000);
+        }
+        if let Some(v) = hop_budget {
+            federation.hop_budget = v;
         }
         if let Some(v) = require_signatures {
             federation.require_signatures = v;

@@ -11,14 +11,20 @@
 //! routes are views; what is kept only in memory is each link's live state
 //! (up or down, round trip, counters), shown by `federation_links`.
 //!
+//! Each table also carries the catalog summaries the cluster holds, its
+//! own first ([`summary`]), which the receiver takes like routes; and
+//! requests for other clusters travel along the routes ([`forward`]).
+//!
 //! Tables are signed with this node's key ([`keys`]); the cluster's public
 //! keys are on its log (`route_keys`), and each table carries them, so a
 //! neighbour learns a rotated key or a new leader's key under a signature
 //! it already trusts.
 
+mod forward;
 mod keys;
 mod receive;
 mod speaker;
+mod summary;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,7 +33,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use mpreg_storage::EventKind;
-use mpreg_storage::federation::{Announcement, ExportContext, KeyAd, TableSignature, table_bytes};
+use mpreg_storage::federation::{
+    Announcement, CatalogAd, ExportContext, KeyAd, TableSignature, table_bytes,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
@@ -36,7 +44,9 @@ use crate::config::{FederationSettings, FileConfig, is_node_url};
 use crate::envelope::{FederationReply, FederationRequest, PeerReply, PeerRequest, Refused};
 use crate::error::Result;
 use crate::metrics::FederationMetrics;
+pub use forward::{ForwardError, Routing};
 use keys::NodeKeys;
+use summary::OwnSummary;
 
 /// Longest a request to a neighbour may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -74,6 +84,7 @@ pub struct Federation {
     unlinked: Mutex<BTreeMap<String, std::time::Instant>>,
     /// This node's signing keys.
     keys: RwLock<Arc<NodeKeys>>,
+    own_summary: OwnSummary,
 }
 
 /// A rotated key: the new one, and until when the previous one verifies.
@@ -125,6 +136,7 @@ impl Federation {
             epoch: AtomicU64::new(0),
             unlinked: Mutex::default(),
             keys: RwLock::new(Arc::new(keys)),
+            own_summary: OwnSummary::default(),
         });
         tokio::spawn(speaker::run(federation.clone(), shutdown));
         Ok(federation)
@@ -165,9 +177,10 @@ impl Federation {
         urls: &[String],
         routes: &[Announcement],
         keys: &KeyAd,
+        catalogs: &[CatalogAd],
         now_ms: u64,
     ) -> Vec<TableSignature> {
-        let bytes = table_bytes(self.local(), urls, routes, Some(keys));
+        let bytes = table_bytes(self.local(), urls, routes, Some(keys), catalogs);
         self.keys().sign(&bytes, now_ms)
     }
 
@@ -278,7 +291,8 @@ impl Federation {
         (urls, leader)
     }
 
-    /// Answers a request from a neighbour cluster.
+    /// Answers a request from a neighbour cluster (calls excepted: the
+    /// peer server hands them to the RPC engine).
     pub async fn handle(&self, request: FederationRequest) -> Result<FederationReply, Refused> {
         match request {
             FederationRequest::Hello { .. } => {
@@ -295,6 +309,7 @@ impl Federation {
                 urls,
                 routes,
                 keys,
+                catalogs,
                 signatures,
             } => {
                 let table = receive::Table {
@@ -302,10 +317,14 @@ impl Federation {
                     urls,
                     routes,
                     keys,
+                    catalogs,
                     signatures,
                 };
                 receive::announce(self, table).await
             }
+            FederationRequest::Call(_) => Err(Refused::Invalid(
+                "a call is answered by the RPC engine, not here".to_string(),
+            )),
             FederationRequest::Unlink { cluster_id } => {
                 if !self.node.is_leader() {
                     let (_, leader_url) = self.own_urls();

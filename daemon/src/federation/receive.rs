@@ -1,7 +1,8 @@
 //! What the leader does with a neighbour's announcement: check its
 //! signature and epoch, judge its routes against the views
-//! ([`import_table`]), and propose in one log entry the neighbour's new
-//! member URLs and keys and what its table changes. A table whose
+//! ([`import_table`]) and its catalog summaries ([`import_summaries`]), and
+//! propose in one log entry the neighbour's new member URLs and keys and
+//! what its table changes. A table whose
 //! signature does not check out, or older than one already taken, changes
 //! nothing.
 
@@ -9,8 +10,8 @@ use std::collections::BTreeMap;
 
 use mpreg_storage::EventKind;
 use mpreg_storage::federation::{
-    Announcement, ImportContext, Imported, KeyAd, LinkMetrics, Reject, SignatureContext,
-    TableSignature, check_table, import_table, table_bytes,
+    Announcement, CatalogAd, ImportContext, Imported, KeyAd, LinkMetrics, Reject, SignatureContext,
+    TableSignature, check_summaries, check_table, import_summaries, import_table, table_bytes,
 };
 
 use super::{Federation, MAX_LINK_URLS};
@@ -27,6 +28,7 @@ pub(super) struct Table {
     pub urls: Vec<String>,
     pub routes: Vec<Announcement>,
     pub keys: Option<KeyAd>,
+    pub catalogs: Vec<CatalogAd>,
     pub signatures: Vec<TableSignature>,
 }
 
@@ -39,6 +41,7 @@ pub(super) async fn announce(
         urls,
         routes,
         keys,
+        catalogs,
         signatures,
     } = table;
     let sender = sender.as_str();
@@ -54,6 +57,7 @@ pub(super) async fn announce(
             routes.len()
         )));
     }
+    check_summaries(&catalogs).map_err(Refused::Invalid)?;
     if !federation.node.is_leader() {
         let (_, leader_url) = federation.own_urls();
         return Ok(FederationReply::NotLeader { leader_url });
@@ -74,7 +78,7 @@ pub(super) async fn announce(
             known: catalog.route_keys(sender),
             require_signatures: settings.require_signatures,
         };
-        let bytes = table_bytes(sender, &urls, &routes, keys.as_ref());
+        let bytes = table_bytes(sender, &urls, &routes, keys.as_ref(), &catalogs);
         check_table(&ctx, keys.as_ref(), &signatures, &bytes)
     };
     match checked {
@@ -136,6 +140,14 @@ pub(super) async fn announce(
             max_routes: settings.max_routes_per_dest,
             damping: settings.damping,
         };
+        let learned = import_summaries(&catalog, &local, &catalogs);
+        if !learned.is_empty() {
+            events.push(EventKind::CatalogsLearned {
+                via: sender.to_string(),
+                catalogs: learned,
+                ttl_ms: settings.route_ttl.as_millis() as u64,
+            });
+        }
         import_table(&catalog, &ctx, &routes)
     };
     let Imported {

@@ -2,7 +2,8 @@
 //! keep one task per link that pings the neighbour, sends it the route
 //! table (on an interval and at once when it changes) and withdraws the
 //! link's routes when it stops answering; a timer that proposes the
-//! expiry of routes nobody refreshed and of rotated-out keys; and, on
+//! expiry of routes and catalog summaries nobody refreshed and of
+//! rotated-out keys; and, on
 //! every member, the registration of its signing key on the log.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,8 +12,8 @@ use std::time::Duration;
 
 use mpreg_storage::EventKind;
 use mpreg_storage::federation::{
-    KeyAd, ROUTE_STATES, RouteShape, explain, ranked, route_state, routes_gone, routes_via,
-    table_shape, usable,
+    KeyAd, ROUTE_STATES, RouteShape, explain, export_summaries, ranked, route_state, routes_gone,
+    routes_via, summaries_gone, table_shape, usable,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -192,16 +193,23 @@ fn route_gauges(federation: &Federation) {
     federation.metrics.unreachable_destinations.set(unreachable);
 }
 
-/// Proposes the expiry of routes past their time and of withdrawn routes
-/// no longer damped.
+/// Proposes the expiry of routes past their time, of withdrawn routes no
+/// longer damped, and of catalog summaries nobody refreshed.
 async fn expire(federation: &Federation) {
-    let routes = routes_gone(&federation.node.views().catalog(), now_ms());
-    if !routes.is_empty()
-        && let Err(e) = federation
-            .propose(vec![EventKind::RoutesExpired { routes }])
-            .await
-    {
-        tracing::debug!(error = %e, "route expiry not proposed");
+    let now = now_ms();
+    let (routes, clusters) = {
+        let catalog = federation.node.views().catalog();
+        (routes_gone(&catalog, now), summaries_gone(&catalog, now))
+    };
+    let mut events = Vec::new();
+    if !routes.is_empty() {
+        events.push(EventKind::RoutesExpired { routes });
+    }
+    if !clusters.is_empty() {
+        events.push(EventKind::CatalogsExpired { clusters });
+    }
+    if let Err(e) = federation.propose(events).await {
+        tracing::debug!(error = %e, "expiry not proposed");
     }
 }
 
@@ -265,6 +273,10 @@ async fn expire_keys(federation: &Federation) {
     }
 }
 
+/// What a sent table held that a change would make worth sending again:
+/// its routes, keys, and the epoch of each catalog summary.
+type Sent = (Vec<RouteShape>, KeyAd, Vec<(String, u64)>);
+
 /// Speaks for this cluster on the link to `cluster` until cancelled.
 async fn link_task(federation: Arc<Federation>, cluster: String, cancel: CancellationToken) {
     let settings = federation.settings();
@@ -281,7 +293,7 @@ async fn link_task(federation: Arc<Federation>, cluster: String, cancel: Cancell
     let mut last_ok = Instant::now();
     let mut last_ping = Instant::now() - ping_every;
     let mut lost = false;
-    let mut last_sent: Option<(Vec<RouteShape>, KeyAd)> = None;
+    let mut last_sent: Option<Sent> = None;
     let mut sent_at = Instant::now();
     let mut built_at_index = None;
     let mut built_at = Instant::now();
@@ -352,18 +364,29 @@ async fn link_task(federation: Arc<Federation>, cluster: String, cancel: Cancell
         let now = now_ms();
         // A new key (a rotation, a new member) goes out at once too.
         let keys = federation.key_ad(now);
-        let key = (table_shape(&table), keys.clone());
+        let catalogs = export_summaries(
+            &federation.node.views().catalog(),
+            &federation.own_summary(),
+            &cluster,
+            now,
+        );
+        let versions = catalogs
+            .iter()
+            .map(|ad| (ad.cluster_id.clone(), ad.epoch))
+            .collect();
+        let key = (table_shape(&table), keys.clone(), versions);
         if last_sent.as_ref() == Some(&key) && !due {
             continue;
         }
         let count = table.len() as u64;
         let (own_urls, _) = federation.own_urls();
-        let signatures = federation.sign_table(&own_urls, &table, &keys, now);
+        let signatures = federation.sign_table(&own_urls, &table, &keys, &catalogs, now);
         let request = FederationRequest::Announce {
             cluster_id: federation.local().to_string(),
             urls: own_urls,
             routes: table,
             keys: Some(keys),
+            catalogs,
             signatures,
         };
         match federation.request(&url, request).await {

@@ -8,7 +8,7 @@ use crate::clock::now_secs;
 use crate::cluster::Node;
 
 /// Provider id of built-in functions in the `functions` view.
-pub const PROVIDER: &str = "builtin";
+pub const PROVIDER: &str = mpreg_storage::views::BUILTIN_PROVIDER;
 /// Version every built-in is registered with.
 pub const VERSION: &str = "1.0.0";
 /// Names of the built-ins.

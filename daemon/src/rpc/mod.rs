@@ -4,9 +4,12 @@
 //! [`Rpc`] is the entry type: [`Rpc::handle`] plans the request (refusing
 //! cycles before anything runs), checks that every function exists, then
 //! runs level by level with all commands of a level in parallel, under one
-//! whole-request timeout.
+//! whole-request timeout. A command no provider here serves runs in the
+//! cluster that does, reached along the federation's routes
+//! ([`federated`]).
 
 mod builtins;
+mod federated;
 mod plan;
 mod select;
 mod workers;
@@ -29,8 +32,10 @@ use crate::cluster::Node;
 use crate::cluster::peer::PeerError;
 use crate::config::RpcLimits;
 use crate::envelope::{PeerReply, PeerRequest};
+use crate::federation::Federation;
 use crate::metrics::RpcMetrics;
 use crate::queue::{self, Queues};
+use federated::Place;
 pub use plan::{Plan, plan, substitute};
 use select::Selector;
 pub use workers::Workers;
@@ -44,6 +49,8 @@ pub struct Rpc {
     metrics: RpcMetrics,
     /// Serves the `mpreg.queue.*` built-ins.
     queues: Arc<Queues>,
+    /// Carries calls to other clusters.
+    federation: Arc<Federation>,
 }
 
 /// Counts a request in flight for as long as it lives.
@@ -91,6 +98,7 @@ impl Rpc {
         limits: RpcLimits,
         metrics: RpcMetrics,
         queues: Arc<Queues>,
+        federation: Arc<Federation>,
     ) -> crate::Result<Rpc> {
         let (stale, missing) = {
             let catalog = node.views().catalog();
@@ -142,6 +150,7 @@ impl Rpc {
             limits,
             metrics,
             queues,
+            federation,
         })
     }
 
@@ -314,11 +323,11 @@ impl Rpc {
         response
     }
 
-    /// Refuses the request before anything runs if a function is unknown.
+    /// Refuses the request before anything runs if a function is unknown
+    /// here and in every cluster this one has a route to.
     fn check_functions(&self, cmds: &[RpcCommand]) -> Result<(), RpcError> {
-        let catalog = self.node.views().catalog();
         for cmd in cmds {
-            select::providers(&catalog, cmd, |f| self.is_live(f))?;
+            self.place(cmd)?;
         }
         Ok(())
     }
@@ -392,7 +401,8 @@ impl Rpc {
         result
     }
 
-    /// Runs one function call on the provider the selector picks.
+    /// Runs one function call where [`Rpc::place`] says, here on the
+    /// provider the selector picks.
     async fn call(
         &self,
         cmd: &RpcCommand,
@@ -400,6 +410,11 @@ impl Rpc {
         kwargs: Map<String, Value>,
         deadline: tokio::time::Instant,
     ) -> Result<Value, RpcError> {
+        if let Place::Cluster(cluster) = self.place(cmd)? {
+            return self
+                .call_cluster(&cluster, cmd, (args, kwargs), deadline)
+                .await;
+        }
         let function = {
             let catalog = self.node.views().catalog();
             self.selector.select(&catalog, cmd, |f| self.is_live(f))?

@@ -16,7 +16,7 @@
 
 use datafusion::error::Result;
 use mpreg_storage::federation::{
-    Candidate, Explained, FULL_RELIABILITY, RouteMetrics, explain, route_state, score,
+    Candidate, Explained, FULL_RELIABILITY, RouteMetrics, explain, rank, route_state, score, usable,
 };
 use mpreg_storage::views::{CandidateRow, DampingRow, RouteRow, View};
 use mpreg_storage::{Flow, Inspector};
@@ -81,6 +81,27 @@ pub(super) fn view_candidate<'a>(r: &'a RouteRow, metrics: &'a RouteMetrics) -> 
 fn explained(rows: &[CandidateRow], now: u64) -> Vec<Explained> {
     let candidates: Vec<Candidate<'_>> = rows.iter().map(CandidateRow::candidate).collect();
     explain(&candidates, now, &[])
+}
+
+/// The next hop of the best usable route to `dest` at `now`, if any.
+pub(super) fn next_hop(inspector: &Inspector, dest: &str, now: u64) -> Result<Option<String>> {
+    let mut rows: Vec<CandidateRow> = Vec::new();
+    inspector
+        .scan_view(
+            View::RouteCandidates,
+            &CandidateRow::dest_prefix(dest),
+            |row| {
+                rows.push(row);
+                Flow::Continue
+            },
+        )
+        .map_err(storage)?;
+    let candidates: Vec<Candidate<'_>> = rows.iter().map(CandidateRow::candidate).collect();
+    Ok(rank(&candidates, now)
+        .into_iter()
+        .map(|i| &rows[i])
+        .find(|row| usable(row, now))
+        .map(|row| row.route.next_hop.clone()))
 }
 
 pub(super) fn produce(inspector: &Inspector, dest: Option<&str>, sink: &mut RowSink) -> Result<()> {

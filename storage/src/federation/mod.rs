@@ -16,14 +16,21 @@
 //! - `sign`: signed route tables and keys: [`table_bytes`], [`check_table`];
 //! - `speak`: what a speaker decides from its catalog: [`export_table`],
 //!   [`import_table`], [`ranked`], [`route_state`];
+//! - `catalog`: the catalog summaries clusters exchange: [`CatalogAd`],
+//!   [`export_summaries`], [`import_summaries`];
 //! - `sim`: those rules run by many clusters in memory, in virtual time.
 
+mod catalog;
 mod judge;
 mod rank;
 mod sign;
 pub mod sim;
 mod speak;
 
+pub use catalog::{
+    CatalogAd, CatalogSummary, MAX_SUMMARIES, MAX_SUMMARY_ENTRIES, RemoteFunction, check_summaries,
+    export_summaries, import_summaries, live, summaries_gone,
+};
 pub(crate) use judge::newer;
 pub use judge::{
     Damping, JudgeContext, MAX_ID_BYTES, MAX_PATH_CLUSTERS, MAX_TAGS, Reject, RoutePolicy, judge,
@@ -35,7 +42,7 @@ pub use sign::{
 };
 pub use speak::{
     ExportContext, ImportContext, Imported, ROUTE_STATES, RouteShape, export_table, import_table,
-    ranked, route_state, routes_gone, routes_via, table_shape, usable,
+    ranked, ranked_to, route_state, routes_gone, routes_via, table_shape, usable,
 };
 
 use serde::{Deserialize, Serialize};

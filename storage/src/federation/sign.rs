@@ -14,7 +14,7 @@
 use ring::signature::{ED25519, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 
-use super::{Announcement, Reject};
+use super::{Announcement, CatalogAd, Reject};
 
 /// The only signature algorithm.
 pub const ALGORITHM: &str = "ed25519";
@@ -89,23 +89,26 @@ struct Signed<'a> {
     urls: &'a [String],
     routes: &'a [Announcement],
     keys: Option<&'a KeyAd>,
+    catalogs: &'a [CatalogAd],
 }
 
 /// The bytes signed for a table `sender` sends: bincode (fixed-width
 /// integers, no floats anywhere) of a domain tag, the sender, its member
-/// URLs, the routes and the key announcement.
+/// URLs, the routes, the key announcement and the catalog summaries.
 pub fn table_bytes(
     sender: &str,
     urls: &[String],
     routes: &[Announcement],
     keys: Option<&KeyAd>,
+    catalogs: &[CatalogAd],
 ) -> Vec<u8> {
     let signed = Signed {
-        domain: "mpreg-federation-table-v1",
+        domain: "mpreg-federation-table-v2",
         sender,
         urls,
         routes,
         keys,
+        catalogs,
     };
     bincode::serde::encode_to_vec(&signed, bincode::config::standard())
         .expect("encoding to a Vec does not fail")

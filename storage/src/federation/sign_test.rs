@@ -74,7 +74,7 @@ fn ctx<'a>(
 /// A table of c2 signed by `signers`, as it travels.
 fn table(keys: &KeyAd, signers: &[&Signer]) -> (Vec<Announcement>, Vec<TableSignature>) {
     let routes = vec![route("c3", 7)];
-    let bytes = table_bytes("c2", &[], &routes, Some(keys));
+    let bytes = table_bytes("c2", &[], &routes, Some(keys), &[]);
     (routes, signers.iter().map(|s| s.sign(&bytes)).collect())
 }
 
@@ -84,7 +84,7 @@ fn check(
     routes: &[Announcement],
     signatures: &[TableSignature],
 ) -> Result<Checked, Reject> {
-    let bytes = table_bytes("c2", &[], routes, Some(keys));
+    let bytes = table_bytes("c2", &[], routes, Some(keys), &[]);
     check_table(ctx, Some(keys), signatures, &bytes)
 }
 
@@ -121,7 +121,7 @@ fn a_tampered_route_url_or_key_fails() {
         Err(Reject::Signature),
         "leaving a route out (a withdrawal) is covered by the signature"
     );
-    let bytes = table_bytes("c2", &["ws://evil:1".into()], &routes, Some(&keys));
+    let bytes = table_bytes("c2", &["ws://evil:1".into()], &routes, Some(&keys), &[]);
     assert_eq!(
         check_table(&held, Some(&keys), &signatures, &bytes),
         Err(Reject::Signature)
@@ -138,7 +138,7 @@ fn unsigned_tables_are_refused_when_required_or_after_keys_are_held() {
     let k = signer();
     let keys = ad("c2", &[&k.key], &k.key);
     let routes = vec![route("c3", 7)];
-    let bytes = table_bytes("c2", &[], &routes, None);
+    let bytes = table_bytes("c2", &[], &routes, None, &[]);
     assert_eq!(
         check_table(&ctx(None, true, 5), None, &[], &bytes),
         Err(Reject::Signature)

@@ -30,6 +30,16 @@ pub fn ranked(catalog: &Catalog, now_ms: u64) -> BTreeMap<&str, Vec<&CandidateRo
     by_dest
 }
 
+/// The candidates to `dest`, best first (as [`ranked`] orders them).
+pub fn ranked_to<'a>(catalog: &'a Catalog, dest: &str, now_ms: u64) -> Vec<&'a CandidateRow> {
+    let rows: Vec<&CandidateRow> = catalog.candidates_to(dest).collect();
+    let candidates: Vec<_> = rows.iter().map(|r| r.candidate()).collect();
+    rank(&candidates, now_ms)
+        .into_iter()
+        .map(|i| rows[i])
+        .collect()
+}
+
 /// Whether a candidate can carry traffic at `now_ms`.
 pub fn usable(row: &CandidateRow, now_ms: u64) -> bool {
     row.withdrawn_at_ms.is_none() && row.expires_at_ms > now_ms

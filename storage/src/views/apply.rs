@@ -196,6 +196,14 @@ pub fn apply<S: RowStore>(txn: &mut ViewTxn<'_, S>, event: &Event) -> Result<Out
         EventKind::RouteKeysExpired { keys } => {
             return federation_apply::expire_keys(txn, now, keys);
         }
+        EventKind::CatalogsLearned {
+            via,
+            catalogs,
+            ttl_ms,
+        } => return federation_apply::learn_catalogs(txn, now, via, catalogs, *ttl_ms),
+        EventKind::CatalogsExpired { clusters } => {
+            return federation_apply::expire_catalogs(txn, now, clusters);
+        }
         EventKind::QueueDeclared { name, settings } => {
             return queue_apply::declare(txn, now, name, settings);
         }

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use super::View;
-use super::federation_rows::{CandidateRow, DampingRow, LinkRow, keys_key};
+use super::federation_rows::{CandidateRow, DampingRow, LinkRow, RemoteCatalogRow, keys_key};
 use super::rows::{FunctionRow, NodeRow, RouteRow, SubscriptionRow};
 use crate::codec;
 use crate::error::Result;
@@ -24,6 +24,7 @@ pub struct Catalog {
     candidates: BTreeMap<Vec<u8>, CandidateRow>,
     damping: BTreeMap<Vec<u8>, DampingRow>,
     keys: BTreeMap<Vec<u8>, KeyAd>,
+    remote_catalogs: BTreeMap<Vec<u8>, RemoteCatalogRow>,
 }
 
 fn change<T: serde::de::DeserializeOwned>(
@@ -66,6 +67,7 @@ impl Catalog {
             View::RouteCandidates => change(&mut self.candidates, view, key, value),
             View::RouteDamping => change(&mut self.damping, view, key, value),
             View::RouteKeys => change(&mut self.keys, view, key, value),
+            View::RemoteCatalogs => change(&mut self.remote_catalogs, view, key, value),
             View::Queues
             | View::QueueMessages
             | View::QueueReady
@@ -141,5 +143,14 @@ impl Catalog {
     /// The route signing keys of every cluster known.
     pub fn all_route_keys(&self) -> impl Iterator<Item = &KeyAd> {
         self.keys.values()
+    }
+
+    /// The catalog summaries held of other clusters (live or not).
+    pub fn remote_catalogs(&self) -> impl Iterator<Item = &RemoteCatalogRow> {
+        self.remote_catalogs.values()
+    }
+
+    pub fn remote_catalog(&self, cluster_id: &str) -> Option<&RemoteCatalogRow> {
+        self.remote_catalogs.get(&RemoteCatalogRow::key(cluster_id))
     }
 }

@@ -2,14 +2,15 @@
 //! learned, refreshed, withdrawn and expired, and their damping state.
 //! The leader judged each route before proposing it; apply only stores
 //! what it decided, with the event's time, and keeps the best
-//! candidates per destination. Route signing keys are stored per cluster.
+//! candidates per destination. Route signing keys and the catalog
+//! summaries of other clusters are stored per cluster.
 
 use super::View;
-use super::federation_rows::{CandidateRow, DampingRow, LinkRow, keys_key};
+use super::federation_rows::{CandidateRow, DampingRow, LinkRow, RemoteCatalogRow, keys_key};
 use super::txn::{RowStore, ViewTxn, check_ids, rejected};
 use crate::error::Result;
 use crate::event::Outcome;
-use crate::federation::{Damping, KeyAd, LearnedRoute, MAX_KEYS, RouteKey, newer, rank};
+use crate::federation::{CatalogAd, Damping, KeyAd, LearnedRoute, MAX_KEYS, RouteKey, newer, rank};
 
 pub(super) fn link<S: RowStore>(
     txn: &mut ViewTxn<'_, S>,
@@ -328,6 +329,56 @@ pub(super) fn expire_keys<S: RowStore>(
             txn.delete(View::RouteKeys, row_key)?;
         } else {
             txn.put(View::RouteKeys, row_key, &row)?;
+        }
+    }
+    Ok(Outcome::Applied)
+}
+
+pub(super) fn learn_catalogs<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    now: u64,
+    via: &str,
+    catalogs: &[CatalogAd],
+    ttl_ms: u64,
+) -> Result<Outcome> {
+    if let Some(refused) = check_ids(&[("via", via)]) {
+        return Ok(refused);
+    }
+    if let Some(refused) = catalogs
+        .iter()
+        .find_map(|ad| check_ids(&[("cluster_id", &ad.cluster_id)]))
+    {
+        return Ok(refused);
+    }
+    for ad in catalogs {
+        let key = RemoteCatalogRow::key(&ad.cluster_id);
+        if let Some(held) = txn.get::<RemoteCatalogRow>(View::RemoteCatalogs, &key)?
+            && held.ad.epoch >= ad.epoch
+        {
+            continue;
+        }
+        let row = RemoteCatalogRow {
+            ad: ad.clone(),
+            via: via.to_string(),
+            learned_at_ms: now,
+            expires_at_ms: now.saturating_add(ttl_ms),
+        };
+        txn.put(View::RemoteCatalogs, key, &row)?;
+    }
+    Ok(Outcome::Applied)
+}
+
+pub(super) fn expire_catalogs<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    now: u64,
+    clusters: &[String],
+) -> Result<Outcome> {
+    for cluster in clusters {
+        let key = RemoteCatalogRow::key(cluster);
+        if let Some(held) = txn.get::<RemoteCatalogRow>(View::RemoteCatalogs, &key)?
+            && held.expires_at_ms <= now
+        {
+            txn.delete(View::RemoteCatalogs, key)?;
         }
     }
     Ok(Outcome::Applied)

@@ -1,12 +1,12 @@
 //! Row types of the federation views: links to neighbour clusters, the
 //! route candidates learned through them, route damping state, and the
 //! route signing keys (a [`crate::federation::KeyAd`] per cluster, keyed
-//! by [`keys_key`]).
+//! by [`keys_key`]), and the catalog summaries of other clusters.
 
 use serde::{Deserialize, Serialize};
 
 use super::row_key;
-use crate::federation::{Candidate, LearnedRoute, RouteMetrics};
+use crate::federation::{Candidate, CatalogAd, LearnedRoute, RouteMetrics};
 
 /// Key of the `route_keys` row of `cluster_id`.
 pub fn keys_key(cluster_id: &str) -> Vec<u8> {
@@ -117,5 +117,23 @@ impl DampingRow {
         } else {
             None
         }
+    }
+}
+
+/// `remote_catalogs` view: one row per other cluster whose catalog
+/// summary this cluster holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteCatalogRow {
+    pub ad: CatalogAd,
+    /// The neighbour it came from.
+    pub via: String,
+    pub learned_at_ms: u64,
+    /// The summary goes unless a newer one arrives by then.
+    pub expires_at_ms: u64,
+}
+
+impl RemoteCatalogRow {
+    pub fn key(cluster_id: &str) -> Vec<u8> {
+        row_key(&[cluster_id])
     }
 }

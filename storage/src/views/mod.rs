@@ -27,7 +27,8 @@
 //!   the cache;
 //! - `rows`, `queue_rows`: the row types and their keys;
 //! - `federation_apply`, `federation_rows`: links to neighbour clusters,
-//!   the routes learned through them and their damping;
+//!   the routes learned through them and their damping, and the catalog
+//!   summaries of other clusters;
 //! - `catalog`: the in-memory index; `digest`: the digest of all rows.
 
 mod apply;
@@ -44,11 +45,11 @@ mod txn;
 
 pub use cache::CacheRow;
 pub use catalog::Catalog;
-pub use federation_rows::{CandidateRow, DampingRow, LinkRow, keys_key};
+pub use federation_rows::{CandidateRow, DampingRow, LinkRow, RemoteCatalogRow, keys_key};
 pub use queue_rows::{
     DedupRow, MessageRow, MessageState, QueueRow, Timer, TimerKind, queue_prefix,
 };
-pub use rows::{FunctionRow, NodeRow, NodeStatus, RouteRow, SubscriptionRow};
+pub use rows::{BUILTIN_PROVIDER, FunctionRow, NodeRow, NodeStatus, RouteRow, SubscriptionRow};
 
 pub(crate) use apply::apply;
 pub(crate) use digest::Digest;
@@ -72,11 +73,12 @@ pub enum View {
     RouteCandidates,
     RouteDamping,
     RouteKeys,
+    RemoteCatalogs,
 }
 
 impl View {
     /// Every view, in a fixed order (snapshot files and digests rely on it).
-    pub(crate) const ALL: [View; 15] = [
+    pub(crate) const ALL: [View; 16] = [
         View::Nodes,
         View::Functions,
         View::Subscriptions,
@@ -92,6 +94,7 @@ impl View {
         View::RouteCandidates,
         View::RouteDamping,
         View::RouteKeys,
+        View::RemoteCatalogs,
     ];
 
     /// Whether the in-memory [`Catalog`] holds this view's rows (queue and
@@ -108,6 +111,7 @@ impl View {
                 | View::RouteCandidates
                 | View::RouteDamping
                 | View::RouteKeys
+                | View::RemoteCatalogs
         )
     }
 
@@ -129,6 +133,7 @@ impl View {
             View::RouteCandidates => "view_route_candidates",
             View::RouteDamping => "view_route_damping",
             View::RouteKeys => "view_route_keys",
+            View::RemoteCatalogs => "view_remote_catalogs",
         }
     }
 
@@ -150,6 +155,7 @@ impl View {
             View::RouteCandidates => 13,
             View::RouteDamping => 14,
             View::RouteKeys => 15,
+            View::RemoteCatalogs => 16,
         }
     }
 

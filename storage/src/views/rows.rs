@@ -46,6 +46,9 @@ impl NodeRow {
     }
 }
 
+/// The `provider` of the functions every node serves itself (built-ins).
+pub const BUILTIN_PROVIDER: &str = "builtin";
+
 /// `functions` view: one row per (name, version, provider).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunctionRow {

@@ -3,8 +3,9 @@
 //! line and a ring, withdrawn when a cluster dies (well before the route
 //! TTL), learned again when it returns, and kept across restarts; a link
 //! cut at its proxies; a hostile neighbour speaking the peer protocol
-//! (`wire`).
+//! (`wire`); calls across clusters (`calls`).
 
+mod calls;
 mod wire;
 
 use std::collections::BTreeMap;

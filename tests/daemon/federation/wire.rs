@@ -90,6 +90,7 @@ impl Neighbour {
             urls: Vec::new(),
             routes,
             keys: None,
+            catalogs: Vec::new(),
             signatures: Vec::new(),
         };
         match self.ask(request).await? {
@@ -228,6 +229,7 @@ async fn a_hostile_neighbour_is_refused_by_reason_and_the_cluster_keeps_serving(
             urls: Vec::new(),
             routes: huge,
             keys: None,
+            catalogs: Vec::new(),
             signatures: Vec::new(),
         })
         .await?
