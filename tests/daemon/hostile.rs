@@ -8,12 +8,10 @@ use anyhow::{Context, Result};
 use mpreg_client::Client;
 use std::time::Duration;
 
+use mpreg_daemon::envelope::ENVELOPE_VERSION;
 use mpreg_tests::cluster::Cluster;
 use mpreg_tests::{Daemon, RawClient, TestDir, replay};
 use serde_json::json;
-
-/// The peer envelope's version byte (daemon/src/envelope.rs).
-const ENVELOPE_VERSION: u8 = 0xB4;
 
 /// Frames an attacker who reaches the client port can send as a "peer".
 fn hostile_frames() -> Vec<Vec<u8>> {

@@ -2,18 +2,21 @@
 //! cluster `evil` and sends malformed, oversized, expired, looping,
 //! flapping and replayed route tables. Each is refused with its reason
 //! and counted; what was good in them is taken, and the cluster keeps
-//! serving its real neighbour.
+//! serving its real neighbour. Calls it sends with a looping path, no hop
+//! budget, no route or no target are refused before anything runs.
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
 use futures_util::{SinkExt, StreamExt};
+use mpreg_client::protocol::{ErrorCode, RpcError};
 use mpreg_daemon::envelope::{
-    Body, Envelope, FederationReply, FederationRequest, PeerReply, PeerRequest, Refused,
+    Body, DEFAULT_HOP_BUDGET, ENVELOPE_VERSION, Envelope, FederatedCall, FederationReply,
+    FederationRequest, PeerReply, PeerRequest, Refused,
 };
 use mpreg_storage::federation::{Announcement, RouteMetrics};
-use mpreg_tests::{TestDir, sql_rows};
+use mpreg_tests::{TestDir, sql_rows, status_of};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{Cluster, links, wait_for_routes};
@@ -41,13 +44,27 @@ impl Neighbour {
     }
 
     async fn send(&mut self, request: FederationRequest) -> Result<u64> {
+        let routing = (vec![EVIL.to_string()], DEFAULT_HOP_BUDGET, Some(EVIL));
+        self.send_routed(request, routing).await
+    }
+
+    /// Sends `request` in an envelope with this `federation_path`,
+    /// `hop_budget` and `target_cluster`.
+    async fn send_routed(
+        &mut self,
+        request: FederationRequest,
+        (path, budget, target): (Vec<String>, u8, Option<&str>),
+    ) -> Result<u64> {
         self.next_id += 1;
-        let envelope = Envelope::request(
+        let mut envelope = Envelope::request(
             EVIL_NODE,
             EVIL,
             self.next_id,
             PeerRequest::Federation(request),
         );
+        envelope.federation_path = path;
+        envelope.hop_budget = budget;
+        envelope.target_cluster = target.map(str::to_string);
         let bytes = envelope.encode().map_err(anyhow::Error::msg)?;
         self.ws.send(Message::binary(bytes)).await?;
         Ok(self.next_id)
@@ -59,6 +76,38 @@ impl Neighbour {
         request: FederationRequest,
     ) -> Result<Result<FederationReply, Refused>> {
         let id = self.send(request).await?;
+        self.answer(id).await
+    }
+
+    /// Calls `fun(args)` (JSON text) as a call crossing clusters, in an
+    /// envelope with `path`, `budget` and `target`.
+    async fn call(
+        &mut self,
+        (path, budget, target): (&[&str], u8, &str),
+        fun: &str,
+        args: &str,
+    ) -> Result<Result<String, RpcError>> {
+        let call = FederatedCall {
+            fun: fun.to_string(),
+            function_id: None,
+            version_constraint: None,
+            locs: Vec::new(),
+            args: args.to_string(),
+            kwargs: "{}".to_string(),
+            timeout_ms: 10_000,
+        };
+        let path = path.iter().map(|c| c.to_string()).collect();
+        let id = self
+            .send_routed(FederationRequest::Call(call), (path, budget, Some(target)))
+            .await?;
+        match self.answer(id).await? {
+            Ok(FederationReply::Called(result)) => Ok(result),
+            other => bail!("a call answered {other:?}"),
+        }
+    }
+
+    /// Waits for the answer to request `id`.
+    async fn answer(&mut self, id: u64) -> Result<Result<FederationReply, Refused>> {
         loop {
             let frame = tokio::time::timeout(std::time::Duration::from_secs(30), self.ws.next())
                 .await
@@ -267,7 +316,7 @@ async fn a_hostile_neighbour_is_refused_by_reason_and_the_cluster_keeps_serving(
 
     // A frame that is no envelope closes that connection only.
     evil.ws
-        .send(Message::binary(vec![0xB4, 0xFF, 0xFF]))
+        .send(Message::binary(vec![ENVELOPE_VERSION, 0xFF, 0xFF]))
         .await?;
     let closed = tokio::time::timeout(std::time::Duration::from_secs(10), evil.ws.next())
         .await
@@ -304,5 +353,65 @@ async fn a_hostile_neighbour_is_refused_by_reason_and_the_cluster_keeps_serving(
         &[("c1", &["c2", "c1"]), ("evil", &["c2", "c1", "evil"])],
     )
     .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_from_another_cluster_are_checked_before_anything_runs() -> Result<()> {
+    let c1 = Cluster::start("c1", &[], &[])?;
+    let c2 = Cluster::start("c2", &[&c1], &[])?;
+    wait_for_routes(&c1, &[("c2", &["c1", "c2"])]).await?;
+    let mut evil = Neighbour::connect(&c1.client_url()?).await?;
+    let code = |answer: Result<String, RpcError>| match answer {
+        Err(e) => (e.code, e.details.unwrap_or_default()),
+        Ok(result) => (0, result),
+    };
+
+    // Run here: the target is this cluster (the budget is not needed).
+    assert_eq!(
+        evil.call((&[EVIL], 0, "c1"), "echo", "[7]").await?,
+        Ok("7".into())
+    );
+    let (unknown, details) = code(evil.call((&[EVIL], 0, "c1"), "nope", "[]").await?);
+    assert_eq!(unknown, ErrorCode::UnknownFunction.code());
+    assert!(details.starts_with("in cluster c1:"), "{details}");
+    let (bad, details) = code(evil.call((&[EVIL], 0, "c1"), "echo", "not json").await?);
+    assert_eq!(bad, ErrorCode::BadRequest.code());
+    assert!(details.contains("not JSON"), "{details}");
+
+    // Carried on: one hop to c2, whose node answers.
+    let c2_node = status_of(&c2.admin()?).await?["node_id"].clone();
+    let pong = evil.call((&[EVIL], 3, "c2"), "ping", "[]").await?;
+    let pong: serde_json::Value = serde_json::from_str(&pong.map_err(|e| anyhow::anyhow!("{e}"))?)?;
+    assert_eq!(pong["node_id"], c2_node);
+
+    // Refused before anything is sent on.
+    let refused = [
+        (
+            (&[EVIL][..], 3, "c9"),
+            ErrorCode::NoRoute,
+            "cluster c1 has no route to cluster c9",
+        ),
+        (
+            (&[EVIL][..], 0, "c2"),
+            ErrorCode::HopBudgetExhausted,
+            "beyond the hop budget of 0",
+        ),
+        (
+            (&[EVIL, "c1"][..], 3, "c2"),
+            ErrorCode::LoopDetected,
+            "came back to c1",
+        ),
+        (
+            (&[EVIL][..], 3, ""),
+            ErrorCode::BadRequest,
+            "naming no target cluster",
+        ),
+    ];
+    for (routing, want, text) in refused {
+        let (got, details) = code(evil.call(routing, "ping", "[]").await?);
+        assert_eq!(got, want.code(), "{routing:?}: {details}");
+        assert!(details.contains(text), "{routing:?}: {details}");
+    }
     Ok(())
 }
