@@ -38,7 +38,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Call one function; each argument is JSON (or else taken as a string).
-    Call { fun: String, args: Vec<String> },
+    Call {
+        fun: String,
+        args: Vec<String>,
+        /// Run it in this cluster of the federation.
+        #[arg(long)]
+        target_cluster: Option<String>,
+    },
     /// Run a multi-command request from a JSON file.
     Rpc { file: PathBuf },
     /// Publish a JSON payload (or a string) on a topic.
@@ -530,11 +536,25 @@ async fn run(cli: Cli) -> Result<String, String> {
     let client = Client::connect(&cli.url).await.map_err(|e| e.to_string())?;
     let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
     match cli.command {
-        Command::Call { fun, args } => {
-            let result = client
-                .call(&fun, args.iter().map(|a| parse_arg(a)).collect())
+        Command::Call {
+            fun,
+            args,
+            target_cluster,
+        } => {
+            let command = RpcCommand {
+                name: fun.clone(),
+                fun: fun.clone(),
+                args: args.iter().map(|a| parse_arg(a)).collect(),
+                target_cluster,
+                ..RpcCommand::default()
+            };
+            let mut results = client
+                .request(Request::new().command(command))
                 .await
                 .map_err(|e| e.to_string())?;
+            let result = results
+                .remove(&fun)
+                .ok_or_else(|| format!("no result named {fun}"))?;
             Ok(pretty(&result))
         }
         Command::Publish { topic, payload } => {
