@@ -120,6 +120,9 @@ pub enum FederationRequest {
     /// Run a function in the envelope's `target_cluster`, or carry the call
     /// one cluster closer to it. Any member takes it.
     Call(FederatedCall),
+    /// Pub/sub messages (JSON), in publish order, for the subscribers of
+    /// the envelope's `target_cluster`, or to carry one cluster closer.
+    Publish { messages: Vec<String> },
 }
 
 /// A command forwarded to another cluster. Values travel as JSON text.
@@ -159,6 +162,11 @@ pub enum FederationReply {
     /// The result of a [`FederationRequest::Call`] (JSON text), or its
     /// error, whose details name the cluster it arose in.
     Called(Result<String, RpcError>),
+    /// The messages of a [`FederationRequest::Publish`] reached the target
+    /// cluster's subscribers (how many it took).
+    Published {
+        accepted: u32,
+    },
 }
 
 /// The connection a request travels on. Raft and membership traffic has

@@ -231,7 +231,15 @@ pub struct PubSubMetrics {
     pub backlog_bytes: IntGauge,
     /// Publishes exchanged with other members, by [`FORWARD_OUTCOMES`].
     pub forwarded: IntCounterVec,
+    /// Messages exchanged with other clusters, by [`FEDERATED_OUTCOMES`].
+    pub federated: IntCounterVec,
 }
+
+/// Outcomes of `mpreg_pubsub_messages_federated_total`: sent to a cluster
+/// with a matching subscription (and accepted), failed to reach it,
+/// dropped because its outbox was full, relayed toward another cluster,
+/// received from another cluster.
+pub const FEDERATED_OUTCOMES: [&str; 5] = ["sent", "failed", "dropped", "relayed", "received"];
 
 /// Outcomes of `mpreg_pubsub_messages_forwarded_total`: sent to a member
 /// (and accepted), failed to reach it, received from one.
@@ -248,8 +256,18 @@ impl PubSubMetrics {
         for outcome in FORWARD_OUTCOMES {
             forwarded.with_label_values(&[outcome]);
         }
+        let federated = counter_vec(
+            r,
+            "mpreg_pubsub_messages_federated_total",
+            "Messages carried to other clusters with matching subscriptions (sent, failed, dropped), relayed, or received from them.",
+            &["outcome"],
+        )?;
+        for outcome in FEDERATED_OUTCOMES {
+            federated.with_label_values(&[outcome]);
+        }
         Ok(PubSubMetrics {
             forwarded,
+            federated,
             published: counter(
                 r,
                 "mpreg_pubsub_messages_published_total",

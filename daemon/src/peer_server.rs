@@ -130,13 +130,20 @@ impl PeerServer {
             Body::Request(PeerRequest::Federation(FederationRequest::Call(call))) => {
                 match self.systems.get() {
                     Some(systems) => {
-                        let routing = Routing {
-                            target: envelope.target_cluster.clone().unwrap_or_default(),
-                            path: envelope.federation_path.clone(),
-                            budget: envelope.hop_budget,
-                        };
+                        let routing = routing(&envelope);
                         let called = systems.rpc.call_federated(call, routing).await;
                         PeerReply::Federation(Ok(FederationReply::Called(called)))
+                    }
+                    None => PeerReply::Refused(starting()),
+                }
+            }
+            Body::Request(PeerRequest::Federation(FederationRequest::Publish { messages })) => {
+                match self.systems.get() {
+                    Some(systems) => {
+                        let routing = routing(&envelope);
+                        PeerReply::Federation(
+                            systems.pubsub.publish_federated(messages, routing).await,
+                        )
                     }
                     None => PeerReply::Refused(starting()),
                 }
@@ -216,6 +223,15 @@ impl PeerServer {
                 "a federation request is answered before this".to_string(),
             )),
         }
+    }
+}
+
+/// Where a request from another cluster is going and where it has been.
+fn routing(envelope: &Envelope) -> Routing {
+    Routing {
+        target: envelope.target_cluster.clone().unwrap_or_default(),
+        path: envelope.federation_path.clone(),
+        budget: envelope.hop_budget,
     }
 }
 

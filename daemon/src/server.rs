@@ -179,8 +179,15 @@ pub async fn start(
         federation.clone(),
     )
     .await?;
-    let pubsub =
-        Arc::new(PubSub::start(node.clone(), config.pubsub.clone(), metrics.pubsub.clone()).await?);
+    let pubsub = Arc::new(
+        PubSub::start(
+            node.clone(),
+            config.pubsub.clone(),
+            metrics.pubsub.clone(),
+            federation.clone(),
+        )
+        .await?,
+    );
     let cache = Arc::new(Cache::new(
         node.clone(),
         pubsub.clone(),

@@ -81,6 +81,22 @@ pub enum ForwardError {
     },
 }
 
+/// Across nodes, a failed forward says whether it can have run.
+impl From<ForwardError> for Refused {
+    fn from(e: ForwardError) -> Self {
+        match e {
+            ForwardError::Refused { refused, .. } => refused,
+            ForwardError::Uncertain { .. } | ForwardError::Timeout { .. } => {
+                Refused::Uncertain(e.to_string())
+            }
+            ForwardError::Unreachable { .. } => Refused::Unavailable(e.to_string()),
+            ForwardError::NoRoute { .. }
+            | ForwardError::HopBudget { .. }
+            | ForwardError::Loop { .. } => Refused::Invalid(e.to_string()),
+        }
+    }
+}
+
 /// One way toward the target: a neighbour, the hops from here through it,
 /// and its members' URLs.
 struct Way {

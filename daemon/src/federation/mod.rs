@@ -291,8 +291,8 @@ impl Federation {
         (urls, leader)
     }
 
-    /// Answers a request from a neighbour cluster (calls excepted: the
-    /// peer server hands them to the RPC engine).
+    /// Answers a request from a neighbour cluster (calls and messages
+    /// excepted: the peer server hands them to RPC and pub/sub).
     pub async fn handle(&self, request: FederationRequest) -> Result<FederationReply, Refused> {
         match request {
             FederationRequest::Hello { .. } => {
@@ -322,9 +322,11 @@ impl Federation {
                 };
                 receive::announce(self, table).await
             }
-            FederationRequest::Call(_) => Err(Refused::Invalid(
-                "a call is answered by the RPC engine, not here".to_string(),
-            )),
+            FederationRequest::Call(_) | FederationRequest::Publish { .. } => {
+                Err(Refused::Invalid(
+                    "calls and messages are answered by RPC and pub/sub, not here".to_string(),
+                ))
+            }
             FederationRequest::Unlink { cluster_id } => {
                 if !self.node.is_leader() {
                     let (_, leader_url) = self.own_urls();

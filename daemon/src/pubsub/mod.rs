@@ -7,7 +7,8 @@
 //! whose subscriptions (in the replicated catalog) match its topic. Subscribing and unsubscribing are
 //! catalog events (`subscription_added` / `subscription_removed`), so the
 //! `subscriptions` view shows what is live and a restart knows which
-//! durable subscriptions to keep.
+//! durable subscriptions to keep. A message also goes to the other
+//! clusters whose subscription patterns match its topic ([`federated`]).
 //!
 //! Every subscription has its own bounded buffer and delivery task: a
 //! publisher never waits for a subscriber. When a buffer is full the oldest
@@ -15,6 +16,7 @@
 //! (or, with the `disconnect` policy, the subscriber is disconnected).
 
 mod backlog;
+mod federated;
 mod trie;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -32,7 +34,8 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::now_secs;
 use crate::cluster::Node;
 use crate::config::{PubSubLimits, SlowConsumerPolicy};
-use crate::envelope::{PeerReply, PeerRequest, Refused};
+use crate::envelope::{FederationReply, FederationRequest, PeerReply, PeerRequest, Refused};
+use crate::federation::{Federation, Routing};
 use crate::metrics::PubSubMetrics;
 use crate::session::{FrameKind, Outbound};
 use backlog::Backlog;
@@ -193,6 +196,9 @@ pub struct PubSub {
     /// ([`MAX_FORWARDS_IN_FLIGHT`]); a publish waits for room, so a burst
     /// slows its publishers instead of piling up tasks.
     forwards: Arc<tokio::sync::Semaphore>,
+    /// Carries messages to other clusters with matching subscriptions.
+    outboxes: federated::Outboxes,
+    federation: Arc<Federation>,
 }
 
 impl PubSub {
@@ -203,6 +209,7 @@ impl PubSub {
         node: Arc<Node>,
         limits: PubSubLimits,
         metrics: PubSubMetrics,
+        federation: Arc<Federation>,
     ) -> crate::Result<PubSub> {
         let rows: Vec<_> = {
             let catalog = node.views().catalog();
@@ -213,6 +220,12 @@ impl PubSub {
                 .collect()
         };
         let pubsub = PubSub {
+            outboxes: federated::Outboxes::new(
+                node.clone(),
+                federation.clone(),
+                metrics.federated.clone(),
+            ),
+            federation,
             node,
             state: Mutex::new(State {
                 backlog: Backlog::new(limits.backlog_window, limits.backlog_bytes),
@@ -243,14 +256,65 @@ impl PubSub {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Fans a message out to every matching subscription: here, and on
-    /// every other member with a matching subscription (in the background,
-    /// once there is room among the forwards in flight; pub/sub delivery is
-    /// at most once).
+    /// Fans a message out to every matching subscription: here, on every
+    /// other member with a matching subscription (in the background, once
+    /// there is room among the forwards in flight; pub/sub delivery is at
+    /// most once), and in every other cluster with one.
     pub async fn publish(&self, message: &PubSubMessage) -> Result<(), PubSubError> {
         let json = self.publish_here(message)?;
         self.metrics.published.inc();
-        for addr in self.remote_subscribers(&message.topic) {
+        self.to_members(&message.topic, &json).await;
+        self.outboxes.send(&message.topic, &json);
+        Ok(())
+    }
+
+    /// Takes messages another cluster sent (JSON, in publish order): fans
+    /// them out in this cluster when it is their target, else carries them
+    /// one cluster closer.
+    pub async fn publish_federated(
+        &self,
+        messages: Vec<String>,
+        routing: Routing,
+    ) -> Result<FederationReply, Refused> {
+        let local = &self.node.identity().cluster_id;
+        let count = messages.len() as u64;
+        if routing.target.is_empty() {
+            return Err(Refused::Invalid(format!(
+                "messages reached cluster {local} naming no target cluster"
+            )));
+        }
+        if routing.target != *local {
+            let request = FederationRequest::Publish { messages };
+            let timeout = federated::SEND_TIMEOUT;
+            let reply = self.federation.forward(request, &routing, timeout).await;
+            let reply = reply.map_err(Refused::from)?;
+            self.metrics
+                .federated
+                .with_label_values(&["relayed"])
+                .inc_by(count);
+            return Ok(reply);
+        }
+        let mut accepted = 0u32;
+        for text in messages {
+            let message: PubSubMessage = serde_json::from_str(&text)
+                .map_err(|e| Refused::Invalid(format!("message from another cluster: {e}")))?;
+            let json = self
+                .publish_here(&message)
+                .map_err(|e| Refused::Invalid(e.to_string()))?;
+            self.to_members(&message.topic, &json).await;
+            accepted += 1;
+        }
+        self.metrics
+            .federated
+            .with_label_values(&["received"])
+            .inc_by(count);
+        Ok(FederationReply::Published { accepted })
+    }
+
+    /// Sends a message to every other member of this cluster with a
+    /// subscription matching `topic`.
+    async fn to_members(&self, topic: &str, json: &Queued) {
+        for addr in self.remote_subscribers(topic) {
             let Ok(permit) = self.forwards.clone().acquire_owned().await else {
                 break;
             };
@@ -274,7 +338,6 @@ impl PubSub {
                 forwarded.with_label_values(&[outcome]).inc();
             });
         }
-        Ok(())
     }
 
     /// Fans out a message another node forwarded (JSON), here only.

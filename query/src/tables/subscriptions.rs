@@ -1,33 +1,57 @@
 //! The `subscriptions` table: one row per (subscription, pattern), from the
-//! `subscriptions` view.
+//! `subscriptions` view, then one per pattern another cluster subscribes
+//! to, from the catalog summaries held of other clusters (those not
+//! expired).
 //!
 //! Columns: `subscription_id`, `pattern`, `subscriber`, `node_id`,
-//! `durable`, `created_at`.
+//! `durable` (each null for another cluster's), `created_at` (for another
+//! cluster's: when its summary was learned), `cluster_id` (here: the
+//! cluster of the subscriber's node), `next_hop` (null here; else the
+//! neighbour the best usable route there goes through).
+
+use std::collections::HashMap;
 
 use datafusion::error::Result;
-use mpreg_storage::views::{SubscriptionRow, View};
+use mpreg_storage::federation::live;
+use mpreg_storage::views::{NodeRow, RemoteCatalogRow, SubscriptionRow, View};
 use mpreg_storage::{Flow, Inspector};
 
-use super::scan_view;
+use super::routes::next_hop;
+use super::{now_ms, scan_view, storage};
 use crate::columns::{Column, Kind, Value};
 use crate::scan::RowSink;
 
 pub(super) const COLUMNS: &[Column] = &[
-    Column::new("subscription_id", Kind::Text),
+    Column::nullable("subscription_id", Kind::Text),
     Column::new("pattern", Kind::Text),
-    Column::new("subscriber", Kind::Text),
-    Column::new("node_id", Kind::Text),
-    Column::new("durable", Kind::Bool),
+    Column::nullable("subscriber", Kind::Text),
+    Column::nullable("node_id", Kind::Text),
+    Column::nullable("durable", Kind::Bool),
     Column::new("created_at", Kind::Time),
+    Column::nullable("cluster_id", Kind::Text),
+    Column::nullable("next_hop", Kind::Text),
 ];
 
 pub(super) fn produce(inspector: &Inspector, sink: &mut RowSink) -> Result<()> {
+    let mut stopped = false;
+    let mut clusters: HashMap<String, Option<String>> = HashMap::new();
     scan_view(
         inspector,
         View::Subscriptions,
         b"",
         sink,
         |sink, r: SubscriptionRow| {
+            let cluster = match clusters.get(&r.node_id) {
+                Some(cluster) => cluster.clone(),
+                None => {
+                    let node = inspector
+                        .get::<NodeRow>(View::Nodes, &NodeRow::key(&r.node_id))
+                        .map_err(storage)?;
+                    let cluster = node.map(|n| n.cluster_id);
+                    clusters.insert(r.node_id.clone(), cluster.clone());
+                    cluster
+                }
+            };
             for pattern in &r.patterns {
                 let flow = sink.push(&[
                     Value::Text(&r.subscription_id),
@@ -36,6 +60,41 @@ pub(super) fn produce(inspector: &Inspector, sink: &mut RowSink) -> Result<()> {
                     Value::Text(&r.node_id),
                     Value::Bool(r.durable),
                     Value::Time(r.created_at_ms),
+                    cluster.as_deref().map_or(Value::Null, Value::Text),
+                    Value::Null,
+                ])?;
+                if flow == Flow::Stop {
+                    stopped = true;
+                    return Ok(Flow::Stop);
+                }
+            }
+            Ok(Flow::Continue)
+        },
+    )?;
+    if stopped {
+        return Ok(());
+    }
+    let now = now_ms();
+    scan_view(
+        inspector,
+        View::RemoteCatalogs,
+        b"",
+        sink,
+        |sink, r: RemoteCatalogRow| {
+            if !live(&r, now) {
+                return Ok(Flow::Continue);
+            }
+            let next_hop = next_hop(inspector, &r.ad.cluster_id, now)?;
+            for pattern in &r.ad.summary.topics {
+                let flow = sink.push(&[
+                    Value::Null,
+                    Value::Text(pattern),
+                    Value::Null,
+                    Value::Null,
+                    Value::Null,
+                    Value::Time(r.learned_at_ms),
+                    Value::Text(&r.ad.cluster_id),
+                    next_hop.as_deref().map_or(Value::Null, Value::Text),
                 ])?;
                 if flow == Flow::Stop {
                     return Ok(Flow::Stop);

@@ -3,9 +3,11 @@
 //! line and a ring, withdrawn when a cluster dies (well before the route
 //! TTL), learned again when it returns, and kept across restarts; a link
 //! cut at its proxies; a hostile neighbour speaking the peer protocol
-//! (`wire`); calls across clusters (`calls`).
+//! (`wire`); calls across clusters (`calls`); pub/sub across clusters
+//! (`topics`).
 
 mod calls;
+mod topics;
 mod wire;
 
 use std::collections::BTreeMap;
