@@ -1,5 +1,6 @@
 //! Calls across clusters: where a command runs (here, or in the cluster
-//! the catalog summaries and routes point to), sending it there through
+//! the catalog summaries and routes point to; a queue operation in the
+//! cluster that holds the queue), sending it there through
 //! the federation, and serving a call another cluster sent (running it
 //! here when this is its target, else carrying it one cluster closer).
 
@@ -8,15 +9,35 @@ use std::time::Duration;
 use mpreg_client::protocol::{ErrorCode, RpcCommand, RpcError};
 use serde_json::{Map, Value};
 
+use mpreg_storage::federation::live;
+use mpreg_storage::views::{QueueRow, View};
+
 use super::{Rpc, select};
 use crate::clock::now_ms;
 use crate::envelope::{FederatedCall, FederationReply, FederationRequest};
 use crate::federation::{ForwardError, Routing};
+use crate::queue;
 
 /// Where a command runs.
 pub(super) enum Place {
     Here,
     Cluster(String),
+}
+
+/// The queue a queue operation names (`queue_name` in its one object
+/// argument or its keyword arguments); none for `create`, which declares
+/// the queue where it is called.
+fn queue_named(cmd: &RpcCommand) -> Option<&str> {
+    if !queue::FUNCTIONS.contains(&cmd.fun.as_str()) || cmd.fun == "mpreg.queue.create" {
+        return None;
+    }
+    cmd.kwargs
+        .get("queue_name")
+        .or_else(|| match cmd.args.as_slice() {
+            [Value::Object(body)] => body.get("queue_name"),
+            _ => None,
+        })
+        .and_then(Value::as_str)
 }
 
 /// The error a failed forward answers the caller with.
@@ -47,6 +68,10 @@ impl Rpc {
             Some(_) => return here,
             None => {}
         }
+        if let Some(queue) = queue_named(cmd) {
+            drop(catalog);
+            return self.place_queue(queue);
+        }
         let here_error = match here {
             Ok(place) => return Ok(place),
             Err(e) => e,
@@ -74,6 +99,45 @@ impl Rpc {
                         "{} is served by cluster {}, and cluster {local} has no route there",
                         cmd.fun,
                         clusters.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Where an operation on queue `name` runs: in the cluster that holds
+    /// it (here if none does, so the answer is "not found"). A name held
+    /// by several clusters is refused as ambiguous, naming them.
+    fn place_queue(&self, name: &str) -> Result<Place, RpcError> {
+        let local = &self.node.identity().cluster_id;
+        let here = self
+            .node
+            .inspector()
+            .get::<QueueRow>(View::Queues, &QueueRow::key(name))
+            .map_err(|e| RpcError::new(ErrorCode::Unavailable, e.to_string()))?
+            .is_some_and(|q| q.name == name);
+        let now = now_ms();
+        let mut holders: Vec<String> = self
+            .node
+            .views()
+            .catalog()
+            .remote_catalogs()
+            .filter(|row| live(row, now) && row.ad.summary.queues.iter().any(|q| q == name))
+            .map(|row| row.ad.cluster_id.clone())
+            .collect();
+        match (here, holders.len()) {
+            (_, 0) => Ok(Place::Here),
+            (false, 1) => Ok(Place::Cluster(holders.remove(0))),
+            _ => {
+                if here {
+                    holders.push(local.clone());
+                }
+                holders.sort();
+                Err(RpcError::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "queue {name} is held by clusters {}: name one with target_cluster",
+                        holders.join(", ")
                     ),
                 ))
             }
