@@ -11,7 +11,9 @@ use crate::db::{DataDir, OpenMode};
 use crate::event::{
     AtomicOp, CacheKey, Delivery, Event, EventKind, NewMessage, QueueSettings, QueueType,
 };
-use crate::federation::{Damping, KeyAd, LearnedRoute, RouteKey, RouteMetrics};
+use crate::federation::{
+    CatalogAd, CatalogSummary, Damping, KeyAd, LearnedRoute, RemoteFunction, RouteKey, RouteMetrics,
+};
 use crate::replay::MemViews;
 use crate::views::{Digest, ViewTxn, apply};
 use crate::{StateMachine, TypeConfig, open_raft_storage};
@@ -373,7 +375,8 @@ fn learned_route(via: String) -> impl Strategy<Value = LearnedRoute> {
 
 /// Federation events over three clusters: links, routes learned (now and
 /// then naming a wrong next hop, which apply refuses), refreshed,
-/// withdrawn with and without damping, and expired.
+/// withdrawn with and without damping, and expired; catalog summaries
+/// learned and expired.
 fn federation_event_kind() -> impl Strategy<Value = EventKind> {
     let ttl = || prop_oneof![Just(0u64), 1u64..5_000];
     let damping = prop_oneof![
@@ -441,7 +444,44 @@ fn federation_event_kind() -> impl Strategy<Value = EventKind> {
         ),
         1 => proptest::collection::vec((cluster(), key_id()), 0..3)
             .prop_map(|keys| EventKind::RouteKeysExpired { keys }),
+        2 => (cluster(), proptest::collection::vec(catalog_ad(), 0..3), ttl()).prop_map(
+            |(via, catalogs, ttl_ms)| EventKind::CatalogsLearned {
+                via,
+                catalogs,
+                ttl_ms,
+            }
+        ),
+        1 => proptest::collection::vec(cluster(), 0..3)
+            .prop_map(|clusters| EventKind::CatalogsExpired { clusters }),
     ]
+}
+
+/// A catalog summary of one of the clusters: apply keeps the highest
+/// epoch per cluster, so few epochs and names cover its cases.
+fn catalog_ad() -> impl Strategy<Value = CatalogAd> {
+    (
+        cluster(),
+        0u64..4,
+        proptest::collection::vec((0u8..3, 0u8..2), 0..3),
+        proptest::collection::vec(0u8..3, 0..2),
+    )
+        .prop_map(|(cluster_id, epoch, functions, queues)| CatalogAd {
+            cluster_id,
+            epoch,
+            summary: CatalogSummary {
+                functions: functions
+                    .into_iter()
+                    .map(|(name, version)| RemoteFunction {
+                        name: format!("f{name}"),
+                        function_id: format!("f{name}"),
+                        version: format!("1.{version}.0"),
+                        resources: Vec::new(),
+                    })
+                    .collect(),
+                topics: vec![format!("t.{epoch}.#")],
+                queues: queues.into_iter().map(|q| format!("q{q}")).collect(),
+            },
+        })
 }
 
 fn key_id() -> impl Strategy<Value = String> {

@@ -186,6 +186,8 @@ impl LearnedRoute {
 }
 
 #[cfg(test)]
+mod catalog_test;
+#[cfg(test)]
 mod sign_test;
 #[cfg(test)]
 mod test;
