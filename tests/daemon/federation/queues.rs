@@ -80,6 +80,16 @@ async fn sends_from_two_clusters_reach_the_owner_through_a_dying_leader() -> Res
         .await?;
     }
 
+    let rows = sql_rows(
+        &c1.admin()?,
+        "SELECT name, cluster_id, next_hop, depth FROM queues WHERE name = 'orders'",
+    )
+    .await?;
+    assert_eq!(
+        rows,
+        [json!({"name": "orders", "cluster_id": "c3", "next_hop": "c2", "depth": null})]
+    );
+
     let progress = Arc::new(AtomicU64::new(0));
     let c1_sends = tokio::spawn(sender(from_c1, "c1", progress.clone()));
     let c2_sends = tokio::spawn(sender(from_c2, "c2", Arc::new(AtomicU64::new(0))));
@@ -111,7 +121,8 @@ async fn sends_from_two_clusters_reach_the_owner_through_a_dying_leader() -> Res
                 "receive",
                 json!({"queue_name": "orders", "subscriber_id": "d", "max_messages": 100, "timeout_seconds": 1}),
             )
-            .await?;
+            .await
+            .with_context(|| format!("receive from c1 after {} received", received.len()))?;
         let messages = reply["messages"].as_array().context("messages")?.clone();
         if messages.is_empty() {
             break;
@@ -123,7 +134,8 @@ async fn sends_from_two_clusters_reach_the_owner_through_a_dying_leader() -> Res
                     "ack",
                     json!({"queue_name": "orders", "message_id": id, "subscriber_id": "d"}),
                 )
-                .await?;
+                .await
+                .with_context(|| format!("ack of {id} from c1"))?;
             ensure!(
                 received.insert(id.clone()),
                 "{id} delivered again after its ack"
@@ -181,6 +193,6 @@ async fn sends_from_two_clusters_reach_the_owner_through_a_dying_leader() -> Res
         "SELECT depth FROM queues WHERE name = 'orders'",
     )
     .await?;
-    assert_eq!(rows, [json!({"depth": 1})]);
+    assert_eq!(rows, [json!({"depth": 1}), json!({"depth": null})]);
     Ok(())
 }
