@@ -219,6 +219,13 @@ impl Peers {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&id);
         };
+        // The link may have closed since it was picked: its reader and
+        // writer mark it closed, then drop every waiter, so a waiter added
+        // after that would wait for nothing until the deadline.
+        if connection.closed.load(Ordering::SeqCst) {
+            forget();
+            return Err(unsent("connection closed".to_string()));
+        }
         // A full queue waits (the link is slow, not dead), within the
         // request's time; nothing is sent if it stays full.
         match tokio::time::timeout_at(deadline, connection.outbound.send(Message::binary(bytes)))
@@ -334,14 +341,20 @@ impl Peers {
         let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT_PER_LINK));
         let waiters: Waiters = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
-        let writer_closed = closed.clone();
+        let (writer_waiters, writer_closed) = (waiters.clone(), closed.clone());
         tokio::spawn(async move {
             while let Some(message) = queue.recv().await {
                 if sink.send(message).await.is_err() {
                     break;
                 }
             }
+            // Requests queued behind a failed write are never sent: their
+            // waiters go (they fail as closed), as when the reader ends.
             writer_closed.store(true, Ordering::SeqCst);
+            writer_waiters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
             let _ = sink.close().await;
         });
         let (reader_waiters, reader_closed) = (waiters.clone(), closed.clone());

@@ -66,11 +66,12 @@ pub enum ForwardError {
         reason: String,
     },
     #[error(
-        "no answer from cluster {next_hop} (toward {target}) within {after:?}; it may have run"
+        "no answer from {url} (cluster {next_hop}, toward {target}) within {after:?}; it may have run"
     )]
     Timeout {
         target: String,
         next_hop: String,
+        url: String,
         after: Duration,
     },
     #[error("cluster {next_hop} refused the request for {target}: {refused}")]
@@ -207,9 +208,11 @@ impl Federation {
                         });
                     }
                     Err(PeerError::Timeout { after, .. }) => {
+                        tracing::warn!(%url, %next_hop, %target, ?after, "a request to another cluster was not answered in time");
                         return Err(ForwardError::Timeout {
                             target,
                             next_hop,
+                            url: url.clone(),
                             after,
                         });
                     }
