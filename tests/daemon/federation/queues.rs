@@ -90,6 +90,29 @@ async fn sends_from_two_clusters_reach_the_owner_through_a_dying_leader() -> Res
         [json!({"name": "orders", "cluster_id": "c3", "next_hop": "c2", "depth": null})]
     );
 
+    // c1 takes a table only under a signature it trusts: the member that
+    // leads c2 after the kill must have its key known to c1 first (each
+    // member's key reaches neighbours in the leader's tables, see
+    // docs/federation.md, "Signing and key rotation").
+    eventually(
+        "c1 to hold the keys of c2's three members",
+        CONVERGE,
+        || async {
+            let rows = sql_rows(
+                &c1.admin().map_err(|e| e.to_string())?,
+                "SELECT key_id FROM route_keys WHERE cluster = 'c2'",
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            if rows.len() == 3 {
+                Ok(())
+            } else {
+                Err(format!("{rows:?}"))
+            }
+        },
+    )
+    .await?;
+
     let progress = Arc::new(AtomicU64::new(0));
     let c1_sends = tokio::spawn(sender(from_c1, "c1", progress.clone()));
     let c2_sends = tokio::spawn(sender(from_c2, "c2", Arc::new(AtomicU64::new(0))));
