@@ -275,9 +275,10 @@ impl Rpc {
             Ok(plan) => plan,
             Err(e) => return RpcResponse::error(Some(u), e),
         };
-        if let Err(e) = self.check_functions(&request.cmds) {
-            return RpcResponse::error(Some(u), e);
-        }
+        let cross_cluster_hops = match self.check_functions(&request.cmds) {
+            Ok(hops) => hops,
+            Err(e) => return RpcResponse::error(Some(u), e),
+        };
         self.metrics
             .request_levels
             .observe(plan.levels.len() as f64);
@@ -317,19 +318,23 @@ impl Rpc {
                     / run.level_times.len().max(1) as f64,
                 level_execution_times: run.level_times,
                 parallel_commands_executed: request.cmds.len(),
-                cross_cluster_hops: 0,
+                cross_cluster_hops,
             });
         }
         response
     }
 
     /// Refuses the request before anything runs if a function is unknown
-    /// here and in every cluster this one has a route to.
-    fn check_functions(&self, cmds: &[RpcCommand]) -> Result<(), RpcError> {
+    /// here and in every cluster this one has a route to; else the cluster
+    /// hops its commands will cross (one way, by the routes of now).
+    fn check_functions(&self, cmds: &[RpcCommand]) -> Result<usize, RpcError> {
+        let mut hops = 0;
         for cmd in cmds {
-            self.place(cmd)?;
+            if let Place::Cluster(cluster) = self.place(cmd)? {
+                hops += self.federation.route_hops(&cluster).unwrap_or(0) as usize;
+            }
         }
-        Ok(())
+        Ok(hops)
     }
 
     async fn run(

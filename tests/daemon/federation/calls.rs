@@ -98,6 +98,16 @@ async fn a_call_crosses_two_clusters_and_takes_a_new_path_when_the_middle_dies()
         ))
         .await?;
     assert_eq!(Value::Object(chain), json!({"s": 42}));
+    let summarized = client
+        .send(
+            Request::new()
+                .cmd("e", "echo", vec![json!(1)])
+                .cmd("s", "add", vec![json!("e"), json!(1)])
+                .execution_summary(true),
+        )
+        .await?;
+    let summary = summarized.execution_summary.context("execution summary")?;
+    assert_eq!(summary.cross_cluster_hops, 2, "add runs two hops away");
 
     // target_cluster pins a built-in every cluster has to c3.
     let c3_node = status_of(&c3.admin()?).await?["node_id"].clone();
