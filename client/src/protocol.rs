@@ -449,14 +449,19 @@ pub struct QueueSubscribe {
     pub auto_acknowledge: bool,
 }
 
-/// A `cache-request` frame (upstream field names).
-#[derive(Clone, Debug, Deserialize)]
+/// A `cache-request` frame (upstream field names). Serialized when a
+/// daemon carries it to the cluster that holds its namespace.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CacheRequest {
     pub u: String,
     pub operation: String,
     #[serde(default)]
     pub key: Option<WireKey>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub value: Option<Value>,
     #[serde(default)]
     pub metadata: Map<String, Value>,
@@ -480,7 +485,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::E
 }
 
 /// A cache key as clients send it.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WireKey {
     pub namespace: String,
     pub identifier: String,

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 /// First byte of every peer frame written by this binary. 0xB5: route
 /// tables carry catalog summaries, and calls cross clusters
-/// (`FederationRequest::Call`); 0xB4: requests from neighbour clusters
+/// (`FederationRequest::Call`, `Publish`, `Cache`); 0xB4: requests from neighbour clusters
 /// (`PeerRequest::Federation`); 0xB3: forwarded
 /// calls carry their caller's remaining time (`PeerRequest::Call`); 0xB2
 /// brought typed refusals ([`Refused`], [`PeerReply::Refused`]). A node
@@ -123,6 +123,9 @@ pub enum FederationRequest {
     /// Pub/sub messages (JSON), in publish order, for the subscribers of
     /// the envelope's `target_cluster`, or to carry one cluster closer.
     Publish { messages: Vec<String> },
+    /// A `cache-request` (JSON) for the cluster that holds its namespace
+    /// (the envelope's `target_cluster`), or to carry one cluster closer.
+    Cache { request: String },
 }
 
 /// A command forwarded to another cluster. Values travel as JSON text.
@@ -167,6 +170,8 @@ pub enum FederationReply {
     Published {
         accepted: u32,
     },
+    /// The `cache-response` (JSON) to a [`FederationRequest::Cache`].
+    Cached(String),
 }
 
 /// The connection a request travels on. Raft and membership traffic has

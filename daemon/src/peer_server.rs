@@ -1,8 +1,8 @@
 //! The peer server: answers the connections other nodes open on
 //! `--listen` (WebSocket path `/peer`): raft RPCs, proposals forwarded by
 //! followers, membership requests, and calls and publishes routed to the
-//! node that holds the worker or the subscriber, and calls from other
-//! clusters. Entry type [`PeerServer`].
+//! node that holds the worker or the subscriber, and calls, messages and
+//! cache requests from other clusters. Entry type [`PeerServer`].
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -14,6 +14,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::Cache;
 use crate::cluster::peer::{MAX_IN_FLIGHT_PER_LINK, PEER_SERVE_IDLE_TIMEOUT};
 use crate::cluster::{Node, membership};
 use crate::envelope::{
@@ -28,6 +29,7 @@ use crate::rpc::Rpc;
 struct Systems {
     rpc: Arc<Rpc>,
     pubsub: Arc<PubSub>,
+    cache: Arc<Cache>,
     federation: Arc<Federation>,
 }
 
@@ -47,10 +49,17 @@ impl PeerServer {
 
     /// Serves forwarded calls and publishes from now on (before, they are
     /// refused as "starting").
-    pub fn attach(&self, rpc: Arc<Rpc>, pubsub: Arc<PubSub>, federation: Arc<Federation>) {
+    pub fn attach(
+        &self,
+        rpc: Arc<Rpc>,
+        pubsub: Arc<PubSub>,
+        cache: Arc<Cache>,
+        federation: Arc<Federation>,
+    ) {
         let _ = self.systems.set(Systems {
             rpc,
             pubsub,
+            cache,
             federation,
         });
     }
@@ -143,6 +152,17 @@ impl PeerServer {
                         let routing = routing(&envelope);
                         PeerReply::Federation(
                             systems.pubsub.publish_federated(messages, routing).await,
+                        )
+                    }
+                    None => PeerReply::Refused(starting()),
+                }
+            }
+            Body::Request(PeerRequest::Federation(FederationRequest::Cache { request })) => {
+                match self.systems.get() {
+                    Some(systems) => {
+                        let routing = routing(&envelope);
+                        PeerReply::Federation(
+                            systems.cache.handle_federated(request, routing).await,
                         )
                     }
                     None => PeerReply::Refused(starting()),

@@ -191,6 +191,7 @@ pub async fn start(
     let cache = Arc::new(Cache::new(
         node.clone(),
         pubsub.clone(),
+        federation.clone(),
         config.cache.clone(),
         metrics.cache.clone(),
     ));
@@ -205,7 +206,7 @@ pub async fn start(
     let rpc = Arc::new(rpc);
     endpoints
         .peers
-        .attach(rpc.clone(), pubsub.clone(), federation);
+        .attach(rpc.clone(), pubsub.clone(), cache.clone(), federation);
     endpoints.serve_clients(Arc::new(Services {
         rpc,
         queues,

@@ -480,6 +480,7 @@ fn catalog_ad() -> impl Strategy<Value = CatalogAd> {
                     .collect(),
                 topics: vec![format!("t.{epoch}.#")],
                 queues: queues.into_iter().map(|q| format!("q{q}")).collect(),
+                caches: vec![format!("n{epoch}")],
             },
         })
 }

@@ -133,6 +133,30 @@ impl Inspector {
         }
     }
 
+    /// The namespaces the cache holds entries of, in order, at most
+    /// `limit`: one seek per namespace, whatever its number of entries.
+    pub fn cache_namespaces(&self, limit: usize) -> Result<Vec<String>> {
+        let view = View::CacheEntries;
+        let Some(family) = self.db.cf_handle(view.cf_name()) else {
+            return Ok(Vec::new());
+        };
+        let snapshot = self.db.snapshot();
+        let mut namespaces = Vec::new();
+        let mut from: Vec<u8> = Vec::new();
+        while namespaces.len() < limit {
+            let mut iter =
+                snapshot.iterator_cf(family, IteratorMode::From(&from, Direction::Forward));
+            let Some(item) = iter.next() else { break };
+            let (key, _) = item.map_err(|e| Error::rocks("scan", view.cf_name(), e))?;
+            let end = key.iter().position(|b| *b == 0).unwrap_or(key.len());
+            namespaces.push(String::from_utf8_lossy(&key[..end]).into_owned());
+            // Past every key of this namespace: `namespace\0...` < `namespace\x01`.
+            from = key[..end].to_vec();
+            from.push(1);
+        }
+        Ok(namespaces)
+    }
+
     /// The first key of `view` in key order, if it has rows.
     pub fn first_key(&self, view: View) -> Result<Option<Vec<u8>>> {
         let Some(family) = self.db.cf_handle(view.cf_name()) else {

@@ -7,8 +7,10 @@
 //! budget) or from the RocksDB view, and never return an entry past its
 //! expiry time. `consistency_level: "strong"` first waits for the raft read
 //! index. A write with `notify_on_change` is published on pub/sub after it
-//! commits.
+//! commits. A request for a namespace another cluster holds runs there
+//! ([`federated`]).
 
+mod federated;
 mod tier;
 
 use std::sync::{Arc, Mutex};
@@ -23,6 +25,7 @@ use serde_json::{Map, Value, json};
 use crate::clock::{now_ms, now_secs};
 use crate::cluster::Node;
 use crate::config::CacheLimits;
+use crate::federation::Federation;
 use crate::metrics::CacheMetrics;
 use crate::pubsub::PubSub;
 use crate::refusal::{Refusal, committed, unexpected};
@@ -44,6 +47,8 @@ type CacheResult<T> = Result<T, Refusal>;
 pub struct Cache {
     node: Arc<Node>,
     pubsub: Arc<PubSub>,
+    /// Carries requests for namespaces other clusters hold.
+    federation: Arc<Federation>,
     tier: Mutex<Tier>,
     limits: CacheLimits,
     metrics: CacheMetrics,
@@ -99,10 +104,12 @@ impl Cache {
     pub fn new(
         node: Arc<Node>,
         pubsub: Arc<PubSub>,
+        federation: Arc<Federation>,
         limits: CacheLimits,
         metrics: CacheMetrics,
     ) -> Self {
         Cache {
+            federation,
             tier: Mutex::new(Tier::new(limits.memory_bytes)),
             node,
             pubsub,
@@ -126,11 +133,36 @@ impl Cache {
         tier
     }
 
-    /// Answers one `cache-request`; failures are in the reply.
+    /// Answers one `cache-request`, here or in the cluster that holds its
+    /// namespace ([`federated`]); failures are in the reply.
     pub async fn handle(&self, request: CacheRequest) -> Value {
+        let elsewhere = match self.owner(&request) {
+            Ok(Some(cluster)) => self.forward(&cluster, &request).await,
+            Ok(None) => return self.handle_here(request).await,
+            Err(refusal) => Err(refusal),
+        };
+        match elsewhere {
+            Ok(mut reply) => {
+                reply["u"] = json!(request.u);
+                reply
+            }
+            Err(refusal) => Self::reply(&request, Err(refusal)),
+        }
+    }
+
+    /// Answers one `cache-request` on this cluster's cache.
+    async fn handle_here(&self, request: CacheRequest) -> Value {
+        let answer = self.answer(&request).await;
+        let reply = Self::reply(&request, answer);
+        self.count_evictions();
+        reply
+    }
+
+    /// The `cache-response` to `request`.
+    fn reply(request: &CacheRequest, answer: CacheResult<Value>) -> Value {
         let u = request.u.clone();
         let operation = request.operation.clone();
-        let mut reply = match self.answer(&request).await {
+        let mut reply = match answer {
             Ok(reply) => reply,
             Err(refusal) => {
                 let mut reply = refusal.to_value();
@@ -142,7 +174,6 @@ impl Cache {
         reply["role"] = json!("cache-response");
         reply["u"] = json!(u);
         reply["operation"] = json!(operation);
-        self.count_evictions();
         reply
     }
 

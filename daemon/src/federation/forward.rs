@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use mpreg_client::protocol::ErrorCode;
 use mpreg_storage::federation::{ranked_to, usable};
 
 use super::Federation;
@@ -80,6 +81,22 @@ pub enum ForwardError {
         next_hop: String,
         refused: Refused,
     },
+}
+
+impl ForwardError {
+    /// The client error code that reports this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ForwardError::NoRoute { .. } => ErrorCode::NoRoute,
+            ForwardError::HopBudget { .. } => ErrorCode::HopBudgetExhausted,
+            ForwardError::Loop { .. } => ErrorCode::LoopDetected,
+            ForwardError::Unreachable { .. } | ForwardError::Uncertain { .. } => {
+                ErrorCode::LinkFailed
+            }
+            ForwardError::Timeout { .. } => ErrorCode::Timeout,
+            ForwardError::Refused { .. } => ErrorCode::Unavailable,
+        }
+    }
 }
 
 /// Across nodes, a failed forward says whether it can have run.

@@ -291,8 +291,9 @@ impl Federation {
         (urls, leader)
     }
 
-    /// Answers a request from a neighbour cluster (calls and messages
-    /// excepted: the peer server hands them to RPC and pub/sub).
+    /// Answers a request from a neighbour cluster (calls, messages and
+    /// cache requests excepted: the peer server hands them to RPC, pub/sub
+    /// and the cache).
     pub async fn handle(&self, request: FederationRequest) -> Result<FederationReply, Refused> {
         match request {
             FederationRequest::Hello { .. } => {
@@ -322,11 +323,12 @@ impl Federation {
                 };
                 receive::announce(self, table).await
             }
-            FederationRequest::Call(_) | FederationRequest::Publish { .. } => {
-                Err(Refused::Invalid(
-                    "calls and messages are answered by RPC and pub/sub, not here".to_string(),
-                ))
-            }
+            FederationRequest::Call(_)
+            | FederationRequest::Publish { .. }
+            | FederationRequest::Cache { .. } => Err(Refused::Invalid(
+                "calls, messages and cache requests are answered by RPC, pub/sub and the cache, not here"
+                    .to_string(),
+            )),
             FederationRequest::Unlink { cluster_id } => {
                 if !self.node.is_leader() {
                     let (_, leader_url) = self.own_urls();

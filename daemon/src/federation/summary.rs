@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use mpreg_storage::Flow;
-use mpreg_storage::federation::{CatalogAd, CatalogSummary};
+use mpreg_storage::federation::{CatalogAd, CatalogSummary, MAX_SUMMARY_ENTRIES};
 use mpreg_storage::views::{BUILTIN_PROVIDER, QueueRow, View};
 
 use super::Federation;
@@ -46,7 +46,7 @@ impl Federation {
             &self.node.views().catalog(),
             self.local(),
             BUILTIN_PROVIDER,
-            self.queue_names(),
+            (self.queue_names(), self.cache_namespaces()),
         );
         if let Some(a) = advertised.as_mut()
             && a.ad.summary == summary
@@ -66,6 +66,18 @@ impl Federation {
             at: Instant::now(),
         });
         ad
+    }
+
+    /// The cache namespaces this cluster holds entries of (a read error
+    /// leaves them out of this summary, and is logged).
+    fn cache_namespaces(&self) -> Vec<String> {
+        self.node
+            .inspector()
+            .cache_namespaces(MAX_SUMMARY_ENTRIES)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cache namespaces left out of the catalog summary");
+                Vec::new()
+            })
     }
 
     /// The queues declared in this cluster (the queue view's rows; a read

@@ -42,15 +42,7 @@ fn queue_named(cmd: &RpcCommand) -> Option<&str> {
 
 /// The error a failed forward answers the caller with.
 fn forward_error(e: ForwardError) -> RpcError {
-    let code = match &e {
-        ForwardError::NoRoute { .. } => ErrorCode::NoRoute,
-        ForwardError::HopBudget { .. } => ErrorCode::HopBudgetExhausted,
-        ForwardError::Loop { .. } => ErrorCode::LoopDetected,
-        ForwardError::Unreachable { .. } | ForwardError::Uncertain { .. } => ErrorCode::LinkFailed,
-        ForwardError::Timeout { .. } => ErrorCode::Timeout,
-        ForwardError::Refused { .. } => ErrorCode::Unavailable,
-    };
-    RpcError::new(code, e.to_string())
+    RpcError::new(e.code(), e.to_string())
 }
 
 impl Rpc {

@@ -1,6 +1,7 @@
 //! Catalog summaries exchanged between clusters: what one cluster serves
-//! (worker functions, subscription patterns, queues), and the pure rules
-//! for the summaries a cluster sends a neighbour and the ones it accepts.
+//! (worker functions, subscription patterns, queues, cache namespaces),
+//! and the pure rules for the summaries a cluster sends a neighbour and
+//! the ones it accepts.
 //!
 //! A summary is advertised by its own cluster (the origin) under an epoch
 //! that grows whenever its content changes and at least once per TTL, and
@@ -13,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::views::{Catalog, RemoteCatalogRow};
 
-/// Most entries of each kind (functions, topics, queues) one summary may
-/// carry; a table with a larger one is refused whole.
+/// Most entries of each kind (functions, topics, queues, namespaces) one
+/// summary may carry; a table with a larger one is refused whole.
 pub const MAX_SUMMARY_ENTRIES: usize = 10_000;
 /// Most summaries one table may carry.
 pub const MAX_SUMMARIES: usize = 1_000;
@@ -36,6 +37,8 @@ pub struct CatalogSummary {
     pub topics: Vec<String>,
     /// Queues declared in the cluster (it owns them).
     pub queues: Vec<String>,
+    /// Cache namespaces the cluster holds entries of (it owns them).
+    pub caches: Vec<String>,
 }
 
 /// A cluster's summary as it travels: the origin and its epoch.
@@ -49,13 +52,13 @@ pub struct CatalogAd {
 impl CatalogSummary {
     /// The summary of cluster `local` from its catalog: the functions its
     /// members registered (providers named `skip_provider`, the built-ins
-    /// every cluster has, left out), every subscription pattern, and
-    /// `queues`.
+    /// every cluster has, left out), every subscription pattern, `queues`
+    /// and cache namespaces (`caches`).
     pub fn of(
         catalog: &Catalog,
         local: &str,
         skip_provider: &str,
-        mut queues: Vec<String>,
+        (mut queues, mut caches): (Vec<String>, Vec<String>),
     ) -> Self {
         let mut functions: Vec<RemoteFunction> = catalog
             .functions()
@@ -77,10 +80,13 @@ impl CatalogSummary {
         topics.dedup();
         queues.sort();
         queues.dedup();
+        caches.sort();
+        caches.dedup();
         CatalogSummary {
             functions,
             topics,
             queues,
+            caches,
         }
     }
 
@@ -89,6 +95,7 @@ impl CatalogSummary {
             ("functions", self.functions.len()),
             ("topics", self.topics.len()),
             ("queues", self.queues.len()),
+            ("cache namespaces", self.caches.len()),
         ]
         .into_iter()
         .find(|(_, n)| *n > MAX_SUMMARY_ENTRIES)

@@ -46,6 +46,7 @@ fn ad(cluster: &str, epoch: u64, function: &str) -> CatalogAd {
             }],
             topics: vec![],
             queues: vec![],
+            caches: vec![],
         },
     }
 }
@@ -93,7 +94,7 @@ fn a_summary_lists_each_registered_function_once_without_built_ins() {
         &catalog_of(&views),
         LOCAL,
         "builtin",
-        vec!["q2".into(), "q1".into()],
+        (vec!["q2".into(), "q1".into()], vec!["ns".into()]),
     );
     let functions: Vec<(&str, &str)> = summary
         .functions
@@ -104,6 +105,7 @@ fn a_summary_lists_each_registered_function_once_without_built_ins() {
     assert_eq!(summary.functions[0].resources, ["gpu"]);
     assert_eq!(summary.topics, ["a.*", "b.#"]);
     assert_eq!(summary.queues, ["q1", "q2"]);
+    assert_eq!(summary.caches, ["ns"]);
 }
 
 #[test]

@@ -4,8 +4,10 @@
 //! TTL), learned again when it returns, and kept across restarts; a link
 //! cut at its proxies; a hostile neighbour speaking the peer protocol
 //! (`wire`); calls across clusters (`calls`); pub/sub across clusters
-//! (`topics`); queues across clusters (`queues`).
+//! (`topics`); queues across clusters (`queues`);
+//! the cache across clusters (`caches`).
 
+mod caches;
 mod calls;
 mod queues;
 mod topics;
