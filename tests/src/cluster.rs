@@ -27,9 +27,10 @@ use crate::{Daemon, TestDir, sql_rows, status_of};
 /// One member and its fault-injection handles.
 pub struct Member {
     pub name: String,
+    /// Dropped before `dir`: its log tail is printed from there.
+    daemon: Option<Daemon>,
     pub dir: TestDir,
     pub proxy: Proxy,
-    daemon: Option<Daemon>,
     /// Client and admin URL of the last run (kept while stopped).
     pub client_url: String,
     pub admin_url: String,

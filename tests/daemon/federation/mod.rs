@@ -29,8 +29,9 @@ const CONVERGE: Duration = Duration::from_secs(30);
 /// link to it crosses the proxy and can be cut there.
 struct Cluster {
     id: String,
-    dir: TestDir,
+    /// Dropped before `dir`: its log tail is printed from there.
     daemon: Option<Daemon>,
+    dir: TestDir,
     proxy: Option<Proxy>,
 }
 
