@@ -54,7 +54,9 @@ pub use log_store::{EventClock, LogStore};
 pub use metrics::StorageMetrics;
 pub use raft_types::{TypeConfig, raft_id, typ};
 pub use replay::{ReplayReport, replay};
-pub use state_machine::{AppliedState, CacheChanges, QueueChanges, StateMachine, Views};
+pub use state_machine::{
+    AppliedState, CacheChanges, CatalogRead, QueueChanges, StateMachine, Views,
+};
 
 /// Opens the raft log and state machine of an open data dir.
 pub fn open_raft_storage(

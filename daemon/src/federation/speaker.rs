@@ -329,7 +329,7 @@ async fn link_task(federation: Arc<Federation>, cluster: String, cancel: Cancell
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(%cluster, %url, error = %e, "ping failed");
+                    tracing::info!(%cluster, %url, error = %e, "ping failed; trying the next member");
                     target += 1;
                     if let Some(row) = federation.node.views().catalog().link(&cluster) {
                         urls = row.urls.clone();
@@ -337,7 +337,10 @@ async fn link_task(federation: Arc<Federation>, cluster: String, cancel: Cancell
                 }
             }
         }
-        if !lost && last_ok.elapsed() > settings.link_dead {
+        if !lost
+            && last_ok.elapsed() > settings.link_dead
+            && !heard_within(&federation, &cluster, &urls, settings.link_dead)
+        {
             lost = true;
             federation.runtime(&cluster, |r| r.state = "down");
             tracing::warn!(%cluster, after = ?settings.link_dead, "link lost: withdrawing its routes");
@@ -364,12 +367,11 @@ async fn link_task(federation: Arc<Federation>, cluster: String, cancel: Cancell
         let now = now_ms();
         // A new key (a rotation, a new member) goes out at once too.
         let keys = federation.key_ad(now);
-        let catalogs = export_summaries(
-            &federation.node.views().catalog(),
-            &federation.own_summary(),
-            &cluster,
-            now,
-        );
+        // Built before the catalog is read below: it reads the catalog
+        // too, and a second read lock taken by a thread that holds one
+        // waits forever once apply is queued for the write lock.
+        let own = federation.own_summary();
+        let catalogs = export_summaries(&federation.node.views().catalog(), &own, &cluster, now);
         let versions = catalogs
             .iter()
             .map(|ad| (ad.cluster_id.clone(), ad.epoch))
@@ -413,6 +415,20 @@ async fn link_task(federation: Arc<Federation>, cluster: String, cancel: Cancell
             }
         }
     }
+}
+
+/// Whether a member of `cluster` answered this node (any request, on any
+/// of its `urls`) or its leader sent a table within `window`: a link that
+/// carries traffic is alive even while its pings go to a dead member.
+fn heard_within(federation: &Federation, cluster: &str, urls: &[String], window: Duration) -> bool {
+    let peers = federation.node.peers();
+    let announced = federation.runtime(cluster, |r| r.last_seen_ms);
+    let heard = urls
+        .iter()
+        .filter_map(|url| peers.last_contact(url))
+        .chain(announced)
+        .max();
+    heard.is_some_and(|at| now_ms().saturating_sub(at) <= window.as_millis() as u64)
 }
 
 /// Withdraws every route learned through `cluster` (its link is lost).

@@ -42,11 +42,12 @@ impl Federation {
         {
             return a.ad.clone();
         }
+        let stores = (self.queue_names(), self.cache_namespaces());
         let summary = CatalogSummary::of(
             &self.node.views().catalog(),
             self.local(),
             BUILTIN_PROVIDER,
-            (self.queue_names(), self.cache_namespaces()),
+            stores,
         );
         if let Some(a) = advertised.as_mut()
             && a.ad.summary == summary

@@ -65,8 +65,10 @@ pub fn call(
 /// serve and their resources.
 fn list_peers(node: &Node) -> Value {
     let me = &node.identity().node_id;
+    // Before the catalog read: `members` reads the catalog too.
+    let members = crate::cluster::membership::members(node);
     let catalog = node.views().catalog();
-    let peers: Vec<Value> = crate::cluster::membership::members(node)
+    let peers: Vec<Value> = members
         .into_iter()
         .filter_map(|member| {
             let node_id = member.node_id.filter(|id| id != me)?;

@@ -17,7 +17,7 @@ mod read;
 mod snapshots;
 
 pub use applied::AppliedState;
-pub use read::{CacheChanges, QueueChanges, Views};
+pub use read::{CacheChanges, CatalogRead, QueueChanges, Views};
 pub use snapshots::SnapshotBuilder;
 pub(crate) use snapshots::current_snapshot;
 

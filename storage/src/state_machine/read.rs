@@ -11,6 +11,30 @@ use super::applied::AppliedState;
 use crate::error::Result;
 use crate::views::{Catalog, View};
 
+#[cfg(debug_assertions)]
+thread_local! {
+    /// Whether this thread holds a [`CatalogRead`].
+    static CATALOG_READS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A read of the catalog ([`Views::catalog`]).
+pub struct CatalogRead<'a>(RwLockReadGuard<'a, Catalog>);
+
+impl std::ops::Deref for CatalogRead<'_> {
+    type Target = Catalog;
+
+    fn deref(&self) -> &Catalog {
+        &self.0
+    }
+}
+
+impl Drop for CatalogRead<'_> {
+    fn drop(&mut self) {
+        #[cfg(debug_assertions)]
+        CATALOG_READS.with(|held| held.set(false));
+    }
+}
+
 /// The read side of the views: what routing, `/status` and SQL see.
 #[derive(Default)]
 pub struct Views {
@@ -109,9 +133,21 @@ impl Views {
         }
     }
 
-    /// The in-memory index of the views at `last_applied`.
-    pub fn catalog(&self) -> RwLockReadGuard<'_, Catalog> {
-        self.catalog.read().unwrap_or_else(|e| e.into_inner())
+    /// The in-memory index of the views at `last_applied`. A thread must
+    /// not read it again while it holds this: std's `RwLock` queues new
+    /// readers behind a waiting writer, so with apply waiting to write, the
+    /// second read waits forever and so does apply. Debug builds (the
+    /// tests) panic at the second read instead.
+    pub fn catalog(&self) -> CatalogRead<'_> {
+        #[cfg(debug_assertions)]
+        CATALOG_READS.with(|held| {
+            assert!(
+                !held.get(),
+                "a thread read the catalog while holding a read of it (deadlocks once apply waits to write)"
+            );
+            held.set(true);
+        });
+        CatalogRead(self.catalog.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Publishes an applied batch: its catalog rows, `applied`, and the
