@@ -78,6 +78,11 @@ struct RunArgs {
     /// its members (comma-separated).
     #[arg(long, value_delimiter = ',')]
     federate: Option<Vec<String>>,
+    /// File holding the secret every member of this cluster proves to the
+    /// others at link setup (at least 16 bytes); with it, a peer without
+    /// the secret is refused.
+    #[arg(long)]
+    cluster_secret_file: Option<PathBuf>,
     /// Log directives, RUST_LOG style, e.g. "info,mpreg_daemon::node=debug".
     #[arg(long)]
     log: Option<String>,
@@ -110,6 +115,7 @@ fn config_from(args: RunArgs) -> mpreg_daemon::Result<Config> {
         join: args.join,
         peers: args.peers,
         federate: args.federate,
+        cluster_secret_file: args.cluster_secret_file,
         log: args.log.or_else(|| std::env::var("RUST_LOG").ok()),
         log_format: args.log_format,
         ..FileConfig::default()

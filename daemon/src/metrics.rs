@@ -98,7 +98,13 @@ pub struct TransportMetrics {
     pub frame_errors: IntCounterVec,
     /// Frames waiting in outbound queues, summed over connections.
     pub outbound_queue_frames: IntGauge,
+    /// Peers refused at the handshake, by [`PEER_AUTH_REFUSALS`].
+    pub peer_auth_refusals: IntCounterVec,
 }
+
+/// Reasons of `mpreg_peer_auth_refusals_total`.
+pub const PEER_AUTH_REFUSALS: [&str; 5] =
+    ["no_proof", "bad_proof", "malformed", "timeout", "closed"];
 
 impl TransportMetrics {
     fn new(r: &Registry) -> prometheus::Result<Self> {
@@ -149,6 +155,18 @@ impl TransportMetrics {
                 "mpreg_transport_outbound_queue_frames",
                 "Frames waiting in connections' outbound queues, summed (sampled as each writer sends).",
             )?,
+            peer_auth_refusals: {
+                let refusals = counter_vec(
+                    r,
+                    "mpreg_peer_auth_refusals_total",
+                    "Peer connections refused at the handshake, by reason: no_proof, bad_proof, malformed, timeout, closed.",
+                    &["reason"],
+                )?;
+                for reason in PEER_AUTH_REFUSALS {
+                    refusals.with_label_values(&[reason]);
+                }
+                refusals
+            },
         })
     }
 }

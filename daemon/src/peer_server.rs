@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use prometheus::IntCounterVec;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
@@ -37,13 +38,16 @@ struct Systems {
 pub struct PeerServer {
     node: Arc<Node>,
     systems: OnceLock<Systems>,
+    /// Peers refused at the handshake, by reason.
+    auth_refusals: IntCounterVec,
 }
 
 impl PeerServer {
-    pub fn new(node: Arc<Node>) -> Arc<Self> {
+    pub fn new(node: Arc<Node>, auth_refusals: IntCounterVec) -> Arc<Self> {
         Arc::new(PeerServer {
             node,
             systems: OnceLock::new(),
+            auth_refusals,
         })
     }
 
@@ -65,15 +69,27 @@ impl PeerServer {
     }
 
     /// Serves one peer connection until it closes (or reads nothing for
-    /// [`PEER_SERVE_IDLE_TIMEOUT`]): each request runs on its own task, at most
+    /// [`PEER_SERVE_IDLE_TIMEOUT`]): first the handshake, which names the
+    /// cluster the peer proved (or claimed, with no secret for it); then
+    /// each request runs on its own task, at most
     /// [`MAX_IN_FLIGHT_PER_LINK`] at once, and its reply is written when
-    /// ready.
+    /// ready. A request whose envelope names another cluster is refused.
     pub async fn serve(
         self: Arc<Self>,
-        ws: WebSocketStream<TcpStream>,
+        mut ws: WebSocketStream<TcpStream>,
         peer: std::net::SocketAddr,
         shutdown: CancellationToken,
     ) {
+        let cluster: Arc<str> = match self.node.peers().auth().accept(&mut ws).await {
+            Ok(cluster) => cluster.into(),
+            Err(refusal) => {
+                tracing::warn!(%peer, reason = refusal.reason(), error = %refusal, "peer refused at the handshake");
+                self.auth_refusals
+                    .with_label_values(&[refusal.reason()])
+                    .inc();
+                return;
+            }
+        };
         let (mut sink, mut frames) = ws.split();
         let (replies, mut queue) = mpsc::channel::<Message>(256);
         let running = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT_PER_LINK));
@@ -113,9 +129,10 @@ impl PeerServer {
             };
             let server = self.clone();
             let replies = replies.clone();
+            let cluster = cluster.clone();
             tokio::spawn(async move {
                 let _running = permit;
-                let reply = server.answer(envelope).await;
+                let reply = server.answer(envelope, &cluster).await;
                 match reply.encode() {
                     Ok(bytes) => {
                         let _ = replies.send(Message::binary(bytes)).await;
@@ -128,8 +145,16 @@ impl PeerServer {
         let _ = writer.await;
     }
 
-    async fn answer(&self, mut envelope: Envelope) -> Envelope {
+    /// The reply to `envelope`, which came on a link from `proven`'s node.
+    async fn answer(&self, mut envelope: Envelope, proven: &str) -> Envelope {
         let me = self.node.identity().node_id.clone();
+        if envelope.source_cluster != proven {
+            let refused = Refused::Invalid(format!(
+                "the link was set up by a node of cluster {proven}; the request claims cluster {:?}",
+                envelope.source_cluster
+            ));
+            return envelope.reply(&me, PeerReply::Refused(refused));
+        }
         let body = std::mem::replace(
             &mut envelope.body,
             Body::Reply(PeerReply::Refused(Refused::Invalid(String::new()))),

@@ -109,6 +109,12 @@ pub async fn start(
     let admin_addr = local_addr(&listeners.admin, "admin", config.admin_listen)?;
     let client_url = format!("ws://{client_addr}");
     let admin_url = format!("http://{admin_addr}");
+    if !client_addr.ip().is_loopback() && config.secrets.cluster.is_none() {
+        tracing::warn!(
+            listen = %client_addr,
+            "listening beyond loopback with no cluster_secret_file: any host that reaches this port can act as a member (docs/security.md)"
+        );
+    }
     if let Some(path) = &config.listening_file {
         write_state_file(
             path,
@@ -132,7 +138,10 @@ pub async fn start(
         .clone()
         .unwrap_or_else(|| client_url.clone());
     let node = Arc::new(Node::open(&config, metrics.storage.clone()).await?);
-    let endpoints = Endpoints::new(PeerServer::new(node.clone()));
+    let endpoints = Endpoints::new(PeerServer::new(
+        node.clone(),
+        metrics.transport.peer_auth_refusals.clone(),
+    ));
     tasks.spawn(transport::serve(
         listeners.client,
         endpoints.clone(),

@@ -56,7 +56,10 @@ async fn hostile_peer_frames_close_the_link_and_the_node_keeps_serving() -> Resu
     }
 
     for frame in hostile_frames() {
-        let mut peer = RawClient::connect(&format!("{url}/peer?from=attacker")).await?;
+        // Past the handshake (this node holds no secret), into the
+        // envelope decoder.
+        let (mut peer, verdict) = RawClient::peer(&url, "local", "attacker").await?;
+        assert!(verdict.get("accepted").is_some(), "{verdict}");
         peer.send_binary(frame.clone()).await?;
         assert!(
             peer.closed().await,

@@ -17,5 +17,6 @@ mod pubsub;
 mod queue_crash;
 mod queues;
 mod rpc;
+mod security;
 mod sizes;
 mod sql;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
@@ -461,14 +461,56 @@ impl TestDir {
     }
 }
 
+/// A WebSocket connection as the tests open them.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Answers the peer handshake's challenge on `ws` (a connection to
+/// `/peer`) as node `node` of cluster `cluster`, proving no secret, as
+/// docs/cluster.md describes it; the server's verdict
+/// (`{"accepted":{..}}` or `{"refused":{"reason":..}}`).
+pub async fn peer_handshake(ws: &mut Ws, cluster: &str, node: &str) -> Result<Value> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    async fn next_text(ws: &mut Ws, what: &str) -> Result<Value> {
+        let frame = tokio::time::timeout(HTTP_TIMEOUT, ws.next())
+            .await
+            .with_context(|| format!("no {what} within {HTTP_TIMEOUT:?}"))?
+            .with_context(|| format!("closed before the {what}"))??;
+        match frame {
+            Message::Text(text) => Ok(serde_json::from_str(text.as_str())?),
+            other => bail!("expected the {what} as text, got {other:?}"),
+        }
+    }
+    let challenge = next_text(ws, "challenge").await?;
+    ensure!(
+        challenge["version"] == 1 && challenge["nonce"].is_string(),
+        "challenge {challenge}"
+    );
+    let proof = serde_json::json!({
+        "cluster_id": cluster,
+        "node_id": node,
+        "nonce": "00",
+        "mac": null,
+    });
+    ws.send(Message::text(proof.to_string())).await?;
+    next_text(ws, "verdict").await
+}
+
 /// A raw WebSocket connection for sending hand-made (and malformed) frames.
 pub struct RawClient {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    ws: Ws,
 }
 
 impl RawClient {
+    /// A connection to `/peer` of the node at `url` whose handshake is
+    /// answered as node `node` of `cluster` with no proof; the verdict.
+    pub async fn peer(url: &str, cluster: &str, node: &str) -> Result<(RawClient, Value)> {
+        let mut client = RawClient::connect(&format!("{url}/peer?from={node}")).await?;
+        let verdict = peer_handshake(&mut client.ws, cluster, node).await?;
+        Ok((client, verdict))
+    }
+
     pub async fn connect(url: &str) -> Result<RawClient> {
         let (ws, _) = tokio::time::timeout(HTTP_TIMEOUT, tokio_tungstenite::connect_async(url))
             .await

@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::node::{Node, raft_id};
+use super::peer::PeerError;
 use crate::config::Config;
 use crate::envelope::{Envelope, PeerReply, PeerRequest, Refused};
 use crate::error::{Error, Result};
@@ -298,6 +299,11 @@ async fn join_via(
                 )));
             }
             Ok(other) => tracing::warn!(%url, ?other, "unexpected answer to join"),
+            Err(e @ PeerError::Unauthenticated { .. }) => {
+                return Err(Error::InvalidSetting(format!(
+                    "cannot join through {url}: {e}"
+                )));
+            }
             Err(e) => tracing::info!(%url, error = %e, "cluster not reachable yet"),
         }
         pause(shutdown, "joining").await?;

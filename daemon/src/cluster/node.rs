@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::peer::{PeerError, Peers};
+use super::peer_auth::PeerAuth;
 use super::raft_network::FabricNetwork;
 use crate::clock::now_ms;
 use crate::config::{Config, DEFAULT_CLUSTER_ID};
@@ -306,7 +307,8 @@ impl Node {
         let views = state_machine.views();
         let clock = log_store.event_clock();
         let raft_config = Arc::new(raft_config(config, &identity.cluster_id)?);
-        let peers = Arc::new(Peers::new(&identity.node_id, &identity.cluster_id));
+        let auth = PeerAuth::new(&identity.cluster_id, &config.secrets.load()?);
+        let peers = Arc::new(Peers::new(&identity.node_id, &identity.cluster_id, auth));
         let raft = Raft::new(
             raft_id,
             raft_config,

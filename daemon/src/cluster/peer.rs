@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use super::peer_auth::{HandshakeError, PeerAuth};
 use crate::envelope::{Body, Envelope, Lane, PeerReply, PeerRequest, Refused};
 
 /// First wait after a failed connect; doubles up to [`MAX_BACKOFF`].
@@ -54,6 +55,10 @@ pub enum PeerError {
     /// Sent, but the connection closed before the reply; it may have run.
     #[error("the connection to peer {addr} closed before it answered")]
     Closed { addr: String },
+    /// Nothing was sent: one side refused the other at the handshake (a
+    /// secret missing or not matching); retrying does not help.
+    #[error("peer {addr}: {reason}")]
+    Unauthenticated { addr: String, reason: String },
 }
 
 /// Across nodes, a failed request says whether it can have run: nothing
@@ -62,7 +67,9 @@ pub enum PeerError {
 impl From<PeerError> for Refused {
     fn from(e: PeerError) -> Self {
         match e {
-            PeerError::Unreachable { .. } => Refused::Unavailable(e.to_string()),
+            PeerError::Unreachable { .. } | PeerError::Unauthenticated { .. } => {
+                Refused::Unavailable(e.to_string())
+            }
             PeerError::Timeout { .. } | PeerError::Closed { .. } => {
                 Refused::Uncertain(e.to_string())
             }
@@ -96,6 +103,7 @@ type SharedLink = Arc<tokio::sync::Mutex<Link>>;
 pub struct Peers {
     node_id: String,
     cluster_id: String,
+    auth: Arc<PeerAuth>,
     links: Mutex<HashMap<(String, Lane), SharedLink>>,
     /// When each address last answered (unix ms).
     last_contact: Arc<Mutex<HashMap<String, u64>>>,
@@ -103,10 +111,11 @@ pub struct Peers {
 }
 
 impl Peers {
-    pub fn new(node_id: &str, cluster_id: &str) -> Self {
+    pub fn new(node_id: &str, cluster_id: &str, auth: PeerAuth) -> Self {
         Peers {
             node_id: node_id.to_string(),
             cluster_id: cluster_id.to_string(),
+            auth: Arc::new(auth),
             links: Mutex::default(),
             last_contact: Arc::default(),
             next_id: AtomicU64::new(1),
@@ -115,6 +124,11 @@ impl Peers {
 
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// How this node proves itself to peers and judges them.
+    pub fn auth(&self) -> &Arc<PeerAuth> {
+        &self.auth
     }
 
     pub fn cluster_id(&self) -> &str {
@@ -306,21 +320,18 @@ impl Peers {
                 link.connection = Some(connection.clone());
                 Ok(connection)
             }
-            Err(reason) => {
+            Err(e) => {
                 link.failures = link.failures.saturating_add(1);
                 let backoff = MIN_BACKOFF
                     .saturating_mul(1 << link.failures.min(8))
                     .min(MAX_BACKOFF);
                 link.retry_at = Some(Instant::now() + backoff);
-                Err(PeerError::Unreachable {
-                    addr: addr.to_string(),
-                    reason,
-                })
+                Err(e)
             }
         }
     }
 
-    async fn connect(&self, addr: &str, lane: Lane) -> Result<Arc<Connection>, String> {
+    async fn connect(&self, addr: &str, lane: Lane) -> Result<Arc<Connection>, PeerError> {
         let url = format!(
             "{}/peer?from={}&lane={}",
             addr.trim_end_matches('/'),
@@ -332,10 +343,24 @@ impl Peers {
             .max_frame_size(Some(MAX_PEER_FRAME));
         let connecting =
             tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true);
-        let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        let unreachable = |reason: String| PeerError::Unreachable {
+            addr: addr.to_string(),
+            reason,
+        };
+        let (mut ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
-            .map_err(|_| format!("connect timed out after {CONNECT_TIMEOUT:?}"))?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| unreachable(format!("connect timed out after {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        match self.auth.connect(&self.node_id, &mut ws).await {
+            Ok(()) => {}
+            Err(HandshakeError::Failed(reason)) => return Err(unreachable(reason)),
+            Err(HandshakeError::Refused(reason)) => {
+                return Err(PeerError::Unauthenticated {
+                    addr: addr.to_string(),
+                    reason,
+                });
+            }
+        }
         let (mut sink, mut stream) = ws.split();
         let (outbound, mut queue) = mpsc::channel::<Message>(256);
         let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT_PER_LINK));
@@ -431,7 +456,7 @@ impl Peers {
 mod test {
     use std::time::Duration;
 
-    use super::{PeerError, Peers};
+    use super::{PeerAuth, PeerError, Peers};
     use crate::envelope::{Envelope, PeerRequest};
 
     /// Nothing listens there: a request that is really sent fails to
@@ -459,7 +484,7 @@ mod test {
     /// spent or whose path already holds it".
     #[test]
     fn the_hop_budget_and_the_routing_path_stop_a_forward() {
-        let peers = Peers::new("n2", "c");
+        let peers = Peers::new("n2", "c", PeerAuth::new("c", &Default::default()));
         let mut received = Envelope::request("n1", "c", 1, PeerRequest::Hello);
 
         received.hop_budget = 1;

@@ -85,7 +85,7 @@ impl PeerClient {
                 )))))
             }
             Ok(reply) => Ok(reply),
-            Err(e @ PeerError::Unreachable { .. }) => {
+            Err(e @ (PeerError::Unreachable { .. } | PeerError::Unauthenticated { .. })) => {
                 Err(RPCError::Unreachable(Unreachable::new(&e)))
             }
             Err(PeerError::Timeout { after, .. }) => Err(RPCError::Timeout(Timeout {

@@ -1,6 +1,7 @@
 //! Daemon settings: defaults, an optional TOML file (`--config`), and flags,
 //! merged in that order (flags win).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,10 +13,12 @@ use crate::error::{Error, Result};
 
 mod federation;
 mod limits;
+mod secrets;
 
 pub use federation::{FederationSettings, PolicyDirectory};
 
 pub use limits::{CacheLimits, PubSubLimits, RpcLimits, SlowConsumerPolicy, TransportLimits};
+pub use secrets::{SecretFiles, Secrets};
 
 /// Default client + peer listener.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6666";
@@ -100,6 +103,9 @@ pub struct FileConfig {
     pub hop_budget: Option<u8>,
     pub import_policy: Option<PolicyDirectory>,
     pub export_policy: Option<PolicyDirectory>,
+    pub cluster_secret_file: Option<PathBuf>,
+    pub link_secret_files: Option<BTreeMap<String, PathBuf>>,
+    pub require_link_secrets: Option<bool>,
 }
 
 impl FileConfig {
@@ -162,6 +168,8 @@ pub struct Config {
     pub cache: CacheLimits,
     /// Links to other clusters and route control.
     pub federation: FederationSettings,
+    /// The secrets peers prove at link setup.
+    pub secrets: SecretFiles,
     /// The config file the settings came from, read again on reload.
     pub config_file: Option<PathBuf>,
 }
@@ -193,6 +201,7 @@ impl Config {
             sql: SqlLimits::default(),
             cache: CacheLimits::default(),
             federation: FederationSettings::default(),
+            secrets: SecretFiles::default(),
             config_file: None,
         }
     }
@@ -247,6 +256,9 @@ impl Config {
             hop_budget,
             import_policy,
             export_policy,
+            cluster_secret_file,
+            link_secret_files,
+            require_link_secrets,
         } = file;
         if let Some(v) = data_dir {
             self.data_dir = v;
@@ -377,6 +389,14 @@ impl Config {
         }
         if let Some(v) = export_policy {
             federation.export = v;
+        }
+        let secrets = &mut self.secrets;
+        secrets.cluster = cluster_secret_file.or(secrets.cluster.take());
+        if let Some(v) = link_secret_files {
+            secrets.links = v;
+        }
+        if let Some(v) = require_link_secrets {
+            secrets.require_links = v;
         }
     }
 

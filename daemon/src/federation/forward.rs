@@ -241,7 +241,9 @@ impl Federation {
                             reason: e.to_string(),
                         });
                     }
-                    Err(e @ PeerError::Unreachable { .. }) => {
+                    Err(
+                        e @ (PeerError::Unreachable { .. } | PeerError::Unauthenticated { .. }),
+                    ) => {
                         tracing::debug!(%url, error = %e, "member of the next hop unreachable");
                         last = Some((next_hop, e.to_string()));
                     }

@@ -16,16 +16,13 @@ use mpreg_daemon::envelope::{
     FederationRequest, PeerReply, PeerRequest, Refused,
 };
 use mpreg_storage::federation::{Announcement, RouteMetrics};
-use mpreg_tests::{TestDir, sql_rows, status_of};
+use mpreg_tests::{TestDir, Ws, sql_rows, status_of};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{Cluster, links, wait_for_routes};
 
 const EVIL: &str = "evil";
 const EVIL_NODE: &str = "evil-n1";
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A peer connection to a member of the cluster under test, speaking for
 /// cluster `evil`.
@@ -37,9 +34,11 @@ struct Neighbour {
 impl Neighbour {
     async fn connect(client_url: &str) -> Result<Neighbour> {
         let url = format!("{client_url}/peer?from={EVIL_NODE}&lane=bulk");
-        let (ws, _) = tokio_tungstenite::connect_async(&url)
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url)
             .await
             .with_context(|| format!("connect {url}"))?;
+        let verdict = mpreg_tests::peer_handshake(&mut ws, EVIL, EVIL_NODE).await?;
+        ensure!(verdict.get("accepted").is_some(), "handshake: {verdict}");
         Ok(Neighbour { ws, next_id: 0 })
     }
 
