@@ -81,4 +81,6 @@ mod queue_model_test;
 #[cfg(test)]
 mod raft_suite_test;
 #[cfg(test)]
+mod recovery_test;
+#[cfg(test)]
 mod test_views;

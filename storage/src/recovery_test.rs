@@ -1,0 +1,115 @@
+//! Recovery refuses what it cannot trust, by name, and changes nothing: a
+//! retained log with a gap stops `replay` with `MissingLogEntry` naming
+//! the index, and a snapshot that does not decode (damaged or cut short)
+//! is not installed: the views, the applied state and the snapshot dir are
+//! as they were.
+
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::determinism_test::{entries, open_sm, write_log};
+use crate::error::Error;
+use crate::{Event, EventKind};
+
+/// `n` node registrations, one per entry.
+fn events(n: u64) -> Vec<Event> {
+    (0..n)
+        .map(|i| Event {
+            time_ms: 1_000 + i,
+            kind: EventKind::NodeJoined {
+                node_id: format!("n{i}"),
+                cluster_id: "c".into(),
+                addresses: vec![format!("ws://127.0.0.1:{}", 7000 + i)],
+                resources: vec![],
+            },
+        })
+        .collect()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn replay_names_the_entry_missing_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = events(5);
+    runtime().block_on(async {
+        let (data, mut sm) = open_sm(dir.path());
+        write_log(&data, &entries(&events, 1));
+        sm.apply(entries(&events, 1)).await.unwrap();
+        let family = crate::db::cf(data.db(), crate::db::CF_LOG).unwrap();
+        data.db()
+            .delete_cf(family, crate::log_store::log_key(3))
+            .unwrap();
+    });
+    match crate::replay(dir.path()) {
+        Err(Error::MissingLogEntry {
+            index: 3,
+            purged: None,
+        }) => {}
+        other => panic!("expected MissingLogEntry at 3, got {other:?}"),
+    }
+    let message = crate::replay(dir.path()).unwrap_err().to_string();
+    assert!(message.contains("log entry 3 is missing"), "{message}");
+}
+
+#[test]
+fn a_snapshot_that_does_not_decode_is_not_installed() {
+    let source = tempfile::tempdir().unwrap();
+    let target = tempfile::tempdir().unwrap();
+    let events = events(6);
+    runtime().block_on(async {
+        let (source_data, mut full) = open_sm(source.path());
+        write_log(&source_data, &entries(&events, 1));
+        full.apply(entries(&events, 1)).await.unwrap();
+        let mut snapshot = full
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let mut good = Vec::new();
+        snapshot.snapshot.read_to_end(&mut good).await.unwrap();
+
+        let (target_data, mut target_sm) = open_sm(target.path());
+        write_log(&target_data, &entries(&events[..2], 1));
+        target_sm.apply(entries(&events[..2], 1)).await.unwrap();
+        let before = target_sm.views().applied();
+
+        let mut flipped = good.clone();
+        let middle = flipped.len() / 2;
+        flipped[middle] ^= 0xFF;
+        let cut = good[..good.len() / 2].to_vec();
+        for (what, bytes) in [("damaged", flipped), ("cut short", cut)] {
+            let mut receiving = target_sm.begin_receiving_snapshot().await.unwrap();
+            receiving.write_all(&bytes).await.unwrap();
+            let installed = target_sm.install_snapshot(&snapshot.meta, receiving).await;
+            assert!(installed.is_err(), "a {what} snapshot was installed");
+            assert_eq!(
+                target_sm.views().applied(),
+                before,
+                "a {what} snapshot changed the applied state"
+            );
+            let left: Vec<_> = std::fs::read_dir(target_data.snapshot_dir())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert!(left.is_empty(), "a {what} snapshot left {left:?}");
+        }
+        // The node still applies, and the intact snapshot installs.
+        let mut receiving = target_sm.begin_receiving_snapshot().await.unwrap();
+        receiving.write_all(&good).await.unwrap();
+        target_sm
+            .install_snapshot(&snapshot.meta, receiving)
+            .await
+            .unwrap();
+        assert_eq!(
+            target_sm.views().applied().digest,
+            full.views().applied().digest
+        );
+    });
+}
