@@ -25,6 +25,14 @@ use super::peer::{PeerError, Peers};
 use crate::config::PEER_BATCH_BYTES;
 use crate::envelope::{PeerReply, PeerRequest};
 
+/// Most bytes of entries one AppendEntries carries (one entry may be
+/// larger, up to [`PEER_BATCH_BYTES`] / 2). openraft gives each
+/// AppendEntries one heartbeat interval (a third of the election timeout)
+/// and retries it whole from the same index, so a batch must be encoded
+/// and sent well within that: a 30 MiB batch was not, on a loaded
+/// machine, try after try, and a follower never caught up.
+const APPEND_BATCH_BYTES: usize = PEER_BATCH_BYTES / 4;
+
 /// Slowest transfer rate a snapshot chunk is given time for (1 MiB/s).
 const SNAPSHOT_BYTES_PER_SEC: u64 = 1 << 20;
 
@@ -119,11 +127,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        // A batch over the frame budget is split by openraft (it retries
-        // with the hinted number of entries); one entry always fits, as
-        // max_entry_bytes is at most half the budget.
+        // A batch over the budget is split by openraft (it retries with
+        // the hinted number of entries); one entry always fits the frame,
+        // as max_entry_bytes is at most half of PEER_BATCH_BYTES.
         let entries = rpc.entries.len() as u64;
-        if entries > 1 && codec::encoded_len(&rpc) > PEER_BATCH_BYTES {
+        if entries > 1 && codec::encoded_len(&rpc) > APPEND_BATCH_BYTES {
             return Err(RPCError::PayloadTooLarge(
                 PayloadTooLarge::new_entries_hint(entries / 2),
             ));
