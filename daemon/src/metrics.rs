@@ -155,18 +155,12 @@ impl TransportMetrics {
                 "mpreg_transport_outbound_queue_frames",
                 "Frames waiting in connections' outbound queues, summed (sampled as each writer sends).",
             )?,
-            peer_auth_refusals: {
-                let refusals = counter_vec(
-                    r,
-                    "mpreg_peer_auth_refusals_total",
-                    "Peer connections refused at the handshake, by reason: no_proof, bad_proof, malformed, timeout, closed.",
-                    &["reason"],
-                )?;
-                for reason in PEER_AUTH_REFUSALS {
-                    refusals.with_label_values(&[reason]);
-                }
-                refusals
-            },
+            peer_auth_refusals: counter_vec(
+                r,
+                "mpreg_peer_auth_refusals_total",
+                "Peer connections refused at the handshake, by reason: no_proof, bad_proof, malformed, timeout, closed.",
+                &["reason"],
+            )?,
         })
     }
 }
@@ -754,6 +748,9 @@ impl Metrics {
         // and alerts see zeros rather than missing series.
         for kind in FRAME_ERROR_KINDS {
             transport.frame_errors.with_label_values(&[kind]);
+        }
+        for reason in PEER_AUTH_REFUSALS {
+            transport.peer_auth_refusals.with_label_values(&[reason]);
         }
         for outcome in RPC_REQUEST_OUTCOMES {
             rpc.requests.with_label_values(&[outcome]);

@@ -576,12 +576,23 @@ pub(crate) fn open_sm(path: &std::path::Path) -> (DataDir, StateMachine) {
     (dir, sm)
 }
 
+/// A state machine on `path` whose log holds `events` from index 1, the
+/// first `applied` of them applied.
+pub(crate) async fn logged_sm(
+    path: &std::path::Path,
+    events: &[Event],
+    applied: usize,
+) -> (DataDir, StateMachine) {
+    let (dir, mut sm) = open_sm(path);
+    write_log(&dir, &entries(events, 1));
+    sm.apply(entries(&events[..applied], 1)).await.unwrap();
+    (dir, sm)
+}
+
 async fn live_then_snapshot(events: Vec<Event>, split: usize) -> (u128, u128, u128) {
     let split = split.min(events.len());
     let a = tempfile::tempdir().unwrap();
-    let (dir_a, mut full) = open_sm(a.path());
-    write_log(&dir_a, &entries(&events, 1));
-    full.apply(entries(&events[..split], 1)).await.unwrap();
+    let (_dir_a, mut full) = logged_sm(a.path(), &events, split).await;
     let mut snapshot = full
         .get_snapshot_builder()
         .await

@@ -7,7 +7,7 @@
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::determinism_test::{entries, open_sm, write_log};
+use crate::determinism_test::logged_sm;
 use crate::error::Error;
 use crate::{Event, EventKind};
 
@@ -38,9 +38,7 @@ fn replay_names_the_entry_missing_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let events = events(5);
     runtime().block_on(async {
-        let (data, mut sm) = open_sm(dir.path());
-        write_log(&data, &entries(&events, 1));
-        sm.apply(entries(&events, 1)).await.unwrap();
+        let (data, _sm) = logged_sm(dir.path(), &events, events.len()).await;
         let family = crate::db::cf(data.db(), crate::db::CF_LOG).unwrap();
         data.db()
             .delete_cf(family, crate::log_store::log_key(3))
@@ -63,9 +61,7 @@ fn a_snapshot_that_does_not_decode_is_not_installed() {
     let target = tempfile::tempdir().unwrap();
     let events = events(6);
     runtime().block_on(async {
-        let (source_data, mut full) = open_sm(source.path());
-        write_log(&source_data, &entries(&events, 1));
-        full.apply(entries(&events, 1)).await.unwrap();
+        let (_source_data, mut full) = logged_sm(source.path(), &events, events.len()).await;
         let mut snapshot = full
             .get_snapshot_builder()
             .await
@@ -75,9 +71,7 @@ fn a_snapshot_that_does_not_decode_is_not_installed() {
         let mut good = Vec::new();
         snapshot.snapshot.read_to_end(&mut good).await.unwrap();
 
-        let (target_data, mut target_sm) = open_sm(target.path());
-        write_log(&target_data, &entries(&events[..2], 1));
-        target_sm.apply(entries(&events[..2], 1)).await.unwrap();
+        let (target_data, mut target_sm) = logged_sm(target.path(), &events[..2], 2).await;
         let before = target_sm.views().applied();
 
         let mut flipped = good.clone();

@@ -103,7 +103,7 @@ type SharedLink = Arc<tokio::sync::Mutex<Link>>;
 pub struct Peers {
     node_id: String,
     cluster_id: String,
-    auth: Arc<PeerAuth>,
+    auth: PeerAuth,
     links: Mutex<HashMap<(String, Lane), SharedLink>>,
     /// When each address last answered (unix ms).
     last_contact: Arc<Mutex<HashMap<String, u64>>>,
@@ -115,7 +115,7 @@ impl Peers {
         Peers {
             node_id: node_id.to_string(),
             cluster_id: cluster_id.to_string(),
-            auth: Arc::new(auth),
+            auth,
             links: Mutex::default(),
             last_contact: Arc::default(),
             next_id: AtomicU64::new(1),
@@ -127,7 +127,7 @@ impl Peers {
     }
 
     /// How this node proves itself to peers and judges them.
-    pub fn auth(&self) -> &Arc<PeerAuth> {
+    pub fn auth(&self) -> &PeerAuth {
         &self.auth
     }
 
