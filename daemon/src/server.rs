@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -46,6 +47,11 @@ impl Listeners {
         })
     }
 }
+
+/// How long a stopping node waits for in-flight requests (and the
+/// connections and catalog updates they finish) before it stops raft and
+/// syncs storage anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Contents of `--ready-file`.
 #[derive(Serialize)]
@@ -160,8 +166,7 @@ pub async fn start(
     tokio::select! {
         served = serving => served?,
         () = shutdown.cancelled() => {
-            tasks.close();
-            tasks.wait().await;
+            drain(&tasks).await;
             node.shutdown().await;
             return Ok(None);
         }
@@ -262,19 +267,39 @@ impl Running {
         &self.admin_url
     }
 
-    /// Waits for `shutdown`, then stops accepting, finishes in-flight work,
-    /// syncs storage and returns.
+    /// Waits for `shutdown`, then stops accepting, gives in-flight work up
+    /// to [`SHUTDOWN_GRACE`] to finish, syncs storage and returns. Work still
+    /// running then was never acknowledged; it ends with the process.
     pub async fn wait(self) -> Result<()> {
         self.shutdown.cancelled().await;
         tracing::info!("shutting down");
-        self.tasks.close();
-        self.tasks.wait().await;
-        let admin_result = self
-            .admin_task
-            .await
-            .map_err(|e| Error::Admin(std::io::Error::other(e)))?;
+        drain(&self.tasks).await;
+        let admin_result = if self.admin_task.is_finished() {
+            self.admin_task
+                .await
+                .map_err(|e| Error::Admin(std::io::Error::other(e)))?
+        } else {
+            self.admin_task.abort();
+            Ok(())
+        };
         self.node.shutdown().await;
+        tracing::info!("stopped");
         admin_result
+    }
+}
+
+/// Closes `tasks` and waits up to [`SHUTDOWN_GRACE`] for them to finish.
+async fn drain(tasks: &TaskTracker) {
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            unfinished = tasks.len(),
+            grace = ?SHUTDOWN_GRACE,
+            "in-flight work did not finish in the shutdown grace; stopping without it"
+        );
     }
 }
 
