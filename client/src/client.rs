@@ -220,13 +220,27 @@ fn rpc_response(frame: Value) -> Result<RpcResponse, ClientError> {
 impl Client {
     /// Connects to a daemon's client URL (`ws://127.0.0.1:6666`).
     pub async fn connect(url: &str) -> Result<Client, ClientError> {
-        let (ws, _) =
-            tokio_tungstenite::connect_async(url)
-                .await
-                .map_err(|e| ClientError::Connect {
-                    url: url.to_string(),
-                    reason: e.to_string(),
-                })?;
+        Client::connect_with_token(url, None).await
+    }
+
+    /// Connects presenting `token` (`Authorization: Bearer <token>`), as a
+    /// node with credentials requires.
+    pub async fn connect_with_token(url: &str, token: Option<&str>) -> Result<Client, ClientError> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let failed = |reason: String| ClientError::Connect {
+            url: url.to_string(),
+            reason,
+        };
+        let mut request = url.into_client_request().map_err(|e| failed(e.to_string()))?;
+        if let Some(token) = token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| failed("the token is not a valid header value".into()))?;
+            request.headers_mut().insert("authorization", value);
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
         let (mut sink, mut stream) = ws.split();
         let (outbound, mut queue) = mpsc::channel::<Message>(1024);
         let writer = tokio::spawn(async move {

@@ -57,11 +57,14 @@ pub enum ErrorCode {
     /// 1017: the link toward the target cluster failed; the message says
     /// whether the call may have run.
     LinkFailed,
+    /// 1018: the connection's credential does not allow the request (or
+    /// was revoked, or the node requires one); nothing ran.
+    PermissionDenied,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::UnknownFunction,
         ErrorCode::NoMatchingProvider,
         ErrorCode::ExecutionFailed,
@@ -79,6 +82,7 @@ impl ErrorCode {
         ErrorCode::HopBudgetExhausted,
         ErrorCode::LoopDetected,
         ErrorCode::LinkFailed,
+        ErrorCode::PermissionDenied,
     ];
 
     pub fn code(self) -> i64 {
@@ -100,6 +104,7 @@ impl ErrorCode {
             ErrorCode::HopBudgetExhausted => 1015,
             ErrorCode::LoopDetected => 1016,
             ErrorCode::LinkFailed => 1017,
+            ErrorCode::PermissionDenied => 1018,
         }
     }
 
@@ -122,6 +127,7 @@ impl ErrorCode {
             ErrorCode::HopBudgetExhausted => "Hop budget exhausted",
             ErrorCode::LoopDetected => "Loop detected",
             ErrorCode::LinkFailed => "Federation link failed",
+            ErrorCode::PermissionDenied => "Permission denied",
         }
     }
 }

@@ -25,7 +25,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("cluster", &["cluster"]),
     (
         "systems",
-        &["cache", "federation", "pubsub", "queue", "rpc"],
+        &["auth", "cache", "federation", "pubsub", "queue", "rpc"],
     ),
     ("edges", &["admin", "peer_server", "transport"]),
     ("server", &["server"]),

@@ -19,13 +19,15 @@
 //! 4. systems: [`rpc`] (dependency-resolving calls over built-ins and
 //!    workers), [`pubsub`] (topic fan-out, backlog, slow consumers),
 //!    [`queue`] (durable queues), [`cache`] (replicated cache + memory
-//!    tier), [`federation`] (links to neighbour clusters, route control);
+//!    tier), [`federation`] (links to neighbour clusters, route control),
+//!    [`auth`] (client tokens and permissions);
 //! 5. edges: [`transport`] (client WebSocket sessions on `--listen`),
 //!    [`peer_server`] (what other nodes ask on `/peer`), [`admin`] (admin
 //!    HTTP: health, status, SQL, metrics, cluster membership);
 //! 6. [`server`]: runs all of the above until shutdown.
 
 mod admin;
+mod auth;
 mod cache;
 mod clock;
 pub mod cluster;

@@ -100,7 +100,12 @@ pub struct TransportMetrics {
     pub outbound_queue_frames: IntGauge,
     /// Peers refused at the handshake, by [`PEER_AUTH_REFUSALS`].
     pub peer_auth_refusals: IntCounterVec,
+    /// Clients and admin requests refused, by [`CLIENT_AUTH_REFUSALS`].
+    pub client_auth_refusals: IntCounterVec,
 }
+
+/// Reasons of `mpreg_client_auth_refusals_total` (the auth module's refusals).
+pub const CLIENT_AUTH_REFUSALS: [&str; 4] = ["missing_token", "unknown_token", "revoked", "denied"];
 
 /// Reasons of `mpreg_peer_auth_refusals_total`.
 pub const PEER_AUTH_REFUSALS: [&str; 5] =
@@ -159,6 +164,12 @@ impl TransportMetrics {
                 r,
                 "mpreg_peer_auth_refusals_total",
                 "Peer connections refused at the handshake, by reason: no_proof, bad_proof, malformed, timeout, closed.",
+                &["reason"],
+            )?,
+            client_auth_refusals: counter_vec(
+                r,
+                "mpreg_client_auth_refusals_total",
+                "Client upgrades, requests and admin requests refused for their credential, by reason: missing_token, unknown_token, revoked, denied.",
                 &["reason"],
             )?,
         })
@@ -751,6 +762,9 @@ impl Metrics {
         }
         for reason in PEER_AUTH_REFUSALS {
             transport.peer_auth_refusals.with_label_values(&[reason]);
+        }
+        for reason in CLIENT_AUTH_REFUSALS {
+            transport.client_auth_refusals.with_label_values(&[reason]);
         }
         for outcome in RPC_REQUEST_OUTCOMES {
             rpc.requests.with_label_values(&[outcome]);

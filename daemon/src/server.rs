@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
+use crate::auth::{self, Auth};
 use crate::cache::Cache;
 use crate::cluster::{Node, membership};
 use crate::config::Config;
@@ -130,10 +131,19 @@ pub async fn start(
             },
         )?;
     }
+    let credentials = config
+        .credentials
+        .iter()
+        .map(|entry| entry.load(auth::token_sha256))
+        .collect::<Result<Vec<_>>>()?;
     let tasks = TaskTracker::new();
 
     let metrics = Arc::new(Metrics::new(config.metrics_max_label_values).map_err(Error::Metrics)?);
-    let admin_state = AdminState::new(metrics.clone(), shutdown.clone());
+    let admin_state = AdminState::new(
+        metrics.clone(),
+        shutdown.clone(),
+        config.open_health_and_metrics,
+    );
     let admin_shutdown = shutdown.clone();
     let admin_server = axum::serve(listeners.admin, admin::router(admin_state.clone()))
         .with_graceful_shutdown(async move { admin_shutdown.cancelled().await });
@@ -210,18 +220,32 @@ pub async fn start(
         metrics.cache.clone(),
     ));
 
+    let auth = Arc::new(Auth::new(
+        node.clone(),
+        metrics.transport.client_auth_refusals.clone(),
+        !credentials.is_empty(),
+    ));
+    if let Err(e) = auth::propose_configured(&node, &credentials).await {
+        tracing::warn!(error = %e, "configured credentials not proposed; clients are refused until they are (send SIGHUP to retry)");
+    }
     let sql = admin::sql_engine(node.clone(), cache.clone(), config.sql.clone())
         .map_err(Error::SqlRuntime)?;
     sql.set_link_states(federation.clone());
-    admin_state.set_node(node.clone(), Arc::new(sql));
+    admin_state.set_node(node.clone(), Arc::new(sql), auth.clone());
     admin_state.set_federation(federation.clone());
     #[cfg(unix)]
-    tasks.spawn(reload_on_sighup(federation.clone(), shutdown.clone()));
+    tasks.spawn(reload_on_sighup(
+        federation.clone(),
+        node.clone(),
+        config.config_file.clone(),
+        shutdown.clone(),
+    ));
     let rpc = Arc::new(rpc);
     endpoints
         .peers
         .attach(rpc.clone(), pubsub.clone(), cache.clone(), federation);
     endpoints.serve_clients(Arc::new(Services {
+        auth,
         rpc,
         queues,
         pubsub,
@@ -303,9 +327,14 @@ async fn drain(tasks: &TaskTracker) {
     }
 }
 
-/// Reads the federation policies again on each SIGHUP.
+/// Reads the federation policies and the credentials again on each SIGHUP.
 #[cfg(unix)]
-async fn reload_on_sighup(federation: Arc<Federation>, shutdown: CancellationToken) {
+async fn reload_on_sighup(
+    federation: Arc<Federation>,
+    node: Arc<Node>,
+    config_file: Option<std::path::PathBuf>,
+    shutdown: CancellationToken,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(hangups) => hangups,
@@ -320,10 +349,30 @@ async fn reload_on_sighup(federation: Arc<Federation>, shutdown: CancellationTok
                 if let Err(e) = federation.reload() {
                     tracing::warn!(error = %e, "SIGHUP: federation policies not reloaded");
                 }
+                if let Some(path) = &config_file
+                    && let Err(e) = reload_credentials(&node, path).await
+                {
+                    tracing::warn!(error = %e, "SIGHUP: credentials not reloaded");
+                }
             }
             () = shutdown.cancelled() => return,
         }
     }
+}
+
+/// Reads the `[[credentials]]` of the config file and proposes the new or
+/// changed ones. One that is gone from the file stays: revoke it with
+/// `DELETE /credentials/{name}`.
+#[cfg(unix)]
+async fn reload_credentials(node: &Node, path: &Path) -> Result<()> {
+    let file = crate::config::FileConfig::load(path)?;
+    let credentials = file
+        .credentials
+        .unwrap_or_default()
+        .iter()
+        .map(|entry| entry.load(auth::token_sha256))
+        .collect::<Result<Vec<_>>>()?;
+    auth::propose_configured(node, &credentials).await
 }
 
 /// Serves until `shutdown` is cancelled, then stops accepting, finishes

@@ -14,16 +14,20 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use mpreg_client::protocol::{self, ErrorCode, Inbound, PubSubAck, RpcError, RpcResponse};
+use mpreg_storage::credential::Action;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cache::Cache;
+use crate::auth::{self, Auth, Principal, Refused};
+use crate::cache::{self, Cache};
 use crate::cluster::peer::MAX_PEER_FRAME;
 use crate::config::TransportLimits;
 use crate::metrics::TransportMetrics;
@@ -36,6 +40,7 @@ use crate::session::{FrameKind, Outbound};
 
 /// The systems a session dispatches frames to.
 pub struct Services {
+    pub auth: Arc<Auth>,
     pub rpc: Arc<Rpc>,
     pub pubsub: Arc<PubSub>,
     pub queues: Arc<Queues>,
@@ -155,16 +160,44 @@ pub async fn serve(
             let config = WebSocketConfig::default()
                 .max_message_size(Some(hard_cap))
                 .max_frame_size(Some(hard_cap));
-            match tokio_tungstenite::accept_async_with_config(stream, Some(config)).await {
+            let services = endpoints.services.get().filter(|_| !asks_for_peer);
+            let mut principal = None;
+            let authenticate = |request: &Request, response: Response| {
+                let Some(services) = services else {
+                    return Ok(response);
+                };
+                let token = auth::presented_token(request.headers());
+                match services.auth.authenticate(token.as_deref()) {
+                    Ok(who) => {
+                        principal = Some(who);
+                        Ok(response)
+                    }
+                    Err(refused) => {
+                        tracing::info!(%peer, reason = refused.reason, "client refused at the upgrade");
+                        let mut answer = ErrorResponse::new(Some(refused.message));
+                        *answer.status_mut() = StatusCode::UNAUTHORIZED;
+                        answer.headers_mut().insert(
+                            "www-authenticate",
+                            HeaderValue::from_static("Bearer realm=\"mpreg\""),
+                        );
+                        Err(answer)
+                    }
+                }
+            };
+            match tokio_tungstenite::accept_hdr_async_with_config(stream, authenticate, Some(config))
+                .await
+            {
                 Err(e) => tracing::debug!(%peer, error = %e, "websocket handshake failed"),
                 Ok(ws) if asks_for_peer => {
                     endpoints.peers.clone().serve(ws, peer, shutdown).await;
                 }
-                Ok(mut ws) => match endpoints.services.get() {
-                    Some(services) => {
+                Ok(mut ws) => match (services, principal) {
+                    (Some(services), Some(principal)) => {
                         let session = Session {
                             id: next_id.fetch_add(1, Ordering::Relaxed),
                             peer,
+                            principal,
+                            auth: services.auth.clone(),
                             rpc: services.rpc.clone(),
                             pubsub: services.pubsub.clone(),
                             queues: services.queues.clone(),
@@ -175,7 +208,7 @@ pub async fn serve(
                         };
                         session.run(ws, shutdown).await;
                     }
-                    None => {
+                    _ => {
                         let close = CloseFrame {
                             code: CloseCode::Again,
                             reason: "the node is starting; retry".into(),
@@ -194,6 +227,9 @@ pub async fn serve(
 struct Session {
     id: u64,
     peer: SocketAddr,
+    /// Who the connection presented itself as at the upgrade.
+    principal: Principal,
+    auth: Arc<Auth>,
     rpc: Arc<Rpc>,
     pubsub: Arc<PubSub>,
     queues: Arc<Queues>,
@@ -285,6 +321,11 @@ impl Session {
     /// The reply to a pub/sub frame over the in-flight limit.
     fn busy_ack(&self, kind: FrameKind, u: &str) -> Outbound {
         ack(kind, u, Err(self.busy_details()))
+    }
+
+    /// Whether the connection's credential allows every one of `actions`.
+    fn permitted(&self, actions: &[Action<'_>]) -> Result<(), Refused> {
+        self.auth.authorize(&self.principal, actions)
     }
 
     fn provider_id(&self) -> String {
@@ -427,6 +468,11 @@ impl Session {
                     }
                 }
                 Ok(Inbound::Rpc(request)) => {
+                    if let Err(refused) = self.permitted(&auth::rpc_actions(&request)) {
+                        let response = RpcResponse::error(Some(request.u), refused.rpc_error());
+                        let _ = outbound.send(reply(kind, &response)).await;
+                        continue;
+                    }
                     let Some(permit) = in_flight.admit(bytes.len()) else {
                         let _ = outbound.send(self.busy(kind, request.u)).await;
                         continue;
@@ -440,6 +486,13 @@ impl Session {
                     });
                 }
                 Ok(Inbound::CacheRequest(request)) => {
+                    let namespace = cache::namespace_of(&request).map(Action::Cache);
+                    if let Err(refused) = self.permitted(namespace.as_slice()) {
+                        let refusal = Refusal::new(ErrorCode::PermissionDenied, refused.message);
+                        let answer = Cache::reply(&request, Err(refusal));
+                        let _ = outbound.send(kind.message(answer.to_string())).await;
+                        continue;
+                    }
                     let Some(permit) = in_flight.admit(bytes.len()) else {
                         let _ = outbound.send(self.busy(kind, request.u)).await;
                         continue;
@@ -453,6 +506,16 @@ impl Session {
                     });
                 }
                 Ok(Inbound::WorkerRegister(register)) => {
+                    let names: Vec<_> = register
+                        .functions
+                        .iter()
+                        .map(|f| Action::Register(&f.name))
+                        .collect();
+                    if let Err(refused) = self.permitted(&names) {
+                        let response = RpcResponse::error(Some(register.u), refused.rpc_error());
+                        let _ = outbound.send(reply(kind, &response)).await;
+                        continue;
+                    }
                     let Some(permit) = in_flight.admit(bytes.len()) else {
                         let _ = outbound.send(self.busy(kind, register.u)).await;
                         continue;
@@ -474,6 +537,16 @@ impl Session {
                     });
                 }
                 Ok(Inbound::WorkerWithdraw(withdraw)) => {
+                    let names: Vec<_> = withdraw
+                        .functions
+                        .iter()
+                        .map(|f| Action::Register(&f.name))
+                        .collect();
+                    if let Err(refused) = self.permitted(&names) {
+                        let response = RpcResponse::error(Some(withdraw.u), refused.rpc_error());
+                        let _ = outbound.send(reply(kind, &response)).await;
+                        continue;
+                    }
                     let Some(permit) = in_flight.admit(bytes.len()) else {
                         let _ = outbound.send(self.busy(kind, withdraw.u)).await;
                         continue;
@@ -494,16 +567,31 @@ impl Session {
                     self.rpc.workers().answer(&self.provider_id(), answer)
                 }
                 Ok(Inbound::Publish(publish)) => {
-                    let result = self
-                        .pubsub
-                        .publish(&publish.message)
-                        .await
-                        .map_err(|e| e.to_string());
+                    let result = match self.permitted(&[Action::Publish(&publish.message.topic)]) {
+                        Ok(()) => self
+                            .pubsub
+                            .publish(&publish.message)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Err(refused) => Err(refused.message),
+                    };
                     if outbound.send(ack(kind, &publish.u, result)).await.is_err() {
                         break;
                     }
                 }
                 Ok(Inbound::Subscribe(subscribe)) => {
+                    let patterns: Vec<_> = subscribe
+                        .subscription
+                        .patterns
+                        .iter()
+                        .map(|p| Action::Subscribe(&p.pattern))
+                        .collect();
+                    if let Err(refused) = self.permitted(&patterns) {
+                        let _ = outbound
+                            .send(ack(kind, &subscribe.u, Err(refused.message)))
+                            .await;
+                        continue;
+                    }
                     let Some(permit) = in_flight.admit(bytes.len()) else {
                         let _ = outbound.send(self.busy_ack(kind, &subscribe.u)).await;
                         continue;
@@ -537,6 +625,12 @@ impl Session {
                     });
                 }
                 Ok(Inbound::QueueSubscribe(subscribe)) => {
+                    if let Err(refused) = self.permitted(&[Action::Queue(&subscribe.queue_name)]) {
+                        let refusal = Refusal::new(ErrorCode::PermissionDenied, refused.message);
+                        let refused = subscribe_ack(&subscribe.u, &Err(refusal));
+                        let _ = outbound.send(kind.message(refused.to_string())).await;
+                        continue;
+                    }
                     self.queues
                         .subscribe(subscribe, self.id, outbound.clone(), kind)
                         .await;

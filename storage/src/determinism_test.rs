@@ -7,6 +7,7 @@ use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilde
 use proptest::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::credential::Permissions;
 use crate::db::{DataDir, OpenMode};
 use crate::event::{
     AtomicOp, CacheKey, Delivery, Event, EventKind, NewMessage, QueueSettings, QueueType,
@@ -502,12 +503,36 @@ fn route_key() -> impl Strategy<Value = RouteKey> {
     )
 }
 
+/// Credential events over three names and three tokens, so sets meet
+/// revoked names, reused tokens and tokens of other names.
+fn credential_event_kind() -> impl Strategy<Value = EventKind> {
+    let name = || prop_oneof![Just("ops"), Just("app"), Just("bi")].prop_map(String::from);
+    let token = prop_oneof![Just("aa11"), Just("bb22"), Just("cc33")].prop_map(String::from);
+    let permissions = (any::<bool>(), any::<bool>()).prop_map(|(sql, admin)| Permissions {
+        call: vec!["echo".into()],
+        sql,
+        admin,
+        ..Permissions::default()
+    });
+    prop_oneof![
+        3 => (name(), token, permissions).prop_map(|(name, token_sha256, permissions)| {
+            EventKind::CredentialSet {
+                name,
+                token_sha256,
+                permissions,
+            }
+        }),
+        1 => name().prop_map(|name| EventKind::CredentialRevoked { name }),
+    ]
+}
+
 fn event_kind() -> impl Strategy<Value = EventKind> {
     prop_oneof![
         registry_event_kind(),
         queue_event_kind(),
         cache_event_kind(),
-        federation_event_kind()
+        federation_event_kind(),
+        credential_event_kind(),
     ]
 }
 

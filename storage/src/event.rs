@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::credential::Permissions;
 use crate::federation::{CatalogAd, Damping, KeyAd, LearnedRoute, RouteKey};
 
 /// One proposed state change, as stored in a log entry.
@@ -247,6 +248,18 @@ pub enum EventKind {
     /// Proposed by the leader's timer: of the summaries of these clusters,
     /// those expired at the event's time go.
     CatalogsExpired { clusters: Vec<String> },
+    /// A client presenting the token whose SHA-256 is `token_sha256`
+    /// (lowercase hex) is credential `name` and may do what `permissions`
+    /// allow; replaces a live credential of that name. A revoked name comes
+    /// back only with another token, and one token names one credential.
+    CredentialSet {
+        name: String,
+        token_sha256: String,
+        permissions: Permissions,
+    },
+    /// Credential `name` stops working on every node; its row stays,
+    /// marked revoked, so the same token is never set again by mistake.
+    CredentialRevoked { name: String },
 }
 
 /// A cache key: upstream's namespace + identifier (+ version).
@@ -329,6 +342,8 @@ impl EventKind {
             EventKind::RouteKeysExpired { .. } => "route_keys_expired",
             EventKind::CatalogsLearned { .. } => "catalogs_learned",
             EventKind::CatalogsExpired { .. } => "catalogs_expired",
+            EventKind::CredentialSet { .. } => "credential_set",
+            EventKind::CredentialRevoked { .. } => "credential_revoked",
         }
     }
 }

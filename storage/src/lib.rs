@@ -14,7 +14,8 @@
 //!   stays inside the crate);
 //! - [`inspect`]: read-only scans of the views and the log (for SQL);
 //! - [`codec`]: the versioned encoding of every stored value;
-//! - [`topic`]: AMQP-style topic patterns (queue delivery filters, pub/sub).
+//! - [`topic`]: AMQP-style topic patterns (queue delivery filters, pub/sub);
+//! - [`credential`]: what a client credential allows.
 //!
 //! Inside the crate (their entry types are re-exported here):
 //! - `db`: the data dir ([`DataDir`]: lock, RocksDB, schema version,
@@ -31,6 +32,7 @@
 //!   ([`StorageMetrics`]).
 
 pub mod codec;
+pub mod credential;
 pub mod event;
 pub mod federation;
 pub mod inspect;

@@ -31,6 +31,10 @@ struct Cli {
     /// Client URL of a daemon.
     #[arg(long, global = true, default_value = "ws://127.0.0.1:6666")]
     url: String,
+    /// File holding the token to present (`Authorization: Bearer`), for a
+    /// node that requires credentials; used on the client and admin URLs.
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -403,9 +407,12 @@ fn queue_call(op: QueueOp) -> (&'static str, Value) {
 }
 
 /// Runs a federation operation through the admin HTTP of `admin`.
-async fn federation(admin: &str, op: &FederationOp) -> Result<String, String> {
+async fn federation(
+    http: &reqwest::Client,
+    admin: &str,
+    op: &FederationOp,
+) -> Result<String, String> {
     let base = format!("{}/federation", admin.trim_end_matches('/'));
-    let http = reqwest::Client::new();
     let request = match op {
         FederationOp::Links => http.get(format!("{base}/links")),
         FederationOp::Link { url } => http
@@ -419,9 +426,8 @@ async fn federation(admin: &str, op: &FederationOp) -> Result<String, String> {
 }
 
 /// Runs a cluster membership operation through the admin HTTP of `admin`.
-async fn cluster(admin: &str, op: &ClusterOp) -> Result<String, String> {
+async fn cluster(http: &reqwest::Client, admin: &str, op: &ClusterOp) -> Result<String, String> {
     let base = format!("{}/cluster/members", admin.trim_end_matches('/'));
-    let http = reqwest::Client::new();
     let request = match op {
         ClusterOp::Members => http.get(&base),
         ClusterOp::Add { node_id, url } => http
@@ -453,14 +459,19 @@ async fn admin_answer(base: &str, request: reqwest::RequestBuilder) -> Result<St
 }
 
 /// Runs `sql` on the daemon at `admin` and prints the rows as it renders them.
-async fn sql(admin: &str, sql: &str, format: Format) -> Result<String, String> {
+async fn sql(
+    http: &reqwest::Client,
+    admin: &str,
+    sql: &str,
+    format: Format,
+) -> Result<String, String> {
     let wire_name = match format {
         Format::Table => "table",
         Format::Json => "json",
         Format::Csv => "csv",
     };
     let url = format!("{}/sql", admin.trim_end_matches('/'));
-    let response = reqwest::Client::new()
+    let response = http
         .post(&url)
         .query(&[("format", wire_name)])
         .body(sql.to_string())
@@ -518,22 +529,50 @@ fn request_from(text: &str) -> Result<Request, String> {
     Ok(request)
 }
 
+/// The token of `--token-file`, trimmed.
+fn token(cli: &Cli) -> Result<Option<String>, String> {
+    let Some(path) = &cli.token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+    Ok(Some(text.trim().to_string()))
+}
+
+/// An HTTP client for admin requests, presenting `token` on each.
+fn http(token: Option<&str>) -> Result<reqwest::Client, String> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "the token is not a valid header value".to_string())?;
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
 async fn run(cli: Cli) -> Result<String, String> {
+    let token = token(&cli)?;
     if let Command::Sql {
         sql: query,
         admin,
         format,
     } = &cli.command
     {
-        return sql(admin, query, *format).await;
+        return sql(&http(token.as_deref())?, admin, query, *format).await;
     }
     if let Command::Cluster { op, admin } = &cli.command {
-        return cluster(admin, op).await;
+        return cluster(&http(token.as_deref())?, admin, op).await;
     }
     if let Command::Federation { op, admin } = &cli.command {
-        return federation(admin, op).await;
+        return federation(&http(token.as_deref())?, admin, op).await;
     }
-    let client = Client::connect(&cli.url).await.map_err(|e| e.to_string())?;
+    let client = Client::connect_with_token(&cli.url, token.as_deref())
+        .await
+        .map_err(|e| e.to_string())?;
     let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
     match cli.command {
         Command::Call {

@@ -1,7 +1,8 @@
 //! Admin HTTP (axum) on `--admin-listen`: `/health`, `/status`, `/sql`
 //! ([`sql`]), `/metrics` ([`gauges`] reads the node's figures when
-//! scraped), `/cluster/members` and `/cluster/leave`, and `/federation/*`
-//! ([`federation`]).
+//! scraped), `/cluster/members` and `/cluster/leave`, `/federation/*`
+//! ([`federation`]) and `/credentials/*`; [`credentials`] also checks the
+//! token of every request while credentials are required.
 
 use std::sync::{Arc, OnceLock};
 
@@ -15,11 +16,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Auth;
 use crate::cluster::{Node, RaftStatus, membership};
 use crate::envelope::{Envelope, PeerRequest, Refused};
 use crate::federation::Federation;
 use crate::metrics::Metrics;
 
+mod credentials;
 mod federation;
 mod gauges;
 mod sql;
@@ -32,17 +35,26 @@ pub struct AdminState {
     node: Arc<OnceLock<Arc<Node>>>,
     sql: Arc<OnceLock<Arc<SqlEngine>>>,
     federation: Arc<OnceLock<Arc<Federation>>>,
+    auth: Arc<OnceLock<Arc<Auth>>>,
+    /// `/health` and `/metrics` answer without a token.
+    open_health_and_metrics: bool,
     metrics: Arc<Metrics>,
     /// Stops the node (after it left its cluster).
     shutdown: CancellationToken,
 }
 
 impl AdminState {
-    pub fn new(metrics: Arc<Metrics>, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+        open_health_and_metrics: bool,
+    ) -> Self {
         AdminState {
             node: Arc::default(),
             sql: Arc::default(),
             federation: Arc::default(),
+            auth: Arc::default(),
+            open_health_and_metrics,
             metrics,
             shutdown,
         }
@@ -52,8 +64,10 @@ impl AdminState {
         &self.metrics
     }
 
-    /// Makes the started node and its SQL engine visible to the handlers.
-    pub fn set_node(&self, node: Arc<Node>, sql: Arc<SqlEngine>) {
+    /// Makes the started node, its SQL engine and its credential checks
+    /// visible to the handlers.
+    pub fn set_node(&self, node: Arc<Node>, sql: Arc<SqlEngine>, auth: Arc<Auth>) {
+        let _ = self.auth.set(auth);
         let _ = self.node.set(node);
         let _ = self.sql.set(sql);
     }
@@ -111,6 +125,14 @@ pub fn router(state: AdminState) -> Router {
             "/federation/rotate-key",
             axum::routing::post(federation::rotate_key),
         )
+        .route(
+            "/credentials/{name}",
+            axum::routing::delete(credentials::revoke),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            credentials::check,
+        ))
         .with_state(state)
 }
 

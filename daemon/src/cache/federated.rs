@@ -25,7 +25,7 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The namespace a request addresses: its key's, or the `namespace` of an
 /// invalidation or namespace operation.
-fn namespace_of(request: &CacheRequest) -> Option<&str> {
+pub fn namespace_of(request: &CacheRequest) -> Option<&str> {
     if let Some(key) = &request.key {
         return Some(&key.namespace);
     }

@@ -13,6 +13,8 @@
 mod federated;
 mod tier;
 
+pub use federated::namespace_of;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -159,7 +161,7 @@ impl Cache {
     }
 
     /// The `cache-response` to `request`.
-    fn reply(request: &CacheRequest, answer: CacheResult<Value>) -> Value {
+    pub fn reply(request: &CacheRequest, answer: CacheResult<Value>) -> Value {
         let u = request.u.clone();
         let operation = request.operation.clone();
         let mut reply = match answer {

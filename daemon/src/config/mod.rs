@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
+mod credentials;
 mod federation;
 mod limits;
 mod secrets;
@@ -18,6 +19,7 @@ mod secrets;
 pub use federation::{FederationSettings, PolicyDirectory};
 
 pub use limits::{CacheLimits, PubSubLimits, RpcLimits, SlowConsumerPolicy, TransportLimits};
+pub use credentials::{Credential, CredentialFile};
 pub use secrets::{SecretFiles, Secrets};
 
 /// Default client + peer listener.
@@ -106,6 +108,8 @@ pub struct FileConfig {
     pub cluster_secret_file: Option<PathBuf>,
     pub link_secret_files: Option<BTreeMap<String, PathBuf>>,
     pub require_link_secrets: Option<bool>,
+    pub credentials: Option<Vec<CredentialFile>>,
+    pub open_health_and_metrics: Option<bool>,
 }
 
 impl FileConfig {
@@ -170,6 +174,11 @@ pub struct Config {
     pub federation: FederationSettings,
     /// The secrets peers prove at link setup.
     pub secrets: SecretFiles,
+    /// Client credentials this node proposes at start and on reload.
+    pub credentials: Vec<CredentialFile>,
+    /// Whether `/health` and `/metrics` answer without a token while
+    /// credentials are required.
+    pub open_health_and_metrics: bool,
     /// The config file the settings came from, read again on reload.
     pub config_file: Option<PathBuf>,
 }
@@ -202,6 +211,8 @@ impl Config {
             cache: CacheLimits::default(),
             federation: FederationSettings::default(),
             secrets: SecretFiles::default(),
+            credentials: Vec::new(),
+            open_health_and_metrics: true,
             config_file: None,
         }
     }
@@ -259,6 +270,8 @@ impl Config {
             cluster_secret_file,
             link_secret_files,
             require_link_secrets,
+            credentials,
+            open_health_and_metrics,
         } = file;
         if let Some(v) = data_dir {
             self.data_dir = v;
@@ -397,6 +410,12 @@ impl Config {
         }
         if let Some(v) = require_link_secrets {
             secrets.require_links = v;
+        }
+        if let Some(v) = credentials {
+            self.credentials = v;
+        }
+        if let Some(v) = open_health_and_metrics {
+            self.open_health_and_metrics = v;
         }
     }
 

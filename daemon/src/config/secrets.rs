@@ -32,11 +32,11 @@ impl SecretFiles {
     /// Reads every secret; a missing, unreadable or short file is an error
     /// naming it.
     pub fn load(&self) -> Result<Secrets> {
-        let cluster = self.cluster.as_deref().map(read).transpose()?;
+        let cluster = self.cluster.as_deref().map(read_secret).transpose()?;
         let links = self
             .links
             .iter()
-            .map(|(cluster, path)| Ok((cluster.clone(), read(path)?)))
+            .map(|(cluster, path)| Ok((cluster.clone(), read_secret(path)?)))
             .collect::<Result<_>>()?;
         Ok(Secrets {
             cluster,
@@ -46,7 +46,9 @@ impl SecretFiles {
     }
 }
 
-fn read(path: &Path) -> Result<Vec<u8>> {
+/// Reads a secret (or token) file, trimmed; a missing, unreadable or short
+/// file is an error naming it.
+pub(super) fn read_secret(path: &Path) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path)
         .map_err(|e| Error::InvalidSetting(format!("secret file {}: {e}", path.display())))?;
     let secret = bytes.trim_ascii().to_vec();

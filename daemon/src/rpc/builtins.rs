@@ -35,6 +35,18 @@ pub fn is_reserved(name: &str) -> bool {
         .any(|n| NAMES.contains(n) || crate::queue::FUNCTIONS.contains(n))
 }
 
+/// Whether a call of `name` reaches one of the queue functions (bare or
+/// under a prefix).
+pub fn is_queue_function(name: &str) -> bool {
+    let bare = super::select::NAME_PREFIXES
+        .iter()
+        .find_map(|prefix| name.strip_prefix(prefix))
+        .unwrap_or(name);
+    [name, bare]
+        .iter()
+        .any(|n| crate::queue::FUNCTIONS.contains(n))
+}
+
 /// Runs built-in `name`; `Err` is the failure text sent to the client.
 pub fn call(
     node: &Node,

@@ -36,6 +36,7 @@ use crate::federation::Federation;
 use crate::metrics::RpcMetrics;
 use crate::queue::{self, Queues};
 use federated::Place;
+pub use builtins::is_queue_function;
 pub use plan::{Plan, plan, substitute};
 use select::Selector;
 pub use workers::Workers;

@@ -18,6 +18,7 @@
 //! - [`federation_links`]: one view, with the live link state from a
 //!   [`LinkStateSource`];
 //! - [`route_keys`]: the route signing keys, one row per key;
+//! - [`credentials`]: client credentials and their permissions (no tokens);
 //! - [`events`]: the raft log;
 //! - [`raft`], [`peers`]: the raft state, through a [`RaftSource`].
 //!
@@ -26,6 +27,7 @@
 //!   destination, explained.
 
 mod cache_entries;
+mod credentials;
 mod events;
 mod federation_links;
 mod functions;
@@ -79,10 +81,11 @@ pub enum TableId {
     Events,
     Raft,
     Peers,
+    Credentials,
 }
 
 impl TableId {
-    pub const ALL: [TableId; 12] = [
+    pub const ALL: [TableId; 13] = [
         TableId::Nodes,
         TableId::Functions,
         TableId::Subscriptions,
@@ -95,6 +98,7 @@ impl TableId {
         TableId::Events,
         TableId::Raft,
         TableId::Peers,
+        TableId::Credentials,
     ];
 
     pub fn name(self) -> &'static str {
@@ -111,6 +115,7 @@ impl TableId {
             TableId::Events => "events",
             TableId::Raft => "raft",
             TableId::Peers => "peers",
+            TableId::Credentials => "credentials",
         }
     }
 
@@ -128,6 +133,7 @@ impl TableId {
             TableId::Events => events::COLUMNS,
             TableId::Raft => raft::COLUMNS,
             TableId::Peers => peers::COLUMNS,
+            TableId::Credentials => credentials::COLUMNS,
         }
     }
 
@@ -145,7 +151,8 @@ impl TableId {
             | TableId::FederationLinks
             | TableId::RouteKeys
             | TableId::Raft
-            | TableId::Peers => None,
+            | TableId::Peers
+            | TableId::Credentials => None,
         }
     }
 }
@@ -238,6 +245,7 @@ impl InspectTable {
             TableId::Events => events::produce(inspector, narrowing.bounds, sink),
             TableId::Raft => raft::produce(self.sources.raft.as_ref(), sink),
             TableId::Peers => peers::produce(self.sources.raft.as_ref(), sink),
+            TableId::Credentials => credentials::produce(inspector, sink),
         }
     }
 }

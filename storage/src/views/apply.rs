@@ -6,9 +6,10 @@
 //! applies node, function, subscription and route events itself and hands
 //! queue, cache and timer events to their modules.
 
-use super::rows::{FunctionRow, NodeRow, NodeStatus, RouteRow, SubscriptionRow};
+use super::rows::{CredentialRow, FunctionRow, NodeRow, NodeStatus, RouteRow, SubscriptionRow};
 use super::txn::{RowStore, ViewTxn, check_ids, rejected};
 use super::{View, cache, federation_apply, queue_apply, timers};
+use crate::credential::Permissions;
 use crate::error::Result;
 use crate::event::{Event, EventKind, Outcome};
 
@@ -204,6 +205,22 @@ pub fn apply<S: RowStore>(txn: &mut ViewTxn<'_, S>, event: &Event) -> Result<Out
         EventKind::CatalogsExpired { clusters } => {
             return federation_apply::expire_catalogs(txn, now, clusters);
         }
+        EventKind::CredentialSet {
+            name,
+            token_sha256,
+            permissions,
+        } => return set_credential(txn, now, name, token_sha256, permissions),
+        EventKind::CredentialRevoked { name } => {
+            let key = CredentialRow::key(name);
+            let Some(mut row) = txn.get::<CredentialRow>(View::Credentials, &key)? else {
+                return Ok(rejected(format!("unknown credential {name}")));
+            };
+            if !row.live() {
+                return Ok(rejected(format!("credential {name} is already revoked")));
+            }
+            row.revoked_at_ms = Some(now);
+            txn.put(View::Credentials, key, &row)?;
+        }
         EventKind::QueueDeclared { name, settings } => {
             return queue_apply::declare(txn, now, name, settings);
         }
@@ -281,5 +298,48 @@ pub fn apply<S: RowStore>(txn: &mut ViewTxn<'_, S>, event: &Event) -> Result<Out
             return cache::invalidate_step(txn, now, target, from, *limit);
         }
     }
+    Ok(Outcome::Applied)
+}
+
+/// `CredentialSet`: refuses a token that a revoked credential of the same
+/// name had (revocation must not be undone by re-reading an old config) and
+/// a token another live credential has (one token, one name).
+fn set_credential<S: RowStore>(
+    txn: &mut ViewTxn<'_, S>,
+    now: u64,
+    name: &str,
+    token_sha256: &str,
+    permissions: &Permissions,
+) -> Result<Outcome> {
+    if let Some(refused) = check_ids(&[("name", name), ("token_sha256", token_sha256)]) {
+        return Ok(refused);
+    }
+    let key = CredentialRow::key(name);
+    if let Some(held) = txn.get::<CredentialRow>(View::Credentials, &key)?
+        && !held.live()
+        && held.token_sha256 == token_sha256
+    {
+        return Ok(rejected(format!(
+            "credential {name} was revoked with this token; set it with another token"
+        )));
+    }
+    let others: Vec<CredentialRow> = txn.scan(View::Credentials, &[])?;
+    if let Some(other) = others
+        .iter()
+        .find(|row| row.name != name && row.live() && row.token_sha256 == token_sha256)
+    {
+        return Ok(rejected(format!(
+            "credential {} already has this token",
+            other.name
+        )));
+    }
+    let row = CredentialRow {
+        name: name.to_string(),
+        token_sha256: token_sha256.to_string(),
+        permissions: permissions.clone(),
+        set_at_ms: now,
+        revoked_at_ms: None,
+    };
+    txn.put(View::Credentials, key, &row)?;
     Ok(Outcome::Applied)
 }

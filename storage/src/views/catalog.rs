@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use super::View;
 use super::federation_rows::{CandidateRow, DampingRow, LinkRow, RemoteCatalogRow, keys_key};
-use super::rows::{FunctionRow, NodeRow, RouteRow, SubscriptionRow};
+use super::rows::{CredentialRow, FunctionRow, NodeRow, RouteRow, SubscriptionRow};
 use crate::codec;
 use crate::error::Result;
 use crate::federation::KeyAd;
@@ -25,6 +25,7 @@ pub struct Catalog {
     damping: BTreeMap<Vec<u8>, DampingRow>,
     keys: BTreeMap<Vec<u8>, KeyAd>,
     remote_catalogs: BTreeMap<Vec<u8>, RemoteCatalogRow>,
+    credentials: BTreeMap<Vec<u8>, CredentialRow>,
 }
 
 fn change<T: serde::de::DeserializeOwned>(
@@ -68,6 +69,7 @@ impl Catalog {
             View::RouteDamping => change(&mut self.damping, view, key, value),
             View::RouteKeys => change(&mut self.keys, view, key, value),
             View::RemoteCatalogs => change(&mut self.remote_catalogs, view, key, value),
+            View::Credentials => change(&mut self.credentials, view, key, value),
             View::Queues
             | View::QueueMessages
             | View::QueueReady
@@ -152,5 +154,26 @@ impl Catalog {
 
     pub fn remote_catalog(&self, cluster_id: &str) -> Option<&RemoteCatalogRow> {
         self.remote_catalogs.get(&RemoteCatalogRow::key(cluster_id))
+    }
+
+    /// Every credential, revoked ones included, by name.
+    pub fn credentials(&self) -> impl Iterator<Item = &CredentialRow> {
+        self.credentials.values()
+    }
+
+    pub fn credential(&self, name: &str) -> Option<&CredentialRow> {
+        self.credentials.get(&CredentialRow::key(name))
+    }
+
+    /// The live credential whose token has this SHA-256 (lowercase hex).
+    pub fn credential_by_token(&self, token_sha256: &str) -> Option<&CredentialRow> {
+        self.credentials
+            .values()
+            .find(|row| row.live() && row.token_sha256 == token_sha256)
+    }
+
+    /// Whether clients must present a token: some credential is live.
+    pub fn requires_credentials(&self) -> bool {
+        self.credentials.values().any(CredentialRow::live)
     }
 }

@@ -20,8 +20,8 @@
 //! ```
 //!
 //! - `txn`: `RowStore`, `ViewTxn` and the refusal helpers;
-//! - `apply`: the `apply` entry point; node, function, subscription and
-//!   route events;
+//! - `apply`: the `apply` entry point; node, function, subscription,
+//!   route and credential events;
 //! - `queue_apply`, `cache`: queue and cache events;
 //! - `timers`: `TimersFired`, dispatching each due timer to the queues or
 //!   the cache;
@@ -49,7 +49,7 @@ pub use federation_rows::{CandidateRow, DampingRow, LinkRow, RemoteCatalogRow, k
 pub use queue_rows::{
     DedupRow, MessageRow, MessageState, QueueRow, Timer, TimerKind, queue_prefix,
 };
-pub use rows::{BUILTIN_PROVIDER, FunctionRow, NodeRow, NodeStatus, RouteRow, SubscriptionRow};
+pub use rows::{BUILTIN_PROVIDER, CredentialRow, FunctionRow, NodeRow, NodeStatus, RouteRow, SubscriptionRow};
 
 pub(crate) use apply::apply;
 pub(crate) use digest::Digest;
@@ -74,11 +74,12 @@ pub enum View {
     RouteDamping,
     RouteKeys,
     RemoteCatalogs,
+    Credentials,
 }
 
 impl View {
     /// Every view, in a fixed order (snapshot files and digests rely on it).
-    pub(crate) const ALL: [View; 16] = [
+    pub(crate) const ALL: [View; 17] = [
         View::Nodes,
         View::Functions,
         View::Subscriptions,
@@ -95,6 +96,7 @@ impl View {
         View::RouteDamping,
         View::RouteKeys,
         View::RemoteCatalogs,
+        View::Credentials,
     ];
 
     /// Whether the in-memory [`Catalog`] holds this view's rows (queue and
@@ -112,6 +114,7 @@ impl View {
                 | View::RouteDamping
                 | View::RouteKeys
                 | View::RemoteCatalogs
+                | View::Credentials
         )
     }
 
@@ -134,6 +137,7 @@ impl View {
             View::RouteDamping => "view_route_damping",
             View::RouteKeys => "view_route_keys",
             View::RemoteCatalogs => "view_remote_catalogs",
+            View::Credentials => "view_credentials",
         }
     }
 
@@ -156,6 +160,7 @@ impl View {
             View::RouteDamping => 14,
             View::RouteKeys => 15,
             View::RemoteCatalogs => 16,
+            View::Credentials => 17,
         }
     }
 

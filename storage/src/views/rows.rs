@@ -1,5 +1,5 @@
-//! The rows of the node, function, subscription and route views (the ones
-//! the in-memory catalog holds) and the keys they are stored under. Queue
+//! The rows of the node, function, subscription, route and credential views
+//! (the ones the in-memory catalog holds) and the keys they are stored under. Queue
 //! rows are in `queue_rows`, the cache row in `cache`.
 //!
 //! Rows are plain structs (no flatten, no untagged enums) so bincode encodes
@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::row_key;
+use crate::credential::Permissions;
 
 /// Whether a node is serving.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,5 +120,27 @@ impl RouteRow {
     /// Number of cluster hops of the path.
     pub fn hops(&self) -> usize {
         self.path.len()
+    }
+}
+
+/// `credentials` view: one row per credential name, kept after revocation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialRow {
+    pub name: String,
+    /// SHA-256 of the token, lowercase hex; never the token.
+    pub token_sha256: String,
+    pub permissions: Permissions,
+    pub set_at_ms: u64,
+    pub revoked_at_ms: Option<u64>,
+}
+
+impl CredentialRow {
+    pub fn key(name: &str) -> Vec<u8> {
+        row_key(&[name])
+    }
+
+    /// Whether the credential still works.
+    pub fn live(&self) -> bool {
+        self.revoked_at_ms.is_none()
     }
 }
