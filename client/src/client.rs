@@ -231,7 +231,9 @@ impl Client {
             url: url.to_string(),
             reason,
         };
-        let mut request = url.into_client_request().map_err(|e| failed(e.to_string()))?;
+        let mut request = url
+            .into_client_request()
+            .map_err(|e| failed(e.to_string()))?;
         if let Some(token) = token {
             let value = format!("Bearer {token}")
                 .parse()

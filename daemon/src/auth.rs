@@ -21,7 +21,10 @@ use crate::config::Credential;
 
 /// SHA-256 of a token, lowercase hex: what credentials store.
 pub fn token_sha256(token: &str) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()))
+    hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        token.as_bytes(),
+    ))
 }
 
 /// The token `headers` present: `Authorization: Bearer <token>` (a value
@@ -127,7 +130,11 @@ impl Auth {
     }
 }
 
-fn authenticate(catalog: &Catalog, required: bool, token: Option<&str>) -> Result<Principal, Refused> {
+fn authenticate(
+    catalog: &Catalog,
+    required: bool,
+    token: Option<&str>,
+) -> Result<Principal, Refused> {
     if !required {
         return Ok(Principal::Anonymous);
     }
@@ -166,9 +173,7 @@ fn authorize(
             let row = catalog
                 .credential(name)
                 .filter(|row| row.live() && row.token_sha256 == *token_sha256)
-                .ok_or_else(|| {
-                    Refused::new("revoked", format!("credential {name} was revoked"))
-                })?;
+                .ok_or_else(|| Refused::new("revoked", format!("credential {name} was revoked")))?;
             if row.permissions.allows(action) {
                 Ok(())
             } else {
@@ -185,7 +190,10 @@ fn authorize(
 /// (a changed token or permissions is proposed again). A refusal (a token
 /// revoked under that name, or one another credential has) is logged: the
 /// credential stays as the log has it.
-pub async fn propose_configured(node: &Node, credentials: &[Credential]) -> crate::error::Result<()> {
+pub async fn propose_configured(
+    node: &Node,
+    credentials: &[Credential],
+) -> crate::error::Result<()> {
     for credential in credentials {
         let held = node
             .views()

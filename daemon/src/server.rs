@@ -142,7 +142,7 @@ pub async fn start(
     let admin_state = AdminState::new(
         metrics.clone(),
         shutdown.clone(),
-        config.open_health_and_metrics,
+        config.open_health_endpoints,
     );
     let admin_shutdown = shutdown.clone();
     let admin_server = axum::serve(listeners.admin, admin::router(admin_state.clone()))

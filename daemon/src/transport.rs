@@ -18,10 +18,10 @@ use mpreg_storage::credential::Action;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -162,6 +162,8 @@ pub async fn serve(
                 .max_frame_size(Some(hard_cap));
             let services = endpoints.services.get().filter(|_| !asks_for_peer);
             let mut principal = None;
+            // The handshake callback's signature is tungstenite's.
+            #[allow(clippy::result_large_err)]
             let authenticate = |request: &Request, response: Response| {
                 let Some(services) = services else {
                     return Ok(response);

@@ -75,9 +75,8 @@ impl Permissions {
 
     /// Whether `action` is allowed.
     pub fn allows(&self, action: Action<'_>) -> bool {
-        let any_matches = |patterns: &[String], name: &str| {
-            patterns.iter().any(|p| pattern_matches(p, name))
-        };
+        let any_matches =
+            |patterns: &[String], name: &str| patterns.iter().any(|p| pattern_matches(p, name));
         match action {
             Action::Call(name) => any_matches(&self.call, name),
             Action::Register(name) => any_matches(&self.register, name),

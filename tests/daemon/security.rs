@@ -179,3 +179,228 @@ async fn federation_links_need_the_link_secret_their_neighbour_holds() -> Result
     assert!(routes.is_empty(), "c1 learned a route to c3: {routes:?}");
     Ok(())
 }
+
+/// Client credential refusals `admin` counted for `reason`.
+async fn client_refusals(admin: &str, reason: &str) -> Result<f64> {
+    let text = metrics_of(admin).await?;
+    let exposition = prom::parse(&text).context("parse /metrics")?;
+    exposition
+        .value("mpreg_client_auth_refusals_total", &[("reason", reason)])
+        .context("mpreg_client_auth_refusals_total is exported for every reason")
+}
+
+/// The HTTP status a WebSocket upgrade to `url` with `headers` is answered
+/// with (101 when accepted).
+async fn upgrade_status(url: &str, headers: &[(&'static str, &str)]) -> Result<u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request()?;
+    for (name, value) in headers {
+        request
+            .headers_mut()
+            .insert(*name, value.parse().context("header value")?);
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((_, response)) => Ok(response.status().as_u16()),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Ok(response.status().as_u16())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The error code of a refused call, or the call's result as an error.
+fn error_code(result: Result<serde_json::Value, mpreg_client::ClientError>) -> Result<i64> {
+    match result {
+        Err(mpreg_client::ClientError::Rpc(e)) => Ok(e.code),
+        other => anyhow::bail!("expected an RPC error, got {other:?}"),
+    }
+}
+
+/// An admin GET of `path` presenting `token`: its status.
+async fn admin_status(admin: &str, path: &str, token: Option<&str>) -> Result<u16> {
+    let mut request = mpreg_tests::http().get(format!("{admin}{path}"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    Ok(request.send().await?.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_do_only_what_their_credential_allows_on_every_node() -> Result<()> {
+    const OPS: &str = "ops-token-0123456789abcdef";
+    const APP: &str = "app-token-0123456789abcdef";
+    const LATE: &str = "late-token-0123456789abcdef";
+    let tokens = TestDir::new();
+    let ops = secret_file(&tokens, "ops.token", OPS)?;
+    let app = secret_file(&tokens, "app.token", APP)?;
+    let late = secret_file(&tokens, "late.token", LATE)?;
+    let credentials = format!(
+        "[[credentials]]\nname = \"ops\"\ntoken_file = {:?}\npermissions = {{ call = [\"#\"], admin = true }}\n\n\
+         [[credentials]]\nname = \"app\"\ntoken_file = {:?}\n\
+         permissions = {{ call = [\"echo\"], publish = [\"orders.#\"], subscribe = [\"orders.*\"], queues = [\"jobs\"], cache = [\"sessions\"] }}\n",
+        ops.display().to_string(),
+        app.display().to_string(),
+    );
+    let cluster = Cluster::start(3, &credentials).await?;
+    let (url, admin) = (
+        &cluster.members[1].client_url,
+        &cluster.members[1].admin_url,
+    );
+
+    // The upgrade needs a known token, in either header upstream sends.
+    assert_eq!(upgrade_status(url, &[]).await?, 401);
+    assert_eq!(
+        upgrade_status(url, &[("authorization", "Bearer not-a-token")]).await?,
+        401
+    );
+    assert_eq!(upgrade_status(url, &[("x-api-key", APP)]).await?, 101);
+    assert_eq!(
+        upgrade_status(url, &[("authorization", &format!("Bearer {APP}"))]).await?,
+        101
+    );
+
+    // Within its permissions a request runs; outside, 1018 names why.
+    let client = Client::connect_with_token(url, Some(APP)).await?;
+    assert_eq!(client.call("echo", vec![json!("hi")]).await?, json!("hi"));
+    let echos = client.call("echos", vec![json!("hi")]).await;
+    ensure!(
+        format!("{echos:?}").contains("may not call function echos"),
+        "{echos:?}"
+    );
+    assert_eq!(error_code(echos)?, 1018);
+    client
+        .queue("create", json!({"queue_name": "jobs"}))
+        .await?;
+    client
+        .queue("send", json!({"queue_name": "jobs", "payload": 1}))
+        .await?;
+    assert_eq!(
+        error_code(
+            client
+                .call("mpreg.queue.create", vec![json!({"queue_name": "other"})])
+                .await
+        )?,
+        1018
+    );
+    assert_eq!(
+        error_code(client.call("mpreg.queue.stats", vec![json!({})]).await)?,
+        1018
+    );
+    client.publish("orders.new", json!(1)).await?;
+    let refused = client.publish("billing.new", json!(1)).await;
+    ensure!(
+        format!("{refused:?}").contains("may not publish to billing.new"),
+        "{refused:?}"
+    );
+    let refused = client.subscribe(&["orders.#"], 0).await.err();
+    ensure!(
+        format!("{refused:?}").contains("may not subscribe to orders.#"),
+        "{refused:?}"
+    );
+    client.subscribe(&["orders.*"], 0).await?;
+    let key = |namespace: &str| json!({"namespace": namespace, "identifier": "k"});
+    client
+        .cache(json!({"operation": "put", "key": key("sessions"), "value": 1}))
+        .await?;
+    let refused = client
+        .cache(json!({"operation": "get", "key": key("other")}))
+        .await;
+    ensure!(
+        format!("{refused:?}").contains("error_code 1018"),
+        "{refused:?}"
+    );
+
+    // Admin HTTP: health and status stay open, SQL needs sql or admin.
+    assert_eq!(admin_status(admin, "/health", None).await?, 200);
+    assert_eq!(admin_status(admin, "/status", None).await?, 200);
+    assert_eq!(admin_status(admin, "/sql?q=SELECT%201", None).await?, 401);
+    assert_eq!(
+        admin_status(admin, "/sql?q=SELECT%201", Some(APP)).await?,
+        403
+    );
+    assert_eq!(
+        admin_status(admin, "/cluster/members", Some(APP)).await?,
+        403
+    );
+    let credentials_sql = |sql: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let answer = mpreg_tests::http()
+                .get(format!("{admin}/sql"))
+                .query(&[("q", sql), ("format", "json")])
+                .bearer_auth(OPS)
+                .send()
+                .await?
+                .json::<serde_json::Value>()
+                .await?;
+            anyhow::Ok(answer)
+        }
+    };
+    let listed = credentials_sql(
+        "SELECT name, call, queues, sql, admin, active FROM credentials ORDER BY name",
+    )
+    .await?;
+    assert_eq!(
+        listed,
+        json!([
+            {"name": "app", "call": "echo", "queues": "jobs", "sql": false, "admin": false, "active": true},
+            {"name": "ops", "call": "#", "queues": "", "sql": false, "admin": true, "active": true},
+        ]),
+        "{listed}"
+    );
+
+    // A credential added to the config file works after SIGHUP.
+    let with_late = format!(
+        "{credentials}\n[[credentials]]\nname = \"late\"\ntoken_file = {:?}\npermissions = {{ call = [\"ping\"] }}\n",
+        late.display().to_string()
+    );
+    for member in &cluster.members {
+        member.dir.config(&with_late);
+    }
+    cluster.sighup(1)?;
+    eventually("the reloaded credential is set", CONVERGE, || async {
+        let rows = credentials_sql("SELECT name FROM credentials WHERE name = 'late'")
+            .await
+            .map_err(|e| e.to_string())?;
+        if rows == json!([{"name": "late"}]) {
+            Ok(())
+        } else {
+            Err(format!("credentials: {rows}"))
+        }
+    })
+    .await?;
+    let late_client = Client::connect_with_token(url, Some(LATE)).await?;
+    late_client.call("ping", vec![]).await?;
+
+    // Revoked through one node, refused on another: open connections at
+    // their next request, new ones at the upgrade.
+    let other = Client::connect_with_token(&cluster.members[2].client_url, Some(APP)).await?;
+    let revoked = mpreg_tests::http()
+        .delete(format!("{}/credentials/app", cluster.members[0].admin_url))
+        .bearer_auth(OPS)
+        .send()
+        .await?;
+    assert_eq!(revoked.status().as_u16(), 200);
+    let still = eventually("the revocation reaches member 2", CONVERGE, || async {
+        match other.call("echo", vec![json!(1)]).await {
+            Err(mpreg_client::ClientError::Rpc(e)) => Ok(e),
+            answer => Err(format!("still answered: {answer:?}")),
+        }
+    })
+    .await?;
+    assert_eq!(still.code, 1018);
+    assert_eq!(still.details.as_deref(), Some("credential app was revoked"));
+    assert_eq!(upgrade_status(url, &[("x-api-key", APP)]).await?, 401);
+    let again = mpreg_tests::http()
+        .delete(format!("{admin}/credentials/app"))
+        .bearer_auth(OPS)
+        .send()
+        .await?;
+    assert_eq!(again.status().as_u16(), 409);
+
+    // What member 1 counted: every refusal above, by reason.
+    assert_eq!(client_refusals(admin, "missing_token").await?, 2.0);
+    assert_eq!(client_refusals(admin, "unknown_token").await?, 2.0);
+    assert_eq!(client_refusals(admin, "denied").await?, 8.0);
+    Ok(())
+}

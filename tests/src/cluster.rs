@@ -171,6 +171,11 @@ impl Cluster {
         signal(self.daemon(i).pid(), "STOP")
     }
 
+    /// Sends SIGHUP to member `i` (it reads its config file again).
+    pub fn sighup(&self, i: usize) -> Result<()> {
+        signal(self.daemon(i).pid(), "HUP")
+    }
+
     pub fn resume(&self, i: usize) -> Result<()> {
         signal(self.daemon(i).pid(), "CONT")
     }

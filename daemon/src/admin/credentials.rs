@@ -1,9 +1,9 @@
 //! Admin authentication and `/credentials`.
 //!
 //! While credentials are required, every admin request presents a token
-//! (`Authorization: Bearer` or `X-API-Key`): `/sql` and `/status` need the
-//! `sql` permission, `/health` and `/metrics` none unless
-//! `open_health_and_metrics = false`, everything else `admin`. Refusals are
+//! (`Authorization: Bearer` or `X-API-Key`): `/sql` needs the `sql`
+//! permission; `/health`, `/status` and `/metrics` none unless
+//! `open_health_endpoints = false` (then `sql`); everything else `admin`. Refusals are
 //! 401 (no or unknown token) or 403 (not allowed).
 //!
 //! - `DELETE /credentials/{name}`: revokes a credential on every node (404
@@ -22,10 +22,10 @@ use super::{AdminState, starting};
 use crate::auth::{self, Refused};
 
 /// The permission a request to `path` needs; `None` for the open ones.
-fn needed(path: &str, open_health_and_metrics: bool) -> Option<Action<'static>> {
+fn needed(path: &str, open_health_endpoints: bool) -> Option<Action<'static>> {
     match path {
-        "/health" | "/metrics" if open_health_and_metrics => None,
-        "/sql" | "/status" => Some(Action::Sql),
+        "/health" | "/status" | "/metrics" if open_health_endpoints => None,
+        "/sql" | "/health" | "/status" | "/metrics" => Some(Action::Sql),
         _ => Some(Action::Admin),
     }
 }
@@ -39,11 +39,15 @@ fn refused(refused: Refused) -> Response {
 }
 
 /// Middleware: checks the request's token before any handler runs.
-pub(super) async fn check(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+pub(super) async fn check(
+    State(state): State<AdminState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let Some(auth) = state.auth.get() else {
         return next.run(request).await;
     };
-    let Some(action) = needed(request.uri().path(), state.open_health_and_metrics) else {
+    let Some(action) = needed(request.uri().path(), state.open_health_endpoints) else {
         return next.run(request).await;
     };
     let token = auth::presented_token(request.headers());
@@ -66,7 +70,10 @@ pub(super) async fn revoke(State(state): State<AdminState>, Path(name): Path<Str
         let error = format!("unknown credential {name}");
         return (StatusCode::NOT_FOUND, Json(json!({"error": error}))).into_response();
     }
-    match node.propose(EventKind::CredentialRevoked { name: name.clone() }).await {
+    match node
+        .propose(EventKind::CredentialRevoked { name: name.clone() })
+        .await
+    {
         Ok(Outcome::Rejected { reason }) => {
             (StatusCode::CONFLICT, Json(json!({"error": reason}))).into_response()
         }

@@ -36,8 +36,8 @@ pub struct AdminState {
     sql: Arc<OnceLock<Arc<SqlEngine>>>,
     federation: Arc<OnceLock<Arc<Federation>>>,
     auth: Arc<OnceLock<Arc<Auth>>>,
-    /// `/health` and `/metrics` answer without a token.
-    open_health_and_metrics: bool,
+    /// `/health`, `/status` and `/metrics` answer without a token.
+    open_health_endpoints: bool,
     metrics: Arc<Metrics>,
     /// Stops the node (after it left its cluster).
     shutdown: CancellationToken,
@@ -47,14 +47,14 @@ impl AdminState {
     pub fn new(
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
-        open_health_and_metrics: bool,
+        open_health_endpoints: bool,
     ) -> Self {
         AdminState {
             node: Arc::default(),
             sql: Arc::default(),
             federation: Arc::default(),
             auth: Arc::default(),
-            open_health_and_metrics,
+            open_health_endpoints,
             metrics,
             shutdown,
         }

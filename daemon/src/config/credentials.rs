@@ -34,7 +34,8 @@ impl CredentialFile {
     /// Reads the token and checks the name and patterns; errors name the
     /// credential.
     pub fn load(&self, hash: impl Fn(&str) -> String) -> Result<Credential> {
-        let invalid = |what: String| Error::InvalidSetting(format!("credential {:?}: {what}", self.name));
+        let invalid =
+            |what: String| Error::InvalidSetting(format!("credential {:?}: {what}", self.name));
         let valid_name = !self.name.is_empty()
             && self.name.len() <= 128
             && self
@@ -87,11 +88,17 @@ mod test {
         let mut bad = entry.clone();
         bad.permissions.publish = vec!["orders..new".into()];
         let refused = bad.load(|t| t.to_string()).unwrap_err().to_string();
-        assert!(refused.contains("\"app\"") && refused.contains("orders..new"), "{refused}");
+        assert!(
+            refused.contains("\"app\"") && refused.contains("orders..new"),
+            "{refused}"
+        );
         let mut missing = entry;
         missing.token_file = dir.path().join("absent");
         let refused = missing.load(|t| t.to_string()).unwrap_err().to_string();
         assert!(refused.contains("absent"), "{refused}");
-        assert!(toml::from_str::<CredentialFile>("name = \"x\"\ntoken_file = \"t\"\ncall = []").is_err());
+        assert!(
+            toml::from_str::<CredentialFile>("name = \"x\"\ntoken_file = \"t\"\ncall = []")
+                .is_err()
+        );
     }
 }

@@ -18,8 +18,8 @@ mod secrets;
 
 pub use federation::{FederationSettings, PolicyDirectory};
 
-pub use limits::{CacheLimits, PubSubLimits, RpcLimits, SlowConsumerPolicy, TransportLimits};
 pub use credentials::{Credential, CredentialFile};
+pub use limits::{CacheLimits, PubSubLimits, RpcLimits, SlowConsumerPolicy, TransportLimits};
 pub use secrets::{SecretFiles, Secrets};
 
 /// Default client + peer listener.
@@ -109,7 +109,7 @@ pub struct FileConfig {
     pub link_secret_files: Option<BTreeMap<String, PathBuf>>,
     pub require_link_secrets: Option<bool>,
     pub credentials: Option<Vec<CredentialFile>>,
-    pub open_health_and_metrics: Option<bool>,
+    pub open_health_endpoints: Option<bool>,
 }
 
 impl FileConfig {
@@ -176,9 +176,9 @@ pub struct Config {
     pub secrets: SecretFiles,
     /// Client credentials this node proposes at start and on reload.
     pub credentials: Vec<CredentialFile>,
-    /// Whether `/health` and `/metrics` answer without a token while
-    /// credentials are required.
-    pub open_health_and_metrics: bool,
+    /// Whether `/health`, `/status` and `/metrics` answer without a token
+    /// while credentials are required.
+    pub open_health_endpoints: bool,
     /// The config file the settings came from, read again on reload.
     pub config_file: Option<PathBuf>,
 }
@@ -212,7 +212,7 @@ impl Config {
             federation: FederationSettings::default(),
             secrets: SecretFiles::default(),
             credentials: Vec::new(),
-            open_health_and_metrics: true,
+            open_health_endpoints: true,
             config_file: None,
         }
     }
@@ -271,7 +271,7 @@ impl Config {
             link_secret_files,
             require_link_secrets,
             credentials,
-            open_health_and_metrics,
+            open_health_endpoints,
         } = file;
         if let Some(v) = data_dir {
             self.data_dir = v;
@@ -414,8 +414,8 @@ impl Config {
         if let Some(v) = credentials {
             self.credentials = v;
         }
-        if let Some(v) = open_health_and_metrics {
-            self.open_health_and_metrics = v;
+        if let Some(v) = open_health_endpoints {
+            self.open_health_endpoints = v;
         }
     }
 

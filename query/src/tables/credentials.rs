@@ -38,8 +38,15 @@ pub(super) fn produce(inspector: &Inspector, sink: &mut RowSink) -> Result<()> {
         sink,
         |sink, row: CredentialRow| {
             let p = &row.permissions;
-            let lists = [&p.call, &p.register, &p.publish, &p.subscribe, &p.queues, &p.cache]
-                .map(|patterns| patterns.join(","));
+            let lists = [
+                &p.call,
+                &p.register,
+                &p.publish,
+                &p.subscribe,
+                &p.queues,
+                &p.cache,
+            ]
+            .map(|patterns| patterns.join(","));
             let flow: Flow = sink.push(&[
                 Value::Text(&row.name),
                 Value::Text(&lists[0]),

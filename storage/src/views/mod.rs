@@ -49,7 +49,9 @@ pub use federation_rows::{CandidateRow, DampingRow, LinkRow, RemoteCatalogRow, k
 pub use queue_rows::{
     DedupRow, MessageRow, MessageState, QueueRow, Timer, TimerKind, queue_prefix,
 };
-pub use rows::{BUILTIN_PROVIDER, CredentialRow, FunctionRow, NodeRow, NodeStatus, RouteRow, SubscriptionRow};
+pub use rows::{
+    BUILTIN_PROVIDER, CredentialRow, FunctionRow, NodeRow, NodeStatus, RouteRow, SubscriptionRow,
+};
 
 pub(crate) use apply::apply;
 pub(crate) use digest::Digest;
