@@ -242,7 +242,17 @@ impl Client {
         }
         let (ws, _) = tokio_tungstenite::connect_async(request)
             .await
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| match e {
+                tokio_tungstenite::tungstenite::Error::Http(response) => {
+                    let body = response.body().as_deref().unwrap_or_default();
+                    failed(format!(
+                        "{}: {}",
+                        response.status(),
+                        String::from_utf8_lossy(body)
+                    ))
+                }
+                other => failed(other.to_string()),
+            })?;
         let (mut sink, mut stream) = ws.split();
         let (outbound, mut queue) = mpsc::channel::<Message>(1024);
         let writer = tokio::spawn(async move {

@@ -199,13 +199,15 @@ pub async fn propose_configured(
             .views()
             .catalog()
             .credential(&credential.name)
-            .is_some_and(|row| {
-                row.live()
-                    && row.token_sha256 == credential.token_sha256
-                    && row.permissions == credential.permissions
-            });
-        if held {
-            continue;
+            .filter(|row| row.token_sha256 == credential.token_sha256)
+            .map(|row| (row.live(), row.permissions == credential.permissions));
+        match held {
+            Some((true, true)) => continue,
+            Some((false, _)) => {
+                tracing::warn!(credential = %credential.name, "configured credential was revoked with this token; give it another token or remove it from the config file");
+                continue;
+            }
+            Some((true, false)) | None => {}
         }
         let kind = EventKind::CredentialSet {
             name: credential.name.clone(),

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use mpreg_storage::EventKind;
+use mpreg_storage::credential::Permissions;
 use mpreg_storage::event::{
     CacheKey, DeliveredMessage, Delivery, NewMessage, Outcome, QueueSettings, QueueType,
 };
@@ -163,6 +164,26 @@ fn only_delivered(outcome: Outcome) -> Result<DeliveredMessage> {
 }
 
 /// Queues `idle` (empty), `jobs` (one ready, one delayed) and `orders`
+/// A credential `app`, set and then revoked: the `credentials` table shows
+/// it, and the node stays open to clients without a token.
+async fn seed_credentials(node: &mpreg_daemon::Node) -> Result<()> {
+    let permissions = Permissions {
+        call: vec!["echo".into()],
+        publish: vec!["orders.#".into()],
+        queues: vec!["jobs".into()],
+        ..Permissions::default()
+    };
+    node.propose_ok(EventKind::CredentialSet {
+        name: "app".into(),
+        token_sha256: "00".repeat(32),
+        permissions,
+    })
+    .await?;
+    node.propose_ok(EventKind::CredentialRevoked { name: "app".into() })
+        .await?;
+    Ok(())
+}
+
 /// (priority, dead-letter queue `orders-dead`): `o2` is leased, nacked and
 /// dead-lettered (no retries), then `worker-1` leases `o4`, whose delivery
 /// this returns.
@@ -1463,6 +1484,7 @@ async fn every_example_in_the_sql_docs_runs() -> Result<()> {
         },
     )
     .await?;
+    seed_credentials(&daemon.node).await?;
     seed_queues(&daemon.node).await?;
     seed_cache(&daemon.node).await?;
     let me = daemon.node.identity().node_id.clone();
@@ -1536,7 +1558,8 @@ fn docs_expectations(me: &str, url: &str, last: u64) -> Vec<DocsExpectation> {
         DocsExpectation {
             sql: "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name",
             rows: json!([
-                {"table_name": "cache_entries"}, {"table_name": "events"},
+                {"table_name": "cache_entries"}, {"table_name": "credentials"},
+                {"table_name": "events"},
                 {"table_name": "federation_links"},
                 {"table_name": "functions"}, {"table_name": "nodes"},
                 {"table_name": "peers"}, {"table_name": "queue_messages"},
@@ -1611,6 +1634,13 @@ fn docs_expectations(me: &str, url: &str, last: u64) -> Vec<DocsExpectation> {
             sql: "SELECT cluster, \"primary\", active, expires_at FROM route_keys ORDER BY cluster",
             // Linked, this node put its own key on the log.
             rows: json!([{"cluster": "local", "primary": true, "active": true, "expires_at": null}]),
+            varying: &[],
+            ordered: true,
+        },
+        DocsExpectation {
+            sql: "SELECT name, call, publish, queues, admin, active FROM credentials",
+            // Set, then revoked.
+            rows: json!([{"name": "app", "call": "echo", "publish": "orders.#", "queues": "jobs", "admin": false, "active": false}]),
             varying: &[],
             ordered: true,
         },
@@ -1717,7 +1747,9 @@ fn docs_expectations(me: &str, url: &str, last: u64) -> Vec<DocsExpectation> {
                 {"kind": "node_left", "events": 1},
                 {"kind": "message_nacked", "events": 1},
                 {"kind": "subscription_added", "events": 1},
-                {"kind": "route_key_added", "events": 1}
+                {"kind": "route_key_added", "events": 1},
+                {"kind": "credential_set", "events": 1},
+                {"kind": "credential_revoked", "events": 1}
             ]),
             varying: &[],
             // Kinds with the same count tie.
