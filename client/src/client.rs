@@ -33,6 +33,15 @@ pub enum ClientError {
     Refused(String),
 }
 
+/// How [`Client::connect_with`] reaches a node.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectOptions {
+    /// Presented as `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Trust for `wss://` URLs (a `wss://` URL without it is refused).
+    pub tls: Option<crate::tls::TlsClient>,
+}
+
 /// A function served by a [`Worker`]: positional and keyword arguments in,
 /// a JSON result or an error text out.
 pub type Handler =
@@ -220,12 +229,22 @@ fn rpc_response(frame: Value) -> Result<RpcResponse, ClientError> {
 impl Client {
     /// Connects to a daemon's client URL (`ws://127.0.0.1:6666`).
     pub async fn connect(url: &str) -> Result<Client, ClientError> {
-        Client::connect_with_token(url, None).await
+        Client::connect_with(url, &ConnectOptions::default()).await
     }
 
     /// Connects presenting `token` (`Authorization: Bearer <token>`), as a
     /// node with credentials requires.
     pub async fn connect_with_token(url: &str, token: Option<&str>) -> Result<Client, ClientError> {
+        let options = ConnectOptions {
+            token: token.map(str::to_string),
+            ..ConnectOptions::default()
+        };
+        Client::connect_with(url, &options).await
+    }
+
+    /// Connects with `options`: a token to present, and how to trust the
+    /// node of a `wss://` URL.
+    pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Client, ClientError> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let failed = |reason: String| ClientError::Connect {
             url: url.to_string(),
@@ -234,25 +253,15 @@ impl Client {
         let mut request = url
             .into_client_request()
             .map_err(|e| failed(e.to_string()))?;
-        if let Some(token) = token {
+        if let Some(token) = &options.token {
             let value = format!("Bearer {token}")
                 .parse()
                 .map_err(|_| failed("the token is not a valid header value".into()))?;
             request.headers_mut().insert("authorization", value);
         }
-        let (ws, _) = tokio_tungstenite::connect_async(request)
+        let (ws, _) = crate::tls::connect(request, options.tls.as_ref(), None)
             .await
-            .map_err(|e| match e {
-                tokio_tungstenite::tungstenite::Error::Http(response) => {
-                    let body = response.body().as_deref().unwrap_or_default();
-                    failed(format!(
-                        "{}: {}",
-                        response.status(),
-                        String::from_utf8_lossy(body)
-                    ))
-                }
-                other => failed(other.to_string()),
-            })?;
+            .map_err(failed)?;
         let (mut sink, mut stream) = ws.split();
         let (outbound, mut queue) = mpsc::channel::<Message>(1024);
         let writer = tokio::spawn(async move {

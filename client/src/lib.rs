@@ -5,11 +5,14 @@
 //! - [`protocol`]: the MPREG JSON wire types of every client frame, their
 //!   parser, and the one table of error codes ([`protocol::ErrorCode`]);
 //! - [`client`]: the Rust client library ([`Client`], [`Worker`]);
+//! - [`tls`]: `ws://` and `wss://` connections to a node ([`tls::connect`]);
 //! - `src/bin/mpreg.rs`: the `mpreg` command-line client.
 
 pub mod client;
 pub mod protocol;
+pub mod tls;
 
 pub use client::{
-    Client, ClientError, Handler, Notification, QueueSubscription, Request, Subscription, Worker,
+    Client, ClientError, ConnectOptions, Handler, Notification, QueueSubscription, Request,
+    Subscription, Worker,
 };

@@ -18,7 +18,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "wire",
         &[
-            "clock", "config", "envelope", "error", "logging", "refusal", "session", "topic",
+            "clock", "config", "envelope", "error", "logging", "refusal", "session", "tls", "topic",
         ],
     ),
     ("metrics", &["metrics"]),

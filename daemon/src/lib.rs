@@ -9,7 +9,8 @@
 //! 1. wire: [`config`] (settings and every system's limits), [`session`]
 //!    (what a system queues for a client connection), [`envelope`] (the
 //!    frame between nodes and its typed refusals), [`refusal`] (queue and
-//!    cache error replies), [`topic`] (valid topics and patterns),
+//!    cache error replies), [`topic`] (valid topics and patterns), `tls`
+//!    (the certificate served on `--listen`),
 //!    [`error`], [`logging`], `clock`; the client wire types are
 //!    [`mpreg_client::protocol`];
 //! 2. [`metrics`]: the node's Prometheus registry and metric handles;
@@ -44,6 +45,7 @@ mod refusal;
 mod rpc;
 pub mod server;
 mod session;
+mod tls;
 mod topic;
 mod transport;
 

@@ -83,6 +83,17 @@ struct RunArgs {
     /// the secret is refused.
     #[arg(long)]
     cluster_secret_file: Option<PathBuf>,
+    /// PEM certificate chain served over TLS on --listen (with --tls-key;
+    /// clients and peers then use wss://).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificates this node trusts when it connects to other
+    /// nodes over wss:// (members and linked clusters).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
     /// Log directives, RUST_LOG style, e.g. "info,mpreg_daemon::node=debug".
     #[arg(long)]
     log: Option<String>,
@@ -116,6 +127,9 @@ fn config_from(args: RunArgs) -> mpreg_daemon::Result<Config> {
         peers: args.peers,
         federate: args.federate,
         cluster_secret_file: args.cluster_secret_file,
+        tls_cert_file: args.tls_cert,
+        tls_key_file: args.tls_key,
+        tls_ca_file: args.tls_ca,
         log: args.log.or_else(|| std::env::var("RUST_LOG").ok()),
         log_format: args.log_format,
         ..FileConfig::default()

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use prometheus::IntCounterVec;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -24,6 +23,7 @@ use crate::envelope::{
 use crate::federation::{Federation, Routing};
 use crate::pubsub::PubSub;
 use crate::rpc::Rpc;
+use crate::tls::ServerStream;
 
 /// The systems forwarded calls, publishes and neighbour clusters'
 /// requests run on, once started.
@@ -76,7 +76,7 @@ impl PeerServer {
     /// ready. A request whose envelope names another cluster is refused.
     pub async fn serve(
         self: Arc<Self>,
-        mut ws: WebSocketStream<TcpStream>,
+        mut ws: WebSocketStream<ServerStream>,
         peer: std::net::SocketAddr,
         shutdown: CancellationToken,
     ) {

@@ -24,6 +24,7 @@ use crate::peer_server::PeerServer;
 use crate::pubsub::PubSub;
 use crate::queue::Queues;
 use crate::rpc::Rpc;
+use crate::tls::ServerTls;
 use crate::transport::{self, Endpoints, Services};
 
 /// The sockets a node serves on.
@@ -114,12 +115,23 @@ pub async fn start(
 ) -> Result<Option<Running>> {
     let client_addr = local_addr(&listeners.client, "client", config.listen)?;
     let admin_addr = local_addr(&listeners.admin, "admin", config.admin_listen)?;
-    let client_url = format!("ws://{client_addr}");
+    let tls = match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) => Some(Arc::new(ServerTls::load(cert, key)?)),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    let client_url = format!("{scheme}://{client_addr}");
     let admin_url = format!("http://{admin_addr}");
     if !client_addr.ip().is_loopback() && config.secrets.cluster.is_none() {
         tracing::warn!(
             listen = %client_addr,
             "listening beyond loopback with no cluster_secret_file: any host that reaches this port can act as a member (docs/security.md)"
+        );
+    }
+    if !client_addr.ip().is_loopback() && tls.is_none() {
+        tracing::warn!(
+            listen = %client_addr,
+            "listening beyond loopback without TLS: traffic, tokens included, can be read on the network (docs/security.md)"
         );
     }
     if let Some(path) = &config.listening_file {
@@ -163,6 +175,7 @@ pub async fn start(
         endpoints.clone(),
         config.transport.clone(),
         metrics.transport.clone(),
+        tls.clone(),
         shutdown.child_token(),
         tasks.clone(),
     ));
@@ -237,6 +250,7 @@ pub async fn start(
     tasks.spawn(reload_on_sighup(
         federation.clone(),
         node.clone(),
+        tls,
         config.config_file.clone(),
         shutdown.clone(),
     ));
@@ -327,11 +341,13 @@ async fn drain(tasks: &TaskTracker) {
     }
 }
 
-/// Reads the federation policies and the credentials again on each SIGHUP.
+/// Reads the federation policies, the credentials and the TLS certificate
+/// again on each SIGHUP.
 #[cfg(unix)]
 async fn reload_on_sighup(
     federation: Arc<Federation>,
     node: Arc<Node>,
+    tls: Option<Arc<ServerTls>>,
     config_file: Option<std::path::PathBuf>,
     shutdown: CancellationToken,
 ) {
@@ -353,6 +369,12 @@ async fn reload_on_sighup(
                     && let Err(e) = reload_credentials(&node, path).await
                 {
                     tracing::warn!(error = %e, "SIGHUP: credentials not reloaded");
+                }
+                if let Some(tls) = &tls {
+                    match tls.reload() {
+                        Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                        Err(e) => tracing::warn!(error = %e, "SIGHUP: TLS certificate not reloaded; the old one stays"),
+                    }
                 }
             }
             () = shutdown.cancelled() => return,

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use mpreg_client::protocol::{self, ErrorCode, Inbound, PubSubAck, RpcError, RpcResponse};
 use mpreg_storage::credential::Action;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncBufReadExt;
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -23,6 +24,7 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -37,6 +39,7 @@ use crate::queue::{Queues, subscribe_ack};
 use crate::refusal::Refusal;
 use crate::rpc::Rpc;
 use crate::session::{FrameKind, Outbound};
+use crate::tls::{ServerStream, ServerTls};
 
 /// The systems a session dispatches frames to.
 pub struct Services {
@@ -76,13 +79,22 @@ const MAX_PEER_CONNECTIONS: usize = 256;
 /// without consuming it (the handshake reads it again). This one answer
 /// picks the connection's slot, frame limit and server, so a peer has the
 /// peer frame limit from its first frame. A request line that is slow to
-/// arrive is treated as a client's.
-async fn asks_for_peer(stream: &TcpStream) -> bool {
+/// arrive is treated as a client's. Over TLS the first decrypted read is
+/// looked at: clients and peers write the request in one piece.
+async fn asks_for_peer(stream: &mut ServerStream, deadline: tokio::time::Instant) -> bool {
     const PREFIX: &[u8] = b"GET /peer";
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let tcp = match stream {
+        Either::Left(tcp) => tcp,
+        Either::Right(tls) => {
+            return matches!(
+                tokio::time::timeout_at(deadline, tls.fill_buf()).await,
+                Ok(Ok(head)) if head.starts_with(PREFIX)
+            );
+        }
+    };
     let mut buf = [0u8; PREFIX.len()];
     loop {
-        match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+        match tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await {
             Ok(Ok(n)) if n >= PREFIX.len() => return buf == *PREFIX,
             Ok(Ok(n)) if n > 0 && buf[..n] == PREFIX[..n] => {
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -100,6 +112,7 @@ pub async fn serve(
     endpoints: Arc<Endpoints>,
     limits: TransportLimits,
     metrics: TransportMetrics,
+    tls: Option<Arc<ServerTls>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -134,8 +147,25 @@ pub async fn serve(
             tasks.clone(),
             next_id.clone(),
         );
+        let tls = tls.clone();
         tasks.spawn(async move {
-            let asks_for_peer = asks_for_peer(&stream).await;
+            // The TLS handshake and the request line share one deadline.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            let mut stream = match tls {
+                None => Either::Left(stream),
+                Some(tls) => match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+            };
+            let asks_for_peer = asks_for_peer(&mut stream, deadline).await;
             drop(classifying);
             let slots = if asks_for_peer {
                 peer_slots
@@ -339,7 +369,7 @@ impl Session {
     }
 
     #[tracing::instrument(name = "session", skip_all, fields(conn_id = self.id, peer = %self.peer))]
-    async fn run(self, ws: WebSocketStream<TcpStream>, shutdown: CancellationToken) {
+    async fn run(self, ws: WebSocketStream<ServerStream>, shutdown: CancellationToken) {
         let (mut sink, mut frames) = ws.split();
         let (outbound, mut queue) = mpsc::channel::<Outbound>(self.limits.outbound_queue);
         // Cancelled to drop the connection at once, even when the client

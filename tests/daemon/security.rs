@@ -3,14 +3,18 @@
 //! another secret cannot join, a raw peer connection without the proof or
 //! without the handshake is refused before any envelope is read, and
 //! neither moves the cluster's term or membership. Between clusters, link
-//! secrets do the same for federation links.
+//! secrets do the same for federation links. Client credentials decide what
+//! each client may do; TLS carries clients and peers alike.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use mpreg_client::Client;
+use mpreg_client::tls::TlsClient;
+use mpreg_client::{Client, ConnectOptions};
 use mpreg_tests::cluster::Cluster;
+use mpreg_tests::tls::TestCa;
 use mpreg_tests::{Daemon, RawClient, TestDir, eventually, metrics_of, prom, sql_rows};
 use serde_json::json;
 
@@ -413,5 +417,115 @@ async fn clients_do_only_what_their_credential_allows_on_every_node() -> Result<
     assert_eq!(client_refusals(admin, "missing_token").await?, 2.0);
     assert_eq!(client_refusals(admin, "unknown_token").await?, 2.0);
     assert_eq!(client_refusals(admin, "denied").await?, 8.0);
+    Ok(())
+}
+
+/// The certificate the node at `url` (`wss://host:port`) serves in a TLS
+/// handshake, verified against `ca`.
+async fn served_certificate(url: &str, ca: &Path) -> Result<Vec<u8>> {
+    let addr = url.trim_start_matches("wss://");
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in mpreg_client::tls::read_certs(ca).map_err(anyhow::Error::msg)? {
+        roots.add(cert)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(mpreg_client::tls::provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    let (_, connection) = stream.get_ref();
+    let chain = connection
+        .peer_certificates()
+        .context("no certificate served")?;
+    Ok(chain.first().context("an empty chain")?.to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_serves_and_replicates_over_tls_and_reloads_its_certificate() -> Result<()> {
+    let files = TestDir::new();
+    let path = |name: &str| files.path().join(name);
+    let ca = TestCa::new("mpreg test CA")?;
+    ca.write_ca(&path("ca.pem"))?;
+    let first = ca.issue(&path("cert.pem"), &path("key.pem"))?;
+    let secret = secret_file(&files, "cluster.secret", "correct horse battery staple")?;
+    let quoted = |p: PathBuf| format!("{:?}", p.display().to_string());
+    let config = format!(
+        "tls_cert_file = {}\ntls_key_file = {}\ntls_ca_file = {}\ncluster_secret_file = {}\n",
+        quoted(path("cert.pem")),
+        quoted(path("key.pem")),
+        quoted(path("ca.pem")),
+        quoted(secret),
+    );
+    // The members find and join each other over wss:// (with the cluster
+    // secret proved inside TLS).
+    let cluster = Cluster::start(3, &config).await?;
+    let leader = cluster.wait_leader(&[0, 1, 2], CONVERGE).await?;
+    let follower = (leader + 1) % 3;
+    let url = cluster.members[follower].client_url.clone();
+    ensure!(url.starts_with("wss://"), "client URL {url}");
+
+    let trusting = |ca: &Path| -> Result<ConnectOptions> {
+        Ok(ConnectOptions {
+            tls: Some(TlsClient::new(ca, None).map_err(anyhow::Error::msg)?),
+            ..ConnectOptions::default()
+        })
+    };
+    let client = Client::connect_with(&url, &trusting(&path("ca.pem"))?).await?;
+    // Through a follower: forwarded to the leader over the TLS peer links,
+    // replicated back to every member.
+    client.queue("create", json!({"queue_name": "tls"})).await?;
+    client
+        .queue("send", json!({"queue_name": "tls", "payload": 1}))
+        .await?;
+    cluster.wait_converged(&[0, 1, 2], CONVERGE).await?;
+
+    // Plain WebSocket on the TLS port, or a client trusting another CA: no.
+    let plain = url.replacen("wss://", "ws://", 1);
+    ensure!(
+        Client::connect(&plain).await.is_err(),
+        "a plain WebSocket was accepted on a TLS listener"
+    );
+    let other = TestCa::new("another CA")?;
+    other.write_ca(&path("other.pem"))?;
+    let refused = Client::connect_with(&url, &trusting(&path("other.pem"))?)
+        .await
+        .err()
+        .context("a client trusting another CA connected")?;
+    ensure!(
+        refused.to_string().contains("UnknownIssuer"),
+        "refused for another reason: {refused}"
+    );
+    let without_trust = Client::connect(&url)
+        .await
+        .err()
+        .context("wss without a CA")?;
+    ensure!(
+        without_trust.to_string().contains("needs a CA file"),
+        "{without_trust}"
+    );
+
+    // New files are served once the node is told to reload, and only then;
+    // the connection opened before keeps working.
+    assert_eq!(served_certificate(&url, &path("ca.pem")).await?, first);
+    let second = ca.issue(&path("cert.pem"), &path("key.pem"))?;
+    assert_eq!(served_certificate(&url, &path("ca.pem")).await?, first);
+    cluster.sighup(follower)?;
+    eventually("the reloaded certificate is served", CONVERGE, || async {
+        match served_certificate(&url, &path("ca.pem")).await {
+            Ok(der) if der == second => Ok(()),
+            Ok(_) => Err("still the first certificate".to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await?;
+    client
+        .queue("send", json!({"queue_name": "tls", "payload": 2}))
+        .await?;
+    let stats = client.queue("stats", json!({"queue_name": "tls"})).await?;
+    ensure!(stats.to_string().contains("\"depth\":2"), "{stats}");
     Ok(())
 }

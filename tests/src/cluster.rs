@@ -75,7 +75,7 @@ impl Cluster {
             .members
             .iter()
             .find(|m| m.daemon.is_some())
-            .map(|m| m.proxy.url());
+            .map(|m| self.url_of(m));
         let index = self.prepare().await?;
         self.launch(index, join).await?;
         Ok(index)
@@ -105,13 +105,14 @@ impl Cluster {
 
     async fn launch(&mut self, i: usize, join: Option<String>) -> Result<()> {
         let config = self.config.clone();
+        let advertised = self.url_of(&self.members[i]);
         let member = &mut self.members[i];
         let mut args = member.dir.config(&config);
         args.extend([
             "--node-id".to_string(),
             member.name.clone(),
             "--advertise-url".to_string(),
-            member.proxy.url(),
+            advertised,
         ]);
         if let Some(join) = join {
             args.extend(["--join".to_string(), join]);
@@ -129,6 +130,17 @@ impl Cluster {
         member.admin_url = daemon.ready.admin_url.clone();
         member.daemon = Some(daemon);
         Ok(())
+    }
+
+    /// The URL member `m` is reached at (through its proxy): `wss://` when
+    /// the config serves TLS.
+    pub fn url_of(&self, m: &Member) -> String {
+        let url = m.proxy.url();
+        if self.config.contains("tls_cert_file") {
+            url.replacen("ws://", "wss://", 1)
+        } else {
+            url
+        }
     }
 
     pub fn daemon(&self, i: usize) -> &Daemon {

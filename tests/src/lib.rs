@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 pub mod cluster;
 pub mod prom;
 pub mod proxy;
+pub mod tls;
 
 /// How long a daemon may take to write its ready file.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -209,7 +210,8 @@ impl Daemon {
                 let v: Value = serde_json::from_str(&text).context("listening file is JSON")?;
                 let addr = v["client_url"]
                     .as_str()
-                    .and_then(|url| url.strip_prefix("ws://"))
+                    .and_then(|url| url.split_once("://"))
+                    .map(|(_, addr)| addr)
                     .and_then(|addr| addr.parse().ok())
                     .with_context(|| format!("listening file client_url: {v}"))?;
                 on_listening(addr)?;

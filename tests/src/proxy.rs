@@ -1,7 +1,8 @@
 //! A TCP proxy in front of one node's peer listener, for partitions: it
 //! reads who is calling from the WebSocket request line
 //! (`GET /peer?from=<node id>`) and refuses or cuts the links of blocked
-//! callers. Only loopback addresses are used.
+//! callers. Only loopback addresses are used. Over TLS the request line
+//! is encrypted: links are relayed, but not blocked by caller.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -94,7 +95,9 @@ impl Drop for Proxy {
 async fn relay(mut inbound: TcpStream, state: Arc<Mutex<State>>) {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
-    while !head.windows(2).any(|w| w == b"\r\n") {
+    // A TLS record (0x16, a ClientHello) hides the request line: the link
+    // is relayed without a caller, so it cannot be blocked by name.
+    while head.first() != Some(&0x16) && !head.windows(2).any(|w| w == b"\r\n") {
         match inbound.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => head.extend_from_slice(&buf[..n]),

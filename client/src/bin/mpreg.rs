@@ -13,7 +13,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use mpreg_client::protocol::RpcCommand;
-use mpreg_client::{Client, Request};
+use mpreg_client::tls::TlsClient;
+use mpreg_client::{Client, ConnectOptions, Request};
 use serde_json::{Value, json};
 
 /// How `mpreg sql` prints rows; the daemon renders each (`format=` of `/sql`).
@@ -35,6 +36,9 @@ struct Cli {
     /// node that requires credentials; used on the client and admin URLs.
     #[arg(long, global = true)]
     token_file: Option<PathBuf>,
+    /// PEM file of the CA certificates to trust for a `wss://` URL.
+    #[arg(long, global = true)]
+    ca_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -570,7 +574,15 @@ async fn run(cli: Cli) -> Result<String, String> {
     if let Command::Federation { op, admin } = &cli.command {
         return federation(&http(token.as_deref())?, admin, op).await;
     }
-    let client = Client::connect_with_token(&cli.url, token.as_deref())
+    let options = ConnectOptions {
+        token,
+        tls: cli
+            .ca_file
+            .as_deref()
+            .map(|ca| TlsClient::new(ca, None))
+            .transpose()?,
+    };
+    let client = Client::connect_with(&cli.url, &options)
         .await
         .map_err(|e| e.to_string())?;
     let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mpreg_client::tls::TlsClient;
 use mpreg_storage::typ::{Node as RaftNode, NodeId, Raft};
 use mpreg_storage::{
     AppliedState, DataDir, Event, EventBatch, EventClock, EventKind, Identity, Inspector, OpenMode,
@@ -308,7 +309,18 @@ impl Node {
         let clock = log_store.event_clock();
         let raft_config = Arc::new(raft_config(config, &identity.cluster_id)?);
         let auth = PeerAuth::new(&identity.cluster_id, &config.secrets.load()?);
-        let peers = Arc::new(Peers::new(&identity.node_id, &identity.cluster_id, auth));
+        let tls = config
+            .tls_ca_file
+            .as_deref()
+            .map(|ca| TlsClient::new(ca, None))
+            .transpose()
+            .map_err(|e| Error::InvalidSetting(format!("tls_ca_file: {e}")))?;
+        let peers = Arc::new(Peers::new(
+            &identity.node_id,
+            &identity.cluster_id,
+            auth,
+            tls,
+        ));
         let raft = Raft::new(
             raft_id,
             raft_config,

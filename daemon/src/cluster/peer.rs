@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use mpreg_client::tls::TlsClient;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -104,6 +105,8 @@ pub struct Peers {
     node_id: String,
     cluster_id: String,
     auth: PeerAuth,
+    /// Trust for `wss://` peers (`tls_ca_file`).
+    tls: Option<TlsClient>,
     links: Mutex<HashMap<(String, Lane), SharedLink>>,
     /// When each address last answered (unix ms).
     last_contact: Arc<Mutex<HashMap<String, u64>>>,
@@ -111,11 +114,13 @@ pub struct Peers {
 }
 
 impl Peers {
-    pub fn new(node_id: &str, cluster_id: &str, auth: PeerAuth) -> Self {
+    /// Links of node `node_id`; `tls` is the trust for `wss://` peers.
+    pub fn new(node_id: &str, cluster_id: &str, auth: PeerAuth, tls: Option<TlsClient>) -> Self {
         Peers {
             node_id: node_id.to_string(),
             cluster_id: cluster_id.to_string(),
             auth,
+            tls,
             links: Mutex::default(),
             last_contact: Arc::default(),
             next_id: AtomicU64::new(1),
@@ -341,8 +346,7 @@ impl Peers {
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_PEER_FRAME))
             .max_frame_size(Some(MAX_PEER_FRAME));
-        let connecting =
-            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true);
+        let connecting = mpreg_client::tls::connect(url.as_str(), self.tls.as_ref(), Some(config));
         let unreachable = |reason: String| PeerError::Unreachable {
             addr: addr.to_string(),
             reason,
@@ -350,7 +354,7 @@ impl Peers {
         let (mut ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| unreachable(format!("connect timed out after {CONNECT_TIMEOUT:?}")))?
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(unreachable)?;
         match self.auth.connect(&self.node_id, &mut ws).await {
             Ok(()) => {}
             Err(HandshakeError::Failed(reason)) => return Err(unreachable(reason)),
@@ -484,7 +488,7 @@ mod test {
     /// spent or whose path already holds it".
     #[test]
     fn the_hop_budget_and_the_routing_path_stop_a_forward() {
-        let peers = Peers::new("n2", "c", PeerAuth::new("c", &Default::default()));
+        let peers = Peers::new("n2", "c", PeerAuth::new("c", &Default::default()), None);
         let mut received = Envelope::request("n1", "c", 1, PeerRequest::Hello);
 
         received.hop_budget = 1;

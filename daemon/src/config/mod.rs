@@ -110,6 +110,9 @@ pub struct FileConfig {
     pub require_link_secrets: Option<bool>,
     pub credentials: Option<Vec<CredentialFile>>,
     pub open_health_endpoints: Option<bool>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -179,6 +182,11 @@ pub struct Config {
     /// Whether `/health`, `/status` and `/metrics` answer without a token
     /// while credentials are required.
     pub open_health_endpoints: bool,
+    /// TLS on `--listen`: the certificate chain and key files.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// The CA certificates trusted when connecting to `wss://` nodes.
+    pub tls_ca_file: Option<PathBuf>,
     /// The config file the settings came from, read again on reload.
     pub config_file: Option<PathBuf>,
 }
@@ -213,6 +221,9 @@ impl Config {
             secrets: SecretFiles::default(),
             credentials: Vec::new(),
             open_health_endpoints: true,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_file: None,
             config_file: None,
         }
     }
@@ -272,6 +283,9 @@ impl Config {
             require_link_secrets,
             credentials,
             open_health_endpoints,
+            tls_cert_file,
+            tls_key_file,
+            tls_ca_file,
         } = file;
         if let Some(v) = data_dir {
             self.data_dir = v;
@@ -417,6 +431,9 @@ impl Config {
         if let Some(v) = open_health_endpoints {
             self.open_health_endpoints = v;
         }
+        self.tls_cert_file = tls_cert_file.or(self.tls_cert_file.take());
+        self.tls_key_file = tls_key_file.or(self.tls_key_file.take());
+        self.tls_ca_file = tls_ca_file.or(self.tls_ca_file.take());
     }
 
     /// Longest a write waits for a leader to take it, or for its commit:
@@ -445,6 +462,24 @@ impl Config {
                     "{url:?} is not a node URL: expected ws://host:port"
                 )));
             }
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(Error::InvalidSetting(
+                "tls_cert_file (--tls-cert) and tls_key_file (--tls-key) go together".into(),
+            ));
+        }
+        let reaches_wss = self
+            .join
+            .iter()
+            .chain(&self.peers)
+            .chain(&self.advertise_url)
+            .chain(&self.federation.federate)
+            .any(|url| url.starts_with("wss://"));
+        if (reaches_wss || self.tls_cert_file.is_some()) && self.tls_ca_file.is_none() {
+            return Err(Error::InvalidSetting(
+                "a node serving TLS (its members connect to each other over wss://) or reaching nodes over wss:// needs tls_ca_file (--tls-ca): the CA certificates to trust"
+                    .into(),
+            ));
         }
         let federation = &self.federation;
         if federation.announce_interval.is_zero()

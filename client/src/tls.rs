@@ -1,0 +1,126 @@
+//! TLS for connections to a node: `wss://` URLs go over rustls (ring
+//! provider) and trust the CA certificates of a PEM file, optionally
+//! presenting a client certificate; `ws://` URLs stay plain TCP. The daemon
+//! uses the same connector for its links to other nodes.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::either::Either;
+
+/// The byte stream under a connection to a node.
+pub type NodeStream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+/// A WebSocket connection to a node.
+pub type NodeSocket = WebSocketStream<NodeStream>;
+
+/// The crypto provider every TLS config of mpreg uses.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads every certificate of a PEM file; an error names the file.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{}: no PEM certificate in the file",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// Reads the private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// How a client trusts the nodes it connects to over `wss://`.
+#[derive(Clone, Debug)]
+pub struct TlsClient {
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl TlsClient {
+    /// Trusts the CA certificates of `ca_file`; presents the certificate
+    /// chain and key of `client_cert` when given.
+    pub fn new(ca_file: &Path, client_cert: Option<(&Path, &Path)>) -> Result<TlsClient, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in read_certs(ca_file)? {
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", ca_file.display()))?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots);
+        let config = match client_cert {
+            Some((cert, key)) => builder
+                .with_client_auth_cert(read_certs(cert)?, read_key(key)?)
+                .map_err(|e| format!("{}: {e}", cert.display()))?,
+            None => builder.with_no_client_auth(),
+        };
+        Ok(TlsClient {
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// Opens a WebSocket to `request`'s URL: TLS for `wss://` (with `tls`),
+/// plain for `ws://`. Nagle is off: replies are small and latency-bound.
+pub async fn connect(
+    request: impl IntoClientRequest,
+    tls: Option<&TlsClient>,
+    config: Option<WebSocketConfig>,
+) -> Result<(NodeSocket, Response), String> {
+    let request: Request = request.into_client_request().map_err(|e| e.to_string())?;
+    let uri = request.uri();
+    let secure = match uri.scheme_str() {
+        Some("wss") => true,
+        Some("ws") => false,
+        other => {
+            return Err(format!(
+                "unsupported URL scheme {other:?}: use ws:// or wss://"
+            ));
+        }
+    };
+    let host = uri.host().ok_or("the URL has no host")?.to_string();
+    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+    let tcp = TcpStream::connect((host.trim_matches(['[', ']']), port))
+        .await
+        .map_err(|e| format!("{host}:{port}: {e}"))?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let stream = if secure {
+        let tls = tls.ok_or("a wss:// URL needs a CA file to trust (--ca-file, tls_ca_file)")?;
+        let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())
+            .map_err(|e| format!("{host}: {e}"))?;
+        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+        let stream = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS with {host}:{port}: {e}"))?;
+        Either::Right(stream)
+    } else {
+        Either::Left(tcp)
+    };
+    tokio_tungstenite::client_async_with_config(request, stream, config)
+        .await
+        .map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Http(response) => {
+                let body = response.body().as_deref().unwrap_or_default();
+                format!("{}: {}", response.status(), String::from_utf8_lossy(body))
+            }
+            other => other.to_string(),
+        })
+}
