@@ -95,14 +95,20 @@ pub async fn connect(
             ));
         }
     };
+    let tls = match (secure, tls) {
+        (true, None) => {
+            return Err("a wss:// URL needs a CA file to trust (--ca-file, tls_ca_file)".into());
+        }
+        (true, tls) => tls,
+        (false, _) => None,
+    };
     let host = uri.host().ok_or("the URL has no host")?.to_string();
     let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
     let tcp = TcpStream::connect((host.trim_matches(['[', ']']), port))
         .await
         .map_err(|e| format!("{host}:{port}: {e}"))?;
     tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-    let stream = if secure {
-        let tls = tls.ok_or("a wss:// URL needs a CA file to trust (--ca-file, tls_ca_file)")?;
+    let stream = if let Some(tls) = tls {
         let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())
             .map_err(|e| format!("{host}: {e}"))?;
         let connector = tokio_rustls::TlsConnector::from(tls.config.clone());

@@ -1,23 +1,34 @@
 //! RPC benchmark over real WebSocket connections to an in-process daemon:
 //! `echo` calls/s and p50/p99 latency with 1 and 64 calls in flight, from 1
-//! and from 8 connections; then the same through a worker connection.
+//! and from 8 connections; then the same through a worker connection; then
+//! `echo` again over `wss://` (a second daemon serving TLS with a
+//! certificate made for the run).
 //!
 //! Run: `cargo bench -p mpreg-daemon --bench rpc` (`MPREG_BENCH_SECONDS`
 //! sets the length of each case, default 3).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
 
 use common::percentile;
-use mpreg_client::{Client, Worker};
+use mpreg_client::tls::TlsClient;
+use mpreg_client::{Client, ConnectOptions, Worker};
 use serde_json::json;
 
-async fn case(url: &str, fun: &str, connections: usize, in_flight: usize, seconds: f64) {
+async fn case(
+    (url, options): (&str, &ConnectOptions),
+    fun: &str,
+    connections: usize,
+    in_flight: usize,
+    seconds: f64,
+) {
     let mut clients = Vec::new();
     for _ in 0..connections {
-        clients.push(Arc::new(Client::connect(url).await.expect("connect")));
+        let client = Client::connect_with(url, options).await.expect("connect");
+        clients.push(Arc::new(client));
     }
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let start = Instant::now();
@@ -44,11 +55,35 @@ async fn case(url: &str, fun: &str, connections: usize, in_flight: usize, second
     let elapsed = start.elapsed().as_secs_f64();
     all.sort();
     println!(
-        "{fun:>6} {connections} conn x {in_flight:>2} in flight: {:>8.0} calls/s  p50 {:.3} ms  p99 {:.3} ms",
+        "{:>3} {fun:>6} {connections} conn x {in_flight:>2} in flight: {:>8.0} calls/s  p50 {:.3} ms  p99 {:.3} ms",
+        &url[..url.find(':').unwrap_or(0)],
         all.len() as f64 / elapsed,
         percentile(&all, 0.5).as_secs_f64() * 1e3,
         percentile(&all, 0.99).as_secs_f64() * 1e3,
     );
+}
+
+/// A CA and a certificate for 127.0.0.1 it signed, as PEM files in `dir`:
+/// (certificate, key, CA).
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("CA");
+    let pair = KeyPair::generate().expect("key");
+    let node = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&pair, &ca)
+        .expect("certificate");
+    let paths = (
+        dir.join("node.pem"),
+        dir.join("node.key"),
+        dir.join("ca.pem"),
+    );
+    std::fs::write(&paths.0, node.pem()).expect("write");
+    std::fs::write(&paths.1, pair.serialize_pem()).expect("write");
+    std::fs::write(&paths.2, ca.pem()).expect("write");
+    paths
 }
 
 fn main() {
@@ -63,12 +98,30 @@ fn main() {
             .register("wecho", "1.0.0", &[], |args, _| Ok(args[0].clone()))
             .await
             .expect("register");
+        let plain = ConnectOptions::default();
         for fun in ["echo", "wecho"] {
             for (connections, in_flight) in [(1, 1), (1, 64), (8, 1), (8, 64)] {
-                case(&url, fun, connections, in_flight, seconds).await;
+                case((&url, &plain), fun, connections, in_flight, seconds).await;
             }
         }
         drop(worker);
+        daemon.stop().await;
+
+        let (cert, key, ca) = certificates(tmp.path());
+        let tls_dir = tmp.path().join("tls-node");
+        let daemon = common::start(&tls_dir, |config| {
+            config.tls_cert_file = Some(cert);
+            config.tls_key_file = Some(key);
+            config.tls_ca_file = Some(ca.clone());
+        })
+        .await;
+        let tls = ConnectOptions {
+            tls: Some(TlsClient::new(&ca, None).expect("trust the CA")),
+            ..ConnectOptions::default()
+        };
+        for (connections, in_flight) in [(1, 1), (1, 64), (8, 1), (8, 64)] {
+            case((&daemon.url, &tls), "echo", connections, in_flight, seconds).await;
+        }
         daemon.stop().await;
     });
 }
