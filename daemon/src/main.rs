@@ -94,6 +94,9 @@ struct RunArgs {
     /// nodes over wss:// (members and linked clusters).
     #[arg(long)]
     tls_ca: Option<PathBuf>,
+    /// Serve admin HTTP over TLS too (https://), with --tls-cert.
+    #[arg(long)]
+    admin_tls: bool,
     /// Log directives, RUST_LOG style, e.g. "info,mpreg_daemon::node=debug".
     #[arg(long)]
     log: Option<String>,
@@ -130,6 +133,7 @@ fn config_from(args: RunArgs) -> mpreg_daemon::Result<Config> {
         tls_cert_file: args.tls_cert,
         tls_key_file: args.tls_key,
         tls_ca_file: args.tls_ca,
+        admin_tls: args.admin_tls.then_some(true),
         log: args.log.or_else(|| std::env::var("RUST_LOG").ok()),
         log_format: args.log_format,
         ..FileConfig::default()

@@ -24,7 +24,7 @@ use crate::peer_server::PeerServer;
 use crate::pubsub::PubSub;
 use crate::queue::Queues;
 use crate::rpc::Rpc;
-use crate::tls::ServerTls;
+use crate::tls::{ServerTls, TlsListener};
 use crate::transport::{self, Endpoints, Services};
 
 /// The sockets a node serves on.
@@ -121,7 +121,9 @@ pub async fn start(
     };
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     let client_url = format!("{scheme}://{client_addr}");
-    let admin_url = format!("http://{admin_addr}");
+    let admin_tls = tls.clone().filter(|_| config.admin_tls);
+    let admin_scheme = if admin_tls.is_some() { "https" } else { "http" };
+    let admin_url = format!("{admin_scheme}://{admin_addr}");
     if !client_addr.ip().is_loopback() && config.secrets.cluster.is_none() {
         tracing::warn!(
             listen = %client_addr,
@@ -157,9 +159,19 @@ pub async fn start(
         config.open_health_endpoints,
     );
     let admin_shutdown = shutdown.clone();
-    let admin_server = axum::serve(listeners.admin, admin::router(admin_state.clone()))
-        .with_graceful_shutdown(async move { admin_shutdown.cancelled().await });
-    let admin_task = tasks.spawn(async move { admin_server.await.map_err(Error::Admin) });
+    let stopped = async move { admin_shutdown.cancelled().await };
+    let router = admin::router(admin_state.clone());
+    let admin_task = match admin_tls {
+        Some(tls) => {
+            let listener = TlsListener::new(listeners.admin, tls).map_err(Error::Admin)?;
+            let server = axum::serve(listener, router).with_graceful_shutdown(stopped);
+            tasks.spawn(async move { server.await.map_err(Error::Admin) })
+        }
+        None => {
+            let server = axum::serve(listeners.admin, router).with_graceful_shutdown(stopped);
+            tasks.spawn(async move { server.await.map_err(Error::Admin) })
+        }
+    };
 
     let own_url = config
         .advertise_url

@@ -1,7 +1,8 @@
-//! TLS on `--listen`: the certificate chain and key of `tls_cert_file` and
-//! `tls_key_file`, served to every client and peer connection and read
-//! again on reload (SIGHUP) without dropping a connection: handshakes after
-//! the reload get the new certificate, open connections keep theirs.
+//! TLS on `--listen` (and on `--admin-listen` with `admin_tls`): the
+//! certificate chain and key of `tls_cert_file` and `tls_key_file`, served
+//! to every client, peer and admin connection and read again on reload
+//! (SIGHUP) without dropping a connection: handshakes after the reload get
+//! the new certificate, open connections keep theirs.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -88,5 +89,75 @@ impl ServerTls {
     pub async fn accept(&self, tcp: TcpStream) -> std::io::Result<ServerStream> {
         let stream = self.acceptor.accept(tcp).await?;
         Ok(Either::Right(BufReader::new(stream)))
+    }
+}
+
+/// Admin HTTP over TLS: TCP connections accepted and their handshakes run on
+/// tasks of their own (a slow client holds up only itself), handed to axum
+/// as they complete.
+pub struct TlsListener {
+    incoming: tokio::sync::mpsc::Receiver<(ServerStream, std::net::SocketAddr)>,
+    local: std::net::SocketAddr,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+/// Longest an admin client may take over its TLS handshake.
+const ADMIN_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl TlsListener {
+    pub fn new(listener: tokio::net::TcpListener, tls: Arc<ServerTls>) -> std::io::Result<Self> {
+        let local = listener.local_addr()?;
+        let (handed, incoming) = tokio::sync::mpsc::channel(64);
+        let accepting = tokio::spawn(async move {
+            loop {
+                let (tcp, addr) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let (tls, handed) = (tls.clone(), handed.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(ADMIN_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = handed.send((stream, addr)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%addr, error = %e, "admin TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(%addr, "admin TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(TlsListener {
+            incoming,
+            local,
+            accepting,
+        })
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = ServerStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.incoming.recv().await {
+            Some(accepted) => accepted,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
     }
 }

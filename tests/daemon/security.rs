@@ -527,5 +527,30 @@ async fn a_cluster_serves_and_replicates_over_tls_and_reloads_its_certificate() 
         .await?;
     let stats = client.queue("stats", json!({"queue_name": "tls"})).await?;
     ensure!(stats.to_string().contains("\"depth\":2"), "{stats}");
+
+    // With admin_tls, admin HTTP is https:// with the same certificate.
+    let dir = TestDir::new();
+    let mut args = dir.config(&config);
+    args.push("--admin-tls".to_string());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let single = Daemon::start(&dir, &refs)?;
+    let admin = single.ready.admin_url.clone();
+    ensure!(admin.starts_with("https://"), "admin URL {admin}");
+    let ca_pem = std::fs::read(path("ca.pem"))?;
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca_pem)?)
+        .build()?;
+    let health = https.get(format!("{admin}/health")).send().await?;
+    assert_eq!(health.status().as_u16(), 200);
+    let plain = admin.replacen("https://", "http://", 1);
+    ensure!(
+        mpreg_tests::http()
+            .get(format!("{plain}/health"))
+            .send()
+            .await
+            .is_err(),
+        "plain HTTP answered on the TLS admin port"
+    );
+    single.stop()?;
     Ok(())
 }

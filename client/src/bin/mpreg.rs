@@ -8,7 +8,7 @@
 //! an aligned table.
 //! Results print as JSON; errors go to stderr with a non-zero exit.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -36,7 +36,8 @@ struct Cli {
     /// node that requires credentials; used on the client and admin URLs.
     #[arg(long, global = true)]
     token_file: Option<PathBuf>,
-    /// PEM file of the CA certificates to trust for a `wss://` URL.
+    /// PEM file of the CA certificates to trust for a `wss://` or
+    /// `https://` (admin) URL.
     #[arg(long, global = true)]
     ca_file: Option<PathBuf>,
     #[command(subcommand)]
@@ -543,8 +544,9 @@ fn token(cli: &Cli) -> Result<Option<String>, String> {
     Ok(Some(text.trim().to_string()))
 }
 
-/// An HTTP client for admin requests, presenting `token` on each.
-fn http(token: Option<&str>) -> Result<reqwest::Client, String> {
+/// An HTTP client for admin requests, presenting `token` on each and
+/// trusting the CA certificates of `ca_file` for an `https://` admin URL.
+fn http(token: Option<&str>, ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(token) = token {
         let value = format!("Bearer {token}")
@@ -552,10 +554,17 @@ fn http(token: Option<&str>) -> Result<reqwest::Client, String> {
             .map_err(|_| "the token is not a valid header value".to_string())?;
         headers.insert(reqwest::header::AUTHORIZATION, value);
     }
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .map_err(|e| e.to_string())
+    let mut builder = reqwest::Client::builder().default_headers(headers);
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("cannot read the CA file {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| e.to_string())
 }
 
 async fn run(cli: Cli) -> Result<String, String> {
@@ -566,13 +575,19 @@ async fn run(cli: Cli) -> Result<String, String> {
         format,
     } = &cli.command
     {
-        return sql(&http(token.as_deref())?, admin, query, *format).await;
+        return sql(
+            &http(token.as_deref(), cli.ca_file.as_deref())?,
+            admin,
+            query,
+            *format,
+        )
+        .await;
     }
     if let Command::Cluster { op, admin } = &cli.command {
-        return cluster(&http(token.as_deref())?, admin, op).await;
+        return cluster(&http(token.as_deref(), cli.ca_file.as_deref())?, admin, op).await;
     }
     if let Command::Federation { op, admin } = &cli.command {
-        return federation(&http(token.as_deref())?, admin, op).await;
+        return federation(&http(token.as_deref(), cli.ca_file.as_deref())?, admin, op).await;
     }
     let options = ConnectOptions {
         token,

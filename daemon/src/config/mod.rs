@@ -113,6 +113,7 @@ pub struct FileConfig {
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
     pub tls_ca_file: Option<PathBuf>,
+    pub admin_tls: Option<bool>,
 }
 
 impl FileConfig {
@@ -187,6 +188,8 @@ pub struct Config {
     pub tls_key_file: Option<PathBuf>,
     /// The CA certificates trusted when connecting to `wss://` nodes.
     pub tls_ca_file: Option<PathBuf>,
+    /// Admin HTTP over TLS too (`https://`), with the same certificate.
+    pub admin_tls: bool,
     /// The config file the settings came from, read again on reload.
     pub config_file: Option<PathBuf>,
 }
@@ -224,6 +227,7 @@ impl Config {
             tls_cert_file: None,
             tls_key_file: None,
             tls_ca_file: None,
+            admin_tls: false,
             config_file: None,
         }
     }
@@ -286,6 +290,7 @@ impl Config {
             tls_cert_file,
             tls_key_file,
             tls_ca_file,
+            admin_tls,
         } = file;
         if let Some(v) = data_dir {
             self.data_dir = v;
@@ -434,6 +439,9 @@ impl Config {
         self.tls_cert_file = tls_cert_file.or(self.tls_cert_file.take());
         self.tls_key_file = tls_key_file.or(self.tls_key_file.take());
         self.tls_ca_file = tls_ca_file.or(self.tls_ca_file.take());
+        if let Some(v) = admin_tls {
+            self.admin_tls = v;
+        }
     }
 
     /// Longest a write waits for a leader to take it, or for its commit:
@@ -462,6 +470,11 @@ impl Config {
                     "{url:?} is not a node URL: expected ws://host:port"
                 )));
             }
+        }
+        if self.admin_tls && self.tls_cert_file.is_none() {
+            return Err(Error::InvalidSetting(
+                "admin_tls (--admin-tls) serves the certificate of tls_cert_file: set it (and tls_key_file)".into(),
+            ));
         }
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
             return Err(Error::InvalidSetting(
