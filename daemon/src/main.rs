@@ -189,7 +189,9 @@ fn offline_sql(data_dir: &std::path::Path, sql: &str, format: Format) -> ExitCod
         Ok(rt) => rt,
         Err(e) => return report(&e),
     };
-    let output = match runtime.block_on(engine.query(sql)) {
+    let answer = runtime.block_on(engine.query(sql));
+    engine.shutdown(std::time::Duration::from_secs(10));
+    let output = match answer {
         Ok(output) => output,
         Err(e) => return report(&e),
     };

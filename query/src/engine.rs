@@ -215,6 +215,16 @@ impl SqlEngine {
         Ok(ctx)
     }
 
+    /// Stops the SQL runtime, waiting up to `timeout` for scans still
+    /// running. A process about to exit calls this: a scan left running
+    /// reads RocksDB while the process tears it down (and aborts with
+    /// "pthread lock: Invalid argument").
+    pub fn shutdown(mut self, timeout: std::time::Duration) {
+        if let Some(runtime) = self.runtime.0.take() {
+            runtime.shutdown_timeout(timeout);
+        }
+    }
+
     /// Runs one SQL statement and returns all its rows.
     pub async fn query(&self, sql: &str) -> Result<QueryOutput, SqlError> {
         let permit = self
