@@ -134,6 +134,11 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => return,
         };
+        // Replies are small and latency-bound: Nagle's algorithm would hold
+        // a reply back until the client's delayed ACK (tens of ms).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "TCP_NODELAY not set");
+        }
         let Ok(classifying) = unclassified.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "connection limit reached; closing new connection");
             continue;
