@@ -546,7 +546,8 @@ async fn a_forward_to_a_paused_member_is_counted_as_failed() {
                 leaders.push((i, status["leader"].clone()));
             }
             Err(format!(
-                "{now:?}; leader was member {leader}, paused member {far} (pid {far_pid}) in state {state:?}, leader seen by (member, raft id) {leaders:?}"
+                "(sent, failed) {now:?}, {:?} before fw.1; leader was member {leader}, paused member {far} (pid {far_pid}) in state {state:?}, leader seen by (member, raft id) {leaders:?}",
+                (sent, failed)
             ))
         },
     )
