@@ -355,6 +355,11 @@ impl Session {
         reply(kind, &RpcResponse::error(Some(u), error))
     }
 
+    /// The reply to a request its credential does not allow.
+    fn denied(&self, kind: FrameKind, u: String, refused: &Refused) -> Outbound {
+        reply(kind, &RpcResponse::error(Some(u), refused.rpc_error()))
+    }
+
     /// The reply to a pub/sub frame over the in-flight limit.
     fn busy_ack(&self, kind: FrameKind, u: &str) -> Outbound {
         ack(kind, u, Err(self.busy_details()))
@@ -506,8 +511,7 @@ impl Session {
                 }
                 Ok(Inbound::Rpc(request)) => {
                     if let Err(refused) = self.permitted(&auth::rpc_actions(&request)) {
-                        let response = RpcResponse::error(Some(request.u), refused.rpc_error());
-                        let _ = outbound.send(reply(kind, &response)).await;
+                        let _ = outbound.send(self.denied(kind, request.u, &refused)).await;
                         continue;
                     }
                     let Some(permit) = in_flight.admit(bytes.len()) else {
@@ -549,8 +553,7 @@ impl Session {
                         .map(|f| Action::Register(&f.name))
                         .collect();
                     if let Err(refused) = self.permitted(&names) {
-                        let response = RpcResponse::error(Some(register.u), refused.rpc_error());
-                        let _ = outbound.send(reply(kind, &response)).await;
+                        let _ = outbound.send(self.denied(kind, register.u, &refused)).await;
                         continue;
                     }
                     let Some(permit) = in_flight.admit(bytes.len()) else {
@@ -580,8 +583,7 @@ impl Session {
                         .map(|f| Action::Register(&f.name))
                         .collect();
                     if let Err(refused) = self.permitted(&names) {
-                        let response = RpcResponse::error(Some(withdraw.u), refused.rpc_error());
-                        let _ = outbound.send(reply(kind, &response)).await;
+                        let _ = outbound.send(self.denied(kind, withdraw.u, &refused)).await;
                         continue;
                     }
                     let Some(permit) = in_flight.admit(bytes.len()) else {

@@ -36,13 +36,7 @@ impl CredentialFile {
     pub fn load(&self, hash: impl Fn(&str) -> String) -> Result<Credential> {
         let invalid =
             |what: String| Error::InvalidSetting(format!("credential {:?}: {what}", self.name));
-        let valid_name = !self.name.is_empty()
-            && self.name.len() <= 128
-            && self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        if !valid_name {
+        if !super::valid_id(&self.name) {
             return Err(invalid(
                 "the name must be 1-128 characters of letters, digits, '-', '_' or '.'".into(),
             ));

@@ -45,6 +45,16 @@ pub fn is_node_url(url: &str) -> bool {
     url.starts_with("ws://") || url.starts_with("wss://")
 }
 
+/// Whether `id` (a node, cluster or credential name) is 1-128 characters of
+/// letters, digits, '-', '_' or '.'.
+pub(crate) fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -458,13 +468,14 @@ impl Config {
                     .into(),
             ));
         }
-        for url in self
-            .join
-            .iter()
-            .chain(&self.peers)
-            .chain(&self.advertise_url)
-            .chain(&self.federation.federate)
-        {
+        let node_urls = || {
+            self.join
+                .iter()
+                .chain(&self.peers)
+                .chain(&self.advertise_url)
+                .chain(&self.federation.federate)
+        };
+        for url in node_urls() {
             if !is_node_url(url) {
                 return Err(Error::InvalidSetting(format!(
                     "{url:?} is not a node URL: expected ws://host:port"
@@ -481,13 +492,7 @@ impl Config {
                 "tls_cert_file (--tls-cert) and tls_key_file (--tls-key) go together".into(),
             ));
         }
-        let reaches_wss = self
-            .join
-            .iter()
-            .chain(&self.peers)
-            .chain(&self.advertise_url)
-            .chain(&self.federation.federate)
-            .any(|url| url.starts_with("wss://"));
+        let reaches_wss = node_urls().any(|url| url.starts_with("wss://"));
         if (reaches_wss || self.tls_cert_file.is_some()) && self.tls_ca_file.is_none() {
             return Err(Error::InvalidSetting(
                 "a node serving TLS (its members connect to each other over wss://) or reaching nodes over wss:// needs tls_ca_file (--tls-ca): the CA certificates to trust"
@@ -563,15 +568,8 @@ impl Config {
                 "election_timeout_ms must be at least 50".into(),
             ));
         }
-        let valid = |id: &str| {
-            !id.is_empty()
-                && id.len() <= 128
-                && id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        };
         for (what, id) in [("node_id", &self.node_id), ("cluster_id", &self.cluster_id)] {
-            if let Some(id) = id.as_deref().filter(|id| !valid(id)) {
+            if let Some(id) = id.as_deref().filter(|id| !valid_id(id)) {
                 return Err(Error::InvalidSetting(format!(
                     "{what} {id:?} must be 1-128 characters of letters, digits, '-', '_' or '.'"
                 )));

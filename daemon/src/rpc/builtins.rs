@@ -26,11 +26,7 @@ pub const NAMES: [&str; 6] = [
 /// (`app.`, `mpreg.system.`). A worker may not register such a name: it
 /// would replace or shadow the built-in.
 pub fn is_reserved(name: &str) -> bool {
-    let bare = super::select::NAME_PREFIXES
-        .iter()
-        .find_map(|prefix| name.strip_prefix(prefix))
-        .unwrap_or(name);
-    [name, bare]
+    spellings(name)
         .iter()
         .any(|n| NAMES.contains(n) || crate::queue::FUNCTIONS.contains(n))
 }
@@ -38,13 +34,18 @@ pub fn is_reserved(name: &str) -> bool {
 /// Whether a call of `name` reaches one of the queue functions (bare or
 /// under a prefix).
 pub fn is_queue_function(name: &str) -> bool {
+    spellings(name)
+        .iter()
+        .any(|n| crate::queue::FUNCTIONS.contains(n))
+}
+
+/// `name` as called and without the prefix callers may put in front.
+fn spellings(name: &str) -> [&str; 2] {
     let bare = super::select::NAME_PREFIXES
         .iter()
         .find_map(|prefix| name.strip_prefix(prefix))
         .unwrap_or(name);
     [name, bare]
-        .iter()
-        .any(|n| crate::queue::FUNCTIONS.contains(n))
 }
 
 /// Runs built-in `name`; `Err` is the failure text sent to the client.
