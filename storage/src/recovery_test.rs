@@ -107,3 +107,36 @@ fn a_snapshot_that_does_not_decode_is_not_installed() {
         );
     });
 }
+
+/// A follower far behind is sent the current snapshot while the builder
+/// may be replacing it: the file recorded a moment ago can be gone by the
+/// time it is opened. Reading the current snapshot never fails for that
+/// (it failed the raft core of a leader once, in CI).
+#[test]
+fn the_current_snapshot_opens_while_new_ones_replace_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = events(4);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (_data, mut sm) = logged_sm(dir.path(), &events, events.len()).await;
+        let mut builder = sm.get_snapshot_builder().await;
+        builder.build_snapshot().await.unwrap();
+        let building = tokio::spawn(async move {
+            for _ in 0..200 {
+                builder.build_snapshot().await.unwrap();
+            }
+        });
+        let mut reads = 0u32;
+        while !building.is_finished() {
+            let current = sm.get_current_snapshot().await.unwrap();
+            assert!(current.is_some(), "a snapshot was built, none is current");
+            reads += 1;
+        }
+        building.await.unwrap();
+        assert!(reads > 0);
+    });
+}

@@ -38,7 +38,7 @@ use crate::raft_types::TypeConfig;
 use crate::raft_types::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError};
 use crate::views::{Catalog, Digest, RowStore, View, ViewTxn, apply};
 use applied::write_applied;
-use snapshots::{copy_to_file, install_snapshot_file, open_snapshot, unix_nanos};
+use snapshots::{copy_to_file, install_snapshot_file, open_current_snapshot, unix_nanos};
 
 /// Row changes of one apply batch, on top of the database.
 struct BatchStore<'a> {
@@ -283,12 +283,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let err = || to_raft(ErrorSubject::Snapshot(None), ErrorVerb::Read);
-        let Some((meta, path)) = current_snapshot(&self.db, &self.snapshot_dir).map_err(err())?
-        else {
-            return Ok(None);
-        };
-        let file = open_snapshot(path).await.map_err(err())?;
-        Ok(Some(Snapshot {
+        let current = open_current_snapshot(&self.db, &self.snapshot_dir)
+            .await
+            .map_err(err())?;
+        Ok(current.map(|(meta, file)| Snapshot {
             meta,
             snapshot: Box::new(file),
         }))

@@ -73,6 +73,33 @@ pub(crate) fn current_snapshot(db: &DB, dir: &Path) -> Result<Option<(SnapshotMe
     Ok(record.map(|r| (r.meta, dir.join(r.file))))
 }
 
+/// The current snapshot's header and its file, open. A snapshot built
+/// meanwhile records its file before it deletes the old one, so a recorded
+/// file that is gone when opened means a newer record: read it again.
+pub(crate) async fn open_current_snapshot(
+    db: &DB,
+    dir: &Path,
+) -> Result<Option<(SnapshotMeta, tokio::fs::File)>> {
+    loop {
+        let Some((meta, path)) = current_snapshot(db, dir)? else {
+            return Ok(None);
+        };
+        match tokio::fs::File::open(&path).await {
+            Ok(file) => return Ok(Some((meta, file))),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && current_snapshot(db, dir)?.is_some_and(|(_, now)| now != path) => {}
+            Err(source) => {
+                return Err(Error::SnapshotIo {
+                    verb: "open",
+                    path,
+                    source,
+                });
+            }
+        }
+    }
+}
+
 fn build_snapshot_file(db: &DB, dir: &Path) -> Result<SnapshotRecord> {
     let snap = db.snapshot();
     let applied: AppliedState = match snap
