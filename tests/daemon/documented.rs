@@ -521,10 +521,9 @@ async fn a_forward_to_a_paused_member_is_counted_as_failed() {
 
     cluster.pause(far).unwrap();
     publisher.publish("fw.2", json!(2)).await.unwrap();
-    // The forward waits out its 5 s timeout, then counts as failed. (This
-    // failed twice in ~15 runs with fw.2 counted sent; the message says
-    // whether the paused member was still stopped, "T", and who the
-    // others think leads.)
+    // The forward waits out its 5 s timeout, then counts as failed. (The
+    // message says whether the paused member was still stopped, "T", and
+    // who the others think leads.)
     let far_pid = cluster.daemon(far).pid();
     eventually(
         "the missed forward is counted failed",
