@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::client::ResolvesClientCert;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
@@ -55,16 +56,7 @@ impl TlsClient {
     /// Trusts the CA certificates of `ca_file`; presents the certificate
     /// chain and key of `client_cert` when given.
     pub fn new(ca_file: &Path, client_cert: Option<(&Path, &Path)>) -> Result<TlsClient, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in read_certs(ca_file)? {
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: {e}", ca_file.display()))?;
-        }
-        let builder = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots);
+        let builder = Self::trusting(ca_file)?;
         let config = match client_cert {
             Some((cert, key)) => builder
                 .with_client_auth_cert(read_certs(cert)?, read_key(key)?)
@@ -74,6 +66,35 @@ impl TlsClient {
         Ok(TlsClient {
             config: Arc::new(config),
         })
+    }
+
+    /// Trusts the CA certificates of `ca_file`; presents the certificate
+    /// `resolver` gives at each handshake (one that can change while the
+    /// client lives).
+    pub fn with_cert_resolver(
+        ca_file: &Path,
+        resolver: Arc<dyn ResolvesClientCert>,
+    ) -> Result<TlsClient, String> {
+        let config = Self::trusting(ca_file)?.with_client_cert_resolver(resolver);
+        Ok(TlsClient {
+            config: Arc::new(config),
+        })
+    }
+
+    fn trusting(
+        ca_file: &Path,
+    ) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, String>
+    {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in read_certs(ca_file)? {
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", ca_file.display()))?;
+        }
+        Ok(rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots))
     }
 }
 

@@ -94,6 +94,11 @@ struct RunArgs {
     /// nodes over wss:// (members and linked clusters).
     #[arg(long)]
     tls_ca: Option<PathBuf>,
+    /// PEM CA certificates that sign the certificates every connection to
+    /// --listen must present (mutual TLS); a member's certificate must
+    /// name its node as URI mpreg://<cluster id>/<node id>.
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
     /// Serve admin HTTP over TLS too (https://), with --tls-cert.
     #[arg(long)]
     admin_tls: bool,
@@ -133,6 +138,7 @@ fn config_from(args: RunArgs) -> mpreg_daemon::Result<Config> {
         tls_cert_file: args.tls_cert,
         tls_key_file: args.tls_key,
         tls_ca_file: args.tls_ca,
+        tls_client_ca_file: args.tls_client_ca,
         admin_tls: args.admin_tls.then_some(true),
         log: args.log.or_else(|| std::env::var("RUST_LOG").ok()),
         log_format: args.log_format,

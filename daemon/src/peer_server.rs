@@ -80,7 +80,13 @@ impl PeerServer {
         peer: std::net::SocketAddr,
         shutdown: CancellationToken,
     ) {
-        let cluster: Arc<str> = match self.node.peers().auth().accept(&mut ws).await {
+        let certificate = crate::tls::presented_certificate(ws.get_ref());
+        let accepted = self
+            .node
+            .peers()
+            .auth()
+            .accept(&mut ws, certificate.as_ref());
+        let cluster: Arc<str> = match accepted.await {
             Ok(cluster) => cluster.into(),
             Err(refusal) => {
                 tracing::warn!(%peer, reason = refusal.reason(), error = %refusal, "peer refused at the handshake");

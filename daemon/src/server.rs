@@ -116,7 +116,11 @@ pub async fn start(
     let client_addr = local_addr(&listeners.client, "client", config.listen)?;
     let admin_addr = local_addr(&listeners.admin, "admin", config.admin_listen)?;
     let tls = match (&config.tls_cert_file, &config.tls_key_file) {
-        (Some(cert), Some(key)) => Some(Arc::new(ServerTls::load(cert, key)?)),
+        (Some(cert), Some(key)) => Some(Arc::new(ServerTls::load(
+            cert,
+            key,
+            config.tls_client_ca_file.as_deref(),
+        )?)),
         _ => None,
     };
     let scheme = if tls.is_some() { "wss" } else { "ws" };
@@ -383,7 +387,7 @@ async fn reload_on_sighup(
                     tracing::warn!(error = %e, "SIGHUP: credentials not reloaded");
                 }
                 if let Some(tls) = &tls {
-                    match tls.reload() {
+                    match tls.reload().and_then(|()| node.reload_certificate()) {
                         Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
                         Err(e) => tracing::warn!(error = %e, "SIGHUP: TLS certificate not reloaded; the old one stays"),
                     }

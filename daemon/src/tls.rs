@@ -1,14 +1,20 @@
 //! TLS on `--listen` (and on `--admin-listen` with `admin_tls`): the
-//! certificate chain and key of `tls_cert_file` and `tls_key_file`, served
-//! to every client, peer and admin connection and read again on reload
+//! node's certificate chain and key ([`NodeCert`], from `tls_cert_file` and
+//! `tls_key_file`), served to every client, peer and admin connection,
+//! presented to the nodes this node connects to, and read again on reload
 //! (SIGHUP) without dropping a connection: handshakes after the reload get
-//! the new certificate, open connections keep theirs.
+//! the new certificate, open connections keep theirs. With
+//! `tls_client_ca_file`, every connection must present a certificate that
+//! CA signed (mutual TLS).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use mpreg_client::tls::{provider, read_certs, read_key};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::SignatureScheme;
+use rustls::client::ResolvesClientCert;
+use rustls::pki_types::CertificateDer;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use tokio::io::BufReader;
 use tokio::net::TcpStream;
@@ -22,21 +28,70 @@ use crate::error::{Error, Result};
 /// handshake reads it).
 pub type ServerStream = Either<TcpStream, BufReader<tokio_rustls::server::TlsStream<TcpStream>>>;
 
+/// The certificate an accepted connection presented (mutual TLS), if any.
+pub fn presented_certificate(stream: &ServerStream) -> Option<CertificateDer<'static>> {
+    let Either::Right(tls) = stream else {
+        return None;
+    };
+    let (_, connection) = tls.get_ref().get_ref();
+    let chain = connection.peer_certificates()?;
+    chain.first().map(|cert| cert.clone().into_owned())
+}
+
 /// The server side of TLS on `--listen`.
 pub struct ServerTls {
     acceptor: TlsAcceptor,
-    current: Arc<CurrentCert>,
+    cert: Arc<NodeCert>,
+}
+
+/// This node's certificate chain and key: served to each new handshake,
+/// presented as the client certificate of each link this node opens.
+#[derive(Debug)]
+pub struct NodeCert {
+    current: RwLock<Arc<CertifiedKey>>,
     cert_file: PathBuf,
     key_file: PathBuf,
 }
 
-/// The certificate handed to each new handshake.
-#[derive(Debug)]
-struct CurrentCert(RwLock<Arc<CertifiedKey>>);
+impl NodeCert {
+    /// Reads the certificate and key; errors name the file.
+    pub fn load(cert_file: &Path, key_file: &Path) -> Result<Arc<NodeCert>> {
+        Ok(Arc::new(NodeCert {
+            current: RwLock::new(Arc::new(certified_key(cert_file, key_file)?)),
+            cert_file: cert_file.to_path_buf(),
+            key_file: key_file.to_path_buf(),
+        }))
+    }
 
-impl ResolvesServerCert for CurrentCert {
+    /// Reads the files again; new handshakes use the new certificate. A
+    /// failure keeps the one in use.
+    pub fn reload(&self) -> Result<()> {
+        let fresh = certified_key(&self.cert_file, &self.key_file)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+        Ok(())
+    }
+
+    fn get(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl ResolvesServerCert for NodeCert {
     fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.read().unwrap_or_else(|e| e.into_inner()).clone())
+        Some(self.get())
+    }
+}
+
+impl ResolvesClientCert for NodeCert {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -59,30 +114,44 @@ fn certified_key(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey> {
 }
 
 impl ServerTls {
-    /// Reads the certificate and key; errors name the file.
-    pub fn load(cert_file: &Path, key_file: &Path) -> Result<ServerTls> {
-        let current = Arc::new(CurrentCert(RwLock::new(Arc::new(certified_key(
-            cert_file, key_file,
-        )?))));
-        let config = rustls::ServerConfig::builder_with_provider(provider())
+    /// Reads the certificate and key, and with `client_ca_file` the CA
+    /// certificates every connection's certificate must chain to; errors
+    /// name the file.
+    pub fn load(
+        cert_file: &Path,
+        key_file: &Path,
+        client_ca_file: Option<&Path>,
+    ) -> Result<ServerTls> {
+        let cert = NodeCert::load(cert_file, key_file)?;
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| invalid(e.to_string()))?
-            .with_no_client_auth()
-            .with_cert_resolver(current.clone());
+            .map_err(|e| invalid(e.to_string()))?;
+        let builder = match client_ca_file {
+            None => builder.with_no_client_auth(),
+            Some(ca_file) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for ca in read_certs(ca_file).map_err(invalid)? {
+                    roots
+                        .add(ca)
+                        .map_err(|e| invalid(format!("{}: {e}", ca_file.display())))?;
+                }
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                        .build()
+                        .map_err(|e| invalid(format!("{}: {e}", ca_file.display())))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let config = builder.with_cert_resolver(cert.clone());
         Ok(ServerTls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
-            current,
-            cert_file: cert_file.to_path_buf(),
-            key_file: key_file.to_path_buf(),
+            cert,
         })
     }
 
-    /// Reads the files again; new handshakes get the new certificate. A
-    /// failure keeps the one in use.
+    /// Reads the certificate files again (see [`NodeCert::reload`]).
     pub fn reload(&self) -> Result<()> {
-        let fresh = certified_key(&self.cert_file, &self.key_file)?;
-        *self.current.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
-        Ok(())
+        self.cert.reload()
     }
 
     /// The TLS handshake of an accepted connection.

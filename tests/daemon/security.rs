@@ -564,3 +564,117 @@ async fn a_cluster_serves_and_replicates_over_tls_and_reloads_its_certificate() 
     single.stop()?;
     Ok(())
 }
+
+/// Mutual TLS: with `tls_client_ca_file`, every connection must present a
+/// certificate the CA signed, and a member's certificate must name its
+/// node (`mpreg://<cluster>/<node>`); a node holding a good certificate
+/// of another node cannot join, and moves neither the term nor the
+/// membership.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_client_certificates_only_certified_nodes_and_clients_connect() -> Result<()> {
+    let files = TestDir::new();
+    let path = |name: &str| files.path().join(name);
+    let ca = TestCa::new("mpreg test CA")?;
+    ca.write_ca(&path("ca.pem"))?;
+    for node in ["n1", "n2", "n3"] {
+        let uri = format!("mpreg://local/{node}");
+        ca.issue_naming(
+            &path(&format!("{node}.pem")),
+            &path(&format!("{node}.key")),
+            &[&uri],
+        )?;
+    }
+    let dir = files.path().display().to_string();
+    let ca_file = path("ca.pem").display().to_string();
+    let config = format!(
+        "tls_cert_file = \"{dir}/{{node}}.pem\"\ntls_key_file = \"{dir}/{{node}}.key\"\ntls_ca_file = {ca_file:?}\ntls_client_ca_file = {ca_file:?}\n"
+    );
+    let cluster = Cluster::start(3, &config).await?;
+    let leader = cluster.wait_leader(&[0, 1, 2], CONVERGE).await?;
+    let follower = (leader + 1) % 3;
+    let url = cluster.members[follower].client_url.clone();
+
+    // A client with a certificate of the CA is served; its write through
+    // a follower crosses the certified peer links.
+    ca.issue(&path("client.pem"), &path("client.key"))?;
+    let options = |cert: Option<(&str, &str)>| -> Result<ConnectOptions> {
+        let (cert, key) = match cert {
+            Some((cert, key)) => (Some(path(cert)), Some(path(key))),
+            None => (None, None),
+        };
+        let pair = cert.as_deref().zip(key.as_deref());
+        Ok(ConnectOptions {
+            tls: Some(TlsClient::new(&path("ca.pem"), pair).map_err(anyhow::Error::msg)?),
+            ..ConnectOptions::default()
+        })
+    };
+    let client = Client::connect_with(&url, &options(Some(("client.pem", "client.key")))?).await?;
+    client
+        .queue("create", json!({"queue_name": "mtls"}))
+        .await?;
+    client
+        .queue("send", json!({"queue_name": "mtls", "payload": 1}))
+        .await?;
+    cluster.wait_converged(&[0, 1, 2], CONVERGE).await?;
+
+    // Without a certificate, or with one another CA signed: refused in the
+    // TLS handshake.
+    let refused = Client::connect_with(&url, &options(None)?)
+        .await
+        .err()
+        .context("a client without a certificate connected")?;
+    ensure!(
+        refused.to_string().contains("CertificateRequired"),
+        "refused for another reason: {refused}"
+    );
+    let other = TestCa::new("another CA")?;
+    other.issue(&path("other.pem"), &path("other.key"))?;
+    let refused = Client::connect_with(&url, &options(Some(("other.pem", "other.key")))?)
+        .await
+        .err()
+        .context("a client with another CA's certificate connected")?;
+    ensure!(
+        refused.to_string().contains("UnknownCA"),
+        "refused for another reason: {refused}"
+    );
+
+    // A node whose certificate (signed by the CA) names another node.
+    let before = cluster.status(leader).await?;
+    let leader_url = cluster.members[leader].client_url.clone();
+    let leader_admin = cluster.members[leader].admin_url.clone();
+    ca.issue_naming(&path("n4.pem"), &path("n4.key"), &["mpreg://local/n1"])?;
+    let joiner = TestDir::new();
+    let (cert, key) = (path("n4.pem"), path("n4.key"));
+    let out = mpreg_tests::start_expecting_exit_with(
+        &joiner,
+        &[
+            "--join",
+            &leader_url,
+            "--node-id",
+            "n4",
+            "--tls-cert",
+            &cert.display().to_string(),
+            "--tls-key",
+            &key.display().to_string(),
+            "--tls-ca",
+            &ca_file,
+            "--tls-client-ca",
+            &ca_file,
+        ],
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "the joiner exited 0: {stderr}");
+    ensure!(
+        stderr.contains("does not name it") && stderr.contains("mpreg://local/n4"),
+        "the joiner's error does not name the certificate: {stderr}"
+    );
+    ensure!(
+        refusals(&leader_admin, "certificate").await? >= 1.0,
+        "the leader counted no certificate refusal"
+    );
+    let after = cluster.status(leader).await?;
+    assert_eq!(after["term"], before["term"], "{before} -> {after}");
+    let peers = sql_rows(&leader_admin, "SELECT peer FROM peers ORDER BY peer").await?;
+    assert_eq!(peers.len(), 3, "{peers:?}");
+    Ok(())
+}

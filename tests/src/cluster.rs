@@ -78,7 +78,9 @@ fn signal(pid: u32, name: &str) -> Result<()> {
 
 impl Cluster {
     /// Starts `n` members with `config` (TOML) as their config file, and
-    /// waits until all agree on a leader.
+    /// waits until all agree on a leader. `{node}` in `config` stands for
+    /// each member's node id (`n1`, `n2`, ...), e.g. in its certificate's
+    /// file name.
     pub async fn start(n: usize, config: &str) -> Result<Cluster> {
         let mut cluster = Cluster {
             members: Vec::new(),
@@ -127,7 +129,7 @@ impl Cluster {
     }
 
     async fn launch(&mut self, i: usize, join: Option<String>) -> Result<()> {
-        let config = self.config.clone();
+        let config = self.config.replace("{node}", &self.members[i].name);
         let advertised = self.url_of(&self.members[i]);
         let member = &mut self.members[i];
         let mut args = member.dir.config(&config);

@@ -40,6 +40,13 @@ struct Cli {
     /// `https://` (admin) URL.
     #[arg(long, global = true)]
     ca_file: Option<PathBuf>,
+    /// PEM certificate chain to present, for a node that requires client
+    /// certificates (`tls_client_ca_file`); with --key-file.
+    #[arg(long, global = true, requires = "key_file")]
+    cert_file: Option<PathBuf>,
+    /// PEM private key of --cert-file.
+    #[arg(long, global = true, requires = "cert_file")]
+    key_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -544,9 +551,10 @@ fn token(cli: &Cli) -> Result<Option<String>, String> {
     Ok(Some(text.trim().to_string()))
 }
 
-/// An HTTP client for admin requests, presenting `token` on each and
-/// trusting the CA certificates of `ca_file` for an `https://` admin URL.
-fn http(token: Option<&str>, ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
+/// An HTTP client for admin requests, presenting `token` on each and, for
+/// an `https://` admin URL, trusting the CA certificates of `--ca-file` and
+/// presenting the certificate of `--cert-file`.
+fn http(token: Option<&str>, cli: &Cli) -> Result<reqwest::Client, String> {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(token) = token {
         let value = format!("Bearer {token}")
@@ -555,14 +563,22 @@ fn http(token: Option<&str>, ca_file: Option<&Path>) -> Result<reqwest::Client, 
         headers.insert(reqwest::header::AUTHORIZATION, value);
     }
     let mut builder = reqwest::Client::builder().default_headers(headers);
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("cannot read the CA file {}: {e}", path.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+    let read = |path: &Path, what: &str| {
+        std::fs::read(path).map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))
+    };
+    if let Some(path) = &cli.ca_file {
+        let certs = reqwest::Certificate::from_pem_bundle(&read(path, "CA file")?)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         for cert in certs {
             builder = builder.add_root_certificate(cert);
         }
+    }
+    if let (Some(cert), Some(key)) = (&cli.cert_file, &cli.key_file) {
+        let mut pem = read(cert, "certificate file")?;
+        pem.extend(read(key, "key file")?);
+        let identity =
+            reqwest::Identity::from_pem(&pem).map_err(|e| format!("{}: {e}", cert.display()))?;
+        builder = builder.identity(identity);
     }
     builder.build().map_err(|e| e.to_string())
 }
@@ -575,26 +591,20 @@ async fn run(cli: Cli) -> Result<String, String> {
         format,
     } = &cli.command
     {
-        return sql(
-            &http(token.as_deref(), cli.ca_file.as_deref())?,
-            admin,
-            query,
-            *format,
-        )
-        .await;
+        return sql(&http(token.as_deref(), &cli)?, admin, query, *format).await;
     }
     if let Command::Cluster { op, admin } = &cli.command {
-        return cluster(&http(token.as_deref(), cli.ca_file.as_deref())?, admin, op).await;
+        return cluster(&http(token.as_deref(), &cli)?, admin, op).await;
     }
     if let Command::Federation { op, admin } = &cli.command {
-        return federation(&http(token.as_deref(), cli.ca_file.as_deref())?, admin, op).await;
+        return federation(&http(token.as_deref(), &cli)?, admin, op).await;
     }
     let options = ConnectOptions {
         token,
         tls: cli
             .ca_file
             .as_deref()
-            .map(|ca| TlsClient::new(ca, None))
+            .map(|ca| TlsClient::new(ca, cli.cert_file.as_deref().zip(cli.key_file.as_deref())))
             .transpose()?,
     };
     let client = Client::connect_with(&cli.url, &options)

@@ -31,6 +31,7 @@ use crate::clock::now_ms;
 use crate::config::{Config, DEFAULT_CLUSTER_ID};
 use crate::envelope::{PeerReply, PeerRequest, Refused};
 use crate::error::{Error, Result};
+use crate::tls::NodeCert;
 
 /// Most events in one log entry.
 const MAX_BATCH: usize = 1024;
@@ -211,6 +212,8 @@ pub struct Node {
     max_entry_bytes: usize,
     /// Holds the data dir lock for as long as the node runs.
     data_dir: DataDir,
+    /// The certificate links to other nodes present (`tls_cert_file`).
+    certificate: Option<Arc<NodeCert>>,
 }
 
 /// Raft's view of this node, as `/status` reports it.
@@ -308,11 +311,21 @@ impl Node {
         let views = state_machine.views();
         let clock = log_store.event_clock();
         let raft_config = Arc::new(raft_config(config, &identity.cluster_id)?);
-        let auth = PeerAuth::new(&identity.cluster_id, &config.secrets.load()?);
+        let auth = PeerAuth::new(&identity.cluster_id, &config.secrets.load()?)
+            .requiring_certificates(config.tls_client_ca_file.is_some());
+        // Links to other nodes present this node's certificate: a node
+        // with `tls_client_ca_file` accepts only certified peers.
+        let certificate = match (&config.tls_cert_file, &config.tls_key_file) {
+            (Some(cert), Some(key)) => Some(NodeCert::load(cert, key)?),
+            _ => None,
+        };
         let tls = config
             .tls_ca_file
             .as_deref()
-            .map(|ca| TlsClient::new(ca, None))
+            .map(|ca| match &certificate {
+                Some(cert) => TlsClient::with_cert_resolver(ca, cert.clone()),
+                None => TlsClient::new(ca, None),
+            })
             .transpose()
             .map_err(|e| Error::InvalidSetting(format!("tls_ca_file: {e}")))?;
         let peers = Arc::new(Peers::new(
@@ -351,7 +364,17 @@ impl Node {
             patience: config.propose_timeout(),
             max_entry_bytes: config.max_entry_bytes,
             data_dir,
+            certificate,
         })
+    }
+
+    /// Reads this node's certificate files again; links opened afterwards
+    /// present the new certificate (see [`NodeCert::reload`]).
+    pub fn reload_certificate(&self) -> Result<()> {
+        match &self.certificate {
+            Some(cert) => cert.reload(),
+            None => Ok(()),
+        }
     }
 
     /// Opens and serves a node that no other node reaches (no peer

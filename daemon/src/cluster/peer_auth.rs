@@ -11,6 +11,12 @@
 //! none, the link is unauthenticated (as before), unless
 //! `require_link_secrets` refuses neighbours without one (see
 //! [`crate::config::SecretFiles`]).
+//!
+//! With mutual TLS (`tls_client_ca_file`), the TLS handshake has already
+//! checked that the connecting node's certificate chains to a trusted CA;
+//! here the certificate must also name the node and cluster the proof
+//! claims, as the URI `mpreg://<cluster id>/<node id>` among its subject
+//! alternative names, so one member's certificate cannot act as another.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,6 +24,7 @@ use std::time::Duration;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
+use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -76,6 +83,12 @@ pub enum Refusal {
     BadProof { node: String, from: String },
     #[error("the connection closed during the handshake")]
     Closed,
+    #[error("node {node} of cluster {from}: {problem}")]
+    Certificate {
+        node: String,
+        from: String,
+        problem: String,
+    },
 }
 
 impl Refusal {
@@ -86,6 +99,7 @@ impl Refusal {
             Refusal::NoProof { .. } => "no_proof",
             Refusal::BadProof { .. } => "bad_proof",
             Refusal::Closed => "closed",
+            Refusal::Certificate { .. } => "certificate",
         }
     }
 }
@@ -107,6 +121,8 @@ pub struct PeerAuth {
     cluster_secret: Option<hmac::Key>,
     link_secrets: BTreeMap<String, hmac::Key>,
     require_link_secrets: bool,
+    /// Whether a peer's TLS certificate must name it (mutual TLS).
+    require_certificates: bool,
     random: SystemRandom,
 }
 
@@ -122,7 +138,16 @@ impl PeerAuth {
                 .map(|(cluster, bytes)| (cluster.clone(), key(bytes)))
                 .collect(),
             require_link_secrets: secrets.require_links,
+            require_certificates: false,
             random: SystemRandom::new(),
+        }
+    }
+
+    /// Refuses peers whose TLS certificate does not name them.
+    pub fn requiring_certificates(self, required: bool) -> PeerAuth {
+        PeerAuth {
+            require_certificates: required,
+            ..self
         }
     }
 
@@ -148,9 +173,14 @@ impl PeerAuth {
         Ok(hex::encode(bytes))
     }
 
-    /// Serves the handshake on a connection just accepted; the cluster the
-    /// peer proved (or, with no secret for it, claimed) membership of.
-    pub async fn accept<S>(&self, ws: &mut S) -> Result<String, Refusal>
+    /// Serves the handshake on a connection just accepted, which presented
+    /// `certificate` in its TLS handshake; the cluster the peer proved (or,
+    /// with no secret for it, claimed) membership of.
+    pub async fn accept<S>(
+        &self,
+        ws: &mut S,
+        certificate: Option<&CertificateDer<'_>>,
+    ) -> Result<String, Refusal>
     where
         S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
     {
@@ -162,7 +192,9 @@ impl PeerAuth {
         };
         send(ws, &challenge).await.map_err(|_| Refusal::Closed)?;
         let proof: Proof = receive(ws).await?;
-        let verdict = self.judge(&nonce, &proof);
+        let verdict = self
+            .judge(&nonce, &proof)
+            .and_then(|()| self.judge_certificate(&proof, certificate));
         let answer = match &verdict {
             Ok(()) => Verdict::Accepted {
                 mac: self
@@ -198,6 +230,32 @@ impl PeerAuth {
             node: proof.node_id.clone(),
             from: proof.cluster_id.clone(),
         })
+    }
+
+    fn judge_certificate(
+        &self,
+        proof: &Proof,
+        certificate: Option<&CertificateDer<'_>>,
+    ) -> Result<(), Refusal> {
+        if !self.require_certificates {
+            return Ok(());
+        }
+        let refused = |problem: String| Refusal::Certificate {
+            node: proof.node_id.clone(),
+            from: proof.cluster_id.clone(),
+            problem,
+        };
+        let certificate =
+            certificate.ok_or_else(|| refused("presented no TLS certificate".to_string()))?;
+        let expected = certificate_uri(&proof.cluster_id, &proof.node_id);
+        let names = uri_names(certificate).map_err(|e| refused(format!("its certificate: {e}")))?;
+        if names.contains(&expected) {
+            Ok(())
+        } else {
+            Err(refused(format!(
+                "its certificate does not name it: expected URI {expected}, found {names:?}"
+            )))
+        }
     }
 
     /// Runs the handshake on a connection this node opened as `node_id`.
@@ -251,6 +309,32 @@ impl PeerAuth {
             },
         }
     }
+}
+
+/// The name a member's certificate carries for it.
+pub fn certificate_uri(cluster_id: &str, node_id: &str) -> String {
+    format!("mpreg://{cluster_id}/{node_id}")
+}
+
+/// The URIs among a certificate's subject alternative names.
+fn uri_names(certificate: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(certificate).map_err(|e| e.to_string())?;
+    let Some(names) = parsed
+        .subject_alternative_name()
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(Vec::new());
+    };
+    Ok(names
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => Some(uri.to_string()),
+            _ => None,
+        })
+        .collect())
 }
 
 /// What both MACs cover: both clusters, the connecting node and both
@@ -416,5 +500,36 @@ mod test {
                 .reason(),
             "no_proof"
         );
+    }
+
+    fn certificate_naming(uris: &[&str]) -> CertificateDer<'static> {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        for uri in uris {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::URI((*uri).try_into().unwrap()));
+        }
+        let pair = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&pair).unwrap().der().clone()
+    }
+
+    #[test]
+    fn with_mutual_tls_a_peer_certificate_must_name_the_node_it_claims() {
+        let server = auth("c1", None, &[]).requiring_certificates(true);
+        let nonce = server.nonce().unwrap();
+        let claim = proof(&auth("c1", None, &[]), "c1", &nonce);
+        let own = certificate_naming(&["mpreg://c1/other", "mpreg://c1/n2"]);
+        assert!(server.judge_certificate(&claim, Some(&own)).is_ok());
+        for refused in [
+            Some(certificate_naming(&["mpreg://c1/n3"])),
+            Some(certificate_naming(&["mpreg://c2/n2"])),
+            Some(certificate_naming(&[])),
+            None,
+        ] {
+            let verdict = server.judge_certificate(&claim, refused.as_ref());
+            assert_eq!(verdict.unwrap_err().reason(), "certificate");
+        }
+        let lenient = auth("c1", None, &[]);
+        assert!(lenient.judge_certificate(&claim, None).is_ok());
     }
 }

@@ -123,6 +123,7 @@ pub struct FileConfig {
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
     pub tls_ca_file: Option<PathBuf>,
+    pub tls_client_ca_file: Option<PathBuf>,
     pub admin_tls: Option<bool>,
 }
 
@@ -198,6 +199,10 @@ pub struct Config {
     pub tls_key_file: Option<PathBuf>,
     /// The CA certificates trusted when connecting to `wss://` nodes.
     pub tls_ca_file: Option<PathBuf>,
+    /// With it, every connection to `--listen` (and to admin HTTP with
+    /// `admin_tls`) must present a certificate these CA certificates sign,
+    /// and a member's certificate must name its node (mutual TLS).
+    pub tls_client_ca_file: Option<PathBuf>,
     /// Admin HTTP over TLS too (`https://`), with the same certificate.
     pub admin_tls: bool,
     /// The config file the settings came from, read again on reload.
@@ -237,6 +242,7 @@ impl Config {
             tls_cert_file: None,
             tls_key_file: None,
             tls_ca_file: None,
+            tls_client_ca_file: None,
             admin_tls: false,
             config_file: None,
         }
@@ -300,6 +306,7 @@ impl Config {
             tls_cert_file,
             tls_key_file,
             tls_ca_file,
+            tls_client_ca_file,
             admin_tls,
         } = file;
         if let Some(v) = data_dir {
@@ -449,6 +456,7 @@ impl Config {
         self.tls_cert_file = tls_cert_file.or(self.tls_cert_file.take());
         self.tls_key_file = tls_key_file.or(self.tls_key_file.take());
         self.tls_ca_file = tls_ca_file.or(self.tls_ca_file.take());
+        self.tls_client_ca_file = tls_client_ca_file.or(self.tls_client_ca_file.take());
         if let Some(v) = admin_tls {
             self.admin_tls = v;
         }
@@ -485,6 +493,11 @@ impl Config {
         if self.admin_tls && self.tls_cert_file.is_none() {
             return Err(Error::InvalidSetting(
                 "admin_tls (--admin-tls) serves the certificate of tls_cert_file: set it (and tls_key_file)".into(),
+            ));
+        }
+        if self.tls_client_ca_file.is_some() && self.tls_cert_file.is_none() {
+            return Err(Error::InvalidSetting(
+                "tls_client_ca_file (--tls-client-ca) asks for client certificates in the TLS handshake of --listen, which needs TLS there: set tls_cert_file and tls_key_file".into(),
             ));
         }
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
