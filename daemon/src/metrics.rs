@@ -108,8 +108,14 @@ pub struct TransportMetrics {
 pub const CLIENT_AUTH_REFUSALS: [&str; 4] = ["missing_token", "unknown_token", "revoked", "denied"];
 
 /// Reasons of `mpreg_peer_auth_refusals_total`.
-pub const PEER_AUTH_REFUSALS: [&str; 5] =
-    ["no_proof", "bad_proof", "malformed", "timeout", "closed"];
+pub const PEER_AUTH_REFUSALS: [&str; 6] = [
+    "no_proof",
+    "bad_proof",
+    "certificate",
+    "malformed",
+    "timeout",
+    "closed",
+];
 
 impl TransportMetrics {
     fn new(r: &Registry) -> prometheus::Result<Self> {
@@ -163,7 +169,7 @@ impl TransportMetrics {
             peer_auth_refusals: counter_vec(
                 r,
                 "mpreg_peer_auth_refusals_total",
-                "Peer connections refused at the handshake, by reason: no_proof, bad_proof, malformed, timeout, closed.",
+                "Peer connections refused at the handshake, by reason: no_proof, bad_proof, certificate, malformed, timeout, closed.",
                 &["reason"],
             )?,
             client_auth_refusals: counter_vec(
