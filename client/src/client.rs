@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::framing::{Transport, is_framed_url};
 use crate::protocol::{
     InternalAnswer, PubSubAck, PubSubMessage, PubSubSubscription, RpcCommand, RpcError, RpcRequest,
     RpcResponse, TopicPattern,
@@ -56,6 +57,9 @@ type QueueSubscriptions = Arc<Mutex<HashMap<String, mpsc::Sender<Value>>>>;
 /// reads them; past this, new ones are dropped and counted in the next
 /// delivered one's `dropped` (pub/sub delivery is at most once).
 pub const SUBSCRIPTION_BUFFER: usize = 10_000;
+/// Largest frame a `tcp://` connection reads (what a WebSocket reads by
+/// default).
+const MAX_FRAME_BYTES: usize = 64 << 20;
 /// Most queue messages one queue subscription buffers (the largest
 /// prefetch): the daemon pushes no more than the prefetch unacked, so only
 /// leases that ran out unread can overflow it, and those are delivered
@@ -243,26 +247,40 @@ impl Client {
     }
 
     /// Connects with `options`: a token to present, and how to trust the
-    /// node of a `wss://` URL.
+    /// node of a `wss://` or `tcps://` URL. A `tcp://` or `tcps://` URL
+    /// speaks length-prefixed frames, which carry no token.
     pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Client, ClientError> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let failed = |reason: String| ClientError::Connect {
             url: url.to_string(),
             reason,
         };
-        let mut request = url
-            .into_client_request()
-            .map_err(|e| failed(e.to_string()))?;
-        if let Some(token) = &options.token {
-            let value = format!("Bearer {token}")
-                .parse()
-                .map_err(|_| failed("the token is not a valid header value".into()))?;
-            request.headers_mut().insert("authorization", value);
-        }
-        let (ws, _) = crate::tls::connect(request, options.tls.as_ref(), None)
-            .await
-            .map_err(failed)?;
-        let (mut sink, mut stream) = ws.split();
+        let transport: Transport = if is_framed_url(url) {
+            if options.token.is_some() {
+                return Err(failed(
+                    "tcp:// and tcps:// carry no token: use ws:// or wss:// with a token".into(),
+                ));
+            }
+            let framed = crate::tls::connect_framed(url, options.tls.as_ref(), MAX_FRAME_BYTES)
+                .await
+                .map_err(failed)?;
+            Box::pin(framed)
+        } else {
+            let mut request = url
+                .into_client_request()
+                .map_err(|e| failed(e.to_string()))?;
+            if let Some(token) = &options.token {
+                let value = format!("Bearer {token}")
+                    .parse()
+                    .map_err(|_| failed("the token is not a valid header value".into()))?;
+                request.headers_mut().insert("authorization", value);
+            }
+            let (ws, _) = crate::tls::connect(request, options.tls.as_ref(), None)
+                .await
+                .map_err(failed)?;
+            Box::pin(ws)
+        };
+        let (mut sink, mut stream) = transport.split();
         let (outbound, mut queue) = mpsc::channel::<Message>(1024);
         let writer = tokio::spawn(async move {
             while let Some(message) = queue.recv().await {

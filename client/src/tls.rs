@@ -1,7 +1,7 @@
-//! TLS for connections to a node: `wss://` URLs go over rustls (ring
+//! Connections to a node: `wss://` and `tcps://` URLs go over rustls (ring
 //! provider) and trust the CA certificates of a PEM file, optionally
-//! presenting a client certificate; `ws://` URLs stay plain TCP. The daemon
-//! uses the same connector for its links to other nodes.
+//! presenting a client certificate; `ws://` and `tcp://` URLs stay plain
+//! TCP. The daemon uses the same connector for its links to other nodes.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,7 +14,10 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::codec::Framed;
 use tokio_util::either::Either;
+
+use crate::framing::FrameCodec;
 
 /// The byte stream under a connection to a node.
 pub type NodeStream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
@@ -99,7 +102,7 @@ impl TlsClient {
 }
 
 /// Opens a WebSocket to `request`'s URL: TLS for `wss://` (with `tls`),
-/// plain for `ws://`. Nagle is off: replies are small and latency-bound.
+/// plain for `ws://`.
 pub async fn connect(
     request: impl IntoClientRequest,
     tls: Option<&TlsClient>,
@@ -112,35 +115,13 @@ pub async fn connect(
         Some("ws") => false,
         other => {
             return Err(format!(
-                "unsupported URL scheme {other:?}: use ws:// or wss://"
+                "unsupported URL scheme {other:?}: use ws://, wss://, tcp:// or tcps://"
             ));
         }
     };
-    let tls = match (secure, tls) {
-        (true, None) => {
-            return Err("a wss:// URL needs a CA file to trust (--ca-file, tls_ca_file)".into());
-        }
-        (true, tls) => tls,
-        (false, _) => None,
-    };
     let host = uri.host().ok_or("the URL has no host")?.to_string();
     let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
-    let tcp = TcpStream::connect((host.trim_matches(['[', ']']), port))
-        .await
-        .map_err(|e| format!("{host}:{port}: {e}"))?;
-    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-    let stream = if let Some(tls) = tls {
-        let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())
-            .map_err(|e| format!("{host}: {e}"))?;
-        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
-        let stream = connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS with {host}:{port}: {e}"))?;
-        Either::Right(stream)
-    } else {
-        Either::Left(tcp)
-    };
+    let stream = open(&host, port, secure, tls).await?;
     tokio_tungstenite::client_async_with_config(request, stream, config)
         .await
         .map_err(|e| match e {
@@ -150,4 +131,61 @@ pub async fn connect(
             }
             other => other.to_string(),
         })
+}
+
+/// Opens a `tcp://host:port` or `tcps://host:port` connection (TLS with
+/// `tls`) carrying length-prefixed frames of at most `max_frame` bytes.
+pub async fn connect_framed(
+    url: &str,
+    tls: Option<&TlsClient>,
+    max_frame: usize,
+) -> Result<Framed<NodeStream, FrameCodec>, String> {
+    let (secure, rest) = if let Some(rest) = url.strip_prefix("tcps://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("tcp://") {
+        (false, rest)
+    } else {
+        return Err(format!("{url}: expected tcp://host:port or tcps://host:port"));
+    };
+    let authority = rest.trim_end_matches('/');
+    let (host, port) = authority
+        .rsplit_once(':')
+        .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+        .ok_or_else(|| format!("{url}: expected tcp://host:port or tcps://host:port"))?;
+    let stream = open(host, port, secure, tls).await?;
+    Ok(Framed::new(stream, FrameCodec::new(max_frame)))
+}
+
+/// A TCP connection to `host:port`, with TLS when `secure` (which needs
+/// `tls`). Nagle is off: replies are small and latency-bound.
+async fn open(
+    host: &str,
+    port: u16,
+    secure: bool,
+    tls: Option<&TlsClient>,
+) -> Result<NodeStream, String> {
+    let tls = match (secure, tls) {
+        (true, None) => {
+            return Err(
+                "a wss:// or tcps:// URL needs a CA file to trust (--ca-file, tls_ca_file)".into(),
+            );
+        }
+        (true, tls) => tls,
+        (false, _) => None,
+    };
+    let bare = host.trim_matches(['[', ']']);
+    let tcp = TcpStream::connect((bare, port))
+        .await
+        .map_err(|e| format!("{host}:{port}: {e}"))?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let Some(tls) = tls else {
+        return Ok(Either::Left(tcp));
+    };
+    let name = ServerName::try_from(bare.to_string()).map_err(|e| format!("{host}: {e}"))?;
+    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+    let stream = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS with {host}:{port}: {e}"))?;
+    Ok(Either::Right(stream))
 }

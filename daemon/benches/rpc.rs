@@ -1,7 +1,8 @@
 //! RPC benchmark over real WebSocket connections to an in-process daemon:
 //! `echo` calls/s and p50/p99 latency with 1 and 64 calls in flight, from 1
 //! and from 8 connections; then the same through a worker connection; then
-//! `echo` again over `wss://` (a second daemon serving TLS with a
+//! `echo` again over `tcp://` (length-prefixed frames on the same port),
+//! then over `wss://` and `tcps://` (a second daemon serving TLS with a
 //! certificate made for the run).
 //!
 //! Run: `cargo bench -p mpreg-daemon --bench rpc` (`MPREG_BENCH_SECONDS`
@@ -55,7 +56,7 @@ async fn case(
     let elapsed = start.elapsed().as_secs_f64();
     all.sort();
     println!(
-        "{:>3} {fun:>6} {connections} conn x {in_flight:>2} in flight: {:>8.0} calls/s  p50 {:.3} ms  p99 {:.3} ms",
+        "{:>4} {fun:>6} {connections} conn x {in_flight:>2} in flight: {:>8.0} calls/s  p50 {:.3} ms  p99 {:.3} ms",
         &url[..url.find(':').unwrap_or(0)],
         all.len() as f64 / elapsed,
         percentile(&all, 0.5).as_secs_f64() * 1e3,
@@ -104,6 +105,10 @@ fn main() {
                 case((&url, &plain), fun, connections, in_flight, seconds).await;
             }
         }
+        let tcp = url.replacen("ws://", "tcp://", 1);
+        for (connections, in_flight) in [(1, 1), (1, 64), (8, 1), (8, 64)] {
+            case((&tcp, &plain), "echo", connections, in_flight, seconds).await;
+        }
         drop(worker);
         daemon.stop().await;
 
@@ -119,8 +124,11 @@ fn main() {
             tls: Some(TlsClient::new(&ca, None).expect("trust the CA")),
             ..ConnectOptions::default()
         };
-        for (connections, in_flight) in [(1, 1), (1, 64), (8, 1), (8, 64)] {
-            case((&daemon.url, &tls), "echo", connections, in_flight, seconds).await;
+        let tcps = daemon.url.replacen("wss://", "tcps://", 1);
+        for url in [&daemon.url, &tcps] {
+            for (connections, in_flight) in [(1, 1), (1, 64), (8, 1), (8, 64)] {
+                case((url, &tls), "echo", connections, in_flight, seconds).await;
+            }
         }
         daemon.stop().await;
     });

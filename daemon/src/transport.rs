@@ -1,6 +1,8 @@
 //! The client + peer listener on `--listen`: WebSocket connections carrying
 //! MPREG JSON frames, one session per connection; connections on path
-//! `/peer` are other nodes and go to the [`PeerServer`].
+//! `/peer` are other nodes and go to the [`PeerServer`]. Connections that
+//! open with a length prefix instead of an upgrade (`tcp://`, `tcps://`)
+//! are clients of the same JSON frames, each preceded by its length.
 //!
 //! Each session has a reader (parses frames, dispatches them), a writer
 //! (drains a bounded outbound queue, sends pings), a limit on requests in
@@ -13,17 +15,18 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use mpreg_client::framing::{FrameCodec, MessageTransport};
 use mpreg_client::protocol::{self, ErrorCode, Inbound, PubSubAck, RpcError, RpcResponse};
 use mpreg_storage::credential::Action;
 use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::codec::Framed;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -81,25 +84,58 @@ const MAX_PEER_CONNECTIONS: usize = 256;
 /// peer frame limit from its first frame. A request line that is slow to
 /// arrive is treated as a client's. Over TLS the first decrypted read is
 /// looked at: clients and peers write the request in one piece.
-async fn asks_for_peer(stream: &mut ServerStream, deadline: tokio::time::Instant) -> bool {
-    const PREFIX: &[u8] = b"GET /peer";
+/// What a new connection opens with, from its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Opening {
+    /// A WebSocket upgrade on `/peer`: another node.
+    Peer,
+    /// A WebSocket upgrade on any other path: a client.
+    WebSocket,
+    /// A length prefix (`tcp://`, `tcps://`): a client of framed JSON. Its
+    /// first byte is below 0x20 for any frame under 512 MiB, where a
+    /// WebSocket upgrade starts with `G`.
+    Framed,
+}
+
+const PEER_UPGRADE: &[u8] = b"GET /peer";
+
+/// The opening `head` shows, or `None` while it is a prefix of both a
+/// peer's and a client's upgrade.
+fn opening_of(head: &[u8]) -> Option<Opening> {
+    match head.first() {
+        None => None,
+        Some(&first) if first < 0x20 => Some(Opening::Framed),
+        _ if head.len() >= PEER_UPGRADE.len() => Some(if head.starts_with(PEER_UPGRADE) {
+            Opening::Peer
+        } else {
+            Opening::WebSocket
+        }),
+        _ if PEER_UPGRADE.starts_with(head) => None,
+        _ => Some(Opening::WebSocket),
+    }
+}
+
+/// Reads (without consuming) the first bytes of a connection until they
+/// tell what it opens with; one that says nothing in time is taken for a
+/// WebSocket client, whose handshake then fails.
+async fn opening(stream: &mut ServerStream, deadline: tokio::time::Instant) -> Opening {
     let tcp = match stream {
         Either::Left(tcp) => tcp,
         Either::Right(tls) => {
-            return matches!(
-                tokio::time::timeout_at(deadline, tls.fill_buf()).await,
-                Ok(Ok(head)) if head.starts_with(PREFIX)
-            );
+            return match tokio::time::timeout_at(deadline, tls.fill_buf()).await {
+                Ok(Ok(head)) => opening_of(head).unwrap_or(Opening::WebSocket),
+                _ => Opening::WebSocket,
+            };
         }
     };
-    let mut buf = [0u8; PREFIX.len()];
+    let mut buf = [0u8; PEER_UPGRADE.len()];
     loop {
         match tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await {
-            Ok(Ok(n)) if n >= PREFIX.len() => return buf == *PREFIX,
-            Ok(Ok(n)) if n > 0 && buf[..n] == PREFIX[..n] => {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            _ => return false,
+            Ok(Ok(n)) if n > 0 => match opening_of(&buf[..n]) {
+                Some(opening) => return opening,
+                None => tokio::time::sleep(Duration::from_millis(1)).await,
+            },
+            _ => return Opening::WebSocket,
         }
     }
 }
@@ -170,7 +206,8 @@ pub async fn serve(
                     }
                 },
             };
-            let asks_for_peer = asks_for_peer(&mut stream, deadline).await;
+            let opening = opening(&mut stream, deadline).await;
+            let asks_for_peer = opening == Opening::Peer;
             drop(classifying);
             let slots = if asks_for_peer {
                 peer_slots
@@ -192,10 +229,53 @@ pub async fn serve(
             } else {
                 limits.max_frame_bytes.saturating_mul(2)
             };
+            let services = endpoints.services.get().filter(|_| !asks_for_peer);
+            let session = |services: &Services, principal| Session {
+                id: next_id.fetch_add(1, Ordering::Relaxed),
+                peer,
+                principal,
+                auth: services.auth.clone(),
+                rpc: services.rpc.clone(),
+                pubsub: services.pubsub.clone(),
+                queues: services.queues.clone(),
+                cache: services.cache.clone(),
+                limits: limits.clone(),
+                metrics: metrics.clone(),
+                tasks: tasks_inner.clone(),
+            };
+            if opening == Opening::Framed {
+                let mut framed = Framed::new(stream, FrameCodec::new(hard_cap));
+                match services.map(|s| (s, s.auth.authenticate(None))) {
+                    Some((services, Ok(principal))) => {
+                        session(services, principal).run(framed, shutdown).await;
+                    }
+                    refused => {
+                        let error = match refused {
+                            Some((_, Err(refused))) => RpcError::new(
+                                ErrorCode::PermissionDenied,
+                                format!(
+                                    "{}; tcp:// and tcps:// carry no token: connect over ws:// or wss://",
+                                    refused.message
+                                ),
+                            ),
+                            _ => RpcError::new(
+                                ErrorCode::Unavailable,
+                                "the node is starting; retry".to_string(),
+                            ),
+                        };
+                        let response = RpcResponse::error(None, error);
+                        let _ = framed.send(reply(FrameKind::Binary, &response)).await;
+                        let _ = framed.close().await;
+                    }
+                }
+                metrics.connections_open.dec();
+                metrics.connections_closed.inc();
+                drop(slot);
+                return;
+            }
             let config = WebSocketConfig::default()
                 .max_message_size(Some(hard_cap))
                 .max_frame_size(Some(hard_cap));
-            let services = endpoints.services.get().filter(|_| !asks_for_peer);
             let mut principal = None;
             // The handshake callback's signature is tungstenite's.
             #[allow(clippy::result_large_err)]
@@ -230,20 +310,7 @@ pub async fn serve(
                 }
                 Ok(mut ws) => match (services, principal) {
                     (Some(services), Some(principal)) => {
-                        let session = Session {
-                            id: next_id.fetch_add(1, Ordering::Relaxed),
-                            peer,
-                            principal,
-                            auth: services.auth.clone(),
-                            rpc: services.rpc.clone(),
-                            pubsub: services.pubsub.clone(),
-                            queues: services.queues.clone(),
-                            cache: services.cache.clone(),
-                            limits,
-                            metrics: metrics.clone(),
-                            tasks: tasks_inner,
-                        };
-                        session.run(ws, shutdown).await;
+                        session(services, principal).run(ws, shutdown).await;
                     }
                     _ => {
                         let close = CloseFrame {
@@ -379,8 +446,12 @@ impl Session {
     }
 
     #[tracing::instrument(name = "session", skip_all, fields(conn_id = self.id, peer = %self.peer))]
-    async fn run(self, ws: WebSocketStream<ServerStream>, shutdown: CancellationToken) {
-        let (mut sink, mut frames) = ws.split();
+    /// Serves the connection's frames, WebSocket or length-prefixed.
+    async fn run<T>(self, transport: T, shutdown: CancellationToken)
+    where
+        T: MessageTransport + 'static,
+    {
+        let (mut sink, mut frames) = transport.split();
         let (outbound, mut queue) = mpsc::channel::<Outbound>(self.limits.outbound_queue);
         // Cancelled to drop the connection at once, even when the client
         // reads nothing and the writer waits on a full socket (a slow

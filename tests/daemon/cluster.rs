@@ -483,11 +483,22 @@ async fn a_fourth_node_joins_and_a_member_is_removed() {
     assert_eq!(members(&cluster, 0).await, ["n1", "n2", "n3", "n4"]);
     let all = [0, 1, 2, 3];
     cluster.wait_leader(&all, SETTLE).await.unwrap();
-    let roles = cluster
-        .sql(fourth, "SELECT peer, state FROM peers WHERE peer = 'n4'")
-        .await
-        .unwrap();
-    assert_eq!(roles, vec![json!({"peer": "n4", "state": "voter"})]);
+    // The new member's own `peers` view shows it once it has applied its
+    // promotion (raft may report it a voter a moment before).
+    let cluster_ref = &cluster;
+    mpreg_tests::eventually("n4 lists itself as a voter", SETTLE, || async move {
+        let roles = cluster_ref
+            .sql(fourth, "SELECT peer, state FROM peers WHERE peer = 'n4'")
+            .await
+            .map_err(|e| e.to_string())?;
+        if roles == vec![json!({"peer": "n4", "state": "voter"})] {
+            Ok(())
+        } else {
+            Err(format!("{roles:?}"))
+        }
+    })
+    .await
+    .unwrap();
 
     // Remove n2 through the CLI on n4, then stop it.
     cluster_cli(&[

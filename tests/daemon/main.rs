@@ -9,6 +9,7 @@ mod cluster;
 mod documented;
 mod durability;
 mod federation;
+mod framed;
 mod hostile;
 mod metrics;
 mod migrations;

@@ -209,7 +209,11 @@ impl Peers {
             addr: addr.to_string(),
             reason,
         };
-        let connection = self.connection(addr, lane).await?;
+        // Connecting (or waiting for another request's connect to this
+        // peer) is within the request's time too.
+        let connection = tokio::time::timeout_at(deadline, self.connection(addr, lane))
+            .await
+            .map_err(|_| unsent(format!("not connected within {timeout:?}")))??;
         let permit = tokio::time::timeout_at(
             deadline,
             connection.in_flight.clone().acquire_owned(),

@@ -1,0 +1,121 @@
+//! The `tcp://` and `tcps://` transport of upstream MPREG: each JSON frame
+//! is preceded by its length as a 4-byte big-endian unsigned integer, over
+//! plain TCP or TLS. Frames are read and written as WebSocket [`Message`]s
+//! (binary), so sessions and clients serve both transports with one code
+//! path; pings, pongs and close frames have no counterpart here and are
+//! not written (closing the stream closes the connection).
+
+use std::pin::Pin;
+
+use futures_util::{Sink, Stream};
+use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
+use tokio_util::bytes::BytesMut;
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+
+/// A connection carrying [`Message`]s, whichever the transport.
+pub trait MessageTransport:
+    Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Send
+{
+}
+
+impl<T> MessageTransport for T where
+    T: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Send
+{
+}
+
+/// A connection of either transport, boxed.
+pub type Transport = Pin<Box<dyn MessageTransport>>;
+
+/// Whether `url` names the length-prefixed transport (`tcp://`, `tcps://`).
+pub fn is_framed_url(url: &str) -> bool {
+    url.starts_with("tcp://") || url.starts_with("tcps://")
+}
+
+/// Length-prefixed frames of at most `max` bytes: a longer declared length
+/// is refused before its bytes are read, naming both sizes.
+pub struct FrameCodec {
+    inner: LengthDelimitedCodec,
+    max: usize,
+}
+
+impl FrameCodec {
+    pub fn new(max: usize) -> FrameCodec {
+        FrameCodec {
+            inner: LengthDelimitedCodec::builder()
+                .length_field_length(4)
+                .big_endian()
+                .max_frame_length(max)
+                .new_codec(),
+            max,
+        }
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Message;
+    type Error = WsError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, WsError> {
+        if let Some(&[a, b, c, d]) = src.get(..4) {
+            let size = u32::from_be_bytes([a, b, c, d]) as usize;
+            if size > self.max {
+                return Err(WsError::Capacity(CapacityError::MessageTooLong {
+                    size,
+                    max_size: self.max,
+                }));
+            }
+        }
+        Ok(self
+            .inner
+            .decode(src)?
+            .map(|frame| Message::Binary(frame.freeze())))
+    }
+}
+
+impl Encoder<Message> for FrameCodec {
+    type Error = WsError;
+
+    fn encode(&mut self, message: Message, dst: &mut BytesMut) -> Result<(), WsError> {
+        let payload: Bytes = match message {
+            Message::Text(text) => text.into(),
+            Message::Binary(bytes) => bytes,
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {
+                return Ok(());
+            }
+        };
+        Ok(self.inner.encode(payload, dst)?)
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_an_oversize_length_is_refused_before_its_bytes() {
+        let mut codec = FrameCodec::new(16);
+        let mut wire = BytesMut::new();
+        codec.encode(Message::text("{\"a\":1}"), &mut wire).unwrap();
+        codec.encode(Message::Ping(Bytes::new()), &mut wire).unwrap();
+        codec.encode(Message::binary(b"[]".to_vec()), &mut wire).unwrap();
+        assert_eq!(&wire[..4], &[0, 0, 0, 7]);
+        assert_eq!(wire.len(), 4 + 7 + 4 + 2);
+        let first = codec.decode(&mut wire).unwrap().unwrap();
+        assert_eq!(first.into_data().as_ref(), b"{\"a\":1}");
+        let second = codec.decode(&mut wire).unwrap().unwrap();
+        assert_eq!(second.into_data().as_ref(), b"[]");
+        assert!(codec.decode(&mut wire).unwrap().is_none());
+
+        let mut partial = BytesMut::from(&[0u8, 0, 0, 3, b'['][..]);
+        assert!(codec.decode(&mut partial).unwrap().is_none());
+
+        let mut oversize = BytesMut::from(&[0u8, 0, 0, 17][..]);
+        match codec.decode(&mut oversize) {
+            Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
+                assert_eq!((size, max_size), (17, 16));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
