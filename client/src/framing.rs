@@ -10,8 +10,8 @@ use std::pin::Pin;
 use futures_util::{Sink, Stream};
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
-use tokio_util::bytes::BytesMut;
-use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+use tokio_util::bytes::{Buf, BufMut, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
 
 /// A connection carrying [`Message`]s, whichever the transport.
 pub trait MessageTransport:
@@ -33,22 +33,15 @@ pub fn is_framed_url(url: &str) -> bool {
 }
 
 /// Length-prefixed frames of at most `max` bytes: a longer declared length
-/// is refused before its bytes are read, naming both sizes.
+/// is refused before its bytes are read, naming both sizes (which
+/// `LengthDelimitedCodec`'s error does not, hence these few lines).
 pub struct FrameCodec {
-    inner: LengthDelimitedCodec,
     max: usize,
 }
 
 impl FrameCodec {
     pub fn new(max: usize) -> FrameCodec {
-        FrameCodec {
-            inner: LengthDelimitedCodec::builder()
-                .length_field_length(4)
-                .big_endian()
-                .max_frame_length(max)
-                .new_codec(),
-            max,
-        }
+        FrameCodec { max }
     }
 }
 
@@ -57,19 +50,22 @@ impl Decoder for FrameCodec {
     type Error = WsError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, WsError> {
-        if let Some(&[a, b, c, d]) = src.get(..4) {
-            let size = u32::from_be_bytes([a, b, c, d]) as usize;
-            if size > self.max {
-                return Err(WsError::Capacity(CapacityError::MessageTooLong {
-                    size,
-                    max_size: self.max,
-                }));
-            }
+        let Some(&[a, b, c, d]) = src.get(..4) else {
+            return Ok(None);
+        };
+        let size = u32::from_be_bytes([a, b, c, d]) as usize;
+        if size > self.max {
+            return Err(WsError::Capacity(CapacityError::MessageTooLong {
+                size,
+                max_size: self.max,
+            }));
         }
-        Ok(self
-            .inner
-            .decode(src)?
-            .map(|frame| Message::Binary(frame.freeze())))
+        if src.len() < 4 + size {
+            src.reserve(4 + size - src.len());
+            return Ok(None);
+        }
+        src.advance(4);
+        Ok(Some(Message::Binary(src.split_to(size).freeze())))
     }
 }
 
@@ -84,7 +80,16 @@ impl Encoder<Message> for FrameCodec {
                 return Ok(());
             }
         };
-        Ok(self.inner.encode(payload, dst)?)
+        let size = u32::try_from(payload.len()).map_err(|_| {
+            WsError::Capacity(CapacityError::MessageTooLong {
+                size: payload.len(),
+                max_size: u32::MAX as usize,
+            })
+        })?;
+        dst.reserve(4 + payload.len());
+        dst.put_u32(size);
+        dst.put_slice(&payload);
+        Ok(())
     }
 }
 
@@ -97,8 +102,12 @@ mod test {
         let mut codec = FrameCodec::new(16);
         let mut wire = BytesMut::new();
         codec.encode(Message::text("{\"a\":1}"), &mut wire).unwrap();
-        codec.encode(Message::Ping(Bytes::new()), &mut wire).unwrap();
-        codec.encode(Message::binary(b"[]".to_vec()), &mut wire).unwrap();
+        codec
+            .encode(Message::Ping(Bytes::new()), &mut wire)
+            .unwrap();
+        codec
+            .encode(Message::binary(b"[]".to_vec()), &mut wire)
+            .unwrap();
         assert_eq!(&wire[..4], &[0, 0, 0, 7]);
         assert_eq!(wire.len(), 4 + 7 + 4 + 2);
         let first = codec.decode(&mut wire).unwrap().unwrap();
@@ -107,8 +116,16 @@ mod test {
         assert_eq!(second.into_data().as_ref(), b"[]");
         assert!(codec.decode(&mut wire).unwrap().is_none());
 
-        let mut partial = BytesMut::from(&[0u8, 0, 0, 3, b'['][..]);
+        // A frame arriving in pieces (the length first, as upstream's
+        // client writes it) is read whole once it is all there.
+        let mut partial = BytesMut::from(&[0u8, 0, 0, 3][..]);
         assert!(codec.decode(&mut partial).unwrap().is_none());
+        partial.extend_from_slice(b"[1");
+        assert!(codec.decode(&mut partial).unwrap().is_none());
+        partial.extend_from_slice(b"]");
+        let whole = codec.decode(&mut partial).unwrap().unwrap();
+        assert_eq!(whole.into_data().as_ref(), b"[1]");
+        assert!(partial.is_empty());
 
         let mut oversize = BytesMut::from(&[0u8, 0, 0, 17][..]);
         match codec.decode(&mut oversize) {

@@ -145,7 +145,9 @@ pub async fn connect_framed(
     } else if let Some(rest) = url.strip_prefix("tcp://") {
         (false, rest)
     } else {
-        return Err(format!("{url}: expected tcp://host:port or tcps://host:port"));
+        return Err(format!(
+            "{url}: expected tcp://host:port or tcps://host:port"
+        ));
     };
     let authority = rest.trim_end_matches('/');
     let (host, port) = authority

@@ -164,14 +164,23 @@ async fn tcps_needs_tls_and_a_node_with_credentials_refuses_tcp() -> Result<()> 
     };
     let client = Client::connect_with(&tcps, &trusting).await?;
     assert_eq!(client.call("echo", vec![json!(1)]).await?, json!(1));
-    let refused = Client::connect(&tcps).await.err().context("tcps without a CA")?;
+    let refused = Client::connect(&tcps)
+        .await
+        .err()
+        .context("tcps without a CA")?;
     ensure!(refused.to_string().contains("needs a CA file"), "{refused}");
-    // Plain frames on the TLS port fail its handshake: no answer, closed.
+    // Plain frames on the TLS port fail its handshake: the answer is a TLS
+    // alert record (content type 21), then the connection closes.
     let plain = tcps.replacen("tcps://", "tcp://", 1);
     let mut raw = RawFramed::connect(&plain).await?;
     raw.send(br#"{"role":"rpc","u":"t1","cmds":[{"name":"x","fun":"echo","args":[5]}]}"#)
         .await?;
-    ensure!(raw.recv().await?.is_none(), "plain frames served on TLS");
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, raw.stream.read_to_end(&mut answer)).await??;
+    ensure!(
+        answer.first() == Some(&21),
+        "plain frames on TLS answered with {answer:?}"
+    );
 
     // A node that requires credentials: tcp:// carries no token, so the
     // first request gets 1018 naming why, and the connection is closed.
