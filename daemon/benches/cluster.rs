@@ -8,7 +8,9 @@
 //!   surviving node, over `MPREG_BENCH_FAILOVERS` trials (default 20).
 //!
 //! Run: `cargo bench --workspace --bench cluster` (`MPREG_BENCH_SECONDS`
-//! sets how long each load case runs, default 3).
+//! sets how long each load case runs, default 3). `MPREG_BENCH_TLS=1` runs
+//! the members with TLS on `--listen` (clients and peer links over
+//! `wss://`, a certificate made for the run).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -18,13 +20,18 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::percentile;
-use mpreg_client::Client;
+use mpreg_client::tls::TlsClient;
+use mpreg_client::{Client, ConnectOptions};
 use serde_json::{Value, json};
 
 const MAX_CONNECTIONS: usize = 16;
 
+/// TLS files of a run with `MPREG_BENCH_TLS=1`: (certificate, key, CA).
+type TlsFiles = Option<(PathBuf, PathBuf, PathBuf)>;
+
 struct Member {
     name: String,
+    tls: TlsFiles,
     dir: PathBuf,
     listen: String,
     admin: String,
@@ -40,7 +47,8 @@ fn free_port() -> String {
 
 impl Member {
     fn url(&self) -> String {
-        format!("ws://{}", self.listen)
+        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://{}", self.listen)
     }
 
     fn admin_url(&self) -> String {
@@ -55,6 +63,11 @@ impl Member {
             .args(["--admin-listen", &self.admin, "--log", "warn"]);
         if let Some(join) = join {
             cmd.args(["--join", join]);
+        }
+        if let Some((cert, key, ca)) = &self.tls {
+            cmd.arg("--tls-cert").arg(cert);
+            cmd.arg("--tls-key").arg(key);
+            cmd.arg("--tls-ca").arg(ca);
         }
         let log = std::fs::File::create(self.dir.join("daemon.log")).expect("log file");
         self.child = Some(
@@ -125,10 +138,26 @@ fn put(id: &str, n: u64) -> Value {
     json!({"operation": "put", "key": {"namespace": "bench", "identifier": id}, "value": n})
 }
 
-async fn load(url: &str, writers: usize, seconds: f64) -> (f64, Duration, Duration) {
+/// How clients connect: trusting the run's CA when it has TLS.
+fn options(tls: &TlsFiles) -> ConnectOptions {
+    ConnectOptions {
+        tls: tls
+            .as_ref()
+            .map(|(_, _, ca)| TlsClient::new(ca, None).expect("trust the CA")),
+        ..ConnectOptions::default()
+    }
+}
+
+async fn load(
+    url: &str,
+    options: &ConnectOptions,
+    writers: usize,
+    seconds: f64,
+) -> (f64, Duration, Duration) {
     let mut clients = Vec::new();
     for _ in 0..writers.clamp(1, MAX_CONNECTIONS) {
-        clients.push(Arc::new(Client::connect(url).await.expect("connect")));
+        let client = Client::connect_with(url, options).await.expect("connect");
+        clients.push(Arc::new(client));
     }
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(seconds);
@@ -172,9 +201,10 @@ async fn failover(members: &mut [Member]) -> Duration {
         .filter(|&i| i != old)
         .map(|i| members[i].url())
         .collect();
+    let options = options(&members[old].tls);
     let mut clients = Vec::new();
     for url in &survivors {
-        clients.push(Client::connect(url).await.expect("connect"));
+        clients.push(Client::connect_with(url, &options).await.expect("connect"));
     }
     members[old].kill9();
     let killed = Instant::now();
@@ -207,9 +237,12 @@ fn env_usize(name: &str, default: usize) -> usize {
 async fn main() {
     let seconds = common::seconds();
     let root = tempfile::tempdir().expect("temp dir");
+    let tls: TlsFiles = (std::env::var("MPREG_BENCH_TLS").as_deref() == Ok("1"))
+        .then(|| common::certificates(root.path()));
     let mut members: Vec<Member> = (1..=3)
         .map(|i| Member {
             name: format!("n{i}"),
+            tls: tls.clone(),
             dir: root.path().join(format!("n{i}")),
             listen: free_port(),
             admin: free_port(),
@@ -228,13 +261,21 @@ async fn main() {
     for member in &members {
         wait_ready(member).await;
     }
-    println!("3-node cluster on loopback; every write is committed by 2 of 3 fsynced logs");
+    let transport = if tls.is_some() {
+        "TLS (wss://)"
+    } else {
+        "plain ws://"
+    };
+    println!(
+        "3-node cluster on loopback, {transport} for clients and peer links; every write is committed by 2 of 3 fsynced logs"
+    );
+    let client_options = options(&tls);
     println!("| writers | through | writes/s | p50 | p99 |");
     println!("|---|---|---|---|---|");
     for writers in [1, 16, 256] {
         let lead = leader(&members).await;
         for (through, i) in [("leader", lead), ("follower", (lead + 1) % 3)] {
-            let (rate, p50, p99) = load(&members[i].url(), writers, seconds).await;
+            let (rate, p50, p99) = load(&members[i].url(), &client_options, writers, seconds).await;
             println!("| {writers} | {through} | {rate:.0} | {p50:.2?} | {p99:.2?} |");
         }
     }

@@ -8,7 +8,6 @@
 //! Run: `cargo bench -p mpreg-daemon --bench rpc` (`MPREG_BENCH_SECONDS`
 //! sets the length of each case, default 3).
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,29 +63,6 @@ async fn case(
     );
 }
 
-/// A CA and a certificate for 127.0.0.1 it signed, as PEM files in `dir`:
-/// (certificate, key, CA).
-fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("CA");
-    let pair = KeyPair::generate().expect("key");
-    let node = CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .expect("params")
-        .signed_by(&pair, &ca)
-        .expect("certificate");
-    let paths = (
-        dir.join("node.pem"),
-        dir.join("node.key"),
-        dir.join("ca.pem"),
-    );
-    std::fs::write(&paths.0, node.pem()).expect("write");
-    std::fs::write(&paths.1, pair.serialize_pem()).expect("write");
-    std::fs::write(&paths.2, ca.pem()).expect("write");
-    paths
-}
-
 fn main() {
     let seconds = common::seconds();
     let tmp = tempfile::tempdir().expect("temp dir");
@@ -112,7 +88,7 @@ fn main() {
         drop(worker);
         daemon.stop().await;
 
-        let (cert, key, ca) = certificates(tmp.path());
+        let (cert, key, ca) = common::certificates(tmp.path());
         let tls_dir = tmp.path().join("tls-node");
         let daemon = common::start(&tls_dir, |config| {
             config.tls_cert_file = Some(cert);

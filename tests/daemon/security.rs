@@ -4,7 +4,8 @@
 //! without the handshake is refused before any envelope is read, and
 //! neither moves the cluster's term or membership. Between clusters, link
 //! secrets do the same for federation links. Client credentials decide what
-//! each client may do; TLS carries clients and peers alike.
+//! each client may do; TLS carries clients and peers alike, and with mutual
+//! TLS a member's or neighbour's certificate must name it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -676,5 +677,85 @@ async fn with_client_certificates_only_certified_nodes_and_clients_connect() -> 
     assert_eq!(after["term"], before["term"], "{before} -> {after}");
     let peers = sql_rows(&leader_admin, "SELECT peer FROM peers ORDER BY peer").await?;
     assert_eq!(peers.len(), 3, "{peers:?}");
+    Ok(())
+}
+
+/// Federation over mutual TLS: a neighbour cluster's node must present a
+/// certificate that names it (`mpreg://<its cluster>/<its node>`). A node
+/// of c3 holding a good certificate of c2's node is refused and no link
+/// or route to c3 appears; c2, with its own certificate, links.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federation_links_over_mutual_tls_need_a_certificate_naming_the_neighbour() -> Result<()> {
+    let files = TestDir::new();
+    let path = |name: &str| files.path().join(name);
+    let ca = TestCa::new("federation CA")?;
+    ca.write_ca(&path("ca.pem"))?;
+    let ca_file = path("ca.pem").display().to_string();
+    // A single-node cluster whose certificate names `named`.
+    let start = |cluster: &str, node: &str, named: &str, federate: Option<&str>| {
+        let (cert, key) = (path(&format!("{node}.pem")), path(&format!("{node}.key")));
+        ca.issue_naming(&cert, &key, &[named])?;
+        let dir = TestDir::new();
+        let mut args: Vec<String> = [
+            "--cluster-id",
+            cluster,
+            "--node-id",
+            node,
+            "--tls-cert",
+            &cert.display().to_string(),
+            "--tls-key",
+            &key.display().to_string(),
+            "--tls-ca",
+            &ca_file,
+            "--tls-client-ca",
+            &ca_file,
+        ]
+        .map(String::from)
+        .to_vec();
+        if let Some(url) = federate {
+            args.extend(["--federate".to_string(), url.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let daemon = Daemon::start(&dir, &args)?;
+        anyhow::Ok((daemon, dir))
+    };
+    let (c1, _c1_dir) = start("c1", "a1", "mpreg://c1/a1", None)?;
+    let c1_url = c1.ready.client_url.clone();
+    ensure!(c1_url.starts_with("wss://"), "{c1_url}");
+    let c1_admin = c1.ready.admin_url.clone();
+    let (_c2, _c2_dir) = start("c2", "b1", "mpreg://c2/b1", Some(&c1_url))?;
+    let (_c3, _c3_dir) = start("c3", "x1", "mpreg://c2/b1", Some(&c1_url))?;
+
+    eventually("c1's route to c2", CONVERGE, || async {
+        let rows = sql_rows(&c1_admin, "SELECT dest FROM routes WHERE dest = 'c2'")
+            .await
+            .map_err(|e| e.to_string())?;
+        if rows.is_empty() {
+            Err("none yet".to_string())
+        } else {
+            Ok(())
+        }
+    })
+    .await?;
+    eventually("c1 to refuse c3's certificate", CONVERGE, || async {
+        match refusals(&c1_admin, "certificate").await {
+            Ok(n) if n >= 1.0 => Ok(()),
+            Ok(n) => Err(format!("{n} refusals")),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await?;
+    let links = sql_rows(
+        &c1_admin,
+        "SELECT cluster_id FROM federation_links ORDER BY cluster_id",
+    )
+    .await?;
+    assert_eq!(
+        links,
+        [json!({"cluster_id": "c2"})],
+        "c3 linked with another node's certificate"
+    );
+    let routes = sql_rows(&c1_admin, "SELECT dest FROM routes WHERE dest = 'c3'").await?;
+    assert!(routes.is_empty(), "c1 learned a route to c3: {routes:?}");
     Ok(())
 }

@@ -1,9 +1,9 @@
-//! Shared by the benchmarks: percentiles and an in-process daemon on
-//! port 0.
+//! Shared by the benchmarks: percentiles, an in-process daemon on port 0,
+//! and certificates for TLS runs.
 
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,4 +64,27 @@ impl InProcess {
         drop(self.node);
         self.server.await.expect("server task").expect("server");
     }
+}
+
+/// A CA and a certificate for 127.0.0.1 it signed, as PEM files in `dir`:
+/// (certificate, key, CA).
+pub fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("CA");
+    let pair = KeyPair::generate().expect("key");
+    let node = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&pair, &ca)
+        .expect("certificate");
+    let paths = (
+        dir.join("node.pem"),
+        dir.join("node.key"),
+        dir.join("ca.pem"),
+    );
+    std::fs::write(&paths.0, node.pem()).expect("write");
+    std::fs::write(&paths.1, pair.serialize_pem()).expect("write");
+    std::fs::write(&paths.2, ca.pem()).expect("write");
+    paths
 }
