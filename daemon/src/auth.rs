@@ -113,6 +113,11 @@ impl Auth {
         result
     }
 
+    /// Whether a client must present a token now.
+    pub fn is_required(&self) -> bool {
+        self.required(&self.node.views().catalog())
+    }
+
     /// Who presents `token`.
     pub fn authenticate(&self, token: Option<&str>) -> Result<Principal, Refused> {
         let catalog = self.node.views().catalog();

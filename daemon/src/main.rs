@@ -9,9 +9,28 @@ use mpreg_daemon::{Listeners, logging, run};
 use mpreg_query::{Format, SqlLimits};
 use tokio_util::sync::CancellationToken;
 
+const EXAMPLES: &str = "\
+Examples:
+  mpreg-daemon --data-dir ./data
+  mpreg-daemon --data-dir d2 --node-id n2 --listen 127.0.0.1:7102 --join ws://127.0.0.1:6666
+  mpreg-daemon --data-dir c2 --cluster-id c2 --federate ws://127.0.0.1:6666
+  mpreg-daemon --data-dir ./data --config mpreg.toml
+  mpreg-daemon replay --data-dir ./data
+  mpreg-daemon sql --data-dir ./data \"SELECT * FROM routes\"
+  mpreg-daemon completions bash > ~/.local/share/bash-completion/completions/mpreg-daemon
+  mpreg-daemon man > mpreg-daemon.1
+
+MPREG_LISTEN and MPREG_ADMIN_LISTEN set --listen and --admin-listen;
+docs/operations.md lists every flag and config key.";
+
 /// Run an mpreg node, or inspect a stopped node's data dir.
 #[derive(Parser)]
-#[command(name = "mpreg-daemon", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "mpreg-daemon",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = EXAMPLES
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -36,6 +55,10 @@ enum Command {
         #[arg(long, default_value = "table")]
         format: Format,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff; `mpreg-daemon man | man -l -`).
+    Man,
 }
 
 #[derive(Args)]
@@ -44,11 +67,15 @@ struct RunArgs {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Client + peer listener, default 127.0.0.1:6666 (port 0 = pick one).
-    #[arg(long)]
+    #[arg(long, env = "MPREG_LISTEN")]
     listen: Option<std::net::SocketAddr>,
     /// Admin HTTP listener, default 127.0.0.1:6670 (port 0 = pick one).
-    #[arg(long)]
+    #[arg(long, env = "MPREG_ADMIN_LISTEN")]
     admin_listen: Option<std::net::SocketAddr>,
+    /// PostgreSQL wire listener for the SQL tables, e.g. 127.0.0.1:6432
+    /// (off by default; port 0 = pick one).
+    #[arg(long, env = "MPREG_PG_LISTEN")]
+    pg_listen: Option<std::net::SocketAddr>,
     /// When serving, atomically write JSON with the bound addresses here.
     #[arg(long)]
     ready_file: Option<PathBuf>,
@@ -126,6 +153,7 @@ fn config_from(args: RunArgs) -> mpreg_daemon::Result<Config> {
     config.merge_file(FileConfig {
         listen: args.listen,
         admin_listen: args.admin_listen,
+        pg_listen: args.pg_listen,
         ready_file: args.ready_file,
         listening_file: args.listening_file,
         node_id: args.node_id,
@@ -219,6 +247,18 @@ fn main() -> ExitCode {
             sql,
             format,
         }) => offline_sql(&data_dir, &sql, format),
+        Some(Command::Completions { shell }) => {
+            let mut cli = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cli, "mpreg-daemon", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Some(Command::Man) => {
+            let cli = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(cli).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => report(&e),
+            }
+        }
         Some(Command::Replay { data_dir }) => match mpreg_storage::replay(&data_dir) {
             Ok(report) => {
                 println!(

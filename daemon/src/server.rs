@@ -33,6 +33,8 @@ pub struct Listeners {
     pub client: TcpListener,
     /// Admin HTTP (`--admin-listen`).
     pub admin: TcpListener,
+    /// PostgreSQL wire (`--pg-listen`), when set.
+    pub pg: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -46,6 +48,10 @@ impl Listeners {
         Ok(Listeners {
             client: bind("client", config.listen).await?,
             admin: bind("admin", config.admin_listen).await?,
+            pg: match config.pg_listen {
+                Some(addr) => Some(bind("pg", addr).await?),
+                None => None,
+            },
         })
     }
 }
@@ -62,6 +68,9 @@ struct Ready<'a> {
     cluster_id: &'a str,
     client_url: &'a str,
     admin_url: &'a str,
+    /// `postgres://host:port` of `--pg-listen`, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pg_url: Option<&'a str>,
 }
 
 /// Contents of `--listening-file`.
@@ -115,6 +124,12 @@ pub async fn start(
 ) -> Result<Option<Running>> {
     let client_addr = local_addr(&listeners.client, "client", config.listen)?;
     let admin_addr = local_addr(&listeners.admin, "admin", config.admin_listen)?;
+    let pg_url = match (&listeners.pg, config.pg_listen) {
+        (Some(listener), Some(addr)) => {
+            Some(format!("postgres://{}", local_addr(listener, "pg", addr)?))
+        }
+        _ => None,
+    };
     let tls = match (&config.tls_cert_file, &config.tls_key_file) {
         (Some(cert), Some(key)) => Some(Arc::new(ServerTls::load(
             cert,
@@ -260,7 +275,19 @@ pub async fn start(
     let sql = admin::sql_engine(node.clone(), cache.clone(), config.sql.clone())
         .map_err(Error::SqlRuntime)?;
     sql.set_link_states(federation.clone());
-    admin_state.set_node(node.clone(), Arc::new(sql), auth.clone());
+    let sql = Arc::new(sql);
+    if let Some(listener) = listeners.pg {
+        let login = Arc::new(admin::PgCredentials(auth.clone()));
+        let tls = tls.as_ref().map(|tls| tls.acceptor());
+        let stopped = shutdown.clone().cancelled_owned();
+        let served = mpreg_query::pg::serve(listener, sql.clone(), login, tls, stopped);
+        tasks.spawn(async move {
+            if let Err(e) = served.await {
+                tracing::error!(error = %e, "the PostgreSQL listener stopped");
+            }
+        });
+    }
+    admin_state.set_node(node.clone(), sql, auth.clone());
     admin_state.set_federation(federation.clone());
     #[cfg(unix)]
     tasks.spawn(reload_on_sighup(
@@ -291,10 +318,11 @@ pub async fn start(
                 cluster_id: &identity.cluster_id,
                 client_url: &client_url,
                 admin_url: &admin_url,
+                pg_url: pg_url.as_deref(),
             },
         )?;
     }
-    tracing::info!(%client_url, %admin_url, "ready");
+    tracing::info!(%client_url, %admin_url, pg_url = pg_url.as_deref().unwrap_or("off"), "ready");
     Ok(Some(Running {
         node,
         client_url,

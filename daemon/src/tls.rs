@@ -114,6 +114,12 @@ fn certified_key(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey> {
 }
 
 impl ServerTls {
+    /// The TLS acceptor, for listeners that run their own handshake
+    /// (PostgreSQL wire).
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.acceptor.clone()
+    }
+
     /// Reads the certificate and key, and with `client_ca_file` the CA
     /// certificates every connection's certificate must chain to; errors
     /// name the file.

@@ -14,6 +14,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures_util::StreamExt;
 use mpreg_storage::Inspector;
@@ -186,7 +187,9 @@ impl SqlEngine {
         [crate::tables::ROUTE_EXPLAIN].into_iter()
     }
 
-    fn context(&self) -> Result<SessionContext, SqlError> {
+    /// A session with every table and table function registered, under
+    /// the memory limit.
+    pub(crate) fn context(&self) -> Result<SessionContext, SqlError> {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(self.limits.memory_limit_bytes, 1.0)
             .with_disk_manager_builder(
@@ -227,24 +230,58 @@ impl SqlEngine {
 
     /// Runs one SQL statement and returns all its rows.
     pub async fn query(&self, sql: &str) -> Result<QueryOutput, SqlError> {
+        let sql = sql.to_string();
+        self.limited(move |ctx, limits| async move {
+            if is_transaction(&ctx, &sql) {
+                return Err(SqlError::Refused(format!(
+                    "transactions are not supported: {}",
+                    sql.trim()
+                )));
+            }
+            let plan = ctx
+                .state()
+                .create_logical_plan(&sql)
+                .await
+                .map_err(|e| classify(e, &limits))?;
+            execute(ctx, plan, &limits).await
+        })
+        .await
+    }
+
+    /// Runs `plan` (made by the PostgreSQL listener in a session of its
+    /// own) under the same read-only check and limits as [`Self::query`].
+    pub(crate) async fn run_plan(&self, plan: LogicalPlan) -> Result<QueryOutput, SqlError> {
+        self.limited(move |ctx, limits| async move { execute(ctx, plan, &limits).await })
+            .await
+    }
+
+    /// Runs `work` on the SQL runtime in a fresh session, holding one of
+    /// `max_concurrent` permits, cancelled after the timeout or when the
+    /// caller stops waiting.
+    async fn limited<F, Fut>(&self, work: F) -> Result<QueryOutput, SqlError>
+    where
+        F: FnOnce(SessionContext, SqlLimits) -> Fut,
+        Fut: Future<Output = Result<QueryOutput, SqlError>> + Send + 'static,
+    {
         let permit = self
             .running
             .clone()
             .try_acquire_owned()
             .map_err(|_| SqlError::Busy(self.limits.max_concurrent))?;
         let ctx = self.context()?;
-        let sql = sql.to_string();
         let limits = self.limits.clone();
+        let timeout = limits.timeout;
         let runtime = self
             .runtime
             .0
             .as_ref()
             .ok_or_else(|| SqlError::Internal("the SQL runtime is shut down".to_string()))?;
+        let running = work(ctx, limits);
         let task = runtime.spawn(async move {
             let _running = permit;
-            tokio::time::timeout(limits.timeout, run(ctx, &sql, &limits))
+            tokio::time::timeout(timeout, running)
                 .await
-                .unwrap_or(Err(SqlError::Timeout(limits.timeout.as_millis())))
+                .unwrap_or(Err(SqlError::Timeout(timeout.as_millis())))
         });
         let _abort = AbortOnDrop(task.abort_handle());
         task.await
@@ -287,18 +324,13 @@ fn is_transaction(ctx: &SessionContext, sql: &str) -> bool {
     }
 }
 
-async fn run(ctx: SessionContext, sql: &str, limits: &SqlLimits) -> Result<QueryOutput, SqlError> {
-    if is_transaction(&ctx, sql) {
-        return Err(SqlError::Refused(format!(
-            "transactions are not supported: {}",
-            sql.trim()
-        )));
-    }
-    let plan = ctx
-        .state()
-        .create_logical_plan(sql)
-        .await
-        .map_err(|e| classify(e, limits))?;
+/// Refuses `plan` unless it only reads, then runs it in `ctx` and collects
+/// at most `limits.max_rows` rows.
+async fn execute(
+    ctx: SessionContext,
+    plan: LogicalPlan,
+    limits: &SqlLimits,
+) -> Result<QueryOutput, SqlError> {
     SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)

@@ -16,11 +16,13 @@
 //! - `columns`: column declarations and batch building;
 //! - `scan`: streaming a blocking RocksDB scan into a query;
 //! - `pushdown`: which filters narrow a scan;
-//! - [`format`]: JSON, CSV, Arrow IPC and text table encodings.
+//! - [`format`]: JSON, CSV, Arrow IPC and text table encodings;
+//! - [`pg`]: the PostgreSQL wire protocol over the same tables.
 
 mod columns;
 mod engine;
 pub mod format;
+pub mod pg;
 mod pushdown;
 mod scan;
 mod tables;

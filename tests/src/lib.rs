@@ -140,6 +140,8 @@ pub struct Ready {
     pub cluster_id: String,
     pub client_url: String,
     pub admin_url: String,
+    /// `postgres://host:port`, with `--pg-listen`.
+    pub pg_url: Option<String>,
 }
 
 /// A running `mpreg-daemon` process; killed (SIGKILL) on drop.
@@ -200,6 +202,7 @@ impl Daemon {
                 cluster_id: String::new(),
                 client_url: String::new(),
                 admin_url: String::new(),
+                pg_url: None,
             },
             log_path,
         };
@@ -229,6 +232,7 @@ impl Daemon {
                     cluster_id: field("cluster_id")?,
                     client_url: field("client_url")?,
                     admin_url: field("admin_url")?,
+                    pg_url: v["pg_url"].as_str().map(str::to_string),
                 };
                 return Ok(daemon);
             }

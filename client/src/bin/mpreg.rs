@@ -26,11 +26,32 @@ enum Format {
     Csv,
 }
 
+const EXAMPLES: &str = "\
+Examples:
+  mpreg call echos 1 '{\"a\":2}'
+  mpreg rpc request.json
+  mpreg publish orders.eu.created '{\"id\":7}'
+  mpreg subscribe 'orders.#'
+  mpreg queue send jobs '{\"n\":1}'
+  mpreg cache incr app hits --by 5
+  mpreg sql \"SELECT dest, next_hop FROM routes\"
+  mpreg cluster members --admin http://127.0.0.1:6670
+  mpreg federation links
+  mpreg completions bash > ~/.local/share/bash-completion/completions/mpreg
+  mpreg man > mpreg.1
+
+MPREG_URL and MPREG_ADMIN set --url and --admin.";
+
 #[derive(Parser)]
-#[command(name = "mpreg", version, about = "mpreg command-line client")]
+#[command(name = "mpreg", version, about = "mpreg command-line client", after_help = EXAMPLES)]
 struct Cli {
     /// Client URL of a daemon.
-    #[arg(long, global = true, default_value = "ws://127.0.0.1:6666")]
+    #[arg(
+        long,
+        global = true,
+        env = "MPREG_URL",
+        default_value = "ws://127.0.0.1:6666"
+    )]
     url: String,
     /// File holding the token to present (`Authorization: Bearer`), for a
     /// node that requires credentials; used on the client and admin URLs.
@@ -88,7 +109,12 @@ enum Command {
         #[command(subcommand)]
         op: ClusterOp,
         /// Admin URL of any member.
-        #[arg(long, global = true, default_value = "http://127.0.0.1:6670")]
+        #[arg(
+            long,
+            global = true,
+            env = "MPREG_ADMIN",
+            default_value = "http://127.0.0.1:6670"
+        )]
         admin: String,
     },
     /// List, add and remove the links to neighbour clusters (admin HTTP).
@@ -96,19 +122,28 @@ enum Command {
         #[command(subcommand)]
         op: FederationOp,
         /// Admin URL of any member.
-        #[arg(long, global = true, default_value = "http://127.0.0.1:6670")]
+        #[arg(
+            long,
+            global = true,
+            env = "MPREG_ADMIN",
+            default_value = "http://127.0.0.1:6670"
+        )]
         admin: String,
     },
     /// Run read-only SQL on the daemon (admin HTTP /sql) and print a table.
     Sql {
         sql: String,
         /// Admin URL of the daemon.
-        #[arg(long, default_value = "http://127.0.0.1:6670")]
+        #[arg(long, env = "MPREG_ADMIN", default_value = "http://127.0.0.1:6670")]
         admin: String,
         /// Output: table (aligned text), json or csv.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff; `mpreg man | man -l -`).
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -583,7 +618,28 @@ fn http(token: Option<&str>, cli: &Cli) -> Result<reqwest::Client, String> {
     builder.build().map_err(|e| e.to_string())
 }
 
+/// The completion script or manual page of `mpreg`.
+fn self_description(command: &Command) -> Option<Result<String, String>> {
+    let mut out = Vec::new();
+    let mut cli = <Cli as clap::CommandFactory>::command();
+    match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut cli, "mpreg", &mut out);
+        }
+        Command::Man => {
+            if let Err(e) = clap_mangen::Man::new(cli).render(&mut out) {
+                return Some(Err(e.to_string()));
+            }
+        }
+        _ => return None,
+    }
+    Some(Ok(String::from_utf8_lossy(&out).trim_end().to_string()))
+}
+
 async fn run(cli: Cli) -> Result<String, String> {
+    if let Some(text) = self_description(&cli.command) {
+        return text;
+    }
     let token = token(&cli)?;
     if let Command::Sql {
         sql: query,
@@ -691,9 +747,11 @@ async fn run(cli: Cli) -> Result<String, String> {
                 .map_err(|e| e.to_string())?;
             Ok(pretty(&reply))
         }
-        Command::Sql { .. } | Command::Cluster { .. } | Command::Federation { .. } => Err(
-            "sql, cluster and federation run over admin HTTP, without a client connection".into(),
-        ),
+        Command::Sql { .. }
+        | Command::Cluster { .. }
+        | Command::Federation { .. }
+        | Command::Completions { .. }
+        | Command::Man => Err("this subcommand needs no client connection".into()),
     }
 }
 

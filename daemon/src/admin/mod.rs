@@ -27,7 +27,7 @@ mod federation;
 mod gauges;
 mod sql;
 
-pub use sql::engine as sql_engine;
+pub use sql::{PgCredentials, engine as sql_engine};
 
 /// What the handlers read; the node appears once it has started.
 #[derive(Clone)]

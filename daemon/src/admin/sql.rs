@@ -1,6 +1,7 @@
 //! SQL on a live node: the engine over the node's data dir, the `raft` row
 //! from the running raft, `cache_entries.hits`/`tier` from the cache's
-//! memory tier, and the `/sql` HTTP handlers.
+//! memory tier, the `/sql` HTTP handlers, and who may log in on
+//! `--pg-listen` ([`PgCredentials`]).
 
 use std::sync::Arc;
 
@@ -11,11 +12,13 @@ use axum::response::{IntoResponse, Json, Response};
 use mpreg_query::{
     CacheTierSource, Format, PeerRow, RaftRow, RaftSource, SqlEngine, SqlError, SqlLimits, format,
 };
+use mpreg_storage::credential::Action;
 use mpreg_storage::event::CacheKey;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::AdminState;
+use crate::auth::{Auth, Principal};
 use crate::cache::Cache;
 use crate::cluster::{Node, membership};
 
@@ -63,6 +66,31 @@ impl RaftSource for LiveRaft {
 impl CacheTierSource for Cache {
     fn memory_hits(&self, key: &CacheKey) -> Option<u64> {
         Cache::memory_hits(self, key)
+    }
+}
+
+/// PostgreSQL logins, checked against the node's credentials: the user is
+/// the credential's name, the password its token, and the credential needs
+/// the `sql` permission. With no credentials, anyone connects.
+pub struct PgCredentials(pub Arc<Auth>);
+
+impl mpreg_query::pg::PgLogin for PgCredentials {
+    fn required(&self) -> bool {
+        self.0.is_required()
+    }
+
+    fn check(&self, user: &str, password: &str) -> Result<(), String> {
+        let principal = self.0.authenticate(Some(password)).map_err(|r| r.message)?;
+        if let Principal::Credential { name, .. } = &principal
+            && name != user
+        {
+            return Err(format!(
+                "the password is the token of credential {name}, not of user {user}: log in as {name}"
+            ));
+        }
+        self.0
+            .authorize(&principal, &[Action::Sql])
+            .map_err(|r| r.message)
     }
 }
 

@@ -71,6 +71,7 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
+    pub pg_listen: Option<SocketAddr>,
     pub ready_file: Option<PathBuf>,
     pub listening_file: Option<PathBuf>,
     pub node_id: Option<String>,
@@ -147,6 +148,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// PostgreSQL wire listener for the SQL tables; off unless set.
+    pub pg_listen: Option<SocketAddr>,
     pub ready_file: Option<PathBuf>,
     /// Written as soon as the listeners are bound (before the node is ready).
     pub listening_file: Option<PathBuf>,
@@ -216,6 +219,7 @@ impl Config {
             data_dir,
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             admin_listen: DEFAULT_ADMIN_LISTEN.parse().expect("valid default address"),
+            pg_listen: None,
             ready_file: None,
             listening_file: None,
             node_id: None,
@@ -254,6 +258,7 @@ impl Config {
             data_dir,
             listen,
             admin_listen,
+            pg_listen,
             ready_file,
             listening_file,
             node_id,
@@ -318,6 +323,7 @@ impl Config {
         if let Some(v) = admin_listen {
             self.admin_listen = v;
         }
+        self.pg_listen = pg_listen.or(self.pg_listen.take());
         self.ready_file = ready_file.or(self.ready_file.take());
         self.listening_file = listening_file.or(self.listening_file.take());
         self.node_id = node_id.or(self.node_id.take());
