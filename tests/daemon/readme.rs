@@ -43,8 +43,10 @@ use serde_json::Value;
 const PATIENCE: Duration = Duration::from_secs(60);
 /// How long one run of one command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
-/// JSON keys whose numbers count things that vary from run to run.
-const COUNTERS: &[&str] = &[
+/// JSON keys whose values vary from run to run (counters, request ids):
+/// only their type is compared.
+const VARYING: &[&str] = &[
+    "u",
     "leader",
     "last_applied",
     "last_log_index",
@@ -390,12 +392,24 @@ fn signal(process_group: u32, signal: &str) {
         .status();
 }
 
-/// `text` with every run of six or more hex digits replaced by `<id>`, and
-/// whitespace trimmed.
+/// `text` with every run of six or more hex digits replaced by `<id>`, the
+/// port of every `127.0.0.1:PORT` by `<port>`, and whitespace trimmed.
 fn normalize(text: &str) -> String {
+    let mut text = text.trim();
+    let mut ported = String::new();
+    while let Some(at) = text.find("127.0.0.1:") {
+        let (before, after) = text.split_at(at + "127.0.0.1:".len());
+        ported.push_str(before);
+        let digits = after.chars().take_while(char::is_ascii_digit).count();
+        if digits > 0 {
+            ported.push_str("<port>");
+        }
+        text = &after[digits..];
+    }
+    ported.push_str(text);
     let mut out = String::new();
     let mut run = String::new();
-    for c in text.trim().chars().chain(std::iter::once('\n')) {
+    for c in ported.chars().chain(std::iter::once('\n')) {
         if c.is_ascii_hexdigit() {
             run.push(c);
             continue;
@@ -435,7 +449,9 @@ fn same_json(key: Option<&str>, expected: &Value, actual: &Value) -> Result<(), 
             e.iter().zip(a).try_for_each(|(e, a)| same_json(key, e, a))
         }
         (Value::String(e), Value::String(a)) if normalize(e) == normalize(a) => Ok(()),
-        (Value::Number(_), Value::Number(_)) if key.is_some_and(|k| COUNTERS.contains(&k)) => {
+        (Value::Number(_), Value::Number(_)) | (Value::String(_), Value::String(_))
+            if key.is_some_and(|k| VARYING.contains(&k)) =>
+        {
             Ok(())
         }
         (e, a) if e == a => Ok(()),
@@ -589,10 +605,19 @@ fn the_readme_runs_as_written() -> Result<()> {
 
 /// The command without its trailing `&` (and comment), when it has one.
 fn background(command: &str) -> Option<String> {
-    let body = match command.rfind(" #") {
-        Some(at) if !command[at..].contains('\'') && !command[at..].contains('"') => &command[..at],
-        _ => command,
-    };
+    let mut quote = None;
+    let mut body = command;
+    for (at, c) in command.char_indices() {
+        match (quote, c) {
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(open), _) if c == open => quote = None,
+            (None, '#') if command[..at].ends_with(char::is_whitespace) => {
+                body = &command[..at];
+                break;
+            }
+            _ => {}
+        }
+    }
     body.trim_end()
         .strip_suffix('&')
         .map(|c| c.trim_end().to_string())
@@ -613,6 +638,24 @@ fn readme_matching_is_strict_where_it_should_be() {
     );
     assert!(matches(&lines(r#"{"status":"ok"}"#), r#"{"status":"down"}"#, "").is_err());
     assert!(matches(&lines(r#"{"a":1}"#), r#"{"a":1,"b":2}"#, "").is_err());
+    assert!(matches(&lines(r#"{"u":"a-1"}"#), r#"{"u":"b-2"}"#, "").is_ok());
+    assert!(matches(&lines(r#"{"u":"a-1"}"#), r#"{"u":7}"#, "").is_err());
+    assert!(
+        matches(
+            &lines(r#"{"url":"ws://127.0.0.1:42273"}"#),
+            r#"{"url":"ws://127.0.0.1:7"}"#,
+            ""
+        )
+        .is_ok()
+    );
+    assert!(
+        matches(
+            &lines(r#"{"url":"ws://127.0.0.1:42273"}"#),
+            r#"{"url":"ws://127.0.0.2:42273"}"#,
+            ""
+        )
+        .is_err()
+    );
     assert!(
         matches(
             &lines(r#"{"id":"node-bdd5e74583ee"}"#),
@@ -635,7 +678,7 @@ fn readme_matching_is_strict_where_it_should_be() {
     assert!(matches(&lines(table), "+---+\n| a |\n+---+\n| y |\n+---+\n", "").is_err());
     assert!(
         matches(
-            &lines("{\n  \"n\": 1,\n...").as_slice()[..],
+            &lines("{\n  \"n\": 1,\n..."),
             "{\n  \"n\": 1,\n  \"m\": 2\n}",
             ""
         )
@@ -646,4 +689,9 @@ fn readme_matching_is_strict_where_it_should_be() {
         Some("mpreg subscribe 'orders.#'".into())
     );
     assert_eq!(background("mpreg subscribe 'orders.#'"), None);
+    assert_eq!(
+        background("mpreg subscribe 'a.#' &  # wildcards: # = zero or more"),
+        Some("mpreg subscribe 'a.#'".into())
+    );
+    assert_eq!(background("echo '# &'"), None);
 }
