@@ -1,5 +1,6 @@
 //! The `mpreg-daemon` binary: flags, logging, then the library.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -211,7 +212,6 @@ fn report(err: &dyn std::error::Error) -> ExitCode {
 
 /// Runs one query on a stopped node's dir and writes the result to stdout.
 fn offline_sql(data_dir: &std::path::Path, sql: &str, format: Format) -> ExitCode {
-    use std::io::Write;
     let engine = match mpreg_query::open_offline(data_dir, SqlLimits::default()) {
         Ok(engine) => engine,
         Err(e) => return report(&e),
@@ -233,8 +233,16 @@ fn offline_sql(data_dir: &std::path::Path, sql: &str, format: Format) -> ExitCod
         Ok(body) => body,
         Err(e) => return report(&e),
     };
-    match std::io::stdout().lock().write_all(&body) {
+    write_stdout(&body)
+}
+
+/// Writes `bytes` to stdout; a reader that went away (`| head`) is not an
+/// error.
+fn write_stdout(bytes: &[u8]) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => report(&e),
     }
 }
@@ -249,23 +257,22 @@ fn main() -> ExitCode {
         }) => offline_sql(&data_dir, &sql, format),
         Some(Command::Completions { shell }) => {
             let mut cli = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cli, "mpreg-daemon", &mut std::io::stdout());
-            ExitCode::SUCCESS
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cli, "mpreg-daemon", &mut script);
+            write_stdout(&script)
         }
         Some(Command::Man) => {
             let cli = <Cli as clap::CommandFactory>::command();
-            match clap_mangen::Man::new(cli).render(&mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
+            let mut page = Vec::new();
+            match clap_mangen::Man::new(cli).render(&mut page) {
+                Ok(()) => write_stdout(&page),
                 Err(e) => report(&e),
             }
         }
         Some(Command::Replay { data_dir }) => match mpreg_storage::replay(&data_dir) {
             Ok(report) => {
-                println!(
-                    "{}",
-                    serde_json::to_string(&report).expect("report serializes")
-                );
-                ExitCode::SUCCESS
+                let line = serde_json::to_string(&report).expect("report serializes") + "\n";
+                write_stdout(line.as_bytes())
             }
             Err(e) => report(&e),
         },

@@ -235,3 +235,52 @@ fn cache_put_get_incr_cas_invalidate() {
     assert!(err.contains("--by must be a number, got lots"), "{err}");
     daemon.stop().unwrap();
 }
+
+/// Completions and manual pages of both binaries, and a reader that closes
+/// the pipe early (`| head -1`) is not a crash.
+#[test]
+fn completions_and_man_pages_for_both_binaries() {
+    for (bin, name) in [
+        (cli_bin(), "mpreg"),
+        (mpreg_tests::daemon_bin(), "mpreg-daemon"),
+    ] {
+        let out = Command::new(&bin)
+            .args(["completions", "bash"])
+            .output()
+            .unwrap();
+        let script = String::from_utf8_lossy(&out.stdout);
+        let function = format!("_{}()", name.replace('-', "__"));
+        assert!(
+            out.status.success() && script.contains(&function),
+            "{name} completions bash: {script:.200}"
+        );
+        let help = Command::new(&bin).arg("--help").output().unwrap();
+        let help = String::from_utf8_lossy(&help.stdout);
+        for subcommand in ["completions", "man"] {
+            assert!(
+                help.contains(&format!("{name} {subcommand}")),
+                "{name} --help has no example of {subcommand}: {help}"
+            );
+        }
+        // Stdout is a pipe nobody reads: every write fails with EPIPE.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let closed = Command::new(&bin)
+            .arg("man")
+            .stdout(writer)
+            .output()
+            .unwrap();
+        assert!(
+            closed.status.success() && closed.stderr.is_empty(),
+            "{name} man into a closed pipe: {} {}",
+            closed.status,
+            String::from_utf8_lossy(&closed.stderr)
+        );
+        let page = Command::new(&bin).arg("man").output().unwrap();
+        let page = String::from_utf8_lossy(&page.stdout);
+        assert!(
+            page.contains(&format!(".TH {name} 1")),
+            "{name} man: {page:.200}"
+        );
+    }
+}

@@ -8,6 +8,7 @@
 //! an aligned table.
 //! Results print as JSON; errors go to stderr with a non-zero exit.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -717,7 +718,13 @@ async fn run(cli: Cli) -> Result<String, String> {
                 if note.dropped > 0 {
                     line["dropped"] = note.dropped.into();
                 }
-                println!("{line}");
+                match print_line(&line.to_string()) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                        return Ok(String::new());
+                    }
+                    Err(e) => return Err(format!("failed to write to stdout: {e}")),
+                }
             }
         }
         Command::Rpc { file } => {
@@ -755,6 +762,14 @@ async fn run(cli: Cli) -> Result<String, String> {
     }
 }
 
+/// Writes `line` and a newline to stdout, flushed (so `| head` and `| jq`
+/// see each line as it comes, and a closed pipe is an error, not a panic).
+fn print_line(line: &str) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")?;
+    stdout.flush()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -768,10 +783,16 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(out) => {
-            println!("{out}");
-            ExitCode::SUCCESS
-        }
+        Ok(out) if out.is_empty() => ExitCode::SUCCESS,
+        Ok(out) => match print_line(&out) {
+            Ok(()) => ExitCode::SUCCESS,
+            // The reader went away (`mpreg ... | head`): not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: failed to write to stdout: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
