@@ -85,7 +85,7 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SqlError> {
-    let handlers = Arc::new(Handlers::new(engine, login)?);
+    let handlers = Arc::new(Handlers::new(engine, login, tls.is_some())?);
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -119,7 +119,11 @@ struct Handlers {
 }
 
 impl Handlers {
-    fn new(engine: Arc<SqlEngine>, login: Arc<dyn PgLogin>) -> Result<Self, SqlError> {
+    fn new(
+        engine: Arc<SqlEngine>,
+        login: Arc<dyn PgLogin>,
+        tls_only: bool,
+    ) -> Result<Self, SqlError> {
         let session = Arc::new(engine.context()?);
         setup_pg_catalog(&session, "datafusion", EmptyContextProvider)
             .map_err(|e| SqlError::Internal(format!("pg_catalog: {e}")))?;
@@ -135,7 +139,11 @@ impl Handlers {
                 sessions,
                 parser: PostgresCompatibilityParser::new(),
             }),
-            startup: Arc::new(Startup { login, parameters }),
+            startup: Arc::new(Startup {
+                login,
+                parameters,
+                tls_only,
+            }),
         })
     }
 }
@@ -158,6 +166,9 @@ impl PgWireServerHandlers for Handlers {
 struct Startup {
     login: Arc<dyn PgLogin>,
     parameters: DefaultServerParameterProvider,
+    /// The node serves TLS: a session that did not negotiate it is refused
+    /// (a password would cross in the clear).
+    tls_only: bool,
 }
 
 #[async_trait]
@@ -173,6 +184,15 @@ impl StartupHandler for Startup {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         match message {
+            PgWireFrontendMessage::Startup(_) if self.tls_only && !client.is_secure() => {
+                return Err(pg_error(
+                    "FATAL",
+                    "28000",
+                    "this node serves PostgreSQL over TLS only: connect with sslmode=require \
+                     (or verify-full and the node's CA)"
+                        .to_string(),
+                ));
+            }
             PgWireFrontendMessage::Startup(ref startup) => {
                 protocol_negotiation(client, startup).await?;
                 save_startup_parameters_to_metadata(client, startup);

@@ -17,6 +17,17 @@ fn psql(
     password: Option<&str>,
     args: &[&str],
 ) -> Result<(bool, String, String)> {
+    psql_with(pg_url, user, password, &[], args)
+}
+
+/// [`psql`] with extra environment (`PGSSLMODE`, ...).
+fn psql_with(
+    pg_url: &str,
+    user: &str,
+    password: Option<&str>,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> Result<(bool, String, String)> {
     let addr = pg_url.trim_start_matches("postgres://");
     let (host, port) = addr.rsplit_once(':').context("pg_url has a port")?;
     let mut cmd = Command::new("psql");
@@ -35,7 +46,9 @@ fn psql(
         "ON_ERROR_STOP=1",
     ])
     .args(args)
-    .env_remove("PGPASSWORD");
+    .env_remove("PGPASSWORD")
+    .env_remove("PGSSLMODE")
+    .envs(env.iter().copied());
     if let Some(password) = password {
         cmd.env("PGPASSWORD", password);
     }
@@ -246,5 +259,44 @@ fn with_credentials_only_a_credential_with_sql_logs_in() -> Result<()> {
         !ok && err.contains("credential app may not"),
         "no sql permission: {err}"
     );
+    Ok(())
+}
+
+#[test]
+fn a_node_serving_tls_serves_psql_over_tls_only() -> Result<()> {
+    let files = TestDir::new();
+    let path = |name: &str| files.path().join(name);
+    let ca = mpreg_tests::tls::TestCa::new("mpreg test CA")?;
+    ca.write_ca(&path("ca.pem"))?;
+    ca.issue(&path("cert.pem"), &path("key.pem"))?;
+    let dir = TestDir::new();
+    let mut flags = dir.config(&format!(
+        "tls_cert_file = {:?}\ntls_key_file = {:?}\ntls_ca_file = {:?}\n",
+        path("cert.pem").display().to_string(),
+        path("key.pem").display().to_string(),
+        path("ca.pem").display().to_string(),
+    ));
+    flags.extend(["--pg-listen".to_string(), "127.0.0.1:0".to_string()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let daemon = Daemon::start(&dir, &flags)?;
+    let pg = daemon
+        .ready
+        .pg_url
+        .clone()
+        .context("ready file has pg_url")?;
+    let ca_file = path("ca.pem").display().to_string();
+    let query = ["-A", "-t", "-c", "SELECT dest FROM routes"];
+
+    let verified = [
+        ("PGSSLMODE", "verify-full"),
+        ("PGSSLROOTCERT", ca_file.as_str()),
+    ];
+    let (ok, out, err) = psql_with(&pg, "anyone", None, &verified, &query)?;
+    ensure!(ok, "psql over verified TLS failed: {err}");
+    ensure!(out.trim() == "local", "{out}");
+
+    let (ok, _, err) = psql_with(&pg, "anyone", None, &[("PGSSLMODE", "disable")], &query)?;
+    ensure!(!ok, "a plaintext session was served by a TLS node");
+    ensure!(err.contains("TLS") || err.contains("SSL"), "{err}");
     Ok(())
 }
