@@ -1,10 +1,13 @@
 //! Filter pushdown: which `WHERE` conjuncts narrow a scan to a key range.
 //!
-//! Tables push down equality on their key column (`routes.dest = 'c2'`) and
-//! ranges on the log index (`events.index > 100`). Pushdown is always
+//! Tables push down equality and `IN` lists on their key columns
+//! (`routes.dest = 'c2'`, `cache_entries.identifier IN ('a', 'b')`, or an
+//! `OR` of such equalities) and ranges on the log index
+//! (`events.index > 100`). Pushdown is always
 //! `Inexact`: the scan reads a superset and DataFusion still applies the
 //! filter, so a narrowing can never change an answer, only its cost.
 
+use datafusion::logical_expr::expr::InList;
 use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator};
 use datafusion::scalar::ScalarValue;
 
@@ -38,12 +41,37 @@ fn comparison<'a>(expr: &'a Expr, column: &str) -> Option<(Operator, &'a ScalarV
     None
 }
 
-/// The text `column` must equal for `expr` to hold, if `expr` says so.
-pub fn text_equality(expr: &Expr, column: &str) -> Option<String> {
-    match comparison(expr, column)? {
-        (Operator::Eq, value) => value.try_as_str().flatten().map(str::to_string),
-        _ => None,
-    }
+/// The texts `column` may equal for `expr` to hold (sorted, without
+/// repeats), if `expr` says so: `column = 'a'`, `column IN ('a', 'b')`, or
+/// an `OR` of those on the same column.
+pub fn text_values(expr: &Expr, column: &str) -> Option<Vec<String>> {
+    let text = |value: &ScalarValue| value.try_as_str().flatten().map(str::to_string);
+    let mut values = match expr {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Or,
+            right,
+        }) => {
+            let mut values = text_values(left, column)?;
+            values.extend(text_values(right, column)?);
+            values
+        }
+        Expr::InList(InList {
+            expr,
+            list,
+            negated: false,
+        }) if column_name(expr) == Some(column) => list
+            .iter()
+            .map(|item| literal(item).and_then(text))
+            .collect::<Option<Vec<String>>>()?,
+        _ => match comparison(expr, column)? {
+            (Operator::Eq, value) => vec![text(value)?],
+            _ => return None,
+        },
+    };
+    values.sort();
+    values.dedup();
+    Some(values)
 }
 
 fn as_i128(value: &ScalarValue) -> Option<i128> {
@@ -144,18 +172,38 @@ mod tests {
 
     use super::*;
 
+    fn texts(values: &[&str]) -> Option<Vec<String>> {
+        Some(values.iter().map(|v| v.to_string()).collect())
+    }
+
     #[test]
     fn finds_text_equality_on_either_side() {
         assert_eq!(
-            text_equality(&col("dest").eq(lit("c2")), "dest"),
-            Some("c2".to_string())
+            text_values(&col("dest").eq(lit("c2")), "dest"),
+            texts(&["c2"])
         );
         assert_eq!(
-            text_equality(&lit("c2").eq(col("dest")), "dest"),
-            Some("c2".to_string())
+            text_values(&lit("c2").eq(col("dest")), "dest"),
+            texts(&["c2"])
         );
-        assert_eq!(text_equality(&col("dest").not_eq(lit("c2")), "dest"), None);
-        assert_eq!(text_equality(&col("next_hop").eq(lit("c2")), "dest"), None);
+        assert_eq!(text_values(&col("dest").not_eq(lit("c2")), "dest"), None);
+        assert_eq!(text_values(&col("next_hop").eq(lit("c2")), "dest"), None);
+    }
+
+    #[test]
+    fn finds_in_lists_and_ors_of_equalities() {
+        let in_list = col("dest").in_list(vec![lit("c3"), lit("c2"), lit("c3")], false);
+        assert_eq!(text_values(&in_list, "dest"), texts(&["c2", "c3"]));
+        let not_in = col("dest").in_list(vec![lit("c2")], true);
+        assert_eq!(text_values(&not_in, "dest"), None);
+        let with_column = col("dest").in_list(vec![lit("c2"), col("next_hop")], false);
+        assert_eq!(text_values(&with_column, "dest"), None);
+        let or = col("dest").eq(lit("c4")).or(lit("c1").eq(col("dest")));
+        assert_eq!(text_values(&or, "dest"), texts(&["c1", "c4"]));
+        let mixed = col("dest").eq(lit("c4")).or(col("next_hop").eq(lit("c1")));
+        assert_eq!(text_values(&mixed, "dest"), None);
+        let numbers = col("dest").in_list(vec![lit(1), lit(2)], false);
+        assert_eq!(text_values(&numbers, "dest"), None);
     }
 
     #[test]

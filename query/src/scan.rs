@@ -26,12 +26,19 @@ pub struct RowSink {
     out: mpsc::Sender<Result<RecordBatch>>,
     /// Rows still wanted (`limit`), if bounded.
     remaining: Option<usize>,
+    /// The query dropped its end of the channel: it wants no more rows.
+    closed: bool,
 }
 
 impl RowSink {
+    /// Whether the query still wants rows.
+    pub fn wants_more(&self) -> bool {
+        self.remaining != Some(0) && !self.closed
+    }
+
     /// Appends one row; [`Flow::Stop`] once the query wants no more.
     pub fn push(&mut self, values: &[Value<'_>]) -> Result<Flow> {
-        if self.remaining == Some(0) {
+        if !self.wants_more() {
             return Ok(Flow::Stop);
         }
         self.writer.push(values)?;
@@ -51,7 +58,10 @@ impl RowSink {
         let batch = self.writer.take()?;
         match self.out.blocking_send(Ok(batch)) {
             Ok(()) => Ok(Flow::Continue),
-            Err(_) => Ok(Flow::Stop),
+            Err(_) => {
+                self.closed = true;
+                Ok(Flow::Stop)
+            }
         }
     }
 }
@@ -114,6 +124,7 @@ impl PartitionStream for BlockingScan {
                     writer,
                     out: out.clone(),
                     remaining: limit,
+                    closed: false,
                 };
                 producer(&mut sink)?;
                 sink.flush().map(|_| ())

@@ -1,6 +1,8 @@
 //! The `cache_entries` table: one row per stored cache entry, from the
 //! `cache_entries` view, expired ones included until their timer removes
-//! them; `namespace = '...'` narrows the scan to that namespace's prefix.
+//! them. `namespace = '...'` narrows the scan to that namespace's prefix;
+//! with it, `identifier = '...'` to that key's versions, and with both,
+//! `version = '...'` is a point read.
 //!
 //! Columns: `namespace`, `identifier`, `version` (nullable: the key has
 //! none), `tags` (list), `size_bytes`, `revision`, `created_at`,
@@ -13,11 +15,11 @@
 //! memory tier ([`StoppedCacheTier`]).
 
 use datafusion::error::Result;
-use mpreg_storage::Inspector;
 use mpreg_storage::event::CacheKey;
 use mpreg_storage::views::{CacheRow, View};
+use mpreg_storage::{Flow, Inspector};
 
-use super::scan_view;
+use super::{Narrowing, per_value, scan_view, storage};
 use crate::columns::{Column, Kind, Value};
 use crate::scan::RowSink;
 
@@ -38,8 +40,9 @@ pub(super) const COLUMNS: &[Column] = &[
     Column::new("tier", Kind::Text),
 ];
 
-/// The column whose equality narrows a scan.
-pub(super) const KEY: &str = "namespace";
+/// The key columns, outermost first: each narrows the scan once those
+/// before it are fixed.
+pub(super) const KEYS: &[&str] = &["namespace", "identifier", "version"];
 
 /// Tells, per entry, what the memory tier holds when a query reads it.
 pub trait CacheTierSource: Send + Sync {
@@ -59,41 +62,67 @@ impl CacheTierSource for StoppedCacheTier {
 pub(super) fn produce(
     inspector: &Inspector,
     tier: &dyn CacheTierSource,
-    namespace: Option<&str>,
+    narrowing: &Narrowing,
     sink: &mut RowSink,
 ) -> Result<()> {
-    let prefix = namespace
-        .map(CacheRow::namespace_prefix)
-        .unwrap_or_default();
-    scan_view(
-        inspector,
-        View::CacheEntries,
-        &prefix,
-        sink,
-        |sink, r: CacheRow| {
-            let memory_hits = tier.memory_hits(&r.key);
-            let version = &r.key.version;
-            sink.push(&[
-                Value::Text(&r.key.namespace),
-                Value::Text(&r.key.identifier),
+    let push = |sink: &mut RowSink, r: CacheRow| push_entry(tier, sink, &r);
+    per_value(narrowing, "namespace", sink, |namespace, sink| {
+        let Some(namespace) = namespace else {
+            return scan_view(inspector, View::CacheEntries, b"", sink, push);
+        };
+        per_value(narrowing, "identifier", sink, |identifier, sink| {
+            let Some(identifier) = identifier else {
+                let prefix = CacheRow::namespace_prefix(namespace);
+                return scan_view(inspector, View::CacheEntries, &prefix, sink, push);
+            };
+            per_value(narrowing, "version", sink, |version, sink| {
+                let key = CacheKey {
+                    namespace: namespace.to_string(),
+                    identifier: identifier.to_string(),
+                    version: version.unwrap_or_default().to_string(),
+                };
+                let Some(version) = version else {
+                    let prefix = CacheRow::identifier_prefix(&key);
+                    return scan_view(inspector, View::CacheEntries, &prefix, sink, push);
+                };
                 if version.is_empty() {
-                    Value::Null
-                } else {
-                    Value::Text(version)
-                },
-                Value::TextList(&r.tags),
-                Value::U64(u64::try_from(r.size_bytes()).unwrap_or(u64::MAX)),
-                Value::U64(r.revision),
-                Value::Time(r.created_at_ms),
-                Value::Time(r.updated_at_ms),
-                r.expires_at_ms.map_or(Value::Null, Value::Time),
-                Value::U64(memory_hits.unwrap_or(0)),
-                Value::Text(if memory_hits.is_some() {
-                    "memory"
-                } else {
-                    "disk"
-                }),
-            ])
+                    // A key without a version shows NULL, which equals nothing.
+                    return Ok(());
+                }
+                let row = inspector
+                    .get::<CacheRow>(View::CacheEntries, &CacheRow::key(&key))
+                    .map_err(storage)?;
+                match row {
+                    Some(row) => push(sink, row).map(|_| ()),
+                    None => Ok(()),
+                }
+            })
+        })
+    })
+}
+
+fn push_entry(tier: &dyn CacheTierSource, sink: &mut RowSink, r: &CacheRow) -> Result<Flow> {
+    let memory_hits = tier.memory_hits(&r.key);
+    let version = &r.key.version;
+    sink.push(&[
+        Value::Text(&r.key.namespace),
+        Value::Text(&r.key.identifier),
+        if version.is_empty() {
+            Value::Null
+        } else {
+            Value::Text(version)
         },
-    )
+        Value::TextList(&r.tags),
+        Value::U64(u64::try_from(r.size_bytes()).unwrap_or(u64::MAX)),
+        Value::U64(r.revision),
+        Value::Time(r.created_at_ms),
+        Value::Time(r.updated_at_ms),
+        r.expires_at_ms.map_or(Value::Null, Value::Time),
+        Value::U64(memory_hits.unwrap_or(0)),
+        Value::Text(if memory_hits.is_some() {
+            "memory"
+        } else {
+            "disk"
+        }),
+    ])
 }

@@ -5,13 +5,13 @@
 //! Columns: `name`; the permission patterns `call`, `register`, `publish`,
 //! `subscribe`, `queues`, `cache` (each a comma-separated list, empty when
 //! nothing is allowed); `sql`, `admin`; `set_at`; `revoked_at` (NULL while
-//! it works); `active`.
+//! it works); `active`. `name = '...'` is a point read.
 
 use datafusion::error::Result;
 use mpreg_storage::views::{CredentialRow, View};
 use mpreg_storage::{Flow, Inspector};
 
-use super::scan_view;
+use super::point_or_scan;
 use crate::columns::{Column, Kind, Value};
 use crate::scan::RowSink;
 
@@ -30,11 +30,14 @@ pub(super) const COLUMNS: &[Column] = &[
     Column::new("active", Kind::Bool),
 ];
 
-pub(super) fn produce(inspector: &Inspector, sink: &mut RowSink) -> Result<()> {
-    scan_view(
+/// The column whose equality is a point read.
+pub(super) const KEY: &str = "name";
+
+pub(super) fn produce(inspector: &Inspector, name: Option<&str>, sink: &mut RowSink) -> Result<()> {
+    point_or_scan(
         inspector,
         View::Credentials,
-        b"",
+        name.map(CredentialRow::key),
         sink,
         |sink, row: CredentialRow| {
             let p = &row.permissions;

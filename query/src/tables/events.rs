@@ -1,5 +1,6 @@
 //! The `events` table: the retained raft log, one row per event (one per
-//! membership entry), oldest first; ranges on `index` narrow the log scan.
+//! membership entry), oldest first. Ranges on `index` narrow the log scan;
+//! `kind = '...'` (or `IN`) is checked before a row is built.
 //!
 //! Columns: `index`, `term`, `time` (nullable: NULL for `membership`
 //! entries), `kind`, `summary` (the event's fields as one JSON object).
@@ -8,7 +9,7 @@ use datafusion::error::Result;
 use mpreg_storage::{EventKind, Flow, Inspector};
 use openraft::{EntryPayload, RaftLogId};
 
-use super::storage;
+use super::{Narrowing, storage};
 use crate::columns::{Column, Kind, Value};
 use crate::pushdown::Bounds;
 use crate::scan::RowSink;
@@ -22,7 +23,9 @@ pub(super) const COLUMNS: &[Column] = &[
 ];
 
 /// The log index column, whose ranges narrow a scan.
-pub(super) const KEY: &str = "index";
+pub(super) const INDEX: &str = "index";
+/// The event kind column, checked before a row is built.
+pub(super) const KIND: &str = "kind";
 
 /// The fields of an event as one JSON object (the kind is its own column).
 fn summary(kind: &EventKind) -> String {
@@ -36,7 +39,12 @@ fn summary(kind: &EventKind) -> String {
     }
 }
 
-pub(super) fn produce(inspector: &Inspector, bounds: Bounds, sink: &mut RowSink) -> Result<()> {
+pub(super) fn produce(
+    inspector: &Inspector,
+    narrowing: &Narrowing,
+    sink: &mut RowSink,
+) -> Result<()> {
+    let bounds: Bounds = narrowing.bounds;
     if bounds.is_empty() {
         return Ok(());
     }
@@ -46,6 +54,9 @@ pub(super) fn produce(inspector: &Inspector, bounds: Bounds, sink: &mut RowSink)
             let log_id = entry.get_log_id();
             let batch = match &entry.payload {
                 EntryPayload::Normal(batch) => batch,
+                EntryPayload::Membership(_) if !narrowing.allows(KIND, "membership") => {
+                    return Flow::Continue;
+                }
                 EntryPayload::Membership(membership) => {
                     let summary_of = || serde_json::to_string(membership).unwrap_or_default();
                     return match sink.push(&[
@@ -65,6 +76,9 @@ pub(super) fn produce(inspector: &Inspector, bounds: Bounds, sink: &mut RowSink)
                 EntryPayload::Blank => return Flow::Continue,
             };
             for event in &batch.events {
+                if !narrowing.allows(KIND, event.kind.name()) {
+                    continue;
+                }
                 let summary_of = || summary(&event.kind);
                 match sink.push(&[
                     Value::U64(log_id.index),

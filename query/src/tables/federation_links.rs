@@ -5,6 +5,7 @@
 //! Columns: `cluster_id`, `urls` (list), `linked_at`, `state`, `rtt_ms`
 //! (nullable), `last_seen` (nullable), `announcements_in`,
 //! `announcements_out`, `rejections` (a JSON object, reason → count).
+//! `cluster_id = '...'` is a point read.
 //!
 //! Without a source (a stopped node, or a daemon that wires none) `state`
 //! is `unknown`, `rtt_ms` and `last_seen` are NULL, the counters 0 and
@@ -16,7 +17,7 @@ use datafusion::error::Result;
 use mpreg_storage::Inspector;
 use mpreg_storage::views::{LinkRow, View};
 
-use super::scan_view;
+use super::point_or_scan;
 use crate::columns::{Column, Kind, Value};
 use crate::scan::RowSink;
 
@@ -62,15 +63,19 @@ pub trait LinkStateSource: Send + Sync {
 /// The state shown when no source answers.
 const UNKNOWN: &str = "unknown";
 
+/// The column whose equality is a point read.
+pub(super) const KEY: &str = "cluster_id";
+
 pub(super) fn produce(
     inspector: &Inspector,
     links: Option<&dyn LinkStateSource>,
+    cluster_id: Option<&str>,
     sink: &mut RowSink,
 ) -> Result<()> {
-    scan_view(
+    point_or_scan(
         inspector,
         View::FederationLinks,
-        &[],
+        cluster_id.map(LinkRow::key),
         sink,
         |sink, row: LinkRow| {
             let live = links.and_then(|source| source.link_state(&row.cluster_id));

@@ -7,7 +7,15 @@
 //! (see [`mpreg_storage::inspect`]), so each table in a query is consistent
 //! with itself. Tables in one query may be read at different snapshots, and
 //! so may the two point reads behind `queues.dlq_depth` and
-//! `queues.oldest_age_ms`.
+//! `queues.oldest_age_ms`, and the keys of an `IN` list (one get or prefix
+//! scan per key).
+//!
+//! # Pushdown
+//! Equality, `IN` and `OR`s of equalities on a table's key columns
+//! ([`TableId::keys`]) turn its scan into RocksDB gets or bounded prefix
+//! scans; `events` also narrows on `index` ranges. Pushdown is `Inexact`
+//! (DataFusion still checks every row), so `EXPLAIN` shows the filters as
+//! `partial_filters`.
 //! `cache_entries.hits` and `cache_entries.tier` are not on disk: they are
 //! asked of the memory tier as each row is read.
 //!
@@ -41,6 +49,7 @@ mod route_keys;
 mod routes;
 mod subscriptions;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
@@ -63,7 +72,7 @@ pub use raft::{RaftRow, RaftSource, StoredRaftSource};
 pub use route_explain::{NAME as ROUTE_EXPLAIN, RouteExplain};
 
 use crate::columns::{Column, RowWriter, schema};
-use crate::pushdown::{Bounds, text_equality};
+use crate::pushdown::{Bounds, text_values};
 use crate::scan::{BlockingScan, RowSink};
 
 /// Every table of the SQL surface.
@@ -137,58 +146,95 @@ impl TableId {
         }
     }
 
-    /// The column whose filters narrow a scan, if any.
-    fn key(self) -> Option<&'static str> {
+    /// The text columns whose equality (or `IN`) narrows a scan; for a key
+    /// of several parts, the outermost part first.
+    pub fn keys(self) -> &'static [&'static str] {
         match self {
-            TableId::Functions => Some(functions::KEY),
-            TableId::Routes => Some(routes::KEY),
-            TableId::Queues => Some(queues::KEY),
-            TableId::QueueMessages => Some(queue_messages::KEY),
-            TableId::CacheEntries => Some(cache_entries::KEY),
-            TableId::Events => Some(events::KEY),
-            TableId::Nodes
-            | TableId::Subscriptions
-            | TableId::FederationLinks
-            | TableId::RouteKeys
-            | TableId::Raft
-            | TableId::Peers
-            | TableId::Credentials => None,
+            TableId::Nodes => &[nodes::KEY],
+            TableId::Functions => &[functions::KEY],
+            TableId::Subscriptions => &[subscriptions::KEY],
+            TableId::Routes => &[routes::KEY],
+            TableId::FederationLinks => &[federation_links::KEY],
+            TableId::RouteKeys => &[route_keys::KEY],
+            TableId::Queues => &[queues::KEY],
+            TableId::QueueMessages => queue_messages::KEYS,
+            TableId::CacheEntries => cache_entries::KEYS,
+            TableId::Events => &[events::KIND],
+            TableId::Credentials => &[credentials::KEY],
+            TableId::Raft | TableId::Peers => &[],
         }
     }
 }
 
 /// What the pushed filters leave of a table's key space.
 #[derive(Clone, Debug, Default)]
-struct Narrowing {
-    /// The key column must equal this.
-    equals: Option<String>,
-    /// The index column must lie within these.
+pub(crate) struct Narrowing {
+    /// Per key column the filters constrain, the values it may take
+    /// (sorted; several filters on one column intersect).
+    values: BTreeMap<&'static str, Vec<String>>,
+    /// `events.index` lies within these.
     bounds: Bounds,
 }
 
 impl Narrowing {
     fn from_filters(table: TableId, filters: &[Expr]) -> Self {
         let mut narrowing = Narrowing::default();
-        let Some(key) = table.key() else {
-            return narrowing;
-        };
         for filter in filters {
             if table == TableId::Events {
-                narrowing.bounds.narrow(filter, key);
-            } else if narrowing.equals.is_none() {
-                narrowing.equals = text_equality(filter, key);
+                narrowing.bounds.narrow(filter, events::INDEX);
+            }
+            for &key in table.keys() {
+                let Some(values) = text_values(filter, key) else {
+                    continue;
+                };
+                narrowing
+                    .values
+                    .entry(key)
+                    .and_modify(|known| known.retain(|v| values.contains(v)))
+                    .or_insert(values);
             }
         }
         narrowing
     }
 
     fn narrows(table: TableId, filter: &Expr) -> bool {
-        match table.key() {
-            Some(key) if table == TableId::Events => Bounds::default().narrow(filter, key),
-            Some(key) => text_equality(filter, key).is_some(),
-            None => false,
-        }
+        (table == TableId::Events && Bounds::default().narrow(filter, events::INDEX))
+            || table
+                .keys()
+                .iter()
+                .any(|key| text_values(filter, key).is_some())
     }
+
+    /// The values `column` may take, if the filters say.
+    pub(crate) fn values(&self, column: &str) -> Option<&[String]> {
+        self.values.get(column).map(Vec::as_slice)
+    }
+
+    /// Whether `value` of `column` passes the filters.
+    pub(crate) fn allows(&self, column: &str, value: &str) -> bool {
+        self.values(column)
+            .is_none_or(|values| values.binary_search_by(|v| v.as_str().cmp(value)).is_ok())
+    }
+}
+
+/// Calls `produce` once per value `column` may take (once with `None` when
+/// the filters leave it open), until the query wants no more rows.
+fn per_value(
+    narrowing: &Narrowing,
+    column: &str,
+    sink: &mut RowSink,
+    mut produce: impl FnMut(Option<&str>, &mut RowSink) -> Result<()>,
+) -> Result<()> {
+    let Some(values) = narrowing.values(column) else {
+        return produce(None, sink);
+    };
+    for value in values {
+        if !sink.wants_more() {
+            break;
+        }
+        produce(Some(value), sink)?;
+    }
+    Ok(())
 }
 
 /// Where the tables read from.
@@ -227,25 +273,41 @@ impl InspectTable {
 
     fn produce(&self, narrowing: &Narrowing, sink: &mut RowSink) -> Result<()> {
         let inspector = &self.sources.inspector;
-        let equals = narrowing.equals.as_deref();
+        let links = self.sources.links.get().map(|l| &**l);
         match self.id {
-            TableId::Nodes => nodes::produce(inspector, sink),
-            TableId::Functions => functions::produce(inspector, equals, sink),
-            TableId::Subscriptions => subscriptions::produce(inspector, sink),
-            TableId::Routes => routes::produce(inspector, equals, sink),
+            TableId::Nodes => per_value(narrowing, nodes::KEY, sink, |id, sink| {
+                nodes::produce(inspector, id, sink)
+            }),
+            TableId::Functions => per_value(narrowing, functions::KEY, sink, |name, sink| {
+                functions::produce(inspector, name, sink)
+            }),
+            TableId::Subscriptions => per_value(narrowing, subscriptions::KEY, sink, |id, sink| {
+                subscriptions::produce(inspector, id, sink)
+            }),
+            TableId::Routes => per_value(narrowing, routes::KEY, sink, |dest, sink| {
+                routes::produce(inspector, dest, sink)
+            }),
             TableId::FederationLinks => {
-                federation_links::produce(inspector, self.sources.links.get().map(|l| &**l), sink)
+                per_value(narrowing, federation_links::KEY, sink, |cluster, sink| {
+                    federation_links::produce(inspector, links, cluster, sink)
+                })
             }
-            TableId::RouteKeys => route_keys::produce(inspector, sink),
-            TableId::Queues => queues::produce(inspector, equals, sink),
-            TableId::QueueMessages => queue_messages::produce(inspector, equals, sink),
+            TableId::RouteKeys => per_value(narrowing, route_keys::KEY, sink, |cluster, sink| {
+                route_keys::produce(inspector, cluster, sink)
+            }),
+            TableId::Queues => per_value(narrowing, queues::KEY, sink, |name, sink| {
+                queues::produce(inspector, name, sink)
+            }),
+            TableId::QueueMessages => queue_messages::produce(inspector, narrowing, sink),
             TableId::CacheEntries => {
-                cache_entries::produce(inspector, self.sources.cache.as_ref(), equals, sink)
+                cache_entries::produce(inspector, self.sources.cache.as_ref(), narrowing, sink)
             }
-            TableId::Events => events::produce(inspector, narrowing.bounds, sink),
+            TableId::Events => events::produce(inspector, narrowing, sink),
             TableId::Raft => raft::produce(self.sources.raft.as_ref(), sink),
             TableId::Peers => peers::produce(self.sources.raft.as_ref(), sink),
-            TableId::Credentials => credentials::produce(inspector, sink),
+            TableId::Credentials => per_value(narrowing, credentials::KEY, sink, |name, sink| {
+                credentials::produce(inspector, name, sink)
+            }),
         }
     }
 }
@@ -272,6 +334,24 @@ fn scan_view<T: DeserializeOwned>(
         })
         .map_err(storage)?;
     failed.map_or(Ok(()), Err)
+}
+
+/// The row of `view` at `key` (none if absent), or every row of `view`
+/// when `key` is `None`, into `sink` through `row`.
+fn point_or_scan<T: DeserializeOwned>(
+    inspector: &Inspector,
+    view: View,
+    key: Option<Vec<u8>>,
+    sink: &mut RowSink,
+    mut row: impl FnMut(&mut RowSink, T) -> Result<Flow>,
+) -> Result<()> {
+    let Some(key) = key else {
+        return scan_view(inspector, view, b"", sink, row);
+    };
+    match inspector.get::<T>(view, &key).map_err(storage)? {
+        Some(found) => row(sink, found).map(|_| ()),
+        None => Ok(()),
+    }
 }
 
 /// The first row of `view` under `prefix`, if any.
@@ -372,15 +452,29 @@ mod tests {
 
     use super::*;
 
+    fn values<'a>(narrowing: &'a Narrowing, column: &str) -> Option<Vec<&'a str>> {
+        narrowing
+            .values(column)
+            .map(|v| v.iter().map(String::as_str).collect())
+    }
+
     #[test]
-    fn queue_tables_narrow_on_their_key_column_only() {
-        let by_queue = [col("state").eq(lit("leased")), col("queue").eq(lit("q1"))];
-        let narrowing = Narrowing::from_filters(TableId::QueueMessages, &by_queue);
-        assert_eq!(narrowing.equals.as_deref(), Some("q1"));
-        assert!(!Narrowing::narrows(TableId::QueueMessages, &by_queue[0]));
+    fn queue_messages_narrow_on_queue_message_id_and_state() {
+        let filters = [
+            col("state").in_list(vec![lit("leased"), lit("ready")], false),
+            col("queue").eq(lit("q1")),
+            col("consumer").eq(lit("w1")),
+        ];
+        let narrowing = Narrowing::from_filters(TableId::QueueMessages, &filters);
+        assert_eq!(values(&narrowing, "queue"), Some(vec!["q1"]));
+        assert_eq!(values(&narrowing, "state"), Some(vec!["leased", "ready"]));
+        assert!(narrowing.allows("state", "ready") && !narrowing.allows("state", "delayed"));
+        assert!(narrowing.allows("message_id", "anything"));
+        assert!(Narrowing::narrows(TableId::QueueMessages, &filters[0]));
+        assert!(!Narrowing::narrows(TableId::QueueMessages, &filters[2]));
         let by_name = [lit("q1").eq(col("name"))];
         let narrowing = Narrowing::from_filters(TableId::Queues, &by_name);
-        assert_eq!(narrowing.equals.as_deref(), Some("q1"));
+        assert_eq!(values(&narrowing, "name"), Some(vec!["q1"]));
         assert!(!Narrowing::narrows(
             TableId::Queues,
             &col("depth").eq(lit(0u64))
@@ -388,22 +482,55 @@ mod tests {
     }
 
     #[test]
-    fn cache_entries_narrow_on_namespace_equality_only() {
+    fn filters_on_one_column_intersect() {
+        let filters = [
+            col("namespace").in_list(vec![lit("a"), lit("b"), lit("c")], false),
+            col("namespace")
+                .eq(lit("b"))
+                .or(col("namespace").eq(lit("d"))),
+            col("identifier").eq(lit("k1")),
+        ];
+        let narrowing = Narrowing::from_filters(TableId::CacheEntries, &filters);
+        assert_eq!(values(&narrowing, "namespace"), Some(vec!["b"]));
+        assert_eq!(values(&narrowing, "identifier"), Some(vec!["k1"]));
+        assert_eq!(values(&narrowing, "version"), None);
+        let disjoint = [col("dest").eq(lit("c2")), col("dest").eq(lit("c3"))];
+        let narrowing = Narrowing::from_filters(TableId::Routes, &disjoint);
+        assert_eq!(values(&narrowing, "dest"), Some(vec![]));
+    }
+
+    #[test]
+    fn cache_entries_narrow_on_key_columns_only() {
         let filters = [
             col("tier").eq(lit("memory")),
             col("namespace").eq(lit("users")),
         ];
-        let narrowing = Narrowing::from_filters(TableId::CacheEntries, &filters);
-        assert_eq!(narrowing.equals.as_deref(), Some("users"));
         assert!(Narrowing::narrows(TableId::CacheEntries, &filters[1]));
         assert!(!Narrowing::narrows(TableId::CacheEntries, &filters[0]));
         assert!(!Narrowing::narrows(
             TableId::CacheEntries,
             &col("namespace").not_eq(lit("users"))
         ));
-        assert!(!Narrowing::narrows(
+        assert!(Narrowing::narrows(
             TableId::CacheEntries,
             &col("identifier").eq(lit("u1"))
+        ));
+    }
+
+    #[test]
+    fn events_narrow_on_index_and_kind() {
+        let filters = [col("index").gt(lit(3u64)), col("kind").eq(lit("cache_put"))];
+        let narrowing = Narrowing::from_filters(TableId::Events, &filters);
+        assert_eq!(narrowing.bounds.low, 4);
+        assert_eq!(values(&narrowing, "kind"), Some(vec!["cache_put"]));
+        assert!(
+            filters
+                .iter()
+                .all(|f| Narrowing::narrows(TableId::Events, f))
+        );
+        assert!(!Narrowing::narrows(
+            TableId::Events,
+            &col("term").eq(lit(1u64))
         ));
     }
 }

@@ -2,13 +2,14 @@
 //! `nodes` view.
 //!
 //! Columns: `node_id`, `cluster_id`, `addresses` (list), `resources`
-//! (list), `joined_at`, `status` (`up` or `left`).
+//! (list), `joined_at`, `status` (`up` or `left`). `node_id = '...'` is a
+//! point read.
 
 use datafusion::error::Result;
 use mpreg_storage::Inspector;
 use mpreg_storage::views::{NodeRow, View};
 
-use super::scan_view;
+use super::point_or_scan;
 use crate::columns::{Column, Kind, Value};
 use crate::scan::RowSink;
 
@@ -21,8 +22,16 @@ pub(super) const COLUMNS: &[Column] = &[
     Column::new("status", Kind::Text),
 ];
 
-pub(super) fn produce(inspector: &Inspector, sink: &mut RowSink) -> Result<()> {
-    scan_view(inspector, View::Nodes, b"", sink, |sink, r: NodeRow| {
+/// The column whose equality is a point read.
+pub(super) const KEY: &str = "node_id";
+
+pub(super) fn produce(
+    inspector: &Inspector,
+    node_id: Option<&str>,
+    sink: &mut RowSink,
+) -> Result<()> {
+    let key = node_id.map(NodeRow::key);
+    point_or_scan(inspector, View::Nodes, key, sink, |sink, r: NodeRow| {
         sink.push(&[
             Value::Text(&r.node_id),
             Value::Text(&r.cluster_id),

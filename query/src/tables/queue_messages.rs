@@ -1,16 +1,16 @@
 //! The `queue_messages` table: one row per message in a queue (ready,
 //! delayed or leased), in send order per queue, from the `queue_messages`
-//! view; `queue = '...'` narrows the scan to that queue's messages.
+//! view. See [`KEYS`] for the filters that narrow the scan.
 //!
 //! Columns: `queue`, `seq`, `message_id`, `state`, `consumer` (nullable),
 //! `priority`, `attempts`, `delivery`, `topic`, `enqueued_at`, `ready_at`,
 //! `lease_deadline` (nullable), `expires_at` (nullable), `size`.
 
 use datafusion::error::Result;
-use mpreg_storage::Inspector;
 use mpreg_storage::views::{MessageRow, MessageState, View, queue_prefix};
+use mpreg_storage::{Flow, Inspector};
 
-use super::scan_view;
+use super::{Narrowing, per_value, scan_view, storage};
 use crate::columns::{Column, Kind, Value};
 use crate::scan::RowSink;
 
@@ -32,43 +32,80 @@ pub(super) const COLUMNS: &[Column] = &[
 ];
 
 /// The column whose equality narrows a scan.
-pub(super) const KEY: &str = "queue";
+/// The key columns. `queue = '...'` narrows the scan to that queue's
+/// messages; with it, `message_id = '...'` is a point read through the
+/// message-id index; `state` is checked before a row is built.
+pub(super) const KEYS: &[&str] = &["queue", "message_id", "state"];
 
 pub(super) fn produce(
     inspector: &Inspector,
-    queue: Option<&str>,
+    narrowing: &Narrowing,
     sink: &mut RowSink,
 ) -> Result<()> {
-    let prefix = queue.map(queue_prefix).unwrap_or_default();
-    scan_view(
-        inspector,
-        View::QueueMessages,
-        &prefix,
-        sink,
-        |sink, m: MessageRow| {
-            let (consumer, lease_deadline) = match &m.state {
-                MessageState::Leased {
-                    consumer,
-                    deadline_ms,
-                } => (Value::Text(consumer), Value::Time(*deadline_ms)),
-                MessageState::Ready | MessageState::Delayed => (Value::Null, Value::Null),
+    let push = |sink: &mut RowSink, m: MessageRow| {
+        if narrowing.allows("state", m.state.as_str()) {
+            push_message(sink, &m)
+        } else {
+            Ok(Flow::Continue)
+        }
+    };
+    per_value(narrowing, "queue", sink, |queue, sink| {
+        let Some(queue) = queue else {
+            return scan_view(inspector, View::QueueMessages, b"", sink, push);
+        };
+        let Some(ids) = narrowing.values("message_id") else {
+            return scan_view(
+                inspector,
+                View::QueueMessages,
+                &queue_prefix(queue),
+                sink,
+                push,
+            );
+        };
+        for id in ids {
+            if !sink.wants_more() {
+                break;
+            }
+            let id_key = MessageRow::id_key(queue, id);
+            let Some(seq) = inspector
+                .get::<u64>(View::QueueMessageIds, &id_key)
+                .map_err(storage)?
+            else {
+                continue;
             };
-            sink.push(&[
-                Value::Text(&m.queue),
-                Value::U64(m.seq),
-                Value::Text(&m.message_id),
-                Value::Text(m.state.as_str()),
-                consumer,
-                Value::U32(u32::from(m.priority)),
-                Value::U32(m.attempts),
-                Value::Text(m.delivery.as_str()),
-                Value::Text(&m.topic),
-                Value::Time(m.enqueued_at_ms),
-                Value::Time(m.ready_at_ms),
-                lease_deadline,
-                m.expires_at_ms.map_or(Value::Null, Value::Time),
-                Value::U64(u64::try_from(m.size()).unwrap_or(u64::MAX)),
-            ])
-        },
-    )
+            let message = inspector
+                .get::<MessageRow>(View::QueueMessages, &MessageRow::key(queue, seq))
+                .map_err(storage)?;
+            if let Some(message) = message {
+                push(sink, message)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+fn push_message(sink: &mut RowSink, m: &MessageRow) -> Result<Flow> {
+    let (consumer, lease_deadline) = match &m.state {
+        MessageState::Leased {
+            consumer,
+            deadline_ms,
+        } => (Value::Text(consumer), Value::Time(*deadline_ms)),
+        MessageState::Ready | MessageState::Delayed => (Value::Null, Value::Null),
+    };
+    sink.push(&[
+        Value::Text(&m.queue),
+        Value::U64(m.seq),
+        Value::Text(&m.message_id),
+        Value::Text(m.state.as_str()),
+        consumer,
+        Value::U32(u32::from(m.priority)),
+        Value::U32(m.attempts),
+        Value::Text(m.delivery.as_str()),
+        Value::Text(&m.topic),
+        Value::Time(m.enqueued_at_ms),
+        Value::Time(m.ready_at_ms),
+        lease_deadline,
+        m.expires_at_ms.map_or(Value::Null, Value::Time),
+        Value::U64(u64::try_from(m.size()).unwrap_or(u64::MAX)),
+    ])
 }

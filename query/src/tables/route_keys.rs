@@ -6,13 +6,14 @@
 //! Columns: `cluster`, `key_id`, `public_key` (hex), `added_at`,
 //! `expires_at` (NULL until the key is rotated out), `primary` (the key
 //! the cluster signs with now), `active` (whether it still verifies).
+//! `cluster = '...'` is a point read.
 
 use datafusion::error::Result;
 use mpreg_storage::federation::KeyAd;
-use mpreg_storage::views::View;
+use mpreg_storage::views::{View, keys_key};
 use mpreg_storage::{Flow, Inspector};
 
-use super::{now_ms, scan_view};
+use super::{now_ms, point_or_scan};
 use crate::columns::{Column, Kind, Value};
 use crate::scan::RowSink;
 
@@ -26,9 +27,17 @@ pub(super) const COLUMNS: &[Column] = &[
     Column::new("active", Kind::Bool),
 ];
 
-pub(super) fn produce(inspector: &Inspector, sink: &mut RowSink) -> Result<()> {
+/// The column whose equality is a point read.
+pub(super) const KEY: &str = "cluster";
+
+pub(super) fn produce(
+    inspector: &Inspector,
+    cluster: Option<&str>,
+    sink: &mut RowSink,
+) -> Result<()> {
     let now = now_ms();
-    scan_view(inspector, View::RouteKeys, b"", sink, |sink, ad: KeyAd| {
+    let key = cluster.map(keys_key);
+    point_or_scan(inspector, View::RouteKeys, key, sink, |sink, ad: KeyAd| {
         for key in &ad.keys {
             let flow = sink.push(&[
                 Value::Text(&ad.cluster_id),

@@ -8,6 +8,8 @@
 //! cluster's: when its summary was learned), `cluster_id` (here: the
 //! cluster of the subscriber's node), `next_hop` (null here; else the
 //! neighbour the best usable route there goes through).
+//! `subscription_id = '...'` is a point read (another cluster's rows have
+//! none, so they are skipped).
 
 use std::collections::HashMap;
 
@@ -17,7 +19,7 @@ use mpreg_storage::views::{NodeRow, RemoteCatalogRow, SubscriptionRow, View};
 use mpreg_storage::{Flow, Inspector};
 
 use super::routes::next_hop;
-use super::{now_ms, scan_view, storage};
+use super::{now_ms, point_or_scan, scan_view, storage};
 use crate::columns::{Column, Kind, Value};
 use crate::scan::RowSink;
 
@@ -32,13 +34,20 @@ pub(super) const COLUMNS: &[Column] = &[
     Column::nullable("next_hop", Kind::Text),
 ];
 
-pub(super) fn produce(inspector: &Inspector, sink: &mut RowSink) -> Result<()> {
+/// The column whose equality is a point read.
+pub(super) const KEY: &str = "subscription_id";
+
+pub(super) fn produce(
+    inspector: &Inspector,
+    subscription_id: Option<&str>,
+    sink: &mut RowSink,
+) -> Result<()> {
     let mut stopped = false;
     let mut clusters: HashMap<String, Option<String>> = HashMap::new();
-    scan_view(
+    point_or_scan(
         inspector,
         View::Subscriptions,
-        b"",
+        subscription_id.map(SubscriptionRow::key),
         sink,
         |sink, r: SubscriptionRow| {
             let cluster = match clusters.get(&r.node_id) {
@@ -71,7 +80,7 @@ pub(super) fn produce(inspector: &Inspector, sink: &mut RowSink) -> Result<()> {
             Ok(Flow::Continue)
         },
     )?;
-    if stopped {
+    if stopped || subscription_id.is_some() {
         return Ok(());
     }
     let now = now_ms();

@@ -49,6 +49,13 @@ impl CacheRow {
         prefix
     }
 
+    /// Key prefix of every version of `key`'s namespace and identifier.
+    pub fn identifier_prefix(key: &CacheKey) -> Vec<u8> {
+        let mut prefix = row_key(&[&key.namespace, &key.identifier]);
+        prefix.push(0);
+        prefix
+    }
+
     /// Whether the entry is still live at `now_ms`.
     pub fn is_live(&self, now_ms: u64) -> bool {
         self.expires_at_ms.is_none_or(|at| at > now_ms)

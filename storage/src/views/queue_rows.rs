@@ -112,7 +112,7 @@ impl MessageRow {
     }
 
     /// Key in `queue_message_ids` (also the key in `queue_dedup`).
-    pub(crate) fn id_key(queue: &str, message_id: &str) -> Vec<u8> {
+    pub fn id_key(queue: &str, message_id: &str) -> Vec<u8> {
         let mut key = queue_prefix(queue);
         key.extend_from_slice(message_id.as_bytes());
         key
