@@ -642,6 +642,13 @@ impl Worker {
         })
     }
 
+    /// [`Worker::connect`] with a token or TLS trust.
+    pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Worker, ClientError> {
+        Ok(Worker {
+            client: Client::connect_with(url, options).await?,
+        })
+    }
+
     /// Serves `name` at `version` (semver) with resource tags `resources`;
     /// returns once the registration is committed.
     pub async fn register(

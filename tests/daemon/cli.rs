@@ -284,3 +284,74 @@ fn completions_and_man_pages_for_both_binaries() {
         );
     }
 }
+
+/// `mpreg bench` runs every operation against a real daemon and reports
+/// what it did: the counted operations, no errors, ordered percentiles.
+#[test]
+fn bench_runs_every_operation_and_reports_percentiles() {
+    let dir = TestDir::new();
+    let daemon = Daemon::start(&dir, &[]).unwrap();
+    let url = daemon.ready.client_url.as_str();
+    let admin = daemon.ready.admin_url.as_str();
+    for op in [
+        "rpc",
+        "worker",
+        "publish",
+        "queue-send",
+        "queue-receive",
+        "cache-put",
+        "cache-get",
+        "sql",
+    ] {
+        // sql: within the node's sql_max_concurrent (4); more are refused
+        // with 503, which the bench counts as errors.
+        let inflight = if op == "sql" { "2" } else { "3" };
+        let args = [
+            "bench",
+            op,
+            "--conns",
+            "2",
+            "--inflight",
+            inflight,
+            "--ops",
+            "60",
+            "--warmup",
+            "6",
+            "--keys",
+            "20",
+            "--admin",
+            admin,
+            "--json",
+        ];
+        let report = mpreg_json(url, &args);
+        assert_eq!(report["op"], op, "{report}");
+        assert_eq!(report["ops"], 60, "{op}: {report}");
+        assert_eq!(report["errors"], 0, "{op}: {report}");
+        assert_eq!(report["first_error"], Value::Null, "{op}: {report}");
+        let l = &report["latency_us"];
+        let at = |p: &str| l[p].as_u64().unwrap_or(0);
+        assert!(
+            0 < at("p50") && at("p50") <= at("p99") && at("p99") <= at("max"),
+            "{op}: {report}"
+        );
+        assert!(
+            report["ops_per_second"].as_f64().unwrap_or(0.0) > 0.0,
+            "{report}"
+        );
+    }
+    // What the bench wrote is there: 20 distinct cache keys.
+    let keys = mpreg_json(
+        url,
+        &[
+            "sql",
+            "--admin",
+            admin,
+            "--format",
+            "json",
+            "SELECT count(*) AS n FROM cache_entries WHERE namespace = 'mpreg-bench'",
+        ],
+    );
+    assert_eq!(keys, json!([{"n": 20}]));
+    let (ok, out, err) = mpreg(url, &["bench", "rpc", "--ops", "0"]);
+    assert!(!ok && err.contains("at least 1"), "{out} {err}");
+}

@@ -8,6 +8,8 @@
 //! an aligned table.
 //! Results print as JSON; errors go to stderr with a non-zero exit.
 
+mod bench;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -38,6 +40,7 @@ Examples:
   mpreg sql \"SELECT dest, next_hop FROM routes\"
   mpreg cluster members --admin http://127.0.0.1:6670
   mpreg federation links
+  mpreg bench rpc --conns 8 --inflight 64 --ops 100000
   mpreg completions bash > ~/.local/share/bash-completion/completions/mpreg
   mpreg man > mpreg.1
 
@@ -145,6 +148,10 @@ enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print the manual page (roff; `mpreg man | man -l -`).
     Man,
+    /// Measure a daemon: N connections x K operations in flight, latency
+    /// percentiles (rpc, worker, publish, queue-send, queue-receive,
+    /// cache-get, cache-put, sql).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -657,13 +664,17 @@ async fn run(cli: Cli) -> Result<String, String> {
         return federation(&http(token.as_deref(), &cli)?, admin, op).await;
     }
     let options = ConnectOptions {
-        token,
         tls: cli
             .ca_file
             .as_deref()
             .map(|ca| TlsClient::new(ca, cli.cert_file.as_deref().zip(cli.key_file.as_deref())))
             .transpose()?,
+        token,
     };
+    if let Command::Bench(args) = &cli.command {
+        let http = http(options.token.as_deref(), &cli)?;
+        return bench::run(args, &cli.url, &options, http).await;
+    }
     let client = Client::connect_with(&cli.url, &options)
         .await
         .map_err(|e| e.to_string())?;
@@ -758,7 +769,8 @@ async fn run(cli: Cli) -> Result<String, String> {
         | Command::Cluster { .. }
         | Command::Federation { .. }
         | Command::Completions { .. }
-        | Command::Man => Err("this subcommand needs no client connection".into()),
+        | Command::Man
+        | Command::Bench(_) => Err("this subcommand opens its own connections".into()),
     }
 }
 

@@ -1,0 +1,545 @@
+//! `mpreg bench`: a load generator against a running daemon, like `nats
+//! bench` and `redis-benchmark`. `--conns` connections each keep
+//! `--inflight` operations in flight until `--ops` are done (after
+//! `--warmup` that are not counted); latencies go into an HdrHistogram.
+//! Human output by default, one JSON object with `--json`; a progress line
+//! on stderr while it runs, when stderr is a terminal.
+//!
+//! What one operation is:
+//! - `rpc`: a call of the built-in `echo` with the payload;
+//! - `worker`: a call of `mpreg_bench_echo`, served by a worker connection
+//!   this command opens;
+//! - `publish`: a publish on `mpreg-bench.<pid>`, timed from publish to
+//!   delivery at a subscriber this command opens; each connection is one
+//!   publisher with at most `--inflight` messages published and not yet
+//!   delivered;
+//! - `queue-send`, `queue-receive`: a durable send to, or a receive with
+//!   acknowledge from, the queue `mpreg-bench` (receive first sends
+//!   `--ops` + `--warmup` messages, not timed);
+//! - `cache-put`, `cache-get`: a put or get of `mpreg-bench/k<i>` for
+//!   `i < --keys` (get first puts those keys, not timed);
+//! - `sql`: a point query of one of those keys over admin HTTP `/sql`.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mpreg_client::{Client, ConnectOptions, Worker};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+/// The operation to measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Op {
+    Rpc,
+    Worker,
+    Publish,
+    QueueSend,
+    QueueReceive,
+    CacheGet,
+    CachePut,
+    Sql,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// What to measure (see `mpreg bench --help`).
+    #[arg(value_enum)]
+    pub op: Op,
+    /// Connections (for publish: publishers).
+    #[arg(long, default_value_t = 1)]
+    pub conns: usize,
+    /// Operations in flight per connection.
+    #[arg(long, default_value_t = 1)]
+    pub inflight: usize,
+    /// Operations counted.
+    #[arg(long, default_value_t = 10_000)]
+    pub ops: u64,
+    /// Payload bytes (JSON string) of calls, publishes, sends and puts.
+    #[arg(long, default_value_t = 16)]
+    pub payload: usize,
+    /// Operations run first and not counted.
+    #[arg(long, default_value_t = 1_000)]
+    pub warmup: u64,
+    /// Distinct cache keys of cache-put, cache-get and sql (default: --ops).
+    #[arg(long)]
+    pub keys: Option<u64>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Admin URL, for sql.
+    #[arg(long, env = "MPREG_ADMIN", default_value = "http://127.0.0.1:6670")]
+    pub admin: String,
+}
+
+/// Namespace of the cache keys and name of the queue the bench uses.
+const NAME: &str = "mpreg-bench";
+/// The function the worker of `worker` serves.
+const WORKER_FUNCTION: &str = "mpreg_bench_echo";
+
+/// What `mpreg bench` prints.
+#[derive(Debug, Serialize)]
+struct Report {
+    op: Op,
+    conns: usize,
+    inflight: usize,
+    ops: u64,
+    errors: u64,
+    payload_bytes: usize,
+    seconds: f64,
+    ops_per_second: f64,
+    latency_us: Percentiles,
+    /// The first error seen, if any.
+    first_error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Percentiles {
+    p50: u64,
+    p90: u64,
+    p99: u64,
+    p99_9: u64,
+    max: u64,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Counts and latencies of one phase, shared by its tasks.
+struct Tally {
+    next: AtomicU64,
+    done: AtomicU64,
+    errors: AtomicU64,
+    first_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Tally {
+    fn new() -> Arc<Tally> {
+        Arc::new(Tally {
+            next: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            first_error: std::sync::Mutex::new(None),
+        })
+    }
+
+    fn failed(&self, error: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
+        first.get_or_insert(error);
+    }
+}
+
+/// What every operation needs: the connections and the payload.
+struct Setup {
+    url: String,
+    options: ConnectOptions,
+    clients: Vec<Arc<Client>>,
+    payload: Value,
+    keys: u64,
+    http: reqwest::Client,
+    admin: String,
+}
+
+pub async fn run(
+    args: &BenchArgs,
+    url: &str,
+    options: &ConnectOptions,
+    http: reqwest::Client,
+) -> Result<String, String> {
+    if args.conns == 0 || args.inflight == 0 || args.ops == 0 {
+        return Err("--conns, --inflight and --ops must be at least 1".into());
+    }
+    let mut clients = Vec::with_capacity(args.conns);
+    for _ in 0..args.conns {
+        let client = Client::connect_with(url, options)
+            .await
+            .map_err(|e| format!("connect to {url}: {e}"))?;
+        clients.push(Arc::new(client));
+    }
+    let setup = Arc::new(Setup {
+        url: url.to_string(),
+        options: options.clone(),
+        clients,
+        payload: Value::String("x".repeat(args.payload)),
+        keys: args.keys.unwrap_or(args.ops).max(1),
+        http,
+        admin: args.admin.trim_end_matches('/').to_string(),
+    });
+    // Kept open for the whole run: the worker of `worker`.
+    let _worker = prepare(args, &setup).await?;
+    let report = if args.op == Op::Publish {
+        if args.warmup > 0 {
+            publish_phase(args, &setup, args.warmup, false).await?;
+        }
+        publish_phase(args, &setup, args.ops, true).await?
+    } else {
+        if args.warmup > 0 {
+            phase(args, &setup, args.op, args.warmup, false).await;
+        }
+        phase(args, &setup, args.op, args.ops, true).await
+    };
+    if args.json {
+        serde_json::to_string(&report).map_err(|e| e.to_string())
+    } else {
+        Ok(human(&report))
+    }
+}
+
+/// What an operation needs before it is timed; returns the worker to keep
+/// open, for `worker`.
+async fn prepare(args: &BenchArgs, setup: &Arc<Setup>) -> Result<Option<Worker>, String> {
+    let client = &setup.clients[0];
+    match args.op {
+        Op::Worker => {
+            let worker = Worker::connect_with(&setup.url, &setup.options)
+                .await
+                .map_err(|e| format!("worker connection: {e}"))?;
+            worker
+                .register(WORKER_FUNCTION, "1.0.0", &[], |args, _| {
+                    Ok(args.into_iter().next().unwrap_or(Value::Null))
+                })
+                .await
+                .map_err(|e| format!("register {WORKER_FUNCTION}: {e}"))?;
+            return Ok(Some(worker));
+        }
+        Op::QueueSend | Op::QueueReceive => {
+            let reply = client
+                .queue(
+                    "create",
+                    json!({"queue_name": NAME, "queue_type": "fifo",
+                        "max_size": 100_000_000, "enable_dead_letter_queue": false}),
+                )
+                .await
+                .map_err(|e| format!("declare queue {NAME}: {e}"))?;
+            succeeded(&reply).map_err(|e| format!("declare queue {NAME}: {e}"))?;
+            if args.op == Op::QueueReceive {
+                fill(args, setup, Op::QueueSend, args.ops + args.warmup).await?;
+            }
+        }
+        Op::CacheGet => fill(args, setup, Op::CachePut, setup.keys).await?,
+        Op::Rpc | Op::Publish | Op::CachePut | Op::Sql => {}
+    }
+    Ok(None)
+}
+
+/// Runs `count` operations of `op` untimed, before the measured phases.
+async fn fill(args: &BenchArgs, setup: &Arc<Setup>, op: Op, count: u64) -> Result<(), String> {
+    let report = phase(args, setup, op, count, false).await;
+    match report.first_error {
+        Some(error) => Err(format!("filling for {:?}: {error}", args.op)),
+        None => Ok(()),
+    }
+}
+
+fn succeeded(reply: &Value) -> Result<(), String> {
+    if reply["success"] == true {
+        Ok(())
+    } else {
+        Err(reply.to_string())
+    }
+}
+
+/// One operation of `op`, number `i` of its phase.
+async fn operate(setup: &Setup, client: &Client, op: Op, i: u64) -> Result<(), String> {
+    let payload = &setup.payload;
+    let key = |i: u64| json!({"namespace": NAME, "identifier": format!("k{}", i % setup.keys)});
+    match op {
+        Op::Rpc => client
+            .call("echo", vec![payload.clone()])
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Op::Worker => client
+            .call(WORKER_FUNCTION, vec![payload.clone()])
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Op::QueueSend => {
+            let reply = client
+                .queue("send", json!({"queue_name": NAME, "payload": payload}))
+                .await
+                .map_err(|e| e.to_string())?;
+            succeeded(&reply)
+        }
+        Op::QueueReceive => {
+            let reply = client
+                .queue(
+                    "receive",
+                    json!({"queue_name": NAME, "max_messages": 1, "subscriber_id": "mpreg-bench",
+                        "auto_acknowledge": true}),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            succeeded(&reply)?;
+            if reply["empty"] == true {
+                return Err("the queue was empty".into());
+            }
+            Ok(())
+        }
+        Op::CachePut => {
+            let reply = client
+                .cache(json!({"operation": "put", "key": key(i), "value": payload}))
+                .await
+                .map_err(|e| e.to_string())?;
+            succeeded(&reply)
+        }
+        Op::CacheGet => {
+            let reply = client
+                .cache(json!({"operation": "get", "key": key(i)}))
+                .await
+                .map_err(|e| e.to_string())?;
+            if reply["status"] == "hit" {
+                Ok(())
+            } else {
+                Err(format!("k{} was not found: {reply}", i % setup.keys))
+            }
+        }
+        Op::Sql => {
+            let sql = format!(
+                "SELECT identifier, revision FROM cache_entries \
+                 WHERE namespace = '{NAME}' AND identifier = 'k{}'",
+                i % setup.keys
+            );
+            let response = setup
+                .http
+                .get(format!("{}/sql", setup.admin))
+                .query(&[("q", sql.as_str())])
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = response.status();
+            let body = response.text().await.map_err(|e| e.to_string())?;
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("HTTP {status}: {body}"))
+            }
+        }
+        Op::Publish => Err("publish runs in its own phase".into()),
+    }
+}
+
+/// Runs `count` operations of `op` from `conns × inflight` tasks.
+async fn phase(args: &BenchArgs, setup: &Arc<Setup>, op: Op, count: u64, shown: bool) -> Report {
+    let tally = Tally::new();
+    let progress = shown.then(|| progress(tally.clone(), count));
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for conn in 0..args.conns {
+        for _ in 0..args.inflight {
+            let setup = setup.clone();
+            let tally = tally.clone();
+            tasks.spawn(async move {
+                let mut latencies = histogram();
+                let client = setup.clients[conn].clone();
+                loop {
+                    let i = tally.next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        break;
+                    }
+                    let began = Instant::now();
+                    match operate(&setup, &client, op, i).await {
+                        Ok(()) => {
+                            let _ = latencies.record(micros(began.elapsed()));
+                        }
+                        Err(e) => tally.failed(e),
+                    }
+                    tally.done.fetch_add(1, Ordering::Relaxed);
+                }
+                latencies
+            });
+        }
+    }
+    let mut latencies = histogram();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(histogram) = joined {
+            let _ = latencies.add(histogram);
+        }
+    }
+    let elapsed = start.elapsed();
+    if let Some(progress) = progress {
+        progress.abort();
+    }
+    report(args, op, count, elapsed, &latencies, &tally)
+}
+
+/// Publishes `count` messages, each connection a publisher with at most
+/// `--inflight` undelivered; times each from publish to delivery.
+async fn publish_phase(
+    args: &BenchArgs,
+    setup: &Arc<Setup>,
+    count: u64,
+    shown: bool,
+) -> Result<Report, String> {
+    let topic = format!("{NAME}.{}", std::process::id());
+    let subscriber = Client::connect_with(&setup.url, &setup.options)
+        .await
+        .map_err(|e| format!("subscriber connection: {e}"))?;
+    let mut subscription = subscriber
+        .subscribe(&[topic.as_str()], 0)
+        .await
+        .map_err(|e| format!("subscribe to {topic}: {e}"))?;
+    let windows: Arc<Vec<Semaphore>> = Arc::new(
+        (0..args.conns)
+            .map(|_| Semaphore::new(args.inflight))
+            .collect(),
+    );
+    let tally = Tally::new();
+    let progress = shown.then(|| progress(tally.clone(), count));
+    let epoch = Instant::now();
+    let mut publishers = tokio::task::JoinSet::new();
+    for conn in 0..args.conns {
+        for _ in 0..args.inflight {
+            let setup = setup.clone();
+            let tally = tally.clone();
+            let windows = windows.clone();
+            let topic = topic.clone();
+            publishers.spawn(async move {
+                let client = setup.clients[conn].clone();
+                loop {
+                    let Ok(permit) = windows[conn].acquire().await else {
+                        break;
+                    };
+                    permit.forget();
+                    if tally.next.fetch_add(1, Ordering::Relaxed) >= count {
+                        break;
+                    }
+                    let message = json!({
+                        "p": conn,
+                        "t": micros(epoch.elapsed()),
+                        "pad": setup.payload,
+                    });
+                    if let Err(e) = client.publish(&topic, message).await {
+                        tally.failed(e.to_string());
+                        windows[conn].add_permits(1);
+                    }
+                }
+            });
+        }
+    }
+    let mut latencies = histogram();
+    let quiet = Duration::from_secs(10);
+    while tally.done.load(Ordering::Relaxed) + tally.errors.load(Ordering::Relaxed) < count {
+        let note = match tokio::time::timeout(quiet, subscription.next()).await {
+            Ok(Some(note)) => note,
+            Ok(None) => return Err("the subscriber's connection closed".into()),
+            Err(_) => {
+                tally.failed(format!("no delivery for {quiet:?}"));
+                break;
+            }
+        };
+        let payload = &note.message.payload;
+        let (Some(publisher), Some(sent)) = (payload["p"].as_u64(), payload["t"].as_u64()) else {
+            continue;
+        };
+        let _ = latencies.record(micros(epoch.elapsed()).saturating_sub(sent).max(1));
+        tally.done.fetch_add(1, Ordering::Relaxed);
+        if let Some(window) = usize::try_from(publisher).ok().and_then(|p| windows.get(p)) {
+            window.add_permits(1);
+        }
+    }
+    let elapsed = epoch.elapsed();
+    for window in windows.iter() {
+        window.close();
+    }
+    publishers.shutdown().await;
+    if let Some(progress) = progress {
+        progress.abort();
+    }
+    Ok(report(
+        args,
+        Op::Publish,
+        count,
+        elapsed,
+        &latencies,
+        &tally,
+    ))
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Prints `done/count` and the rate every second while stderr is a terminal.
+fn progress(tally: Arc<Tally>, count: u64) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if !std::io::stderr().is_terminal() {
+            return;
+        }
+        let start = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let done = tally.done.load(Ordering::Relaxed);
+            let rate = done as f64 / start.elapsed().as_secs_f64();
+            eprint!("\r{done}/{count} ops, {rate:.0}/s   ");
+        }
+    })
+}
+
+fn report(
+    args: &BenchArgs,
+    op: Op,
+    count: u64,
+    elapsed: Duration,
+    latencies: &Histogram<u64>,
+    tally: &Tally,
+) -> Report {
+    let seconds = elapsed.as_secs_f64();
+    Report {
+        op,
+        conns: args.conns,
+        inflight: args.inflight,
+        ops: count,
+        errors: tally.errors.load(Ordering::Relaxed),
+        payload_bytes: args.payload,
+        seconds,
+        ops_per_second: count as f64 / seconds.max(f64::EPSILON),
+        latency_us: Percentiles {
+            p50: latencies.value_at_quantile(0.5),
+            p90: latencies.value_at_quantile(0.9),
+            p99: latencies.value_at_quantile(0.99),
+            p99_9: latencies.value_at_quantile(0.999),
+            max: latencies.max(),
+        },
+        first_error: tally
+            .first_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
+    }
+}
+
+fn human(r: &Report) -> String {
+    let op = serde_json::to_value(r.op)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let l = &r.latency_us;
+    let mut text = format!(
+        "{op}: {} ops, {} conns x {} in flight, {}-byte payload\n  \
+         {:.0} ops/s in {:.2} s, {} errors\n  \
+         latency us: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+        r.ops,
+        r.conns,
+        r.inflight,
+        r.payload_bytes,
+        r.ops_per_second,
+        r.seconds,
+        r.errors,
+        l.p50,
+        l.p90,
+        l.p99,
+        l.p99_9,
+        l.max
+    );
+    if let Some(error) = &r.first_error {
+        text.push_str(&format!("\n  first error: {error}"));
+    }
+    text
+}
