@@ -96,14 +96,18 @@ impl Inspector {
             return Ok(());
         };
         let snapshot = self.db.snapshot();
-        let iter = snapshot.iterator_cf(family, IteratorMode::From(prefix, Direction::Forward));
-        for item in iter {
-            let (key, value) = item.map_err(|e| Error::rocks("scan", view.cf_name(), e))?;
-            if !key.starts_with(prefix) || row(&key, &value)? == Flow::Stop {
-                break;
+        // The raw iterator lends each key and value instead of copying them
+        // into two new allocations per row.
+        let mut iter = snapshot.raw_iterator_cf(family);
+        iter.seek(prefix);
+        while let Some((key, value)) = iter.item() {
+            if !key.starts_with(prefix) || row(key, value)? == Flow::Stop {
+                return Ok(());
             }
+            iter.next();
         }
-        Ok(())
+        iter.status()
+            .map_err(|e| Error::rocks("scan", view.cf_name(), e))
     }
 
     /// [`Inspector::get`] on the blocking pool, for callers on the async
