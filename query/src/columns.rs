@@ -215,6 +215,11 @@ impl RowWriter {
         Ok(())
     }
 
+    /// Whether the query reads any column (`count(*)` reads none).
+    pub fn has_columns(&self) -> bool {
+        !self.picks.is_empty()
+    }
+
     /// Rows pushed since the last [`RowWriter::take`].
     pub fn rows(&self) -> usize {
         self.rows

@@ -31,6 +31,12 @@ pub struct RowSink {
 }
 
 impl RowSink {
+    /// Whether the query reads any column of the rows (`count(*)` reads
+    /// none: then a row's values need not be decoded).
+    pub fn reads_columns(&self) -> bool {
+        self.writer.has_columns()
+    }
+
     /// Whether the query still wants rows.
     pub fn wants_more(&self) -> bool {
         self.remaining != Some(0) && !self.closed

@@ -19,7 +19,7 @@ use mpreg_storage::event::CacheKey;
 use mpreg_storage::views::{CacheRow, View};
 use mpreg_storage::{Flow, Inspector};
 
-use super::{Narrowing, per_value, scan_view, storage};
+use super::{Narrowing, per_value, scan_rows, storage};
 use crate::columns::{Column, Kind, Value};
 use crate::scan::RowSink;
 
@@ -68,12 +68,12 @@ pub(super) fn produce(
     let push = |sink: &mut RowSink, r: CacheRow| push_entry(tier, sink, &r);
     per_value(narrowing, "namespace", sink, |namespace, sink| {
         let Some(namespace) = namespace else {
-            return scan_view(inspector, View::CacheEntries, b"", sink, push);
+            return scan_rows(inspector, View::CacheEntries, b"", sink, push);
         };
         per_value(narrowing, "identifier", sink, |identifier, sink| {
             let Some(identifier) = identifier else {
                 let prefix = CacheRow::namespace_prefix(namespace);
-                return scan_view(inspector, View::CacheEntries, &prefix, sink, push);
+                return scan_rows(inspector, View::CacheEntries, &prefix, sink, push);
             };
             per_value(narrowing, "version", sink, |version, sink| {
                 let key = CacheKey {
@@ -83,7 +83,7 @@ pub(super) fn produce(
                 };
                 let Some(version) = version else {
                     let prefix = CacheRow::identifier_prefix(&key);
-                    return scan_view(inspector, View::CacheEntries, &prefix, sink, push);
+                    return scan_rows(inspector, View::CacheEntries, &prefix, sink, push);
                 };
                 if version.is_empty() {
                     // A key without a version shows NULL, which equals nothing.

@@ -336,6 +336,31 @@ fn scan_view<T: DeserializeOwned>(
     failed.map_or(Ok(()), Err)
 }
 
+/// [`scan_view`] for a view whose every stored row is one table row: when
+/// the query reads no column (`count(*)`), one empty row per key, without
+/// decoding a value.
+fn scan_rows<T: DeserializeOwned>(
+    inspector: &Inspector,
+    view: View,
+    prefix: &[u8],
+    sink: &mut RowSink,
+    row: impl FnMut(&mut RowSink, T) -> Result<Flow>,
+) -> Result<()> {
+    if sink.reads_columns() {
+        return scan_view(inspector, view, prefix, sink, row);
+    }
+    let mut failed = None;
+    inspector
+        .scan_keys(view, prefix, |_| {
+            sink.push(&[]).unwrap_or_else(|e| {
+                failed = Some(e);
+                Flow::Stop
+            })
+        })
+        .map_err(storage)?;
+    failed.map_or(Ok(()), Err)
+}
+
 /// The row of `view` at `key` (none if absent), or every row of `view`
 /// when `key` is `None`, into `sink` through `row`.
 fn point_or_scan<T: DeserializeOwned>(

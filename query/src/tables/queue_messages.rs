@@ -10,7 +10,7 @@ use datafusion::error::Result;
 use mpreg_storage::views::{MessageRow, MessageState, View, queue_prefix};
 use mpreg_storage::{Flow, Inspector};
 
-use super::{Narrowing, per_value, scan_view, storage};
+use super::{Narrowing, per_value, scan_rows, storage};
 use crate::columns::{Column, Kind, Value};
 use crate::scan::RowSink;
 
@@ -51,10 +51,10 @@ pub(super) fn produce(
     };
     per_value(narrowing, "queue", sink, |queue, sink| {
         let Some(queue) = queue else {
-            return scan_view(inspector, View::QueueMessages, b"", sink, push);
+            return scan_rows(inspector, View::QueueMessages, b"", sink, push);
         };
         let Some(ids) = narrowing.values("message_id") else {
-            return scan_view(
+            return scan_rows(
                 inspector,
                 View::QueueMessages,
                 &queue_prefix(queue),
