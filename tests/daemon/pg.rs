@@ -10,6 +10,21 @@ use anyhow::{Context, Result, ensure};
 use mpreg_tests::{Daemon, TestDir, output_within, sql_rows};
 use serde_json::json;
 
+/// Starts a daemon in `dir` with `config` (TOML, may be empty) and the
+/// PostgreSQL listener on a free port; returns it and its `pg_url`.
+fn start_with_pg(dir: &TestDir, config: &str) -> Result<(Daemon, String)> {
+    let mut flags = dir.config(config);
+    flags.extend(["--pg-listen".to_string(), "127.0.0.1:0".to_string()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let daemon = Daemon::start(dir, &flags)?;
+    let pg = daemon
+        .ready
+        .pg_url
+        .clone()
+        .context("ready file has pg_url")?;
+    Ok((daemon, pg))
+}
+
 /// Runs `psql` against `pg_url` with `args`; returns (success, stdout, stderr).
 fn psql(
     pg_url: &str,
@@ -65,12 +80,7 @@ fn psql_with(
 #[test]
 fn psql_reads_the_tables_and_is_refused_anything_else() -> Result<()> {
     let dir = TestDir::new();
-    let daemon = Daemon::start(&dir, &["--pg-listen", "127.0.0.1:0"])?;
-    let pg = daemon
-        .ready
-        .pg_url
-        .clone()
-        .context("ready file has pg_url")?;
+    let (daemon, pg) = start_with_pg(&dir, "")?;
 
     let (ok, out, err) = psql(
         &pg,
@@ -145,15 +155,7 @@ fn psql_reads_the_tables_and_is_refused_anything_else() -> Result<()> {
 #[tokio::test]
 async fn a_driver_binds_parameters_and_meets_the_same_limits() -> Result<()> {
     let dir = TestDir::new();
-    let mut flags = dir.config("sql_max_rows = 3\n");
-    flags.extend(["--pg-listen".to_string(), "127.0.0.1:0".to_string()]);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let daemon = Daemon::start(&dir, &flags)?;
-    let pg = daemon
-        .ready
-        .pg_url
-        .clone()
-        .context("ready file has pg_url")?;
+    let (daemon, pg) = start_with_pg(&dir, "sql_max_rows = 3\n")?;
     let (client, connection) =
         tokio_postgres::connect(&format!("{pg}/mpreg?user=driver"), tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
@@ -219,15 +221,7 @@ fn with_credentials_only_a_credential_with_sql_logs_in() -> Result<()> {
         token("analyst", "analyst-secret-0123456789")?,
         token("app", "app-secret-0123456789abcd")?,
     );
-    let mut flags = dir.config(&config);
-    flags.extend(["--pg-listen".to_string(), "127.0.0.1:0".to_string()]);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let daemon = Daemon::start(&dir, &flags)?;
-    let pg = daemon
-        .ready
-        .pg_url
-        .clone()
-        .context("ready file has pg_url")?;
+    let (_daemon, pg) = start_with_pg(&dir, &config)?;
     let query = [
         "-A",
         "-t",
@@ -270,20 +264,13 @@ fn a_node_serving_tls_serves_psql_over_tls_only() -> Result<()> {
     ca.write_ca(&path("ca.pem"))?;
     ca.issue(&path("cert.pem"), &path("key.pem"))?;
     let dir = TestDir::new();
-    let mut flags = dir.config(&format!(
+    let config = format!(
         "tls_cert_file = {:?}\ntls_key_file = {:?}\ntls_ca_file = {:?}\n",
         path("cert.pem").display().to_string(),
         path("key.pem").display().to_string(),
         path("ca.pem").display().to_string(),
-    ));
-    flags.extend(["--pg-listen".to_string(), "127.0.0.1:0".to_string()]);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let daemon = Daemon::start(&dir, &flags)?;
-    let pg = daemon
-        .ready
-        .pg_url
-        .clone()
-        .context("ready file has pg_url")?;
+    );
+    let (_daemon, pg) = start_with_pg(&dir, &config)?;
     let ca_file = path("ca.pem").display().to_string();
     let query = ["-A", "-t", "-c", "SELECT dest FROM routes"];
 

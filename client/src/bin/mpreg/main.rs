@@ -770,7 +770,7 @@ async fn run(cli: Cli) -> Result<String, String> {
         | Command::Federation { .. }
         | Command::Completions { .. }
         | Command::Man
-        | Command::Bench(_) => Err("this subcommand opens its own connections".into()),
+        | Command::Bench(_) => Err("this subcommand is run before connecting".into()),
     }
 }
 
