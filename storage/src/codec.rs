@@ -22,6 +22,9 @@ fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
+/// Largest buffer [`encode_versioned`] reserves before encoding.
+const PRESIZE_LIMIT: usize = 1 << 20;
+
 /// Encodes `value` behind the current format version byte.
 pub fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
     encode_versioned(FORMAT_VERSION, what, value)
@@ -30,7 +33,10 @@ pub fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
 /// Encodes `value` behind the version byte `version` (wire formats that
 /// version themselves, such as the peer envelope).
 pub fn encode_versioned<T: Serialize>(version: u8, what: &str, value: &T) -> Result<Vec<u8>> {
-    let mut out = vec![version];
+    // Sized up front: growing the buffer byte by byte costs more than
+    // counting the bytes first.
+    let mut out = Vec::with_capacity(encoded_len(value).min(PRESIZE_LIMIT) + 1);
+    out.push(version);
     bincode::serde::encode_into_std_write(value, &mut out, config()).map_err(|e| {
         Error::Encode {
             what: what.to_string(),

@@ -123,8 +123,27 @@ pub(crate) fn to_raft(
 
 /// Reads the entries with index in `[start, end)` from the log.
 pub(crate) fn read_entries(db: &DB, start: u64, end: u64) -> Result<Vec<Entry>> {
-    let family = cf(db, CF_LOG)?;
     let mut entries = Vec::new();
+    read_entry_chunks(db, start, end, usize::MAX, |chunk| {
+        entries = chunk;
+        true
+    })?;
+    Ok(entries)
+}
+
+/// Reads the entries with index in `[start, end)` in order and hands them
+/// to `each` in chunks of about `chunk_bytes` encoded bytes; stops early
+/// when `each` answers false.
+pub(crate) fn read_entry_chunks(
+    db: &DB,
+    start: u64,
+    end: u64,
+    chunk_bytes: usize,
+    mut each: impl FnMut(Vec<Entry>) -> bool,
+) -> Result<()> {
+    let family = cf(db, CF_LOG)?;
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
     for item in db.iterator_cf(
         family,
         IteratorMode::From(&log_key(start), Direction::Forward),
@@ -137,9 +156,19 @@ pub(crate) fn read_entries(db: &DB, start: u64, end: u64) -> Result<Vec<Entry>> 
         if index >= end {
             break;
         }
-        entries.push(codec::decode(&format!("log entry {index}"), &value)?);
+        chunk.push(codec::decode(&format!("log entry {index}"), &value)?);
+        bytes += value.len();
+        if bytes >= chunk_bytes {
+            bytes = 0;
+            if !each(std::mem::take(&mut chunk)) {
+                return Ok(());
+            }
+        }
     }
-    Ok(entries)
+    if !chunk.is_empty() {
+        each(chunk);
+    }
+    Ok(())
 }
 
 /// The id of the last entry in the log, if any.

@@ -755,5 +755,8 @@ impl Node {
         if let Err(e) = self.data_dir.db().flush_wal(true) {
             tracing::warn!(error = %e, "failed to sync the WAL at shutdown");
         }
+        if let Err(e) = self.data_dir.flush_memtables() {
+            tracing::warn!(error = %e, "failed to flush memtables at shutdown");
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! expiry time has passed counts as absent for every operation even before
 //! its timer fires, so the outcome never depends on when the leader noticed.
 
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -100,11 +101,9 @@ fn check_key(key: &CacheKey) -> Option<Outcome> {
     })
 }
 
-/// The live row of `key` at `now` (an expired one counts as absent).
-fn live<S: RowStore>(txn: &ViewTxn<'_, S>, key: &CacheKey, now: u64) -> Result<Option<CacheRow>> {
-    Ok(txn
-        .get::<CacheRow>(View::CacheEntries, &CacheRow::key(key))?
-        .filter(|row| row.is_live(now)))
+/// The stored row of `key`, live or expired.
+fn stored<S: RowStore>(txn: &ViewTxn<'_, S>, key: &CacheKey) -> Result<Option<CacheRow>> {
+    txn.get(View::CacheEntries, &CacheRow::key(key))
 }
 
 /// Deletes the stored row of `key` (live or not) and its timer.
@@ -119,7 +118,8 @@ fn remove<S: RowStore>(txn: &mut ViewTxn<'_, S>, key: &CacheKey) -> Result<Optio
     Ok(stored)
 }
 
-/// Writes `value` under `key`; `previous` is the live entry it replaces.
+/// Writes `value` under `key`; `stored` is the row it replaces (live or
+/// expired: only a live one passes on its creation time and revision).
 fn write<S: RowStore>(
     txn: &mut ViewTxn<'_, S>,
     now: u64,
@@ -127,9 +127,12 @@ fn write<S: RowStore>(
     value: String,
     (tags, metadata): (Vec<String>, String),
     expires_at_ms: Option<u64>,
-    previous: Option<&CacheRow>,
+    stored: Option<&CacheRow>,
 ) -> Result<Outcome> {
-    remove(txn, key)?;
+    if let Some(at) = stored.and_then(|row| row.expires_at_ms) {
+        txn.delete(View::QueueTimers, expiry_timer(key, at).key())?;
+    }
+    let previous = stored.filter(|row| row.is_live(now));
     let row = CacheRow {
         key: key.clone(),
         value,
@@ -152,7 +155,18 @@ fn write<S: RowStore>(
 }
 
 fn parse(what: &str, text: &str) -> std::result::Result<Value, Outcome> {
-    serde_json::from_str(text).map_err(|e| rejected(format!("{what} is not JSON: {e}")))
+    serde_json::from_str(text).map_err(|e| not_json(what, e))
+}
+
+/// Refuses `text` unless it is JSON, without building the value.
+fn check_json(what: &str, text: &str) -> Option<Outcome> {
+    serde_json::from_str::<IgnoredAny>(text)
+        .err()
+        .map(|e| not_json(what, e))
+}
+
+fn not_json(what: &str, error: serde_json::Error) -> Outcome {
+    rejected(format!("{what} is not JSON: {error}"))
 }
 
 pub(super) fn put<S: RowStore>(
@@ -166,10 +180,10 @@ pub(super) fn put<S: RowStore>(
     if let Some(refused) = check_key(key) {
         return Ok(refused);
     }
-    if let Err(refused) = parse("value", value).and_then(|_| parse("metadata", metadata)) {
+    if let Some(refused) = check_json("value", value).or_else(|| check_json("metadata", metadata)) {
         return Ok(refused);
     }
-    let previous = live(txn, key, now)?;
+    let stored = stored(txn, key)?;
     let expires = ttl_ms.map(|ttl| now.saturating_add(ttl));
     write(
         txn,
@@ -178,7 +192,7 @@ pub(super) fn put<S: RowStore>(
         value.to_string(),
         (tags.to_vec(), metadata.to_string()),
         expires,
-        previous.as_ref(),
+        stored.as_ref(),
     )
 }
 
@@ -291,25 +305,26 @@ pub(super) fn atomic<S: RowStore>(
     if let Some(refused) = check_key(key) {
         return Ok(refused);
     }
-    let current = live(txn, key, now)?;
+    let stored = stored(txn, key)?;
+    let current = stored.as_ref().filter(|row| row.is_live(now));
     // Atomic writes keep the entry's tags and metadata.
-    let attributes = current.as_ref().map_or_else(
+    let attributes = current.map_or_else(
         || (Vec::new(), "null".to_string()),
         |c| (c.tags.clone(), c.metadata.clone()),
     );
     let expiry = |ttl_ms: Option<u64>| match ttl_ms {
         Some(ttl) => Some(now.saturating_add(ttl)),
-        None => current.as_ref().and_then(|c| c.expires_at_ms),
+        None => current.and_then(|c| c.expires_at_ms),
     };
-    let current_value = match current.as_ref().map(|c| parse("stored value", &c.value)) {
+    let current_value = match current.map(|c| parse("stored value", &c.value)) {
         Some(Err(refused)) => return Ok(refused),
         Some(Ok(v)) => Some(v),
         None => None,
     };
     let unchanged = || Outcome::Cache {
         changed: false,
-        value: current.as_ref().map(|c| c.value.clone()),
-        revision: current.as_ref().map_or(0, |c| c.revision),
+        value: current.map(|c| c.value.clone()),
+        revision: current.map_or(0, |c| c.revision),
     };
     let new_value = match operation {
         AtomicOp::CompareAndSwap {
@@ -322,7 +337,7 @@ pub(super) fn atomic<S: RowStore>(
                 Some(Ok(v)) => Some(v),
                 None => None,
             };
-            if let Err(refused) = parse("new_value", new_value) {
+            if let Some(refused) = check_json("new_value", new_value) {
                 return Ok(refused);
             }
             if expected != current_value {
@@ -335,7 +350,7 @@ pub(super) fn atomic<S: RowStore>(
                 new_value.clone(),
                 attributes,
                 expiry(*ttl_ms),
-                current.as_ref(),
+                stored.as_ref(),
             );
         }
         AtomicOp::Increment {
@@ -387,7 +402,7 @@ pub(super) fn atomic<S: RowStore>(
             (joined, *ttl_ms)
         }
         AtomicOp::ExtendTtl { ttl_ms } => {
-            let Some(row) = current.as_ref() else {
+            let Some(row) = current else {
                 return Ok(unchanged());
             };
             return write(
@@ -397,7 +412,7 @@ pub(super) fn atomic<S: RowStore>(
                 row.value.clone(),
                 attributes,
                 Some(now.saturating_add(*ttl_ms)),
-                current.as_ref(),
+                stored.as_ref(),
             );
         }
     };
@@ -409,7 +424,7 @@ pub(super) fn atomic<S: RowStore>(
         value.to_string(),
         attributes,
         expiry(ttl_ms),
-        current.as_ref(),
+        stored.as_ref(),
     )
 }
 

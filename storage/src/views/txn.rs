@@ -33,12 +33,25 @@ pub trait RowStore {
 /// Typed row access over a [`RowStore`] that keeps the digest current.
 pub struct ViewTxn<'a, S: RowStore> {
     store: &'a mut S,
-    digest: &'a mut Digest,
+    digest: Option<&'a mut Digest>,
 }
 
 impl<'a, S: RowStore> ViewTxn<'a, S> {
     pub fn new(store: &'a mut S, digest: &'a mut Digest) -> Self {
-        ViewTxn { store, digest }
+        ViewTxn {
+            store,
+            digest: Some(digest),
+        }
+    }
+
+    /// A transaction that keeps no digest, for replay: it computes the
+    /// digest from scratch over the rebuilt rows, so a put need not read
+    /// the row it replaces.
+    pub fn untracked(store: &'a mut S) -> Self {
+        ViewTxn {
+            store,
+            digest: None,
+        }
     }
 
     pub(super) fn get<T: DeserializeOwned>(&self, view: View, key: &[u8]) -> Result<Option<T>> {
@@ -93,10 +106,12 @@ impl<'a, S: RowStore> ViewTxn<'a, S> {
 
     pub(super) fn put<T: Serialize>(&mut self, view: View, key: Vec<u8>, row: &T) -> Result<()> {
         let value = codec::encode(view.cf_name(), row)?;
-        if let Some(old) = self.store.get(view, &key)? {
-            self.digest.remove(view, &key, &old);
+        if let Some(digest) = self.digest.as_deref_mut() {
+            if let Some(old) = self.store.get(view, &key)? {
+                digest.remove(view, &key, &old);
+            }
+            digest.add(view, &key, &value);
         }
-        self.digest.add(view, &key, &value);
         self.store.put(view, key, value);
         Ok(())
     }
@@ -105,7 +120,9 @@ impl<'a, S: RowStore> ViewTxn<'a, S> {
     pub(super) fn delete(&mut self, view: View, key: Vec<u8>) -> Result<bool> {
         match self.store.get(view, &key)? {
             Some(old) => {
-                self.digest.remove(view, &key, &old);
+                if let Some(digest) = self.digest.as_deref_mut() {
+                    digest.remove(view, &key, &old);
+                }
                 self.store.delete(view, key);
                 Ok(true)
             }
