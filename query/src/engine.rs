@@ -109,6 +109,25 @@ impl QueryOutput {
     }
 }
 
+/// Nice value of every thread of the SQL runtime (its workers and the
+/// blocking threads that scan RocksDB): the lowest priority, so a scan gets
+/// the CPU raft, clients and apply leave and does not raise their latency.
+const SQL_THREAD_NICE: i32 = 19;
+
+/// Gives the calling thread [`SQL_THREAD_NICE`]. On Linux the nice value
+/// belongs to the thread, so the node's other threads keep theirs.
+fn lowest_cpu_priority() {
+    // SAFETY: setpriority only reads its integer arguments; `who` 0 is the
+    // calling thread.
+    let failed = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, SQL_THREAD_NICE) } != 0;
+    if failed {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "cannot lower the CPU priority of a SQL thread; queries compete with writes"
+        );
+    }
+}
+
 /// Shuts its runtime down without blocking, wherever it is dropped.
 struct QueryRuntime(Option<tokio::runtime::Runtime>);
 
@@ -150,6 +169,7 @@ impl SqlEngine {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("mpreg-sql")
+            .on_thread_start(lowest_cpu_priority)
             .enable_time()
             .build()?;
         Ok(SqlEngine {

@@ -58,6 +58,9 @@ async fn kill9_restart_keeps_identity_and_replay_matches_status() {
     let status = second.status().await.unwrap();
     let exit = second.stop().unwrap();
     assert!(exit.success(), "clean stop exits 0: {exit}");
+    // A clean stop writes the memtables to SST files: the next open has no
+    // write-ahead log to replay.
+    assert_eq!(wal_bytes(&dir.data()), 0, "the WAL after a clean stop");
 
     let replayed = replay(&dir.data()).unwrap();
     assert_eq!(
@@ -75,6 +78,16 @@ async fn kill9_restart_keeps_identity_and_replay_matches_status() {
         Some(expected.len() as u64 - 1),
         "{replayed}"
     );
+}
+
+/// Bytes in the RocksDB write-ahead log files of the data dir `data`.
+fn wal_bytes(data: &std::path::Path) -> u64 {
+    std::fs::read_dir(data.join("db"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .map(|path| std::fs::metadata(&path).unwrap().len())
+        .sum()
 }
 
 /// The `kind` of every row of the `events` table, in log order.
