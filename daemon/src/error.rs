@@ -45,6 +45,11 @@ pub enum Error {
     #[error("failed to start raft: {0}")]
     RaftStart(String),
 
+    #[error(
+        "raft stopped: {0}; the node stopped so it acknowledges nothing it cannot keep (restart it once the disk is healthy: it recovers from its log)"
+    )]
+    RaftFailed(String),
+
     #[error("no leader elected within {0:?}")]
     NoLeader(std::time::Duration),
 

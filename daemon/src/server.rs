@@ -352,9 +352,23 @@ impl Running {
     /// Waits for `shutdown`, then stops accepting, gives in-flight work up
     /// to [`SHUTDOWN_GRACE`] to finish, syncs storage and returns. Work still
     /// running then was never acknowledged; it ends with the process.
+    ///
+    /// When raft stops on its own first (a WAL sync failed), the node stops
+    /// the same way and returns [`Error::RaftFailed`]: fail-stop, so a
+    /// supervisor restarts it and it recovers from its log, instead of
+    /// serving reads and health checks with a raft that commits nothing.
     pub async fn wait(self) -> Result<()> {
-        self.shutdown.cancelled().await;
-        tracing::info!("shutting down");
+        let failed = tokio::select! {
+            () = self.shutdown.cancelled() => None,
+            reason = self.node.raft_failed() => Some(reason),
+        };
+        match &failed {
+            None => tracing::info!("shutting down"),
+            Some(reason) => {
+                tracing::error!(%reason, "raft stopped; stopping the node");
+                self.shutdown.cancel();
+            }
+        }
         drain(&self.tasks).await;
         let admin_result = if self.admin_task.is_finished() {
             self.admin_task
@@ -366,7 +380,10 @@ impl Running {
         };
         self.node.shutdown().await;
         tracing::info!("stopped");
-        admin_result
+        match failed {
+            Some(reason) => Err(Error::RaftFailed(reason)),
+            None => admin_result,
+        }
     }
 }
 

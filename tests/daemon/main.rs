@@ -6,6 +6,7 @@ mod bad_data_dir;
 mod cache;
 mod cli;
 mod cluster;
+mod disk_faults;
 mod documented;
 mod durability;
 mod federation;

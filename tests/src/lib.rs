@@ -151,8 +151,17 @@ pub struct Daemon {
     log_path: PathBuf,
 }
 
-fn daemon_command(data_dir: &Path, ready_file: &Path, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(daemon_bin());
+/// The daemon's command line; with a `wrapper` (a program and its
+/// arguments, such as `fiu-run -x`), that program runs the daemon.
+fn daemon_command(wrapper: &[&str], data_dir: &Path, ready_file: &Path, extra: &[&str]) -> Command {
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg(daemon_bin());
+            cmd
+        }
+        None => Command::new(daemon_bin()),
+    };
     cmd.arg("--data-dir").arg(data_dir);
     if !extra.contains(&"--listen") {
         cmd.args(["--listen", "127.0.0.1:0"]);
@@ -177,6 +186,22 @@ impl Daemon {
     pub fn start_with(
         dir: &TestDir,
         extra: &[&str],
+        on_listening: impl FnMut(std::net::SocketAddr) -> Result<()>,
+    ) -> Result<Daemon> {
+        Daemon::spawn(&[], dir, extra, on_listening)
+    }
+
+    /// Like [`Daemon::start`], with `wrapper` (a program that execs the
+    /// command after its arguments, such as `fiu-run -x`) running the
+    /// daemon.
+    pub fn start_under(wrapper: &[&str], dir: &TestDir, extra: &[&str]) -> Result<Daemon> {
+        Daemon::spawn(wrapper, dir, extra, |_| Ok(()))
+    }
+
+    fn spawn(
+        wrapper: &[&str],
+        dir: &TestDir,
+        extra: &[&str],
         mut on_listening: impl FnMut(std::net::SocketAddr) -> Result<()>,
     ) -> Result<Daemon> {
         let ready_file = dir.path().join("ready.json");
@@ -188,13 +213,13 @@ impl Daemon {
             STARTS.fetch_add(1, Ordering::Relaxed)
         ));
         let log = std::fs::File::create(&log_path)?;
-        let child = daemon_command(&dir.data(), &ready_file, extra)
+        let child = daemon_command(wrapper, &dir.data(), &ready_file, extra)
             .arg("--listening-file")
             .arg(&listening_file)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .context("spawn mpreg-daemon")?;
+            .with_context(|| format!("spawn mpreg-daemon under {wrapper:?}"))?;
         let mut daemon = Daemon {
             child: Some(child),
             ready: Ready {
@@ -433,8 +458,11 @@ pub fn start_expecting_exit(dir: &TestDir) -> Result<Output> {
 /// refused start); returns its output.
 pub fn start_expecting_exit_with(dir: &TestDir, extra: &[&str]) -> Result<Output> {
     let ready_file = dir.path().join("refused-ready.json");
-    let out = output_within(daemon_command(&dir.data(), &ready_file, extra), RUN_TIMEOUT)
-        .context("a daemon kept running on a dir it should refuse")?;
+    let out = output_within(
+        daemon_command(&[], &dir.data(), &ready_file, extra),
+        RUN_TIMEOUT,
+    )
+    .context("a daemon kept running on a dir it should refuse")?;
     if ready_file.exists() {
         bail!(
             "the daemon wrote its ready file before exiting: {}",

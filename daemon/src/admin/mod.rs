@@ -149,6 +149,13 @@ async fn health(State(state): State<AdminState>) -> Response {
         return starting();
     };
     let raft = node.raft_status();
+    if !node.raft_running() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "raft_stopped", "node_id": node.identity().node_id})),
+        )
+            .into_response();
+    }
     if node.has_leader() {
         Json(json!({"status": "ok", "node_id": node.identity().node_id, "leader": raft.leader}))
             .into_response()

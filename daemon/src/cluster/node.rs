@@ -445,6 +445,27 @@ impl Node {
         }
     }
 
+    /// Whether raft runs (it has not stopped on an error).
+    pub fn raft_running(&self) -> bool {
+        self.raft.metrics().borrow().running_state.is_ok()
+    }
+
+    /// Resolves when raft stops on its own, with the reason: a storage
+    /// error (a WAL sync that failed, ...) or a panic in its core. Raft
+    /// never retries a failed sync, so from then on the node can commit
+    /// nothing.
+    pub async fn raft_failed(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "raft stopped".to_string();
+            }
+        }
+    }
+
     /// Waits until a leader is known, logging every 5 s while there is none.
     async fn wait_for_leader(&self, shutdown: &CancellationToken) -> Result<()> {
         let mut metrics = self.raft.metrics();
