@@ -5,10 +5,12 @@
 //! write that was acknowledged.
 
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use mpreg_client::Client;
-use mpreg_tests::{Daemon, TestDir, replay};
+use mpreg_tests::{Daemon, TestDir, eventually, replay};
 use serde_json::{Value, json};
 
 const FIU: &str =
@@ -83,6 +85,89 @@ async fn a_failed_wal_sync_stops_the_node_and_a_restart_keeps_every_acknowledged
     ensure!(
         replayed["views_digest"] == status["views_digest"],
         "{replayed} vs {status}"
+    );
+    Ok(())
+}
+
+/// Bytes free to unprivileged users on the filesystem holding `path`.
+fn free_bytes(path: &std::path::Path) -> Result<u64> {
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(path)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .nth(1)
+        .and_then(|line| line.trim().parse().ok())
+        .with_context(|| format!("df: {text}"))
+}
+
+async fn put(client: &Client, i: u64) -> Result<Value, mpreg_client::ClientError> {
+    client
+        .cache(json!({"operation": "put", "key": key(i), "value": i}))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_wait_while_the_disk_is_short_of_space_and_resume_when_space_is_freed() -> Result<()>
+{
+    const MARGIN: u64 = 256 << 20;
+    let dir = TestDir::new();
+    // The minimum sits 256 MiB below what is free now, so a 512 MiB file
+    // takes the filesystem below it and removing the file brings it back.
+    let min_free = free_bytes(dir.path())?
+        .checked_sub(MARGIN)
+        .context("the test needs more than 256 MiB free")?;
+    let flags = dir.config(&format!("min_free_disk_bytes = {min_free}\n"));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let daemon = Daemon::start(&dir, &flags)?;
+    let client = Client::connect(&daemon.ready.client_url).await?;
+    put(&client, 0).await?;
+
+    let filler = dir.path().join("filler");
+    let allocated = Command::new("fallocate")
+        .args(["-l", &(2 * MARGIN).to_string()])
+        .arg(&filler)
+        .status()?;
+    ensure!(allocated.success(), "fallocate: {allocated}");
+    // Each try writes a key of its own: tries before the guard saw the
+    // file may be accepted; the one refused must leave no trace.
+    let tries = AtomicU64::new(100);
+    let (refused_key, refusal) = eventually(
+        "a write refused for lack of space",
+        Duration::from_secs(10),
+        || async {
+            let i = tries.fetch_add(1, Ordering::Relaxed);
+            match put(&client, i).await {
+                Ok(answer) => Err(format!("accepted: {answer}")),
+                Err(e) => Ok((i, e.to_string())),
+            }
+        },
+    )
+    .await?;
+    ensure!(
+        refusal.contains("disk full")
+            && refusal.contains(&format!("min_free_disk_bytes ({min_free})")),
+        "{refusal}"
+    );
+    let (code, health) = daemon.get("/health").await?;
+    ensure!(code == 200, "reads and health go on: {health}");
+    let got = client
+        .cache(json!({"operation": "get", "key": key(0)}))
+        .await?;
+    ensure!(got["entry"]["value"] == json!(0), "reads go on: {got}");
+
+    std::fs::remove_file(&filler)?;
+    eventually("writes accepted again", Duration::from_secs(10), || async {
+        put(&client, 2).await.map_err(|e| e.to_string())
+    })
+    .await?;
+    let got = client
+        .cache(json!({"operation": "get", "key": key(refused_key)}))
+        .await?;
+    ensure!(
+        got["status"] != "hit",
+        "the refused write did not happen: {got}"
     );
     Ok(())
 }

@@ -10,6 +10,7 @@
 //! What other nodes ask of this one is answered by
 //! [`crate::peer_server`], which sits above the systems.
 
+mod disk_space;
 pub(crate) mod membership;
 mod node;
 pub(crate) mod peer;

@@ -24,6 +24,8 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::disk_space::DiskSpace;
+
 use super::peer::{PeerError, Peers};
 use super::peer_auth::PeerAuth;
 use super::raft_network::FabricNetwork;
@@ -210,6 +212,8 @@ pub struct Node {
     patience: Duration,
     /// Largest event (encoded) a proposal may carry.
     max_entry_bytes: usize,
+    /// Refuses writes while the data dir's filesystem is short of space.
+    disk_space: DiskSpace,
     /// Holds the data dir lock for as long as the node runs.
     data_dir: DataDir,
     /// The certificate links to other nodes present (`tls_cert_file`).
@@ -363,6 +367,7 @@ impl Node {
             election_timeout: config.election_timeout,
             patience: config.propose_timeout(),
             max_entry_bytes: config.max_entry_bytes,
+            disk_space: DiskSpace::new(config.data_dir.clone(), config.min_free_disk_bytes),
             data_dir,
             certificate,
         })
@@ -521,6 +526,9 @@ impl Node {
                 kind.name(),
                 self.max_entry_bytes
             )));
+        }
+        if let Some(shortage) = self.disk_space.shortage() {
+            return Err(Refused::Unavailable(shortage));
         }
         let (reply, outcome) = oneshot::channel();
         Ok((Proposal { kind, bytes, reply }, outcome))

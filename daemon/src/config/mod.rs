@@ -28,6 +28,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:6666";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:6670";
 /// Default `metrics_max_label_values`.
 pub const DEFAULT_METRICS_MAX_LABEL_VALUES: usize = 100;
+/// Default `min_free_disk_bytes`.
+pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 256 << 20;
 /// Default largest log entry (`max_entry_bytes`).
 pub const DEFAULT_MAX_ENTRY_BYTES: usize = 8 << 20;
 /// Highest `max_entry_bytes`: an entry must fit one AppendEntries frame
@@ -85,6 +87,7 @@ pub struct FileConfig {
     pub log_retention: Option<u64>,
     pub election_timeout_ms: Option<u64>,
     pub max_entry_bytes: Option<usize>,
+    pub min_free_disk_bytes: Option<u64>,
     pub max_frame_bytes: Option<usize>,
     pub max_in_flight_per_connection: Option<usize>,
     pub max_in_flight_bytes_per_connection: Option<usize>,
@@ -175,6 +178,9 @@ pub struct Config {
     /// Largest log entry (all events proposed together), encoded; an event
     /// larger on its own is refused before it is proposed.
     pub max_entry_bytes: usize,
+    /// Writes are refused while the data dir's filesystem has fewer bytes
+    /// free than this (0: never).
+    pub min_free_disk_bytes: u64,
     /// Distinct values a metric label taken from user input (function and
     /// queue names) gets its own series for; the rest share `_other`.
     pub metrics_max_label_values: usize,
@@ -233,6 +239,7 @@ impl Config {
             log_retention: 1_000,
             election_timeout: Duration::from_millis(500),
             max_entry_bytes: DEFAULT_MAX_ENTRY_BYTES,
+            min_free_disk_bytes: DEFAULT_MIN_FREE_DISK_BYTES,
             metrics_max_label_values: DEFAULT_METRICS_MAX_LABEL_VALUES,
             transport: TransportLimits::default(),
             rpc: RpcLimits::default(),
@@ -272,6 +279,7 @@ impl Config {
             log_retention,
             election_timeout_ms,
             max_entry_bytes,
+            min_free_disk_bytes,
             max_frame_bytes,
             max_in_flight_per_connection,
             max_in_flight_bytes_per_connection,
@@ -347,6 +355,9 @@ impl Config {
         }
         if let Some(v) = max_entry_bytes {
             self.max_entry_bytes = v;
+        }
+        if let Some(v) = min_free_disk_bytes {
+            self.min_free_disk_bytes = v;
         }
         if let Some(v) = election_timeout_ms {
             self.election_timeout = Duration::from_millis(v);
