@@ -46,12 +46,13 @@ pub enum Error {
         source: rocksdb::Error,
     },
 
-    #[error("failed to {verb} in RocksDB ({what})")]
+    /// RocksDB's message is part of this one: it names a damaged file and
+    /// the offset, which every log line and reply must show.
+    #[error("failed to {verb} in RocksDB ({what}): {cause}")]
     Rocks {
         verb: &'static str,
         what: String,
-        #[source]
-        source: rocksdb::Error,
+        cause: rocksdb::Error,
     },
 
     #[error(
@@ -102,7 +103,7 @@ impl Error {
         Error::Rocks {
             verb,
             what: what.into(),
-            source,
+            cause: source,
         }
     }
 }
