@@ -18,8 +18,9 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use openraft::EntryPayload;
 
@@ -42,26 +43,77 @@ pub(crate) fn log_key(index: u64) -> [u8; 8] {
 /// Log entries read back at open to find the latest event time.
 const CLOCK_SCAN_ENTRIES: usize = 4096;
 
-/// The latest event time (unix ms) in this node's log: of every entry it
-/// holds at open (its newest few thousand) and every entry appended since,
-/// whoever stamped it. A leader stamps no earlier ([`EventClock::stamp`]),
-/// so event time never goes back when leadership moves to a node whose
-/// wall clock is behind, and a leader's log holds every committed entry.
+/// Event time (unix ms): the time a leader stamps on events, and the "now"
+/// timers and expiries are judged by.
+///
+/// It never goes back: not below the latest event time in this node's log
+/// (its newest few thousand entries at open and every entry appended
+/// since, whoever stamped it), so not when leadership moves to a node whose
+/// wall clock is behind. Between two stamps of this node it follows the
+/// wall clock only within what the monotonic clock allows: at least the
+/// real time elapsed (a wall clock that jumps back does not stall timers
+/// and TTLs) and at most [`MAX_CATCH_UP_RATE`] times it (a wall clock that
+/// jumps forward is caught up with gradually, so TTLs do not all fire at
+/// once).
 #[derive(Clone, Debug, Default)]
-pub struct EventClock(Arc<AtomicU64>);
+pub struct EventClock(Arc<ClockState>);
+
+/// How much faster than real time event time may run to catch up with a
+/// wall clock that jumped forward (an hour's jump is caught up in an hour).
+pub const MAX_CATCH_UP_RATE: u64 = 2;
+
+#[derive(Debug, Default)]
+struct ClockState {
+    /// The latest event time in the log or stamped here.
+    latest: AtomicU64,
+    /// This node's last stamp, and when (monotonic) it was made.
+    last_stamp: Mutex<Option<(u64, Instant)>>,
+}
 
 impl EventClock {
-    /// The time to stamp on events proposed at wall-clock time `now_ms`:
-    /// `now_ms`, or the latest event time when that is later.
-    pub fn stamp(&self, now_ms: u64) -> u64 {
-        self.0.fetch_max(now_ms, Ordering::AcqRel).max(now_ms)
+    /// Event time at wall-clock time `wall_ms`, monotonic time `at`,
+    /// without stamping anything.
+    pub fn read(&self, wall_ms: u64, at: Instant) -> u64 {
+        let last = *self.last_stamp();
+        self.bounded(wall_ms, at, last)
+    }
+
+    /// The time to stamp on events proposed at wall-clock time `wall_ms`,
+    /// monotonic time `at`; later stamps never go below it.
+    pub fn stamp(&self, wall_ms: u64, at: Instant) -> u64 {
+        let mut last = self.last_stamp();
+        let time = self.bounded(wall_ms, at, *last);
+        self.0.latest.fetch_max(time, Ordering::AcqRel);
+        *last = Some((time, at));
+        time
+    }
+
+    fn last_stamp(&self) -> std::sync::MutexGuard<'_, Option<(u64, Instant)>> {
+        self.0
+            .last_stamp
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn bounded(&self, wall_ms: u64, at: Instant, last: Option<(u64, Instant)>) -> u64 {
+        let time = match last {
+            None => wall_ms,
+            Some((stamped, when)) => {
+                let elapsed = u64::try_from(at.saturating_duration_since(when).as_millis())
+                    .unwrap_or(u64::MAX);
+                let earliest = stamped.saturating_add(elapsed);
+                let latest = stamped.saturating_add(elapsed.saturating_mul(MAX_CATCH_UP_RATE));
+                wall_ms.clamp(earliest, latest)
+            }
+        };
+        time.max(self.0.latest.load(Ordering::Acquire))
     }
 
     fn saw(&self, entry: &Entry) {
         if let EntryPayload::Normal(batch) = &entry.payload
             && let Some(latest) = batch.events.iter().map(|e| e.time_ms).max()
         {
-            self.0.fetch_max(latest, Ordering::AcqRel);
+            self.0.latest.fetch_max(latest, Ordering::AcqRel);
         }
     }
 }
@@ -418,8 +470,73 @@ mod test {
             .unwrap()
             .event_clock();
         let now = 1_700_000_000_000;
-        assert_eq!(clock.stamp(now), ahead, "not below the log's latest event");
-        assert_eq!(clock.stamp(ahead + 10), ahead + 10, "a later clock wins");
-        assert_eq!(clock.stamp(now), ahead + 10, "nor below an earlier stamp");
+        let at = Instant::now();
+        assert_eq!(
+            clock.stamp(now, at),
+            ahead,
+            "not below the log's latest event"
+        );
+        let later = at + std::time::Duration::from_millis(10);
+        assert_eq!(
+            clock.stamp(ahead + 10, later),
+            ahead + 10,
+            "a later clock wins"
+        );
+        assert_eq!(
+            clock.stamp(now, later),
+            ahead + 10,
+            "nor below an earlier stamp"
+        );
+    }
+
+    /// Stamps `wall` (ms) at `after_ms` of monotonic time past `start`.
+    fn stamp_at(clock: &EventClock, start: Instant, after_ms: u64, wall: u64) -> u64 {
+        clock.stamp(wall, start + std::time::Duration::from_millis(after_ms))
+    }
+
+    #[test]
+    fn a_wall_clock_jumping_back_does_not_stop_event_time() {
+        let clock = EventClock::default();
+        let start = Instant::now();
+        let t = 1_700_000_000_000;
+        assert_eq!(stamp_at(&clock, start, 0, t), t);
+        // The wall clock goes back an hour; event time keeps real pace.
+        assert_eq!(
+            stamp_at(&clock, start, 1_000, t + 1_000 - 3_600_000),
+            t + 1_000
+        );
+        assert_eq!(
+            stamp_at(&clock, start, 5_000, t + 5_000 - 3_600_000),
+            t + 5_000
+        );
+        let later = start + std::time::Duration::from_millis(6_000);
+        assert_eq!(
+            clock.read(t + 6_000 - 3_600_000, later),
+            t + 6_000,
+            "reads keep real pace too"
+        );
+    }
+
+    #[test]
+    fn a_wall_clock_jumping_forward_is_caught_up_with_gradually() {
+        let clock = EventClock::default();
+        let start = Instant::now();
+        let t = 1_700_000_000_000;
+        let hour = 3_600_000;
+        assert_eq!(stamp_at(&clock, start, 0, t), t);
+        // The wall clock goes forward an hour: event time runs at most
+        // twice real time until it has caught up.
+        assert_eq!(stamp_at(&clock, start, 1_000, t + 1_000 + hour), t + 2_000);
+        assert_eq!(stamp_at(&clock, start, 2_000, t + 2_000 + hour), t + 4_000);
+        let caught_up = hour + 2_000;
+        assert_eq!(
+            stamp_at(&clock, start, caught_up, t + caught_up + hour),
+            t + caught_up + hour
+        );
+        assert_eq!(
+            stamp_at(&clock, start, caught_up + 5, t + caught_up + hour + 5),
+            t + caught_up + hour + 5,
+            "then it follows the wall clock"
+        );
     }
 }

@@ -5,6 +5,7 @@
 mod bad_data_dir;
 mod cache;
 mod cli;
+mod clock_jumps;
 mod cluster;
 mod disk_faults;
 mod documented;

@@ -233,7 +233,7 @@ impl Cache {
         key: &CacheKey,
     ) -> CacheResult<Option<(Arc<CacheRow>, u64, &'static str)>> {
         let row_key = CacheRow::key(key);
-        let now = now_ms();
+        let now = self.node.event_now();
         {
             let mut tier = self.locked_tier();
             if let Some(hit) = tier.get(&row_key) {
@@ -277,7 +277,7 @@ impl Cache {
                     "success": true,
                     "status": "hit",
                     "cache_level": level,
-                    "entry": entry_json(&row, hits, now_ms()),
+                    "entry": entry_json(&row, hits, self.node.event_now()),
                 }))
             }
             None => {

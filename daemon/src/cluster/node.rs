@@ -132,7 +132,7 @@ impl Proposer {
             let addr = leader.and_then(|id| member_addr(&self.raft, id));
             match (leader, addr) {
                 (Some(id), _) if id == self.me => {
-                    let time_ms = self.clock.stamp(now_ms());
+                    let time_ms = self.clock.stamp(now_ms(), std::time::Instant::now());
                     let events = kinds
                         .iter()
                         .map(|kind| Event {
@@ -201,6 +201,8 @@ pub struct Node {
     raft: Raft,
     /// Proposals waiting for the proposer task.
     proposals: mpsc::Sender<Proposal>,
+    /// The time events are stamped with (shared with the proposer).
+    clock: EventClock,
     views: Arc<Views>,
     identity: Identity,
     raft_id: u64,
@@ -354,12 +356,13 @@ impl Node {
             me: raft_id,
             patience: config.propose_timeout(),
             max_entry_bytes: config.max_entry_bytes,
-            clock,
+            clock: clock.clone(),
         };
         tokio::spawn(proposer.run(queue));
         Ok(Node {
             raft,
             proposals,
+            clock,
             views,
             identity,
             raft_id,
@@ -448,6 +451,13 @@ impl Node {
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
             Err(e) => Err(Error::RaftStart(e.to_string())),
         }
+    }
+
+    /// Event time now: what timers, leases and TTLs are judged by. It
+    /// follows the wall clock but never goes back, and keeps real pace when
+    /// the wall clock jumps (see [`EventClock`]).
+    pub fn event_now(&self) -> u64 {
+        self.clock.read(now_ms(), std::time::Instant::now())
     }
 
     /// Whether raft runs (it has not stopped on an error).

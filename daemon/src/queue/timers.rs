@@ -10,7 +10,6 @@ use mpreg_storage::views::{Timer, View};
 use mpreg_storage::{EventKind, Outcome};
 
 use super::Queues;
-use crate::clock::now_ms;
 
 /// Most timers one event fires.
 const MAX_FIRED: u32 = 1024;
@@ -37,7 +36,7 @@ async fn earliest_due(queues: &Queues) -> Option<u64> {
 
 pub(super) async fn run(queues: Arc<Queues>) {
     loop {
-        let now = now_ms();
+        let now = queues.node.event_now();
         // Only the leader proposes firings; every node applies them.
         let due = if queues.node.is_leader() {
             earliest_due(&queues).await
