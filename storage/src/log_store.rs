@@ -66,25 +66,27 @@ pub const MAX_CATCH_UP_RATE: u64 = 2;
 struct ClockState {
     /// The latest event time in the log or stamped here.
     latest: AtomicU64,
-    /// This node's last stamp, and when (monotonic) it was made.
+    /// This node's last stamp (µs), and when (monotonic) it was made.
     last_stamp: Mutex<Option<(u64, Instant)>>,
 }
 
 impl EventClock {
-    /// Event time at wall-clock time `wall_ms`, monotonic time `at`,
-    /// without stamping anything.
-    pub fn read(&self, wall_ms: u64, at: Instant) -> u64 {
+    /// Event time (ms) at wall-clock time `wall_us` (unix µs), monotonic
+    /// time `at`, without stamping anything.
+    pub fn read(&self, wall_us: u64, at: Instant) -> u64 {
         let last = *self.last_stamp();
-        self.bounded(wall_ms, at, last)
+        self.bounded(wall_us, at, last) / 1000
     }
 
-    /// The time to stamp on events proposed at wall-clock time `wall_ms`,
-    /// monotonic time `at`; later stamps never go below it.
-    pub fn stamp(&self, wall_ms: u64, at: Instant) -> u64 {
+    /// The time (ms) to stamp on events proposed at wall-clock time
+    /// `wall_us` (unix µs), monotonic time `at`; later stamps never go
+    /// below it.
+    pub fn stamp(&self, wall_us: u64, at: Instant) -> u64 {
         let mut last = self.last_stamp();
-        let time = self.bounded(wall_ms, at, *last);
+        let time_us = self.bounded(wall_us, at, *last);
+        *last = Some((time_us, at));
+        let time = time_us / 1000;
         self.0.latest.fetch_max(time, Ordering::AcqRel);
-        *last = Some((time, at));
         time
     }
 
@@ -95,18 +97,20 @@ impl EventClock {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn bounded(&self, wall_ms: u64, at: Instant, last: Option<(u64, Instant)>) -> u64 {
+    /// Event time in µs (microseconds, so stamps made less than a
+    /// millisecond apart still add up to the time between them).
+    fn bounded(&self, wall_us: u64, at: Instant, last: Option<(u64, Instant)>) -> u64 {
         let time = match last {
-            None => wall_ms,
+            None => wall_us,
             Some((stamped, when)) => {
-                let elapsed = u64::try_from(at.saturating_duration_since(when).as_millis())
+                let elapsed = u64::try_from(at.saturating_duration_since(when).as_micros())
                     .unwrap_or(u64::MAX);
                 let earliest = stamped.saturating_add(elapsed);
                 let latest = stamped.saturating_add(elapsed.saturating_mul(MAX_CATCH_UP_RATE));
-                wall_ms.clamp(earliest, latest)
+                wall_us.clamp(earliest, latest)
             }
         };
-        time.max(self.0.latest.load(Ordering::Acquire))
+        time.max(self.0.latest.load(Ordering::Acquire).saturating_mul(1000))
     }
 
     fn saw(&self, entry: &Entry) {
@@ -491,7 +495,24 @@ mod test {
 
     /// Stamps `wall` (ms) at `after_ms` of monotonic time past `start`.
     fn stamp_at(clock: &EventClock, start: Instant, after_ms: u64, wall: u64) -> u64 {
-        clock.stamp(wall, start + std::time::Duration::from_millis(after_ms))
+        clock.stamp(
+            wall * 1000,
+            start + std::time::Duration::from_millis(after_ms),
+        )
+    }
+
+    #[test]
+    fn stamps_closer_than_a_millisecond_still_keep_pace() {
+        let clock = EventClock::default();
+        let start = Instant::now();
+        let t = 1_700_000_000_000;
+        let mut stamped = 0;
+        // A stamp every 0.4 ms for 20 ms.
+        for step in 0..=50u64 {
+            let at = start + std::time::Duration::from_micros(step * 400);
+            stamped = clock.stamp(t * 1000 + step * 400, at);
+        }
+        assert_eq!(stamped, t + 20);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use super::disk_space::DiskSpace;
 use super::peer::{PeerError, Peers};
 use super::peer_auth::PeerAuth;
 use super::raft_network::FabricNetwork;
-use crate::clock::now_ms;
+use crate::clock::{now_ms, now_us};
 use crate::config::{Config, DEFAULT_CLUSTER_ID};
 use crate::envelope::{PeerReply, PeerRequest, Refused};
 use crate::error::{Error, Result};
@@ -132,7 +132,7 @@ impl Proposer {
             let addr = leader.and_then(|id| member_addr(&self.raft, id));
             match (leader, addr) {
                 (Some(id), _) if id == self.me => {
-                    let time_ms = self.clock.stamp(now_ms(), std::time::Instant::now());
+                    let time_ms = self.clock.stamp(now_us(), std::time::Instant::now());
                     let events = kinds
                         .iter()
                         .map(|kind| Event {
@@ -457,7 +457,7 @@ impl Node {
     /// follows the wall clock but never goes back, and keeps real pace when
     /// the wall clock jumps (see [`EventClock`]).
     pub fn event_now(&self) -> u64 {
-        self.clock.read(now_ms(), std::time::Instant::now())
+        self.clock.read(now_us(), std::time::Instant::now())
     }
 
     /// Whether raft runs (it has not stopped on an error).

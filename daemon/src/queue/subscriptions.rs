@@ -22,7 +22,6 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{QueueResult, Queues, message_json};
-use crate::clock::now_ms;
 use crate::refusal::Refusal;
 use crate::session::{FrameKind, Outbound};
 
@@ -66,8 +65,8 @@ impl Subscription {
     /// How many messages to lease now: none until a quarter of the
     /// prefetch is free (or nothing is held), so acks arriving one by one
     /// do not each cost a lease event. Leases that ran out no longer count.
-    fn room(&self) -> usize {
-        let now = now_ms();
+    /// `now` is event time (the lease deadlines are).
+    fn room(&self, now: u64) -> usize {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         held.retain(|_, deadline| *deadline > now);
         let free = self.prefetch.saturating_sub(held.len());
@@ -270,7 +269,7 @@ impl Queues {
             if sub.cancel.is_cancelled() {
                 return;
             }
-            let room = sub.room();
+            let room = sub.room(self.node.event_now());
             if room > 0 {
                 match self.push_some(&sub, room).await {
                     Pushed::ConnectionGone => return,
@@ -297,7 +296,8 @@ impl Queues {
     /// woken first; all of them when no other subscription has room.
     fn share(&self, sub: &Subscription, ready: usize) -> usize {
         let subs = self.subscriptions.of_queue(&sub.queue);
-        let others_have_room = subs.iter().any(|s| s.id != sub.id && s.room() > 0);
+        let now = self.node.event_now();
+        let others_have_room = subs.iter().any(|s| s.id != sub.id && s.room(now) > 0);
         if !others_have_room {
             return ready;
         }
