@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::percentile;
 use mpreg_daemon::{Config, Node};
-use mpreg_storage::event::{BULK_STEP_ROWS, Delivery, NewMessage, QueueSettings, QueueType};
+use mpreg_storage::event::{BULK_STEP_ROWS, Delivery, NewMessage};
 use mpreg_storage::views::{QueueRow, View};
 use mpreg_storage::{EventKind, Outcome};
 
@@ -81,16 +81,7 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let node = Arc::new(Node::start(&config, vec![], Default::default()).await.expect("node"));
-        let settings = QueueSettings {
-            queue_type: QueueType::Fifo,
-            max_size: messages,
-            visibility_timeout_ms: 30_000,
-            ack_timeout_ms: 30_000,
-            message_ttl_ms: None,
-            max_retries: 3,
-            dead_letter_queue: None,
-            dedup_window_ms: None,
-        };
+        let settings = common::fifo_settings(messages);
         let declare = EventKind::QueueDeclared {
             name: QUEUE.into(),
             settings,

@@ -19,7 +19,7 @@ mod common;
 use common::percentile;
 use mpreg_daemon::Node;
 use mpreg_storage::EventKind;
-use mpreg_storage::event::{CacheKey, Delivery, NewMessage, QueueSettings, QueueType};
+use mpreg_storage::event::{CacheKey, Delivery, NewMessage};
 
 const PROPOSERS: usize = 256;
 const QUEUE: &str = "bench";
@@ -206,16 +206,7 @@ fn main() {
         fill(node, "cache_entries", rows, cache_put).await;
         node.propose_ok(EventKind::QueueDeclared {
             name: QUEUE.into(),
-            settings: QueueSettings {
-                queue_type: QueueType::Fifo,
-                max_size: u64::MAX,
-                visibility_timeout_ms: 30_000,
-                ack_timeout_ms: 30_000,
-                message_ttl_ms: None,
-                max_retries: 3,
-                dead_letter_queue: None,
-                dedup_window_ms: None,
-            },
+            settings: common::fifo_settings(u64::MAX),
         })
         .await
         .expect("declare");

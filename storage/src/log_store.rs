@@ -60,7 +60,7 @@ pub struct EventClock(Arc<ClockState>);
 
 /// How much faster than real time event time may run to catch up with a
 /// wall clock that jumped forward (an hour's jump is caught up in an hour).
-pub const MAX_CATCH_UP_RATE: u64 = 2;
+const MAX_CATCH_UP_RATE: u64 = 2;
 
 #[derive(Debug, Default)]
 struct ClockState {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mpreg_daemon::{Config, Listeners, Node};
+use mpreg_storage::event::{QueueSettings, QueueType};
 use tokio_util::sync::CancellationToken;
 
 /// The `p` quantile (0..=1) of sorted samples.
@@ -24,6 +25,21 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
         return Duration::ZERO;
     }
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Settings of a FIFO queue holding up to `max_size` messages, with the
+/// default timeouts and retries.
+pub fn fifo_settings(max_size: u64) -> QueueSettings {
+    QueueSettings {
+        queue_type: QueueType::Fifo,
+        max_size,
+        visibility_timeout_ms: 30_000,
+        ack_timeout_ms: 30_000,
+        message_ttl_ms: None,
+        max_retries: 3,
+        dead_letter_queue: None,
+        dedup_window_ms: None,
+    }
 }
 
 /// A daemon running in this process.

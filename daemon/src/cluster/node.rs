@@ -25,7 +25,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::disk_space::DiskSpace;
-
 use super::peer::{PeerError, Peers};
 use super::peer_auth::PeerAuth;
 use super::raft_network::FabricNetwork;
