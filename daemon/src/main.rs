@@ -130,6 +130,10 @@ struct RunArgs {
     /// Serve admin HTTP over TLS too (https://), with --tls-cert.
     #[arg(long)]
     admin_tls: bool,
+    /// Writes are refused while the data dir's filesystem has fewer bytes
+    /// free than this (default 256 MiB; 0 turns the guard off).
+    #[arg(long, env = "MPREG_MIN_FREE_DISK_BYTES")]
+    min_free_disk_bytes: Option<u64>,
     /// Log directives, RUST_LOG style, e.g. "info,mpreg_daemon::node=debug".
     #[arg(long)]
     log: Option<String>,
@@ -169,6 +173,7 @@ fn config_from(args: RunArgs) -> mpreg_daemon::Result<Config> {
         tls_ca_file: args.tls_ca,
         tls_client_ca_file: args.tls_client_ca,
         admin_tls: args.admin_tls.then_some(true),
+        min_free_disk_bytes: args.min_free_disk_bytes,
         log: args.log.or_else(|| std::env::var("RUST_LOG").ok()),
         log_format: args.log_format,
         ..FileConfig::default()

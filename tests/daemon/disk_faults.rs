@@ -118,9 +118,8 @@ async fn writes_wait_while_the_disk_is_short_of_space_and_resume_when_space_is_f
     let min_free = free_bytes(dir.path())?
         .checked_sub(MARGIN)
         .context("the test needs more than 256 MiB free")?;
-    let flags = dir.config(&format!("min_free_disk_bytes = {min_free}\n"));
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let daemon = Daemon::start(&dir, &flags)?;
+    let min_free_flag = min_free.to_string();
+    let daemon = Daemon::start(&dir, &["--min-free-disk-bytes", &min_free_flag])?;
     let client = Client::connect(&daemon.ready.client_url).await?;
     put(&client, 0).await?;
 

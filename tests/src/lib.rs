@@ -151,6 +151,11 @@ pub struct Daemon {
     log_path: PathBuf,
 }
 
+/// Free space below which test daemons refuse writes, unless a test sets
+/// its own: the default (256 MiB) is more than some test machines have
+/// left, and only tests/daemon/disk_faults.rs is about the guard.
+const TEST_MIN_FREE_DISK_BYTES: &str = "16777216";
+
 /// The daemon's command line; with a `wrapper` (a program and its
 /// arguments, such as `fiu-run -x`), that program runs the daemon.
 fn daemon_command(wrapper: &[&str], data_dir: &Path, ready_file: &Path, extra: &[&str]) -> Command {
@@ -165,6 +170,9 @@ fn daemon_command(wrapper: &[&str], data_dir: &Path, ready_file: &Path, extra: &
     cmd.arg("--data-dir").arg(data_dir);
     if !extra.contains(&"--listen") {
         cmd.args(["--listen", "127.0.0.1:0"]);
+    }
+    if !extra.contains(&"--min-free-disk-bytes") {
+        cmd.args(["--min-free-disk-bytes", TEST_MIN_FREE_DISK_BYTES]);
     }
     cmd.args(["--admin-listen", "127.0.0.1:0"])
         .arg("--ready-file")
