@@ -135,6 +135,11 @@ fn db_options(create: bool) -> Options {
     // an older dir is opened for writing.
     opts.create_missing_column_families(true);
     opts.set_keep_log_file_num(4);
+    // A torn tail (never synced, so never acknowledged) is dropped; damage
+    // anywhere before it is an open error. RocksDB's default
+    // (point-in-time) would stop replay at the damage and open anyway,
+    // losing every acknowledged write after it without a word.
+    opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
     opts
 }
 

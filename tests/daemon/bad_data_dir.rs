@@ -199,3 +199,46 @@ async fn a_flipped_byte_in_a_view_file_is_named_and_never_served() {
     let replayed = mpreg_tests::replay(&dir.data()).unwrap();
     assert_eq!(replayed["views_digest"], status["views_digest"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_inside_the_write_ahead_log_is_refused_not_cut_off() {
+    const ENTRIES: usize = 200;
+    let dir = TestDir::new();
+    let daemon = Daemon::start(&dir, &[]).unwrap();
+    let client = mpreg_client::Client::connect(&daemon.ready.client_url)
+        .await
+        .unwrap();
+    for i in 0..ENTRIES {
+        let key = serde_json::json!({"namespace": "wal", "identifier": format!("k{i}")});
+        client
+            .cache(serde_json::json!({"operation": "put", "key": key, "value": i}))
+            .await
+            .unwrap();
+    }
+    drop(client);
+    // kill -9 leaves every acknowledged write in the WAL only.
+    daemon.kill9().unwrap();
+    let wal = std::fs::read_dir(dir.data().join("db"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .max_by_key(|path| std::fs::metadata(path).unwrap().len())
+        .expect("a WAL file");
+    let mut bytes = std::fs::read(&wal).unwrap();
+    // A third of the way in: records follow it that were synced, and
+    // acknowledged, after the one this byte belongs to.
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0x40;
+    std::fs::write(&wal, bytes).unwrap();
+
+    // Replaying up to the damage and dropping the rest would lose
+    // acknowledged writes without a word: the node must refuse instead,
+    // naming the data dir and the corruption.
+    let msg = refused(&dir);
+    assert!(
+        msg.contains("Corruption") && msg.contains(&dir.data().join("db").display().to_string()),
+        "{msg}"
+    );
+    let msg = replay_refused(&dir);
+    assert!(msg.contains("Corruption"), "{msg}");
+}
