@@ -32,6 +32,9 @@ pub struct StorageMetrics {
     pub events_applied: IntCounter,
     /// `mpreg_storage_snapshots_total`: snapshots built.
     pub snapshots: IntCounter,
+    /// `mpreg_storage_snapshots_damaged_total`: current snapshot files found
+    /// damaged when about to be served, and rebuilt.
+    pub snapshots_damaged: IntCounter,
     /// `mpreg_storage_snapshot_build_seconds`.
     pub snapshot_build_seconds: Histogram,
     /// `mpreg_storage_snapshot_size_bytes`: size of the last snapshot built.
@@ -79,6 +82,10 @@ impl Default for StorageMetrics {
                 "Events applied to the views.",
             ),
             snapshots: counter("mpreg_storage_snapshots_total", "Snapshots built."),
+            snapshots_damaged: counter(
+                "mpreg_storage_snapshots_damaged_total",
+                "Snapshot files found damaged when about to be served, and rebuilt from the views.",
+            ),
             snapshot_build_seconds: histogram(
                 "mpreg_storage_snapshot_build_seconds",
                 "Time to build one snapshot file.",
@@ -103,6 +110,7 @@ impl StorageMetrics {
         registry.register(Box::new(self.apply_seconds.clone()))?;
         registry.register(Box::new(self.events_applied.clone()))?;
         registry.register(Box::new(self.snapshots.clone()))?;
+        registry.register(Box::new(self.snapshots_damaged.clone()))?;
         registry.register(Box::new(self.snapshot_build_seconds.clone()))?;
         registry.register(Box::new(self.snapshot_size_bytes.clone()))?;
         Ok(())

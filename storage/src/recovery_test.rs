@@ -2,7 +2,8 @@
 //! retained log with a gap stops `replay` with `MissingLogEntry` naming
 //! the index, and a snapshot that does not decode (damaged or cut short)
 //! is not installed: the views, the applied state and the snapshot dir are
-//! as they were.
+//! as they were; a current snapshot file damaged on disk is never served,
+//! it is rebuilt from the views.
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -105,6 +106,47 @@ fn a_snapshot_that_does_not_decode_is_not_installed() {
             target_sm.views().applied().digest,
             full.views().applied().digest
         );
+    });
+}
+
+#[test]
+fn a_damaged_current_snapshot_is_rebuilt_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = events(6);
+    runtime().block_on(async {
+        let (data, mut sm) = logged_sm(dir.path(), &events, 3).await;
+        let built = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        sm.apply(crate::determinism_test::entries(&events[3..], 4))
+            .await
+            .unwrap();
+        let (_, path) = crate::state_machine::current_snapshot(data.db(), &data.snapshot_dir())
+            .unwrap()
+            .unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x01;
+        std::fs::write(&path, bytes).unwrap();
+
+        let mut served = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_ne!(served.meta.snapshot_id, built.meta.snapshot_id);
+        assert_eq!(served.meta.last_log_id, sm.views().applied().last_applied);
+        assert!(!path.exists(), "the damaged file is deleted");
+        let mut bytes = Vec::new();
+        served.snapshot.read_to_end(&mut bytes).await.unwrap();
+        let copy = dir.path().join("served.snap");
+        std::fs::write(&copy, bytes).unwrap();
+        let header = crate::snapshot::read(&copy, |_, _, _| Ok(())).unwrap();
+        assert_eq!(header.digest, sm.views().applied().digest);
+        assert_eq!(sm.metrics.snapshots_damaged.get(), 1);
+        // An intact current snapshot is served as it is.
+        let again = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(again.meta.snapshot_id, served.meta.snapshot_id);
+        assert_eq!(sm.metrics.snapshots_damaged.get(), 1);
     });
 }
 

@@ -570,6 +570,59 @@ async fn a_node_far_behind_installs_a_snapshot() {
     );
 }
 
+/// Bit rot in the snapshot file a leader is about to send: it is found by
+/// its checksum and rebuilt from the views, never sent (a follower's
+/// install would refuse it and stop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_snapshot_file_is_rebuilt_not_sent() {
+    let mut cluster = Cluster::start(3, "snapshot_interval = 50\nlog_retention = 10\n")
+        .await
+        .unwrap();
+    let all = [0, 1, 2];
+    let leader = cluster.wait_leader(&all, SETTLE).await.unwrap();
+    let behind = (leader + 1) % 3;
+    cluster.kill9(behind).unwrap();
+    let up: Vec<usize> = all.iter().copied().filter(|&i| i != behind).collect();
+    let load = Load::start(&urls(&cluster, &up), 4, "rot");
+    load.wait_for(600, SETTLE).await;
+    let acked = load.finish().await;
+    // Whichever of the two leads when the third returns sends its own
+    // snapshot: damage both.
+    for &i in &up {
+        let snapshots = cluster.members[i].dir.data().join("snapshots");
+        let damaged: Vec<_> = std::fs::read_dir(&snapshots)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "snap"))
+            .inspect(|path| mpreg_tests::flip_byte_a_third_in(path))
+            .collect();
+        assert!(!damaged.is_empty(), "n{i} has a snapshot file");
+    }
+    cluster.restart(behind).await.unwrap();
+    assert_all_acknowledged(&cluster, &all, "rot", &acked).await;
+    let caught_up = cluster.status(behind).await.unwrap();
+    assert!(
+        caught_up["raft"]["snapshot_index"].as_u64().unwrap() > 0,
+        "installed a snapshot: {caught_up}"
+    );
+    let mut rebuilt = 0.0;
+    for &i in &up {
+        let metrics = mpreg_tests::metrics_of(&cluster.daemon(i).ready.admin_url)
+            .await
+            .unwrap();
+        rebuilt += mpreg_tests::prom::parse(&metrics)
+            .unwrap()
+            .value("mpreg_storage_snapshots_damaged_total", &[])
+            .unwrap();
+    }
+    assert!(rebuilt >= 1.0, "the sender found its snapshot damaged");
+    let logs: String = up.iter().map(|&i| cluster.daemon(i).log()).collect();
+    assert!(
+        logs.contains("damaged snapshot file"),
+        "the damage is logged"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_nodes_survive_two_simultaneous_failures() {
     let mut cluster = Cluster::start(5, "").await.unwrap();

@@ -38,7 +38,10 @@ use crate::raft_types::TypeConfig;
 use crate::raft_types::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError};
 use crate::views::{Catalog, Digest, RowStore, View, ViewTxn, apply};
 use applied::write_applied;
-use snapshots::{copy_to_file, install_snapshot_file, open_current_snapshot, unix_nanos};
+use snapshots::{
+    copy_to_file, install_snapshot_file, open_current_snapshot, replace_damaged_snapshot,
+    unix_nanos,
+};
 
 /// Row changes of one apply batch, on top of the database.
 struct BatchStore<'a> {
@@ -141,7 +144,7 @@ pub struct StateMachine {
     db: Arc<DB>,
     views: Arc<Views>,
     snapshot_dir: PathBuf,
-    metrics: Arc<StorageMetrics>,
+    pub(crate) metrics: Arc<StorageMetrics>,
 }
 
 impl StateMachine {
@@ -283,6 +286,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let err = || to_raft(ErrorSubject::Snapshot(None), ErrorVerb::Read);
+        let db = self.db.clone();
+        let dir = self.snapshot_dir.clone();
+        let metrics = self.metrics.clone();
+        blocking(move || replace_damaged_snapshot(&db, &dir, &metrics))
+            .await
+            .map_err(err())?;
         let current = open_current_snapshot(&self.db, &self.snapshot_dir)
             .await
             .map_err(err())?;

@@ -100,6 +100,40 @@ pub(crate) async fn open_current_snapshot(
     }
 }
 
+/// Checks the current snapshot file before it is served, so a damaged one
+/// (a flipped bit, a truncated file) is never sent to a follower, whose
+/// install would refuse it and stop. A damaged file is replaced by a
+/// snapshot built afresh from the views.
+pub(super) fn replace_damaged_snapshot(
+    db: &DB,
+    dir: &Path,
+    metrics: &StorageMetrics,
+) -> Result<()> {
+    let Some((meta, path)) = current_snapshot(db, dir)? else {
+        return Ok(());
+    };
+    let damage = match snapshot::read(&path, |_, _, _| Ok(())) {
+        Ok(header) if header.last_applied == meta.last_log_id => return Ok(()),
+        Ok(header) => format!(
+            "it covers up to {:?}, its record says {:?}",
+            header.last_applied, meta.last_log_id
+        ),
+        // A snapshot built meanwhile replaced (and deleted) this one.
+        Err(_) if current_snapshot(db, dir)?.is_some_and(|(_, now)| now != path) => {
+            return Ok(());
+        }
+        Err(e) => e.to_string(),
+    };
+    tracing::error!(
+        file = %path.display(),
+        damage = %damage,
+        "damaged snapshot file; building a new one from the views"
+    );
+    metrics.snapshots_damaged.inc();
+    build_snapshot_file(db, dir)?;
+    Ok(())
+}
+
 fn build_snapshot_file(db: &DB, dir: &Path) -> Result<SnapshotRecord> {
     let snap = db.snapshot();
     let applied: AppliedState = match snap
