@@ -33,6 +33,49 @@ fn refused(dir: &TestDir) -> String {
     msg
 }
 
+/// How many cache entries the damaged-file tests write.
+const CACHE_ENTRIES: usize = 200;
+
+/// Puts `CACHE_ENTRIES` cache entries `k0..` in `namespace`, each
+/// acknowledged before the next.
+async fn put_cache_entries(
+    daemon: &Daemon,
+    namespace: &str,
+    value: impl Fn(usize) -> serde_json::Value,
+) {
+    let client = mpreg_client::Client::connect(&daemon.ready.client_url)
+        .await
+        .unwrap();
+    for i in 0..CACHE_ENTRIES {
+        let key = serde_json::json!({"namespace": namespace, "identifier": format!("k{i}")});
+        client
+            .cache(serde_json::json!({"operation": "put", "key": key, "value": value(i)}))
+            .await
+            .unwrap();
+    }
+}
+
+/// The RocksDB files of `dir` whose extension is `ext`.
+fn db_files(dir: &TestDir, ext: &'static str) -> impl Iterator<Item = std::path::PathBuf> {
+    std::fs::read_dir(dir.data().join("db"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(move |path| path.extension().is_some_and(|e| e == ext))
+}
+
+/// The SST file of column family `family` in a stopped node's dir. Its
+/// properties block ends the `rocksdb.column.family.name` key with the
+/// name as the value.
+fn sst_of_family(dir: &TestDir, family: &str) -> std::path::PathBuf {
+    let marker = format!("name{family}");
+    db_files(dir, "sst")
+        .find(|path| {
+            let bytes = std::fs::read(path).unwrap();
+            bytes.windows(marker.len()).any(|w| w == marker.as_bytes())
+        })
+        .unwrap_or_else(|| panic!("an SST of {family}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_daemon_on_the_same_dir_is_refused() {
     let dir = TestDir::new();
@@ -121,40 +164,17 @@ fn replay_of_a_missing_dir_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_byte_in_a_view_file_is_named_and_never_served() {
-    const ENTRIES: usize = 200;
     let dir = TestDir::new();
     let daemon = Daemon::start(&dir, &[]).unwrap();
-    let client = mpreg_client::Client::connect(&daemon.ready.client_url)
-        .await
-        .unwrap();
     let value = |i: usize| format!("{i:0>1000}");
-    for i in 0..ENTRIES {
-        let key = serde_json::json!({"namespace": "flip", "identifier": format!("k{i}")});
-        client
-            .cache(serde_json::json!({"operation": "put", "key": key, "value": value(i)}))
-            .await
-            .unwrap();
-    }
-    drop(client);
+    put_cache_entries(&daemon, "flip", |i| value(i).into()).await;
     assert!(daemon.stop().unwrap().success());
 
     // A clean stop wrote the views to SST files; RocksDB records each
-    // file's column family in it.
-    let sst = std::fs::read_dir(dir.data().join("db"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "sst"))
-        .find(|path| {
-            let bytes = std::fs::read(path).unwrap();
-            bytes.windows(18).any(|w| w == b"view_cache_entries")
-        })
-        .expect("an SST of view_cache_entries");
-    let mut bytes = std::fs::read(&sst).unwrap();
-    // A third of the way in is a data block (the index and properties
-    // are at the end).
-    let at = bytes.len() / 3;
-    bytes[at] ^= 0x40;
-    std::fs::write(&sst, bytes).unwrap();
+    // file's column family in it. A third of the way in is a data block
+    // (the index and properties are at the end).
+    let sst = sst_of_family(&dir, "view_cache_entries");
+    mpreg_tests::flip_byte_a_third_in(&sst);
     let file = sst.file_name().unwrap().to_string_lossy().into_owned();
 
     let daemon = Daemon::start(&dir, &[]).unwrap();
@@ -177,7 +197,7 @@ async fn a_flipped_byte_in_a_view_file_is_named_and_never_served() {
         .await
         .unwrap();
     let mut refused = 0;
-    for i in 0..ENTRIES {
+    for i in 0..CACHE_ENTRIES {
         let key = serde_json::json!({"namespace": "flip", "identifier": format!("k{i}")});
         match client
             .cache(serde_json::json!({"operation": "get", "key": key}))
@@ -202,34 +222,17 @@ async fn a_flipped_byte_in_a_view_file_is_named_and_never_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_byte_inside_the_write_ahead_log_is_refused_not_cut_off() {
-    const ENTRIES: usize = 200;
     let dir = TestDir::new();
     let daemon = Daemon::start(&dir, &[]).unwrap();
-    let client = mpreg_client::Client::connect(&daemon.ready.client_url)
-        .await
-        .unwrap();
-    for i in 0..ENTRIES {
-        let key = serde_json::json!({"namespace": "wal", "identifier": format!("k{i}")});
-        client
-            .cache(serde_json::json!({"operation": "put", "key": key, "value": i}))
-            .await
-            .unwrap();
-    }
-    drop(client);
-    // kill -9 leaves every acknowledged write in the WAL only.
+    put_cache_entries(&daemon, "wal", |i| i.into()).await;
+    // kill -9 leaves every acknowledged write in the WAL only. A third of
+    // the way in: records follow the damaged one that were synced, and
+    // acknowledged, after it.
     daemon.kill9().unwrap();
-    let wal = std::fs::read_dir(dir.data().join("db"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+    let wal = db_files(&dir, "log")
         .max_by_key(|path| std::fs::metadata(path).unwrap().len())
         .expect("a WAL file");
-    let mut bytes = std::fs::read(&wal).unwrap();
-    // A third of the way in: records follow it that were synced, and
-    // acknowledged, after the one this byte belongs to.
-    let at = bytes.len() / 3;
-    bytes[at] ^= 0x40;
-    std::fs::write(&wal, bytes).unwrap();
+    mpreg_tests::flip_byte_a_third_in(&wal);
 
     // Replaying up to the damage and dropping the rest would lose
     // acknowledged writes without a word: the node must refuse instead,
@@ -241,4 +244,43 @@ async fn a_flipped_byte_inside_the_write_ahead_log_is_refused_not_cut_off() {
     );
     let msg = replay_refused(&dir);
     assert!(msg.contains("Corruption"), "{msg}");
+}
+
+/// Writes entries on a fresh node, stops it cleanly (the log goes to an
+/// SST file), damages that file with `damage`, and expects the start and
+/// `replay` to be refused with RocksDB's `Corruption` naming the file: the
+/// start reads the newest log entries (for the event clock), and this
+/// short log is all new.
+async fn log_damage_is_refused(damage: impl FnOnce(&std::path::Path)) {
+    let dir = TestDir::new();
+    let daemon = Daemon::start(&dir, &[]).unwrap();
+    put_cache_entries(&daemon, "logdamage", |i| format!("{i:0>1000}").into()).await;
+    assert!(daemon.stop().unwrap().success());
+    let sst = sst_of_family(&dir, "log");
+    damage(&sst);
+    let file = sst.file_name().unwrap().to_string_lossy().into_owned();
+
+    let msg = refused(&dir);
+    assert!(msg.contains("Corruption") && msg.contains(&file), "{msg}");
+    let msg = replay_refused(&dir);
+    assert!(msg.contains("Corruption") && msg.contains(&file), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_in_a_log_file_is_refused_at_start_naming_it() {
+    log_damage_is_refused(mpreg_tests::flip_byte_a_third_in).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_log_file_is_refused_at_start_naming_it() {
+    log_damage_is_refused(|sst| {
+        let len = std::fs::metadata(sst).unwrap().len();
+        std::fs::File::options()
+            .write(true)
+            .open(sst)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+    })
+    .await;
 }

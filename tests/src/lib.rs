@@ -24,6 +24,8 @@ use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
 pub mod cluster;
+pub mod linearizable;
+pub mod power_cut;
 pub mod prom;
 pub mod proxy;
 pub mod tls;
@@ -448,6 +450,16 @@ pub fn output_within(mut cmd: Command, timeout: Duration) -> Result<Output> {
             bail!("{cmd:?} still running after {timeout:?}; killed: {partial:?}")
         }
     }
+}
+
+/// Flips one bit of the byte a third of the way into `path`: inside the
+/// data of a RocksDB file, a WAL or a snapshot file, clear of headers
+/// and footers.
+pub fn flip_byte_a_third_in(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0x40;
+    std::fs::write(path, bytes).unwrap();
 }
 
 /// Runs the daemon binary to completion (for refusals and subcommands).
