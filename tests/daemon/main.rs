@@ -13,6 +13,7 @@ mod durability;
 mod federation;
 mod framed;
 mod hostile;
+mod linearizable;
 mod metrics;
 mod migrations;
 mod peers;

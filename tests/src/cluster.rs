@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::proxy::Proxy;
+use crate::proxy::{LinkFaults, Proxy};
 use crate::{Daemon, TestDir, sql_rows, status_of};
 
 /// One member and its fault-injection handles.
@@ -246,10 +246,18 @@ impl Cluster {
         }
     }
 
-    /// Restores every link.
+    /// Restores every link, blocked or slowed.
     pub fn heal(&self) {
         for member in &self.members {
             member.proxy.unblock_all();
+            member.proxy.set_faults(LinkFaults::default());
+        }
+    }
+
+    /// Slows every link between members as `faults` say, until [`Cluster::heal`].
+    pub fn slow_links(&self, faults: LinkFaults) {
+        for member in &self.members {
+            member.proxy.set_faults(faults);
         }
     }
 

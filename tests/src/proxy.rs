@@ -1,21 +1,52 @@
-//! A TCP proxy in front of one node's peer listener, for partitions: it
-//! reads who is calling from the WebSocket request line
+//! A TCP proxy in front of one node's peer listener, for partitions and
+//! slow links: it reads who is calling from the WebSocket request line
 //! (`GET /peer?from=<node id>`) and refuses or cuts the links of blocked
-//! callers. Only loopback addresses are used. Over TLS the request line
-//! is encrypted: links are relayed, but not blocked by caller.
+//! callers, and holds what it relays as [`LinkFaults`] say. Only loopback
+//! addresses are used. Over TLS the request line is encrypted: links are
+//! relayed, but not blocked by caller.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Result;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+/// How a link delays what it relays, both ways. Bytes keep their order: a
+/// chunk is delivered `delay` plus up to `jitter` after it was read, never
+/// before the chunk ahead of it. A packet lost on a TCP link is felt as a
+/// stall until it is sent again: `stall_per_mille` of the chunks are held
+/// 200 ms more (Linux's minimum retransmission timeout), and everything
+/// behind them waits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkFaults {
+    pub delay: Duration,
+    pub jitter: Duration,
+    pub stall_per_mille: u32,
+}
+
+const STALL: Duration = Duration::from_millis(200);
+
+impl LinkFaults {
+    /// How long to hold one chunk; `dice` is a random number.
+    fn hold(&self, dice: u64) -> Duration {
+        let jitter_ns = u64::try_from(self.jitter.as_nanos()).unwrap_or(u64::MAX);
+        let jitter = Duration::from_nanos(dice.checked_rem(jitter_ns + 1).unwrap_or(0));
+        let stalled = (dice >> 32) % 1000 < u64::from(self.stall_per_mille);
+        self.delay + jitter + if stalled { STALL } else { Duration::ZERO }
+    }
+}
 
 #[derive(Default)]
 struct State {
     target: Option<SocketAddr>,
+    faults: LinkFaults,
     blocked: HashSet<String>,
     /// Open links by caller, so blocking a caller cuts them.
     links: HashMap<String, Vec<AbortHandle>>,
@@ -80,6 +111,11 @@ impl Proxy {
     pub fn unblock_all(&self) {
         self.state.lock().unwrap().blocked.clear();
     }
+
+    /// Delays what every link relays from now on (open links included).
+    pub fn set_faults(&self, faults: LinkFaults) {
+        self.state.lock().unwrap().faults = faults;
+    }
 }
 
 impl Drop for Proxy {
@@ -121,8 +157,14 @@ async fn relay(mut inbound: TcpStream, state: Arc<Mutex<State>>) {
     if outbound.write_all(&head).await.is_err() {
         return;
     }
+    let faults = state.clone();
     let link = tokio::spawn(async move {
-        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+        let (in_read, in_write) = inbound.into_split();
+        let (out_read, out_write) = outbound.into_split();
+        tokio::join!(
+            pipe(in_read, out_write, faults.clone()),
+            pipe(out_read, in_write, faults)
+        );
     });
     let mut state = state.lock().unwrap();
     if state.blocked.contains(&who) {
@@ -134,6 +176,42 @@ async fn relay(mut inbound: TcpStream, state: Arc<Mutex<State>>) {
     links.push(link.abort_handle());
 }
 
+/// Relays one direction of a link, holding each chunk as the proxy's
+/// faults say: a reader stamps each chunk with its delivery time, a writer
+/// delivers it then.
+async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, state: Arc<Mutex<State>>) {
+    let (chunks, mut due) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let read = async move {
+        let mut dice = 0x2545_F491_4F6C_DD1D_u64 ^ u64::from(std::process::id());
+        let mut last = Instant::now();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            dice ^= dice << 13;
+            dice ^= dice >> 7;
+            dice ^= dice << 17;
+            let hold = state.lock().unwrap().faults.hold(dice);
+            last = last.max(Instant::now() + hold);
+            if chunks.send((last, buf[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+    };
+    let write = async move {
+        while let Some((at, bytes)) = due.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(read, write);
+}
+
 #[cfg(test)]
 mod test {
     #[test]
@@ -141,5 +219,29 @@ mod test {
         assert_eq!(super::caller("GET /peer?from=n1 HTTP/1.1\r\n"), "n1");
         assert_eq!(super::caller("GET /peer?from=n2&x=1 HTTP/1.1"), "n2");
         assert_eq!(super::caller("GET / HTTP/1.1"), "");
+    }
+
+    #[test]
+    fn a_chunk_is_held_the_delay_plus_jitter_and_sometimes_a_stall() {
+        use super::{LinkFaults, STALL};
+        use std::time::Duration;
+        let faults = LinkFaults {
+            delay: Duration::from_millis(10),
+            jitter: Duration::from_millis(5),
+            stall_per_mille: 100,
+        };
+        let holds: Vec<Duration> = (1..=10_000u64)
+            .map(|i| faults.hold(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+            .collect();
+        let stalls = holds.iter().filter(|h| **h >= STALL).count();
+        assert!((700..1300).contains(&stalls), "{stalls} stalls in 10,000");
+        for hold in holds {
+            let base = if hold >= STALL { hold - STALL } else { hold };
+            assert!(
+                base >= faults.delay && base <= faults.delay + faults.jitter,
+                "{hold:?}"
+            );
+        }
+        assert_eq!(LinkFaults::default().hold(12345), Duration::ZERO);
     }
 }

@@ -1,0 +1,253 @@
+//! The cache is linearizable per key through faults. Clients on every node
+//! put, strongly read, compare-and-swap and delete three keys while the
+//! leader is killed with -9 and restarted, cut off from the others and
+//! healed, stopped (SIGSTOP) until replaced and continued, and while every
+//! link between nodes is slow and stalls as if it lost packets. Every call is recorded with its invoke and completion times
+//! on one clock, and `mpreg_tests::linearizable` must find one order of the
+//! calls that explains every answer. A call that failed (a timeout, a lost
+//! node, "outcome unknown") may have taken effect or not; a failed read is
+//! dropped. `MPREG_SOAK=1` runs 10x the fault cycles.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mpreg_client::Client;
+use mpreg_tests::cluster::Cluster;
+use mpreg_tests::linearizable::{self, Call, Op, Output};
+use mpreg_tests::proxy::LinkFaults;
+use serde_json::{Value, json};
+
+const KEYS: u64 = 3;
+const CLIENTS: usize = 6;
+const SETTLE: Duration = Duration::from_secs(30);
+
+fn cycles() -> usize {
+    if std::env::var("MPREG_SOAK").is_ok_and(|v| v == "1") {
+        20
+    } else {
+        2
+    }
+}
+
+/// What the clients share: the members' client URLs (a restart moves a
+/// member to a new port), the clock and the history.
+struct Run {
+    urls: Mutex<Vec<String>>,
+    start: Instant,
+    history: Mutex<Vec<Call>>,
+    stop: AtomicBool,
+}
+
+impl Run {
+    fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// A small deterministic generator (xorshift), seeded per client.
+struct Dice(u64);
+
+impl Dice {
+    fn roll(&mut self, sides: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % sides
+    }
+}
+
+fn as_value(v: &Value) -> Option<String> {
+    v.as_str().map(str::to_string)
+}
+
+/// The request for `op` on `key`.
+fn request(key: &Value, op: &Op) -> Value {
+    match op {
+        Op::Get => json!({"operation": "get", "key": key,
+                          "options": {"consistency_level": "strong"}}),
+        Op::Put(v) => json!({"operation": "put", "key": key, "value": v}),
+        Op::Delete => json!({"operation": "delete", "key": key}),
+        Op::Cas { expected, new } => json!({"operation": "atomic", "key": key,
+            "atomic_operation": {"operation_type": "compare_and_swap",
+                                 "expected_value": expected, "new_value": new}}),
+    }
+}
+
+/// The answer `reply` gives to `op`.
+fn output(op: &Op, reply: &Value) -> Output {
+    match op {
+        Op::Get => match reply["status"].as_str() {
+            Some("hit") => Output::Read(as_value(&reply["entry"]["value"])),
+            Some("miss") => Output::Read(None),
+            _ => panic!("a get answered {reply}"),
+        },
+        Op::Put(_) => {
+            assert_eq!(reply["status"], "ok", "{reply}");
+            Output::Written
+        }
+        Op::Delete => Output::Deleted(reply["changed"] == json!(true)),
+        Op::Cas { .. } => match reply["changed"].as_bool() {
+            Some(true) => Output::Swapped(true, None),
+            Some(false) => Output::Swapped(false, Some(as_value(&reply["value"]))),
+            None => panic!("a compare-and-swap answered {reply}"),
+        },
+    }
+}
+
+/// One client: random calls on random keys, moving to the next node when
+/// its node fails. It remembers the last value it saw of each key as the
+/// `expected` of its next compare-and-swap there.
+async fn client(run: Arc<Run>, id: usize) {
+    let mut dice = Dice(0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1));
+    let mut at = id;
+    let mut connection: Option<Client> = None;
+    let mut last_seen: Vec<Option<String>> = vec![None; KEYS as usize];
+    let mut n = 0u64;
+    while !run.stop.load(Ordering::SeqCst) {
+        let Some(client) = connection.as_ref() else {
+            let url = {
+                let urls = run.urls.lock().unwrap();
+                at = (at + 1) % urls.len();
+                urls[at].clone()
+            };
+            match tokio::time::timeout(Duration::from_secs(2), Client::connect(&url)).await {
+                Ok(Ok(client)) => connection = Some(client),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+            continue;
+        };
+        let k = dice.roll(KEYS);
+        let key = json!({"namespace": "lin", "identifier": format!("k{k}")});
+        n += 1;
+        let value = format!("c{id}-{n}");
+        let op = match dice.roll(10) {
+            0..=3 => Op::Get,
+            4..=6 => Op::Put(value),
+            7..=8 => Op::Cas {
+                expected: last_seen[k as usize].clone(),
+                new: value,
+            },
+            _ => Op::Delete,
+        };
+        let invoked = run.now();
+        let reply = tokio::time::timeout(Duration::from_secs(10), client.cache(request(&key, &op)));
+        let reply = reply.await;
+        let completed = run.now();
+        let completed = match reply {
+            Ok(Ok(reply)) => {
+                let out = output(&op, &reply);
+                match &out {
+                    Output::Read(v) | Output::Swapped(false, Some(v)) => {
+                        last_seen[k as usize] = v.clone();
+                    }
+                    Output::Swapped(true, None) | Output::Written => {
+                        if let Op::Put(v) | Op::Cas { new: v, .. } = &op {
+                            last_seen[k as usize] = Some(v.clone());
+                        }
+                    }
+                    Output::Deleted(_) => last_seen[k as usize] = None,
+                    Output::Swapped(..) => {}
+                }
+                Some((completed, out))
+            }
+            Ok(Err(_)) | Err(_) => {
+                connection = None;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if op == Op::Get {
+                    continue;
+                }
+                None
+            }
+        };
+        run.history.lock().unwrap().push(Call {
+            key: format!("k{k}"),
+            op,
+            invoked,
+            completed,
+        });
+    }
+}
+
+fn client_urls(cluster: &Cluster) -> Vec<String> {
+    cluster
+        .members
+        .iter()
+        .map(|m| m.client_url.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cache_is_linearizable_through_leader_kills_and_partitions() {
+    let mut cluster = Cluster::start(3, "").await.unwrap();
+    let all = [0, 1, 2];
+    let run = Arc::new(Run {
+        urls: Mutex::new(client_urls(&cluster)),
+        start: Instant::now(),
+        history: Mutex::new(Vec::new()),
+        stop: AtomicBool::new(false),
+    });
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|id| tokio::spawn(client(run.clone(), id)))
+        .collect();
+    let pause = |secs| tokio::time::sleep(Duration::from_secs(secs));
+    for _ in 0..cycles() {
+        pause(2).await;
+        let leader = cluster.wait_leader(&all, SETTLE).await.unwrap();
+        cluster.kill9(leader).unwrap();
+        pause(2).await;
+        cluster.restart(leader).await.unwrap();
+        *run.urls.lock().unwrap() = client_urls(&cluster);
+        pause(2).await;
+        let leader = cluster.wait_leader(&all, SETTLE).await.unwrap();
+        cluster.isolate(&[leader]);
+        pause(3).await;
+        cluster.heal();
+        pause(2).await;
+        // A leader stopped long enough to be replaced wakes up believing
+        // it still leads: it must not answer reads from its old view.
+        let leader = cluster.wait_leader(&all, SETTLE).await.unwrap();
+        cluster.pause(leader).unwrap();
+        pause(3).await;
+        cluster.resume(leader).unwrap();
+        pause(1).await;
+        cluster.slow_links(LinkFaults {
+            delay: Duration::from_millis(20),
+            jitter: Duration::from_millis(30),
+            stall_per_mille: 20,
+        });
+        pause(4).await;
+        cluster.heal();
+    }
+    pause(2).await;
+    run.stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let history = std::mem::take(&mut *run.history.lock().unwrap());
+    let answered = |f: fn(&Output) -> bool| {
+        history
+            .iter()
+            .filter(|c| c.completed.as_ref().is_some_and(|(_, out)| f(out)))
+            .count()
+    };
+    let reads = answered(|o| matches!(o, Output::Read(Some(_))));
+    let swaps = answered(|o| matches!(o, Output::Swapped(true, _)));
+    let unknown = history.iter().filter(|c| c.completed.is_none()).count();
+    assert!(
+        reads >= 50 && swaps >= 10,
+        "too little was checked: {} calls, {reads} reads of a value, {swaps} swaps",
+        history.len()
+    );
+    let checking = Instant::now();
+    let verdict = linearizable::check(&history);
+    eprintln!(
+        "linearizability: {} calls ({reads} reads of a value, {swaps} swaps, {unknown} unknown) \
+         checked in {:?}",
+        history.len(),
+        checking.elapsed()
+    );
+    if let Err(violation) = verdict {
+        panic!("{violation}");
+    }
+}
