@@ -1,6 +1,7 @@
 //! N real `mpreg-daemon` processes forming one cluster, and the faults the
-//! cluster tests inject: kill -9 and restart, SIGSTOP / SIGCONT, and
-//! network partitions through a [`Proxy`] in front of each node.
+//! cluster tests inject: kill -9 and restart, SIGSTOP / SIGCONT, network
+//! partitions and slow links through a [`Proxy`] in front of each node,
+//! and a power cut of all nodes at once.
 //!
 //! Member `i` is node `n<i+1>`. Every member advertises its proxy's URL,
 //! so all raft traffic between nodes crosses the proxies; tests talk to
@@ -15,12 +16,14 @@
 //! file), so the harness points the proxy at the node as soon as the
 //! daemon's `--listening-file` names its port.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+use crate::power_cut::{Cut, drop_unsynced};
 use crate::proxy::{LinkFaults, Proxy};
 use crate::{Daemon, TestDir, sql_rows, status_of};
 
@@ -34,6 +37,38 @@ pub struct Member {
     /// Client and admin URL of the last run (kept while stopped).
     pub client_url: String,
     pub admin_url: String,
+    /// Where strace records the member's file writes and syncs, for
+    /// [`Cluster::power_cut`] (members of [`Cluster::start_traced`] until
+    /// the cut).
+    trace: Option<PathBuf>,
+}
+
+impl Member {
+    fn started(&mut self, daemon: Daemon) {
+        self.client_url = daemon.ready.client_url.clone();
+        self.admin_url = daemon.ready.admin_url.clone();
+        self.daemon = Some(daemon);
+    }
+}
+
+/// The flags and the wrapper a member starts with.
+struct MemberCommand {
+    args: Vec<String>,
+    wrapper: Vec<String>,
+}
+
+impl MemberCommand {
+    /// Starts `member`'s daemon (blocking until it is ready), pointing its
+    /// proxy at it as soon as it listens.
+    fn spawn(&self, member: &Member) -> Result<Daemon> {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let wrapper: Vec<&str> = self.wrapper.iter().map(String::as_str).collect();
+        Daemon::spawn(&wrapper, &member.dir, &args, |addr| {
+            member.proxy.set_target(addr);
+            Ok(())
+        })
+        .with_context(|| format!("start {}", member.name))
+    }
 }
 
 /// A cluster of real daemons on loopback.
@@ -41,6 +76,8 @@ pub struct Cluster {
     pub members: Vec<Member>,
     /// TOML written as each member's config file.
     config: String,
+    /// Whether new members run under a trace for [`Cluster::power_cut`].
+    traced: bool,
 }
 
 /// Threads of `pid` not in the stopped state (`T`), as (tid, state).
@@ -82,9 +119,20 @@ impl Cluster {
     /// each member's node id (`n1`, `n2`, ...), e.g. in its certificate's
     /// file name.
     pub async fn start(n: usize, config: &str) -> Result<Cluster> {
+        Cluster::start_members(n, config, false).await
+    }
+
+    /// Like [`Cluster::start`], each member under a trace of its file
+    /// writes and syncs ([`crate::power_cut`]), for [`Cluster::power_cut`].
+    pub async fn start_traced(n: usize, config: &str) -> Result<Cluster> {
+        Cluster::start_members(n, config, true).await
+    }
+
+    async fn start_members(n: usize, config: &str, traced: bool) -> Result<Cluster> {
         let mut cluster = Cluster {
             members: Vec::new(),
             config: config.to_string(),
+            traced,
         };
         for _ in 0..n {
             cluster.add().await?;
@@ -110,9 +158,11 @@ impl Cluster {
     /// URL is known before it runs). Start it with [`Cluster::start_joining`].
     pub async fn prepare(&mut self) -> Result<usize> {
         let index = self.members.len();
+        let dir = TestDir::new();
         let member = Member {
             name: format!("n{}", index + 1),
-            dir: TestDir::new(),
+            trace: self.traced.then(|| dir.path().join("strace.log")),
+            dir,
             proxy: Proxy::start().await?,
             daemon: None,
             client_url: String::new(),
@@ -129,32 +179,70 @@ impl Cluster {
     }
 
     async fn launch(&mut self, i: usize, join: Option<String>) -> Result<()> {
-        let config = self.config.replace("{node}", &self.members[i].name);
-        let advertised = self.url_of(&self.members[i]);
-        let member = &mut self.members[i];
+        let command = self.command(i, join)?;
+        let member = &self.members[i];
+        let daemon = tokio::task::block_in_place(|| command.spawn(member))?;
+        self.members[i].started(daemon);
+        Ok(())
+    }
+
+    /// Starts the stopped members `group` one `gap` after another, as
+    /// machines come back after an outage of the whole cluster, and waits
+    /// until all are ready (a member back early waits for a quorum before
+    /// it is ready).
+    pub async fn restart_staggered(&mut self, group: &[usize], gap: Duration) -> Result<()> {
+        let commands = group
+            .iter()
+            .map(|&i| self.command(i, None))
+            .collect::<Result<Vec<_>>>()?;
+        let members = &self.members;
+        let daemons = tokio::task::block_in_place(|| {
+            std::thread::scope(|scope| {
+                let starts: Vec<_> = group
+                    .iter()
+                    .zip(&commands)
+                    .zip(0u32..)
+                    .map(|((&i, command), nth)| {
+                        scope.spawn(move || {
+                            std::thread::sleep(gap * nth);
+                            command.spawn(&members[i])
+                        })
+                    })
+                    .collect();
+                starts
+                    .into_iter()
+                    .map(|start| start.join().expect("a start thread"))
+                    .collect::<Result<Vec<_>>>()
+            })
+        })?;
+        for (&i, daemon) in group.iter().zip(daemons) {
+            self.members[i].started(daemon);
+        }
+        Ok(())
+    }
+
+    /// How member `i` is started: its flags and the wrapper that runs it.
+    fn command(&self, i: usize, join: Option<String>) -> Result<MemberCommand> {
+        let member = &self.members[i];
+        let config = self.config.replace("{node}", &member.name);
         let mut args = member.dir.config(&config);
         args.extend([
             "--node-id".to_string(),
             member.name.clone(),
             "--advertise-url".to_string(),
-            advertised,
+            self.url_of(member),
         ]);
         if let Some(join) = join {
             args.extend(["--join".to_string(), join]);
         }
-        let (dir, proxy) = (&member.dir, &member.proxy);
-        let daemon = tokio::task::block_in_place(|| {
-            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            Daemon::start_with(dir, &refs, |addr| {
-                proxy.set_target(addr);
-                Ok(())
-            })
-        })
-        .with_context(|| format!("start {}", member.name))?;
-        member.client_url = daemon.ready.client_url.clone();
-        member.admin_url = daemon.ready.admin_url.clone();
-        member.daemon = Some(daemon);
-        Ok(())
+        let wrapper = match &member.trace {
+            Some(trace) if trace.exists() => {
+                bail!("{} restarted before its power cut", member.name)
+            }
+            Some(trace) => crate::power_cut::strace_wrapper(trace),
+            None => Vec::new(),
+        };
+        Ok(MemberCommand { args, wrapper })
     }
 
     /// The URL member `m` is reached at (through its proxy): `wss://` when
@@ -183,6 +271,24 @@ impl Cluster {
     pub fn kill9(&mut self, i: usize) -> Result<()> {
         let daemon = self.members[i].daemon.take().context("already stopped")?;
         daemon.kill9()
+    }
+
+    /// A power cut of every member at once: `kill -9` of all, then each
+    /// member's files cut back to what its last syncs covered
+    /// ([`crate::power_cut::drop_unsynced`]). Members of
+    /// [`Cluster::start_traced`] only; restarts after it run untraced.
+    pub fn power_cut(&mut self) -> Result<Vec<Cut>> {
+        for i in self.running() {
+            self.kill9(i)?;
+        }
+        self.members
+            .iter_mut()
+            .map(|member| {
+                let trace = member.trace.take().context("a member without a trace")?;
+                drop_unsynced(&trace, &member.dir.data())
+                    .with_context(|| format!("power cut of {}", member.name))
+            })
+            .collect()
     }
 
     /// SIGTERM member `i` and wait for it to exit.

@@ -140,9 +140,11 @@ fn replay_trace(text: &str) -> Result<HashMap<PathBuf, TracedFile>> {
     let mut offsets: HashMap<u32, u64> = HashMap::new();
     let mut pending: HashMap<&str, Pending> = HashMap::new();
     for line in text.lines() {
+        // strace pads the thread id to the width of the longest one.
         let Some((thread, rest)) = line.split_once(' ') else {
             continue;
         };
+        let rest = rest.trim_start();
         if let Some(resumed) = rest.strip_prefix("<... ") {
             let Some(call) = pending.remove(thread) else {
                 bail!("a resumed call never entered: {line}");
@@ -309,7 +311,7 @@ mod tests {
     fn a_file_keeps_what_its_last_sync_covered() {
         let trace = "\
 1 openat(AT_FDCWD</d>, \"/d/a\", O_WRONLY|O_CREAT|O_TRUNC|O_CLOEXEC, 0644) = 3</d/a>
-1 write(3</d/a>, \"\"..., 100) = 100
+1  write(3</d/a>, \"\"..., 100) = 100
 1 writev(3</d/a>, [...], 2) = 4
 1 fdatasync(3</d/a>)      = 0
 1 write(3</d/a>, \"\"..., 10) = 10

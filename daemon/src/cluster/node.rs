@@ -416,24 +416,58 @@ impl Node {
         shutdown: &CancellationToken,
     ) -> Result<()> {
         self.wait_for_leader(shutdown).await?;
-        self.propose_ok(EventKind::NodeJoined {
-            node_id: self.identity.node_id.clone(),
-            cluster_id: self.identity.cluster_id.clone(),
-            addresses,
-            resources: Vec::new(),
-        })
+        self.propose_until_committed(
+            EventKind::NodeJoined {
+                node_id: self.identity.node_id.clone(),
+                cluster_id: self.identity.cluster_id.clone(),
+                addresses,
+                resources: Vec::new(),
+            },
+            shutdown,
+        )
         .await?;
-        self.propose_ok(EventKind::RouteAnnounced {
-            dest: self.identity.cluster_id.clone(),
-            next_hop: self.identity.cluster_id.clone(),
-            path: Vec::new(),
-            cost: 0,
-            advertiser: self.identity.cluster_id.clone(),
-            expires_at_ms: None,
-        })
+        self.propose_until_committed(
+            EventKind::RouteAnnounced {
+                dest: self.identity.cluster_id.clone(),
+                next_hop: self.identity.cluster_id.clone(),
+                path: Vec::new(),
+                cost: 0,
+                advertiser: self.identity.cluster_id.clone(),
+                expires_at_ms: None,
+            },
+            shutdown,
+        )
         .await?;
         tracing::info!(node_id = %self.identity.node_id, cluster_id = %self.identity.cluster_id, "node serving");
         Ok(())
+    }
+
+    /// Commits `kind`, an announcement that may commit twice, trying again
+    /// while no quorum commits it. After an outage of the whole cluster
+    /// the first member back may lead by its own vote alone (openraft
+    /// restores a committed leader's role at start) and can commit nothing
+    /// until a majority is back: it waits for them, it does not exit.
+    async fn propose_until_committed(
+        &self,
+        kind: EventKind,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        let started = tokio::time::Instant::now();
+        loop {
+            match self.propose_ok(kind.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(Error::Propose { kind, refused })
+                    if !matches!(refused, Refused::Invalid(_)) =>
+                {
+                    tracing::warn!(event = kind, waited = ?started.elapsed(), %refused, "not committed yet; waiting for a quorum of the cluster");
+                }
+                Err(e) => return Err(e),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                () = shutdown.cancelled() => return Err(Error::NoLeader(started.elapsed())),
+            }
+        }
     }
 
     /// Forms a cluster of this node alone, reached at `own_url`.
