@@ -2,11 +2,18 @@
 //! put, strongly read, compare-and-swap and delete three keys while the
 //! leader is killed with -9 and restarted, cut off from the others and
 //! healed, stopped (SIGSTOP) until replaced and continued, and while every
-//! link between nodes is slow and stalls as if it lost packets. Every call is recorded with its invoke and completion times
-//! on one clock, and `mpreg_tests::linearizable` must find one order of the
-//! calls that explains every answer. A call that failed (a timeout, a lost
+//! link between nodes is slow and stalls as if it lost packets. Every
+//! call is recorded with its invoke and completion times on one clock,
+//! and `mpreg_tests::linearizable` must find one order of the calls that
+//! explains every answer. A call that failed (a timeout, a lost
 //! node, "outcome unknown") may have taken effect or not; a failed read is
-//! dropped. `MPREG_SOAK=1` runs 10x the fault cycles.
+//! dropped. After the faults, every voter's views agree with an offline
+//! replay of its data dir. A five-node schedule draws one fault per cycle
+//! (kills, pauses, partitions with and without the leader, slow links,
+//! a voter replaced while clients write). `MPREG_SOAK=1` runs 10x the
+//! cycles of the three-node test and 100 five-node cycles
+//! (`MPREG_SOAK_CYCLES=N` sets them, `MPREG_SEED` the schedule,
+//! `MPREG_SOAK_DIR` keeps the histories).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -177,12 +184,37 @@ fn client_urls(cluster: &Cluster) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_cache_is_linearizable_through_leader_kills_and_partitions() {
-    let mut cluster = Cluster::start(3, "").await.unwrap();
-    let all = [0, 1, 2];
+impl Run {
+    /// Points the clients at the members' current ports.
+    fn refresh(&self, cluster: &Cluster) {
+        *self.urls.lock().unwrap() = client_urls(cluster);
+    }
+}
+
+fn pause(secs: u64) -> tokio::time::Sleep {
+    tokio::time::sleep(Duration::from_secs(secs))
+}
+
+/// Every link slow: 20 ms delay, up to 30 ms jitter, 2% of chunks held
+/// 200 ms.
+const SLOW: LinkFaults = LinkFaults {
+    delay: Duration::from_millis(20),
+    jitter: Duration::from_millis(30),
+    stall_per_mille: 20,
+};
+
+/// Runs `CLIENTS` clients against `cluster` while `faults` runs (it
+/// returns the members that are voters at the end), then checks the
+/// history and that the voters' views agree with their replays. With
+/// `MPREG_SOAK_DIR` set, writes the history there as `<name>.history` and
+/// the verdict as `<name>.summary`.
+async fn check_through(
+    cluster: &mut Cluster,
+    name: &str,
+    faults: impl AsyncFnOnce(&mut Cluster, &Run) -> Vec<usize>,
+) {
     let run = Arc::new(Run {
-        urls: Mutex::new(client_urls(&cluster)),
+        urls: Mutex::new(client_urls(cluster)),
         start: Instant::now(),
         history: Mutex::new(Vec::new()),
         stop: AtomicBool::new(false),
@@ -190,41 +222,22 @@ async fn the_cache_is_linearizable_through_leader_kills_and_partitions() {
     let clients: Vec<_> = (0..CLIENTS)
         .map(|id| tokio::spawn(client(run.clone(), id)))
         .collect();
-    let pause = |secs| tokio::time::sleep(Duration::from_secs(secs));
-    for _ in 0..cycles() {
-        pause(2).await;
-        let leader = cluster.wait_leader(&all, SETTLE).await.unwrap();
-        cluster.kill9(leader).unwrap();
-        pause(2).await;
-        cluster.restart(leader).await.unwrap();
-        *run.urls.lock().unwrap() = client_urls(&cluster);
-        pause(2).await;
-        let leader = cluster.wait_leader(&all, SETTLE).await.unwrap();
-        cluster.isolate(&[leader]);
-        pause(3).await;
-        cluster.heal();
-        pause(2).await;
-        // A leader stopped long enough to be replaced wakes up believing
-        // it still leads: it must not answer reads from its old view.
-        let leader = cluster.wait_leader(&all, SETTLE).await.unwrap();
-        cluster.pause(leader).unwrap();
-        pause(3).await;
-        cluster.resume(leader).unwrap();
-        pause(1).await;
-        cluster.slow_links(LinkFaults {
-            delay: Duration::from_millis(20),
-            jitter: Duration::from_millis(30),
-            stall_per_mille: 20,
-        });
-        pause(4).await;
-        cluster.heal();
-    }
+    let voters = faults(cluster, &run).await;
     pause(2).await;
     run.stop.store(true, Ordering::SeqCst);
     for c in clients {
         c.await.unwrap();
     }
     let history = std::mem::take(&mut *run.history.lock().unwrap());
+    if let Some(dir) = std::env::var_os("MPREG_SOAK_DIR") {
+        let path = std::path::Path::new(&dir).join(format!("{name}.history"));
+        let lines: Vec<String> = history
+            .iter()
+            .map(|call| format!("{} {call}", call.key))
+            .collect();
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        eprintln!("{name}: history in {}", path.display());
+    }
     let answered = |f: fn(&Output) -> bool| {
         history
             .iter()
@@ -241,13 +254,166 @@ async fn the_cache_is_linearizable_through_leader_kills_and_partitions() {
     );
     let checking = Instant::now();
     let verdict = linearizable::check(&history);
-    eprintln!(
-        "linearizability: {} calls ({reads} reads of a value, {swaps} swaps, {unknown} unknown) \
-         checked in {:?}",
+    let summary = format!(
+        "{name}: {} calls ({reads} reads of a value, {swaps} swaps, {unknown} unknown) \
+         checked in {:?}: {}",
         history.len(),
-        checking.elapsed()
+        checking.elapsed(),
+        if verdict.is_ok() {
+            "linearizable"
+        } else {
+            "NOT linearizable"
+        }
     );
+    eprintln!("{summary}");
+    if let Some(dir) = std::env::var_os("MPREG_SOAK_DIR") {
+        let path = std::path::Path::new(&dir).join(format!("{name}.summary"));
+        std::fs::write(&path, format!("{summary}\n")).unwrap();
+    }
     if let Err(violation) = verdict {
         panic!("{violation}");
     }
+    cluster.replays_agree(&voters, SETTLE).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cache_is_linearizable_through_leader_kills_and_partitions() {
+    let mut cluster = Cluster::start(3, "").await.unwrap();
+    check_through(&mut cluster, "three-node", async |cluster, run| {
+        let all = vec![0, 1, 2];
+        for _ in 0..cycles() {
+            pause(2).await;
+            let leader = cluster.wait_leader(&all, SETTLE).await.unwrap();
+            cluster.kill9(leader).unwrap();
+            pause(2).await;
+            cluster.restart(leader).await.unwrap();
+            run.refresh(cluster);
+            pause(2).await;
+            let leader = cluster.wait_leader(&all, SETTLE).await.unwrap();
+            cluster.isolate(&[leader]);
+            pause(3).await;
+            cluster.heal();
+            pause(2).await;
+            // A leader stopped long enough to be replaced wakes up
+            // believing it still leads: it must not answer reads from its
+            // old view.
+            let leader = cluster.wait_leader(&all, SETTLE).await.unwrap();
+            cluster.pause(leader).unwrap();
+            pause(3).await;
+            cluster.resume(leader).unwrap();
+            pause(1).await;
+            cluster.slow_links(SLOW);
+            pause(4).await;
+            cluster.heal();
+        }
+        all
+    })
+    .await;
+}
+
+/// Fault cycles of the five-node schedule: `MPREG_SOAK_CYCLES`, else 100
+/// with `MPREG_SOAK=1`, else one of each fault.
+fn mixed_cycles() -> usize {
+    match std::env::var("MPREG_SOAK_CYCLES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        Some(n) => n,
+        None if cycles() > 2 => 100,
+        None => MIXED.len(),
+    }
+}
+
+/// The faults of the five-node schedule.
+const MIXED: [&str; 7] = [
+    "kill -9 and restart",
+    "SIGSTOP 3 s and SIGCONT",
+    "a minority with the leader cut off 3 s",
+    "a minority without the leader cut off 3 s",
+    "every link slow 4 s",
+    "kill -9 of the leader and another, restart both",
+    "a voter removed and a new one added",
+];
+
+/// Five nodes, one fault per cycle: each of [`MIXED`] once, then drawn by
+/// a seeded die (`MPREG_SEED`, printed), against the leader or another
+/// voter. The
+/// membership changes under load: a removed voter is replaced by a new
+/// member that joins while clients write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cache_is_linearizable_on_five_nodes_through_a_mixed_schedule() {
+    let seed = std::env::var("MPREG_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5EED_u64);
+    let mut cluster = Cluster::start(5, "").await.unwrap();
+    check_through(&mut cluster, "five-node", async |cluster, run| {
+        let mut dice = Dice(seed);
+        let mut voters: Vec<usize> = (0..5).collect();
+        let mut ran = [0usize; MIXED.len()];
+        for cycle in 0..mixed_cycles() {
+            pause(1).await;
+            let leader = cluster.wait_leader(&voters, SETTLE).await.unwrap();
+            let others: Vec<usize> = voters.iter().copied().filter(|&i| i != leader).collect();
+            let other = others[dice.roll(others.len() as u64) as usize];
+            let third =
+                others[(others.iter().position(|&i| i == other).unwrap() + 1) % others.len()];
+            let victim = if dice.roll(2) == 0 { leader } else { other };
+            let fault = if cycle < MIXED.len() {
+                cycle
+            } else {
+                dice.roll(MIXED.len() as u64) as usize
+            };
+            ran[fault] += 1;
+            match fault {
+                0 => {
+                    cluster.kill9(victim).unwrap();
+                    pause(2).await;
+                    cluster.restart(victim).await.unwrap();
+                }
+                1 => {
+                    cluster.pause(victim).unwrap();
+                    pause(3).await;
+                    cluster.resume(victim).unwrap();
+                }
+                2 => {
+                    cluster.isolate(&[leader, other]);
+                    pause(3).await;
+                    cluster.heal();
+                }
+                3 => {
+                    cluster.isolate(&[other, third]);
+                    pause(3).await;
+                    cluster.heal();
+                }
+                4 => {
+                    cluster.slow_links(SLOW);
+                    pause(4).await;
+                    cluster.heal();
+                }
+                5 => {
+                    cluster.kill9(leader).unwrap();
+                    cluster.kill9(other).unwrap();
+                    pause(2).await;
+                    cluster.restart(leader).await.unwrap();
+                    cluster.restart(other).await.unwrap();
+                }
+                _ => {
+                    cluster.remove(other, leader).unwrap();
+                    let added = cluster.add().await.unwrap();
+                    voters.retain(|&i| i != other);
+                    voters.push(added);
+                }
+            }
+            run.refresh(cluster);
+        }
+        let ran: Vec<String> = MIXED
+            .iter()
+            .zip(ran)
+            .map(|(fault, n)| format!("{n} x {fault}"))
+            .collect();
+        eprintln!("five-node schedule (seed {seed}): {}", ran.join(", "));
+        voters
+    })
+    .await;
 }

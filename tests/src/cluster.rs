@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
 use crate::power_cut::{Cut, drop_unsynced};
@@ -68,6 +68,21 @@ impl MemberCommand {
             Ok(())
         })
         .with_context(|| format!("start {}", member.name))
+    }
+}
+
+/// Runs `mpreg cluster <args>`: its stdout, or its stderr when it fails.
+pub fn cluster_cli(args: &[&str]) -> std::result::Result<String, String> {
+    let out = Command::new(crate::cli_bin())
+        .arg("cluster")
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    if out.status.success() {
+        Ok(text(&out.stdout))
+    } else {
+        Err(text(&out.stderr))
     }
 }
 
@@ -289,6 +304,55 @@ impl Cluster {
                     .with_context(|| format!("power cut of {}", member.name))
             })
             .collect()
+    }
+
+    /// Removes member `i` from the membership through member `via`
+    /// (`mpreg cluster remove`), then stops it.
+    pub fn remove(&mut self, i: usize, via: usize) -> Result<()> {
+        let name = self.members[i].name.clone();
+        cluster_cli(&["remove", &name, "--admin", &self.members[via].admin_url])
+            .map_err(|e| anyhow::anyhow!("remove {name}: {e}"))?;
+        self.stop(i)
+    }
+
+    /// Once `among` agree on an index and digest, stops them all at once
+    /// (SIGTERM to each, then waits) and replays each data dir offline:
+    /// a replay that stopped at that index must give that digest, and at
+    /// least one does (stopping can let the rest commit a new leader's
+    /// first entry). Returns the index.
+    pub async fn replays_agree(&mut self, among: &[usize], timeout: Duration) -> Result<u64> {
+        let (applied, digest) = self.wait_converged(among, timeout).await?;
+        for &i in among {
+            signal(self.daemon(i).pid(), "TERM")?;
+        }
+        let mut compared = 0;
+        for &i in among {
+            let status = self.wait_exit(i)?;
+            ensure!(
+                status.success(),
+                "{} stopped with {status}",
+                self.members[i].name
+            );
+            let replayed = crate::replay(&self.members[i].dir.data())?;
+            let name = &self.members[i].name;
+            let index = replayed["last_applied"].as_u64().unwrap_or(0);
+            ensure!(
+                index >= applied,
+                "{name} replayed to {index}, it had applied {applied}"
+            );
+            if index == applied {
+                ensure!(
+                    replayed["views_digest"] == digest.as_str(),
+                    "{name}: replay {replayed} vs live {digest} at {applied}"
+                );
+                compared += 1;
+            }
+        }
+        ensure!(
+            compared > 0,
+            "no replay stopped where {among:?} converged ({applied})"
+        );
+        Ok(applied)
     }
 
     /// SIGTERM member `i` and wait for it to exit.
