@@ -407,11 +407,20 @@ impl Cluster {
 
     /// Cuts every link between `group` and the other members, both ways.
     pub fn isolate(&self, group: &[usize]) {
-        for (i, inside) in self.members.iter().enumerate() {
-            for (j, outside) in self.members.iter().enumerate() {
-                if group.contains(&i) != group.contains(&j) {
-                    inside.proxy.block(&outside.name);
-                }
+        let rest: Vec<usize> = (0..self.members.len())
+            .filter(|i| !group.contains(i))
+            .collect();
+        self.cut_between(group, &rest);
+    }
+
+    /// Cuts every link between a member of `one` and a member of `other`,
+    /// both ways; links within each side, and to members of neither (a
+    /// bridge), stay.
+    pub fn cut_between(&self, one: &[usize], other: &[usize]) {
+        for &i in one {
+            for &j in other {
+                self.members[i].proxy.block(&self.members[j].name);
+                self.members[j].proxy.block(&self.members[i].name);
             }
         }
     }
