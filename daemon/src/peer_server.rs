@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use mpreg_storage::ArrivingSnapshot;
 use prometheus::IntCounterVec;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
@@ -40,6 +41,10 @@ pub struct PeerServer {
     systems: OnceLock<Systems>,
     /// Peers refused at the handshake, by reason.
     auth_refusals: IntCounterVec,
+    /// The checksum of the snapshot arriving from the leader, chunk by
+    /// chunk: a damaged one is refused here, since raft stops on a failed
+    /// install.
+    arriving_snapshot: std::sync::Mutex<ArrivingSnapshot>,
 }
 
 impl PeerServer {
@@ -48,6 +53,7 @@ impl PeerServer {
             node,
             systems: OnceLock::new(),
             auth_refusals,
+            arriving_snapshot: std::sync::Mutex::default(),
         })
     }
 
@@ -234,7 +240,18 @@ impl PeerServer {
             }
             PeerRequest::Vote(rpc) => PeerReply::Vote(raft.vote(rpc).await),
             PeerRequest::InstallSnapshot(rpc) => {
-                PeerReply::InstallSnapshot(raft.install_snapshot(rpc).await)
+                let checked = self
+                    .arriving_snapshot
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .chunk(&rpc.meta.snapshot_id, rpc.offset, &rpc.data, rpc.done);
+                match checked {
+                    Ok(()) => PeerReply::InstallSnapshot(raft.install_snapshot(rpc).await),
+                    Err(damage) => {
+                        tracing::error!(%damage, "refused a snapshot from the leader");
+                        PeerReply::Refused(Refused::Invalid(damage))
+                    }
+                }
             }
             PeerRequest::Propose(kinds) => {
                 if !self.node.is_leader() {

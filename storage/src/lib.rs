@@ -56,6 +56,7 @@ pub use log_store::{EventClock, LogStore};
 pub use metrics::StorageMetrics;
 pub use raft_types::{TypeConfig, raft_id, typ};
 pub use replay::{ReplayReport, replay};
+pub use snapshot::ArrivingSnapshot;
 pub use state_machine::{
     AppliedState, CacheChanges, CatalogRead, QueueChanges, StateMachine, Views,
 };

@@ -210,6 +210,85 @@ pub fn read(
     Ok(header)
 }
 
+/// Checks a snapshot file's checksum while it arrives in chunks, so a
+/// transfer whose bytes are damaged is refused before it reaches raft: a
+/// follower's failed install is fatal to openraft, a refused chunk only
+/// makes the sender try again later with its current snapshot (which it
+/// verifies, and rebuilds when damaged, before sending).
+#[derive(Default)]
+pub struct ArrivingSnapshot {
+    id: String,
+    /// Bytes hashed or held in `tail` so far.
+    received: u64,
+    hash: Xxh3,
+    /// The last (up to) 8 bytes seen: the checksum once the file is whole.
+    tail: Vec<u8>,
+    state: Arrival,
+}
+
+#[derive(Default, PartialEq, Eq)]
+enum Arrival {
+    #[default]
+    Checking,
+    /// Chunks came out of order (a resend): the install verifies instead.
+    Unverifiable,
+    /// The whole file arrived and its checksum did not match.
+    Damaged,
+}
+
+impl ArrivingSnapshot {
+    /// Takes the chunk at `offset` of snapshot `id` (`done`: the last);
+    /// `Err` names the damage when the file is complete and wrong, and
+    /// for every later chunk of it.
+    pub fn chunk(
+        &mut self,
+        id: &str,
+        offset: u64,
+        data: &[u8],
+        done: bool,
+    ) -> std::result::Result<(), String> {
+        if offset == 0 {
+            *self = ArrivingSnapshot {
+                id: id.to_string(),
+                ..ArrivingSnapshot::default()
+            };
+        } else if self.id != id {
+            self.id = id.to_string();
+            self.state = Arrival::Unverifiable;
+        }
+        let damaged = || {
+            format!(
+                "snapshot {id} arrived damaged (its checksum does not match its bytes); not installed"
+            )
+        };
+        match self.state {
+            Arrival::Damaged => return Err(damaged()),
+            Arrival::Unverifiable => return Ok(()),
+            Arrival::Checking if offset != self.received => {
+                self.state = Arrival::Unverifiable;
+                return Ok(());
+            }
+            Arrival::Checking => {}
+        }
+        self.received += data.len() as u64;
+        let held = self.tail.len() + data.len();
+        let hash_now = held.saturating_sub(8);
+        let from_tail = hash_now.min(self.tail.len());
+        self.hash.update(&self.tail[..from_tail]);
+        self.hash.update(&data[..hash_now - from_tail]);
+        self.tail.drain(..from_tail);
+        self.tail.extend_from_slice(&data[hash_now - from_tail..]);
+        if done {
+            let sum: Option<[u8; 8]> = self.tail.as_slice().try_into().ok();
+            if sum.map(u64::from_be_bytes) != Some(self.hash.digest()) {
+                self.state = Arrival::Damaged;
+                return Err(damaged());
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod test {
     use super::*;
@@ -270,5 +349,54 @@ mod test {
         }
         std::fs::write(&path, &good[..good.len() - 3]).unwrap();
         assert!(read(&path, |_, _, _| Ok(())).is_err());
+    }
+
+    /// The bytes of a valid snapshot file with `rows` rows.
+    fn file_bytes(rows: u8) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.snap");
+        let mut w = SnapshotWriter::create(&path, &header(0)).unwrap();
+        for i in 0..rows {
+            w.row(View::Nodes, &[i], &[i; 100]).unwrap();
+        }
+        w.finish().unwrap();
+        std::fs::read(&path).unwrap()
+    }
+
+    fn send(
+        arriving: &mut ArrivingSnapshot,
+        id: &str,
+        bytes: &[u8],
+        chunk: usize,
+    ) -> std::result::Result<(), String> {
+        let chunks: Vec<&[u8]> = bytes.chunks(chunk).collect();
+        let mut offset = 0;
+        for (n, data) in chunks.iter().enumerate() {
+            arriving.chunk(id, offset, data, n + 1 == chunks.len())?;
+            offset += data.len() as u64;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn an_arriving_snapshot_passes_whole_and_is_refused_damaged_in_any_chunking() {
+        let good = file_bytes(50);
+        for chunk in [1, 3, 7, 8, 9, 100, good.len()] {
+            let mut arriving = ArrivingSnapshot::default();
+            send(&mut arriving, "a", &good, chunk).unwrap();
+            let mut bad = good.clone();
+            bad[good.len() / 3] ^= 0x40;
+            let err = send(&mut arriving, "b", &bad, chunk).unwrap_err();
+            assert!(err.contains("snapshot b arrived damaged"), "{err}");
+            // A resend of its last chunk is refused too; a new transfer
+            // from offset 0 is checked afresh.
+            let last = (bad.len() - 1) / chunk * chunk;
+            assert!(
+                arriving
+                    .chunk("b", last as u64, &bad[last..], true)
+                    .is_err()
+            );
+            send(&mut arriving, "c", &good, chunk).unwrap();
+        }
     }
 }
