@@ -10,7 +10,7 @@
 //! dropped. After the faults, every voter's views agree with an offline
 //! replay of its data dir. A five-node schedule draws one fault per cycle
 //! (kills, pauses, partitions with and without the leader, a bridge,
-//! slow links, a voter replaced while clients write). `MPREG_SOAK=1` runs 10x the
+//! slow links, a voter replaced while clients write, a rolling restart). `MPREG_SOAK=1` runs 10x the
 //! cycles of the three-node test and 100 five-node cycles
 //! (`MPREG_SOAK_CYCLES=N` sets them, `MPREG_SEED` the schedule,
 //! `MPREG_SOAK_DIR` keeps the histories).
@@ -325,7 +325,7 @@ fn mixed_cycles() -> usize {
 }
 
 /// The faults of the five-node schedule.
-const MIXED: [&str; 8] = [
+const MIXED: [&str; 9] = [
     "kill -9 and restart",
     "SIGSTOP 3 s and SIGCONT",
     "a minority with the leader cut off 3 s",
@@ -334,6 +334,7 @@ const MIXED: [&str; 8] = [
     "kill -9 of the leader and another, restart both",
     "a voter removed and a new one added",
     "a bridge: the leader and one voter cut off from two others, one voter linked to all, 3 s",
+    "a rolling restart: every voter stopped (SIGTERM) and started again in turn",
 ];
 
 /// Five nodes, one fault per cycle: each of [`MIXED`] once, then drawn by
@@ -405,11 +406,19 @@ async fn the_cache_is_linearizable_on_five_nodes_through_a_mixed_schedule() {
                     voters.retain(|&i| i != other);
                     voters.push(added);
                 }
-                _ => {
+                7 => {
                     let rest: Vec<usize> = others.iter().copied().filter(|&i| i != other).collect();
                     cluster.cut_between(&[leader, rest[0]], &rest[1..]);
                     pause(3).await;
                     cluster.heal();
+                }
+                _ => {
+                    for &i in &voters {
+                        cluster.stop(i).unwrap();
+                        cluster.restart(i).await.unwrap();
+                        run.refresh(cluster);
+                        cluster.wait_leader(&voters, SETTLE).await.unwrap();
+                    }
                 }
             }
             run.refresh(cluster);
