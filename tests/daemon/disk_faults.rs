@@ -74,26 +74,7 @@ async fn a_failed_wal_sync_stops_the_node_and_a_restart_keeps_every_acknowledged
         "the last words name the failed sync:\n{log}"
     );
 
-    let again = Daemon::start(&dir, &[])?;
-    let client = Client::connect(&again.ready.client_url).await?;
-    for i in 0..ACKNOWLEDGED {
-        let got = client
-            .cache(json!({"operation": "get", "key": key(i)}))
-            .await?;
-        ensure!(
-            got["entry"]["value"] == json!(i),
-            "k{i} after the restart: {got}"
-        );
-    }
-    let status = again.status().await?;
-    drop(client);
-    ensure!(again.stop()?.success(), "clean stop");
-    let replayed = replay(&dir.data())?;
-    ensure!(
-        replayed["views_digest"] == status["views_digest"],
-        "{replayed} vs {status}"
-    );
-    Ok(())
+    restart_and_check(&dir, &[], &(0..ACKNOWLEDGED).collect::<Vec<_>>()).await
 }
 
 /// Bytes free to unprivileged users on the filesystem holding `path`.
