@@ -527,19 +527,23 @@ async fn a_fourth_node_joins_and_a_member_is_removed() {
     assert!(refused.contains("not a member"), "{refused}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_node_far_behind_installs_a_snapshot() {
-    let mut cluster = Cluster::start(3, "snapshot_interval = 50\nlog_retention = 10\n")
-        .await
-        .unwrap();
+/// A node left far behind: in a 3-node cluster that snapshots often and
+/// keeps little log, one follower is killed while writers load the other
+/// two until the leader has purged past it. Returns the stopped node, the
+/// two up and the keys acknowledged under `namespace`.
+async fn leave_one_far_behind(
+    cluster: &mut Cluster,
+    namespace: &'static str,
+) -> (usize, Vec<usize>, BTreeSet<String>) {
     let all = [0, 1, 2];
     let leader = cluster.wait_leader(&all, SETTLE).await.unwrap();
     let behind = (leader + 1) % 3;
     cluster.kill9(behind).unwrap();
     let up: Vec<usize> = all.iter().copied().filter(|&i| i != behind).collect();
-    let load = Load::start(&urls(&cluster, &up), 4, "far");
+    let load = Load::start(&urls(cluster, &up), 4, namespace);
     load.wait_for(600, SETTLE).await;
     let acked = load.finish().await;
+    let leader = cluster.wait_leader(&up, SETTLE).await.unwrap();
     let status = cluster.status(leader).await.unwrap();
     let purged = status["raft"]["purged_index"].as_u64().unwrap();
     let before = replay(&cluster.members[behind].dir.data()).unwrap();
@@ -547,8 +551,17 @@ async fn a_node_far_behind_installs_a_snapshot() {
         purged > before["last_applied"].as_u64().unwrap(),
         "the leader purged past the stopped node: {status} vs {before}"
     );
+    (behind, up, acked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_far_behind_installs_a_snapshot() {
+    let mut cluster = Cluster::start(3, "snapshot_interval = 50\nlog_retention = 10\n")
+        .await
+        .unwrap();
+    let (behind, _, acked) = leave_one_far_behind(&mut cluster, "far").await;
     cluster.restart(behind).await.unwrap();
-    assert_all_acknowledged(&cluster, &all, "far", &acked).await;
+    assert_all_acknowledged(&cluster, &[0, 1, 2], "far", &acked).await;
     let caught_up = cluster.status(behind).await.unwrap();
     assert!(
         caught_up["raft"]["snapshot_index"].as_u64().unwrap() > 0,
@@ -565,13 +578,7 @@ async fn a_damaged_snapshot_file_is_rebuilt_not_sent() {
         .await
         .unwrap();
     let all = [0, 1, 2];
-    let leader = cluster.wait_leader(&all, SETTLE).await.unwrap();
-    let behind = (leader + 1) % 3;
-    cluster.kill9(behind).unwrap();
-    let up: Vec<usize> = all.iter().copied().filter(|&i| i != behind).collect();
-    let load = Load::start(&urls(&cluster, &up), 4, "rot");
-    load.wait_for(600, SETTLE).await;
-    let acked = load.finish().await;
+    let (behind, up, acked) = leave_one_far_behind(&mut cluster, "rot").await;
     // Whichever of the two leads when the third returns sends its own
     // snapshot: damage both.
     for &i in &up {
