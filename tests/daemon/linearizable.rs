@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use mpreg_client::Client;
 use mpreg_tests::cluster::Cluster;
+use mpreg_tests::dice::Dice;
 use mpreg_tests::linearizable::{self, Call, Op, Output};
 use mpreg_tests::proxy::LinkFaults;
 use serde_json::{Value, json};
@@ -49,18 +50,6 @@ struct Run {
 impl Run {
     fn now(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-}
-
-/// A small deterministic generator (xorshift), seeded per client.
-struct Dice(u64);
-
-impl Dice {
-    fn roll(&mut self, sides: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % sides
     }
 }
 
@@ -106,7 +95,7 @@ fn output(op: &Op, reply: &Value) -> Output {
 /// its node fails. It remembers the last value it saw of each key as the
 /// `expected` of its next compare-and-swap there.
 async fn client(run: Arc<Run>, id: usize) {
-    let mut dice = Dice(0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1));
+    let mut dice = Dice::new(0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1));
     let mut at = id;
     let mut connection: Option<Client> = None;
     let mut last_seen: Vec<Option<String>> = vec![None; KEYS as usize];
@@ -350,7 +339,7 @@ async fn the_cache_is_linearizable_on_five_nodes_through_a_mixed_schedule() {
         .unwrap_or(0x5EED_u64);
     let mut cluster = Cluster::start(5, "").await.unwrap();
     check_through(&mut cluster, "five-node", async |cluster, run| {
-        let mut dice = Dice(seed);
+        let mut dice = Dice::new(seed);
         let mut voters: Vec<usize> = (0..5).collect();
         let mut ran = [0usize; MIXED.len()];
         for cycle in 0..mixed_cycles() {

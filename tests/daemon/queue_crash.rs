@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use mpreg_client::Client;
+use mpreg_tests::dice::Dice;
 use mpreg_tests::{Daemon, TestDir, replay};
 use serde_json::{Value, json};
 
@@ -28,18 +29,6 @@ struct Ledger {
     returned_after_ack: Vec<u64>,
     /// Deliveries that were not messages anyone sent.
     unknown: Vec<Value>,
-}
-
-/// A tiny xorshift: the kill schedule differs per run; the seed is printed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 /// Connects to whatever daemon is current, waiting while it restarts.
@@ -133,7 +122,7 @@ async fn kill9_loses_no_acknowledged_send_and_never_returns_an_acked_message() {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64 | 1);
     eprintln!("queue crash test: {total} messages, {kills} kills, seed {seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Dice::new(seed);
 
     let dir = TestDir::new();
     let mut daemon = Daemon::start(&dir, &[]).unwrap();
@@ -161,7 +150,7 @@ async fn kill9_loses_no_acknowledged_send_and_never_returns_an_acked_message() {
     let consumer = tokio::spawn(consume(url.clone(), ledger.clone(), produced.clone()));
 
     for kill in 0..kills {
-        tokio::time::sleep(Duration::from_millis(300 + rng.below(1200))).await;
+        tokio::time::sleep(Duration::from_millis(300 + rng.roll(1200))).await;
         let before = ledger.lock().unwrap().sent.len();
         daemon.kill9().unwrap();
         daemon = Daemon::start(&dir, &[]).unwrap();

@@ -24,6 +24,7 @@ use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
 pub mod cluster;
+pub mod dice;
 pub mod linearizable;
 pub mod power_cut;
 pub mod prom;
