@@ -92,6 +92,15 @@ pub enum PeerRequest {
     ReadIndex,
     /// From a neighbour cluster (the one request another cluster may make).
     Federation(FederationRequest),
+    /// A node starting with an empty store asks to become a member. Like
+    /// [`PeerRequest::Join`], except that a voter of that name (one whose
+    /// store was lost or damaged) is made a learner first: a voter that
+    /// forgot its log and its votes must not count towards a quorum until
+    /// it has caught up.
+    JoinEmpty {
+        node_id: String,
+        addr: String,
+    },
 }
 
 /// What a neighbour cluster asks of a member of this cluster.
@@ -200,6 +209,7 @@ impl PeerRequest {
             | PeerRequest::Vote(_)
             | PeerRequest::InstallSnapshot(_)
             | PeerRequest::Join { .. }
+            | PeerRequest::JoinEmpty { .. }
             | PeerRequest::Remove { .. }
             | PeerRequest::ReadIndex => Lane::Raft,
             PeerRequest::Propose(_)

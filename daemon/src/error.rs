@@ -74,3 +74,15 @@ pub enum Error {
     #[error("failed to install the signal handler")]
     Signal(#[source] std::io::Error),
 }
+
+/// `err` followed by each of its causes, `: `-separated, as one line (the
+/// cause is where RocksDB names a damaged file).
+pub fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    message
+}

@@ -205,13 +205,7 @@ async fn serve(args: RunArgs) -> mpreg_daemon::Result<()> {
 }
 
 fn report(err: &dyn std::error::Error) -> ExitCode {
-    let mut message = format!("error: {err}");
-    let mut source = err.source();
-    while let Some(cause) = source {
-        message.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    eprintln!("{message}");
+    eprintln!("error: {}", mpreg_daemon::error::with_causes(err));
     ExitCode::FAILURE
 }
 

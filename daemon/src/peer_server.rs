@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::Cache;
+use crate::cluster::membership::Joining;
 use crate::cluster::peer::{MAX_IN_FLIGHT_PER_LINK, PEER_SERVE_IDLE_TIMEOUT};
 use crate::cluster::{Node, membership};
 use crate::envelope::{
@@ -238,6 +239,12 @@ impl PeerServer {
             PeerRequest::AppendEntries(rpc) => {
                 PeerReply::AppendEntries(raft.append_entries(rpc).await)
             }
+            // A node with no membership yet (joining, or rebuilding a
+            // lost store) has no vote to give: the one it gave before its
+            // store was lost is forgotten.
+            PeerRequest::Vote(_) if !self.node.has_membership() => PeerReply::Refused(
+                Refused::Unavailable("this node is joining and does not vote yet".to_string()),
+            ),
             PeerRequest::Vote(rpc) => PeerReply::Vote(raft.vote(rpc).await),
             PeerRequest::InstallSnapshot(rpc) => {
                 let checked = self
@@ -261,9 +268,12 @@ impl PeerServer {
                 }
                 PeerReply::Proposed(self.node.propose_all(kinds).await)
             }
-            PeerRequest::Join { node_id, addr } => {
-                PeerReply::Membership(membership::join(&self.node, &node_id, &addr, envelope).await)
-            }
+            PeerRequest::Join { node_id, addr } => PeerReply::Membership(
+                membership::join(&self.node, &node_id, &addr, Joining::Running, envelope).await,
+            ),
+            PeerRequest::JoinEmpty { node_id, addr } => PeerReply::Membership(
+                membership::join(&self.node, &node_id, &addr, Joining::Empty, envelope).await,
+            ),
             PeerRequest::Remove { node } => {
                 PeerReply::Membership(membership::remove(&self.node, &node, envelope).await)
             }

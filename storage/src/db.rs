@@ -84,6 +84,9 @@ pub struct DataDir {
 const LOCK_FILE: &str = "mpreg.lock";
 const DB_DIR: &str = "db";
 const SNAPSHOT_DIR: &str = "snapshots";
+/// Where [`DataDir::set_aside_damaged`] moves a damaged store:
+/// `damaged-<unix seconds>` inside the data dir.
+const DAMAGED_PREFIX: &str = "damaged-";
 
 fn io_err<'a>(verb: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
     move |source| Error::DataDirIo {
@@ -120,7 +123,9 @@ fn foreign_entries(dir: &Path) -> Result<Vec<String>> {
             .file_name()
             .to_string_lossy()
             .into_owned();
-        if ![LOCK_FILE, DB_DIR, SNAPSHOT_DIR].contains(&name.as_str()) {
+        if ![LOCK_FILE, DB_DIR, SNAPSHOT_DIR].contains(&name.as_str())
+            && !name.starts_with(DAMAGED_PREFIX)
+        {
             names.push(name);
         }
     }
@@ -144,6 +149,32 @@ fn db_options(create: bool) -> Options {
 }
 
 impl DataDir {
+    /// Moves everything in the data dir at `path` (the database, the
+    /// snapshots, files the daemon keeps beside them) into
+    /// `path/damaged-<unix seconds>`, kept for inspection and never
+    /// deleted, so the dir opens empty. Takes the dir's lock while it moves
+    /// them. Returns where they went.
+    pub fn set_aside_damaged(path: &Path) -> Result<PathBuf> {
+        let _lock = take_lock(path)?;
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let aside = path.join(format!("{DAMAGED_PREFIX}{}", since_epoch.as_secs()));
+        std::fs::create_dir(&aside).map_err(io_err("create", &aside))?;
+        for entry in std::fs::read_dir(path).map_err(io_err("list", path))? {
+            let name = entry.map_err(io_err("list", path))?.file_name();
+            let keep = name == LOCK_FILE || name.to_string_lossy().starts_with(DAMAGED_PREFIX);
+            if !keep {
+                let from = path.join(&name);
+                std::fs::rename(&from, aside.join(&name)).map_err(io_err("move aside", &from))?;
+            }
+        }
+        File::open(path)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io_err("sync", path))?;
+        Ok(aside)
+    }
+
     /// Opens (or, in read-write mode, creates) the data dir at `path`.
     pub fn open(path: &Path, mode: OpenMode) -> Result<DataDir> {
         if mode == OpenMode::ReadWrite {

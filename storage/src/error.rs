@@ -95,6 +95,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this is damage to the files of the data dir (RocksDB found
+    /// a checksum mismatch, a torn or truncated file, a missing schema
+    /// version), as opposed to a dir in use, of another node, or newer.
+    pub fn is_damage(&self) -> bool {
+        let corrupt = |e: &rocksdb::Error| e.kind() == rocksdb::ErrorKind::Corruption;
+        match self {
+            Error::Open { source, .. } => corrupt(source),
+            Error::Rocks { cause, .. } => corrupt(cause),
+            Error::MissingSchema { .. } => true,
+            _ => false,
+        }
+    }
+
     pub(crate) fn rocks(
         verb: &'static str,
         what: impl Into<String>,

@@ -569,6 +569,104 @@ async fn a_node_far_behind_installs_a_snapshot() {
     );
 }
 
+/// A member whose data dir is lost comes back under its own name with
+/// `--join` and an empty dir: the leader makes it a learner first (a voter
+/// that forgot its log and votes must not count towards a quorum), it
+/// catches up from a snapshot, is promoted, and holds every acknowledged
+/// write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_whose_data_dir_is_lost_rejoins_under_its_name() {
+    let mut cluster = Cluster::start(3, "snapshot_interval = 50\nlog_retention = 10\n")
+        .await
+        .unwrap();
+    let (lost, up, acked) = leave_one_far_behind(&mut cluster, "lost").await;
+    std::fs::remove_dir_all(cluster.members[lost].dir.data()).unwrap();
+    rejoin_and_check(&mut cluster, lost, &up, "lost", &acked).await;
+    let leader = cluster.wait_leader(&[0, 1, 2], SETTLE).await.unwrap();
+    assert!(
+        cluster
+            .daemon(leader)
+            .log()
+            .contains("a voter starts with an empty store"),
+        "the leader made the empty voter a learner first"
+    );
+    cluster.replays_agree(&[0, 1, 2], SETTLE).await.unwrap();
+}
+
+/// A follower whose write-ahead log is damaged (a byte flipped after
+/// `kill -9`) rebuilds itself: started with `--join`, it moves the damaged
+/// store aside (`damaged-<secs>` in its data dir, kept), rejoins as a
+/// learner and catches up from the leader's snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_with_a_damaged_store_rebuilds_itself_from_the_cluster() {
+    let mut cluster = Cluster::start(3, "snapshot_interval = 50\nlog_retention = 10\n")
+        .await
+        .unwrap();
+    let (damaged, up, acked) = leave_one_far_behind(&mut cluster, "rebuilt").await;
+    let data = cluster.members[damaged].dir.data();
+    let wal = std::fs::read_dir(data.join("db"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "log"))
+        .max_by_key(|path| std::fs::metadata(path).unwrap().len())
+        .expect("a WAL file");
+    mpreg_tests::flip_byte_a_third_in(&wal);
+    rejoin_and_check(&mut cluster, damaged, &up, "rebuilt", &acked).await;
+    let log = cluster.daemon(damaged).log();
+    assert!(
+        log.contains("the store is damaged") && log.contains("Corruption"),
+        "the damage is logged with RocksDB's words:\n{log}"
+    );
+    let kept: Vec<String> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("damaged-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "the damaged store is kept aside: {kept:?}");
+    assert!(
+        data.join(&kept[0])
+            .join("db")
+            .join(wal.file_name().unwrap())
+            .exists()
+    );
+    cluster.replays_agree(&[0, 1, 2], SETTLE).await.unwrap();
+}
+
+/// Starts member `i` again with `--join` through a member of `up`, then
+/// checks that it is a voter of all three that caught up from a snapshot
+/// and holds every key of `acked`.
+async fn rejoin_and_check(
+    cluster: &mut Cluster,
+    i: usize,
+    up: &[usize],
+    namespace: &str,
+    acked: &BTreeSet<String>,
+) {
+    let leader = cluster.wait_leader(up, SETTLE).await.unwrap();
+    let join = cluster.url_of(&cluster.members[leader]);
+    cluster.start_joining(i, join).await.unwrap();
+    let all = [0, 1, 2];
+    assert_all_acknowledged(cluster, &all, namespace, acked).await;
+    for &member in &all {
+        assert_eq!(members(cluster, member).await, ["n1", "n2", "n3"]);
+    }
+    let (code, body) = cluster.daemon(i).get("/cluster/members").await.unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        body["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["role"] == "voter"),
+        "promoted again: {body}"
+    );
+    let rejoined = cluster.status(i).await.unwrap();
+    assert!(
+        rejoined["raft"]["snapshot_index"].as_u64().unwrap() > 0,
+        "caught up from a snapshot: {rejoined}"
+    );
+}
+
 /// Bit rot in the snapshot file a leader is about to send: it is found by
 /// its checksum and rebuilt from the views, never sent (a follower's
 /// install would refuse it and stop).

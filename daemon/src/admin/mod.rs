@@ -17,6 +17,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
+use crate::cluster::membership::Joining;
 use crate::cluster::{Node, RaftStatus, membership};
 use crate::envelope::{Envelope, PeerRequest, Refused};
 use crate::federation::Federation;
@@ -271,7 +272,9 @@ async fn add_member(
         addr: add.url.clone(),
     };
     let envelope = Envelope::local(&node.identity().cluster_id, request);
-    membership_answer(membership::join(node, &add.node_id, &add.url, &envelope).await)
+    membership_answer(
+        membership::join(node, &add.node_id, &add.url, Joining::Running, &envelope).await,
+    )
 }
 
 /// `DELETE /cluster/members/{node}`: removes a member (node id or raft id).

@@ -111,18 +111,32 @@ async fn via_leader(
     }
 }
 
+/// What the node asking to join holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Joining {
+    /// A running node, added by an operator (`POST /cluster/members`).
+    Running,
+    /// A node starting with an empty store (`--join`, or a store rebuilt
+    /// after damage).
+    Empty,
+}
+
 /// Adds `node_id` at `addr`: as a learner, then (once it caught up) as a
-/// voter. Already a voter: nothing to do.
+/// voter. Already a voter: nothing to do for a running node; a node that
+/// starts empty under a voter's name lost that voter's store, so it is made
+/// a learner first and promoted again once it caught up.
 pub async fn join(
     node: &Node,
     node_id: &str,
     addr: &str,
+    joining: Joining,
     envelope: &Envelope,
 ) -> std::result::Result<Vec<String>, Refused> {
     if !node.is_leader() {
-        let request = PeerRequest::Join {
-            node_id: node_id.to_string(),
-            addr: addr.to_string(),
+        let (node_id, addr) = (node_id.to_string(), addr.to_string());
+        let request = match joining {
+            Joining::Running => PeerRequest::Join { node_id, addr },
+            Joining::Empty => PeerRequest::JoinEmpty { node_id, addr },
         };
         return via_leader(node, request, envelope).await;
     }
@@ -136,7 +150,13 @@ pub async fn join(
         .voter_ids()
         .collect();
     if voters.contains(&id) {
-        return Ok(member_names(node));
+        if joining == Joining::Running {
+            return Ok(member_names(node));
+        }
+        tracing::warn!(%node_id, %addr, "a voter starts with an empty store; making it a learner until it has caught up");
+        raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), true)
+            .await
+            .map_err(|e| Refused::Uncertain(format!("making {node_id} a learner failed: {e}")))?;
     }
     tracing::info!(%node_id, %addr, "adding a learner");
     raft.add_learner(id, RaftNode::new(addr), true)
@@ -256,20 +276,21 @@ async fn form(
     node.initialize(members).await
 }
 
-/// First start with `--join URL`: asks a member (which forwards to the
-/// leader) to add this node, until it is a voter (by this request or by
-/// one a member got, e.g. `POST /cluster/members`).
+/// First start with `--join URL` (or a store rebuilt after damage, through
+/// any of `urls`): asks a member (which forwards to the leader) to add this
+/// node, until it is a voter (by this request or by one a member got, e.g.
+/// `POST /cluster/members`). Tries `urls` in turn.
 async fn join_via(
     node: &Node,
-    url: &str,
+    urls: &[String],
     own_url: &str,
     shutdown: &CancellationToken,
 ) -> Result<()> {
-    let request = || PeerRequest::Join {
+    let request = || PeerRequest::JoinEmpty {
         node_id: node.identity().node_id.clone(),
         addr: own_url.to_string(),
     };
-    loop {
+    for url in urls.iter().cycle() {
         // Another member may have added this node meanwhile (`POST
         // /cluster/members` while the join target is unreachable).
         let me = node.raft_id();
@@ -308,6 +329,9 @@ async fn join_via(
         }
         pause(shutdown, "joining").await?;
     }
+    Err(Error::InvalidSetting(
+        "no member to join through (--join or --peers)".to_string(),
+    ))
 }
 
 /// Makes `node` a serving member: on first start it forms a cluster (alone,
@@ -323,7 +347,17 @@ pub async fn serve(
 ) -> Result<()> {
     if !node.is_initialized().await? {
         if let Some(url) = &config.join {
-            join_via(node, url, own_url, shutdown).await?;
+            join_via(node, std::slice::from_ref(url), own_url, shutdown).await?;
+        } else if node.set_aside().is_some() {
+            // A rebuilt store joins its cluster again rather than forming
+            // a new one with its peers.
+            let others: Vec<String> = config
+                .peers
+                .iter()
+                .filter(|url| url.as_str() != own_url)
+                .cloned()
+                .collect();
+            join_via(node, &others, own_url, shutdown).await?;
         } else if !config.peers.is_empty() {
             form(node, own_url, &config.peers, shutdown).await?;
         } else {

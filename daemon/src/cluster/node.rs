@@ -15,8 +15,8 @@ use std::time::Duration;
 use mpreg_client::tls::TlsClient;
 use mpreg_storage::typ::{Node as RaftNode, NodeId, Raft};
 use mpreg_storage::{
-    AppliedState, DataDir, Event, EventBatch, EventClock, EventKind, Identity, Inspector, OpenMode,
-    Outcome, StorageMetrics, Views, codec,
+    AppliedState, DataDir, Event, EventBatch, EventClock, EventKind, Identity, Inspector, LogStore,
+    OpenMode, Outcome, StateMachine, StorageMetrics, Views, codec,
 };
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{ServerState, SnapshotPolicy};
@@ -219,6 +219,58 @@ pub struct Node {
     data_dir: DataDir,
     /// The certificate links to other nodes present (`tls_cert_file`).
     certificate: Option<Arc<NodeCert>>,
+    /// Where a damaged store was moved at this start, if it was.
+    set_aside: Option<std::path::PathBuf>,
+}
+
+/// Whether a store damaged on disk may be set aside and rebuilt from the
+/// cluster: only for a node that names itself (`--node-id`) and its
+/// cluster (`--join` or `--peers`), so it can rejoin under its own name.
+fn can_rebuild(config: &Config) -> bool {
+    config.node_id.is_some() && (config.join.is_some() || !config.peers.is_empty())
+}
+
+/// A data dir opened with its raft storage.
+struct Storage {
+    data_dir: DataDir,
+    log_store: LogStore,
+    state_machine: StateMachine,
+    /// Where a damaged store was moved before this one was opened empty.
+    set_aside: Option<std::path::PathBuf>,
+}
+
+/// Opens the data dir at `path` and its raft storage. Damage found while
+/// opening ([`mpreg_storage::Error::is_damage`]) is an error, unless
+/// `rebuilding`: then the damaged files are moved aside and the dir opens
+/// empty.
+fn open_storage(
+    path: &std::path::Path,
+    metrics: Arc<StorageMetrics>,
+    rebuilding: bool,
+) -> Result<Storage> {
+    let open = |set_aside| -> mpreg_storage::Result<Storage> {
+        let data_dir = DataDir::open(path, OpenMode::ReadWrite)?;
+        let (log_store, state_machine) =
+            mpreg_storage::open_raft_storage(&data_dir, metrics.clone())?;
+        Ok(Storage {
+            data_dir,
+            log_store,
+            state_machine,
+            set_aside,
+        })
+    };
+    match open(None) {
+        Err(damage) if rebuilding && damage.is_damage() => {
+            let aside = DataDir::set_aside_damaged(path)?;
+            tracing::error!(
+                error = %crate::error::with_causes(&damage),
+                moved_to = %aside.display(),
+                "the store is damaged; it was moved aside and this node rebuilds it from its cluster (it rejoins as a learner)"
+            );
+            Ok(open(Some(aside))?)
+        }
+        opened => Ok(opened?),
+    }
 }
 
 /// Raft's view of this node, as `/status` reports it.
@@ -305,14 +357,18 @@ impl Node {
     /// node serves peers from here on, but is not a member of a cluster
     /// with a leader until `membership::serve` (or [`Node::start`]).
     pub async fn open(config: &Config, metrics: Arc<StorageMetrics>) -> Result<Node> {
+        let rebuilding = can_rebuild(config);
         let path = config.data_dir.clone();
-        let data_dir =
-            tokio::task::spawn_blocking(move || DataDir::open(&path, OpenMode::ReadWrite))
-                .await
-                .map_err(|e| Error::RaftStart(e.to_string()))??;
+        let Storage {
+            data_dir,
+            log_store,
+            state_machine,
+            set_aside,
+        } = tokio::task::spawn_blocking(move || open_storage(&path, metrics, rebuilding))
+            .await
+            .map_err(|e| Error::RaftStart(e.to_string()))??;
         let identity = resolve_identity(&data_dir, config)?;
         let raft_id = raft_id(&identity.node_id);
-        let (log_store, state_machine) = mpreg_storage::open_raft_storage(&data_dir, metrics)?;
         let views = state_machine.views();
         let clock = log_store.event_clock();
         let raft_config = Arc::new(raft_config(config, &identity.cluster_id)?);
@@ -372,7 +428,14 @@ impl Node {
             disk_space: DiskSpace::new(config.data_dir.clone(), config.min_free_disk_bytes),
             data_dir,
             certificate,
+            set_aside,
         })
+    }
+
+    /// Where this start moved a damaged store (`D/damaged-<secs>`): the
+    /// node rebuilds from its cluster instead ([`can_rebuild`]).
+    pub fn set_aside(&self) -> Option<&std::path::Path> {
+        self.set_aside.as_deref()
     }
 
     /// Reads this node's certificate files again; links opened afterwards
@@ -746,6 +809,19 @@ impl Node {
 
     /// Whether this node is the raft leader (only the leader proposes
     /// timer firings).
+    /// Whether this node knows a membership (it formed, joined, or was
+    /// replicated one); a node starting empty has none until it joined.
+    pub fn has_membership(&self) -> bool {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .next()
+            .is_some()
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.raft_id)
     }
