@@ -5,22 +5,10 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use mpreg_client::Client;
-use mpreg_tests::{Daemon, TestDir, eventually, sql_rows};
+use mpreg_tests::{Daemon, TestDir, eventually, faketime, sql_rows};
 use serde_json::{Value, json};
-
-const FAKETIME: &str = "faketime (Debian package faketime; scripts/setup --test-tools installs it)";
-
-/// The libfaketime shared object Debian installs.
-fn libfaketime() -> Result<String> {
-    let found = std::fs::read_dir("/usr/lib")?
-        .filter_map(|entry| entry.ok())
-        .map(|entry| entry.path().join("faketime/libfaketime.so.1"))
-        .find(|path| path.exists())
-        .context(FAKETIME)?;
-    Ok(found.display().to_string())
-}
 
 fn key(identifier: &str) -> Value {
     json!({"namespace": "clock", "identifier": identifier})
@@ -47,22 +35,14 @@ async fn status(client: &Client, identifier: &str) -> Result<String> {
 async fn wall_clock_jumps_neither_stop_ttls_nor_fire_them_all_at_once() -> Result<()> {
     let dir = TestDir::new();
     let offset = dir.path().join("faketime-offset");
-    std::fs::write(&offset, "+0\n")?;
-    let preload = format!("LD_PRELOAD={}", libfaketime()?);
-    let offset_file = format!("FAKETIME_TIMESTAMP_FILE={}", offset.display());
-    let wrapper = [
-        "env",
-        preload.as_str(),
-        offset_file.as_str(),
-        "FAKETIME_NO_CACHE=1",
-        "FAKETIME_DONT_FAKE_MONOTONIC=1",
-    ];
-    let daemon = Daemon::start_under(&wrapper, &dir, &[]).context(FAKETIME)?;
+    let wrapper = faketime::wrapper(&offset)?;
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let daemon = Daemon::start_under(&wrapper, &dir, &[])?;
     let client = Client::connect(&daemon.ready.client_url).await?;
     put(&client, "before", 600.0).await?;
 
     // Back an hour: a 2 s TTL still runs out in about 2 s, not in an hour.
-    std::fs::write(&offset, "-1h\n")?;
+    faketime::jump(&offset, "-1h")?;
     put(&client, "short", 2.0).await?;
     ensure!(status(&client, "short").await? == "hit");
     eventually("the 2 s entry expired", Duration::from_secs(10), || async {
@@ -75,7 +55,7 @@ async fn wall_clock_jumps_neither_stop_ttls_nor_fire_them_all_at_once() -> Resul
 
     // Forward an hour (two from where the wall clock just was): an entry
     // with 10 minutes left does not expire with the jump.
-    std::fs::write(&offset, "+1h\n")?;
+    faketime::jump(&offset, "+1h")?;
     put(&client, "after", 600.0).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     for identifier in ["before", "after"] {

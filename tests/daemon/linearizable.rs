@@ -10,7 +10,8 @@
 //! dropped. After the faults, every voter's views agree with an offline
 //! replay of its data dir. A five-node schedule draws one fault per cycle
 //! (kills, pauses, partitions with and without the leader, a bridge,
-//! slow links, a voter replaced while clients write, a rolling restart). `MPREG_SOAK=1` runs 10x the
+//! slow links, links that lose packets, a voter replaced while clients
+//! write, a rolling restart). `MPREG_SOAK=1` runs 10x the
 //! cycles of the three-node test and 100 five-node cycles
 //! (`MPREG_SOAK_CYCLES=N` sets them, `MPREG_SEED` the schedule,
 //! `MPREG_SOAK_DIR` keeps the histories).
@@ -19,10 +20,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::{Result, ensure};
 use mpreg_client::Client;
 use mpreg_tests::cluster::Cluster;
 use mpreg_tests::dice::Dice;
+use mpreg_tests::eventually;
 use mpreg_tests::linearizable::{self, Call, Op, Output};
+use mpreg_tests::netns::{self, Namespace};
 use mpreg_tests::proxy::LinkFaults;
 use serde_json::{Value, json};
 
@@ -314,7 +318,7 @@ fn mixed_cycles() -> usize {
 }
 
 /// The faults of the five-node schedule.
-const MIXED: [&str; 9] = [
+const MIXED: [&str; 11] = [
     "kill -9 and restart",
     "SIGSTOP 3 s and SIGCONT",
     "a minority with the leader cut off 3 s",
@@ -324,6 +328,8 @@ const MIXED: [&str; 9] = [
     "a voter removed and a new one added",
     "a bridge: the leader and one voter cut off from two others, one voter linked to all, 3 s",
     "a rolling restart: every voter stopped (SIGTERM) and started again in turn",
+    "every link loses 10% of its packets 4 s",
+    "the leader's wall clock jumps an hour forward, then an hour back",
 ];
 
 /// Five nodes, one fault per cycle: each of [`MIXED`] once, then drawn by
@@ -331,13 +337,20 @@ const MIXED: [&str; 9] = [
 /// voter. The
 /// membership changes under load: a removed voter is replaced by a new
 /// member that joins while clients write.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_cache_is_linearizable_on_five_nodes_through_a_mixed_schedule() {
+///
+/// The whole test runs in a network namespace of its own, whose loopback
+/// can drop packets ([`mpreg_tests::netns`]).
+#[test]
+fn the_cache_is_linearizable_on_five_nodes_through_a_mixed_schedule() {
+    netns::run_inside(4, async |namespace| five_node_schedule(namespace).await);
+}
+
+async fn five_node_schedule(namespace: &Namespace) {
     let seed = std::env::var("MPREG_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5EED_u64);
-    let mut cluster = Cluster::start(5, "").await.unwrap();
+    let mut cluster = Cluster::start_with_clocks(5, "").await.unwrap();
     check_through(&mut cluster, "five-node", async |cluster, run| {
         let mut dice = Dice::new(seed);
         let mut voters: Vec<usize> = (0..5).collect();
@@ -401,7 +414,7 @@ async fn the_cache_is_linearizable_on_five_nodes_through_a_mixed_schedule() {
                     pause(3).await;
                     cluster.heal();
                 }
-                _ => {
+                8 => {
                     for &i in &voters {
                         cluster.stop(i).unwrap();
                         cluster.restart(i).await.unwrap();
@@ -409,6 +422,14 @@ async fn the_cache_is_linearizable_on_five_nodes_through_a_mixed_schedule() {
                         cluster.wait_leader(&voters, SETTLE).await.unwrap();
                     }
                 }
+                9 => {
+                    namespace.lose(100).unwrap();
+                    pause(4).await;
+                    let dropped = namespace.heal().unwrap();
+                    assert!(dropped > 0, "the lossy links dropped no packet");
+                    eprintln!("lossy links: {dropped} packets dropped in 4 s");
+                }
+                _ => clock_jumps(cluster, leader).await.unwrap(),
             }
             run.refresh(cluster);
         }
@@ -418,7 +439,112 @@ async fn the_cache_is_linearizable_on_five_nodes_through_a_mixed_schedule() {
             .map(|(fault, n)| format!("{n} x {fault}"))
             .collect();
         eprintln!("five-node schedule (seed {seed}): {}", ran.join(", "));
+        for &i in &voters {
+            event_time_never_goes_back(cluster, i).await.unwrap();
+        }
         voters
     })
     .await;
+}
+
+fn ttl_key(identifier: &str) -> Value {
+    json!({"namespace": "clock", "identifier": identifier})
+}
+
+/// Puts `identifier` with a TTL through member `i`, retrying a refusal
+/// (a put is idempotent).
+async fn put_with_ttl(
+    cluster: &Cluster,
+    i: usize,
+    identifier: &str,
+    ttl_seconds: f64,
+) -> Result<()> {
+    let url = &cluster.members[i].client_url;
+    eventually(&format!("put {identifier}"), SETTLE, || async {
+        let client = Client::connect(url).await.map_err(|e| e.to_string())?;
+        client
+            .cache(
+                json!({"operation": "put", "key": ttl_key(identifier), "value": 1,
+                          "metadata": {"ttl_seconds": ttl_seconds}}),
+            )
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await
+}
+
+/// `hit` or `miss`: a strong read of `identifier` through member `i`.
+async fn ttl_status(cluster: &Cluster, i: usize, identifier: &str) -> Result<String, String> {
+    let client = Client::connect(&cluster.members[i].client_url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let got = client
+        .cache(json!({"operation": "get", "key": ttl_key(identifier),
+                      "options": {"consistency_level": "strong"}}))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(got["status"].as_str().unwrap_or_default().to_string())
+}
+
+/// The leader's wall clock jumps an hour forward, then to an hour behind,
+/// then back to real time: an entry with 10 minutes to live outlives both
+/// jumps, and one with 2 s written while the clock is behind runs out in
+/// seconds, not in an hour.
+async fn clock_jumps(cluster: &Cluster, leader: usize) -> Result<()> {
+    let via = (leader + 1) % cluster.members.len();
+    let via = if cluster.running().contains(&via) {
+        via
+    } else {
+        leader
+    };
+    put_with_ttl(cluster, via, "ten-minutes", 600.0).await?;
+    cluster.jump_clock(leader, "+1h")?;
+    pause(3).await;
+    let hit = |identifier: &'static str| async move {
+        match ttl_status(cluster, via, identifier).await {
+            Ok(status) if status == "hit" => Ok(()),
+            other => Err(format!("{identifier}: {other:?}")),
+        }
+    };
+    eventually("the 10-minute entry after +1h", SETTLE, || {
+        hit("ten-minutes")
+    })
+    .await?;
+    cluster.jump_clock(leader, "-1h")?;
+    put_with_ttl(cluster, via, "two-seconds", 2.0).await?;
+    eventually("the 2 s entry ran out", Duration::from_secs(15), || async {
+        match ttl_status(cluster, via, "two-seconds").await {
+            Ok(status) if status == "miss" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    eventually("the 10-minute entry after -1h", SETTLE, || {
+        hit("ten-minutes")
+    })
+    .await?;
+    cluster.jump_clock(leader, "+0")?;
+    Ok(())
+}
+
+/// The times of the events member `i` holds never decrease with the index.
+async fn event_time_never_goes_back(cluster: &Cluster, i: usize) -> Result<()> {
+    let rows = cluster
+        .sql(
+            i,
+            "SELECT index, CAST(time AS BIGINT) AS t FROM events \
+             WHERE time IS NOT NULL ORDER BY index",
+        )
+        .await?;
+    let times: Vec<i64> = rows.iter().filter_map(|row| row["t"].as_i64()).collect();
+    ensure!(times.len() > 3, "n{}: {} event times", i + 1, times.len());
+    let back = times.windows(2).position(|w| w[0] > w[1]);
+    ensure!(
+        back.is_none(),
+        "n{}: event time went back after the event at {back:?} of {}",
+        i + 1,
+        times.len()
+    );
+    Ok(())
 }

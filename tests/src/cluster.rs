@@ -41,6 +41,9 @@ pub struct Member {
     /// [`Cluster::power_cut`] (members of [`Cluster::start_traced`] until
     /// the cut).
     trace: Option<PathBuf>,
+    /// The libfaketime offset file of the member's wall clock (members of
+    /// [`Cluster::start_with_clocks`]).
+    clock: Option<PathBuf>,
 }
 
 impl Member {
@@ -93,6 +96,9 @@ pub struct Cluster {
     config: String,
     /// Whether new members run under a trace for [`Cluster::power_cut`].
     traced: bool,
+    /// Whether new members run with a wall clock [`Cluster::jump_clock`]
+    /// moves.
+    clocks: bool,
 }
 
 /// Threads of `pid` not in the stopped state (`T`), as (tid, state).
@@ -134,20 +140,28 @@ impl Cluster {
     /// each member's node id (`n1`, `n2`, ...), e.g. in its certificate's
     /// file name.
     pub async fn start(n: usize, config: &str) -> Result<Cluster> {
-        Cluster::start_members(n, config, false).await
+        Cluster::start_members(n, config, false, false).await
     }
 
     /// Like [`Cluster::start`], each member under a trace of its file
     /// writes and syncs ([`crate::power_cut`]), for [`Cluster::power_cut`].
     pub async fn start_traced(n: usize, config: &str) -> Result<Cluster> {
-        Cluster::start_members(n, config, true).await
+        Cluster::start_members(n, config, true, false).await
     }
 
-    async fn start_members(n: usize, config: &str, traced: bool) -> Result<Cluster> {
+    /// Like [`Cluster::start`], each member (and each added later) with a
+    /// wall clock of its own ([`crate::faketime`]) for
+    /// [`Cluster::jump_clock`].
+    pub async fn start_with_clocks(n: usize, config: &str) -> Result<Cluster> {
+        Cluster::start_members(n, config, false, true).await
+    }
+
+    async fn start_members(n: usize, config: &str, traced: bool, clocks: bool) -> Result<Cluster> {
         let mut cluster = Cluster {
             members: Vec::new(),
             config: config.to_string(),
             traced,
+            clocks,
         };
         for _ in 0..n {
             cluster.add().await?;
@@ -177,6 +191,7 @@ impl Cluster {
         let member = Member {
             name: format!("n{}", index + 1),
             trace: self.traced.then(|| dir.path().join("strace.log")),
+            clock: self.clocks.then(|| dir.path().join("faketime-offset")),
             dir,
             proxy: Proxy::start().await?,
             daemon: None,
@@ -250,13 +265,20 @@ impl Cluster {
         if let Some(join) = join {
             args.extend(["--join".to_string(), join]);
         }
-        let wrapper = match &member.trace {
+        let mut wrapper = match &member.clock {
+            Some(offset_file) if offset_file.exists() => {
+                crate::faketime::wrapper_keeping(offset_file)?
+            }
+            Some(offset_file) => crate::faketime::wrapper(offset_file)?,
+            None => Vec::new(),
+        };
+        match &member.trace {
             Some(trace) if trace.exists() => {
                 bail!("{} restarted before its power cut", member.name)
             }
-            Some(trace) => crate::power_cut::strace_wrapper(trace),
-            None => Vec::new(),
-        };
+            Some(trace) => wrapper.extend(crate::power_cut::strace_wrapper(trace)),
+            None => {}
+        }
         Ok(MemberCommand { args, wrapper })
     }
 
@@ -280,6 +302,17 @@ impl Cluster {
         (0..self.members.len())
             .filter(|&i| self.members[i].daemon.is_some())
             .collect()
+    }
+
+    /// Sets member `i`'s wall clock to real time plus `offset` (`+1h`,
+    /// `-1h`, `+0`) while it runs, and for its restarts.
+    pub fn jump_clock(&self, i: usize, offset: &str) -> Result<()> {
+        let member = &self.members[i];
+        let offset_file = member
+            .clock
+            .as_ref()
+            .with_context(|| format!("{} has no fake clock (start_with_clocks)", member.name))?;
+        crate::faketime::jump(offset_file, offset)
     }
 
     /// `kill -9` member `i`.

@@ -25,7 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 pub mod cluster;
 pub mod dice;
+pub mod faketime;
 pub mod linearizable;
+pub mod netns;
 pub mod power_cut;
 pub mod prom;
 pub mod proxy;
