@@ -215,6 +215,12 @@ impl RowWriter {
         Ok(())
     }
 
+    /// Whether the query reads column `column` (its position in the
+    /// table's column list).
+    pub fn reads(&self, column: usize) -> bool {
+        self.picks.contains(&column)
+    }
+
     /// Whether the query reads any column (`count(*)` reads none).
     pub fn has_columns(&self) -> bool {
         !self.picks.is_empty()

@@ -37,6 +37,12 @@ impl RowSink {
         self.writer.has_columns()
     }
 
+    /// Whether the query reads any of `columns` (positions in the table's
+    /// column list): a row's other values need not be computed.
+    pub fn reads_any(&self, columns: impl IntoIterator<Item = usize>) -> bool {
+        columns.into_iter().any(|c| self.writer.reads(c))
+    }
+
     /// Whether the query still wants rows.
     pub fn wants_more(&self) -> bool {
         self.remaining != Some(0) && !self.closed

@@ -14,12 +14,12 @@
 //! ([`CacheTierSource`] implemented by the daemon); a stopped node has no
 //! memory tier ([`StoppedCacheTier`]).
 
-use datafusion::error::Result;
+use datafusion::error::{DataFusionError, Result};
 use mpreg_storage::event::CacheKey;
 use mpreg_storage::views::{CacheRow, View};
 use mpreg_storage::{Flow, Inspector};
 
-use super::{Narrowing, per_value, scan_rows, storage};
+use super::{Narrowing, per_value, scan_keys_as_rows, scan_rows, storage};
 use crate::columns::{Column, Kind, Value};
 use crate::scan::RowSink;
 
@@ -59,21 +59,38 @@ impl CacheTierSource for StoppedCacheTier {
     }
 }
 
+/// Positions in [`COLUMNS`] of the columns the memory tier answers.
+const TIER_COLUMNS: [usize; 2] = [9, 10];
+
 pub(super) fn produce(
     inspector: &Inspector,
     tier: &dyn CacheTierSource,
     narrowing: &Narrowing,
     sink: &mut RowSink,
 ) -> Result<()> {
+    // A query of key columns only (e.g. `GROUP BY namespace`) reads keys,
+    // not rows; one without `hits` and `tier` does not ask the memory tier.
+    let keys_only = !sink.reads_any(KEYS.len()..COLUMNS.len());
+    let tier = if sink.reads_any(TIER_COLUMNS) {
+        tier
+    } else {
+        &StoppedCacheTier
+    };
     let push = |sink: &mut RowSink, r: CacheRow| push_entry(tier, sink, &r);
+    let scan = |prefix: &[u8], sink: &mut RowSink| {
+        if keys_only {
+            scan_keys_as_rows(inspector, View::CacheEntries, prefix, sink, push_key)
+        } else {
+            scan_rows(inspector, View::CacheEntries, prefix, sink, push)
+        }
+    };
     per_value(narrowing, "namespace", sink, |namespace, sink| {
         let Some(namespace) = namespace else {
-            return scan_rows(inspector, View::CacheEntries, b"", sink, push);
+            return scan(b"", sink);
         };
         per_value(narrowing, "identifier", sink, |identifier, sink| {
             let Some(identifier) = identifier else {
-                let prefix = CacheRow::namespace_prefix(namespace);
-                return scan_rows(inspector, View::CacheEntries, &prefix, sink, push);
+                return scan(&CacheRow::namespace_prefix(namespace), sink);
             };
             per_value(narrowing, "version", sink, |version, sink| {
                 let key = CacheKey {
@@ -82,8 +99,7 @@ pub(super) fn produce(
                     version: version.unwrap_or_default().to_string(),
                 };
                 let Some(version) = version else {
-                    let prefix = CacheRow::identifier_prefix(&key);
-                    return scan_rows(inspector, View::CacheEntries, &prefix, sink, push);
+                    return scan(&CacheRow::identifier_prefix(&key), sink);
                 };
                 if version.is_empty() {
                     // A key without a version shows NULL, which equals nothing.
@@ -99,6 +115,31 @@ pub(super) fn produce(
             })
         })
     })
+}
+
+/// The key columns of the entry stored under `key` (namespace,
+/// identifier and version, `\0`-separated); the other columns are not read.
+fn push_key(sink: &mut RowSink, key: &[u8]) -> Result<Flow> {
+    let malformed = || {
+        DataFusionError::Internal(format!(
+            "malformed cache_entries key {}",
+            key.escape_ascii()
+        ))
+    };
+    let text = std::str::from_utf8(key).map_err(|_| malformed())?;
+    let mut parts = text.split('\0');
+    let (Some(namespace), Some(identifier), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(malformed());
+    };
+    let mut values: [Value<'_>; COLUMNS.len()] = std::array::from_fn(|_| Value::Null);
+    values[0] = Value::Text(namespace);
+    values[1] = Value::Text(identifier);
+    if !version.is_empty() {
+        values[2] = Value::Text(version);
+    }
+    sink.push(&values)
 }
 
 fn push_entry(tier: &dyn CacheTierSource, sink: &mut RowSink, r: &CacheRow) -> Result<Flow> {

@@ -349,10 +349,23 @@ fn scan_rows<T: DeserializeOwned>(
     if sink.reads_columns() {
         return scan_view(inspector, view, prefix, sink, row);
     }
+    scan_keys_as_rows(inspector, view, prefix, sink, |sink, _| sink.push(&[]))
+}
+
+/// One row per key of `view` under `prefix`, built by `row` from the key
+/// alone: no value is read or decoded (for a query that reads only
+/// columns the key holds).
+fn scan_keys_as_rows(
+    inspector: &Inspector,
+    view: View,
+    prefix: &[u8],
+    sink: &mut RowSink,
+    mut row: impl FnMut(&mut RowSink, &[u8]) -> Result<Flow>,
+) -> Result<()> {
     let mut failed = None;
     inspector
-        .scan_keys(view, prefix, |_| {
-            sink.push(&[]).unwrap_or_else(|e| {
+        .scan_keys(view, prefix, |key| {
+            row(sink, key).unwrap_or_else(|e| {
                 failed = Some(e);
                 Flow::Stop
             })
