@@ -10,8 +10,7 @@
 //! never an allocation. Sequences are not preallocated beyond what serde
 //! allows (1 MiB), so they can only grow as far as the input goes.
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -59,12 +58,16 @@ pub fn encoded_len<T: Serialize>(value: &T) -> usize {
 }
 
 /// Decodes a value written by [`encode`]; `what` names it in errors.
-pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+pub fn decode<'de, T: Deserialize<'de>>(what: &str, bytes: &'de [u8]) -> Result<T> {
     decode_versioned(FORMAT_VERSION, what, bytes)
 }
 
 /// Decodes a value written by [`encode_versioned`] with `known`.
-pub fn decode_versioned<T: DeserializeOwned>(known: u8, what: &str, bytes: &[u8]) -> Result<T> {
+pub fn decode_versioned<'de, T: Deserialize<'de>>(
+    known: u8,
+    what: &str,
+    bytes: &'de [u8],
+) -> Result<T> {
     let Some((&version, body)) = bytes.split_first() else {
         return Err(Error::Decode {
             what: what.to_string(),
@@ -97,8 +100,9 @@ pub fn decode_versioned<T: DeserializeOwned>(known: u8, what: &str, bytes: &[u8]
     Ok(value)
 }
 
-/// Like [`decode`], for a row: an error names `key` as well.
-pub fn decode_row<T: DeserializeOwned>(what: &str, key: &[u8], bytes: &[u8]) -> Result<T> {
+/// Like [`decode`], for a row: an error names `key` as well. A row type
+/// with `&str` fields borrows them from `bytes`.
+pub fn decode_row<'de, T: Deserialize<'de>>(what: &str, key: &[u8], bytes: &'de [u8]) -> Result<T> {
     decode(what, bytes).map_err(|e| match e {
         Error::Decode { what, reason } => Error::Decode {
             what: format!("{what} row {}", key.escape_ascii()),
@@ -125,10 +129,10 @@ pub fn decode_row<T: DeserializeOwned>(what: &str, key: &[u8], bytes: &[u8]) -> 
 /// above 32 times the body; a larger claim is
 /// [`bincode::error::DecodeError::LimitExceeded`] before anything is
 /// allocated.
-fn decode_body<T: DeserializeOwned>(
-    body: &[u8],
+fn decode_body<'de, T: Deserialize<'de>>(
+    body: &'de [u8],
 ) -> std::result::Result<(T, usize), bincode::error::DecodeError> {
-    use bincode::serde::decode_from_slice;
+    use bincode::serde::borrow_decode_from_slice as decode_from_slice;
     const KIB: usize = 1 << 10;
     const MIB: usize = 1 << 20;
     let c = config();

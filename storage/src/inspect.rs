@@ -83,9 +83,12 @@ impl Inspector {
         self.scan_raw(view, prefix, |k, _| Ok(key(k)))
     }
 
-    /// The snapshot scan under [`Inspector::scan_view`] and
-    /// [`Inspector::scan_keys`]: raw key and value of each row.
-    fn scan_raw(
+    /// Calls `row` with each key and value of `view` that starts with
+    /// `prefix` as they lie in RocksDB (lent, not copied), in key order,
+    /// all from one snapshot, until it answers [`Flow::Stop`]: for a
+    /// caller that decodes rows in place ([`crate::codec::decode_row`] into
+    /// a row type whose text borrows the value).
+    pub fn scan_raw(
         &self,
         view: View,
         prefix: &[u8],

@@ -352,6 +352,31 @@ fn scan_rows<T: DeserializeOwned>(
     scan_keys_as_rows(inspector, view, prefix, sink, |sink, _| sink.push(&[]))
 }
 
+/// Rows of `view` under `prefix`, each decoded in place by `row` from its
+/// stored key and value (see [`Inspector::scan_raw`]); a query that reads
+/// no column counts keys as [`scan_rows`] does.
+fn scan_in_place(
+    inspector: &Inspector,
+    view: View,
+    prefix: &[u8],
+    sink: &mut RowSink,
+    mut row: impl FnMut(&mut RowSink, &[u8], &[u8]) -> Result<Flow>,
+) -> Result<()> {
+    if !sink.reads_columns() {
+        return scan_keys_as_rows(inspector, view, prefix, sink, |sink, _| sink.push(&[]));
+    }
+    let mut failed = None;
+    inspector
+        .scan_raw(view, prefix, |key, value| {
+            Ok(row(sink, key, value).unwrap_or_else(|e| {
+                failed = Some(e);
+                Flow::Stop
+            }))
+        })
+        .map_err(storage)?;
+    failed.map_or(Ok(()), Err)
+}
+
 /// One row per key of `view` under `prefix`, built by `row` from the key
 /// alone: no value is read or decoded (for a query that reads only
 /// columns the key holds).

@@ -8,9 +8,12 @@
 
 use datafusion::error::Result;
 use mpreg_storage::views::{MessageRow, MessageState, View, queue_prefix};
-use mpreg_storage::{Flow, Inspector};
+use mpreg_storage::{Flow, Inspector, codec};
 
-use super::{Narrowing, per_value, scan_rows, storage};
+use super::{Narrowing, per_value, scan_in_place, storage};
+
+/// The view this table reads.
+const VIEW: View = View::QueueMessages;
 use crate::columns::{Column, Kind, Value};
 use crate::scan::RowSink;
 
@@ -42,25 +45,26 @@ pub(super) fn produce(
     narrowing: &Narrowing,
     sink: &mut RowSink,
 ) -> Result<()> {
-    let push = |sink: &mut RowSink, m: MessageRow| {
+    let push = |sink: &mut RowSink, m: &MessageRow<&str>| {
         if narrowing.allows("state", m.state.as_str()) {
-            push_message(sink, &m)
+            push_message(sink, m)
         } else {
             Ok(Flow::Continue)
         }
     };
+    // Rows are decoded in place: their text borrows the stored bytes.
+    let scan = |prefix: &[u8], sink: &mut RowSink| {
+        scan_in_place(inspector, VIEW, prefix, sink, |sink, key, value| {
+            let message = codec::decode_row(VIEW.cf_name(), key, value).map_err(storage)?;
+            push(sink, &message)
+        })
+    };
     per_value(narrowing, "queue", sink, |queue, sink| {
         let Some(queue) = queue else {
-            return scan_rows(inspector, View::QueueMessages, b"", sink, push);
+            return scan(b"", sink);
         };
         let Some(ids) = narrowing.values("message_id") else {
-            return scan_rows(
-                inspector,
-                View::QueueMessages,
-                &queue_prefix(queue),
-                sink,
-                push,
-            );
+            return scan(&queue_prefix(queue), sink);
         };
         for id in ids {
             if !sink.wants_more() {
@@ -74,17 +78,17 @@ pub(super) fn produce(
                 continue;
             };
             let message = inspector
-                .get::<MessageRow>(View::QueueMessages, &MessageRow::key(queue, seq))
+                .get::<MessageRow>(VIEW, &MessageRow::key(queue, seq))
                 .map_err(storage)?;
             if let Some(message) = message {
-                push(sink, message)?;
+                push(sink, &message.borrowed())?;
             }
         }
         Ok(())
     })
 }
 
-fn push_message(sink: &mut RowSink, m: &MessageRow) -> Result<Flow> {
+fn push_message(sink: &mut RowSink, m: &MessageRow<&str>) -> Result<Flow> {
     let (consumer, lease_deadline) = match &m.state {
         MessageState::Leased {
             consumer,
@@ -93,15 +97,15 @@ fn push_message(sink: &mut RowSink, m: &MessageRow) -> Result<Flow> {
         MessageState::Ready | MessageState::Delayed => (Value::Null, Value::Null),
     };
     sink.push(&[
-        Value::Text(&m.queue),
+        Value::Text(m.queue),
         Value::U64(m.seq),
-        Value::Text(&m.message_id),
+        Value::Text(m.message_id),
         Value::Text(m.state.as_str()),
         consumer,
         Value::U32(u32::from(m.priority)),
         Value::U32(m.attempts),
         Value::Text(m.delivery.as_str()),
-        Value::Text(&m.topic),
+        Value::Text(m.topic),
         Value::Time(m.enqueued_at_ms),
         Value::Time(m.ready_at_ms),
         lease_deadline,

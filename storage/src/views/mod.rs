@@ -121,7 +121,7 @@ impl View {
     }
 
     /// The RocksDB column family holding this view.
-    pub(crate) fn cf_name(self) -> &'static str {
+    pub fn cf_name(self) -> &'static str {
         match self {
             View::Nodes => "view_nodes",
             View::Functions => "view_functions",

@@ -44,15 +44,33 @@ impl QueueRow {
     }
 }
 
-/// Where a message is in its life.
+/// Where a message is in its life. `S` is the text type: `String`, or
+/// `&str` to read a stored row in place (see [`MessageRow`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MessageState {
+pub enum MessageState<S = String> {
     Ready,
     Delayed,
-    Leased { consumer: String, deadline_ms: u64 },
+    Leased { consumer: S, deadline_ms: u64 },
 }
 
 impl MessageState {
+    /// This state with its text borrowed.
+    pub fn borrowed(&self) -> MessageState<&str> {
+        match self {
+            MessageState::Ready => MessageState::Ready,
+            MessageState::Delayed => MessageState::Delayed,
+            MessageState::Leased {
+                consumer,
+                deadline_ms,
+            } => MessageState::Leased {
+                consumer,
+                deadline_ms: *deadline_ms,
+            },
+        }
+    }
+}
+
+impl<S> MessageState<S> {
     pub fn as_str(&self) -> &'static str {
         match self {
             MessageState::Ready => "ready",
@@ -62,15 +80,18 @@ impl MessageState {
     }
 }
 
-/// `queue_messages` view row.
+/// `queue_messages` view row. `S` is the text type: `String`, or `&str`
+/// for a row decoded in place from the stored bytes
+/// ([`crate::codec::decode_row`] borrows), which SQL scans of millions of
+/// rows use to allocate nothing per row.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MessageRow {
-    pub queue: String,
+pub struct MessageRow<S = String> {
+    pub queue: S,
     pub seq: u64,
-    pub message_id: String,
-    pub topic: String,
+    pub message_id: S,
+    pub topic: S,
     /// JSON text.
-    pub payload: String,
+    pub payload: S,
     pub priority: u8,
     pub delivery: Delivery,
     pub enqueued_at_ms: u64,
@@ -79,7 +100,7 @@ pub struct MessageRow {
     pub expires_at_ms: Option<u64>,
     /// Deliveries so far.
     pub attempts: u32,
-    pub state: MessageState,
+    pub state: MessageState<S>,
 }
 
 /// `queue_dedup` view row.
@@ -122,10 +143,32 @@ impl MessageRow {
     pub fn timer(&self, kind: TimerKind, due_ms: u64) -> Timer {
         Timer::message(due_ms, kind, &self.queue, self.seq)
     }
+}
 
+impl MessageRow {
+    /// This row with its text borrowed, as a row decoded in place is.
+    pub fn borrowed(&self) -> MessageRow<&str> {
+        MessageRow {
+            queue: &self.queue,
+            seq: self.seq,
+            message_id: &self.message_id,
+            topic: &self.topic,
+            payload: &self.payload,
+            priority: self.priority,
+            delivery: self.delivery,
+            enqueued_at_ms: self.enqueued_at_ms,
+            ready_at_ms: self.ready_at_ms,
+            expires_at_ms: self.expires_at_ms,
+            attempts: self.attempts,
+            state: self.state.borrowed(),
+        }
+    }
+}
+
+impl<S: AsRef<str>> MessageRow<S> {
     /// Size of the payload in bytes.
     pub fn size(&self) -> usize {
-        self.payload.len()
+        self.payload.as_ref().len()
     }
 }
 
@@ -248,5 +291,40 @@ mod test {
         keys.sort();
         let seqs: Vec<u64> = keys.iter().filter_map(|k| seq_of_ready_key(k)).collect();
         assert_eq!(seqs, [2, 3, 4, 1]);
+    }
+}
+
+#[cfg(test)]
+mod in_place_test {
+    use super::*;
+
+    #[test]
+    fn a_row_decoded_in_place_equals_the_owned_row_borrowed() {
+        for state in [
+            MessageState::Ready,
+            MessageState::Delayed,
+            MessageState::Leased {
+                consumer: "w1".to_string(),
+                deadline_ms: 9,
+            },
+        ] {
+            let row = MessageRow {
+                queue: "orders".to_string(),
+                seq: 7,
+                message_id: "m-7".to_string(),
+                topic: "orders.new".to_string(),
+                payload: "{\"n\":7}".to_string(),
+                priority: 3,
+                delivery: Delivery::AtLeastOnce,
+                enqueued_at_ms: 1,
+                ready_at_ms: 2,
+                expires_at_ms: Some(3),
+                attempts: 1,
+                state,
+            };
+            let bytes = crate::codec::encode("row", &row).unwrap();
+            let in_place: MessageRow<&str> = crate::codec::decode_row("row", b"k", &bytes).unwrap();
+            assert_eq!(in_place, row.borrowed());
+        }
     }
 }
