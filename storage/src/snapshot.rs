@@ -172,7 +172,9 @@ pub fn verify(path: &Path) -> Result<SnapshotHeader> {
     let header: SnapshotHeader = codec::decode("snapshot header", &r.field("header")?)?;
     let mut chunk = vec![0u8; 1 << 20];
     while r.remaining > 0 {
-        let n = chunk.len().min(usize::try_from(r.remaining).unwrap_or(usize::MAX));
+        let n = chunk
+            .len()
+            .min(usize::try_from(r.remaining).unwrap_or(usize::MAX));
         r.exact(&mut chunk[..n])?;
     }
     let mut sum = [0u8; 8];
@@ -383,15 +385,24 @@ mod test {
                 read(&path, |_, _, _| Ok(())).is_err(),
                 "flip at byte {i} not detected"
             );
-            assert!(verify(&path).is_err(), "verify: flip at byte {i} not detected");
+            assert!(
+                verify(&path).is_err(),
+                "verify: flip at byte {i} not detected"
+            );
         }
         for cut in [3, 8, good.len() / 2, good.len()] {
             std::fs::write(&path, &good[..good.len() - cut]).unwrap();
             assert!(read(&path, |_, _, _| Ok(())).is_err());
-            assert!(verify(&path).is_err(), "verify: cut of {cut} bytes not detected");
+            assert!(
+                verify(&path).is_err(),
+                "verify: cut of {cut} bytes not detected"
+            );
         }
         std::fs::write(&path, &good).unwrap();
-        assert_eq!(verify(&path).unwrap(), read(&path, |_, _, _| Ok(())).unwrap());
+        assert_eq!(
+            verify(&path).unwrap(),
+            read(&path, |_, _, _| Ok(())).unwrap()
+        );
     }
 
     /// The bytes of a valid snapshot file with `rows` rows.
