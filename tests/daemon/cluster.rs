@@ -527,6 +527,10 @@ async fn a_fourth_node_joins_and_a_member_is_removed() {
     assert!(refused.contains("not a member"), "{refused}");
 }
 
+/// Snapshots every 50 entries, 10 entries of log kept after one: a node
+/// stopped for a few hundred writes is left behind the leader's purge.
+const SNAPSHOT_OFTEN: &str = "snapshot_interval = 50\nlog_retention = 10\n";
+
 /// A node left far behind: in a 3-node cluster that snapshots often and
 /// keeps little log, one follower is killed while writers load the other
 /// two until the leader has purged past it. Returns the stopped node, the
@@ -556,9 +560,7 @@ async fn leave_one_far_behind(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_far_behind_installs_a_snapshot() {
-    let mut cluster = Cluster::start(3, "snapshot_interval = 50\nlog_retention = 10\n")
-        .await
-        .unwrap();
+    let mut cluster = Cluster::start(3, SNAPSHOT_OFTEN).await.unwrap();
     let (behind, _, acked) = leave_one_far_behind(&mut cluster, "far").await;
     cluster.restart(behind).await.unwrap();
     assert_all_acknowledged(&cluster, &[0, 1, 2], "far", &acked).await;
@@ -576,9 +578,7 @@ async fn a_node_far_behind_installs_a_snapshot() {
 /// write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_whose_data_dir_is_lost_rejoins_under_its_name() {
-    let mut cluster = Cluster::start(3, "snapshot_interval = 50\nlog_retention = 10\n")
-        .await
-        .unwrap();
+    let mut cluster = Cluster::start(3, SNAPSHOT_OFTEN).await.unwrap();
     let (lost, up, acked) = leave_one_far_behind(&mut cluster, "lost").await;
     std::fs::remove_dir_all(cluster.members[lost].dir.data()).unwrap();
     rejoin_and_check(&mut cluster, lost, &up, "lost", &acked).await;
@@ -599,9 +599,7 @@ async fn a_member_whose_data_dir_is_lost_rejoins_under_its_name() {
 /// learner and catches up from the leader's snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_with_a_damaged_store_rebuilds_itself_from_the_cluster() {
-    let mut cluster = Cluster::start(3, "snapshot_interval = 50\nlog_retention = 10\n")
-        .await
-        .unwrap();
+    let mut cluster = Cluster::start(3, SNAPSHOT_OFTEN).await.unwrap();
     let (damaged, up, acked) = leave_one_far_behind(&mut cluster, "rebuilt").await;
     let data = cluster.members[damaged].dir.data();
     let wal = std::fs::read_dir(data.join("db"))
@@ -672,9 +670,7 @@ async fn rejoin_and_check(
 /// install would refuse it and stop).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_damaged_snapshot_file_is_rebuilt_not_sent() {
-    let mut cluster = Cluster::start(3, "snapshot_interval = 50\nlog_retention = 10\n")
-        .await
-        .unwrap();
+    let mut cluster = Cluster::start(3, SNAPSHOT_OFTEN).await.unwrap();
     let all = [0, 1, 2];
     let (behind, up, acked) = leave_one_far_behind(&mut cluster, "rot").await;
     // Whichever of the two leads when the third returns sends its own

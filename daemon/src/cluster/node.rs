@@ -807,8 +807,6 @@ impl Node {
         }
     }
 
-    /// Whether this node is the raft leader (only the leader proposes
-    /// timer firings).
     /// Whether this node knows a membership (it formed, joined, or was
     /// replicated one); a node starting empty has none until it joined.
     pub fn has_membership(&self) -> bool {
@@ -822,6 +820,8 @@ impl Node {
             .is_some()
     }
 
+    /// Whether this node is the raft leader (only the leader proposes
+    /// timer firings).
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.raft_id)
     }

@@ -62,7 +62,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::streaming::StreamingTableExec;
 use mpreg_storage::views::View;
-use mpreg_storage::{Flow, Inspector};
+use mpreg_storage::{Flow, Inspector, codec};
 use serde::de::DeserializeOwned;
 
 pub use cache_entries::{CacheTierSource, StoppedCacheTier};
@@ -344,12 +344,14 @@ fn scan_rows<T: DeserializeOwned>(
     view: View,
     prefix: &[u8],
     sink: &mut RowSink,
-    row: impl FnMut(&mut RowSink, T) -> Result<Flow>,
+    mut row: impl FnMut(&mut RowSink, T) -> Result<Flow>,
 ) -> Result<()> {
-    if sink.reads_columns() {
-        return scan_view(inspector, view, prefix, sink, row);
-    }
-    scan_keys_as_rows(inspector, view, prefix, sink, |sink, _| sink.push(&[]))
+    scan_in_place(inspector, view, prefix, sink, |sink, key, value| {
+        row(
+            sink,
+            codec::decode_row(view.cf_name(), key, value).map_err(storage)?,
+        )
+    })
 }
 
 /// Rows of `view` under `prefix`, each decoded in place by `row` from its

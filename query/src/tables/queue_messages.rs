@@ -11,11 +11,11 @@ use mpreg_storage::views::{MessageRow, MessageState, View, queue_prefix};
 use mpreg_storage::{Flow, Inspector, codec};
 
 use super::{Narrowing, per_value, scan_in_place, storage};
+use crate::columns::{Column, Kind, Value};
+use crate::scan::RowSink;
 
 /// The view this table reads.
 const VIEW: View = View::QueueMessages;
-use crate::columns::{Column, Kind, Value};
-use crate::scan::RowSink;
 
 pub(super) const COLUMNS: &[Column] = &[
     Column::new("queue", Kind::Text),

@@ -143,9 +143,7 @@ impl MessageRow {
     pub fn timer(&self, kind: TimerKind, due_ms: u64) -> Timer {
         Timer::message(due_ms, kind, &self.queue, self.seq)
     }
-}
 
-impl MessageRow {
     /// This row with its text borrowed, as a row decoded in place is.
     pub fn borrowed(&self) -> MessageRow<&str> {
         MessageRow {
