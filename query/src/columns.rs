@@ -82,6 +82,8 @@ pub enum Value<'a> {
     /// Text computed only when its column is selected.
     LazyText(&'a dyn Fn() -> String),
     TextList(&'a [String]),
+    /// A list of text borrowed from a row decoded in place.
+    StrList(&'a [&'a str]),
     /// Unix milliseconds.
     Time(u64),
     U64(u64),
@@ -107,6 +109,13 @@ fn mismatch(column: &str, kind: Kind) -> DataFusionError {
     ))
 }
 
+fn append_list(builder: &mut ListBuilder<StringBuilder>, items: &[impl AsRef<str>]) {
+    for item in items {
+        builder.values().append_value(item);
+    }
+    builder.append(true);
+}
+
 fn millis(ms: u64) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
 }
@@ -128,12 +137,8 @@ impl Builder {
         match (self, value) {
             (Builder::Text(b), Value::Text(v)) => b.append_value(v),
             (Builder::Text(b), Value::LazyText(f)) => b.append_value(f()),
-            (Builder::TextList(b), Value::TextList(items)) => {
-                for item in items.iter() {
-                    b.values().append_value(item);
-                }
-                b.append(true);
-            }
+            (Builder::TextList(b), Value::TextList(items)) => append_list(b, items),
+            (Builder::TextList(b), Value::StrList(items)) => append_list(b, items),
             (Builder::Time(b), Value::Time(ms)) => b.append_value(millis(*ms)),
             (Builder::U64(b), Value::U64(v)) => b.append_value(*v),
             (Builder::U32(b), Value::U32(v)) => b.append_value(*v),

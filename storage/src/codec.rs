@@ -68,19 +68,7 @@ pub fn decode_versioned<'de, T: Deserialize<'de>>(
     what: &str,
     bytes: &'de [u8],
 ) -> Result<T> {
-    let Some((&version, body)) = bytes.split_first() else {
-        return Err(Error::Decode {
-            what: what.to_string(),
-            reason: "empty value".to_string(),
-        });
-    };
-    if version != known {
-        return Err(Error::UnknownFormat {
-            what: what.to_string(),
-            version,
-            known,
-        });
-    }
+    let body = body_of(known, what, bytes)?;
     let (value, used) = decode_body(body).map_err(|e| Error::Decode {
         what: what.to_string(),
         reason: match e {
@@ -98,6 +86,36 @@ pub fn decode_versioned<'de, T: Deserialize<'de>>(
         });
     }
     Ok(value)
+}
+
+/// The bincode body of `bytes`, once its version byte is `known`.
+fn body_of<'a>(known: u8, what: &str, bytes: &'a [u8]) -> Result<&'a [u8]> {
+    let Some((&version, body)) = bytes.split_first() else {
+        return Err(Error::Decode {
+            what: what.to_string(),
+            reason: "empty value".to_string(),
+        });
+    };
+    if version != known {
+        return Err(Error::UnknownFormat {
+            what: what.to_string(),
+            version,
+            known,
+        });
+    }
+    Ok(body)
+}
+
+/// Decodes the head of a value written by [`encode`]: `T` reads what it
+/// needs from the front of the body and the rest is not looked at (for a
+/// reader that wants a count or a tag, not the whole value).
+pub fn decode_head<'de, T: Deserialize<'de>>(what: &str, bytes: &'de [u8]) -> Result<T> {
+    decode_body(body_of(FORMAT_VERSION, what, bytes)?)
+        .map(|(value, _)| value)
+        .map_err(|e| Error::Decode {
+            what: what.to_string(),
+            reason: e.to_string(),
+        })
 }
 
 /// Like [`decode`], for a row: an error names `key` as well. A row type

@@ -9,9 +9,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use openraft::RaftLogId;
 use rocksdb::{DB, Direction, IteratorMode};
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 use crate::codec;
 use crate::db::{CF_LOG, CF_META, DataDir, cf, get_decoded, meta_key};
@@ -26,6 +26,70 @@ use crate::views::View;
 pub enum Flow {
     Continue,
     Stop,
+}
+
+/// What one log entry holds, as [`Inspector::scan_log_shapes`] reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryShape {
+    /// The entry a new leader commits first: no events.
+    Blank,
+    /// An [`crate::EventBatch`] of this many events.
+    Events(usize),
+    /// A membership change.
+    Membership,
+}
+
+/// The front of a stored [`Entry`], in its field order: the log id, the
+/// payload's variant and, for events, their number. What follows is not
+/// decoded (bincode writes a sequence's length before its items).
+#[derive(Deserialize)]
+struct EntryHead {
+    log_id: LogId,
+    payload: PayloadHead,
+}
+
+/// [`openraft::EntryPayload`]'s variants, in its order.
+#[derive(Deserialize)]
+enum PayloadHead {
+    Blank,
+    Normal(BatchHead),
+    Membership(Unread),
+}
+
+/// [`crate::EventBatch`]'s one field.
+#[derive(Deserialize)]
+struct BatchHead {
+    events: Count,
+}
+
+/// The length of a sequence, its items left unread.
+struct Count(usize);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct Length;
+        impl<'de> Visitor<'de> for Length {
+            type Value = Count;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a sequence of known length")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> std::result::Result<Count, A::Error> {
+                seq.size_hint()
+                    .map(Count)
+                    .ok_or_else(|| serde::de::Error::custom("a sequence without a length"))
+            }
+        }
+        deserializer.deserialize_seq(Length)
+    }
+}
+
+/// A value left unread (the last thing in a value read by its head).
+struct Unread;
+
+impl<'de> Deserialize<'de> for Unread {
+    fn deserialize<D: Deserializer<'de>>(_: D) -> std::result::Result<Self, D::Error> {
+        Ok(Unread)
+    }
 }
 
 /// Raft positions as stored on disk (what a stopped node would resume from).
@@ -181,20 +245,51 @@ impl Inspector {
     /// Calls `entry` for each log entry with index in `[from, to]`, in order,
     /// all from one snapshot, until it answers [`Flow::Stop`].
     pub fn scan_log(&self, from: u64, to: u64, mut entry: impl FnMut(Entry) -> Flow) -> Result<()> {
+        self.scan_log_raw(from, to, |value| {
+            let decoded: Entry = codec::decode("log entry", value)?;
+            Ok(entry(decoded))
+        })
+    }
+
+    /// Like [`Inspector::scan_log`], but reads only what each entry holds
+    /// ([`EntryShape`]): its events are counted, not decoded.
+    pub fn scan_log_shapes(
+        &self,
+        from: u64,
+        to: u64,
+        mut entry: impl FnMut(LogId, EntryShape) -> Flow,
+    ) -> Result<()> {
+        self.scan_log_raw(from, to, |value| {
+            let head: EntryHead = codec::decode_head("log entry", value)?;
+            let shape = match head.payload {
+                PayloadHead::Blank => EntryShape::Blank,
+                PayloadHead::Normal(batch) => EntryShape::Events(batch.events.0),
+                PayloadHead::Membership(_) => EntryShape::Membership,
+            };
+            Ok(entry(head.log_id, shape))
+        })
+    }
+
+    /// Calls `entry` with each stored log entry (lent, not copied) with
+    /// index in `[from, to]`, in order, all from one snapshot, until it
+    /// answers [`Flow::Stop`].
+    fn scan_log_raw(
+        &self,
+        from: u64,
+        to: u64,
+        mut entry: impl FnMut(&[u8]) -> Result<Flow>,
+    ) -> Result<()> {
         let snapshot = self.db.snapshot();
         let family = cf(&self.db, CF_LOG)?;
-        let iter = snapshot.iterator_cf(
-            family,
-            IteratorMode::From(&log_key(from), Direction::Forward),
-        );
-        for item in iter {
-            let (_, value) = item.map_err(|e| Error::rocks("scan", "log", e))?;
-            let decoded: Entry = codec::decode("log entry", &value)?;
-            if decoded.get_log_id().index > to || entry(decoded) == Flow::Stop {
-                break;
+        let mut iter = snapshot.raw_iterator_cf(family);
+        iter.seek(log_key(from));
+        while let Some((key, value)) = iter.item() {
+            if key > log_key(to).as_slice() || entry(value)? == Flow::Stop {
+                return Ok(());
             }
+            iter.next();
         }
-        Ok(())
+        iter.status().map_err(|e| Error::rocks("scan", "log", e))
     }
 
     /// Bytes of the raft log in SST files and memtables (RocksDB's figures;
@@ -231,5 +326,80 @@ impl Inspector {
             applied: applied.unwrap_or_default(),
             snapshot_index: snapshot.and_then(|(meta, _)| meta.last_log_id.map(|id| id.index)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use openraft::{CommittedLeaderId, EntryPayload, Membership};
+
+    use super::*;
+    use crate::determinism_test::write_log;
+    use crate::event::{Event, EventKind};
+    use crate::raft_types::typ::Node;
+    use crate::{EventBatch, OpenMode};
+
+    fn entry(index: u64, payload: EntryPayload<crate::TypeConfig>) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(3, 1), index),
+            payload,
+        }
+    }
+
+    fn batch(events: usize) -> EntryPayload<crate::TypeConfig> {
+        let events = (0..events)
+            .map(|i| Event {
+                time_ms: i as u64,
+                kind: EventKind::NodeLeft {
+                    node_id: format!("n{i}"),
+                },
+            })
+            .collect();
+        EntryPayload::Normal(EventBatch { events })
+    }
+
+    #[test]
+    fn log_shapes_count_the_events_of_each_entry_without_decoding_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path(), OpenMode::ReadWrite).unwrap();
+        let members = BTreeMap::from([(1, Node::new("ws://127.0.0.1:1"))]);
+        let membership = Membership::new(vec![BTreeSet::from([1])], members);
+        let entries = vec![
+            entry(1, EntryPayload::Blank),
+            entry(2, EntryPayload::Membership(membership)),
+            entry(3, batch(0)),
+            entry(4, batch(1)),
+            entry(5, batch(300)),
+            entry(6, batch(7)),
+        ];
+        write_log(&dir, &entries);
+        let inspector = Inspector::new(&dir);
+        let mut shapes = Vec::new();
+        inspector
+            .scan_log_shapes(2, 5, |log_id, shape| {
+                assert_eq!(log_id.leader_id.term, 3);
+                shapes.push((log_id.index, shape));
+                Flow::Continue
+            })
+            .unwrap();
+        assert_eq!(
+            shapes,
+            [
+                (2, EntryShape::Membership),
+                (3, EntryShape::Events(0)),
+                (4, EntryShape::Events(1)),
+                (5, EntryShape::Events(300)),
+            ]
+        );
+        let mut decoded = Vec::new();
+        inspector
+            .scan_log(1, 6, |entry| {
+                decoded.push(entry);
+                Flow::Continue
+            })
+            .unwrap();
+        assert_eq!(decoded, entries);
     }
 }

@@ -1,11 +1,14 @@
 //! The `events` table: the retained raft log, one row per event (one per
 //! membership entry), oldest first. Ranges on `index` narrow the log scan;
-//! `kind = '...'` (or `IN`) is checked before a row is built.
+//! `kind = '...'` (or `IN`) is checked before a row is built. A query that
+//! reads only `index` and `term` (`count(*)` among them) and filters no
+//! kind has its events counted, not decoded.
 //!
 //! Columns: `index`, `term`, `time` (nullable: NULL for `membership`
 //! entries), `kind`, `summary` (the event's fields as one JSON object).
 
 use datafusion::error::Result;
+use mpreg_storage::inspect::EntryShape;
 use mpreg_storage::{EventKind, Flow, Inspector};
 use openraft::{EntryPayload, RaftLogId};
 
@@ -26,6 +29,9 @@ pub(super) const COLUMNS: &[Column] = &[
 pub(super) const INDEX: &str = "index";
 /// The event kind column, checked before a row is built.
 pub(super) const KIND: &str = "kind";
+/// Positions of the columns only a decoded event has: `time`, `kind`,
+/// `summary`.
+const EVENT_COLUMNS: [usize; 3] = [2, 3, 4];
 
 /// The fields of an event as one JSON object (the kind is its own column).
 fn summary(kind: &EventKind) -> String {
@@ -47,6 +53,9 @@ pub(super) fn produce(
     let bounds: Bounds = narrowing.bounds;
     if bounds.is_empty() {
         return Ok(());
+    }
+    if narrowing.values(KIND).is_none() && !sink.reads_any(EVENT_COLUMNS) {
+        return produce_positions(inspector, bounds, sink);
     }
     let mut failed = None;
     inspector
@@ -87,6 +96,35 @@ pub(super) fn produce(
                     Value::Text(event.kind.name()),
                     Value::LazyText(&summary_of),
                 ]) {
+                    Ok(Flow::Continue) => {}
+                    Ok(Flow::Stop) => return Flow::Stop,
+                    Err(e) => {
+                        failed = Some(e);
+                        return Flow::Stop;
+                    }
+                }
+            }
+            Flow::Continue
+        })
+        .map_err(storage)?;
+    failed.map_or(Ok(()), Err)
+}
+
+/// One row per event (and per membership entry) in `bounds`, with only its
+/// `index` and `term`: the log's entries are read for their number of
+/// events, which are not decoded.
+fn produce_positions(inspector: &Inspector, bounds: Bounds, sink: &mut RowSink) -> Result<()> {
+    let mut failed = None;
+    inspector
+        .scan_log_shapes(bounds.low, bounds.high, |log_id, shape| {
+            let rows = match shape {
+                EntryShape::Blank => 0,
+                EntryShape::Events(n) => n,
+                EntryShape::Membership => 1,
+            };
+            let row = [Value::U64(log_id.index), Value::U64(log_id.leader_id.term)];
+            for _ in 0..rows {
+                match sink.push(&row) {
                     Ok(Flow::Continue) => {}
                     Ok(Flow::Stop) => return Flow::Stop,
                     Err(e) => {

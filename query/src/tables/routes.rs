@@ -19,9 +19,9 @@ use mpreg_storage::federation::{
     Candidate, Explained, FULL_RELIABILITY, RouteMetrics, explain, rank, route_state, score, usable,
 };
 use mpreg_storage::views::{CandidateRow, DampingRow, RouteRow, View};
-use mpreg_storage::{Flow, Inspector};
+use mpreg_storage::{Flow, Inspector, codec};
 
-use super::{now_ms, scan_view, storage};
+use super::{now_ms, scan_in_place, scan_view, storage};
 use crate::columns::{Column, Kind, Value};
 use crate::scan::RowSink;
 
@@ -48,7 +48,7 @@ pub(super) const KEY: &str = "dest";
 
 /// The metrics a row of the `routes` view stands for: its path length as
 /// hops, its cost, no latency, full reliability, unknown bandwidth.
-pub(super) fn view_metrics(r: &RouteRow) -> RouteMetrics {
+pub(super) fn view_metrics<S>(r: &RouteRow<S>) -> RouteMetrics {
     RouteMetrics {
         hops: u32::try_from(r.hops()).unwrap_or(u32::MAX),
         latency_us: 0,
@@ -108,28 +108,32 @@ pub(super) fn produce(inspector: &Inspector, dest: Option<&str>, sink: &mut RowS
     let now = now_ms();
     let mut stopped = false;
     let prefix = dest.map(RouteRow::dest_prefix).unwrap_or_default();
-    scan_view(
+    // Rows of the view are decoded in place: their text borrows the
+    // stored bytes.
+    scan_in_place(
         inspector,
         View::Routes,
         &prefix,
         sink,
-        |sink, r: RouteRow| {
+        |sink, key, value| {
+            let r: RouteRow<&str> =
+                codec::decode_row(View::Routes.cf_name(), key, value).map_err(storage)?;
             let state = match r.expires_at_ms {
                 Some(at) if at <= now => "expired",
                 _ => "active",
             };
             let metrics = view_metrics(&r);
             let flow = sink.push(&[
-                Value::Text(&r.dest),
-                Value::Text(&r.next_hop),
-                Value::TextList(&r.path),
+                Value::Text(r.dest),
+                Value::Text(r.next_hop),
+                Value::StrList(&r.path),
                 Value::U32(metrics.hops),
                 Value::F64(metrics.latency_ms()),
                 Value::U32(metrics.bandwidth_mbps),
                 Value::F64(metrics.reliability()),
                 Value::U32(r.cost),
                 Value::F64(score(&metrics)),
-                Value::Text(&r.advertiser),
+                Value::Text(r.advertiser),
                 Value::U64(0),
                 Value::TextList(&[]),
                 Value::Time(r.learned_at_ms),

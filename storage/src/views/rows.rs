@@ -94,13 +94,15 @@ impl SubscriptionRow {
 }
 
 /// `routes` view: one row per (dest, advertiser), the path-vector table.
+/// `S` is the text type: `String`, or `&str` for a row decoded in place
+/// from the stored bytes, as SQL scans of millions of rows read it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RouteRow {
-    pub dest: String,
-    pub next_hop: String,
-    pub path: Vec<String>,
+pub struct RouteRow<S = String> {
+    pub dest: S,
+    pub next_hop: S,
+    pub path: Vec<S>,
     pub cost: u32,
-    pub advertiser: String,
+    pub advertiser: S,
     pub learned_at_ms: u64,
     pub expires_at_ms: Option<u64>,
 }
@@ -116,7 +118,9 @@ impl RouteRow {
         prefix.push(0);
         prefix
     }
+}
 
+impl<S> RouteRow<S> {
     /// Number of cluster hops of the path.
     pub fn hops(&self) -> usize {
         self.path.len()
