@@ -9,9 +9,14 @@
 //! appends that arrive while one sync runs share the next one: that is the
 //! group commit.
 //!
-//! Every RocksDB write and read here runs on the blocking pool, never on
-//! the async reactor, so a RocksDB write stall delays the log, not the
-//! heartbeats and connections sharing the reactor.
+//! RocksDB writes and reads run on the blocking pool, not on the async
+//! reactor, so a RocksDB write stall delays the log, not the heartbeats
+//! and connections sharing the reactor. Two run inline, because raft
+//! awaits both before it applies each commit and a hand-off to the
+//! blocking pool costs more than they do: the unsynced record of the
+//! committed index (a few bytes into the memtable), and reads of a few
+//! entries at the tail of the log (appended moments ago, still in the
+//! memtable).
 //!
 //! The store also keeps the [`EventClock`]: the latest event time in the
 //! log, which the leader stamps no earlier than.
@@ -122,6 +127,17 @@ impl EventClock {
     }
 }
 
+/// Reads of at most this many entries, ending at most this far behind the
+/// newest appended, are done inline (see the module doc).
+const TAIL_ENTRIES: u64 = 64;
+
+/// Whether entries `[start, end)` are a short read at the tail of a log
+/// whose newest appended entry is `newest`: entries written moments ago,
+/// still in RocksDB's memtable.
+fn is_tail(start: u64, end: u64, newest: u64) -> bool {
+    end.saturating_sub(start) <= TAIL_ENTRIES && end.saturating_add(TAIL_ENTRIES) > newest
+}
+
 /// The raft log store; cheap to clone (all clones share the database).
 #[derive(Clone)]
 pub struct LogStore {
@@ -130,6 +146,9 @@ pub struct LogStore {
     flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
     metrics: Arc<StorageMetrics>,
     clock: EventClock,
+    /// Index of the last entry of the newest append by this process (0
+    /// before one); it only decides where a read runs.
+    last_appended: Arc<AtomicU64>,
 }
 
 /// The latest event time among the newest `CLOCK_SCAN_ENTRIES` entries.
@@ -272,6 +291,7 @@ impl LogStore {
             flusher,
             metrics,
             clock,
+            last_appended: Arc::default(),
         })
     }
 
@@ -304,10 +324,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let (start, end) = bounds(range);
+        let newest = self.last_appended.load(Ordering::Acquire);
         let db = self.db.clone();
-        blocking(move || read_entries(&db, start, end))
-            .await
-            .map_err(to_raft(ErrorSubject::Logs, ErrorVerb::Read))
+        let read = if is_tail(start, end, newest) {
+            read_entries(&db, start, end)
+        } else {
+            blocking(move || read_entries(&db, start, end)).await
+        };
+        read.map_err(to_raft(ErrorSubject::Logs, ErrorVerb::Read))
     }
 }
 
@@ -350,9 +374,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Not synced: after a crash openraft re-derives commitment from the
         // durable log; this record only lets a restart re-apply sooner.
-        let store = self.clone();
-        blocking(move || store.put_meta_synced(meta_key::COMMITTED, &committed, false))
-            .await
+        // Written inline (see the module doc): raft awaits it before every
+        // apply.
+        self.put_meta_synced(meta_key::COMMITTED, &committed, false)
             .map_err(to_raft(ErrorSubject::Store, ErrorVerb::Write))
     }
 
@@ -394,6 +418,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .write(batch)
                 .map_err(|e| Error::rocks("write", "log append", e))?;
             store.metrics.log_entries_appended.inc_by(appended);
+            if let Some(last) = entries.last() {
+                store
+                    .last_appended
+                    .store(last.get_log_id().index, Ordering::Release);
+            }
             timer.observe_duration();
             Ok(())
         })
@@ -458,6 +487,16 @@ mod test {
             time_ms,
             kind: EventKind::TimersFired { max: 1 },
         }
+    }
+
+    #[test]
+    fn only_short_reads_at_the_tail_run_inline() {
+        assert!(is_tail(100, 101, 100), "the entry just appended");
+        assert!(is_tail(37, 101, 100), "64 entries up to the newest");
+        assert!(!is_tail(36, 101, 100), "65 entries");
+        assert!(!is_tail(10, 20, 100), "far behind the newest");
+        assert!(!is_tail(0, u64::MAX, 100), "everything");
+        assert!(is_tail(1, 2, 0), "nothing appended yet by this process");
     }
 
     #[tokio::test]
