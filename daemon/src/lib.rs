@@ -27,6 +27,13 @@
 //!    HTTP: health, status, SQL, metrics, cluster membership);
 //! 6. [`server`]: runs all of the above until shutdown.
 
+/// Every binary that runs a node (the daemon, its benches and tests)
+/// allocates with mimalloc: SQL scans, apply and replay allocate per row
+/// and per event, and with glibc's malloc a log scan spent 40% of its time
+/// in malloc and free (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod admin;
 mod auth;
 mod cache;
