@@ -281,10 +281,11 @@ impl Inspector {
     ) -> Result<()> {
         let snapshot = self.db.snapshot();
         let family = cf(&self.db, CF_LOG)?;
+        let last = log_key(to);
         let mut iter = snapshot.raw_iterator_cf(family);
         iter.seek(log_key(from));
         while let Some((key, value)) = iter.item() {
-            if key > log_key(to).as_slice() || entry(value)? == Flow::Stop {
+            if key > last.as_slice() || entry(value)? == Flow::Stop {
                 return Ok(());
             }
             iter.next();

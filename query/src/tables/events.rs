@@ -12,7 +12,7 @@ use mpreg_storage::inspect::EntryShape;
 use mpreg_storage::{EventKind, Flow, Inspector};
 use openraft::{EntryPayload, RaftLogId};
 
-use super::{Narrowing, storage};
+use super::{Narrowing, stop_on_error, storage};
 use crate::columns::{Column, Kind, Value};
 use crate::pushdown::Bounds;
 use crate::scan::RowSink;
@@ -68,19 +68,14 @@ pub(super) fn produce(
                 }
                 EntryPayload::Membership(membership) => {
                     let summary_of = || serde_json::to_string(membership).unwrap_or_default();
-                    return match sink.push(&[
+                    let pushed = sink.push(&[
                         Value::U64(log_id.index),
                         Value::U64(log_id.leader_id.term),
                         Value::Null,
                         Value::Text("membership"),
                         Value::LazyText(&summary_of),
-                    ]) {
-                        Ok(flow) => flow,
-                        Err(e) => {
-                            failed = Some(e);
-                            Flow::Stop
-                        }
-                    };
+                    ]);
+                    return stop_on_error(&mut failed, pushed);
                 }
                 EntryPayload::Blank => return Flow::Continue,
             };
@@ -89,19 +84,15 @@ pub(super) fn produce(
                     continue;
                 }
                 let summary_of = || summary(&event.kind);
-                match sink.push(&[
+                let pushed = sink.push(&[
                     Value::U64(log_id.index),
                     Value::U64(log_id.leader_id.term),
                     Value::Time(event.time_ms),
                     Value::Text(event.kind.name()),
                     Value::LazyText(&summary_of),
-                ]) {
-                    Ok(Flow::Continue) => {}
-                    Ok(Flow::Stop) => return Flow::Stop,
-                    Err(e) => {
-                        failed = Some(e);
-                        return Flow::Stop;
-                    }
+                ]);
+                if stop_on_error(&mut failed, pushed) == Flow::Stop {
+                    return Flow::Stop;
                 }
             }
             Flow::Continue
@@ -124,13 +115,8 @@ fn produce_positions(inspector: &Inspector, bounds: Bounds, sink: &mut RowSink) 
             };
             let row = [Value::U64(log_id.index), Value::U64(log_id.leader_id.term)];
             for _ in 0..rows {
-                match sink.push(&row) {
-                    Ok(Flow::Continue) => {}
-                    Ok(Flow::Stop) => return Flow::Stop,
-                    Err(e) => {
-                        failed = Some(e);
-                        return Flow::Stop;
-                    }
+                if stop_on_error(&mut failed, sink.push(&row)) == Flow::Stop {
+                    return Flow::Stop;
                 }
             }
             Flow::Continue

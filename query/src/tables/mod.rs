@@ -316,6 +316,15 @@ fn storage(e: mpreg_storage::Error) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
 
+/// The flow of a scan whose step gave `step`: an error is kept in
+/// `failed` (to be returned once the scan ends) and stops the scan.
+fn stop_on_error(failed: &mut Option<DataFusionError>, step: Result<Flow>) -> Flow {
+    step.unwrap_or_else(|e| {
+        *failed = Some(e);
+        Flow::Stop
+    })
+}
+
 /// Scans rows of `view` under `prefix` into `sink` through `row`.
 fn scan_view<T: DeserializeOwned>(
     inspector: &Inspector,
@@ -327,10 +336,7 @@ fn scan_view<T: DeserializeOwned>(
     let mut failed = None;
     inspector
         .scan_view(view, prefix, |decoded| {
-            row(sink, decoded).unwrap_or_else(|e| {
-                failed = Some(e);
-                Flow::Stop
-            })
+            stop_on_error(&mut failed, row(sink, decoded))
         })
         .map_err(storage)?;
     failed.map_or(Ok(()), Err)
@@ -370,10 +376,7 @@ fn scan_in_place(
     let mut failed = None;
     inspector
         .scan_raw(view, prefix, |key, value| {
-            Ok(row(sink, key, value).unwrap_or_else(|e| {
-                failed = Some(e);
-                Flow::Stop
-            }))
+            Ok(stop_on_error(&mut failed, row(sink, key, value)))
         })
         .map_err(storage)?;
     failed.map_or(Ok(()), Err)
@@ -392,10 +395,7 @@ fn scan_keys_as_rows(
     let mut failed = None;
     inspector
         .scan_keys(view, prefix, |key| {
-            row(sink, key).unwrap_or_else(|e| {
-                failed = Some(e);
-                Flow::Stop
-            })
+            stop_on_error(&mut failed, row(sink, key))
         })
         .map_err(storage)?;
     failed.map_or(Ok(()), Err)
