@@ -3,6 +3,7 @@
 //! metrics and logs.
 
 mod bad_data_dir;
+mod bench_peers;
 mod cache;
 mod cli;
 mod clock_jumps;

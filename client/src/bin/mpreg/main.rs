@@ -150,7 +150,8 @@ enum Command {
     Man,
     /// Measure a daemon: N connections x K operations in flight, latency
     /// percentiles (rpc, worker, publish, queue-send, queue-receive,
-    /// cache-get, cache-put, sql).
+    /// cache-get, cache-put, sql); with --system, the same load against
+    /// Redis, NATS or etcd.
     Bench(bench::BenchArgs),
 }
 

@@ -19,6 +19,19 @@
 //! - `cache-put`, `cache-get`: a put or get of `mpreg-bench/k<i>` for
 //!   `i < --keys` (get first puts those keys, not timed);
 //! - `sql`: a point query of one of those keys over admin HTTP `/sql`.
+//!
+//! `--system redis|nats|etcd --peer ADDR` runs the same load against a
+//! peer, through the protocol modules beside this one, so one load
+//! generator measures every system: `rpc` is Redis ECHO or a NATS request
+//! answered by a responder this command opens (`worker` is the same on
+//! NATS), `publish` is NATS core pub/sub, `cache-put`/`cache-get` are Redis
+//! SET/GET or etcd put/range, `queue-send` is a Redis RPUSH or a NATS
+//! JetStream publish to the file stream `mpreg-bench` (acknowledged by the
+//! server), `queue-receive` a Redis LPOP.
+
+mod etcd;
+mod nats;
+mod redis;
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -29,7 +42,7 @@ use hdrhistogram::Histogram;
 use mpreg_client::{Client, ConnectOptions, Worker};
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 
 /// The operation to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -43,6 +56,43 @@ pub enum Op {
     CacheGet,
     CachePut,
     Sql,
+}
+
+/// The system the load is run against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum System {
+    Mpreg,
+    Redis,
+    Nats,
+    Etcd,
+}
+
+impl System {
+    /// The operations this system can run, named in the refusal of others.
+    fn ops(self) -> &'static [Op] {
+        match self {
+            System::Mpreg => &[
+                Op::Rpc,
+                Op::Worker,
+                Op::Publish,
+                Op::QueueSend,
+                Op::QueueReceive,
+                Op::CacheGet,
+                Op::CachePut,
+                Op::Sql,
+            ],
+            System::Redis => &[
+                Op::Rpc,
+                Op::QueueSend,
+                Op::QueueReceive,
+                Op::CacheGet,
+                Op::CachePut,
+            ],
+            System::Nats => &[Op::Rpc, Op::Worker, Op::Publish, Op::QueueSend],
+            System::Etcd => &[Op::CacheGet, Op::CachePut],
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -74,6 +124,13 @@ pub struct BenchArgs {
     /// Admin URL, for sql.
     #[arg(long, env = "MPREG_ADMIN", default_value = "http://127.0.0.1:6670")]
     pub admin: String,
+    /// Run the load against this system instead of mpreg.
+    #[arg(long, value_enum, default_value_t = System::Mpreg)]
+    pub system: System,
+    /// Address of the peer system: host:port (redis, nats) or client URL
+    /// (etcd).
+    #[arg(long, required_if_eq_any = [("system", "redis"), ("system", "nats"), ("system", "etcd")])]
+    pub peer: Option<String>,
 }
 
 /// Namespace of the cache keys and name of the queue the bench uses.
@@ -81,9 +138,15 @@ const NAME: &str = "mpreg-bench";
 /// The function the worker of `worker` serves.
 const WORKER_FUNCTION: &str = "mpreg_bench_echo";
 
+/// The NATS subject of `rpc` and `worker` on NATS, served by the bench.
+const NATS_ECHO: &str = "mpreg-bench.echo";
+/// The subject of the JetStream stream `mpreg-bench` (`queue-send` on NATS).
+const NATS_STREAM_SUBJECT: &str = "mpreg-bench.stream";
+
 /// What `mpreg bench` prints.
 #[derive(Debug, Serialize)]
 struct Report {
+    system: System,
     op: Op,
     conns: usize,
     inflight: usize,
@@ -135,12 +198,24 @@ impl Tally {
     }
 }
 
+/// One connection of the load, to the system measured.
+#[derive(Clone)]
+enum Conn {
+    Mpreg(Arc<Client>),
+    Redis(Arc<redis::Connection>),
+    Nats(Arc<nats::Connection>),
+    Etcd(Arc<etcd::Connection>),
+}
+
 /// What every operation needs: the connections and the payload.
 struct Setup {
     url: String,
+    peer: String,
     options: ConnectOptions,
-    clients: Vec<Arc<Client>>,
+    conns: Vec<Conn>,
     payload: Value,
+    /// The payload as bytes, for the peers.
+    raw: Vec<u8>,
     keys: u64,
     http: reqwest::Client,
     admin: String,
@@ -155,24 +230,34 @@ pub async fn run(
     if args.conns == 0 || args.inflight == 0 || args.ops == 0 {
         return Err("--conns, --inflight and --ops must be at least 1".into());
     }
-    let mut clients = Vec::with_capacity(args.conns);
+    if !args.system.ops().contains(&args.op) {
+        let runs: Vec<String> = args.system.ops().iter().map(name_of).collect();
+        return Err(format!(
+            "{} does not run {}; it runs {}",
+            name_of(&args.system),
+            name_of(&args.op),
+            runs.join(", ")
+        ));
+    }
+    let peer = args.peer.clone().unwrap_or_default();
+    let mut conns = Vec::with_capacity(args.conns);
     for _ in 0..args.conns {
-        let client = Client::connect_with(url, options)
-            .await
-            .map_err(|e| format!("connect to {url}: {e}"))?;
-        clients.push(Arc::new(client));
+        conns.push(connect(args.system, url, &peer, options).await?);
     }
     let setup = Arc::new(Setup {
         url: url.to_string(),
+        peer,
         options: options.clone(),
-        clients,
+        conns,
         payload: Value::String("x".repeat(args.payload)),
+        raw: vec![b'x'; args.payload],
         keys: args.keys.unwrap_or(args.ops).max(1),
         http,
         admin: args.admin.trim_end_matches('/').to_string(),
     });
-    // Kept open for the whole run: the worker of `worker`.
-    let _worker = prepare(args, &setup).await?;
+    // Kept open for the whole run: the worker of `worker`, or the NATS
+    // responder.
+    let _server = prepare(args, &setup).await?;
     let report = if args.op == Op::Publish {
         if args.warmup > 0 {
             publish_phase(args, &setup, args.warmup, false).await?;
@@ -191,10 +276,114 @@ pub async fn run(
     }
 }
 
-/// What an operation needs before it is timed; returns the worker to keep
-/// open, for `worker`.
-async fn prepare(args: &BenchArgs, setup: &Arc<Setup>) -> Result<Option<Worker>, String> {
-    let client = &setup.clients[0];
+async fn connect(
+    system: System,
+    url: &str,
+    peer: &str,
+    options: &ConnectOptions,
+) -> Result<Conn, String> {
+    Ok(match system {
+        System::Mpreg => Conn::Mpreg(Arc::new(
+            Client::connect_with(url, options)
+                .await
+                .map_err(|e| format!("connect to {url}: {e}"))?,
+        )),
+        System::Redis => Conn::Redis(Arc::new(redis::Connection::connect(peer).await?)),
+        // Nobody reads a requester's or publisher's message channel.
+        System::Nats => Conn::Nats(nats::Connection::connect(peer).await?.0),
+        System::Etcd => Conn::Etcd(Arc::new(etcd::Connection::new(peer)?)),
+    })
+}
+
+/// What serves the load while it runs: mpreg's worker or NATS's responder.
+enum Server {
+    /// Held for as long as the load runs: dropping it disconnects.
+    Worker {
+        _connection: Worker,
+    },
+    Responder(tokio::task::JoinHandle<()>),
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Server::Responder(task) = self {
+            task.abort();
+        }
+    }
+}
+
+/// What an operation needs before it is timed; returns what must stay
+/// open while it runs.
+async fn prepare(args: &BenchArgs, setup: &Arc<Setup>) -> Result<Option<Server>, String> {
+    match args.system {
+        System::Mpreg => Ok(prepare_mpreg(args, setup)
+            .await?
+            .map(|worker| Server::Worker {
+                _connection: worker,
+            })),
+        System::Nats => prepare_nats(args, setup).await,
+        System::Redis | System::Etcd => {
+            if args.op == Op::CacheGet {
+                fill(args, setup, Op::CachePut, setup.keys).await?;
+            }
+            if args.op == Op::QueueReceive {
+                fill(args, setup, Op::QueueSend, args.ops + args.warmup).await?;
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// NATS: a responder echoes requests on `NATS_ECHO`; `queue-send` needs
+/// the file stream `mpreg-bench`.
+async fn prepare_nats(args: &BenchArgs, setup: &Arc<Setup>) -> Result<Option<Server>, String> {
+    match args.op {
+        Op::Rpc | Op::Worker => {
+            let (responder, mut requests) = nats::Connection::connect(&setup.peer).await?;
+            responder.subscribe(NATS_ECHO, 2).await?;
+            let task = tokio::spawn(async move {
+                while let Some(request) = requests.recv().await {
+                    if let Some(reply) = request.reply
+                        && responder
+                            .publish(&reply, None, &request.payload)
+                            .await
+                            .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+            Ok(Some(Server::Responder(task)))
+        }
+        Op::QueueSend => {
+            let Some(Conn::Nats(conn)) = setup.conns.first() else {
+                return Err("no nats connection".into());
+            };
+            let config = json!({"name": NAME, "subjects": [NATS_STREAM_SUBJECT],
+                "storage": "file", "retention": "limits"});
+            let reply = conn
+                .request(
+                    &format!("$JS.API.STREAM.CREATE.{NAME}"),
+                    config.to_string().as_bytes(),
+                )
+                .await?;
+            let reply: Value = serde_json::from_slice(&reply)
+                .map_err(|e| format!("JetStream stream create: {e}"))?;
+            // 10058: a stream of that name exists (a run before this one).
+            if !reply["error"].is_null() && reply["error"]["err_code"] != 10058 {
+                return Err(format!("JetStream stream create: {reply}"));
+            }
+            Ok(None)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// mpreg: the worker of `worker`, the queue, the keys of `cache-get`.
+async fn prepare_mpreg(args: &BenchArgs, setup: &Arc<Setup>) -> Result<Option<Worker>, String> {
+    let Some(Conn::Mpreg(client)) = setup.conns.first() else {
+        return Err("no mpreg connection".into());
+    };
     match args.op {
         Op::Worker => {
             let worker = Worker::connect_with(&setup.url, &setup.options)
@@ -246,7 +435,51 @@ fn succeeded(reply: &Value) -> Result<(), String> {
 }
 
 /// One operation of `op`, number `i` of its phase.
-async fn operate(setup: &Setup, client: &Client, op: Op, i: u64) -> Result<(), String> {
+async fn operate(setup: &Setup, conn: &Conn, op: Op, i: u64) -> Result<(), String> {
+    let key = format!("{NAME}/k{}", i % setup.keys);
+    let raw = setup.raw.as_slice();
+    match (conn, op) {
+        (Conn::Mpreg(client), op) => operate_mpreg(setup, client, op, i).await,
+        (Conn::Redis(redis), op) => {
+            let reply = match op {
+                Op::Rpc => redis.command(&[b"ECHO", raw]).await?,
+                Op::CachePut => redis.command(&[b"SET", key.as_bytes(), raw]).await?,
+                Op::CacheGet => redis.command(&[b"GET", key.as_bytes()]).await?,
+                Op::QueueSend => redis.command(&[b"RPUSH", NAME.as_bytes(), raw]).await?,
+                Op::QueueReceive => redis.command(&[b"LPOP", NAME.as_bytes()]).await?,
+                _ => return Err(format!("redis does not run {op:?}")),
+            };
+            match reply {
+                redis::Reply::Value => Ok(()),
+                redis::Reply::Nil => Err(format!("redis {op:?}: nothing at {key}")),
+            }
+        }
+        (Conn::Nats(nats), Op::Rpc | Op::Worker) => {
+            let reply = nats.request(NATS_ECHO, raw).await?;
+            if reply == raw {
+                Ok(())
+            } else {
+                Err("the nats echo came back changed".into())
+            }
+        }
+        (Conn::Nats(nats), Op::QueueSend) => {
+            let ack = nats.request(NATS_STREAM_SUBJECT, raw).await?;
+            let ack: Value =
+                serde_json::from_slice(&ack).map_err(|e| format!("JetStream ack: {e}"))?;
+            if ack["seq"].is_u64() {
+                Ok(())
+            } else {
+                Err(format!("JetStream publish: {ack}"))
+            }
+        }
+        (Conn::Etcd(etcd), Op::CachePut) => etcd.put(&key, raw).await,
+        (Conn::Etcd(etcd), Op::CacheGet) => etcd.get(&key).await,
+        (_, op) => Err(format!("this system does not run {op:?}")),
+    }
+}
+
+/// One operation of `op` against mpreg.
+async fn operate_mpreg(setup: &Setup, client: &Client, op: Op, i: u64) -> Result<(), String> {
     let payload = &setup.payload;
     let key = |i: u64| json!({"namespace": NAME, "identifier": format!("k{}", i % setup.keys)});
     match op {
@@ -337,7 +570,7 @@ async fn phase(args: &BenchArgs, setup: &Arc<Setup>, op: Op, count: u64, shown: 
             let tally = tally.clone();
             tasks.spawn(async move {
                 let mut latencies = histogram();
-                let client = setup.clients[conn].clone();
+                let client = setup.conns[conn].clone();
                 loop {
                     let i = tally.next.fetch_add(1, Ordering::Relaxed);
                     if i >= count {
@@ -378,13 +611,7 @@ async fn publish_phase(
     shown: bool,
 ) -> Result<Report, String> {
     let topic = format!("{NAME}.{}", std::process::id());
-    let subscriber = Client::connect_with(&setup.url, &setup.options)
-        .await
-        .map_err(|e| format!("subscriber connection: {e}"))?;
-    let mut subscription = subscriber
-        .subscribe(&[topic.as_str()], 0)
-        .await
-        .map_err(|e| format!("subscribe to {topic}: {e}"))?;
+    let mut subscriber = Subscriber::open(args.system, setup, &topic).await?;
     let windows: Arc<Vec<Semaphore>> = Arc::new(
         (0..args.conns)
             .map(|_| Semaphore::new(args.inflight))
@@ -401,7 +628,7 @@ async fn publish_phase(
             let windows = windows.clone();
             let topic = topic.clone();
             publishers.spawn(async move {
-                let client = setup.clients[conn].clone();
+                let client = setup.conns[conn].clone();
                 loop {
                     let Ok(permit) = windows[conn].acquire().await else {
                         break;
@@ -415,8 +642,8 @@ async fn publish_phase(
                         "t": micros(epoch.elapsed()),
                         "pad": setup.payload,
                     });
-                    if let Err(e) = client.publish(&topic, message).await {
-                        tally.failed(e.to_string());
+                    if let Err(e) = publish(&client, &topic, message).await {
+                        tally.failed(e);
                         windows[conn].add_permits(1);
                     }
                 }
@@ -426,15 +653,14 @@ async fn publish_phase(
     let mut latencies = histogram();
     let quiet = Duration::from_secs(10);
     while tally.done.load(Ordering::Relaxed) + tally.errors.load(Ordering::Relaxed) < count {
-        let note = match tokio::time::timeout(quiet, subscription.next()).await {
-            Ok(Some(note)) => note,
+        let payload = match tokio::time::timeout(quiet, subscriber.next()).await {
+            Ok(Some(payload)) => payload,
             Ok(None) => return Err("the subscriber's connection closed".into()),
             Err(_) => {
                 tally.failed(format!("no delivery for {quiet:?}"));
                 break;
             }
         };
-        let payload = &note.message.payload;
         let (Some(publisher), Some(sent)) = (payload["p"].as_u64(), payload["t"].as_u64()) else {
             continue;
         };
@@ -460,6 +686,78 @@ async fn publish_phase(
         &latencies,
         &tally,
     ))
+}
+
+async fn publish(conn: &Conn, topic: &str, message: Value) -> Result<(), String> {
+    match conn {
+        Conn::Mpreg(client) => client
+            .publish(topic, message)
+            .await
+            .map_err(|e| e.to_string()),
+        Conn::Nats(nats) => {
+            nats.publish(topic, None, message.to_string().as_bytes())
+                .await
+        }
+        Conn::Redis(_) | Conn::Etcd(_) => Err("this system does not publish".into()),
+    }
+}
+
+/// The subscriber of `publish`: its own connection to the system measured.
+enum Subscriber {
+    /// The client is held because its connection carries the subscription.
+    Mpreg {
+        _client: Client,
+        subscription: mpreg_client::Subscription,
+    },
+    Nats {
+        _connection: Arc<nats::Connection>,
+        messages: mpsc::Receiver<nats::Message>,
+    },
+}
+
+impl Subscriber {
+    async fn open(system: System, setup: &Setup, topic: &str) -> Result<Subscriber, String> {
+        if system == System::Nats {
+            let (conn, messages) = nats::Connection::connect(&setup.peer).await?;
+            conn.subscribe(topic, 2).await?;
+            return Ok(Subscriber::Nats {
+                _connection: conn,
+                messages,
+            });
+        }
+        let client = Client::connect_with(&setup.url, &setup.options)
+            .await
+            .map_err(|e| format!("subscriber connection: {e}"))?;
+        let subscription = client
+            .subscribe(&[topic], 0)
+            .await
+            .map_err(|e| format!("subscribe to {topic}: {e}"))?;
+        Ok(Subscriber::Mpreg {
+            _client: client,
+            subscription,
+        })
+    }
+
+    /// The next message's payload; `Null` for one that is not JSON.
+    async fn next(&mut self) -> Option<Value> {
+        match self {
+            Subscriber::Mpreg { subscription, .. } => {
+                subscription.next().await.map(|note| note.message.payload)
+            }
+            Subscriber::Nats { messages, .. } => messages
+                .recv()
+                .await
+                .map(|m| serde_json::from_slice(&m.payload).unwrap_or(Value::Null)),
+        }
+    }
+}
+
+/// The name of an argument value as the command line spells it.
+fn name_of<T: clap::ValueEnum>(value: &T) -> String {
+    value
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default()
 }
 
 fn micros(d: Duration) -> u64 {
@@ -492,6 +790,7 @@ fn report(
 ) -> Report {
     let seconds = elapsed.as_secs_f64();
     Report {
+        system: args.system,
         op,
         conns: args.conns,
         inflight: args.inflight,
@@ -516,13 +815,10 @@ fn report(
 }
 
 fn human(r: &Report) -> String {
-    let op = serde_json::to_value(r.op)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
+    let (system, op) = (name_of(&r.system), name_of(&r.op));
     let l = &r.latency_us;
     let mut text = format!(
-        "{op}: {} ops, {} conns x {} in flight, {}-byte payload\n  \
+        "{system} {op}: {} ops, {} conns x {} in flight, {}-byte payload\n  \
          {:.0} ops/s in {:.2} s, {} errors\n  \
          latency us: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
         r.ops,
