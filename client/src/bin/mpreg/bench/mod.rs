@@ -169,6 +169,11 @@ struct Percentiles {
     max: u64,
 }
 
+/// Locks a mutex of the bench; a panicked holder leaves data still usable.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
@@ -193,8 +198,7 @@ impl Tally {
 
     fn failed(&self, error: String) {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        let mut first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
-        first.get_or_insert(error);
+        lock(&self.first_error).get_or_insert(error);
     }
 }
 
@@ -312,26 +316,25 @@ impl Drop for Server {
     }
 }
 
-/// What an operation needs before it is timed; returns what must stay
-/// open while it runs.
+/// What an operation needs before it is timed: the system's own setup,
+/// then the keys a get reads or the messages a receive takes; returns what
+/// must stay open while it runs.
 async fn prepare(args: &BenchArgs, setup: &Arc<Setup>) -> Result<Option<Server>, String> {
-    match args.system {
-        System::Mpreg => Ok(prepare_mpreg(args, setup)
+    let server = match args.system {
+        System::Mpreg => prepare_mpreg(args, setup)
             .await?
             .map(|worker| Server::Worker {
                 _connection: worker,
-            })),
-        System::Nats => prepare_nats(args, setup).await,
-        System::Redis | System::Etcd => {
-            if args.op == Op::CacheGet {
-                fill(args, setup, Op::CachePut, setup.keys).await?;
-            }
-            if args.op == Op::QueueReceive {
-                fill(args, setup, Op::QueueSend, args.ops + args.warmup).await?;
-            }
-            Ok(None)
-        }
+            }),
+        System::Nats => prepare_nats(args, setup).await?,
+        System::Redis | System::Etcd => None,
+    };
+    match args.op {
+        Op::CacheGet => fill(args, setup, Op::CachePut, setup.keys).await?,
+        Op::QueueReceive => fill(args, setup, Op::QueueSend, args.ops + args.warmup).await?,
+        _ => {}
     }
+    Ok(server)
 }
 
 /// NATS: a responder echoes requests on `NATS_ECHO`; `queue-send` needs
@@ -379,7 +382,8 @@ async fn prepare_nats(args: &BenchArgs, setup: &Arc<Setup>) -> Result<Option<Ser
     }
 }
 
-/// mpreg: the worker of `worker`, the queue, the keys of `cache-get`.
+/// mpreg: the worker of `worker`, the queue of `queue-send` and
+/// `queue-receive`.
 async fn prepare_mpreg(args: &BenchArgs, setup: &Arc<Setup>) -> Result<Option<Worker>, String> {
     let Some(Conn::Mpreg(client)) = setup.conns.first() else {
         return Err("no mpreg connection".into());
@@ -407,12 +411,8 @@ async fn prepare_mpreg(args: &BenchArgs, setup: &Arc<Setup>) -> Result<Option<Wo
                 .await
                 .map_err(|e| format!("declare queue {NAME}: {e}"))?;
             succeeded(&reply).map_err(|e| format!("declare queue {NAME}: {e}"))?;
-            if args.op == Op::QueueReceive {
-                fill(args, setup, Op::QueueSend, args.ops + args.warmup).await?;
-            }
         }
-        Op::CacheGet => fill(args, setup, Op::CachePut, setup.keys).await?,
-        Op::Rpc | Op::Publish | Op::CachePut | Op::Sql => {}
+        Op::Rpc | Op::Publish | Op::CacheGet | Op::CachePut | Op::Sql => {}
     }
     Ok(None)
 }
@@ -806,11 +806,7 @@ fn report(
             p99_9: latencies.value_at_quantile(0.999),
             max: latencies.max(),
         },
-        first_error: tally
-            .first_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone(),
+        first_error: lock(&tally.first_error).clone(),
     }
 }
 

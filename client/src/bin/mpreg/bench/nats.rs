@@ -15,6 +15,8 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
+use super::lock;
+
 /// How long a request waits for its reply.
 const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -113,10 +115,7 @@ impl Connection {
         let (tx, rx) = oneshot::channel();
         {
             let mut writer = self.writer.lock().await;
-            self.pongs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push_back(tx);
+            lock(&self.pongs).push_back(tx);
             writer
                 .write_all(format!("SUB {subject} {sid}\r\nPING\r\n").as_bytes())
                 .await
@@ -167,10 +166,6 @@ impl Connection {
     }
 }
 
-fn lock(pending: &Pending) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Vec<u8>>>> {
-    pending.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Reads the server's lines until it closes: replies go to their
 /// requests, PINGs are answered, other messages go to `messages`.
 async fn read_loop(
@@ -217,11 +212,7 @@ async fn read_loop(
                 }
             }
             Some("PONG") => {
-                let waiter = connection
-                    .pongs
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .pop_front();
+                let waiter = lock(&connection.pongs).pop_front();
                 if let Some(waiter) = waiter {
                     let _ = waiter.send(());
                 }
@@ -238,9 +229,5 @@ async fn read_loop(
         }
     }
     lock(&connection.pending).clear();
-    connection
-        .pongs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clear();
+    lock(&connection.pongs).clear();
 }

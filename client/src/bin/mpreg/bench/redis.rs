@@ -11,6 +11,8 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
 
+use super::lock;
+
 /// A reply, as far as the bench needs to tell them apart.
 #[derive(Debug)]
 pub enum Reply {
@@ -62,12 +64,6 @@ impl Connection {
         rx.await
             .map_err(|_| "the redis connection closed before the reply".to_string())?
     }
-}
-
-fn lock(
-    waiters: &Waiters,
-) -> std::sync::MutexGuard<'_, VecDeque<oneshot::Sender<Result<Reply, String>>>> {
-    waiters.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 async fn read_loop(mut read: BufReader<OwnedReadHalf>, waiters: Arc<Waiters>) {
