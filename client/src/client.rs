@@ -8,15 +8,18 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures_util::{SinkExt, StreamExt};
+use std::borrow::Cow;
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
 
-use crate::framing::{Transport, is_framed_url};
+use crate::framing::{Transport, is_framed_url, write_burst};
 use crate::protocol::{
-    InternalAnswer, PubSubAck, PubSubMessage, PubSubSubscription, RpcCommand, RpcError, RpcRequest,
-    RpcResponse, TopicPattern,
+    InternalAnswer, PubSubAck, PubSubMessage, PubSubSubscription, Publish, RpcCommand, RpcError,
+    RpcRequest, RpcResponse, Subscribe, TopicPattern, Unsubscribe,
 };
 
 /// What a client call can fail with.
@@ -48,7 +51,8 @@ pub struct ConnectOptions {
 pub type Handler =
     Arc<dyn Fn(Vec<Value>, Map<String, Value>) -> Result<Value, String> + Send + Sync>;
 
-type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>>;
+/// Waiters for replies, by `u`; each gets its reply frame's text.
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Bytes>>>>;
 type Handlers = Arc<Mutex<HashMap<String, Handler>>>;
 type Subscriptions = Arc<Mutex<HashMap<String, NotificationSender>>>;
 type QueueSubscriptions = Arc<Mutex<HashMap<String, mpsc::Sender<Value>>>>;
@@ -185,11 +189,70 @@ fn new_prefix() -> String {
     format!("{:x}-{}", nanos, std::process::id())
 }
 
-async fn serve_call(handlers: Handlers, outbound: mpsc::Sender<Message>, frame: Value) {
-    let u = frame["u"].as_str().unwrap_or_default().to_string();
-    let command = frame["command"].as_str().unwrap_or_default().to_string();
-    let args = frame["args"].as_array().cloned().unwrap_or_default();
-    let kwargs = frame["kwargs"].as_object().cloned().unwrap_or_default();
+/// The fields of a frame the reader routes it by, read without building
+/// the rest.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow, default)]
+    role: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    u: Option<Cow<'a, str>>,
+    /// The `u` a `pubsub-ack` answers.
+    #[serde(borrow, default)]
+    operation_id: Option<Cow<'a, str>>,
+}
+
+/// An `internal-rpc`: the daemon asks this worker to run a function.
+#[derive(Deserialize)]
+struct Call {
+    #[serde(default)]
+    u: String,
+    #[serde(default)]
+    command: String,
+    #[serde(default)]
+    args: Vec<Value>,
+    #[serde(default)]
+    kwargs: Map<String, Value>,
+}
+
+/// A `pubsub-notification`.
+#[derive(Deserialize)]
+struct Delivered {
+    #[serde(default)]
+    subscription_id: String,
+    #[serde(default)]
+    dropped: u64,
+    message: PubSubMessage,
+}
+
+/// A `queue-message`.
+#[derive(Deserialize)]
+struct Pushed {
+    #[serde(default)]
+    subscriber_id: String,
+    message: Value,
+}
+
+/// A frame as written: `role`, then the fields of `body`.
+#[derive(Serialize)]
+struct Framed<'a, T> {
+    role: &'a str,
+    #[serde(flatten)]
+    body: &'a T,
+}
+
+/// The text of the frame of `role` carrying `body`.
+fn framed<T: Serialize>(role: &str, body: &T) -> Result<Vec<u8>, ClientError> {
+    serde_json::to_vec(&Framed { role, body }).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+async fn serve_call(handlers: Handlers, outbound: mpsc::Sender<Message>, call: Call) {
+    let Call {
+        u,
+        command,
+        args,
+        kwargs,
+    } = call;
     let handler = handlers
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -219,15 +282,18 @@ async fn serve_call(handlers: Handlers, outbound: mpsc::Sender<Message>, frame: 
             },
         },
     };
-    let mut frame = serde_json::to_value(&answer).unwrap_or(Value::Null);
-    frame["role"] = json!("internal-answer");
-    let _ = outbound
-        .send(Message::binary(frame.to_string().into_bytes()))
-        .await;
+    if let Ok(frame) = framed("internal-answer", &answer) {
+        let _ = outbound.send(Message::binary(frame)).await;
+    }
 }
 
-fn rpc_response(frame: Value) -> Result<RpcResponse, ClientError> {
-    serde_json::from_value(frame).map_err(|e| ClientError::Protocol(e.to_string()))
+fn rpc_response(frame: &[u8]) -> Result<RpcResponse, ClientError> {
+    serde_json::from_slice(frame).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+/// A reply whose fields the caller reads as JSON (queue and cache replies).
+fn json_reply(frame: &[u8]) -> Result<Value, ClientError> {
+    serde_json::from_slice(frame).map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
 impl Client {
@@ -284,7 +350,7 @@ impl Client {
         let (outbound, mut queue) = mpsc::channel::<Message>(1024);
         let writer = tokio::spawn(async move {
             while let Some(message) = queue.recv().await {
-                if sink.send(message).await.is_err() {
+                if write_burst(&mut sink, message, &mut queue, |_| {}).await.is_err() {
                     break;
                 }
             }
@@ -301,62 +367,64 @@ impl Client {
         let reader_closed = closed.clone();
         let reader = tokio::spawn(async move {
             while let Some(Ok(message)) = stream.next().await {
-                let bytes = match message {
-                    Message::Text(t) => t.as_bytes().to_vec(),
-                    Message::Binary(b) => b.to_vec(),
+                let bytes: Bytes = match message {
+                    Message::Text(text) => text.into(),
+                    Message::Binary(bytes) => bytes,
                     Message::Close(_) => break,
                     _ => continue,
                 };
-                let Ok(frame) = serde_json::from_slice::<Value>(&bytes) else {
+                let Ok(head) = serde_json::from_slice::<Head>(&bytes) else {
                     continue;
                 };
-                let key = match frame["role"].as_str() {
+                let key = match head.role.as_deref() {
                     Some("internal-rpc") => {
-                        tokio::spawn(serve_call(
-                            reader_handlers.clone(),
-                            reader_out.clone(),
-                            frame,
-                        ));
+                        if let Ok(call) = serde_json::from_slice::<Call>(&bytes) {
+                            tokio::spawn(serve_call(
+                                reader_handlers.clone(),
+                                reader_out.clone(),
+                                call,
+                            ));
+                        }
                         continue;
                     }
                     Some("pubsub-notification") => {
-                        let id = frame["subscription_id"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string();
-                        let dropped = frame["dropped"].as_u64().unwrap_or(0);
-                        let Ok(message) = serde_json::from_value(frame["message"].clone()) else {
+                        let Ok(delivered) = serde_json::from_slice::<Delivered>(&bytes) else {
                             continue;
                         };
                         let mut subscriptions = reader_subscriptions
                             .lock()
                             .unwrap_or_else(|e| e.into_inner());
-                        if let Some(sender) = subscriptions.get_mut(&id) {
-                            sender.deliver(Notification { message, dropped });
+                        if let Some(sender) = subscriptions.get_mut(&delivered.subscription_id) {
+                            sender.deliver(Notification {
+                                message: delivered.message,
+                                dropped: delivered.dropped,
+                            });
                         }
                         continue;
                     }
                     Some("queue-message") => {
-                        let id = frame["subscriber_id"].as_str().unwrap_or_default();
+                        let Ok(pushed) = serde_json::from_slice::<Pushed>(&bytes) else {
+                            continue;
+                        };
                         let subscriptions = reader_queue_subscriptions
                             .lock()
                             .unwrap_or_else(|e| e.into_inner());
-                        if let Some(tx) = subscriptions.get(id) {
-                            let _ = tx.try_send(frame["message"].clone());
+                        if let Some(tx) = subscriptions.get(&pushed.subscriber_id) {
+                            let _ = tx.try_send(pushed.message);
                         }
                         continue;
                     }
-                    Some("pubsub-ack") => frame["operation_id"].as_str().map(str::to_string),
-                    _ => frame["u"].as_str().map(str::to_string),
+                    Some("pubsub-ack") => head.operation_id,
+                    _ => head.u,
                 };
                 let waiter = key.and_then(|k| {
                     reader_pending
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .remove(&k)
+                        .remove(k.as_ref())
                 });
                 if let Some(waiter) = waiter {
-                    let _ = waiter.send(frame);
+                    let _ = waiter.send(bytes);
                 }
             }
             reader_closed.store(true, Ordering::SeqCst);
@@ -387,7 +455,7 @@ impl Client {
     }
 
     /// Sends one frame (which must carry `u`) and waits for the reply to it.
-    async fn exchange(&self, u: String, frame: Value) -> Result<Value, ClientError> {
+    async fn exchange(&self, u: String, frame: Vec<u8>) -> Result<Bytes, ClientError> {
         let (tx, rx) = oneshot::channel();
         self.pending
             .lock()
@@ -403,7 +471,7 @@ impl Client {
             return Err(ClientError::Closed);
         }
         self.outbound
-            .send(Message::binary(frame.to_string().into_bytes()))
+            .send(Message::binary(frame))
             .await
             .map_err(|_| ClientError::Closed)?;
         rx.await.map_err(|_| ClientError::Closed)
@@ -419,10 +487,8 @@ impl Client {
             include_execution_summary: request.execution_summary,
             debug_mode: false,
         };
-        let mut frame =
-            serde_json::to_value(&wire).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        frame["role"] = json!("rpc");
-        let response = rpc_response(self.exchange(u, frame).await?)?;
+        let frame = framed("rpc", &wire)?;
+        let response = rpc_response(&self.exchange(u, frame).await?)?;
         match response.error {
             Some(error) => Err(ClientError::Rpc(error)),
             None => Ok(response),
@@ -430,8 +496,8 @@ impl Client {
     }
 
     /// Sends a pub/sub request and checks its ack.
-    async fn pubsub(&self, u: String, frame: Value) -> Result<(), ClientError> {
-        let ack: PubSubAck = serde_json::from_value(self.exchange(u, frame).await?)
+    async fn pubsub(&self, u: String, frame: Vec<u8>) -> Result<(), ClientError> {
+        let ack: PubSubAck = serde_json::from_slice(&self.exchange(u, frame).await?)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         match ack.success {
             true => Ok(()),
@@ -454,11 +520,14 @@ impl Client {
             routing_path: None,
             current_hop: None,
         };
-        self.pubsub(
-            u.clone(),
-            json!({"role": "pubsub-publish", "u": u, "message": message}),
-        )
-        .await
+        let frame = framed(
+            "pubsub-publish",
+            &Publish {
+                u: u.clone(),
+                message,
+            },
+        )?;
+        self.pubsub(u, frame).await
     }
 
     /// Subscribes to `patterns` (`*` = one level, `#` = zero or more);
@@ -501,8 +570,17 @@ impl Client {
             backlog_seconds,
             durable,
         };
-        let frame = json!({"role": "pubsub-subscribe", "u": u, "subscription": subscription});
-        if let Err(e) = self.pubsub(u, frame).await {
+        let frame = framed(
+            "pubsub-subscribe",
+            &Subscribe {
+                u: u.clone(),
+                subscription,
+            },
+        );
+        if let Err(e) = match frame {
+            Ok(frame) => self.pubsub(u, frame).await,
+            Err(e) => Err(e),
+        } {
             self.subscriptions
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -515,12 +593,14 @@ impl Client {
     /// Ends a subscription.
     pub async fn unsubscribe(&self, id: &str) -> Result<(), ClientError> {
         let u = self.next_u();
-        let result = self
-            .pubsub(
-                u.clone(),
-                json!({"role": "pubsub-unsubscribe", "u": u, "subscription_id": id}),
-            )
-            .await;
+        let frame = framed(
+            "pubsub-unsubscribe",
+            &Unsubscribe {
+                u: u.clone(),
+                subscription_id: id.to_string(),
+            },
+        )?;
+        let result = self.pubsub(u, frame).await;
         self.subscriptions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -564,7 +644,8 @@ impl Client {
         let u = self.next_u();
         request["role"] = json!("cache-request");
         request["u"] = json!(u);
-        let reply = self.exchange(u, request).await?;
+        let frame = serde_json::to_vec(&request).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let reply = json_reply(&self.exchange(u, frame).await?)?;
         if reply["success"] == json!(true) {
             Ok(reply)
         } else if reply.get("error_code").is_some() {
@@ -605,7 +686,8 @@ impl Client {
             "prefetch": prefetch,
             "topic_pattern": topic_pattern,
         });
-        let reply = self.exchange(u, frame).await?;
+        let frame = serde_json::to_vec(&frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let reply = json_reply(&self.exchange(u, frame).await?)?;
         if reply["success"] != json!(true) {
             self.queue_subscriptions
                 .lock()
@@ -672,7 +754,8 @@ impl Worker {
             "u": u,
             "functions": [{"name": name, "version": version, "resources": resources}],
         });
-        let response = rpc_response(self.client.exchange(u, frame).await?)?;
+        let frame = serde_json::to_vec(&frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let response = rpc_response(&self.client.exchange(u, frame).await?)?;
         match response.error {
             Some(error) => Err(ClientError::Rpc(error)),
             None => Ok(()),

@@ -7,7 +7,8 @@
 
 use std::pin::Pin;
 
-use futures_util::{Sink, Stream};
+use futures_util::{Sink, SinkExt, Stream};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use tokio_util::bytes::{Buf, BufMut, BytesMut};
@@ -30,6 +31,44 @@ pub type Transport = Pin<Box<dyn MessageTransport>>;
 /// Whether `url` names the length-prefixed transport (`tcp://`, `tcps://`).
 pub fn is_framed_url(url: &str) -> bool {
     url.starts_with("tcp://") || url.starts_with("tcps://")
+}
+
+/// Most frames [`write_burst`] writes with one flush.
+pub const WRITE_BURST: usize = 64;
+
+/// Writes `first` and the frames waiting in `queue` (at most
+/// [`WRITE_BURST`] in all, none after a Close) with one flush, so a burst
+/// of replies costs one send instead of one each. It first yields once, so
+/// tasks the runtime already woke (the other replies of a batch of
+/// requests) queue their frames behind `first`. `counted` sees each frame
+/// before it is written. Returns whether a Close was written.
+pub async fn write_burst<S>(
+    sink: &mut S,
+    first: Message,
+    queue: &mut mpsc::Receiver<Message>,
+    mut counted: impl FnMut(&Message),
+) -> Result<bool, WsError>
+where
+    S: Sink<Message, Error = WsError> + Unpin + ?Sized,
+{
+    tokio::task::yield_now().await;
+    let mut next = Some(first);
+    let mut written = 0;
+    while let Some(message) = next.take() {
+        let closing = matches!(message, Message::Close(_));
+        counted(&message);
+        sink.feed(message).await?;
+        written += 1;
+        if closing {
+            sink.flush().await?;
+            return Ok(true);
+        }
+        if written < WRITE_BURST {
+            next = queue.try_recv().ok();
+        }
+    }
+    sink.flush().await?;
+    Ok(false)
 }
 
 /// Length-prefixed frames of at most `max` bytes: a longer declared length

@@ -515,18 +515,58 @@ pub struct Refused {
     pub error: RpcError,
 }
 
-fn typed<T: serde::de::DeserializeOwned>(value: Value, role: &str, u: &str) -> Result<T, Refused> {
-    serde_json::from_value(value).map_err(|e| Refused {
-        u: Some(u.to_string()),
-        error: RpcError::new(
-            ErrorCode::BadRequest,
-            format!("invalid {role} message: {e}"),
-        ),
-    })
+/// The body of a frame, still to be decoded into its role's type: the
+/// frame's text (the common case), or the tree parsed while finding out
+/// what is wrong with the frame.
+enum Body<'a> {
+    Text(&'a [u8]),
+    Tree(Value),
+}
+
+impl Body<'_> {
+    fn decode<T: serde::de::DeserializeOwned>(self, role: &str, u: &str) -> Result<T, Refused> {
+        match self {
+            Body::Text(bytes) => serde_json::from_slice(bytes),
+            Body::Tree(value) => serde_json::from_value(value),
+        }
+        .map_err(|e| Refused {
+            u: Some(u.to_string()),
+            error: RpcError::new(
+                ErrorCode::BadRequest,
+                format!("invalid {role} message: {e}"),
+            ),
+        })
+    }
+}
+
+/// The two fields every frame needs, read without building the rest.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow, default)]
+    role: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    u: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// Parses one frame; `Err` carries the reply to send.
+///
+/// A well-formed frame is read twice, for its `role` and `u` and then
+/// straight into its role's type; only a frame with something wrong is
+/// parsed into a JSON tree, to name what is wrong.
 pub fn parse(bytes: &[u8]) -> Result<Inbound, Refused> {
+    if bytes.trim_ascii_start().first() == Some(&b'{')
+        && let Ok(Head {
+            role: Some(role),
+            u: Some(u),
+        }) = serde_json::from_slice(bytes)
+    {
+        return dispatch(&role, u.into_owned(), Body::Text(bytes));
+    }
+    parse_tree(bytes)
+}
+
+/// [`parse`] by way of a JSON tree, naming what is wrong with the frame.
+fn parse_tree(bytes: &[u8]) -> Result<Inbound, Refused> {
     let refuse = |u: Option<String>, details: String| Refused {
         u,
         error: RpcError::new(ErrorCode::BadRequest, details),
@@ -556,17 +596,22 @@ pub fn parse(bytes: &[u8]) -> Result<Inbound, Refused> {
         }
         None => return Err(refuse(Some(u), "missing field role".to_string())),
     };
-    match role.as_str() {
-        "rpc" => Ok(Inbound::Rpc(typed(value, &role, &u)?)),
-        "worker-register" => Ok(Inbound::WorkerRegister(typed(value, &role, &u)?)),
-        "worker-withdraw" => Ok(Inbound::WorkerWithdraw(typed(value, &role, &u)?)),
-        "internal-answer" => Ok(Inbound::InternalAnswer(typed(value, &role, &u)?)),
-        "pubsub-publish" => Ok(Inbound::Publish(typed(value, &role, &u)?)),
-        "pubsub-subscribe" => Ok(Inbound::Subscribe(typed(value, &role, &u)?)),
-        "pubsub-unsubscribe" => Ok(Inbound::Unsubscribe(typed(value, &role, &u)?)),
-        "queue-subscribe" => Ok(Inbound::QueueSubscribe(typed(value, &role, &u)?)),
-        "queue-unsubscribe" => Ok(Inbound::QueueUnsubscribe(typed(value, &role, &u)?)),
-        "cache-request" => Ok(Inbound::CacheRequest(typed(value, &role, &u)?)),
+    dispatch(&role, u, Body::Tree(value))
+}
+
+/// Decodes `body` as the message of `role`.
+fn dispatch(role: &str, u: String, body: Body) -> Result<Inbound, Refused> {
+    match role {
+        "rpc" => Ok(Inbound::Rpc(body.decode(role, &u)?)),
+        "worker-register" => Ok(Inbound::WorkerRegister(body.decode(role, &u)?)),
+        "worker-withdraw" => Ok(Inbound::WorkerWithdraw(body.decode(role, &u)?)),
+        "internal-answer" => Ok(Inbound::InternalAnswer(body.decode(role, &u)?)),
+        "pubsub-publish" => Ok(Inbound::Publish(body.decode(role, &u)?)),
+        "pubsub-subscribe" => Ok(Inbound::Subscribe(body.decode(role, &u)?)),
+        "pubsub-unsubscribe" => Ok(Inbound::Unsubscribe(body.decode(role, &u)?)),
+        "queue-subscribe" => Ok(Inbound::QueueSubscribe(body.decode(role, &u)?)),
+        "queue-unsubscribe" => Ok(Inbound::QueueUnsubscribe(body.decode(role, &u)?)),
+        "cache-request" => Ok(Inbound::CacheRequest(body.decode(role, &u)?)),
         other => Err(Refused {
             u: Some(u),
             error: RpcError::new(
@@ -642,6 +687,15 @@ mod test {
         }
     }
 
+    /// What both ways of parsing made of `bytes`, to compare.
+    fn both_ways(bytes: &[u8]) -> (String, String) {
+        let shown = |parsed: Result<Inbound, Refused>| match parsed {
+            Ok(inbound) => format!("{inbound:?}"),
+            Err(refused) => format!("refused u={:?} code={}", refused.u, refused.error.code),
+        };
+        (shown(parse(bytes)), shown(parse_tree(bytes)))
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(cases()))]
 
@@ -672,6 +726,10 @@ mod test {
                     proptest::prop_assert!(refused.error.details.is_some());
                 }
             }
+            // The direct parse decides as the tree would: the same
+            // message, or a refusal with the same code and u.
+            let (direct, tree) = both_ways(&frame);
+            proptest::prop_assert_eq!(direct, tree);
         }
     }
 

@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use mpreg_client::framing::{FrameCodec, MessageTransport};
+use mpreg_client::framing::{FrameCodec, MessageTransport, write_burst};
 use mpreg_client::protocol::{self, ErrorCode, Inbound, PubSubAck, RpcError, RpcResponse};
 use mpreg_storage::credential::Action;
 use tokio::io::AsyncBufReadExt;
@@ -474,25 +474,24 @@ impl Session {
                     _ = ping.tick() => Message::Ping(Vec::new().into()),
                     () = writer_hang_up.cancelled() => break,
                 };
+                let count = |message: &Message| {
+                    let bytes = match message {
+                        Message::Text(text) => text.len(),
+                        Message::Binary(bytes) => bytes.len(),
+                        _ => return,
+                    };
+                    metrics.frames_sent.inc();
+                    metrics.bytes_sent.inc_by(bytes as u64);
+                };
+                let wrote = tokio::select! {
+                    wrote = write_burst(&mut sink, message, &mut queue, count) => wrote,
+                    () = writer_hang_up.cancelled() => break,
+                };
                 let waiting = i64::try_from(queue.len()).unwrap_or(i64::MAX);
                 metrics.outbound_queue_frames.add(waiting - queued);
                 queued = waiting;
-                let closing = matches!(message, Message::Close(_));
-                let payload = match &message {
-                    Message::Text(text) => Some(text.len()),
-                    Message::Binary(bytes) => Some(bytes.len()),
-                    _ => None,
-                };
-                let sent = tokio::select! {
-                    sent = sink.send(message) => sent.is_ok(),
-                    () = writer_hang_up.cancelled() => false,
-                };
-                if !sent || closing {
+                if !matches!(wrote, Ok(false)) {
                     break;
-                }
-                if let Some(bytes) = payload {
-                    metrics.frames_sent.inc();
-                    metrics.bytes_sent.inc_by(bytes as u64);
                 }
             }
             metrics.outbound_queue_frames.sub(queued);
