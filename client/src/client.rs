@@ -350,7 +350,10 @@ impl Client {
         let (outbound, mut queue) = mpsc::channel::<Message>(1024);
         let writer = tokio::spawn(async move {
             while let Some(message) = queue.recv().await {
-                if write_burst(&mut sink, message, &mut queue, |_| {}).await.is_err() {
+                if write_burst(&mut sink, message, &mut queue, |_| {})
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -644,7 +647,8 @@ impl Client {
         let u = self.next_u();
         request["role"] = json!("cache-request");
         request["u"] = json!(u);
-        let frame = serde_json::to_vec(&request).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let frame =
+            serde_json::to_vec(&request).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let reply = json_reply(&self.exchange(u, frame).await?)?;
         if reply["success"] == json!(true) {
             Ok(reply)
