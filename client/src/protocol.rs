@@ -551,16 +551,20 @@ struct Head<'a> {
 /// Parses one frame; `Err` carries the reply to send.
 ///
 /// A well-formed frame is read twice, for its `role` and `u` and then
-/// straight into its role's type; only a frame with something wrong is
-/// parsed into a JSON tree, to name what is wrong.
+/// straight into its role's type. Any frame the direct way does not take
+/// is parsed again into a JSON tree, which decides exactly as before and
+/// names what is wrong. The whole frame is checked for UTF-8 first: the
+/// direct decoder skips the fields a type ignores without checking them.
 pub fn parse(bytes: &[u8]) -> Result<Inbound, Refused> {
-    if bytes.trim_ascii_start().first() == Some(&b'{')
+    if let Ok(text) = std::str::from_utf8(bytes)
+        && text.trim_start().starts_with('{')
         && let Ok(Head {
             role: Some(role),
             u: Some(u),
-        }) = serde_json::from_slice(bytes)
+        }) = serde_json::from_str(text)
+        && let Ok(inbound) = dispatch(&role, u.into_owned(), Body::Text(bytes))
     {
-        return dispatch(&role, u.into_owned(), Body::Text(bytes));
+        return Ok(inbound);
     }
     parse_tree(bytes)
 }
