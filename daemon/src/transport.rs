@@ -601,7 +601,7 @@ impl Session {
                     if let Err(refused) = self.permitted(namespace.as_slice()) {
                         let refusal = Refusal::new(ErrorCode::PermissionDenied, refused.message);
                         let answer = Cache::reply(&request, Err(refusal));
-                        let _ = outbound.send(kind.message(answer.to_string())).await;
+                        let _ = outbound.send(kind.json(&answer)).await;
                         continue;
                     }
                     let Some(permit) = in_flight.admit(bytes.len()) else {
@@ -612,7 +612,7 @@ impl Session {
                     let outbound = outbound.clone();
                     self.tasks.spawn(async move {
                         let answer = cache.handle(request).await;
-                        let _ = outbound.send(kind.message(answer.to_string())).await;
+                        let _ = outbound.send(kind.json(&answer)).await;
                         drop(permit);
                     });
                 }
@@ -737,7 +737,7 @@ impl Session {
                     if let Err(refused) = self.permitted(&[Action::Queue(&subscribe.queue_name)]) {
                         let refusal = Refusal::new(ErrorCode::PermissionDenied, refused.message);
                         let refused = subscribe_ack(&subscribe.u, &Err(refusal));
-                        let _ = outbound.send(kind.message(refused.to_string())).await;
+                        let _ = outbound.send(kind.json(&refused)).await;
                         continue;
                     }
                     self.queues
@@ -748,7 +748,7 @@ impl Session {
                     let Some(permit) = in_flight.admit(bytes.len()) else {
                         let busy = Refusal::new(ErrorCode::Busy, self.busy_details());
                         let refused = subscribe_ack(&unsubscribe.u, &Err(busy));
-                        let _ = outbound.send(kind.message(refused.to_string())).await;
+                        let _ = outbound.send(kind.json(&refused)).await;
                         continue;
                     };
                     let queues = self.queues.clone();
@@ -757,9 +757,7 @@ impl Session {
                         let u = unsubscribe.u;
                         let id = unsubscribe.subscriber_id;
                         let result = queues.unsubscribe(&id).await.map(|()| id);
-                        let _ = outbound
-                            .send(kind.message(subscribe_ack(&u, &result).to_string()))
-                            .await;
+                        let _ = outbound.send(kind.json(&subscribe_ack(&u, &result))).await;
                         drop(permit);
                     });
                 }

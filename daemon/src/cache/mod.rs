@@ -139,7 +139,10 @@ impl Cache {
     /// namespace ([`federated`]); failures are in the reply.
     pub async fn handle(&self, request: CacheRequest) -> Value {
         let elsewhere = match self.owner(&request) {
-            Ok(Some(cluster)) => self.forward(&cluster, &request).await,
+            // Boxed, as are the other rare branches below: a spawned task
+            // is as large as its largest await, and every `get` pays to
+            // move it.
+            Ok(Some(cluster)) => Box::pin(self.forward(&cluster, &request)).await,
             Ok(None) => return self.handle_here(request).await,
             Err(refusal) => Err(refusal),
         };
@@ -182,11 +185,11 @@ impl Cache {
     async fn answer(&self, request: &CacheRequest) -> CacheResult<Value> {
         match request.operation.as_str() {
             "get" => self.get(request).await,
-            "put" => self.put(request).await,
-            "delete" => self.delete(request).await,
-            "invalidate" => self.invalidate(request).await,
-            "atomic" => self.atomic(request).await,
-            "namespace" => self.namespace(request).await,
+            "put" => Box::pin(self.put(request)).await,
+            "delete" => Box::pin(self.delete(request)).await,
+            "invalidate" => Box::pin(self.invalidate(request)).await,
+            "atomic" => Box::pin(self.atomic(request)).await,
+            "namespace" => Box::pin(self.namespace(request)).await,
             other => Err(Refusal::invalid(format!(
                 "unknown cache operation {other}; one of get, put, delete, invalidate, atomic, namespace"
             ))),
@@ -245,12 +248,13 @@ impl Cache {
             }
         }
         let generation = self.node.views().cache_generation();
-        let stored: Option<CacheRow> = self
-            .node
-            .inspector()
-            .get_blocking(View::CacheEntries, row_key.clone())
-            .await
-            .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
+        let stored: Option<CacheRow> = Box::pin(
+            self.node
+                .inspector()
+                .get_blocking(View::CacheEntries, row_key.clone()),
+        )
+        .await
+        .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
         let Some(row) = stored.filter(|row| row.is_live(now)) else {
             return Ok(None);
         };
@@ -265,8 +269,7 @@ impl Cache {
     async fn get(&self, request: &CacheRequest) -> CacheResult<Value> {
         let key = Self::key(request)?;
         if request.options.get("consistency_level") == Some(&json!("strong")) {
-            self.node
-                .read_barrier()
+            Box::pin(self.node.read_barrier())
                 .await
                 .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
         }

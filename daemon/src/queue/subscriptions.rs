@@ -96,10 +96,7 @@ impl Subscription {
             "subscriber_id": self.id,
             "message": message_json(message),
         });
-        self.outbound
-            .send(self.kind.message(frame.to_string()))
-            .await
-            .is_ok()
+        self.outbound.send(self.kind.json(&frame)).await.is_ok()
     }
 }
 
@@ -185,13 +182,10 @@ impl Queues {
         let result = self
             .register(request, conn_id, outbound.clone(), kind)
             .await;
-        let ack = kind.message(
-            subscribe_ack(
-                &u,
-                &result.as_ref().map(|s| s.id.clone()).map_err(Clone::clone),
-            )
-            .to_string(),
-        );
+        let ack = kind.json(&subscribe_ack(
+            &u,
+            &result.as_ref().map(|s| s.id.clone()).map_err(Clone::clone),
+        ));
         let _ = outbound.send(ack).await;
         if let Ok(sub) = result {
             tokio::spawn(self.clone().deliver(sub));
