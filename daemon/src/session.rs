@@ -2,7 +2,7 @@
 //! the connection speaks and the frames queued for it. The transport owns
 //! the connections; systems (pub/sub, queue pushes, workers) only queue.
 
-use serde_json::Value;
+use serde::Serialize;
 use tokio_tungstenite::tungstenite::Message;
 
 /// A frame queued for a connection.
@@ -25,8 +25,9 @@ impl FrameKind {
 
     /// `value` as one frame. Serialized straight into a buffer: `Value`'s
     /// `Display` goes through a formatter and costs several times more.
-    pub fn json(self, value: &Value) -> Outbound {
-        // A `Value` always serializes: its map keys are strings.
+    /// The replies given here always serialize (their map keys are
+    /// strings).
+    pub fn json(self, value: &impl Serialize) -> Outbound {
         self.message(serde_json::to_string(value).unwrap_or_default())
     }
 }

@@ -600,7 +600,7 @@ impl Session {
                     let namespace = cache::namespace_of(&request).map(Action::Cache);
                     if let Err(refused) = self.permitted(namespace.as_slice()) {
                         let refusal = Refusal::new(ErrorCode::PermissionDenied, refused.message);
-                        let answer = Cache::reply(&request, Err(refusal));
+                        let answer = Cache::refused(&request, refusal);
                         let _ = outbound.send(kind.json(&answer)).await;
                         continue;
                     }

@@ -137,8 +137,9 @@ impl Cache {
         }
         let request: CacheRequest = serde_json::from_str(&request)
             .map_err(|e| Refused::Invalid(format!("cache request from another cluster: {e}")))?;
-        Ok(FederationReply::Cached(
-            self.handle_here(request).await.to_string(),
-        ))
+        let reply = self.handle_here(request).await;
+        let json = serde_json::to_string(&reply)
+            .map_err(|e| Refused::Invalid(format!("cache reply did not serialize: {e}")))?;
+        Ok(FederationReply::Cached(json))
     }
 }

@@ -22,6 +22,7 @@ use mpreg_client::protocol::{CacheRequest, ErrorCode, PubSubMessage, WireKey};
 use mpreg_storage::event::{AtomicOp, BULK_STEP_ROWS, CacheKey};
 use mpreg_storage::views::{CacheRow, View};
 use mpreg_storage::{EventKind, Outcome};
+use serde::{Serialize, Serializer};
 use serde_json::{Map, Value, json};
 
 use crate::clock::{now_ms, now_secs};
@@ -62,27 +63,105 @@ fn seconds(ms: u64) -> f64 {
     ms as f64 / 1000.0
 }
 
+/// A `cache-response`. A hit is written straight from its row, with no
+/// JSON tree built per get (the hot path); every other answer is a tree.
+pub enum CacheReply {
+    Tree(Value),
+    Hit(Hit),
+}
+
+/// A get that found a live entry.
+pub struct Hit {
+    u: String,
+    row: Arc<CacheRow>,
+    access_count: u64,
+    level: &'static str,
+    now: u64,
+}
+
+impl Serialize for CacheReply {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            CacheReply::Tree(value) => value.serialize(serializer),
+            CacheReply::Hit(hit) => HitFrame {
+                role: "cache-response",
+                u: &hit.u,
+                operation: "get",
+                success: true,
+                status: "hit",
+                cache_level: hit.level,
+                entry: Entry::of(&hit.row, hit.access_count, hit.now),
+            }
+            .serialize(serializer),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct HitFrame<'a> {
+    role: &'static str,
+    u: &'a str,
+    operation: &'static str,
+    success: bool,
+    status: &'static str,
+    cache_level: &'static str,
+    entry: Entry<'a>,
+}
+
 /// The `entry` object of a reply.
-fn entry_json(row: &CacheRow, access_count: u64, now: u64) -> Value {
-    let value: Value = serde_json::from_str(&row.value).unwrap_or(Value::Null);
-    let metadata: Value = serde_json::from_str(&row.metadata).unwrap_or(Value::Null);
-    json!({
-        "key": {
-            "namespace": row.key.namespace,
-            "identifier": row.key.identifier,
-            "version": (!row.key.version.is_empty()).then_some(&row.key.version),
-            "tags": row.tags,
-        },
-        "value": value,
-        "metadata": metadata,
-        "creation_time": seconds(row.created_at_ms),
-        "last_update_time": seconds(row.updated_at_ms),
-        "expires_at": row.expires_at_ms.map(seconds),
-        "ttl_seconds": row.expires_at_ms.map(|at| seconds(at.saturating_sub(now))),
-        "size_bytes": row.size_bytes(),
-        "revision": row.revision,
-        "access_count": access_count,
-    })
+#[derive(Serialize)]
+struct Entry<'a> {
+    key: EntryKey<'a>,
+    value: Value,
+    metadata: Value,
+    creation_time: f64,
+    last_update_time: f64,
+    expires_at: Option<f64>,
+    ttl_seconds: Option<f64>,
+    size_bytes: usize,
+    revision: u64,
+    access_count: u64,
+}
+
+#[derive(Serialize)]
+struct EntryKey<'a> {
+    namespace: &'a str,
+    identifier: &'a str,
+    version: Option<&'a str>,
+    tags: &'a [String],
+}
+
+impl<'a> Entry<'a> {
+    fn of(row: &'a CacheRow, access_count: u64, now: u64) -> Entry<'a> {
+        Entry {
+            key: EntryKey {
+                namespace: &row.key.namespace,
+                identifier: &row.key.identifier,
+                version: (!row.key.version.is_empty()).then_some(row.key.version.as_str()),
+                tags: &row.tags,
+            },
+            value: serde_json::from_str(&row.value).unwrap_or(Value::Null),
+            metadata: serde_json::from_str(&row.metadata).unwrap_or(Value::Null),
+            creation_time: seconds(row.created_at_ms),
+            last_update_time: seconds(row.updated_at_ms),
+            expires_at: row.expires_at_ms.map(seconds),
+            ttl_seconds: row.expires_at_ms.map(|at| seconds(at.saturating_sub(now))),
+            size_bytes: row.size_bytes(),
+            revision: row.revision,
+            access_count,
+        }
+    }
+}
+
+/// What an operation answered, before the reply's envelope.
+enum Answer {
+    Tree(Value),
+    Hit {
+        row: Arc<CacheRow>,
+        access_count: u64,
+        level: &'static str,
+        now: u64,
+    },
 }
 
 fn number(map: &Map<String, Value>, name: &str) -> CacheResult<Option<f64>> {
@@ -137,7 +216,7 @@ impl Cache {
 
     /// Answers one `cache-request`, here or in the cluster that holds its
     /// namespace ([`federated`]); failures are in the reply.
-    pub async fn handle(&self, request: CacheRequest) -> Value {
+    pub async fn handle(&self, request: CacheRequest) -> CacheReply {
         let elsewhere = match self.owner(&request) {
             // Boxed, as are the other rare branches below: a spawned task
             // is as large as its largest await, and every `get` pays to
@@ -149,26 +228,45 @@ impl Cache {
         match elsewhere {
             Ok(mut reply) => {
                 reply["u"] = json!(request.u);
-                reply
+                CacheReply::Tree(reply)
             }
-            Err(refusal) => Self::reply(&request, Err(refusal)),
+            Err(refusal) => Self::refused(&request, refusal),
         }
     }
 
     /// Answers one `cache-request` on this cluster's cache.
-    async fn handle_here(&self, request: CacheRequest) -> Value {
+    async fn handle_here(&self, request: CacheRequest) -> CacheReply {
         let answer = self.answer(&request).await;
         let reply = Self::reply(&request, answer);
         self.count_evictions();
         reply
     }
 
+    /// The `cache-response` refusing `request`.
+    pub fn refused(request: &CacheRequest, refusal: Refusal) -> CacheReply {
+        Self::reply(request, Err(refusal))
+    }
+
     /// The `cache-response` to `request`.
-    pub fn reply(request: &CacheRequest, answer: CacheResult<Value>) -> Value {
+    fn reply(request: &CacheRequest, answer: CacheResult<Answer>) -> CacheReply {
         let u = request.u.clone();
         let operation = request.operation.clone();
         let mut reply = match answer {
-            Ok(reply) => reply,
+            Ok(Answer::Tree(reply)) => reply,
+            Ok(Answer::Hit {
+                row,
+                access_count,
+                level,
+                now,
+            }) => {
+                return CacheReply::Hit(Hit {
+                    u,
+                    row,
+                    access_count,
+                    level,
+                    now,
+                });
+            }
             Err(refusal) => {
                 let mut reply = refusal.to_value();
                 reply["status"] = json!("error");
@@ -179,17 +277,17 @@ impl Cache {
         reply["role"] = json!("cache-response");
         reply["u"] = json!(u);
         reply["operation"] = json!(operation);
-        reply
+        CacheReply::Tree(reply)
     }
 
-    async fn answer(&self, request: &CacheRequest) -> CacheResult<Value> {
+    async fn answer(&self, request: &CacheRequest) -> CacheResult<Answer> {
         match request.operation.as_str() {
             "get" => self.get(request).await,
-            "put" => Box::pin(self.put(request)).await,
-            "delete" => Box::pin(self.delete(request)).await,
-            "invalidate" => Box::pin(self.invalidate(request)).await,
-            "atomic" => Box::pin(self.atomic(request)).await,
-            "namespace" => Box::pin(self.namespace(request)).await,
+            "put" => Box::pin(self.put(request)).await.map(Answer::Tree),
+            "delete" => Box::pin(self.delete(request)).await.map(Answer::Tree),
+            "invalidate" => Box::pin(self.invalidate(request)).await.map(Answer::Tree),
+            "atomic" => Box::pin(self.atomic(request)).await.map(Answer::Tree),
+            "namespace" => Box::pin(self.namespace(request)).await.map(Answer::Tree),
             other => Err(Refusal::invalid(format!(
                 "unknown cache operation {other}; one of get, put, delete, invalidate, atomic, namespace"
             ))),
@@ -266,7 +364,7 @@ impl Cache {
         Ok(Some((row, 1, "L2")))
     }
 
-    async fn get(&self, request: &CacheRequest) -> CacheResult<Value> {
+    async fn get(&self, request: &CacheRequest) -> CacheResult<Answer> {
         let key = Self::key(request)?;
         if request.options.get("consistency_level") == Some(&json!("strong")) {
             Box::pin(self.node.read_barrier())
@@ -274,18 +372,20 @@ impl Cache {
                 .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
         }
         match self.lookup(&key).await? {
-            Some((row, hits, level)) => {
+            Some((row, access_count, level)) => {
                 self.metrics.hits.with_label_values(&[level]).inc();
-                Ok(json!({
-                    "success": true,
-                    "status": "hit",
-                    "cache_level": level,
-                    "entry": entry_json(&row, hits, self.node.event_now()),
-                }))
+                Ok(Answer::Hit {
+                    row,
+                    access_count,
+                    level,
+                    now: self.node.event_now(),
+                })
             }
             None => {
                 self.metrics.misses.inc();
-                Ok(json!({"success": true, "status": "miss", "cache_level": null, "entry": null}))
+                Ok(Answer::Tree(
+                    json!({"success": true, "status": "miss", "cache_level": null, "entry": null}),
+                ))
             }
         }
     }
@@ -625,5 +725,56 @@ mod test {
         let missing: CacheRequest =
             serde_json::from_value(json!({"u": "c2", "operation": "put"})).unwrap();
         assert_eq!(missing.value, None);
+    }
+
+    /// A hit is written from its row with the fields and values upstream
+    /// clients read (key order aside).
+    #[test]
+    fn a_hit_is_the_upstream_cache_response() {
+        let row = |version: &str, expires_at_ms| {
+            Arc::new(CacheRow {
+                key: CacheKey {
+                    namespace: "users".into(),
+                    identifier: "u1".into(),
+                    version: version.into(),
+                },
+                value: r#"{"name":"ada"}"#.into(),
+                tags: vec!["people".into()],
+                metadata: r#"{"dependencies":["input:1"]}"#.into(),
+                created_at_ms: 1_000,
+                updated_at_ms: 2_500,
+                expires_at_ms,
+                revision: 3,
+            })
+        };
+        let hit = |row| {
+            CacheReply::Hit(Hit {
+                u: "c7".into(),
+                row,
+                access_count: 4,
+                level: "L1",
+                now: 4_000,
+            })
+        };
+        let written = serde_json::to_value(hit(row("v2", Some(10_000)))).unwrap();
+        assert_eq!(
+            written,
+            json!({
+                "role": "cache-response", "u": "c7", "operation": "get",
+                "success": true, "status": "hit", "cache_level": "L1",
+                "entry": {
+                    "key": {"namespace": "users", "identifier": "u1", "version": "v2", "tags": ["people"]},
+                    "value": {"name": "ada"},
+                    "metadata": {"dependencies": ["input:1"]},
+                    "creation_time": 1.0, "last_update_time": 2.5,
+                    "expires_at": 10.0, "ttl_seconds": 6.0,
+                    "size_bytes": 14, "revision": 3, "access_count": 4,
+                },
+            })
+        );
+        let unversioned = serde_json::to_value(hit(row("", None))).unwrap();
+        assert_eq!(unversioned["entry"]["key"]["version"], Value::Null);
+        assert_eq!(unversioned["entry"]["expires_at"], Value::Null);
+        assert_eq!(unversioned["entry"]["ttl_seconds"], Value::Null);
     }
 }
