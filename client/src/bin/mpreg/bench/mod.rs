@@ -562,40 +562,45 @@ async fn operate_mpreg(setup: &Setup, client: &Client, op: Op, i: u64) -> Result
 async fn phase(args: &BenchArgs, setup: &Arc<Setup>, op: Op, count: u64, shown: bool) -> Report {
     let tally = Tally::new();
     let progress = shown.then(|| progress(tally.clone(), count));
+    // Each task's histogram (about 270 KiB) is made before the clock
+    // starts and merged after it stops: hundreds of them would otherwise
+    // be timed with the load.
+    let histograms: Vec<(usize, Histogram<u64>)> = (0..args.conns)
+        .flat_map(|conn| (0..args.inflight).map(move |_| (conn, histogram())))
+        .collect();
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for conn in 0..args.conns {
-        for _ in 0..args.inflight {
-            let setup = setup.clone();
-            let tally = tally.clone();
-            tasks.spawn(async move {
-                let mut latencies = histogram();
-                let client = setup.conns[conn].clone();
-                loop {
-                    let i = tally.next.fetch_add(1, Ordering::Relaxed);
-                    if i >= count {
-                        break;
-                    }
-                    let began = Instant::now();
-                    match operate(&setup, &client, op, i).await {
-                        Ok(()) => {
-                            let _ = latencies.record(micros(began.elapsed()));
-                        }
-                        Err(e) => tally.failed(e),
-                    }
-                    tally.done.fetch_add(1, Ordering::Relaxed);
+    for (conn, mut latencies) in histograms {
+        let setup = setup.clone();
+        let tally = tally.clone();
+        tasks.spawn(async move {
+            let client = setup.conns[conn].clone();
+            loop {
+                let i = tally.next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    break;
                 }
-                latencies
-            });
-        }
+                let began = Instant::now();
+                match operate(&setup, &client, op, i).await {
+                    Ok(()) => {
+                        let _ = latencies.record(micros(began.elapsed()));
+                    }
+                    Err(e) => tally.failed(e),
+                }
+                tally.done.fetch_add(1, Ordering::Relaxed);
+            }
+            latencies
+        });
     }
-    let mut latencies = histogram();
+    let mut finished = Vec::with_capacity(tasks.len());
     while let Some(joined) = tasks.join_next().await {
-        if let Ok(histogram) = joined {
-            let _ = latencies.add(histogram);
-        }
+        finished.extend(joined.ok());
     }
     let elapsed = start.elapsed();
+    let mut latencies = histogram();
+    for histogram in finished {
+        let _ = latencies.add(histogram);
+    }
     if let Some(progress) = progress {
         progress.abort();
     }
