@@ -416,10 +416,11 @@ impl Rpc {
         kwargs: Map<String, Value>,
         deadline: tokio::time::Instant,
     ) -> Result<Value, RpcError> {
+        // The calls that leave this node or touch the log are boxed: a
+        // future is as large as its largest await, and every built-in and
+        // worker call would otherwise carry and move their state.
         if let Place::Cluster(cluster) = self.place(cmd)? {
-            return self
-                .call_cluster(&cluster, cmd, (args, kwargs), deadline)
-                .await;
+            return Box::pin(self.call_cluster(&cluster, cmd, (args, kwargs), deadline)).await;
         }
         let function = {
             let catalog = self.node.views().catalog();
@@ -434,11 +435,11 @@ impl Rpc {
         if function.provider == builtins::PROVIDER
             && queue::FUNCTIONS.contains(&function.name.as_str())
         {
-            Ok(self.queues.call(&function.name, &args, &kwargs).await)
+            Ok(Box::pin(self.queues.call(&function.name, &args, &kwargs)).await)
         } else if function.provider == builtins::PROVIDER {
             builtins::call(&self.node, &function.name, &args, &kwargs).map_err(failed)
         } else if function.node_id != self.node.identity().node_id {
-            self.call_remote(&function, (args, kwargs), deadline)
+            Box::pin(self.call_remote(&function, (args, kwargs), deadline))
                 .await
                 .map_err(|e| {
                     if e.code == ErrorCode::Timeout.code() {
