@@ -357,7 +357,7 @@ fn frame_error_kind(code: i64) -> &'static str {
 }
 
 fn ack(kind: FrameKind, u: &str, result: Result<(), String>) -> Outbound {
-    kind.message(serde_json::to_string(&PubSubAck::new(u, result)).unwrap_or_default())
+    kind.json(&PubSubAck::new(u, result))
 }
 
 fn reply(kind: FrameKind, response: &RpcResponse) -> Outbound {

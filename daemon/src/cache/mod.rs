@@ -67,12 +67,11 @@ fn seconds(ms: u64) -> f64 {
 /// JSON tree built per get (the hot path); every other answer is a tree.
 pub enum CacheReply {
     Tree(Value),
-    Hit(Hit),
+    Hit { u: String, found: Found },
 }
 
-/// A get that found a live entry.
-pub struct Hit {
-    u: String,
+/// A live entry a get found, and the time it was found live at.
+pub struct Found {
     row: Arc<CacheRow>,
     access_count: u64,
     level: &'static str,
@@ -83,14 +82,14 @@ impl Serialize for CacheReply {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
             CacheReply::Tree(value) => value.serialize(serializer),
-            CacheReply::Hit(hit) => HitFrame {
+            CacheReply::Hit { u, found } => HitFrame {
                 role: "cache-response",
-                u: &hit.u,
+                u,
                 operation: "get",
                 success: true,
                 status: "hit",
-                cache_level: hit.level,
-                entry: Entry::of(&hit.row, hit.access_count, hit.now),
+                cache_level: found.level,
+                entry: Entry::of(found),
             }
             .serialize(serializer),
         }
@@ -132,7 +131,13 @@ struct EntryKey<'a> {
 }
 
 impl<'a> Entry<'a> {
-    fn of(row: &'a CacheRow, access_count: u64, now: u64) -> Entry<'a> {
+    fn of(found: &'a Found) -> Entry<'a> {
+        let Found {
+            row,
+            access_count,
+            now,
+            ..
+        } = found;
         Entry {
             key: EntryKey {
                 namespace: &row.key.namespace,
@@ -145,10 +150,10 @@ impl<'a> Entry<'a> {
             creation_time: seconds(row.created_at_ms),
             last_update_time: seconds(row.updated_at_ms),
             expires_at: row.expires_at_ms.map(seconds),
-            ttl_seconds: row.expires_at_ms.map(|at| seconds(at.saturating_sub(now))),
+            ttl_seconds: row.expires_at_ms.map(|at| seconds(at.saturating_sub(*now))),
             size_bytes: row.size_bytes(),
             revision: row.revision,
-            access_count,
+            access_count: *access_count,
         }
     }
 }
@@ -156,12 +161,7 @@ impl<'a> Entry<'a> {
 /// What an operation answered, before the reply's envelope.
 enum Answer {
     Tree(Value),
-    Hit {
-        row: Arc<CacheRow>,
-        access_count: u64,
-        level: &'static str,
-        now: u64,
-    },
+    Hit(Found),
 }
 
 fn number(map: &Map<String, Value>, name: &str) -> CacheResult<Option<f64>> {
@@ -250,23 +250,9 @@ impl Cache {
     /// The `cache-response` to `request`.
     fn reply(request: &CacheRequest, answer: CacheResult<Answer>) -> CacheReply {
         let u = request.u.clone();
-        let operation = request.operation.clone();
         let mut reply = match answer {
             Ok(Answer::Tree(reply)) => reply,
-            Ok(Answer::Hit {
-                row,
-                access_count,
-                level,
-                now,
-            }) => {
-                return CacheReply::Hit(Hit {
-                    u,
-                    row,
-                    access_count,
-                    level,
-                    now,
-                });
-            }
+            Ok(Answer::Hit(found)) => return CacheReply::Hit { u, found },
             Err(refusal) => {
                 let mut reply = refusal.to_value();
                 reply["status"] = json!("error");
@@ -276,7 +262,7 @@ impl Cache {
         };
         reply["role"] = json!("cache-response");
         reply["u"] = json!(u);
-        reply["operation"] = json!(operation);
+        reply["operation"] = json!(request.operation);
         CacheReply::Tree(reply)
     }
 
@@ -329,17 +315,19 @@ impl Cache {
     /// The live entry of `key`: from memory, else from the view (then kept
     /// in memory unless a write committed meanwhile). `None` when absent or
     /// expired.
-    async fn lookup(
-        &self,
-        key: &CacheKey,
-    ) -> CacheResult<Option<(Arc<CacheRow>, u64, &'static str)>> {
+    async fn lookup(&self, key: &CacheKey) -> CacheResult<Option<Found>> {
         let row_key = CacheRow::key(key);
         let now = self.node.event_now();
         {
             let mut tier = self.locked_tier();
             if let Some(hit) = tier.get(&row_key) {
                 if hit.row.is_live(now) {
-                    return Ok(Some((hit.row, hit.hits, "L1")));
+                    return Ok(Some(Found {
+                        row: hit.row,
+                        access_count: hit.hits,
+                        level: "L1",
+                        now,
+                    }));
                 }
                 tier.remove(&row_key);
                 return Ok(None);
@@ -361,7 +349,12 @@ impl Cache {
         if self.node.views().cache_generation() == generation {
             tier.insert(row_key, row.clone());
         }
-        Ok(Some((row, 1, "L2")))
+        Ok(Some(Found {
+            row,
+            access_count: 1,
+            level: "L2",
+            now,
+        }))
     }
 
     async fn get(&self, request: &CacheRequest) -> CacheResult<Answer> {
@@ -372,14 +365,9 @@ impl Cache {
                 .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
         }
         match self.lookup(&key).await? {
-            Some((row, access_count, level)) => {
-                self.metrics.hits.with_label_values(&[level]).inc();
-                Ok(Answer::Hit {
-                    row,
-                    access_count,
-                    level,
-                    now: self.node.event_now(),
-                })
+            Some(found) => {
+                self.metrics.hits.with_label_values(&[found.level]).inc();
+                Ok(Answer::Hit(found))
             }
             None => {
                 self.metrics.misses.inc();
@@ -747,14 +735,14 @@ mod test {
                 revision: 3,
             })
         };
-        let hit = |row| {
-            CacheReply::Hit(Hit {
-                u: "c7".into(),
+        let hit = |row| CacheReply::Hit {
+            u: "c7".into(),
+            found: Found {
                 row,
                 access_count: 4,
                 level: "L1",
                 now: 4_000,
-            })
+            },
         };
         let written = serde_json::to_value(hit(row("v2", Some(10_000)))).unwrap();
         assert_eq!(
