@@ -593,6 +593,44 @@ async fn a_member_whose_data_dir_is_lost_rejoins_under_its_name() {
     cluster.replays_agree(&[0, 1, 2], SETTLE).await.unwrap();
 }
 
+/// A voter whose data dir is lost, restarted before its join request
+/// reaches the leader (here its `--join` names a closed port, so it never
+/// does), is still reached by the leader's replication, which finds the
+/// log it had matched gone. The leader starts that member's log over (a
+/// debug build of openraft panicked on the reverted follower log without
+/// `loosen-follower-log-revert`), the member learns its membership from the
+/// log it is sent, and every acknowledged write reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_voter_back_empty_before_its_join_request_is_caught_up() {
+    let mut cluster = Cluster::start(3, "").await.unwrap();
+    let all = [0, 1, 2];
+    let leader = cluster.wait_leader(&all, SETTLE).await.unwrap();
+    let lost = (leader + 1) % 3;
+    let load = Load::start(&urls(&cluster, &all), 2, "reverted");
+    load.wait_for(50, SETTLE).await;
+    let acked = load.finish().await;
+    cluster.kill9(lost).unwrap();
+    std::fs::remove_dir_all(cluster.members[lost].dir.data()).unwrap();
+    cluster
+        .start_joining(lost, "ws://127.0.0.1:1".to_string())
+        .await
+        .unwrap();
+    assert_all_acknowledged(&cluster, &all, "reverted", &acked).await;
+    let leader_log = cluster.daemon(leader).log();
+    assert!(
+        leader_log.contains("follower log is reverted"),
+        "the leader saw the member's log gone and started it over"
+    );
+    assert!(
+        cluster
+            .daemon(lost)
+            .log()
+            .contains("added to the cluster by a member"),
+        "the member found itself a voter in the log it was sent"
+    );
+    cluster.replays_agree(&all, SETTLE).await.unwrap();
+}
+
 /// A follower whose write-ahead log is damaged (a byte flipped after
 /// `kill -9`) rebuilds itself: started with `--join`, it moves the damaged
 /// store aside (`damaged-<secs>` in its data dir, kept), rejoins as a

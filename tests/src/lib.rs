@@ -305,6 +305,13 @@ impl Daemon {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// What a failed test needs from the log: every error line and every
+    /// panic with the lines after it (a panic's message and backtrace may
+    /// be far from the end), then the last [`LOG_TAIL_LINES`] lines.
+    pub fn log_excerpt(&self) -> String {
+        excerpt(&self.log())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
@@ -387,13 +394,38 @@ impl Drop for Daemon {
             let _ = child.wait();
         }
         eprintln!(
-            "--- last {LOG_TAIL_LINES} lines of {} (node {}) ---\n{}\n--- end of {} ---",
+            "--- errors, panics and last {LOG_TAIL_LINES} lines of {} (node {}) ---\n{}\n--- end of {} ---",
             self.log_path.display(),
             self.ready.node_id,
-            self.log_tail(LOG_TAIL_LINES),
+            self.log_excerpt(),
             self.log_path.display(),
         );
     }
+}
+
+/// Lines after a panic line kept in an [`excerpt`].
+const PANIC_CONTEXT_LINES: usize = 40;
+
+/// The error lines and panics (with [`PANIC_CONTEXT_LINES`] after each)
+/// of `log` before its last [`LOG_TAIL_LINES`] lines, then those lines.
+fn excerpt(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    let tail_start = lines.len().saturating_sub(LOG_TAIL_LINES);
+    let mut out = Vec::new();
+    let mut context_until = 0;
+    for (i, line) in lines[..tail_start].iter().enumerate() {
+        if line.contains("panicked") {
+            context_until = i + 1 + PANIC_CONTEXT_LINES;
+        }
+        if i < context_until || line.contains("ERROR") {
+            out.push(format!("{:>6}: {line}", i + 1));
+        }
+    }
+    if !out.is_empty() {
+        out.push(format!("   ...: (last {LOG_TAIL_LINES} lines)"));
+    }
+    out.extend(lines[tail_start..].iter().map(|line| line.to_string()));
+    out.join("\n")
 }
 
 /// `/status` of the daemon whose admin HTTP is at `admin_url`.
@@ -739,4 +771,27 @@ async fn sql_answer(response: reqwest::Response) -> Result<SqlAnswer> {
 /// The JSON rows of `sql` on the daemon at `admin_url`.
 pub async fn sql_rows(admin_url: &str, sql: &str) -> Result<Vec<Value>> {
     sql_get(admin_url, sql, "json").await?.rows()
+}
+
+#[cfg(test)]
+mod excerpt_test {
+    use super::{LOG_TAIL_LINES, excerpt};
+
+    #[test]
+    fn a_panic_far_from_the_end_is_kept_with_the_tail() {
+        let mut log: Vec<String> = (0..500).map(|i| format!("INFO line {i}")).collect();
+        log[100] = "thread 'tokio' panicked at raft_core.rs:1532".to_string();
+        log[101] = "follower log reversion is not allowed".to_string();
+        log[300] = "ERROR raft stopped".to_string();
+        let out = excerpt(&log.join("\n"));
+        assert!(out.contains("   101: thread 'tokio' panicked"), "{out}");
+        assert!(out.contains("   102: follower log reversion"), "{out}");
+        assert!(!out.contains("INFO line 200\n"), "{out}");
+        assert!(out.contains("   301: ERROR raft stopped"), "{out}");
+        assert!(out.ends_with("INFO line 499"), "{out}");
+        assert_eq!(
+            out.lines().filter(|l| l.starts_with("INFO line 4")).count(),
+            LOG_TAIL_LINES
+        );
+    }
 }
