@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch,
-    WriteOptions,
+    ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions,
+    ReadTier, WriteBatch, WriteOptions,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -389,10 +389,12 @@ pub(crate) fn scan_from(
     prefix: &[u8],
     from: &[u8],
     limit: usize,
+    wait: Wait,
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let family = cf(db, view.cf_name())?;
     let mut rows = Vec::new();
-    for item in db.iterator_cf(family, IteratorMode::From(from, Direction::Forward)) {
+    let start = IteratorMode::From(from, Direction::Forward);
+    for item in db.iterator_cf_opt(family, wait.read_options(), start) {
         if rows.len() >= limit {
             break;
         }
@@ -412,4 +414,47 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Task(e.to_string()))?
+}
+
+/// Whether RocksDB work may wait for the disk or a write stall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Reads answer from the memtables and the block cache only, and writes
+    /// refuse to be slowed down: where either would wait, RocksDB answers
+    /// `Incomplete` instead ([`Error::is_incomplete`]).
+    Never,
+    /// Plain reads and writes, for the blocking pool.
+    Allowed,
+}
+
+impl Wait {
+    pub(crate) fn read_options(self) -> ReadOptions {
+        let mut opts = ReadOptions::default();
+        if self == Wait::Never {
+            opts.set_read_tier(ReadTier::BlockCache);
+        }
+        opts
+    }
+
+    pub(crate) fn write_options(self) -> WriteOptions {
+        let mut opts = WriteOptions::default();
+        opts.set_no_slowdown(self == Wait::Never);
+        opts
+    }
+}
+
+/// Runs RocksDB work on this thread when it can finish without waiting:
+/// `work(Wait::Never)` first, and only if RocksDB answered `Incomplete`
+/// (a read that needs the disk, a write that would stall) `work` again
+/// with [`Wait::Allowed`] on the blocking pool. A small write or apply
+/// costs less than the two thread hand-offs of the blocking pool. `work`
+/// must be safe to run again after an `Incomplete`: it changes nothing
+/// before its RocksDB calls succeed.
+pub(crate) async fn without_waiting<T: Send + 'static>(
+    work: impl Fn(Wait) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    match work(Wait::Never) {
+        Err(e) if e.is_incomplete() => blocking(move || work(Wait::Allowed)).await,
+        done => done,
+    }
 }

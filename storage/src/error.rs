@@ -108,6 +108,12 @@ impl Error {
         }
     }
 
+    /// Whether RocksDB declined to wait ([`crate::db::Wait::Never`]):
+    /// nothing was read or written, and the same work may run again.
+    pub(crate) fn is_incomplete(&self) -> bool {
+        matches!(self, Error::Rocks { cause, .. } if cause.kind() == rocksdb::ErrorKind::Incomplete)
+    }
+
     pub(crate) fn rocks(
         verb: &'static str,
         what: impl Into<String>,

@@ -9,14 +9,17 @@
 //! appends that arrive while one sync runs share the next one: that is the
 //! group commit.
 //!
-//! RocksDB writes and reads run on the blocking pool, not on the async
-//! reactor, so a RocksDB write stall delays the log, not the heartbeats
-//! and connections sharing the reactor. Two run inline, because raft
-//! awaits both before it applies each commit and a hand-off to the
-//! blocking pool costs more than they do: the unsynced record of the
-//! committed index (a few bytes into the memtable), and reads of a few
-//! entries at the tail of the log (appended moments ago, still in the
-//! memtable).
+//! RocksDB work that may wait runs on the blocking pool, not on the async
+//! reactor, so a RocksDB write stall or a disk read delays the log, not
+//! the heartbeats and connections sharing the reactor. Raft awaits each
+//! append and apply, and a hand-off to the blocking pool and back costs
+//! more than a small one, so these run inline: an append or apply of at
+//! most [`INLINE_EVENTS`] events, tried with reads from memory only and
+//! writes that refuse to stall, and moved to the blocking pool only when
+//! RocksDB answers that it would wait ([`crate::db::without_waiting`]);
+//! the unsynced record of the committed index (a few bytes into the
+//! memtable); and reads of a few entries at the tail of the log (appended
+//! moments ago, still in the memtable).
 //!
 //! The store also keeps the [`EventClock`]: the latest event time in the
 //! log, which the leader stamps no earlier than.
@@ -34,7 +37,9 @@ use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftLogReader, 
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 
 use crate::codec;
-use crate::db::{CF_LOG, CF_META, blocking, cf, get_decoded, meta_key, write_synced};
+use crate::db::{
+    CF_LOG, CF_META, Wait, blocking, cf, get_decoded, meta_key, without_waiting, write_synced,
+};
 use crate::error::{Error, Result};
 use crate::metrics::StorageMetrics;
 use crate::raft_types::TypeConfig;
@@ -43,6 +48,22 @@ use crate::raft_types::typ::{Entry, LogId, StorageError, Vote};
 /// Log keys are big-endian indexes, so key order is log order.
 pub(crate) fn log_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
+}
+
+/// Most events an append or an apply runs on the raft task itself rather
+/// than the blocking pool (when RocksDB can do it without waiting): a
+/// single writer's entry, not a large group commit or a catch-up.
+pub(crate) const INLINE_EVENTS: usize = 64;
+
+/// Events in `entries` (blank and membership entries hold none).
+pub(crate) fn events_in(entries: &[Entry]) -> usize {
+    entries
+        .iter()
+        .map(|entry| match &entry.payload {
+            EntryPayload::Normal(batch) => batch.events.len(),
+            _ => 0,
+        })
+        .sum()
 }
 
 /// Log entries read back at open to find the latest event time.
@@ -295,6 +316,34 @@ impl LogStore {
         })
     }
 
+    /// Writes `entries` to the log, unsynced; they are readable at once.
+    fn write_entries(&self, entries: &[Entry], wait: Wait) -> Result<()> {
+        let started = Instant::now();
+        let family = cf(&self.db, CF_LOG)?;
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            let index = entry.get_log_id().index;
+            batch.put_cf(family, log_key(index), codec::encode("log entry", entry)?);
+        }
+        self.db
+            .write_opt(batch, &wait.write_options())
+            .map_err(|e| Error::rocks("write", "log append", e))?;
+        for entry in entries {
+            self.clock.saw(entry);
+        }
+        self.metrics
+            .log_entries_appended
+            .inc_by(entries.len() as u64);
+        if let Some(last) = entries.last() {
+            self.last_appended
+                .store(last.get_log_id().index, Ordering::Release);
+        }
+        self.metrics
+            .log_append_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
     /// The clock of the latest event time in this log.
     pub fn event_clock(&self) -> EventClock {
         self.clock.clone()
@@ -399,34 +448,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         // The entries are written (unsynced, but readable at once) here,
-        // on the blocking pool; the flusher syncs the WAL and fires the
-        // callback.
+        // or on the blocking pool where RocksDB would wait or the append is
+        // large; the flusher syncs the WAL and fires the callback.
         let entries: Vec<Entry> = entries.into_iter().collect();
+        let inline = events_in(&entries) <= INLINE_EVENTS;
         let store = self.clone();
-        let written = blocking(move || {
-            let timer = store.metrics.log_append_seconds.start_timer();
-            let family = cf(&store.db, CF_LOG)?;
-            let mut batch = WriteBatch::default();
-            for entry in &entries {
-                let index = entry.get_log_id().index;
-                batch.put_cf(family, log_key(index), codec::encode("log entry", entry)?);
-                store.clock.saw(entry);
-            }
-            let appended = batch.len() as u64;
-            store
-                .db
-                .write(batch)
-                .map_err(|e| Error::rocks("write", "log append", e))?;
-            store.metrics.log_entries_appended.inc_by(appended);
-            if let Some(last) = entries.last() {
-                store
-                    .last_appended
-                    .store(last.get_log_id().index, Ordering::Release);
-            }
-            timer.observe_duration();
-            Ok(())
-        })
-        .await;
+        let write = move |wait: Wait| store.write_entries(&entries, wait);
+        let written = if inline {
+            without_waiting(write).await
+        } else {
+            blocking(move || write(Wait::Allowed)).await
+        };
         match written {
             Ok(()) => {
                 if let Err(unsent) = self.flusher.send(callback) {

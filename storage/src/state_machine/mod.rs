@@ -27,12 +27,12 @@ use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, StoredMembership};
-use rocksdb::{DB, IteratorMode, WriteBatch};
+use rocksdb::{DB, IteratorMode, ReadOptions, WriteBatch};
 
-use crate::db::{CF_META, blocking, cf, get_decoded, meta_key, scan_from};
+use crate::db::{CF_META, Wait, blocking, cf, get_decoded, meta_key, scan_from, without_waiting};
 use crate::error::{Error, Result};
 use crate::event::Outcome;
-use crate::log_store::to_raft;
+use crate::log_store::{INLINE_EVENTS, events_in, to_raft};
 use crate::metrics::StorageMetrics;
 use crate::raft_types::TypeConfig;
 use crate::raft_types::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError};
@@ -47,6 +47,8 @@ use snapshots::{
 struct BatchStore<'a> {
     db: &'a DB,
     overlay: BTreeMap<(View, Vec<u8>), Option<Vec<u8>>>,
+    wait: Wait,
+    reads: ReadOptions,
 }
 
 impl RowStore for BatchStore<'_> {
@@ -55,7 +57,7 @@ impl RowStore for BatchStore<'_> {
             return Ok(value.clone());
         }
         self.db
-            .get_cf(cf(self.db, view.cf_name())?, key)
+            .get_cf_opt(cf(self.db, view.cf_name())?, key, &self.reads)
             .map_err(|e| Error::rocks("read", view.cf_name(), e))
     }
 
@@ -74,9 +76,10 @@ impl RowStore for BatchStore<'_> {
         // Each pending change can hide at most one stored row, so this many
         // stored rows always hold the first `limit` of the merged result.
         let wanted = limit.saturating_add(pending.len());
-        let mut rows: BTreeMap<Vec<u8>, Vec<u8>> = scan_from(self.db, view, prefix, from, wanted)?
-            .into_iter()
-            .collect();
+        let mut rows: BTreeMap<Vec<u8>, Vec<u8>> =
+            scan_from(self.db, view, prefix, from, wanted, self.wait)?
+                .into_iter()
+                .collect();
         for ((_, key), value) in pending {
             match value {
                 Some(value) => rows.insert(key.clone(), value.clone()),
@@ -107,21 +110,24 @@ fn load_catalog(db: &DB) -> Result<Catalog> {
     Ok(catalog)
 }
 
-fn apply_entries(
-    db: &DB,
+fn apply_entries<'a>(
+    db: &'a DB,
     mut applied: AppliedState,
-    entries: Vec<Entry>,
-) -> Result<(AppliedState, Vec<Vec<Outcome>>, BatchStore<'_>)> {
+    entries: &[Entry],
+    wait: Wait,
+) -> Result<(AppliedState, Vec<Vec<Outcome>>, BatchStore<'a>)> {
     let mut store = BatchStore {
         db,
         overlay: BTreeMap::new(),
+        wait,
+        reads: wait.read_options(),
     };
     let mut digest = Digest::from_u128(applied.digest);
     let mut outcomes = Vec::with_capacity(entries.len());
     for entry in entries {
         let log_id = *entry.get_log_id();
         applied.last_applied = Some(log_id);
-        let outcome = match entry.payload {
+        let outcome = match &entry.payload {
             EntryPayload::Blank => Vec::new(),
             EntryPayload::Normal(batch) => batch
                 .events
@@ -129,7 +135,7 @@ fn apply_entries(
                 .map(|event| apply(&mut ViewTxn::new(&mut store, &mut digest), event))
                 .collect::<Result<Vec<Outcome>>>()?,
             EntryPayload::Membership(membership) => {
-                applied.membership = StoredMembership::new(Some(log_id), membership);
+                applied.membership = StoredMembership::new(Some(log_id), membership.clone());
                 Vec::new()
             }
         };
@@ -185,18 +191,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
+        for entry in &entries {
+            if let EntryPayload::Normal(batch) = &entry.payload {
+                self.metrics.entry_events.observe(batch.events.len() as f64);
+            }
+        }
+        let events = events_in(&entries);
+        self.metrics.events_applied.inc_by(events as u64);
         let db = self.db.clone();
         let views = self.views.clone();
         let metrics = self.metrics.clone();
-        blocking(move || {
-            let timer = metrics.apply_seconds.start_timer();
-            for entry in &entries {
-                if let EntryPayload::Normal(batch) = &entry.payload {
-                    metrics.entry_events.observe(batch.events.len() as f64);
-                    metrics.events_applied.inc_by(batch.events.len() as u64);
-                }
-            }
-            let (applied, outcomes, store) = apply_entries(&db, views.applied(), entries)?;
+        let apply = move |wait: Wait| {
+            let started = std::time::Instant::now();
+            let (applied, outcomes, store) = apply_entries(&db, views.applied(), &entries, wait)?;
             let mut batch = WriteBatch::default();
             for ((view, key), value) in &store.overlay {
                 let family = cf(&db, view.cf_name())?;
@@ -206,14 +213,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
             write_applied(&db, &mut batch, &applied)?;
-            db.write(batch)
+            db.write_opt(batch, &wait.write_options())
                 .map_err(|e| Error::rocks("write", "apply batch", e))?;
             views.publish(applied, &store.overlay)?;
-            timer.observe_duration();
+            metrics
+                .apply_seconds
+                .observe(started.elapsed().as_secs_f64());
             Ok(outcomes)
-        })
-        .await
-        .map_err(to_raft(ErrorSubject::StateMachine, ErrorVerb::Write))
+        };
+        let applied = if events <= INLINE_EVENTS {
+            without_waiting(apply).await
+        } else {
+            blocking(move || apply(Wait::Allowed)).await
+        };
+        applied.map_err(to_raft(ErrorSubject::StateMachine, ErrorVerb::Write))
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
