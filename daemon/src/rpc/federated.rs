@@ -53,12 +53,13 @@ impl Rpc {
     pub(super) fn place(&self, cmd: &RpcCommand) -> Result<Place, RpcError> {
         let local = &self.node.identity().cluster_id;
         let target = cmd.target_cluster.as_deref().filter(|t| !t.is_empty());
+        if let Some(t) = target.filter(|t| *t != local) {
+            return Ok(Place::Cluster(t.to_string()));
+        }
         let catalog = self.node.views().catalog();
         let here = select::providers(&catalog, cmd, |f| self.is_live(f)).map(|_| Place::Here);
-        match target {
-            Some(t) if t != local => return Ok(Place::Cluster(t.to_string())),
-            Some(_) => return here,
-            None => {}
+        if target.is_some() {
+            return here;
         }
         if let Some(queue) = queue_named(cmd) {
             drop(catalog);
@@ -102,12 +103,6 @@ impl Rpc {
     /// by several clusters is refused as ambiguous, naming them.
     fn place_queue(&self, name: &str) -> Result<Place, RpcError> {
         let local = &self.node.identity().cluster_id;
-        let here = self
-            .node
-            .inspector()
-            .get::<QueueRow>(View::Queues, &QueueRow::key(name))
-            .map_err(|e| RpcError::new(ErrorCode::Unavailable, e.to_string()))?
-            .is_some_and(|q| q.name == name);
         let now = now_ms();
         let mut holders: Vec<String> = self
             .node
@@ -117,8 +112,18 @@ impl Rpc {
             .filter(|row| live(row, now) && row.ad.summary.queues.iter().any(|q| q == name))
             .map(|row| row.ad.cluster_id.clone())
             .collect();
+        if holders.is_empty() {
+            // Here, where a queue that does not exist is answered "not
+            // found": no need to read its row first.
+            return Ok(Place::Here);
+        }
+        let here = self
+            .node
+            .inspector()
+            .get::<QueueRow>(View::Queues, &QueueRow::key(name))
+            .map_err(|e| RpcError::new(ErrorCode::Unavailable, e.to_string()))?
+            .is_some_and(|q| q.name == name);
         match (here, holders.len()) {
-            (_, 0) => Ok(Place::Here),
             (false, 1) => Ok(Place::Cluster(holders.remove(0))),
             _ => {
                 if here {
