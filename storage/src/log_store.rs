@@ -14,7 +14,7 @@
 //! the heartbeats and connections sharing the reactor. Raft awaits each
 //! append and apply, and a hand-off to the blocking pool and back costs
 //! more than a small one, so these run inline: an append or apply of at
-//! most [`INLINE_EVENTS`] events, tried with reads from memory only and
+//! most [`crate::db::INLINE_EVENTS`] events, tried with reads from memory only and
 //! writes that refuse to stall, and moved to the blocking pool only when
 //! RocksDB answers that it would wait ([`crate::db::without_waiting`]);
 //! the unsynced record of the committed index (a few bytes into the
@@ -49,11 +49,6 @@ use crate::raft_types::typ::{Entry, LogId, StorageError, Vote};
 pub(crate) fn log_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
-
-/// Most events an append or an apply runs on the raft task itself rather
-/// than the blocking pool (when RocksDB can do it without waiting): a
-/// single writer's entry, not a large group commit or a catch-up.
-pub(crate) const INLINE_EVENTS: usize = 64;
 
 /// Events in `entries` (blank and membership entries hold none).
 pub(crate) fn events_in(entries: &[Entry]) -> usize {
@@ -451,14 +446,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // or on the blocking pool where RocksDB would wait or the append is
         // large; the flusher syncs the WAL and fires the callback.
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let inline = events_in(&entries) <= INLINE_EVENTS;
+        let events = events_in(&entries);
         let store = self.clone();
-        let write = move |wait: Wait| store.write_entries(&entries, wait);
-        let written = if inline {
-            without_waiting(write).await
-        } else {
-            blocking(move || write(Wait::Allowed)).await
-        };
+        let written =
+            without_waiting(events, move |wait| store.write_entries(&entries, wait)).await;
         match written {
             Ok(()) => {
                 if let Err(unsent) = self.flusher.send(callback) {

@@ -56,14 +56,13 @@ impl Rpc {
         if let Some(t) = target.filter(|t| *t != local) {
             return Ok(Place::Cluster(t.to_string()));
         }
+        if let Some(queue) = queue_named(cmd).filter(|_| target.is_none()) {
+            return self.place_queue(queue);
+        }
         let catalog = self.node.views().catalog();
         let here = select::providers(&catalog, cmd, |f| self.is_live(f)).map(|_| Place::Here);
         if target.is_some() {
             return here;
-        }
-        if let Some(queue) = queue_named(cmd) {
-            drop(catalog);
-            return self.place_queue(queue);
         }
         let here_error = match here {
             Ok(place) => return Ok(place),

@@ -32,7 +32,7 @@ use rocksdb::{DB, IteratorMode, ReadOptions, WriteBatch};
 use crate::db::{CF_META, Wait, blocking, cf, get_decoded, meta_key, scan_from, without_waiting};
 use crate::error::{Error, Result};
 use crate::event::Outcome;
-use crate::log_store::{INLINE_EVENTS, events_in, to_raft};
+use crate::log_store::{events_in, to_raft};
 use crate::metrics::StorageMetrics;
 use crate::raft_types::TypeConfig;
 use crate::raft_types::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError};
@@ -221,12 +221,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .observe(started.elapsed().as_secs_f64());
             Ok(outcomes)
         };
-        let applied = if events <= INLINE_EVENTS {
-            without_waiting(apply).await
-        } else {
-            blocking(move || apply(Wait::Allowed)).await
-        };
-        applied.map_err(to_raft(ErrorSubject::StateMachine, ErrorVerb::Write))
+        without_waiting(events, apply)
+            .await
+            .map_err(to_raft(ErrorSubject::StateMachine, ErrorVerb::Write))
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
