@@ -384,7 +384,8 @@ fn scan_in_place(
 
 /// One row per key of `view` under `prefix`, built by `row` from the key
 /// alone: no value is read or decoded (for a query that reads only
-/// columns the key holds).
+/// columns the key holds). A query that reads no column gets empty rows,
+/// without `row` taking the key apart.
 fn scan_keys_as_rows(
     inspector: &Inspector,
     view: View,
@@ -392,10 +393,16 @@ fn scan_keys_as_rows(
     sink: &mut RowSink,
     mut row: impl FnMut(&mut RowSink, &[u8]) -> Result<Flow>,
 ) -> Result<()> {
+    let counts_only = !sink.reads_columns();
     let mut failed = None;
     inspector
         .scan_keys(view, prefix, |key| {
-            stop_on_error(&mut failed, row(sink, key))
+            let step = if counts_only {
+                sink.push(&[])
+            } else {
+                row(sink, key)
+            };
+            stop_on_error(&mut failed, step)
         })
         .map_err(storage)?;
     failed.map_or(Ok(()), Err)
