@@ -207,6 +207,21 @@ impl RowWriter {
         &self.schema
     }
 
+    /// A writer of the same columns, with no rows.
+    pub fn fresh(&self) -> RowWriter {
+        RowWriter {
+            columns: self.columns.clone(),
+            picks: self.picks.clone(),
+            builders: self
+                .picks
+                .iter()
+                .map(|&i| Builder::new(self.columns[i].kind))
+                .collect(),
+            schema: self.schema.clone(),
+            rows: 0,
+        }
+    }
+
     /// Appends one row; `values` holds every column of the table, in order.
     pub fn push(&mut self, values: &[Value<'_>]) -> Result<()> {
         for (builder, &i) in self.builders.iter_mut().zip(&self.picks) {

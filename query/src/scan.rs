@@ -43,6 +43,11 @@ impl RowSink {
         columns.into_iter().any(|c| self.writer.reads(c))
     }
 
+    /// Whether the query wants every row, not at most so many (`LIMIT`).
+    pub fn wants_every_row(&self) -> bool {
+        self.remaining.is_none()
+    }
+
     /// Whether the query still wants rows.
     pub fn wants_more(&self) -> bool {
         self.remaining != Some(0) && !self.closed
@@ -61,6 +66,26 @@ impl RowSink {
             return self.flush();
         }
         Ok(Flow::Continue)
+    }
+
+    /// A second sink into the same stream, for a thread that writes some
+    /// of the rows; `None` when the query wants at most so many rows
+    /// (`LIMIT`): those come from one thread, in key order.
+    pub fn fork(&self) -> Option<RowSink> {
+        if !self.wants_every_row() {
+            return None;
+        }
+        Some(RowSink {
+            writer: self.writer.fresh(),
+            out: self.out.clone(),
+            remaining: None,
+            closed: self.closed,
+        })
+    }
+
+    /// Sends the rows still held, once the sink's thread has no more.
+    pub fn finish(mut self) -> Result<()> {
+        self.flush().map(|_| ())
     }
 
     fn flush(&mut self) -> Result<Flow> {

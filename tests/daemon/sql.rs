@@ -2069,38 +2069,41 @@ async fn queries_run_on_threads_of_the_lowest_cpu_priority() -> Result<()> {
     let daemon = Daemon::start(&dir, &[])?;
     // A scan starts a blocking thread of the SQL runtime too.
     sql_rows(&daemon.ready.admin_url, "SELECT count(*) FROM events").await?;
-    let mut nice_by_thread: Vec<(String, i64)> = Vec::new();
+    let mut policy_by_thread: Vec<(String, i64)> = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{}/task", daemon.pid()))? {
         let stat = std::fs::read_to_string(task?.path().join("stat"))?;
         let (name, rest) = stat
             .split_once(" (")
             .and_then(|(_, after)| after.rsplit_once(") "))
             .context("a /proc stat line")?;
-        // Fields after the name start at field 3 (state); nice is field 19.
-        let nice = rest
+        // Fields after the name start at field 3 (state); the scheduling
+        // policy is field 41.
+        let policy = rest
             .split_whitespace()
-            .nth(16)
-            .context("the nice field")?
+            .nth(38)
+            .context("the policy field")?
             .parse()?;
-        nice_by_thread.push((name.to_string(), nice));
+        policy_by_thread.push((name.to_string(), policy));
     }
-    let sql: Vec<_> = nice_by_thread
+    let sql: Vec<_> = policy_by_thread
         .iter()
         .filter(|(name, _)| name.starts_with("mpreg-sql"))
         .collect();
     ensure!(
         sql.len() >= 3,
-        "two workers and a scan thread: {nice_by_thread:?}"
+        "two workers and a scan thread: {policy_by_thread:?}"
     );
     ensure!(
-        sql.iter().all(|(_, nice)| *nice == 19),
-        "{nice_by_thread:?}"
+        sql.iter()
+            .all(|(_, policy)| *policy == i64::from(libc::SCHED_IDLE)),
+        "{policy_by_thread:?}"
     );
     ensure!(
-        nice_by_thread
+        policy_by_thread
             .iter()
-            .any(|(name, nice)| !name.starts_with("mpreg-sql") && *nice == 0),
-        "the rest of the node keeps its priority: {nice_by_thread:?}"
+            .any(|(name, policy)| !name.starts_with("mpreg-sql")
+                && *policy == i64::from(libc::SCHED_OTHER)),
+        "the rest of the node keeps its priority: {policy_by_thread:?}"
     );
     Ok(())
 }

@@ -61,6 +61,7 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::streaming::StreamingTableExec;
+use mpreg_storage::inspect::KeyRange;
 use mpreg_storage::views::View;
 use mpreg_storage::{Flow, Inspector, codec};
 use serde::de::DeserializeOwned;
@@ -344,13 +345,14 @@ fn scan_view<T: DeserializeOwned>(
 
 /// [`scan_view`] for a view whose every stored row is one table row: when
 /// the query reads no column (`count(*)`), one empty row per key, without
-/// decoding a value.
+/// decoding a value. Large views are scanned by two threads
+/// ([`scan_in_place`]).
 fn scan_rows<T: DeserializeOwned>(
     inspector: &Inspector,
     view: View,
     prefix: &[u8],
     sink: &mut RowSink,
-    mut row: impl FnMut(&mut RowSink, T) -> Result<Flow>,
+    row: impl Fn(&mut RowSink, T) -> Result<Flow> + Sync,
 ) -> Result<()> {
     scan_in_place(inspector, view, prefix, sink, |sink, key, value| {
         row(
@@ -362,24 +364,19 @@ fn scan_rows<T: DeserializeOwned>(
 
 /// Rows of `view` under `prefix`, each decoded in place by `row` from its
 /// stored key and value (see [`Inspector::scan_raw`]); a query that reads
-/// no column counts keys as [`scan_rows`] does.
+/// no column counts keys as [`scan_rows`] does. Large views are scanned
+/// by two threads ([`in_two_threads`]).
 fn scan_in_place(
     inspector: &Inspector,
     view: View,
     prefix: &[u8],
     sink: &mut RowSink,
-    mut row: impl FnMut(&mut RowSink, &[u8], &[u8]) -> Result<Flow>,
+    row: impl Fn(&mut RowSink, &[u8], &[u8]) -> Result<Flow> + Sync,
 ) -> Result<()> {
     if !sink.reads_columns() {
         return scan_keys_as_rows(inspector, view, prefix, sink, |sink, _| sink.push(&[]));
     }
-    let mut failed = None;
-    inspector
-        .scan_raw(view, prefix, |key, value| {
-            Ok(stop_on_error(&mut failed, row(sink, key, value)))
-        })
-        .map_err(storage)?;
-    failed.map_or(Ok(()), Err)
+    scan_halves(inspector, view, prefix, sink, row)
 }
 
 /// One row per key of `view` under `prefix`, built by `row` from the key
@@ -391,21 +388,101 @@ fn scan_keys_as_rows(
     view: View,
     prefix: &[u8],
     sink: &mut RowSink,
-    mut row: impl FnMut(&mut RowSink, &[u8]) -> Result<Flow>,
+    row: impl Fn(&mut RowSink, &[u8]) -> Result<Flow> + Sync,
 ) -> Result<()> {
     let counts_only = !sink.reads_columns();
-    let mut failed = None;
-    inspector
-        .scan_keys(view, prefix, |key| {
-            let step = if counts_only {
-                sink.push(&[])
-            } else {
-                row(sink, key)
-            };
-            stop_on_error(&mut failed, step)
+    scan_halves(inspector, view, prefix, sink, |sink, key, _| {
+        if counts_only {
+            sink.push(&[])
+        } else {
+            row(sink, key)
+        }
+    })
+}
+
+/// A scan whose keys take at least this much on disk is split in two
+/// halves that two threads scan at once ([`in_two_threads`]).
+const PARALLEL_SCAN_BYTES: u64 = 4 << 20;
+
+/// Calls `row` with each key and value of `view` under `prefix`, all read
+/// at one snapshot; a large scan runs [`in_two_threads`] and leaves
+/// RocksDB's block cache as it was ([`mpreg_storage::inspect::SnapshotScan::bulk`]).
+fn scan_halves(
+    inspector: &Inspector,
+    view: View,
+    prefix: &[u8],
+    sink: &mut RowSink,
+    row: impl Fn(&mut RowSink, &[u8], &[u8]) -> Result<Flow> + Sync,
+) -> Result<()> {
+    let Some(scan) = inspector.view_scan(view) else {
+        // A dir written before this view existed, opened read-only, lacks it.
+        return Ok(());
+    };
+    let range = KeyRange::prefix(prefix);
+    let halves = if sink.wants_every_row() {
+        scan.halves(&range, PARALLEL_SCAN_BYTES).map_err(storage)?
+    } else {
+        None
+    };
+    let scan = if halves.is_some() { scan.bulk() } else { scan };
+    let run = |range: &KeyRange, sink: &mut RowSink| {
+        let mut failed = None;
+        scan.range(range, |key, value| {
+            Ok(stop_on_error(&mut failed, row(sink, key, value)))
         })
         .map_err(storage)?;
-    failed.map_or(Ok(()), Err)
+        failed.map_or(Ok(()), Err)
+    };
+    match halves {
+        Some((lower, upper)) => in_two_threads(view.cf_name(), sink, |half, sink| match half {
+            Half::Lower => run(&lower, sink),
+            Half::Upper => run(&upper, sink),
+        }),
+        None => run(&range, sink),
+    }
+}
+
+/// Which half of a scan split in two.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Half {
+    Lower,
+    Upper,
+}
+
+/// Runs `scan` of the lower half on this thread into `sink`, and of the
+/// upper half on a second thread (at the SQL threads' low priority) into
+/// a sink of its own in the same stream: the rows come as two interleaved
+/// runs, not in order. Only for a query that wants every row (no `LIMIT`:
+/// [`RowSink::fork`]); otherwise, or when no thread can be started, this
+/// thread scans both halves.
+fn in_two_threads(
+    what: &str,
+    sink: &mut RowSink,
+    scan: impl Fn(Half, &mut RowSink) -> Result<()> + Sync,
+) -> Result<()> {
+    let Some(mut upper_sink) = sink.fork() else {
+        scan(Half::Lower, sink)?;
+        return scan(Half::Upper, sink);
+    };
+    std::thread::scope(|threads| {
+        let helper = std::thread::Builder::new()
+            .name("mpreg-sql-scan".into())
+            .spawn_scoped(threads, || {
+                crate::engine::lowest_cpu_priority();
+                scan(Half::Upper, &mut upper_sink)?;
+                upper_sink.finish()
+            });
+        let lower = scan(Half::Lower, sink);
+        let upper = match helper {
+            Ok(helper) => helper.join().unwrap_or_else(|_| {
+                Err(DataFusionError::Internal(format!(
+                    "a thread scanning {what} panicked"
+                )))
+            }),
+            Err(_) => scan(Half::Upper, sink),
+        };
+        lower.and(upper)
+    })
 }
 
 /// The row of `view` at `key` (none if absent), or every row of `view`
@@ -517,6 +594,9 @@ fn streaming_scan(
         limit,
     )?))
 }
+
+#[cfg(test)]
+mod halves_test;
 
 #[cfg(test)]
 mod tests {

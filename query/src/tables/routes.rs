@@ -106,7 +106,6 @@ pub(super) fn next_hop(inspector: &Inspector, dest: &str, now: u64) -> Result<Op
 
 pub(super) fn produce(inspector: &Inspector, dest: Option<&str>, sink: &mut RowSink) -> Result<()> {
     let now = now_ms();
-    let mut stopped = false;
     let prefix = dest.map(RouteRow::dest_prefix).unwrap_or_default();
     // Rows of the view are decoded in place: their text borrows the
     // stored bytes.
@@ -140,11 +139,10 @@ pub(super) fn produce(inspector: &Inspector, dest: Option<&str>, sink: &mut RowS
                 r.expires_at_ms.map_or(Value::Null, Value::Time),
                 Value::Text(state),
             ])?;
-            stopped = flow == Flow::Stop;
             Ok(flow)
         },
     )?;
-    if stopped {
+    if !sink.wants_more() {
         return Ok(());
     }
     let prefix = dest.map(CandidateRow::dest_prefix).unwrap_or_default();
