@@ -53,7 +53,16 @@ pub type Handler =
 
 /// Waiters for replies, by `u`; each gets its reply frame's text.
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Bytes>>>>;
-type Handlers = Arc<Mutex<HashMap<String, Handler>>>;
+type Handlers = Arc<Mutex<HashMap<String, Served>>>;
+
+/// A registered [`Handler`] and where its calls run.
+#[derive(Clone)]
+struct Served {
+    handler: Handler,
+    /// On the connection's runtime ([`Worker::register_inline`]), not on
+    /// tokio's blocking pool ([`Worker::register`]).
+    inline: bool,
+}
 type Subscriptions = Arc<Mutex<HashMap<String, NotificationSender>>>;
 type QueueSubscriptions = Arc<Mutex<HashMap<String, mpsc::Sender<Value>>>>;
 
@@ -253,33 +262,35 @@ async fn serve_call(handlers: Handlers, outbound: mpsc::Sender<Message>, call: C
         args,
         kwargs,
     } = call;
-    let handler = handlers
+    let served = handlers
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get(&command)
         .cloned();
-    let answer = match handler {
-        None => InternalAnswer {
+    let outcome = match served {
+        None => Err(format!("this worker does not serve {command}")),
+        Some(Served {
+            handler,
+            inline: true,
+        }) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(args, kwargs)))
+            .unwrap_or_else(|_| Err("handler panicked".to_string())),
+        Some(Served {
+            handler,
+            inline: false,
+        }) => tokio::task::spawn_blocking(move || handler(args, kwargs))
+            .await
+            .unwrap_or_else(|e| Err(format!("handler panicked: {e}"))),
+    };
+    let answer = match outcome {
+        Ok(value) => InternalAnswer {
+            u,
+            answer: value,
+            error: None,
+        },
+        Err(error) => InternalAnswer {
             u,
             answer: Value::Null,
-            error: Some(format!("this worker does not serve {command}")),
-        },
-        Some(handler) => match tokio::task::spawn_blocking(move || handler(args, kwargs)).await {
-            Ok(Ok(value)) => InternalAnswer {
-                u,
-                answer: value,
-                error: None,
-            },
-            Ok(Err(error)) => InternalAnswer {
-                u,
-                answer: Value::Null,
-                error: Some(error),
-            },
-            Err(e) => InternalAnswer {
-                u,
-                answer: Value::Null,
-                error: Some(format!("handler panicked: {e}")),
-            },
+            error: Some(error),
         },
     };
     if let Ok(frame) = framed("internal-answer", &answer) {
@@ -736,7 +747,8 @@ impl Worker {
     }
 
     /// Serves `name` at `version` (semver) with resource tags `resources`;
-    /// returns once the registration is committed.
+    /// returns once the registration is committed. Each call runs on
+    /// tokio's blocking pool, so `handler` may block or compute at length.
     pub async fn register(
         &self,
         name: &str,
@@ -747,11 +759,46 @@ impl Worker {
         + Sync
         + 'static,
     ) -> Result<(), ClientError> {
+        let served = Served {
+            handler: Arc::new(handler),
+            inline: false,
+        };
+        self.serve(name, version, resources, served).await
+    }
+
+    /// [`Worker::register`] for a handler that returns at once (no I/O,
+    /// no long computation): each call runs on the connection's runtime,
+    /// without the two thread hand-offs of the blocking pool. A handler
+    /// that blocks here stalls the worker's connection.
+    pub async fn register_inline(
+        &self,
+        name: &str,
+        version: &str,
+        resources: &[&str],
+        handler: impl Fn(Vec<Value>, Map<String, Value>) -> Result<Value, String>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Result<(), ClientError> {
+        let served = Served {
+            handler: Arc::new(handler),
+            inline: true,
+        };
+        self.serve(name, version, resources, served).await
+    }
+
+    async fn serve(
+        &self,
+        name: &str,
+        version: &str,
+        resources: &[&str],
+        served: Served,
+    ) -> Result<(), ClientError> {
         self.client
             .handlers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_string(), Arc::new(handler));
+            .insert(name.to_string(), served);
         let u = self.client.next_u();
         let frame = json!({
             "role": "worker-register",

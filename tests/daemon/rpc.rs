@@ -126,6 +126,38 @@ async fn three_level_chain_with_nested_and_keyword_references() {
     assert_eq!(summary.parallel_commands_executed, 4);
 }
 
+/// A handler registered inline answers on the worker's connection; one
+/// that panics answers an error naming the panic, and the worker keeps
+/// serving, inline and blocking-pool handlers alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inline_handler_answers_and_its_panic_is_an_error_reply() {
+    let (_dir, daemon) = start();
+    let worker = Worker::connect(&daemon.ready.client_url).await.unwrap();
+    worker
+        .register_inline("double", "1.0.0", &[], |args, _| {
+            Ok(json!(
+                args.iter().filter_map(Value::as_i64).sum::<i64>() * 2
+            ))
+        })
+        .await
+        .unwrap();
+    worker
+        .register_inline("explode", "1.0.0", &[], |_, _| panic!("inline boom"))
+        .await
+        .unwrap();
+    worker
+        .register("explode_blocking", "1.0.0", &[], |_, _| panic!("pool boom"))
+        .await
+        .unwrap();
+    let client = Client::connect(&daemon.ready.client_url).await.unwrap();
+    assert_eq!(client.call("double", vec![json!(21)]).await.unwrap(), 42);
+    for fun in ["explode", "explode_blocking"] {
+        let error = client.call(fun, vec![]).await.unwrap_err().to_string();
+        assert!(error.contains("handler panicked"), "{fun}: {error}");
+    }
+    assert_eq!(client.call("double", vec![json!(5)]).await.unwrap(), 10);
+}
+
 /// Four independent commands meet at a barrier inside the worker: they can
 /// only all finish if the daemon runs them at the same time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

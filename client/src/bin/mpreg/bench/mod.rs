@@ -393,8 +393,9 @@ async fn prepare_mpreg(args: &BenchArgs, setup: &Arc<Setup>) -> Result<Option<Wo
             let worker = Worker::connect_with(&setup.url, &setup.options)
                 .await
                 .map_err(|e| format!("worker connection: {e}"))?;
+            // Answered on the worker's own task, as NATS's responder is.
             worker
-                .register(WORKER_FUNCTION, "1.0.0", &[], |args, _| {
+                .register_inline(WORKER_FUNCTION, "1.0.0", &[], |args, _| {
                     Ok(args.into_iter().next().unwrap_or(Value::Null))
                 })
                 .await
