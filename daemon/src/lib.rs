@@ -34,6 +34,16 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Turns transparent huge pages off for this process. mimalloc asks for
+/// them on its arenas (`MADV_HUGEPAGE`), and the first touch of each one
+/// clears 2 MiB at once: a fresh node growing its heap stalled message
+/// delivery for milliseconds (publish with 64 in flight: p99 2.6–3.5 ms,
+/// 0.9 ms without huge pages; docs/benchmarks.md). The kernel checks the
+/// flag at each page fault, so memory mapped before the call is covered.
+pub fn without_huge_pages() -> std::io::Result<()> {
+    rustix::thread::disable_transparent_huge_pages(true).map_err(std::io::Error::from)
+}
+
 mod admin;
 mod auth;
 mod cache;

@@ -247,6 +247,11 @@ fn write_stdout(bytes: &[u8]) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    if let Err(e) = mpreg_daemon::without_huge_pages() {
+        eprintln!(
+            "warning: cannot turn transparent huge pages off ({e}); latency may spike while the heap grows"
+        );
+    }
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Sql {

@@ -385,3 +385,17 @@ async fn a_durable_subscription_buffers_while_its_subscriber_is_away() {
         assert_eq!(second.recv().await.unwrap().1["message"]["payload"], i);
     }
 }
+
+/// The daemon runs with transparent huge pages off: the first touch of a
+/// huge page of its allocator's heap cleared 2 MiB at once and stalled
+/// delivery for milliseconds on a fresh node (docs/benchmarks.md).
+#[test]
+fn the_daemon_runs_without_transparent_huge_pages() {
+    let (_dir, daemon) = start("");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
+    let thp = status
+        .lines()
+        .find_map(|line| line.strip_prefix("THP_enabled:"))
+        .map(str::trim);
+    assert_eq!(thp, Some("0"), "{status}");
+}
