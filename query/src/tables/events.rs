@@ -12,7 +12,7 @@ use mpreg_storage::inspect::{EntryShape, LogScan};
 use mpreg_storage::{EventKind, Flow, Inspector};
 use openraft::{EntryPayload, RaftLogId};
 
-use super::{Half, Narrowing, PARALLEL_SCAN_BYTES, in_two_threads, stop_on_error, storage};
+use super::{Narrowing, PARALLEL_SCAN_BYTES, in_two_threads, stop_on_error, storage};
 use crate::columns::{Column, Kind, Value};
 use crate::pushdown::Bounds;
 use crate::scan::RowSink;
@@ -63,32 +63,25 @@ pub(super) fn produce(
         None
     };
     let log = if cut.is_some() { log.bulk() } else { log };
-    let run = |bounds: Bounds, sink: &mut RowSink| {
+    let run = |bounds: &Bounds, sink: &mut RowSink| {
         if positions_only {
-            produce_positions(&log, bounds, sink)
+            produce_positions(&log, *bounds, sink)
         } else {
-            produce_events(&log, narrowing, bounds, sink)
+            produce_events(&log, narrowing, *bounds, sink)
         }
     };
     let Some(cut) = cut else {
-        return run(bounds, sink);
+        return run(&bounds, sink);
     };
-    in_two_threads("the log", sink, |half, sink| match half {
-        Half::Lower => run(
-            Bounds {
-                low: bounds.low,
-                high: cut - 1,
-            },
-            sink,
-        ),
-        Half::Upper => run(
-            Bounds {
-                low: cut,
-                high: bounds.high,
-            },
-            sink,
-        ),
-    })
+    let lower = Bounds {
+        low: bounds.low,
+        high: cut - 1,
+    };
+    let upper = Bounds {
+        low: cut,
+        high: bounds.high,
+    };
+    in_two_threads("the log", sink, &lower, &upper, run)
 }
 
 /// One row per event (and per membership entry) in `bounds` whose kind

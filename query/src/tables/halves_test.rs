@@ -1,4 +1,4 @@
-//! A table large enough to be scanned by two threads ([`super::scan_halves`])
+//! A table large enough to be scanned by two threads ([`super::in_two_threads`])
 //! still yields each of its rows exactly once, whatever the query reads.
 
 use std::collections::BTreeSet;

@@ -362,27 +362,9 @@ fn scan_rows<T: DeserializeOwned>(
     })
 }
 
-/// Rows of `view` under `prefix`, each decoded in place by `row` from its
-/// stored key and value (see [`Inspector::scan_raw`]); a query that reads
-/// no column counts keys as [`scan_rows`] does. Large views are scanned
-/// by two threads ([`in_two_threads`]).
-fn scan_in_place(
-    inspector: &Inspector,
-    view: View,
-    prefix: &[u8],
-    sink: &mut RowSink,
-    row: impl Fn(&mut RowSink, &[u8], &[u8]) -> Result<Flow> + Sync,
-) -> Result<()> {
-    if !sink.reads_columns() {
-        return scan_keys_as_rows(inspector, view, prefix, sink, |sink, _| sink.push(&[]));
-    }
-    scan_halves(inspector, view, prefix, sink, row)
-}
-
 /// One row per key of `view` under `prefix`, built by `row` from the key
 /// alone: no value is read or decoded (for a query that reads only
-/// columns the key holds). A query that reads no column gets empty rows,
-/// without `row` taking the key apart.
+/// columns the key holds).
 fn scan_keys_as_rows(
     inspector: &Inspector,
     view: View,
@@ -390,24 +372,20 @@ fn scan_keys_as_rows(
     sink: &mut RowSink,
     row: impl Fn(&mut RowSink, &[u8]) -> Result<Flow> + Sync,
 ) -> Result<()> {
-    let counts_only = !sink.reads_columns();
-    scan_halves(inspector, view, prefix, sink, |sink, key, _| {
-        if counts_only {
-            sink.push(&[])
-        } else {
-            row(sink, key)
-        }
-    })
+    scan_in_place(inspector, view, prefix, sink, |sink, key, _| row(sink, key))
 }
 
 /// A scan whose keys take at least this much on disk is split in two
 /// halves that two threads scan at once ([`in_two_threads`]).
 const PARALLEL_SCAN_BYTES: u64 = 4 << 20;
 
-/// Calls `row` with each key and value of `view` under `prefix`, all read
-/// at one snapshot; a large scan runs [`in_two_threads`] and leaves
-/// RocksDB's block cache as it was ([`mpreg_storage::inspect::SnapshotScan::bulk`]).
-fn scan_halves(
+/// Rows of `view` under `prefix`, each decoded in place by `row` from its
+/// stored key and value (lent by RocksDB, see [`Inspector::scan_raw`]),
+/// all read at one snapshot; a query that reads no column (`count(*)`)
+/// gets one empty row per key instead, without `row` decoding anything. A
+/// large scan runs [`in_two_threads`] and leaves RocksDB's block cache as
+/// it was ([`mpreg_storage::inspect::SnapshotScan::bulk`]).
+fn scan_in_place(
     inspector: &Inspector,
     view: View,
     prefix: &[u8],
@@ -425,63 +403,61 @@ fn scan_halves(
         None
     };
     let scan = if halves.is_some() { scan.bulk() } else { scan };
+    let counts_only = !sink.reads_columns();
     let run = |range: &KeyRange, sink: &mut RowSink| {
         let mut failed = None;
         scan.range(range, |key, value| {
-            Ok(stop_on_error(&mut failed, row(sink, key, value)))
+            let step = if counts_only {
+                sink.push(&[])
+            } else {
+                row(sink, key, value)
+            };
+            Ok(stop_on_error(&mut failed, step))
         })
         .map_err(storage)?;
         failed.map_or(Ok(()), Err)
     };
     match halves {
-        Some((lower, upper)) => in_two_threads(view.cf_name(), sink, |half, sink| match half {
-            Half::Lower => run(&lower, sink),
-            Half::Upper => run(&upper, sink),
-        }),
+        Some((lower, upper)) => in_two_threads(view.cf_name(), sink, &lower, &upper, run),
         None => run(&range, sink),
     }
 }
 
-/// Which half of a scan split in two.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Half {
-    Lower,
-    Upper,
-}
-
-/// Runs `scan` of the lower half on this thread into `sink`, and of the
-/// upper half on a second thread (at the SQL threads' low priority) into
+/// Runs `scan` of the `lower` half on this thread into `sink`, and of the
+/// `upper` half on a second thread (at the SQL threads' low priority) into
 /// a sink of its own in the same stream: the rows come as two interleaved
 /// runs, not in order. Only for a query that wants every row (no `LIMIT`:
 /// [`RowSink::fork`]); otherwise, or when no thread can be started, this
 /// thread scans both halves.
-fn in_two_threads(
+fn in_two_threads<P: Sync>(
     what: &str,
     sink: &mut RowSink,
-    scan: impl Fn(Half, &mut RowSink) -> Result<()> + Sync,
+    lower: &P,
+    upper: &P,
+    scan: impl Fn(&P, &mut RowSink) -> Result<()> + Sync,
 ) -> Result<()> {
     let Some(mut upper_sink) = sink.fork() else {
-        scan(Half::Lower, sink)?;
-        return scan(Half::Upper, sink);
+        scan(lower, sink)?;
+        return scan(upper, sink);
     };
     std::thread::scope(|threads| {
         let helper = std::thread::Builder::new()
             .name("mpreg-sql-scan".into())
             .spawn_scoped(threads, || {
                 crate::engine::lowest_cpu_priority();
-                scan(Half::Upper, &mut upper_sink)?;
+                scan(upper, &mut upper_sink)?;
                 upper_sink.finish()
             });
-        let lower = scan(Half::Lower, sink);
-        let upper = match helper {
+        let lower_rows = scan(lower, sink);
+        let upper_rows = match helper {
             Ok(helper) => helper.join().unwrap_or_else(|_| {
                 Err(DataFusionError::Internal(format!(
                     "a thread scanning {what} panicked"
                 )))
             }),
-            Err(_) => scan(Half::Upper, sink),
+            Err(_) => scan(upper, sink),
         };
-        lower.and(upper)
+        lower_rows.and(upper_rows)
     })
 }
 
