@@ -437,6 +437,14 @@ impl Session {
         self.auth.authorize(&self.principal, actions)
     }
 
+    /// Runs one request's work on a task of its own, boxed: the future of
+    /// a request is as large as its deepest await, and tokio copies a
+    /// task's future by value when it spawns it and again when it
+    /// finishes; boxed, it copies a pointer.
+    fn spawn_request(&self, work: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(Box::pin(work));
+    }
+
     fn provider_id(&self) -> String {
         format!("{}/conn-{}", self.rpc_node_id(), self.id)
     }
@@ -590,7 +598,7 @@ impl Session {
                     };
                     let rpc = self.rpc.clone();
                     let outbound = outbound.clone();
-                    self.tasks.spawn(async move {
+                    self.spawn_request(async move {
                         let response = rpc.handle(request).await;
                         let _ = outbound.send(reply(kind, &response)).await;
                         drop(permit);
@@ -610,7 +618,7 @@ impl Session {
                     };
                     let cache = self.cache.clone();
                     let outbound = outbound.clone();
-                    self.tasks.spawn(async move {
+                    self.spawn_request(async move {
                         let answer = cache.handle(request).await;
                         let _ = outbound.send(kind.json(&answer)).await;
                         drop(permit);
@@ -637,7 +645,7 @@ impl Session {
                     worker = true;
                     let rpc = self.rpc.clone();
                     let outbound = outbound.clone();
-                    self.tasks.spawn(async move {
+                    self.spawn_request(async move {
                         let response = match rpc.register(&provider, register.functions).await {
                             Ok(r) => RpcResponse::ok(register.u, r),
                             Err(e) => RpcResponse::error(Some(register.u), e),
@@ -663,7 +671,7 @@ impl Session {
                     let provider = self.provider_id();
                     let rpc = self.rpc.clone();
                     let outbound = outbound.clone();
-                    self.tasks.spawn(async move {
+                    self.spawn_request(async move {
                         let response = match rpc.withdraw(&provider, &withdraw.functions).await {
                             Ok(r) => RpcResponse::ok(withdraw.u, r),
                             Err(e) => RpcResponse::error(Some(withdraw.u), e),
@@ -709,7 +717,7 @@ impl Session {
                     let outbound = outbound.clone();
                     let hang_up = hang_up.clone();
                     let conn_id = self.id;
-                    self.tasks.spawn(async move {
+                    self.spawn_request(async move {
                         let u = subscribe.u;
                         let ack_ok = {
                             let (outbound, u) = (outbound.clone(), u.clone());
@@ -753,7 +761,7 @@ impl Session {
                     };
                     let queues = self.queues.clone();
                     let outbound = outbound.clone();
-                    self.tasks.spawn(async move {
+                    self.spawn_request(async move {
                         let u = unsubscribe.u;
                         let id = unsubscribe.subscriber_id;
                         let result = queues.unsubscribe(&id).await.map(|()| id);
@@ -768,7 +776,7 @@ impl Session {
                     };
                     let pubsub = self.pubsub.clone();
                     let outbound = outbound.clone();
-                    self.tasks.spawn(async move {
+                    self.spawn_request(async move {
                         let result = pubsub
                             .unsubscribe(&unsubscribe.subscription_id)
                             .await

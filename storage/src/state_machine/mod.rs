@@ -21,7 +21,8 @@ pub use read::{CacheChanges, CatalogRead, QueueChanges, Views};
 pub use snapshots::SnapshotBuilder;
 pub(crate) use snapshots::current_snapshot;
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -47,18 +48,30 @@ use snapshots::{
 struct BatchStore<'a> {
     db: &'a DB,
     overlay: BTreeMap<(View, Vec<u8>), Option<Vec<u8>>>,
+    /// Rows this batch read from the database and has not changed: an
+    /// apply often reads a row twice (its event's checks, then the digest
+    /// of the write that replaces it), and a RocksDB read is most of an
+    /// apply's cost.
+    fetched: RefCell<HashMap<(View, Vec<u8>), Option<Vec<u8>>>>,
     wait: Wait,
     reads: ReadOptions,
 }
 
 impl RowStore for BatchStore<'_> {
     fn get(&self, view: View, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if let Some(value) = self.overlay.get(&(view, key.to_vec())) {
+        let at = (view, key.to_vec());
+        if let Some(value) = self.overlay.get(&at) {
             return Ok(value.clone());
         }
-        self.db
+        if let Some(value) = self.fetched.borrow().get(&at) {
+            return Ok(value.clone());
+        }
+        let value = self
+            .db
             .get_cf_opt(cf(self.db, view.cf_name())?, key, &self.reads)
-            .map_err(|e| Error::rocks("read", view.cf_name(), e))
+            .map_err(|e| Error::rocks("read", view.cf_name(), e))?;
+        self.fetched.borrow_mut().insert(at, value.clone());
+        Ok(value)
     }
 
     fn scan(
@@ -119,6 +132,7 @@ fn apply_entries<'a>(
     let mut store = BatchStore {
         db,
         overlay: BTreeMap::new(),
+        fetched: RefCell::default(),
         wait,
         reads: wait.read_options(),
     };
