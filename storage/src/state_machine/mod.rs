@@ -44,15 +44,18 @@ use snapshots::{
     unix_nanos,
 };
 
+/// Where a row is: its view and its key.
+type RowAt = (View, Vec<u8>);
+
 /// Row changes of one apply batch, on top of the database.
 struct BatchStore<'a> {
     db: &'a DB,
-    overlay: BTreeMap<(View, Vec<u8>), Option<Vec<u8>>>,
+    overlay: BTreeMap<RowAt, Option<Vec<u8>>>,
     /// Rows this batch read from the database and has not changed: an
     /// apply often reads a row twice (its event's checks, then the digest
     /// of the write that replaces it), and a RocksDB read is most of an
     /// apply's cost.
-    fetched: RefCell<HashMap<(View, Vec<u8>), Option<Vec<u8>>>>,
+    fetched: RefCell<HashMap<RowAt, Option<Vec<u8>>>>,
     wait: Wait,
     reads: ReadOptions,
 }
