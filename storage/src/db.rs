@@ -315,7 +315,8 @@ impl DataDir {
 /// filters, in the SST files and in the memtables, answer those misses
 /// without searching the files' indexes or the memtables' skip lists.
 /// Filters belong to each SST file, so files written before them are read
-/// as they are.
+/// as they are. Read-only opens use the same options, so their lookups use
+/// the filters too.
 fn family_options(name: &str) -> Options {
     let mut opts = Options::default();
     if name != CF_LOG {
@@ -346,12 +347,15 @@ fn open_db(db_path: &Path, mode: OpenMode, create: bool) -> Result<DB> {
             names.push(name.to_string());
         }
     }
+    let descriptors = |names: &[String]| {
+        names
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, family_options(n)))
+            .collect::<Vec<_>>()
+    };
     match mode {
         OpenMode::ReadWrite => {
-            let descriptors = names
-                .iter()
-                .map(|n| ColumnFamilyDescriptor::new(n, family_options(n)));
-            DB::open_cf_descriptors(&opts, db_path, descriptors).map_err(open_err)
+            DB::open_cf_descriptors(&opts, db_path, descriptors(&names)).map_err(open_err)
         }
         OpenMode::ReadOnly => {
             // A view this dir's binary did not have yet is simply empty.
@@ -364,7 +368,8 @@ fn open_db(db_path: &Path, mode: OpenMode, create: bool) -> Result<DB> {
                     path: db_path.join(name),
                 });
             }
-            DB::open_cf_for_read_only(&opts, db_path, &existing, false).map_err(open_err)
+            DB::open_cf_descriptors_read_only(&opts, db_path, descriptors(&existing), false)
+                .map_err(open_err)
         }
     }
 }
