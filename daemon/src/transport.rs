@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use tokio_util::codec::Framed;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
@@ -511,9 +511,12 @@ impl Session {
         let in_flight = Admission::new(&self.limits);
         let mut worker = false;
         let mut last_seen = Instant::now();
+        // One timer for the connection's life, not one per frame: when it
+        // fires it is moved to `idle_timeout` after the last frame, and
+        // the connection closes only if none came since.
+        let idle = tokio::time::sleep(self.limits.idle_timeout);
+        tokio::pin!(idle);
         loop {
-            let idle_deadline =
-                tokio::time::Instant::from_std(last_seen + self.limits.idle_timeout);
             let frame = tokio::select! {
                 frame = frames.next() => frame,
                 () = shutdown.cancelled() => break,
@@ -521,7 +524,12 @@ impl Session {
                     tracing::debug!("hanging up");
                     break;
                 }
-                () = tokio::time::sleep_until(idle_deadline) => {
+                () = idle.as_mut() => {
+                    let deadline = last_seen + self.limits.idle_timeout;
+                    if Instant::now() < deadline {
+                        idle.as_mut().reset(tokio::time::Instant::from_std(deadline));
+                        continue;
+                    }
                     tracing::debug!("closing idle connection");
                     let _ = outbound.send(Message::Close(None)).await;
                     break;
@@ -529,8 +537,8 @@ impl Session {
             };
             last_seen = Instant::now();
             let (bytes, kind) = match frame {
-                Some(Ok(Message::Text(text))) => (text.as_bytes().to_vec(), FrameKind::Text),
-                Some(Ok(Message::Binary(bytes))) => (bytes.to_vec(), FrameKind::Binary),
+                Some(Ok(Message::Text(text))) => (Bytes::from(text), FrameKind::Text),
+                Some(Ok(Message::Binary(bytes))) => (bytes, FrameKind::Binary),
                 Some(Ok(Message::Close(_))) | None => break,
                 Some(Ok(_)) => continue,
                 Some(Err(WsError::Capacity(e))) => {

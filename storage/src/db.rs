@@ -467,19 +467,19 @@ impl Wait {
     }
 }
 
-/// Most events an append or an apply runs on the raft task itself rather
-/// than the blocking pool (when RocksDB can do it without waiting): a
+/// Most events an append or an apply runs on the raft task itself, its
+/// other tasks left in place (when RocksDB can do it without waiting): a
 /// single writer's entry, not a large group commit or a catch-up.
 pub(crate) const INLINE_EVENTS: usize = 64;
 
 /// Runs RocksDB work over `events` events where it costs least. At most
 /// [`INLINE_EVENTS`]: on this thread with `work(Wait::Never)` first, and
 /// only if RocksDB answered `Incomplete` (a read that needs the disk, a
-/// write that would stall) again with [`Wait::Allowed`] on the blocking
-/// pool; a small write or apply costs less than the two thread hand-offs
-/// of the blocking pool. More: on the blocking pool. `work` must be safe
-/// to run again after an `Incomplete`: it changes nothing before its
-/// RocksDB calls succeed.
+/// write that would stall) again with [`Wait::Allowed`] through
+/// [`may_wait`]; a small write or apply costs less than moving the
+/// reactor's other tasks to another thread. More: through [`may_wait`].
+/// `work` must be safe to run again after an `Incomplete`: it changes
+/// nothing before its RocksDB calls succeed.
 pub(crate) async fn without_waiting<T: Send + 'static>(
     events: usize,
     work: impl Fn(Wait) -> Result<T> + Send + 'static,
@@ -490,5 +490,25 @@ pub(crate) async fn without_waiting<T: Send + 'static>(
             done => return done,
         }
     }
-    blocking(move || work(Wait::Allowed)).await
+    may_wait(move || work(Wait::Allowed)).await
+}
+
+/// Runs RocksDB work that may wait (a WAL sync, a write stall, a read from
+/// disk) on this thread without holding up the async reactor: on the
+/// multi-thread runtime (the daemon's) the worker's other tasks move to
+/// another thread while it runs (`block_in_place`), so the task that asked
+/// goes on with the answer without a hand-off to another thread and back.
+/// Elsewhere (a current-thread runtime, as in some tests) it runs on the
+/// blocking pool.
+pub(crate) async fn may_wait<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+        runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+    });
+    if multi_thread {
+        tokio::task::block_in_place(work)
+    } else {
+        blocking(work).await
+    }
 }

@@ -5,9 +5,13 @@
 //! before they return. `append` writes its entries (visible at once) and
 //! hands the `LogFlushed` callback to the flusher: a dedicated blocking task
 //! that takes every callback waiting, syncs the WAL once, and only then
-//! fires them. So nothing is acknowledged before it is on disk, and all
-//! appends that arrive while one sync runs share the next one: that is the
-//! group commit.
+//! fires them. So nothing is acknowledged before it is on disk. (openraft's
+//! core waits for each append's callback before its next one, so the group
+//! commit is the proposer's: a batch of events in one entry.) An append of
+//! more than [`crate::db::INLINE_EVENTS`] events, a group commit, is
+//! written and synced on the raft task's own thread instead, its other
+//! tasks moved away meanwhile ([`crate::db::may_wait`]): no hand-off to the
+//! blocking pool, the flusher and back.
 //!
 //! RocksDB work that may wait runs on the blocking pool, not on the async
 //! reactor, so a RocksDB write stall or a disk read delays the log, not
@@ -38,7 +42,8 @@ use rocksdb::{DB, Direction, IteratorMode, WriteBatch};
 
 use crate::codec;
 use crate::db::{
-    CF_LOG, CF_META, Wait, blocking, cf, get_decoded, meta_key, without_waiting, write_synced,
+    CF_LOG, CF_META, INLINE_EVENTS, Wait, blocking, cf, get_decoded, may_wait, meta_key,
+    without_waiting, write_synced,
 };
 use crate::error::{Error, Result};
 use crate::metrics::StorageMetrics;
@@ -190,19 +195,25 @@ fn flush_loop(
     while let Ok(first) = waiting.recv() {
         let mut group = vec![first];
         group.extend(waiting.try_iter());
-        let timer = metrics.wal_fsync_seconds.start_timer();
-        let synced = db.flush_wal(true);
-        timer.observe_duration();
+        let synced = sync_wal(&db, &metrics);
         for callback in group {
             let result = match &synced {
                 Ok(()) => Ok(()),
-                Err(e) => Err(std::io::Error::other(format!(
-                    "failed to sync the WAL: {e}"
-                ))),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
             };
             callback.log_io_completed(result);
         }
     }
+}
+
+/// Syncs the WAL: every write before it is on disk.
+fn sync_wal(db: &DB, metrics: &StorageMetrics) -> Result<()> {
+    let timer = metrics.wal_fsync_seconds.start_timer();
+    let synced = db
+        .flush_wal(true)
+        .map_err(|e| Error::rocks("sync the WAL", "after a log append", e));
+    timer.observe_duration();
+    synced
 }
 
 pub(crate) fn to_raft(
@@ -443,11 +454,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         // The entries are written (unsynced, but readable at once) here,
-        // or on the blocking pool where RocksDB would wait or the append is
-        // large; the flusher syncs the WAL and fires the callback.
+        // or on the blocking pool where RocksDB would wait; the flusher
+        // syncs the WAL and fires the callback.
         let entries: Vec<Entry> = entries.into_iter().collect();
         let events = events_in(&entries);
         let store = self.clone();
+        if events > INLINE_EVENTS {
+            let written = may_wait(move || {
+                store.write_entries(&entries, Wait::Allowed)?;
+                sync_wal(&store.db, &store.metrics)
+            })
+            .await;
+            let flushed = match &written {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            callback.log_io_completed(flushed);
+            return written.map_err(to_raft(ErrorSubject::Logs, ErrorVerb::Write));
+        }
         let written =
             without_waiting(events, move |wait| store.write_entries(&entries, wait)).await;
         match written {

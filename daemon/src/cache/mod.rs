@@ -23,6 +23,7 @@ use mpreg_storage::event::{AtomicOp, BULK_STEP_ROWS, CacheKey};
 use mpreg_storage::views::{CacheRow, View};
 use mpreg_storage::{EventKind, Outcome};
 use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::clock::{now_ms, now_secs};
@@ -63,11 +64,22 @@ fn seconds(ms: u64) -> f64 {
     ms as f64 / 1000.0
 }
 
-/// A `cache-response`. A hit is written straight from its row, with no
-/// JSON tree built per get (the hot path); every other answer is a tree.
+/// A `cache-response`. A hit and a committed single-key write are
+/// written straight from what they found or committed, with no JSON tree
+/// built per request (the hot paths); every other answer is a tree.
 pub enum CacheReply {
     Tree(Value),
     Hit { u: String, found: Found },
+    Written { u: String, written: Written },
+}
+
+/// What a committed single-key write (put, delete, atomic) answers.
+pub struct Written {
+    operation: &'static str,
+    changed: bool,
+    /// The key's value after the write, as the JSON it was stored as.
+    value: Option<Box<RawValue>>,
+    revision: u64,
 }
 
 /// A live entry a get found, and the time it was found live at.
@@ -92,8 +104,31 @@ impl Serialize for CacheReply {
                 entry: Entry::of(found),
             }
             .serialize(serializer),
+            CacheReply::Written { u, written } => WrittenFrame {
+                role: "cache-response",
+                u,
+                operation: written.operation,
+                success: true,
+                status: if written.changed { "ok" } else { "unchanged" },
+                changed: written.changed,
+                value: written.value.as_deref(),
+                revision: written.revision,
+            }
+            .serialize(serializer),
         }
     }
+}
+
+#[derive(Serialize)]
+struct WrittenFrame<'a> {
+    role: &'static str,
+    u: &'a str,
+    operation: &'static str,
+    success: bool,
+    status: &'static str,
+    changed: bool,
+    value: Option<&'a RawValue>,
+    revision: u64,
 }
 
 #[derive(Serialize)]
@@ -162,6 +197,7 @@ impl<'a> Entry<'a> {
 enum Answer {
     Tree(Value),
     Hit(Found),
+    Written(Written),
 }
 
 fn number(map: &Map<String, Value>, name: &str) -> CacheResult<Option<f64>> {
@@ -253,6 +289,7 @@ impl Cache {
         let mut reply = match answer {
             Ok(Answer::Tree(reply)) => reply,
             Ok(Answer::Hit(found)) => return CacheReply::Hit { u, found },
+            Ok(Answer::Written(written)) => return CacheReply::Written { u, written },
             Err(refusal) => {
                 let mut reply = refusal.to_value();
                 reply["status"] = json!("error");
@@ -269,10 +306,10 @@ impl Cache {
     async fn answer(&self, request: &CacheRequest) -> CacheResult<Answer> {
         match request.operation.as_str() {
             "get" => self.get(request).await,
-            "put" => Box::pin(self.put(request)).await.map(Answer::Tree),
-            "delete" => Box::pin(self.delete(request)).await.map(Answer::Tree),
+            "put" => Box::pin(self.put(request)).await.map(Answer::Written),
+            "delete" => Box::pin(self.delete(request)).await.map(Answer::Written),
             "invalidate" => Box::pin(self.invalidate(request)).await.map(Answer::Tree),
-            "atomic" => Box::pin(self.atomic(request)).await.map(Answer::Tree),
+            "atomic" => Box::pin(self.atomic(request)).await.map(Answer::Written),
             "namespace" => Box::pin(self.namespace(request)).await.map(Answer::Tree),
             other => Err(Refusal::invalid(format!(
                 "unknown cache operation {other}; one of get, put, delete, invalidate, atomic, namespace"
@@ -444,11 +481,12 @@ impl Cache {
     /// The reply to a committed single-key write.
     async fn written(
         &self,
+        operation: &'static str,
         request: &CacheRequest,
         key: &CacheKey,
         topic: Option<String>,
         outcome: Outcome,
-    ) -> CacheResult<Value> {
+    ) -> CacheResult<Written> {
         self.forget(key);
         let Outcome::Cache {
             changed,
@@ -467,17 +505,15 @@ impl Cache {
             self.notify(topic, request, key, kind, value.as_deref())
                 .await;
         }
-        let value: Option<Value> = value.and_then(|v| serde_json::from_str(&v).ok());
-        Ok(json!({
-            "success": true,
-            "status": if changed { "ok" } else { "unchanged" },
-            "changed": changed,
-            "value": value,
-            "revision": revision,
-        }))
+        Ok(Written {
+            operation,
+            changed,
+            value: value.and_then(|v| RawValue::from_string(v).ok()),
+            revision,
+        })
     }
 
-    async fn put(&self, request: &CacheRequest) -> CacheResult<Value> {
+    async fn put(&self, request: &CacheRequest) -> CacheResult<Written> {
         let key = Self::key(request)?;
         let topic = Self::notification_topic(request, &key)?;
         let value = request
@@ -505,17 +541,17 @@ impl Cache {
             })
             .await?;
         self.metrics.writes.with_label_values(&["put"]).inc();
-        self.written(request, &key, topic, outcome).await
+        self.written("put", request, &key, topic, outcome).await
     }
 
-    async fn delete(&self, request: &CacheRequest) -> CacheResult<Value> {
+    async fn delete(&self, request: &CacheRequest) -> CacheResult<Written> {
         let key = Self::key(request)?;
         let topic = Self::notification_topic(request, &key)?;
         let outcome = self
             .propose(EventKind::CacheDeleted { key: key.clone() })
             .await?;
         self.metrics.writes.with_label_values(&["delete"]).inc();
-        self.written(request, &key, topic, outcome).await
+        self.written("delete", request, &key, topic, outcome).await
     }
 
     async fn remove_matching(&self, namespace: &str, pattern: Option<&str>) -> CacheResult<Value> {
@@ -650,7 +686,7 @@ impl Cache {
         })
     }
 
-    async fn atomic(&self, request: &CacheRequest) -> CacheResult<Value> {
+    async fn atomic(&self, request: &CacheRequest) -> CacheResult<Written> {
         let key = Self::key(request)?;
         let topic = Self::notification_topic(request, &key)?;
         let op = request
@@ -665,7 +701,7 @@ impl Cache {
             })
             .await?;
         self.metrics.writes.with_label_values(&["atomic"]).inc();
-        self.written(request, &key, topic, outcome).await
+        self.written("atomic", request, &key, topic, outcome).await
     }
 
     /// Moves new tier evictions into the eviction counter.
