@@ -340,7 +340,8 @@ mod test {
                     kind: EventKind::NodeLeft {
                         node_id: "n1".into(),
                     },
-                }],
+                }]
+                .into(),
             }),
         };
         let request = AppendEntriesRequest::<TypeConfig> {

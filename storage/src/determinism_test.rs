@@ -578,7 +578,7 @@ pub(crate) fn entries(events: &[Event], first_index: u64) -> Vec<Entry<TypeConfi
         .map(|(i, e)| Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), first_index + i as u64),
             payload: EntryPayload::Normal(crate::EventBatch {
-                events: vec![e.clone()],
+                events: vec![e.clone()].into(),
             }),
         })
         .collect()

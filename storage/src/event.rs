@@ -7,6 +7,8 @@
 //! index, so existing logs stay readable; a change that breaks that bumps
 //! [`crate::codec::FORMAT_VERSION`].
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::credential::Permissions;
@@ -357,9 +359,32 @@ pub const MAX_STEP_ROWS: u32 = 65_536;
 /// The payload of one log entry: the events proposed together (group
 /// commit), applied in order. openraft 0.9 syncs each entry on its own, so
 /// the node batches concurrent proposals into one entry.
+///
+/// The events are shared, so an entry is cloned without copying them: the
+/// log store keeps the entries it appended last and hands raft clones of
+/// them to apply and to replicate, instead of decoding them again. On disk
+/// it is a plain sequence of events.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventBatch {
-    pub events: Vec<Event>,
+    #[serde(with = "shared_events")]
+    pub events: Arc<Vec<Event>>,
+}
+
+/// Shared events (de)serialized as the plain sequence they are on disk.
+mod shared_events {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Event;
+
+    pub fn serialize<S: Serializer>(events: &Arc<Vec<Event>>, to: S) -> Result<S::Ok, S::Error> {
+        events.as_slice().serialize(to)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(from: D) -> Result<Arc<Vec<Event>>, D::Error> {
+        Vec::deserialize(from).map(Arc::new)
+    }
 }
 
 /// What apply decided for one event.
@@ -520,4 +545,33 @@ pub struct FiredTimers {
     pub cache_expired: u64,
     /// More timers were already due than `max`.
     pub more_due: bool,
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use crate::codec;
+
+    #[test]
+    fn a_batch_is_stored_as_the_plain_sequence_of_its_events() {
+        let events = vec![
+            Event {
+                time_ms: 7,
+                kind: EventKind::NodeLeft {
+                    node_id: "n1".into(),
+                },
+            },
+            Event {
+                time_ms: 7,
+                kind: EventKind::TimersFired { max: 3 },
+            },
+        ];
+        let batch = EventBatch {
+            events: Arc::new(events.clone()),
+        };
+        let stored = codec::encode("batch", &batch).unwrap();
+        assert_eq!(stored, codec::encode("events", &events).unwrap());
+        let read: EventBatch = codec::decode("batch", &stored).unwrap();
+        assert_eq!(read, batch);
+    }
 }

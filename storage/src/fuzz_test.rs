@@ -43,7 +43,9 @@ fn batch(names: Vec<String>, value: String) -> EventBatch {
             ttl_ms: Some(5),
         },
     });
-    EventBatch { events }
+    EventBatch {
+        events: events.into(),
+    }
 }
 
 /// How a real encoding is damaged.

@@ -565,8 +565,10 @@ mod tests {
                     node_id: format!("n{i}"),
                 },
             })
-            .collect();
-        EntryPayload::Normal(EventBatch { events })
+            .collect::<Vec<_>>();
+        EntryPayload::Normal(EventBatch {
+            events: events.into(),
+        })
     }
 
     #[test]

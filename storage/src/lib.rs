@@ -44,6 +44,7 @@ mod error;
 mod log_store;
 mod metrics;
 mod raft_types;
+mod recent_entries;
 mod replay;
 mod snapshot;
 mod state_machine;

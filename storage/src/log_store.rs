@@ -13,9 +13,11 @@
 //! tasks moved away meanwhile ([`crate::db::may_wait`]): no hand-off to the
 //! blocking pool, the flusher and back.
 //!
-//! RocksDB work that may wait runs on the blocking pool, not on the async
-//! reactor, so a RocksDB write stall or a disk read delays the log, not
-//! the heartbeats and connections sharing the reactor. Raft awaits each
+//! RocksDB work that may wait never blocks the async reactor: it runs on
+//! the blocking pool, or (group commits and large applies) on a worker
+//! whose other tasks have been moved away first ([`crate::db::may_wait`]).
+//! So a RocksDB write stall or a disk read delays the log, not the
+//! heartbeats and connections sharing the reactor. Raft awaits each
 //! append and apply, and a hand-off to the blocking pool and back costs
 //! more than a small one, so these run inline: an append or apply of at
 //! most [`crate::db::INLINE_EVENTS`] events, tried with reads from memory only and
@@ -24,6 +26,11 @@
 //! the unsynced record of the committed index (a few bytes into the
 //! memtable); and reads of a few entries at the tail of the log (appended
 //! moments ago, still in the memtable).
+//!
+//! Reads of entries this process appended moments ago (raft reads each
+//! committed entry back to apply it, and the leader reads entries to send
+//! to followers) are answered from memory, [`RecentEntries`], without
+//! decoding them again.
 //!
 //! The store also keeps the [`EventClock`]: the latest event time in the
 //! log, which the leader stamps no earlier than.
@@ -49,6 +56,7 @@ use crate::error::{Error, Result};
 use crate::metrics::StorageMetrics;
 use crate::raft_types::TypeConfig;
 use crate::raft_types::typ::{Entry, LogId, StorageError, Vote};
+use crate::recent_entries::{RECENT_BYTES, RecentEntries};
 
 /// Log keys are big-endian indexes, so key order is log order.
 pub(crate) fn log_key(index: u64) -> [u8; 8] {
@@ -170,6 +178,8 @@ pub struct LogStore {
     /// Index of the last entry of the newest append by this process (0
     /// before one); it only decides where a read runs.
     last_appended: Arc<AtomicU64>,
+    /// The newest entries appended, for reads that need not decode them.
+    recent: Arc<Mutex<RecentEntries>>,
 }
 
 /// The latest event time among the newest `CLOCK_SCAN_ENTRIES` entries.
@@ -197,13 +207,17 @@ fn flush_loop(
         group.extend(waiting.try_iter());
         let synced = sync_wal(&db, &metrics);
         for callback in group {
-            let result = match &synced {
-                Ok(()) => Ok(()),
-                Err(e) => Err(std::io::Error::other(e.to_string())),
-            };
-            callback.log_io_completed(result);
+            callback.log_io_completed(as_io(&synced));
         }
     }
+}
+
+/// A storage result as the `io::Result` a [`LogFlushed`] callback takes.
+fn as_io(result: &Result<()>) -> std::io::Result<()> {
+    result
+        .as_ref()
+        .map(|_| ())
+        .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 /// Syncs the WAL: every write before it is on disk.
@@ -319,6 +333,7 @@ impl LogStore {
             metrics,
             clock,
             last_appended: Arc::default(),
+            recent: Arc::new(Mutex::new(RecentEntries::new(RECENT_BYTES))),
         })
     }
 
@@ -327,13 +342,21 @@ impl LogStore {
         let started = Instant::now();
         let family = cf(&self.db, CF_LOG)?;
         let mut batch = WriteBatch::default();
+        let mut sizes = Vec::with_capacity(entries.len());
         for entry in entries {
             let index = entry.get_log_id().index;
-            batch.put_cf(family, log_key(index), codec::encode("log entry", entry)?);
+            let encoded = codec::encode("log entry", entry)?;
+            sizes.push(encoded.len());
+            batch.put_cf(family, log_key(index), encoded);
         }
         self.db
             .write_opt(batch, &wait.write_options())
             .map_err(|e| Error::rocks("write", "log append", e))?;
+        let mut recent = self.recent();
+        for (entry, size) in entries.iter().zip(sizes) {
+            recent.appended(entry.clone(), size);
+        }
+        drop(recent);
         for entry in entries {
             self.clock.saw(entry);
         }
@@ -348,6 +371,10 @@ impl LogStore {
             .log_append_seconds
             .observe(started.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, RecentEntries> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The clock of the latest event time in this log.
@@ -379,6 +406,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let (start, end) = bounds(range);
+        if let Some(entries) = self.recent().get(start, end) {
+            return Ok(entries);
+        }
         let newest = self.last_appended.load(Ordering::Acquire);
         let db = self.db.clone();
         let read = if is_tail(start, end, newest) {
@@ -453,25 +483,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        // The entries are written (unsynced, but readable at once) here,
-        // or on the blocking pool where RocksDB would wait; the flusher
-        // syncs the WAL and fires the callback.
         let entries: Vec<Entry> = entries.into_iter().collect();
         let events = events_in(&entries);
         let store = self.clone();
+        // A group commit is written and synced here, then acknowledged.
         if events > INLINE_EVENTS {
             let written = may_wait(move || {
                 store.write_entries(&entries, Wait::Allowed)?;
                 sync_wal(&store.db, &store.metrics)
             })
             .await;
-            let flushed = match &written {
-                Ok(()) => Ok(()),
-                Err(e) => Err(std::io::Error::other(e.to_string())),
-            };
-            callback.log_io_completed(flushed);
+            callback.log_io_completed(as_io(&written));
             return written.map_err(to_raft(ErrorSubject::Logs, ErrorVerb::Write));
         }
+        // A small append is written (unsynced, but readable at once) here,
+        // or on the blocking pool where RocksDB would wait; the flusher
+        // syncs the WAL and fires the callback.
         let written =
             without_waiting(events, move |wait| store.write_entries(&entries, wait)).await;
         match written {
@@ -484,13 +511,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Ok(())
             }
             Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(to_raft(ErrorSubject::Logs, ErrorVerb::Write)(e))
+                let written = Err(e);
+                callback.log_io_completed(as_io(&written));
+                written.map_err(to_raft(ErrorSubject::Logs, ErrorVerb::Write))
             }
         }
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.recent().truncated(log_id.index);
         let db = self.db.clone();
         blocking(move || {
             let mut batch = WriteBatch::default();
@@ -502,6 +531,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.recent().purged(log_id.index);
         let db = self.db.clone();
         blocking(move || {
             let mut batch = WriteBatch::default();

@@ -124,7 +124,7 @@ pub fn replay(path: &Path) -> Result<ReplayReport> {
             }
             expected += 1;
             if let EntryPayload::Normal(batch) = &entry.payload {
-                for event in &batch.events {
+                for event in batch.events.iter() {
                     apply(&mut ViewTxn::untracked(&mut views), event)?;
                     events += 1;
                 }

@@ -61,6 +61,11 @@ fn member_addr(raft: &Raft, id: NodeId) -> Option<String> {
         .map(|n| n.addr.clone())
 }
 
+/// The kinds of `events`, for the leader to stamp.
+fn kinds_of(events: &[Event]) -> Vec<EventKind> {
+    events.iter().map(|event| event.kind.clone()).collect()
+}
+
 /// Commits proposals: on the leader through raft, on a follower by
 /// forwarding them to the leader. Everything queued while one batch
 /// commits goes into the next one (group commit).
@@ -126,20 +131,26 @@ impl Proposer {
     async fn commit(&self, kinds: Vec<EventKind>) -> std::result::Result<Vec<Outcome>, Refused> {
         let deadline = tokio::time::Instant::now() + self.patience;
         let mut last_problem = "no leader is known".to_string();
+        // Stamped when proposed here; shared with the entry, so a retry
+        // after a failed attempt restamps without copying.
+        let mut events: Arc<Vec<Event>> = Arc::new(
+            kinds
+                .into_iter()
+                .map(|kind| Event { time_ms: 0, kind })
+                .collect(),
+        );
         loop {
             let leader = self.raft.metrics().borrow().current_leader;
             let addr = leader.and_then(|id| member_addr(&self.raft, id));
             match (leader, addr) {
                 (Some(id), _) if id == self.me => {
                     let time_ms = self.clock.stamp(now_us(), std::time::Instant::now());
-                    let events = kinds
-                        .iter()
-                        .map(|kind| Event {
-                            time_ms,
-                            kind: kind.clone(),
-                        })
-                        .collect();
-                    let write = self.raft.client_write(EventBatch { events });
+                    for event in Arc::make_mut(&mut events) {
+                        event.time_ms = time_ms;
+                    }
+                    let write = self.raft.client_write(EventBatch {
+                        events: events.clone(),
+                    });
                     match tokio::time::timeout_at(deadline, write).await {
                         Ok(Ok(written)) => return Ok(written.data),
                         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
@@ -158,7 +169,7 @@ impl Proposer {
                     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
                     let forwarded = self
                         .peers
-                        .request(&addr, PeerRequest::Propose(kinds.clone()), remaining)
+                        .request(&addr, PeerRequest::Propose(kinds_of(&events)), remaining)
                         .await;
                     match forwarded {
                         Ok(PeerReply::Proposed(Ok(outcomes))) => return Ok(outcomes),

@@ -113,7 +113,7 @@ fn produce_events(
             }
             EntryPayload::Blank => return Flow::Continue,
         };
-        for event in &batch.events {
+        for event in batch.events.iter() {
             if !narrowing.allows(KIND, event.kind.name()) {
                 continue;
             }

@@ -59,7 +59,13 @@ fn sum(values: impl IntoIterator<Item = u64>) -> u64 {
 async fn a_table_scanned_in_two_halves_yields_each_row_once() {
     let tmp = tempfile::tempdir().unwrap();
     large_cache(tmp.path());
-    let engine = open_offline(tmp.path(), SqlLimits::default()).unwrap();
+    // What this test checks is the rows, not the time: a debug build on a
+    // loaded machine may need most of the default 10 s for 60,000 rows.
+    let limits = SqlLimits {
+        timeout: std::time::Duration::from_secs(120),
+        ..SqlLimits::default()
+    };
+    let engine = open_offline(tmp.path(), limits).unwrap();
 
     let out = engine
         .query("SELECT identifier, size_bytes FROM cache_entries")
