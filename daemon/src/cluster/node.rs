@@ -576,15 +576,18 @@ impl Node {
     /// error (a WAL sync that failed, ...) or a panic in its core. Raft
     /// never retries a failed sync, so from then on the node can commit
     /// nothing.
+    ///
+    /// It watches raft's server metrics, which change with the role, the
+    /// leader or the membership, not with every commit as the full metrics
+    /// do: so this task does not wake (on another thread) for each write.
+    /// Their sender goes away when raft's core stops, after it recorded
+    /// why in the full metrics.
     pub async fn raft_failed(&self) -> String {
-        let mut metrics = self.raft.metrics();
-        loop {
-            if let Err(fatal) = &metrics.borrow_and_update().running_state {
-                return fatal.to_string();
-            }
-            if metrics.changed().await.is_err() {
-                return "raft stopped".to_string();
-            }
+        let mut server = self.raft.server_metrics();
+        while server.changed().await.is_ok() {}
+        match &self.raft.metrics().borrow().running_state {
+            Err(fatal) => fatal.to_string(),
+            Ok(()) => "raft stopped".to_string(),
         }
     }
 
