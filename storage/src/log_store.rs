@@ -354,12 +354,10 @@ impl LogStore {
             .map_err(|e| Error::rocks("write", "log append", e))?;
         let mut recent = self.recent();
         for (entry, size) in entries.iter().zip(sizes) {
+            self.clock.saw(entry);
             recent.appended(entry.clone(), size);
         }
         drop(recent);
-        for entry in entries {
-            self.clock.saw(entry);
-        }
         self.metrics
             .log_entries_appended
             .inc_by(entries.len() as u64);
@@ -501,21 +499,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // syncs the WAL and fires the callback.
         let written =
             without_waiting(events, move |wait| store.write_entries(&entries, wait)).await;
-        match written {
+        match &written {
             Ok(()) => {
                 if let Err(unsent) = self.flusher.send(callback) {
                     unsent
                         .0
                         .log_io_completed(Err(std::io::Error::other("the log flusher stopped")));
                 }
-                Ok(())
             }
-            Err(e) => {
-                let written = Err(e);
-                callback.log_io_completed(as_io(&written));
-                written.map_err(to_raft(ErrorSubject::Logs, ErrorVerb::Write))
-            }
+            Err(_) => callback.log_io_completed(as_io(&written)),
         }
+        written.map_err(to_raft(ErrorSubject::Logs, ErrorVerb::Write))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
