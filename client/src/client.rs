@@ -242,6 +242,81 @@ struct Pushed {
     message: Value,
 }
 
+/// A `cache-request` on one key, written by the typed cache calls.
+#[derive(Serialize)]
+struct CacheCall<'a, V: ?Sized> {
+    role: &'static str,
+    u: &'a str,
+    operation: &'static str,
+    key: KeyRef<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<&'a V>,
+}
+
+/// A cache key as written: namespace and identifier.
+#[derive(Serialize)]
+struct KeyRef<'a> {
+    namespace: &'a str,
+    identifier: &'a str,
+}
+
+/// The fields of a `cache-response` that say whether it succeeded.
+#[derive(Deserialize)]
+struct CacheStatus<'a> {
+    #[serde(default)]
+    success: bool,
+    #[serde(default)]
+    error_code: Option<Value>,
+    #[serde(borrow, default)]
+    error_message: Option<Cow<'a, str>>,
+}
+
+/// A `cache-response` to a `get`: its status and the entry's value.
+#[derive(Deserialize)]
+struct CacheGot<'a> {
+    #[serde(borrow)]
+    status: Cow<'a, str>,
+    #[serde(default)]
+    entry: Option<CacheGotEntry>,
+}
+
+#[derive(Deserialize)]
+struct CacheGotEntry {
+    value: Value,
+}
+
+/// What a committed cache write answered ([`Client::cache_put`]).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct CacheWritten {
+    /// False when the write left the entry as it was.
+    #[serde(default)]
+    pub changed: bool,
+    /// The entry's revision after the write.
+    #[serde(default)]
+    pub revision: u64,
+}
+
+/// `Ok` for a `cache-response` with `success: true`; a refusal (it has an
+/// `error_code`) is [`ClientError::Refused`], anything else a protocol error.
+fn cache_succeeded(frame: &[u8]) -> Result<(), ClientError> {
+    let status: CacheStatus<'_> =
+        serde_json::from_slice(frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    match (status.success, status.error_code) {
+        (true, _) => Ok(()),
+        (false, Some(code)) => Err(ClientError::Refused(format!(
+            "{} (error_code {code})",
+            status
+                .error_message
+                .as_deref()
+                .unwrap_or("no error message")
+        ))),
+        (false, None) => Err(ClientError::Protocol(format!(
+            "unexpected cache reply: {}",
+            String::from_utf8_lossy(frame)
+        ))),
+    }
+}
+
 /// A frame as written: `role`, then the fields of `body`.
 #[derive(Serialize)]
 struct Framed<'a, T> {
@@ -660,22 +735,73 @@ impl Client {
         request["u"] = json!(u);
         let frame =
             serde_json::to_vec(&request).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let reply = json_reply(&self.exchange(u, frame).await?)?;
-        if reply["success"] == json!(true) {
-            Ok(reply)
-        } else if reply.get("error_code").is_some() {
-            Err(ClientError::Refused(format!(
-                "{} (error_code {})",
-                reply["error_message"]
-                    .as_str()
-                    .unwrap_or("no error message"),
-                reply["error_code"]
-            )))
-        } else {
-            Err(ClientError::Protocol(format!(
-                "unexpected cache reply: {reply}"
-            )))
+        let reply = self.exchange(u, frame).await?;
+        cache_succeeded(&reply)?;
+        json_reply(&reply)
+    }
+
+    /// Puts `value` under `namespace`/`identifier` and returns what the
+    /// committed write answered: [`Client::cache`]'s `put` without a JSON
+    /// tree on either side (no metadata, tags or TTL; use
+    /// [`Client::cache`] for those).
+    pub async fn cache_put<V: Serialize + ?Sized>(
+        &self,
+        namespace: &str,
+        identifier: &str,
+        value: &V,
+    ) -> Result<CacheWritten, ClientError> {
+        let reply = self
+            .cache_call("put", namespace, identifier, Some(value))
+            .await?;
+        serde_json::from_slice(&reply).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// The value stored under `namespace`/`identifier`, `None` on a miss:
+    /// [`Client::cache`]'s `get`, reading only the value from the reply.
+    pub async fn cache_get(
+        &self,
+        namespace: &str,
+        identifier: &str,
+    ) -> Result<Option<Value>, ClientError> {
+        let reply = self
+            .cache_call::<()>("get", namespace, identifier, None)
+            .await?;
+        let got: CacheGot<'_> =
+            serde_json::from_slice(&reply).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        match (got.status.as_ref(), got.entry) {
+            ("hit", Some(entry)) => Ok(Some(entry.value)),
+            ("miss", _) => Ok(None),
+            _ => Err(ClientError::Protocol(format!(
+                "unexpected cache reply: {}",
+                String::from_utf8_lossy(&reply)
+            ))),
         }
+    }
+
+    /// Sends a `cache-request` of `operation` on one key and returns its
+    /// successful reply's frame.
+    async fn cache_call<V: Serialize + ?Sized>(
+        &self,
+        operation: &'static str,
+        namespace: &str,
+        identifier: &str,
+        value: Option<&V>,
+    ) -> Result<Bytes, ClientError> {
+        let u = self.next_u();
+        let call = CacheCall {
+            role: "cache-request",
+            u: &u,
+            operation,
+            key: KeyRef {
+                namespace,
+                identifier,
+            },
+            value,
+        };
+        let frame = serde_json::to_vec(&call).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let reply = self.exchange(u, frame).await?;
+        cache_succeeded(&reply)?;
+        Ok(reply)
     }
 
     /// Subscribes to a queue: the daemon pushes up to `prefetch` unacked

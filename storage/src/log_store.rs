@@ -175,10 +175,8 @@ pub struct LogStore {
     flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
     metrics: Arc<StorageMetrics>,
     clock: EventClock,
-    /// Index of the last entry of the newest append by this process (0
-    /// before one); it only decides where a read runs.
-    last_appended: Arc<AtomicU64>,
-    /// The newest entries appended, for reads that need not decode them.
+    /// The newest entries appended, for reads that need not decode them,
+    /// and the index of the newest (which decides where other reads run).
     recent: Arc<Mutex<RecentEntries>>,
 }
 
@@ -332,7 +330,6 @@ impl LogStore {
             flusher,
             metrics,
             clock,
-            last_appended: Arc::default(),
             recent: Arc::new(Mutex::new(RecentEntries::new(RECENT_BYTES))),
         })
     }
@@ -361,10 +358,6 @@ impl LogStore {
         self.metrics
             .log_entries_appended
             .inc_by(entries.len() as u64);
-        if let Some(last) = entries.last() {
-            self.last_appended
-                .store(last.get_log_id().index, Ordering::Release);
-        }
         self.metrics
             .log_append_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -404,10 +397,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let (start, end) = bounds(range);
-        if let Some(entries) = self.recent().get(start, end) {
-            return Ok(entries);
-        }
-        let newest = self.last_appended.load(Ordering::Acquire);
+        let newest = {
+            let recent = self.recent();
+            if let Some(entries) = recent.get(start, end) {
+                return Ok(entries);
+            }
+            recent.last_appended()
+        };
         let db = self.db.clone();
         let read = if is_tail(start, end, newest) {
             read_entries(&db, start, end)

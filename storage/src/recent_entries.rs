@@ -23,6 +23,9 @@ pub(crate) struct RecentEntries {
     entries: VecDeque<(Entry, usize)>,
     bytes: usize,
     budget: usize,
+    /// Index of the newest entry appended (0 before one), kept when the
+    /// entry itself no longer fits the budget.
+    last_appended: u64,
 }
 
 fn index(entry: &Entry) -> u64 {
@@ -35,6 +38,7 @@ impl RecentEntries {
             entries: VecDeque::new(),
             bytes: 0,
             budget,
+            last_appended: 0,
         }
     }
 
@@ -51,6 +55,7 @@ impl RecentEntries {
     /// overwritten there); one that leaves a gap starts afresh.
     pub(crate) fn appended(&mut self, entry: Entry, size: usize) {
         let at = index(&entry);
+        self.last_appended = at;
         self.truncated(at);
         if self.newest().is_some_and(|newest| newest + 1 != at) {
             self.entries.clear();
@@ -82,6 +87,11 @@ impl RecentEntries {
                 self.bytes -= size;
             }
         }
+    }
+
+    /// Index of the newest entry appended by this process, 0 before one.
+    pub(crate) fn last_appended(&self) -> u64 {
+        self.last_appended
     }
 
     /// The entries with index in `[start, end)`, if every one is here.
@@ -127,6 +137,7 @@ mod test {
     fn answers_only_ranges_it_holds_whole() {
         let mut recent = RecentEntries::new(100);
         assert_eq!(ids(recent.get(1, 2)), None, "empty");
+        assert_eq!(recent.last_appended(), 0, "nothing appended yet");
         for at in 5..=9 {
             recent.appended(entry(1, at), 10);
         }
@@ -146,8 +157,10 @@ mod test {
         }
         assert_eq!(ids(recent.get(4, 6)), Some(vec![(1, 4), (1, 5)]));
         assert_eq!(ids(recent.get(3, 4)), None, "evicted");
+        assert_eq!(recent.last_appended(), 5);
         recent.appended(entry(1, 6), 100);
         assert_eq!(ids(recent.get(6, 7)), None, "larger than the budget");
+        assert_eq!(recent.last_appended(), 6, "known though not kept");
         recent.appended(entry(1, 7), 10);
         assert_eq!(ids(recent.get(7, 8)), Some(vec![(1, 7)]), "after a gap");
     }

@@ -95,6 +95,59 @@ async fn put_get_delete_and_memory_then_disk_levels() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_put_and_get_agree_with_the_json_requests() {
+    let dir = TestDir::new();
+    let flags = dir.config("cache_max_value_bytes = 100");
+    let daemon =
+        Daemon::start(&dir, &flags.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    let client = Client::connect(&daemon.ready.client_url).await.unwrap();
+    assert_eq!(client.cache_get("typed", "a").await.unwrap(), None, "miss");
+    let first = client
+        .cache_put("typed", "a", &json!({"n": [1, "two"]}))
+        .await
+        .unwrap();
+    assert_eq!((first.changed, first.revision), (true, 1));
+    assert_eq!(
+        client
+            .cache_put("typed", "a", "plain")
+            .await
+            .unwrap()
+            .revision,
+        2,
+        "a second put is the next revision"
+    );
+    assert_eq!(
+        client.cache_get("typed", "a").await.unwrap(),
+        Some(json!("plain"))
+    );
+    assert_eq!(
+        get(&client, "typed", "a").await["entry"]["value"],
+        json!("plain"),
+        "the JSON get reads what the typed put wrote"
+    );
+    put(&client, "typed", "b", json!({"from": "json"})).await;
+    assert_eq!(
+        client.cache_get("typed", "b").await.unwrap(),
+        Some(json!({"from": "json"})),
+        "the typed get reads what the JSON put wrote"
+    );
+    match client.cache_put("typed", "c", &"y".repeat(200)).await {
+        Err(ClientError::Refused(reason)) => assert!(
+            reason.contains("cache_max_value_bytes") && reason.contains("1006"),
+            "{reason}"
+        ),
+        other => panic!("an oversize value was accepted: {other:?}"),
+    }
+    match client.cache_get("", "a").await {
+        Err(ClientError::Refused(reason)) => {
+            assert!(reason.contains("must not be empty"), "{reason}")
+        }
+        other => panic!("an empty namespace was accepted: {other:?}"),
+    }
+    daemon.stop().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_entries_are_never_served() {
     let dir = TestDir::new();
     let daemon = Daemon::start(&dir, &[]).unwrap();

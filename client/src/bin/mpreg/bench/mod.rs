@@ -437,10 +437,12 @@ fn succeeded(reply: &Value) -> Result<(), String> {
 
 /// One operation of `op`, number `i` of its phase.
 async fn operate(setup: &Setup, conn: &Conn, op: Op, i: u64) -> Result<(), String> {
+    if let Conn::Mpreg(client) = conn {
+        return operate_mpreg(setup, client, op, i).await;
+    }
     let key = format!("{NAME}/k{}", i % setup.keys);
     let raw = setup.raw.as_slice();
     match (conn, op) {
-        (Conn::Mpreg(client), op) => operate_mpreg(setup, client, op, i).await,
         (Conn::Redis(redis), op) => {
             let reply = match op {
                 Op::Rpc => redis.command(&[b"ECHO", raw]).await?,
@@ -482,7 +484,7 @@ async fn operate(setup: &Setup, conn: &Conn, op: Op, i: u64) -> Result<(), Strin
 /// One operation of `op` against mpreg.
 async fn operate_mpreg(setup: &Setup, client: &Client, op: Op, i: u64) -> Result<(), String> {
     let payload = &setup.payload;
-    let key = |i: u64| json!({"namespace": NAME, "identifier": format!("k{}", i % setup.keys)});
+    let identifier = |i: u64| format!("k{}", i % setup.keys);
     match op {
         Op::Rpc => client
             .call("echo", vec![payload.clone()])
@@ -516,24 +518,16 @@ async fn operate_mpreg(setup: &Setup, client: &Client, op: Op, i: u64) -> Result
             }
             Ok(())
         }
-        Op::CachePut => {
-            let reply = client
-                .cache(json!({"operation": "put", "key": key(i), "value": payload}))
-                .await
-                .map_err(|e| e.to_string())?;
-            succeeded(&reply)
-        }
-        Op::CacheGet => {
-            let reply = client
-                .cache(json!({"operation": "get", "key": key(i)}))
-                .await
-                .map_err(|e| e.to_string())?;
-            if reply["status"] == "hit" {
-                Ok(())
-            } else {
-                Err(format!("k{} was not found: {reply}", i % setup.keys))
-            }
-        }
+        Op::CachePut => client
+            .cache_put(NAME, &identifier(i), payload)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Op::CacheGet => match client.cache_get(NAME, &identifier(i)).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(format!("{} was not found", identifier(i))),
+            Err(e) => Err(e.to_string()),
+        },
         Op::Sql => {
             let sql = format!(
                 "SELECT identifier, revision FROM cache_entries \
