@@ -296,6 +296,14 @@ pub struct CacheWritten {
     pub revision: u64,
 }
 
+/// A queue or cache refusal: its message and error code.
+fn refused(message: Option<&str>, code: &Value) -> ClientError {
+    ClientError::Refused(format!(
+        "{} (error_code {code})",
+        message.unwrap_or("no error message")
+    ))
+}
+
 /// `Ok` for a `cache-response` with `success: true`; a refusal (it has an
 /// `error_code`) is [`ClientError::Refused`], anything else a protocol error.
 fn cache_succeeded(frame: &[u8]) -> Result<(), ClientError> {
@@ -303,13 +311,7 @@ fn cache_succeeded(frame: &[u8]) -> Result<(), ClientError> {
         serde_json::from_slice(frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
     match (status.success, status.error_code) {
         (true, _) => Ok(()),
-        (false, Some(code)) => Err(ClientError::Refused(format!(
-            "{} (error_code {code})",
-            status
-                .error_message
-                .as_deref()
-                .unwrap_or("no error message")
-        ))),
+        (false, Some(code)) => Err(refused(status.error_message.as_deref(), &code)),
         (false, None) => Err(ClientError::Protocol(format!(
             "unexpected cache reply: {}",
             String::from_utf8_lossy(frame)
@@ -715,13 +717,10 @@ impl Client {
         if reply["success"] == json!(true) {
             Ok(reply)
         } else {
-            Err(ClientError::Refused(format!(
-                "{} (error_code {})",
-                reply["error_message"]
-                    .as_str()
-                    .unwrap_or("no error message"),
-                reply["error_code"]
-            )))
+            Err(refused(
+                reply["error_message"].as_str(),
+                &reply["error_code"],
+            ))
         }
     }
 
