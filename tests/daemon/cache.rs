@@ -97,9 +97,7 @@ async fn put_get_delete_and_memory_then_disk_levels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_put_and_get_agree_with_the_json_requests() {
     let dir = TestDir::new();
-    let flags = dir.config("cache_max_value_bytes = 100");
-    let daemon =
-        Daemon::start(&dir, &flags.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    let daemon = Daemon::start_configured(&dir, "cache_max_value_bytes = 100").unwrap();
     let client = Client::connect(&daemon.ready.client_url).await.unwrap();
     assert_eq!(client.cache_get("typed", "a").await.unwrap(), None, "miss");
     let first = client
@@ -347,9 +345,7 @@ async fn invalidate_by_pattern_and_namespace_clear() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_memory_budget_evicts_but_keeps_every_value_readable() {
     let dir = TestDir::new();
-    let flags = dir.config("cache_memory_bytes = 65536");
-    let daemon =
-        Daemon::start(&dir, &flags.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    let daemon = Daemon::start_configured(&dir, "cache_memory_bytes = 65536").unwrap();
     let client = Client::connect(&daemon.ready.client_url).await.unwrap();
     let blob = "x".repeat(2000);
     for i in 0..200 {
@@ -386,9 +382,7 @@ async fn a_small_memory_budget_evicts_but_keeps_every_value_readable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_notifications_and_refused_input() {
     let dir = TestDir::new();
-    let flags = dir.config("cache_max_value_bytes = 100");
-    let daemon =
-        Daemon::start(&dir, &flags.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    let daemon = Daemon::start_configured(&dir, "cache_max_value_bytes = 100").unwrap();
     let client = Client::connect(&daemon.ready.client_url).await.unwrap();
     let mut changes = client.subscribe(&["cache.inventory.#"], 0).await.unwrap();
     client

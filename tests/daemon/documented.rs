@@ -21,9 +21,7 @@ const SETTLE: Duration = Duration::from_secs(30);
 
 fn start_with(config: &str) -> (TestDir, Daemon) {
     let dir = TestDir::new();
-    let flags = dir.config(config);
-    let daemon =
-        Daemon::start(&dir, &flags.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    let daemon = Daemon::start_configured(&dir, config).unwrap();
     (dir, daemon)
 }
 

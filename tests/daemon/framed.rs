@@ -63,15 +63,10 @@ fn framed(frame: &[u8]) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn start(dir: &TestDir, config: &str) -> Result<Daemon> {
-    let flags = dir.config(config);
-    Daemon::start(dir, &flags.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_client_speaks_the_same_json_with_the_same_limits() -> Result<()> {
     let dir = TestDir::new();
-    let daemon = start(&dir, "max_frame_bytes = 1048576\n")?;
+    let daemon = Daemon::start_configured(&dir, "max_frame_bytes = 1048576\n")?;
     let ws_url = daemon.ready.client_url.clone();
     let tcp_url = ws_url.replacen("ws://", "tcp://", 1);
 
@@ -154,7 +149,7 @@ async fn tcps_needs_tls_and_a_node_with_credentials_refuses_tcp() -> Result<()> 
     ca.issue(&path("cert.pem"), &path("key.pem"))?;
     let quoted = |p: PathBuf| format!("{:?}", p.display().to_string());
     let dir = TestDir::new();
-    let daemon = start(
+    let daemon = Daemon::start_configured(
         &dir,
         &format!(
             "tls_cert_file = {}\ntls_key_file = {}\ntls_ca_file = {}\n",
@@ -197,7 +192,7 @@ async fn tcps_needs_tls_and_a_node_with_credentials_refuses_tcp() -> Result<()> 
     // first request gets 1018 naming why, and the connection is closed.
     std::fs::write(path("app.token"), "app-token-0123456789\n")?;
     let guarded_dir = TestDir::new();
-    let guarded = start(
+    let guarded = Daemon::start_configured(
         &guarded_dir,
         &format!(
             "[[credentials]]\nname = \"app\"\ntoken_file = {}\npermissions = {{ call = [\"#\"] }}\n",

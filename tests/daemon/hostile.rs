@@ -166,9 +166,7 @@ fn background_frames(i: usize) -> [String; 4] {
 async fn every_frame_kind_counts_against_the_in_flight_limit() -> Result<()> {
     const BURST: usize = 60;
     let dir = TestDir::new();
-    let flags = dir.config("max_in_flight_per_connection = 2\n");
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let daemon = Daemon::start(&dir, &flags)?;
+    let daemon = Daemon::start_configured(&dir, "max_in_flight_per_connection = 2\n")?;
     let mut raw = RawClient::connect(&daemon.ready.client_url).await?;
     for i in 0..BURST {
         for frame in background_frames(i) {

@@ -10,9 +10,7 @@ use serde_json::{Value, json};
 
 fn start(config: &str) -> (TestDir, Daemon) {
     let dir = TestDir::new();
-    let flags = dir.config(config);
-    let daemon =
-        Daemon::start(&dir, &flags.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    let daemon = Daemon::start_configured(&dir, config).unwrap();
     (dir, daemon)
 }
 

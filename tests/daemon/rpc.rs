@@ -163,9 +163,7 @@ async fn an_inline_handler_answers_and_its_panic_is_an_error_reply() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_level_runs_its_commands_in_parallel() {
     let dir = TestDir::new();
-    let flags = dir.config("request_timeout_ms = 10000\n");
-    let daemon =
-        Daemon::start(&dir, &flags.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    let daemon = Daemon::start_configured(&dir, "request_timeout_ms = 10000\n").unwrap();
     let worker = Worker::connect(&daemon.ready.client_url).await.unwrap();
     let barrier = Arc::new(Barrier::new(4));
     worker
@@ -322,9 +320,7 @@ async fn locs_route_to_the_worker_with_the_resources() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_disconnect_mid_call_fails_the_call_fast() {
     let dir = TestDir::new();
-    let flags = dir.config("request_timeout_ms = 120000\n");
-    let daemon =
-        Daemon::start(&dir, &flags.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    let daemon = Daemon::start_configured(&dir, "request_timeout_ms = 120000\n").unwrap();
     let worker = Worker::connect(&daemon.ready.client_url).await.unwrap();
     let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
     let entered_tx = std::sync::Mutex::new(entered_tx);
@@ -381,9 +377,7 @@ async fn thousand_concurrent_calls_from_ten_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_answered_and_others_keep_working() {
     let dir = TestDir::new();
-    let flags = dir.config("max_frame_bytes = 1048576\n");
-    let daemon =
-        Daemon::start(&dir, &flags.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    let daemon = Daemon::start_configured(&dir, "max_frame_bytes = 1048576\n").unwrap();
     let url = daemon.ready.client_url.clone();
     let good = Client::connect(&url).await.unwrap();
     let background = tokio::spawn(async move {

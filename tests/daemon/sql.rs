@@ -1473,10 +1473,10 @@ async fn expect_cancelled(admin: &str, sql: &str, kind: &str, limit: &str) -> Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_memory_and_row_limits_cancel_cleanly() -> Result<()> {
     let dir = TestDir::new();
-    let flags =
-        dir.config("sql_timeout_ms = 500\nsql_memory_limit_bytes = 4194304\nsql_max_rows = 1000\n");
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let daemon = Daemon::start(&dir, &flags)?;
+    let daemon = Daemon::start_configured(
+        &dir,
+        "sql_timeout_ms = 500\nsql_memory_limit_bytes = 4194304\nsql_max_rows = 1000\n",
+    )?;
     let admin = daemon.ready.admin_url.clone();
 
     let started = std::time::Instant::now();
@@ -1513,9 +1513,7 @@ async fn timeout_memory_and_row_limits_cancel_cleanly() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_over_the_concurrency_limit_get_503_and_the_rest_run() -> Result<()> {
     let dir = TestDir::new();
-    let flags = dir.config("sql_timeout_ms = 3000\nsql_max_concurrent = 2\n");
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let daemon = Daemon::start(&dir, &flags)?;
+    let daemon = Daemon::start_configured(&dir, "sql_timeout_ms = 3000\nsql_max_concurrent = 2\n")?;
     let admin = daemon.ready.admin_url.clone();
     let slow = "SELECT count(*) FROM generate_series(1, 100000000000)";
     let running: Vec<_> = (0..2)

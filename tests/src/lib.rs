@@ -192,6 +192,12 @@ impl Daemon {
         Daemon::start_with(dir, extra, |_| Ok(()))
     }
 
+    /// Like [`Daemon::start`], with `toml` as its config file.
+    pub fn start_configured(dir: &TestDir, toml: &str) -> Result<Daemon> {
+        let flags = dir.config(toml);
+        Daemon::start(dir, &flags.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
     /// Like [`Daemon::start`], and calls `on_listening` with the bound
     /// client address as soon as the daemon reports it (its listening
     /// file), before it is ready: a proxy in front of a joining node must
