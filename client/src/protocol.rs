@@ -302,16 +302,17 @@ pub struct WorkerWithdraw {
     pub functions: Vec<WorkerWithdrawal>,
 }
 
-/// `internal-rpc`: the daemon asks a worker to run a function.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct InternalRpc {
-    pub role: String,
-    pub u: String,
-    pub command: String,
-    pub function_id: String,
-    pub version: String,
-    pub args: Vec<Value>,
-    pub kwargs: Map<String, Value>,
+/// `internal-rpc`: the daemon asks a worker to run a function (written
+/// from the daemon's borrowed fields).
+#[derive(Clone, Debug, Serialize)]
+pub struct InternalRpc<'a> {
+    pub role: &'a str,
+    pub u: &'a str,
+    pub command: &'a str,
+    pub function_id: &'a str,
+    pub version: &'a str,
+    pub args: &'a [Value],
+    pub kwargs: &'a Map<String, Value>,
 }
 
 /// `internal-answer`: a worker's result (or error) for an `internal-rpc`.

@@ -1,6 +1,7 @@
 //! The arguments of the `mpreg.queue.*` functions, read from the request
 //! body (upstream MPREG field names) with a clear error per bad field.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use mpreg_storage::event::{Delivery, QueueSettings, QueueType};
@@ -9,14 +10,18 @@ use serde_json::{Map, Value};
 use crate::refusal::Refusal;
 
 /// The request body: upstream clients pass one dict as `args[0]`; keyword
-/// arguments work too.
-pub fn body(args: &[Value], kwargs: &Map<String, Value>) -> Result<Map<String, Value>, Refusal> {
+/// arguments work too. Borrowed unless both are given and must be merged.
+pub fn body<'a>(
+    args: &'a [Value],
+    kwargs: &'a Map<String, Value>,
+) -> Result<Cow<'a, Map<String, Value>>, Refusal> {
     match args {
-        [] => Ok(kwargs.clone()),
+        [] => Ok(Cow::Borrowed(kwargs)),
+        [Value::Object(map)] if kwargs.is_empty() => Ok(Cow::Borrowed(map)),
         [Value::Object(map)] => {
             let mut map = map.clone();
             map.extend(kwargs.clone());
-            Ok(map)
+            Ok(Cow::Owned(map))
         }
         _ => Err(Refusal::invalid(
             "pass one object of named fields (args[0]) or keyword arguments",

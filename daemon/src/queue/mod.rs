@@ -240,8 +240,7 @@ impl Queues {
         let payload =
             f.0.get("payload")
                 .or_else(|| f.0.get("message_payload"))
-                .cloned()
-                .unwrap_or(Value::Null);
+                .unwrap_or(&Value::Null);
         let topic = match f.str("topic")? {
             Some(topic) => topic.to_string(),
             None => format!("mpreg.queue.{queue}"),

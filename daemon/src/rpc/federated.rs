@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use mpreg_storage::federation::live;
 use mpreg_storage::views::{QueueRow, View};
 
-use super::{Rpc, select};
+use super::{Arguments, Rpc, json_text, select};
 use crate::clock::now_ms;
 use crate::envelope::{FederatedCall, FederationReply, FederationRequest};
 use crate::federation::{ForwardError, Routing};
@@ -145,7 +145,7 @@ impl Rpc {
         &self,
         cluster: &str,
         cmd: &RpcCommand,
-        (args, kwargs): (Vec<Value>, Map<String, Value>),
+        (args, kwargs): Arguments<'_>,
         deadline: tokio::time::Instant,
     ) -> Result<Value, RpcError> {
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -154,8 +154,8 @@ impl Rpc {
             function_id: cmd.function_id.clone(),
             version_constraint: cmd.version_constraint.clone(),
             locs: cmd.locs.clone(),
-            args: Value::Array(args).to_string(),
-            kwargs: Value::Object(kwargs).to_string(),
+            args: json_text(args)?,
+            kwargs: json_text(kwargs)?,
             timeout_ms: u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX),
         };
         let routing = Routing {
@@ -248,7 +248,7 @@ impl Rpc {
             ..RpcCommand::default()
         };
         let deadline = tokio::time::Instant::now() + timeout;
-        match tokio::time::timeout_at(deadline, self.call(&cmd, args, kwargs, deadline)).await {
+        match tokio::time::timeout_at(deadline, self.call(&cmd, (&args, &kwargs), deadline)).await {
             Ok(result) => result.map(|v| v.to_string()).map_err(in_cluster),
             Err(_) => Err(in_cluster(RpcError::new(
                 ErrorCode::Timeout,

@@ -84,6 +84,19 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// A call's positional and keyword arguments.
+type Arguments<'a> = (&'a [Value], &'a Map<String, Value>);
+
+/// Arguments as the JSON text a call to another node or cluster carries.
+fn json_text(arguments: &(impl serde::Serialize + ?Sized)) -> Result<String, RpcError> {
+    serde_json::to_string(arguments).map_err(|e| {
+        RpcError::new(
+            ErrorCode::ExecutionFailed,
+            format!("arguments cannot be written as JSON: {e}"),
+        )
+    })
+}
+
 /// What running the levels produced.
 struct Run {
     last_level: Map<String, Value>,
@@ -196,7 +209,7 @@ impl Rpc {
         let _pending = InFlight::new(&self.metrics.worker_calls_in_flight);
         let call = self
             .workers
-            .call(&function.provider, function, args, kwargs);
+            .call(&function.provider, function, (&args, &kwargs));
         // Past the caller's deadline nobody waits for the answer: the call
         // is dropped here, and the worker's late answer is discarded.
         let result = tokio::time::timeout(timeout, call).await.map_err(|_| {
@@ -217,7 +230,7 @@ impl Rpc {
     async fn call_remote(
         &self,
         function: &FunctionRow,
-        (args, kwargs): (Vec<Value>, Map<String, Value>),
+        (args, kwargs): Arguments<'_>,
         deadline: tokio::time::Instant,
     ) -> Result<Value, RpcError> {
         let failed = |e: String| RpcError::new(ErrorCode::ExecutionFailed, e);
@@ -228,8 +241,8 @@ impl Rpc {
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let request = PeerRequest::Call {
             function: function.clone(),
-            args: Value::Array(args).to_string(),
-            kwargs: Value::Object(kwargs).to_string(),
+            args: json_text(args)?,
+            kwargs: json_text(kwargs)?,
             timeout_ms: u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX),
         };
         match self.node.peers().request(&addr, request, remaining).await {
@@ -344,6 +357,8 @@ impl Rpc {
         plan: &Plan,
         deadline: tokio::time::Instant,
     ) -> Result<Run, RpcError> {
+        // Results later levels may reference; the last level's go straight
+        // into the reply, and `accumulated` is kept only when asked for.
         let mut results: HashMap<String, Value> = HashMap::new();
         let mut accumulated = Map::new();
         let mut intermediate = Vec::new();
@@ -357,15 +372,12 @@ impl Rpc {
             let outputs = join_all(calls).await;
             last_level = Map::new();
             for (&i, output) in level.iter().zip(outputs) {
-                let name = request.cmds[i].name.clone();
-                let value = output?;
-                results.insert(name.clone(), value.clone());
-                accumulated.insert(name.clone(), value.clone());
-                last_level.insert(name, value);
+                last_level.insert(request.cmds[i].name.clone(), output?);
             }
             let elapsed = ms(started.elapsed());
             level_times.push(elapsed);
             if request.return_intermediate_results {
+                accumulated.extend(last_level.clone());
                 intermediate.push(IntermediateResult {
                     request_id: request.u.clone(),
                     level_index,
@@ -377,6 +389,9 @@ impl Rpc {
                     execution_time_ms: elapsed,
                 });
             }
+            if level_index + 1 < plan.levels.len() {
+                results.extend(last_level.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
         }
         Ok(Run {
             last_level,
@@ -385,19 +400,26 @@ impl Rpc {
         })
     }
 
+    /// Runs one command with the results it references put in its
+    /// arguments; a command of the first level references none, and its
+    /// arguments are passed as they came.
     async fn run_command(
         &self,
         cmd: &RpcCommand,
         results: &HashMap<String, Value>,
         deadline: tokio::time::Instant,
     ) -> Result<Value, RpcError> {
-        let args: Vec<Value> = cmd.args.iter().map(|a| substitute(a, results)).collect();
-        let kwargs: Map<String, Value> = cmd
-            .kwargs
-            .iter()
-            .map(|(k, v)| (k.clone(), substitute(v, results)))
-            .collect();
-        let result = self.call(cmd, args, kwargs, deadline).await;
+        let result = if results.is_empty() {
+            self.call(cmd, (&cmd.args, &cmd.kwargs), deadline).await
+        } else {
+            let args: Vec<Value> = cmd.args.iter().map(|a| substitute(a, results)).collect();
+            let kwargs: Map<String, Value> = cmd
+                .kwargs
+                .iter()
+                .map(|(k, v)| (k.clone(), substitute(v, results)))
+                .collect();
+            self.call(cmd, (&args, &kwargs), deadline).await
+        };
         let outcome = if result.is_ok() { "ok" } else { "error" };
         let function = self.metrics.functions.admit(&cmd.fun);
         self.metrics
@@ -412,8 +434,7 @@ impl Rpc {
     async fn call(
         &self,
         cmd: &RpcCommand,
-        args: Vec<Value>,
-        kwargs: Map<String, Value>,
+        (args, kwargs): Arguments<'_>,
         deadline: tokio::time::Instant,
     ) -> Result<Value, RpcError> {
         // The calls that leave this node or touch the log are boxed: a
@@ -435,9 +456,9 @@ impl Rpc {
         if function.provider == builtins::PROVIDER
             && queue::FUNCTIONS.contains(&function.name.as_str())
         {
-            Ok(Box::pin(self.queues.call(&function.name, &args, &kwargs)).await)
+            Ok(Box::pin(self.queues.call(&function.name, args, kwargs)).await)
         } else if function.provider == builtins::PROVIDER {
-            builtins::call(&self.node, &function.name, &args, &kwargs).map_err(failed)
+            builtins::call(&self.node, &function.name, args, kwargs).map_err(failed)
         } else if function.node_id != self.node.identity().node_id {
             Box::pin(self.call_remote(&function, (args, kwargs), deadline))
                 .await
@@ -451,7 +472,7 @@ impl Rpc {
         } else {
             let _pending = InFlight::new(&self.metrics.worker_calls_in_flight);
             self.workers
-                .call(&function.provider, &function, args, kwargs)
+                .call(&function.provider, &function, (args, kwargs))
                 .await
                 .map_err(|e| failed(e.details.unwrap_or(e.message)))
         }

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use mpreg_client::protocol::{ErrorCode, InternalAnswer, InternalRpc, RpcError};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::session::{FrameKind, Outbound};
@@ -86,8 +86,7 @@ impl Workers {
         &self,
         provider: &str,
         function: &mpreg_storage::views::FunctionRow,
-        args: Vec<Value>,
-        kwargs: Map<String, Value>,
+        (args, kwargs): super::Arguments<'_>,
     ) -> Reply {
         let u = format!("call-{}", self.next_call.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = oneshot::channel();
@@ -107,11 +106,11 @@ impl Workers {
             u: u.clone(),
         };
         let message = InternalRpc {
-            role: "internal-rpc".into(),
-            u: u.clone(),
-            command: function.name.clone(),
-            function_id: function.function_id.clone(),
-            version: function.version.clone(),
+            role: "internal-rpc",
+            u: &u,
+            command: &function.name,
+            function_id: &function.function_id,
+            version: &function.version,
             args,
             kwargs,
         };
@@ -164,7 +163,8 @@ mod test {
         let (outbound, mut frames) = mpsc::channel(8);
         workers.connect("w", outbound, FrameKind::Text);
         let function = row();
-        let call = workers.call("w", &function, vec![], Map::new());
+        let kwargs = serde_json::Map::new();
+        let call = workers.call("w", &function, (&[], &kwargs));
         let abandoned = tokio::time::timeout(std::time::Duration::from_millis(20), call).await;
         assert!(abandoned.is_err(), "the worker never answered");
         assert!(frames.recv().await.is_some(), "the call was sent");
