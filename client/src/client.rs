@@ -296,6 +296,61 @@ pub struct CacheWritten {
     pub revision: u64,
 }
 
+/// An `rpc` request of one command, written from borrowed fields by the
+/// typed calls ([`Client::call_as`]).
+#[derive(Serialize)]
+struct OneCall<'a, A: ?Sized> {
+    role: &'static str,
+    u: &'a str,
+    cmds: [OneCommand<'a, A>; 1],
+}
+
+#[derive(Serialize)]
+struct OneCommand<'a, A: ?Sized> {
+    name: &'a str,
+    fun: &'a str,
+    args: &'a A,
+}
+
+/// The reply to a one-command `rpc` request: its results by command name,
+/// or the request's error.
+#[derive(Deserialize)]
+struct OneReply<R> {
+    r: Option<HashMap<String, R>>,
+    error: Option<RpcError>,
+}
+
+/// The body of an `mpreg.queue.send` of one message.
+#[derive(Serialize)]
+struct QueueSendBody<'a, P: ?Sized> {
+    queue_name: &'a str,
+    payload: &'a P,
+}
+
+/// The fields of an `mpreg.queue.send` result [`Client::queue_send`] reads.
+#[derive(Deserialize)]
+struct QueueSendResult {
+    #[serde(default)]
+    success: bool,
+    #[serde(default)]
+    message_id: Option<String>,
+    #[serde(default)]
+    duplicate: bool,
+    #[serde(default)]
+    error_code: Option<Value>,
+    #[serde(default)]
+    error_message: Option<String>,
+}
+
+/// What a committed queue send answered ([`Client::queue_send`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueSent {
+    /// The id the daemon gave the message.
+    pub message_id: String,
+    /// True when the queue already held a message with this id.
+    pub duplicate: bool,
+}
+
 /// A queue or cache refusal: its message and error code.
 fn refused(message: Option<&str>, code: &Value) -> ClientError {
     ClientError::Refused(format!(
@@ -721,6 +776,75 @@ impl Client {
                 reply["error_message"].as_str(),
                 &reply["error_code"],
             ))
+        }
+    }
+
+    /// Calls `fun` with the positional arguments `args` (anything that
+    /// serializes as a JSON array) and reads its result as `R`: [`Client::call`]
+    /// without a JSON tree on either side. A result `R` cannot read is
+    /// [`ClientError::Protocol`].
+    pub async fn call_as<A, R>(&self, fun: &str, args: &A) -> Result<R, ClientError>
+    where
+        A: Serialize + ?Sized,
+        R: serde::de::DeserializeOwned,
+    {
+        let u = self.next_u();
+        let call = OneCall {
+            role: "rpc",
+            u: &u,
+            cmds: [OneCommand {
+                name: fun,
+                fun,
+                args,
+            }],
+        };
+        let frame = serde_json::to_vec(&call).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let reply: OneReply<R> = serde_json::from_slice(&self.exchange(u, frame).await?)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        match (reply.error, reply.r) {
+            (Some(error), _) => Err(ClientError::Rpc(error)),
+            (None, Some(mut results)) => results
+                .remove(fun)
+                .ok_or_else(|| ClientError::Protocol(format!("no result named {fun}"))),
+            (None, None) => Err(ClientError::Protocol(
+                "a reply with neither r nor error".into(),
+            )),
+        }
+    }
+
+    /// Sends one message with `payload` to `queue` and returns once it is
+    /// committed: [`Client::queue`]'s `send` without a JSON tree on either
+    /// side (no topic, priority, delay, TTL or id of the caller's; use
+    /// [`Client::queue`] for those).
+    pub async fn queue_send<P: Serialize + ?Sized>(
+        &self,
+        queue: &str,
+        payload: &P,
+    ) -> Result<QueueSent, ClientError> {
+        let body = QueueSendBody {
+            queue_name: queue,
+            payload,
+        };
+        let sent: QueueSendResult = self.call_as("mpreg.queue.send", &[body]).await?;
+        match sent {
+            QueueSendResult {
+                success: true,
+                message_id: Some(message_id),
+                duplicate,
+                ..
+            } => Ok(QueueSent {
+                message_id,
+                duplicate,
+            }),
+            QueueSendResult {
+                success: false,
+                error_code: Some(code),
+                error_message,
+                ..
+            } => Err(refused(error_message.as_deref(), &code)),
+            _ => Err(ClientError::Protocol(
+                "a queue send result without success and message_id".into(),
+            )),
         }
     }
 

@@ -16,6 +16,6 @@ pub mod protocol;
 pub mod tls;
 
 pub use client::{
-    CacheWritten, Client, ClientError, ConnectOptions, Handler, Notification, QueueSubscription,
-    Request, Subscription, Worker,
+    CacheWritten, Client, ClientError, ConnectOptions, Handler, Notification, QueueSent,
+    QueueSubscription, Request, Subscription, Worker,
 };

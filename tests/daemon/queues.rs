@@ -588,3 +588,37 @@ async fn purge_and_delete_of_many_messages_go_in_bounded_steps() {
     );
     daemon.stop().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_send_agrees_with_the_json_request() {
+    let (_dir, daemon, client) = start().await;
+    declare(&client, json!({"queue_name": "typed", "max_size": 2})).await;
+    let sent = client
+        .queue_send("typed", &json!({"n": [1, "two"]}))
+        .await
+        .unwrap();
+    assert!(!sent.duplicate);
+    let message = receive(&client, "typed", "reader", 5.0).await;
+    assert_eq!(message["message_id"], json!(sent.message_id));
+    assert_eq!(
+        message["payload"],
+        json!({"n": [1, "two"]}),
+        "the JSON receive reads what the typed send wrote"
+    );
+    client.queue_send("typed", "second").await.unwrap();
+    match client.queue_send("typed", "third").await {
+        Err(ClientError::Refused(reason)) => assert!(
+            reason.contains("queue typed is full") && reason.contains("error_code"),
+            "{reason}"
+        ),
+        other => panic!("a send to a full queue was accepted: {other:?}"),
+    }
+    match client.queue_send("nope", "x").await {
+        Err(ClientError::Refused(reason)) => assert!(
+            reason.contains("unknown queue nope") && reason.contains("1009"),
+            "{reason}"
+        ),
+        other => panic!("a send to an unknown queue was accepted: {other:?}"),
+    }
+    daemon.stop().unwrap();
+}

@@ -72,6 +72,29 @@ async fn minimal_call_answers_in_the_request_frame_type() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_call_reads_the_result_as_asked_and_names_failures() {
+    let (_dir, daemon) = start();
+    let client = Client::connect(&daemon.ready.client_url).await.unwrap();
+    let echoed: Vec<Value> = client.call_as("echos", &(1, "a", [true])).await.unwrap();
+    assert_eq!(echoed, vec![json!(1), json!("a"), json!([true])]);
+    let number: u32 = client.call_as("echo", &[7]).await.unwrap();
+    assert_eq!(number, 7);
+    let unknown = rpc_error(client.call_as::<_, Value>("no_such_function", &[1]).await);
+    assert_eq!(unknown.code, 1001, "{unknown:?}");
+    assert!(
+        unknown
+            .details
+            .is_some_and(|d| d.contains("no_such_function")),
+        "the error names the function"
+    );
+    match client.call_as::<_, u32>("echo", &["not a number"]).await {
+        Err(ClientError::Protocol(reason)) => assert!(reason.contains("u32"), "{reason}"),
+        other => panic!("a string was read as a number: {other:?}"),
+    }
+    daemon.stop().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_level_chain_with_nested_and_keyword_references() {
     let (_dir, daemon) = start();
     let worker = Worker::connect(&daemon.ready.client_url).await.unwrap();

@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use mpreg_client::{Client, ConnectOptions, Worker};
 use serde::Serialize;
+use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
 
@@ -486,23 +487,23 @@ async fn operate_mpreg(setup: &Setup, client: &Client, op: Op, i: u64) -> Result
     let payload = &setup.payload;
     let identifier = |i: u64| format!("k{}", i % setup.keys);
     match op {
-        Op::Rpc => client
-            .call("echo", vec![payload.clone()])
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
-        Op::Worker => client
-            .call(WORKER_FUNCTION, vec![payload.clone()])
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
-        Op::QueueSend => {
-            let reply = client
-                .queue("send", json!({"queue_name": NAME, "payload": payload}))
+        Op::Rpc | Op::Worker => {
+            let fun = if op == Op::Rpc {
+                "echo"
+            } else {
+                WORKER_FUNCTION
+            };
+            client
+                .call_as::<_, IgnoredAny>(fun, &[payload])
                 .await
-                .map_err(|e| e.to_string())?;
-            succeeded(&reply)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         }
+        Op::QueueSend => client
+            .queue_send(NAME, payload)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
         Op::QueueReceive => {
             let reply = client
                 .queue(
