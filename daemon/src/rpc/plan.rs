@@ -18,32 +18,58 @@ pub struct Plan {
     pub levels: Vec<Vec<usize>>,
 }
 
-/// The command a string refers to, if any: exact name first, then the part
-/// before the first dot.
-fn referenced(s: &str, names: &HashMap<&str, usize>) -> Option<usize> {
-    names
-        .get(s)
-        .or_else(|| s.split_once('.').and_then(|(base, _)| names.get(base)))
-        .copied()
+/// The command a string refers to, if any (`index` looks a name up):
+/// exact name first, then the part before the first dot.
+fn referenced(s: &str, index: &impl Fn(&str) -> Option<usize>) -> Option<usize> {
+    index(s).or_else(|| s.split_once('.').and_then(|(base, _)| index(base)))
 }
 
-fn collect_refs(value: &Value, names: &HashMap<&str, usize>, out: &mut BTreeSet<usize>) {
+fn collect_refs(value: &Value, index: &impl Fn(&str) -> Option<usize>, out: &mut BTreeSet<usize>) {
     match value {
         Value::String(s) => {
-            if let Some(i) = referenced(s, names) {
+            if let Some(i) = referenced(s, index) {
                 out.insert(i);
             }
         }
-        Value::Array(items) => items.iter().for_each(|v| collect_refs(v, names, out)),
-        Value::Object(map) => map.values().for_each(|v| collect_refs(v, names, out)),
+        Value::Array(items) => items.iter().for_each(|v| collect_refs(v, index, out)),
+        Value::Object(map) => map.values().for_each(|v| collect_refs(v, index, out)),
         _ => {}
     }
+}
+
+/// The commands `cmd` references (by `index`).
+fn references(cmd: &RpcCommand, index: &impl Fn(&str) -> Option<usize>) -> BTreeSet<usize> {
+    let mut refs = BTreeSet::new();
+    cmd.args
+        .iter()
+        .for_each(|v| collect_refs(v, index, &mut refs));
+    cmd.kwargs
+        .values()
+        .for_each(|v| collect_refs(v, index, &mut refs));
+    refs
+}
+
+fn self_reference(cmd: &RpcCommand) -> RpcError {
+    RpcError::new(
+        ErrorCode::DependencyCycle,
+        format!("command {:?} references its own result", cmd.name),
+    )
 }
 
 /// Orders the commands into levels, or explains why they cannot run.
 pub fn plan(cmds: &[RpcCommand]) -> Result<Plan, RpcError> {
     if cmds.is_empty() {
         return Err(RpcError::new(ErrorCode::BadRequest, "cmds is empty"));
+    }
+    if let [only] = cmds {
+        // The one command of most requests can reference only itself.
+        let itself = |s: &str| (s == only.name).then_some(0);
+        if !references(only, &itself).is_empty() {
+            return Err(self_reference(only));
+        }
+        return Ok(Plan {
+            levels: vec![vec![0]],
+        });
     }
     let mut names = HashMap::with_capacity(cmds.len());
     for (i, cmd) in cmds.iter().enumerate() {
@@ -55,19 +81,11 @@ pub fn plan(cmds: &[RpcCommand]) -> Result<Plan, RpcError> {
         }
     }
     let mut deps: Vec<BTreeSet<usize>> = Vec::with_capacity(cmds.len());
+    let index = |s: &str| names.get(s).copied();
     for (i, cmd) in cmds.iter().enumerate() {
-        let mut refs = BTreeSet::new();
-        cmd.args
-            .iter()
-            .for_each(|v| collect_refs(v, &names, &mut refs));
-        cmd.kwargs
-            .values()
-            .for_each(|v| collect_refs(v, &names, &mut refs));
+        let refs = references(cmd, &index);
         if refs.contains(&i) {
-            return Err(RpcError::new(
-                ErrorCode::DependencyCycle,
-                format!("command {:?} references its own result", cmd.name),
-            ));
+            return Err(self_reference(cmd));
         }
         deps.push(refs);
     }
@@ -199,6 +217,16 @@ mod test {
             1006
         );
         assert_eq!(plan(&[cmd("a", json!(["a"]))]).unwrap_err().code, 1005);
+        let mut dotted = cmd("a", json!([{"x": "b"}]));
+        dotted.kwargs.insert("k".into(), json!(["a.field"]));
+        assert_eq!(plan(&[dotted]).unwrap_err().code, 1005);
+        assert_eq!(
+            plan(&[cmd("a", json!(["ab", "b.a", {"a": 1}]))])
+                .unwrap()
+                .levels,
+            vec![vec![0]],
+            "strings that only look like the name are no references"
+        );
         let err = plan(&[
             cmd("a", json!(["b"])),
             cmd("b", json!(["c.x"])),

@@ -10,6 +10,8 @@
 
 use std::collections::BTreeSet;
 
+use serde::Serialize;
+
 use super::View;
 use super::queue_rows::{
     DedupRow, MessageRow, MessageState, QueueRow, Timer, TimerKind, queue_prefix, seq_of_ready_key,
@@ -55,24 +57,48 @@ fn message_by_id<S: RowStore>(
     }
 }
 
+/// Whether a message's rows are new (its keys carry a sequence number its
+/// queue has not used, and its id was found absent) or already written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rows {
+    New,
+    Written,
+}
+
+fn put_row<S: RowStore, T: Serialize>(
+    txn: &mut ViewTxn<'_, S>,
+    rows: Rows,
+    view: View,
+    key: Vec<u8>,
+    row: &T,
+) -> Result<()> {
+    match rows {
+        Rows::New => txn.put_new(view, key, row),
+        Rows::Written => txn.put(view, key, row),
+    }
+}
+
 /// Puts a message in the state its `ready_at_ms` calls for at `now`.
 fn place<S: RowStore>(
     txn: &mut ViewTxn<'_, S>,
     queue: &mut QueueRow,
     mut message: MessageRow,
     now: u64,
+    rows: Rows,
 ) -> Result<()> {
     if message.ready_at_ms <= now {
         message.state = MessageState::Ready;
-        txn.put(View::QueueReady, message.ready_key(), &())?;
+        put_row(txn, rows, View::QueueReady, message.ready_key(), &())?;
         queue.ready += 1;
     } else {
         message.state = MessageState::Delayed;
         let timer = message.timer(TimerKind::DelayEnds, message.ready_at_ms);
-        txn.put(View::QueueTimers, timer.key(), &())?;
+        put_row(txn, rows, View::QueueTimers, timer.key(), &())?;
         queue.delayed += 1;
     }
-    txn.put(
+    put_row(
+        txn,
+        rows,
         View::QueueMessages,
         MessageRow::key(&queue.name, message.seq),
         &message,
@@ -130,23 +156,25 @@ fn remove<S: RowStore>(
     forget(txn, message)
 }
 
-/// Adds a new message to `queue` (id, TTL timer, state index, row).
+/// Adds a new message to `queue` (id, TTL timer, state index, row): its
+/// `seq` is the queue's next and its id is not in the queue, so every row
+/// is new.
 fn insert<S: RowStore>(
     txn: &mut ViewTxn<'_, S>,
     queue: &mut QueueRow,
     message: MessageRow,
     now: u64,
 ) -> Result<()> {
-    txn.put(
+    txn.put_new(
         View::QueueMessageIds,
         MessageRow::id_key(&queue.name, &message.message_id),
         &message.seq,
     )?;
     if let Some(expires_at_ms) = message.expires_at_ms {
         let timer = message.timer(TimerKind::MessageExpires, expires_at_ms);
-        txn.put(View::QueueTimers, timer.key(), &())?;
+        txn.put_new(View::QueueTimers, timer.key(), &())?;
     }
-    place(txn, queue, message, now)
+    place(txn, queue, message, now, Rows::New)
 }
 
 /// Moves a message that ran out of retries (already removed from its
@@ -215,7 +243,7 @@ fn release<S: RowStore>(
         return Ok(Released::DeadLettered { landed });
     }
     message.ready_at_ms = now.saturating_add(delay_ms);
-    place(txn, queue, message, now)?;
+    place(txn, queue, message, now, Rows::Written)?;
     Ok(Released::Requeued)
 }
 
@@ -810,7 +838,7 @@ pub(super) fn fire<S: RowStore>(
     match (timer.kind, &message.state) {
         (TimerKind::DelayEnds, MessageState::Delayed) if message.ready_at_ms == timer.due_ms => {
             unplace(txn, &mut queue, &message)?;
-            place(txn, &mut queue, message, now)?;
+            place(txn, &mut queue, message, now, Rows::Written)?;
             fired.delays_ended += 1;
         }
         (TimerKind::LeaseExpires, MessageState::Leased { deadline_ms, .. })

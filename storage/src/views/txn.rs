@@ -116,6 +116,30 @@ impl<'a, S: RowStore> ViewTxn<'a, S> {
         Ok(())
     }
 
+    /// Puts a row whose key is new by construction (it carries a fresh
+    /// sequence number, or was just found absent): the digest adds it
+    /// without reading a row it would replace. Debug builds check that
+    /// there is none; a row that was there would also make the live digest
+    /// differ from the one replay computes from scratch.
+    pub(super) fn put_new<T: Serialize>(
+        &mut self,
+        view: View,
+        key: Vec<u8>,
+        row: &T,
+    ) -> Result<()> {
+        debug_assert!(
+            self.store.get(view, &key)?.is_none(),
+            "put_new over an existing row of {}",
+            view.cf_name()
+        );
+        let value = codec::encode(view.cf_name(), row)?;
+        if let Some(digest) = self.digest.as_deref_mut() {
+            digest.add(view, &key, &value);
+        }
+        self.store.put(view, key, value);
+        Ok(())
+    }
+
     /// Deletes a row; returns whether it existed.
     pub(super) fn delete(&mut self, view: View, key: Vec<u8>) -> Result<bool> {
         match self.store.get(view, &key)? {
