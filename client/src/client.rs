@@ -967,12 +967,10 @@ impl Client {
         Ok(Subscription { id, messages: rx })
     }
 
-    /// Calls one function and returns its result.
+    /// Calls one function and returns its result ([`Client::call_as`] with
+    /// the result as a JSON tree).
     pub async fn call(&self, fun: &str, args: Vec<Value>) -> Result<Value, ClientError> {
-        let mut results = self.request(Request::new().cmd(fun, fun, args)).await?;
-        results
-            .remove(fun)
-            .ok_or_else(|| ClientError::Protocol(format!("no result named {fun}")))
+        self.call_as(fun, &args).await
     }
 }
 
