@@ -362,8 +362,7 @@ fn refused(message: Option<&str>, code: &Value) -> ClientError {
 /// `Ok` for a `cache-response` with `success: true`; a refusal (it has an
 /// `error_code`) is [`ClientError::Refused`], anything else a protocol error.
 fn cache_succeeded(frame: &[u8]) -> Result<(), ClientError> {
-    let status: CacheStatus<'_> =
-        serde_json::from_slice(frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let status: CacheStatus<'_> = decoded(frame)?;
     match (status.success, status.error_code) {
         (true, _) => Ok(()),
         (false, Some(code)) => Err(refused(status.error_message.as_deref(), &code)),
@@ -384,7 +383,17 @@ struct Framed<'a, T> {
 
 /// The text of the frame of `role` carrying `body`.
 fn framed<T: Serialize>(role: &str, body: &T) -> Result<Vec<u8>, ClientError> {
-    serde_json::to_vec(&Framed { role, body }).map_err(|e| ClientError::Protocol(e.to_string()))
+    encoded(&Framed { role, body })
+}
+
+/// The JSON text of a frame.
+fn encoded<T: Serialize + ?Sized>(frame: &T) -> Result<Vec<u8>, ClientError> {
+    serde_json::to_vec(frame).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+/// A reply read as `T`; one that does not fit is [`ClientError::Protocol`].
+fn decoded<'a, T: Deserialize<'a>>(frame: &'a [u8]) -> Result<T, ClientError> {
+    serde_json::from_slice(frame).map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
 async fn serve_call(handlers: Handlers, outbound: mpsc::Sender<Message>, call: Call) {
@@ -428,15 +437,6 @@ async fn serve_call(handlers: Handlers, outbound: mpsc::Sender<Message>, call: C
     if let Ok(frame) = framed("internal-answer", &answer) {
         let _ = outbound.send(Message::binary(frame)).await;
     }
-}
-
-fn rpc_response(frame: &[u8]) -> Result<RpcResponse, ClientError> {
-    serde_json::from_slice(frame).map_err(|e| ClientError::Protocol(e.to_string()))
-}
-
-/// A reply whose fields the caller reads as JSON (queue and cache replies).
-fn json_reply(frame: &[u8]) -> Result<Value, ClientError> {
-    serde_json::from_slice(frame).map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
 impl Client {
@@ -634,7 +634,7 @@ impl Client {
             debug_mode: false,
         };
         let frame = framed("rpc", &wire)?;
-        let response = rpc_response(&self.exchange(u, frame).await?)?;
+        let response: RpcResponse = decoded(&self.exchange(u, frame).await?)?;
         match response.error {
             Some(error) => Err(ClientError::Rpc(error)),
             None => Ok(response),
@@ -643,8 +643,7 @@ impl Client {
 
     /// Sends a pub/sub request and checks its ack.
     async fn pubsub(&self, u: String, frame: Vec<u8>) -> Result<(), ClientError> {
-        let ack: PubSubAck = serde_json::from_slice(&self.exchange(u, frame).await?)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let ack: PubSubAck = decoded(&self.exchange(u, frame).await?)?;
         match ack.success {
             true => Ok(()),
             false => Err(ClientError::Refused(ack.error.unwrap_or_default())),
@@ -798,9 +797,8 @@ impl Client {
                 args,
             }],
         };
-        let frame = serde_json::to_vec(&call).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let reply: OneReply<R> = serde_json::from_slice(&self.exchange(u, frame).await?)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let frame = encoded(&call)?;
+        let reply: OneReply<R> = decoded(&self.exchange(u, frame).await?)?;
         match (reply.error, reply.r) {
             (Some(error), _) => Err(ClientError::Rpc(error)),
             (None, Some(mut results)) => results
@@ -856,11 +854,10 @@ impl Client {
         let u = self.next_u();
         request["role"] = json!("cache-request");
         request["u"] = json!(u);
-        let frame =
-            serde_json::to_vec(&request).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let frame = encoded(&request)?;
         let reply = self.exchange(u, frame).await?;
         cache_succeeded(&reply)?;
-        json_reply(&reply)
+        decoded(&reply)
     }
 
     /// Puts `value` under `namespace`/`identifier` and returns what the
@@ -876,7 +873,7 @@ impl Client {
         let reply = self
             .cache_call("put", namespace, identifier, Some(value))
             .await?;
-        serde_json::from_slice(&reply).map_err(|e| ClientError::Protocol(e.to_string()))
+        decoded(&reply)
     }
 
     /// The value stored under `namespace`/`identifier`, `None` on a miss:
@@ -889,8 +886,7 @@ impl Client {
         let reply = self
             .cache_call::<()>("get", namespace, identifier, None)
             .await?;
-        let got: CacheGot<'_> =
-            serde_json::from_slice(&reply).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let got: CacheGot<'_> = decoded(&reply)?;
         match (got.status.as_ref(), got.entry) {
             ("hit", Some(entry)) => Ok(Some(entry.value)),
             ("miss", _) => Ok(None),
@@ -921,7 +917,7 @@ impl Client {
             },
             value,
         };
-        let frame = serde_json::to_vec(&call).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let frame = encoded(&call)?;
         let reply = self.exchange(u, frame).await?;
         cache_succeeded(&reply)?;
         Ok(reply)
@@ -950,8 +946,8 @@ impl Client {
             "prefetch": prefetch,
             "topic_pattern": topic_pattern,
         });
-        let frame = serde_json::to_vec(&frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let reply = json_reply(&self.exchange(u, frame).await?)?;
+        let frame = encoded(&frame)?;
+        let reply: Value = decoded(&self.exchange(u, frame).await?)?;
         if reply["success"] != json!(true) {
             self.queue_subscriptions
                 .lock()
@@ -1052,8 +1048,8 @@ impl Worker {
             "u": u,
             "functions": [{"name": name, "version": version, "resources": resources}],
         });
-        let frame = serde_json::to_vec(&frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let response = rpc_response(&self.client.exchange(u, frame).await?)?;
+        let frame = encoded(&frame)?;
+        let response: RpcResponse = decoded(&self.client.exchange(u, frame).await?)?;
         match response.error {
             Some(error) => Err(ClientError::Rpc(error)),
             None => Ok(()),
