@@ -105,15 +105,11 @@ impl<'a, S: RowStore> ViewTxn<'a, S> {
     }
 
     pub(super) fn put<T: Serialize>(&mut self, view: View, key: Vec<u8>, row: &T) -> Result<()> {
-        let value = codec::encode(view.cf_name(), row)?;
-        if let Some(digest) = self.digest.as_deref_mut() {
-            if let Some(old) = self.store.get(view, &key)? {
-                digest.remove(view, &key, &old);
-            }
-            digest.add(view, &key, &value);
-        }
-        self.store.put(view, key, value);
-        Ok(())
+        let replaced = match self.digest {
+            Some(_) => self.store.get(view, &key)?,
+            None => None,
+        };
+        self.write(view, key, row, replaced)
     }
 
     /// Puts a row whose key is new by construction (it carries a fresh
@@ -132,8 +128,22 @@ impl<'a, S: RowStore> ViewTxn<'a, S> {
             "put_new over an existing row of {}",
             view.cf_name()
         );
+        self.write(view, key, row, None)
+    }
+
+    /// Writes a row in place of `replaced`, keeping the digest current.
+    fn write<T: Serialize>(
+        &mut self,
+        view: View,
+        key: Vec<u8>,
+        row: &T,
+        replaced: Option<Vec<u8>>,
+    ) -> Result<()> {
         let value = codec::encode(view.cf_name(), row)?;
         if let Some(digest) = self.digest.as_deref_mut() {
+            if let Some(old) = replaced {
+                digest.remove(view, &key, &old);
+            }
             digest.add(view, &key, &value);
         }
         self.store.put(view, key, value);
